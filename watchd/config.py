@@ -1,0 +1,544 @@
+"""Config and watch definitions: msgspec Structs, loading, and `file:line:col` validation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from watchd import expr
+from watchd.errors import ConfigError, WatchdError
+from watchd.schedule import ScheduleError, parse_cron, parse_duration
+from watchd.tomlpos import PathPart, index_positions, locate, parse_msgspec_path
+
+WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# ---- watches ---------------------------------------------------------------------------------
+
+
+class Pattern(_Strict, kw_only=True):
+    subject: str
+    where: str | None = None
+    key: str | None = None
+
+
+class Opens(_Strict, kw_only=True):
+    """What opens a deadline window: a schedule (`cron`) or an event per key (`subject`)."""
+
+    cron: str | None = None
+    timezone: str | None = None
+    subject: str | None = None
+    where: str | None = None
+    key: str | None = None
+
+    def pattern(self) -> Pattern | None:
+        return Pattern(subject=self.subject, where=self.where, key=self.key) if self.subject else None
+
+
+class Quiet(_Strict, kw_only=True):
+    from_: str = msgspec.field(name="from")
+    to: str
+    timezone: str | None = None
+
+
+class _WatchBase(_Strict, tag_field="kind", kw_only=True):
+    id: str
+    description: str = ""
+    then: list[str] = msgspec.field(default_factory=list)
+    message: str | None = None
+    mode: Literal["live", "shadow"] = "live"
+    enabled: bool = True
+    quiet: Quiet | None = None
+    urgent: bool = False
+
+
+class MatchWatch(_WatchBase, tag="match", kw_only=True):
+    on: Pattern
+    count: int | None = None
+    window: str | None = None
+    cooldown: str | None = None
+
+
+class AbsentWatch(_WatchBase, tag="absent", kw_only=True):
+    expect: Pattern
+    for_: str = msgspec.field(name="for")
+    keys: list[str] = msgspec.field(default_factory=list)
+    recover: bool = False
+
+
+class DeadlineWatch(_WatchBase, tag="deadline", kw_only=True):
+    opens: Opens
+    expect: Pattern
+    within: str
+
+
+Watch = MatchWatch | AbsentWatch | DeadlineWatch
+
+
+# ---- config ----------------------------------------------------------------------------------
+
+
+class NatsConfig(_Strict, kw_only=True):
+    url: str | list[str] = "embedded"
+    listen: str = "127.0.0.1:4222"
+    # JetStream fsync interval for the embedded server. "always" because a personal machine is
+    # where power is lost, and the server's 2-minute default loses acknowledged writes then.
+    sync: str = "always"
+
+
+class HttpConfig(_Strict, kw_only=True):
+    listen: str = "127.0.0.1:8787"
+    token: str | None = None
+    max_body: int = 256 * 1024
+
+
+class EngineConfig(_Strict, kw_only=True):
+    max_event_bytes: int = 256 * 1024
+    decisions_keep_days: float = 30
+    decisions_keep_rows: int = 1_000_000
+
+
+class ConsoleNotifier(_Strict, tag_field="type", tag="console", kw_only=True):
+    pass
+
+
+class TelegramNotifier(_Strict, tag_field="type", tag="telegram", kw_only=True):
+    token: str
+    chat_id: str
+    api_base: str = "https://api.telegram.org"
+
+
+class SlackNotifier(_Strict, tag_field="type", tag="slack", kw_only=True):
+    webhook_url: str | None = None
+    token: str | None = None
+    channel: str | None = None
+    api_base: str = "https://slack.com/api"
+
+
+class WebhookNotifier(_Strict, tag_field="type", tag="webhook", kw_only=True):
+    url: str
+    secret: str | None = None
+    header: str = "X-Watchd-Signature-256"
+
+
+Notifier = ConsoleNotifier | TelegramNotifier | SlackNotifier | WebhookNotifier
+
+
+class _AgentBase(_Strict, tag_field="type", kw_only=True):
+    timeout: str = "5m"
+    probe: list[str] | None = None
+
+
+class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
+    model: str
+    instructions: str = ""
+    api_key: str = "env:ANTHROPIC_API_KEY"
+    base_url: str | None = None
+    max_tokens: int = 1024
+    max_steps: int = 4
+    run_token_budget: int = 20_000
+    daily_token_budget: int = 200_000
+    tools: list[str] = msgspec.field(default_factory=list)
+    batch: bool = False
+
+
+class CommandAgent(_AgentBase, tag="command", kw_only=True):
+    command: list[str]
+    reject_exit_code: int = 75
+
+
+class NatsAgent(_AgentBase, tag="nats", kw_only=True):
+    ack_timeout: str = "30s"
+
+
+Agent = AnthropicAgent | CommandAgent | NatsAgent
+
+
+class Source(_Strict, kw_only=True):
+    type: Literal["webhook", "poll", "file", "journal", "telegram"]
+    path: str | None = None
+    subject: str | None = None
+    verify: Literal["github", "slack", "hmac-sha256", "token", "none"] = "none"
+    secret: str | None = None
+    url: str | None = None
+    every: str | None = None
+    expect_every: str | None = None
+
+
+class Schedule(_Strict, kw_only=True):
+    cron: str | None = None
+    every: str | None = None
+    at: str | None = None
+    timezone: str | None = None
+    job: Literal["heartbeat", "backup", "canary"] | None = None
+    run: list[str] | None = None
+    then: list[str] | None = None
+    missed: Literal["skip", "coalesce", "replay"] = "skip"
+    overlap: Literal["forbid", "allow", "replace"] = "forbid"
+    max_lateness: str | None = None
+    jitter: str | None = None
+    dst_gap: Literal["shift", "skip"] = "shift"
+    dst_fold: Literal["once", "both"] = "once"
+    timeout: str = "1h"
+
+
+class Config(_Strict, kw_only=True):
+    watches: list[str] = msgspec.field(default_factory=lambda: ["watches/"])
+    state_dir: str = ""
+    timezone: str | None = None
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    notify: dict[str, Notifier] = msgspec.field(default_factory=dict)
+    agent: dict[str, Agent] = msgspec.field(default_factory=dict)
+    source: dict[str, Source] = msgspec.field(default_factory=dict)
+    schedule: dict[str, Schedule] = msgspec.field(default_factory=dict)
+
+
+_NAMED_SECTIONS: dict[str, Any] = {"notify": Notifier, "agent": Agent, "source": Source, "schedule": Schedule}
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WatchDef:
+    """A watch as loaded: its definition, where it came from, and its content hash."""
+
+    watch: Watch
+    file: str
+    line: int
+    digest: str
+
+
+@dataclass
+class Loaded:
+    config: Config
+    config_path: Path | None
+    base_dir: Path
+    watches: list[WatchDef]
+    watch_files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return resolve_path(self.base_dir, self.config.state_dir or default_state_dir())
+
+    def targets(self) -> set[str]:
+        return {f"notify.{n}" for n in self.config.notify} | {f"agent.{n}" for n in self.config.agent}
+
+    def zone(self) -> str:
+        return self.config.timezone or system_zone()
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "watchd")
+
+
+def system_zone() -> str:
+    """The system's IANA zone from $TZ or /etc/localtime, else UTC."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and _zone_ok(tz):
+        return tz
+    try:
+        target = str(Path("/etc/localtime").resolve())
+        if "zoneinfo/" in target:
+            name = target.split("zoneinfo/", 1)[1]
+            if _zone_ok(name):
+                return name
+    except OSError:
+        pass
+    return "UTC"
+
+
+def _zone_ok(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """SPEC 3 lookup: --config, $WATCHD_CONFIG, ./watchd.toml, $XDG_CONFIG_HOME/watchd/config.toml."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise WatchdError(f"config file {explicit} not found", hint="check the --config path")
+        return path
+    env = os.environ.get("WATCHD_CONFIG")
+    if env:
+        if not Path(env).is_file():
+            raise WatchdError(f"config file {env} (from $WATCHD_CONFIG) not found")
+        return Path(env)
+    if Path("watchd.toml").is_file():
+        return Path("watchd.toml")
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "watchd" / "config.toml"
+    return xdg if xdg.is_file() else None
+
+
+class _Problems:
+    """Collects `file:line:col: message` problems for one file."""
+
+    def __init__(self, display: str, text: str) -> None:
+        self.display = display
+        self.positions = index_positions(text)
+        self.items: list[str] = []
+
+    def at(self, path: tuple[PathPart, ...], message: str) -> None:
+        line, col = locate(self.positions, path)
+        self.items.append(f"{self.display}:{line}:{col}: {message}")
+
+    def line_of(self, path: tuple[PathPart, ...]) -> int:
+        return locate(self.positions, path)[0]
+
+
+def _read_toml(path: Path, display: str, problems: list[str]) -> tuple[str, dict[str, Any]] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{display}:1:1: cannot read file: {exc}")
+        return None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, col = (m.group(1), m.group(2)) if m else ("1", "1")
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        problems.append(f"{display}:{line}:{col}: TOML syntax error: {msg}")
+        return None
+
+
+def _convert(value: Any, typ: Any, prefix: tuple[PathPart, ...], probs: _Problems) -> Any:
+    try:
+        return msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        where = re.search(r" - at `(\$[^`]*)`$", text)
+        path = prefix + (parse_msgspec_path(where.group(1)) if where else ())
+        message = text[: where.start()] if where else text
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+        if unknown:
+            path = (*path, unknown.group(1))
+            message = f"unknown field `{unknown.group(1)}` (check its spelling, or remove it)"
+        elif message.startswith("Invalid value") and path and path[-1] in ("kind", "type"):
+            message += f" for `{path[-1]}`: " + _tag_hint(typ)
+        probs.at(path, message)
+        return None
+
+
+def _tag_hint(typ: Any) -> str:
+    names = [t.__struct_config__.tag for t in getattr(typ, "__args__", ())]
+    return "use one of " + ", ".join(str(n) for n in names) if names else "see the documentation"
+
+
+def _load_config(path: Path | None, problems: list[str]) -> tuple[Config, str]:
+    if path is None:
+        return Config(), ""
+    display = str(path)
+    parsed = _read_toml(path, display, problems)
+    if parsed is None:
+        return Config(), ""
+    text, raw = parsed
+    probs = _Problems(display, text)
+    top = {k: v for k, v in raw.items() if k not in _NAMED_SECTIONS}
+    config = _convert(top, Config, (), probs) or Config()
+    for section, typ in _NAMED_SECTIONS.items():
+        entries = raw.get(section, {})
+        if not isinstance(entries, dict):
+            probs.at((section,), f"`{section}` must be a table of named entries, like [{section}.name]")
+            continue
+        converted = {}
+        for name, value in entries.items():
+            item = _convert(value, typ, (section, name), probs)
+            if item is not None:
+                converted[name] = item
+        setattr(config, section, converted)
+    _check_config(config, probs)
+    problems.extend(probs.items)
+    return config, text
+
+
+def _check_config(config: Config, probs: _Problems) -> None:
+    if config.timezone and not _zone_ok(config.timezone):
+        probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
+    for name, sched in config.schedule.items():
+        path: tuple[PathPart, ...] = ("schedule", name)
+        kinds = [k for k in ("cron", "every", "at") if getattr(sched, k)]
+        if len(kinds) != 1:
+            probs.at(path, "a schedule needs exactly one of cron, every or at")
+        if sched.timezone and not _zone_ok(sched.timezone):
+            probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
+        elif sched.cron:
+            _check_cron(sched.cron, sched.timezone or config.timezone or "UTC", (*path, "cron"), probs)
+        for key in ("every", "max_lateness", "jitter", "timeout"):
+            _check_duration(getattr(sched, key), (*path, key), probs)
+        if not (sched.job or sched.run or sched.then):
+            probs.at(path, "a schedule needs something to do: job, run or then")
+    for name, agent in config.agent.items():
+        _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
+
+
+def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems) -> None:
+    try:
+        parse_cron(text, zone)
+    except ScheduleError as exc:
+        probs.at(path, exc.message)
+
+
+def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Problems) -> None:
+    if text is None:
+        return
+    try:
+        parse_duration(text)
+    except ScheduleError as exc:
+        probs.at(path, exc.message)
+
+
+def _watch_files(config: Config, base: Path, problems: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for entry in config.watches:
+        p = resolve_path(base, entry)
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.toml")))
+        elif p.is_file():
+            files.append(p)
+        elif entry != "watches/":  # the default may be absent
+            problems.append(f"{entry}: watch path not found (fix `watches` in the config)")
+    return files
+
+
+def load(config_path: Path | None) -> Loaded:
+    """Load and validate everything; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    config, _ = _load_config(config_path, problems)
+    base = config_path.parent if config_path else Path.cwd()
+    config.notify.setdefault("console", ConsoleNotifier())
+    files = _watch_files(config, base, problems)
+    loaded = Loaded(config, config_path, base, [], files)
+    seen: dict[str, str] = {}
+    targets = loaded.targets()
+    for path in files:
+        display = os.path.relpath(path) if not path.is_absolute() or str(path).startswith(os.getcwd()) else str(path)
+        parsed = _read_toml(path, display, problems)
+        if parsed is None:
+            continue
+        text, raw = parsed
+        probs = _Problems(display, text)
+        for extra in set(raw) - {"watch"}:
+            probs.at((extra,), f"unknown top-level key `{extra}`: a watch file holds [[watch]] tables only")
+        entries = raw.get("watch", [])
+        if not isinstance(entries, list):
+            probs.at(("watch",), "`watch` must be an array of tables: write [[watch]]")
+            entries = []
+        for i, entry in enumerate(entries):
+            here: tuple[PathPart, ...] = ("watch", i)
+            watch = _convert(entry, Watch, here, probs)
+            if watch is not None:
+                _check_watch(watch, here, probs, targets, loaded.zone())
+                if watch.id in seen:
+                    probs.at((*here, "id"), f"duplicate watch id {watch.id!r} (also in {seen[watch.id]})")
+                    continue
+                seen[watch.id] = f"{display}:{probs.line_of(here)}"
+                digest = hashlib.sha256(msgspec.json.encode(watch)).hexdigest()[:16]
+                loaded.watches.append(WatchDef(watch, display, probs.line_of(here), digest))
+        problems.extend(probs.items)
+    if problems:
+        raise ConfigError(problems, hint="fix the lines above, then run `watchd validate` again")
+    return loaded
+
+
+def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets: set[str], zone: str) -> None:
+    if not WATCH_ID_RE.match(w.id):
+        probs.at((*here, "id"), f"watch id {w.id!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
+    for i, target in enumerate(w.then):
+        if target not in targets:
+            known = ", ".join(sorted(targets)) or "none"
+            probs.at((*here, "then", i), f"unknown target {target!r}: define [notify.x] or [agent.x] (known: {known})")
+    patterns: list[tuple[str, Pattern]] = []
+    if isinstance(w, MatchWatch):
+        patterns.append(("on", w.on))
+        if (w.count is None) != (w.window is None):
+            probs.at(here, "`count` and `window` go together: fire when count matches fall inside window")
+        if w.count is not None and w.count < 1:
+            probs.at((*here, "count"), "`count` must be at least 1")
+        for key in ("window", "cooldown"):
+            _check_duration(getattr(w, key), (*here, key), probs)
+    elif isinstance(w, AbsentWatch):
+        patterns.append(("expect", w.expect))
+        _check_duration(w.for_, (*here, "for"), probs)
+    else:
+        patterns.append(("expect", w.expect))
+        _check_duration(w.within, (*here, "within"), probs)
+        opens_pattern = w.opens.pattern()
+        if bool(w.opens.cron) == bool(opens_pattern):
+            probs.at((*here, "opens"), "`opens` needs either cron = \"…\" (a schedule) or subject = \"…\" (an event)")
+        if w.opens.cron:
+            zone_name = w.opens.timezone or zone
+            if _zone_ok(zone_name):
+                _check_cron(w.opens.cron, zone_name, (*here, "opens", "cron"), probs)
+            else:
+                probs.at((*here, "opens", "timezone"), f"unknown time zone {zone_name!r}: use an IANA name")
+        if opens_pattern:
+            patterns.append(("opens", opens_pattern))
+    for name, pattern in patterns:
+        _check_pattern(pattern, (*here, name), probs)
+    if w.quiet:
+        for key, value in (("from", w.quiet.from_), ("to", w.quiet.to)):
+            if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+                probs.at((*here, "quiet", key), f"quiet `{key}` must be HH:MM, got {value!r}")
+        if w.quiet.timezone and not _zone_ok(w.quiet.timezone):
+            probs.at((*here, "quiet", "timezone"), f"unknown time zone {w.quiet.timezone!r}")
+
+
+def _check_pattern(p: Pattern, path: tuple[PathPart, ...], probs: _Problems) -> None:
+    if not re.match(r"^([A-Za-z0-9_-]+|\*|>)(\.([A-Za-z0-9_-]+|\*|>))*$", p.subject) or ">." in p.subject:
+        probs.at((*path, "subject"), f"bad subject pattern {p.subject!r}: dot-separated tokens, `*` or a final `>`")
+    for key in ("where", "key"):
+        source = getattr(p, key)
+        if source is None:
+            continue
+        try:
+            expr.compile_expr(source)
+        except expr.ExprError as exc:
+            probs.at((*path, key), f"CEL {key} does not compile: {exc.message}")
+
+
+def resolve_secret(value: str | None) -> str | None:
+    """`env:NAME`, `file:/path` or `cred:NAME` (systemd LoadCredential=); anything else is literal."""
+    if value is None:
+        return None
+    scheme, _, rest = value.partition(":")
+    if scheme == "env":
+        if rest not in os.environ:
+            raise WatchdError(f"secret env:{rest} is not set", hint=f"export {rest}=… before starting watchd")
+        return os.environ[rest]
+    if scheme in ("file", "cred"):
+        if scheme == "cred":
+            creds = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not creds:
+                raise WatchdError(f"secret cred:{rest} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+            rest = str(Path(creds) / rest)
+        try:
+            return Path(rest).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise WatchdError(f"cannot read secret {scheme}:{rest}: {exc.strerror}") from None
+    return value

@@ -1,0 +1,319 @@
+"""The daemon: consume → step → commit → ack; timers; delivery; reload; signals.
+
+One supervisor with one stop event. The engine runs on the event loop only inside `_lock`, so a
+step, its commit and its ack are never interleaved with a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from watchd import bus, config, sdnotify
+from watchd.config import Loaded
+from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
+from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
+from watchd.errors import ConfigError, EventRejected, WatchdError
+from watchd.model import Handoff, decode_event, make_event
+from watchd.notify.console import ConsoleNotifier
+from watchd.store import Store, db_path
+
+log = logging.getLogger("watchd")
+
+FETCH_BATCH = 512
+MAX_IDLE_WAIT_S = 5.0  # longest a fetch waits, so a reload or stop is noticed promptly
+RELOAD_POLL_S = 2.0
+STOP_DEADLINE_S = 10.0
+
+
+def nats_url(loaded: Loaded) -> str | list[str]:
+    url = loaded.config.nats.url
+    return f"nats://{loaded.config.nats.listen}" if url == "embedded" else url
+
+
+def build_targets(loaded: Loaded) -> dict[str, Target]:
+    """Targets by `then` name. Types without a runner yet dead-letter with a clear reason."""
+    targets: dict[str, Target] = {}
+    for name, notifier in loaded.config.notify.items():
+        if isinstance(notifier, config.ConsoleNotifier):
+            targets[f"notify.{name}"] = ConsoleNotifier()
+    return targets
+
+
+class Daemon:
+    def __init__(self, loaded: Loaded, *, clock: Callable[[], float] = time.time) -> None:
+        self.loaded = loaded
+        self.clock = clock
+        self.stop = asyncio.Event()
+        self.state_dir = loaded.state_dir
+        self.store: Store | None = None
+        self.embedded: bus.EmbeddedNats | None = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.engine = Engine(loaded.zone())
+        self.dispatcher: Dispatcher | None = None
+        self.last_seq = 0
+        self.last_loop_at = 0.0
+        self.events_seen = 0
+        self.started_at = clock()
+        self._lock = asyncio.Lock()
+        self._reload_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fingerprint = self._watch_fingerprint()
+
+    # ---- life cycle ----
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pid_file = self.state_dir / "watchd.pid"
+        pid_file.write_text(str(os.getpid()))
+        try:
+            await self._start()
+            sdnotify.notify("READY=1\nSTATUS=watching")
+            log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), bus.redact_url(str(nats_url(self.loaded))))
+            await self.stop.wait()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            await self._shutdown()
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        self.store = Store(db_path(self.state_dir))
+        if self.loaded.config.nats.url == "embedded":
+            self.embedded = bus.EmbeddedNats(
+                self.state_dir / "nats", self.loaded.config.nats.listen, self.loaded.config.nats.sync
+            )
+            await self.embedded.start()
+            self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.stop) if self.embedded else _noop())
+        self.nc = await bus.connect(nats_url(self.loaded))
+        self.js = self.nc.jetstream()
+        await bus.ensure_streams(self.js)
+        await self._install(self.loaded, first=True)
+        self.dispatcher = Dispatcher(self.store, build_targets(self.loaded), clock=self.clock)
+        consumer = bus.EventConsumer(self.js)
+        await consumer.start()
+        self._spawn("engine", lambda: self._engine_loop(consumer))
+        self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
+        self._spawn("reload", self._reload_loop)
+        self._spawn("http", self._http)
+        interval = sdnotify.watchdog_interval_s()
+        if interval:
+            self._spawn("watchdog", lambda: self._watchdog(interval))
+
+    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        async def guarded() -> None:
+            # Background tasks log and continue; a crash of a core task stops the daemon cleanly
+            # (systemd restarts it) rather than leaving a half-alive process.
+            try:
+                await factory()
+            except asyncio.CancelledError:
+                raise
+            except WatchdError as exc:
+                log.error("%s: %s", name, exc.message)
+                self.stop.set()
+            except Exception:
+                log.exception("%s task failed; stopping", name)
+                self.stop.set()
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def _shutdown(self) -> None:
+        """Drain within a hard deadline: finish the batch in hand, let deliveries finish, stop."""
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        async with asyncio.timeout(STOP_DEADLINE_S):
+            async with self._lock:
+                pass  # the engine loop holds this while it commits; wait for that to end
+        if self.dispatcher:
+            await self.dispatcher.drain(max(0.1, deadline - time.monotonic() - 3))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 2)
+        if self.embedded is not None:
+            await self.embedded.stop()
+        if self.store is not None:
+            self.store.close()
+        log.info("watchd stopped")
+
+    # ---- definitions ----
+
+    async def _install(self, loaded: Loaded, *, first: bool = False) -> None:
+        assert self.store is not None
+        store = self.store
+        now = self.clock()
+        digests = {d.watch.id: d.digest for d in loaded.watches}
+        versions = await store.run(store.assign_versions, digests, now)
+        async with self._lock:
+            if first:
+                keys, meta, clock = await store.run(store.load_engine_state)
+                self.engine.restore(keys, meta, clock)
+                self.last_seq = await store.run(store.last_seq)
+            self.engine.default_zone = loaded.zone()
+            self.engine.load([(d, versions[d.watch.id]) for d in loaded.watches], now)
+            self.loaded = loaded
+            await self._commit(Outputs(), last_seq=None)
+
+    def _watch_fingerprint(self) -> tuple[Any, ...]:
+        paths: list[Path] = [p for p in [self.loaded.config_path] if p]
+        for entry in self.loaded.config.watches:
+            p = config.resolve_path(self.loaded.base_dir, entry)
+            paths.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
+        out = []
+        for p in paths:
+            try:
+                st = p.stat()
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(p), None, None))
+        return tuple(out)
+
+    async def _reload_loop(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_requested.wait(), RELOAD_POLL_S)
+            fingerprint = self._watch_fingerprint()
+            if self._reload_requested.is_set() or fingerprint != self._fingerprint:
+                self._reload_requested.clear()
+                self._fingerprint = fingerprint
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Validate first; an invalid change keeps the last good definitions running."""
+        try:
+            loaded = config.load(self.loaded.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected: %s", problem)
+            log.error("keeping the last good definitions (%d watches)", len(self.loaded.watches))
+            await self.emit("watchd.config.invalid", {"problems": exc.problems[:50]})
+            return False
+        await self._install(loaded)
+        log.info("reloaded: %d watches", len(loaded.watches))
+        await self.emit("watchd.config.reloaded", {"watches": len(loaded.watches)})
+        return True
+
+    async def emit(self, subject: str, data: dict[str, Any]) -> None:
+        """Publish one of watchd's own events; they can be watched like any other."""
+        if self.js is None:
+            return
+        try:
+            await bus.publish_event(self.js, make_event(subject, data, source="watchd", time_s=self.clock()))
+        except WatchdError as exc:
+            log.warning("could not publish %s: %s", subject, exc.message)
+
+    # ---- the engine loop ----
+
+    async def _engine_loop(self, consumer: bus.EventConsumer) -> None:
+        while not self.stop.is_set():
+            self.last_loop_at = self.clock()
+            due = self.engine.next_due()
+            wait = MAX_IDLE_WAIT_S if due is None else min(MAX_IDLE_WAIT_S, max(0.001, due - self.clock()))
+            msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
+            async with self._lock:
+                if msgs:
+                    await self._consume(msgs)
+                    await consumer.ack_upto(msgs[-1])
+                due = self.engine.next_due()
+                # Only once the backlog is drained does the clock jump to the present, so events
+                # stored while watchd was down are judged at the time they arrived.
+                if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
+                    await self._commit(self.engine.step(Tick(self.clock())), last_seq=None)
+
+    async def _consume(self, msgs: list[Msg]) -> None:
+        out = Outputs()
+        subjects: dict[str, tuple[float, str, int]] = {}
+        max_events = self.loaded.config.engine.max_event_bytes
+        top = self.last_seq
+        for msg in msgs:
+            seq = bus.seq_of(msg)
+            if seq <= self.last_seq:
+                continue  # redelivered after a crash between commit and ack: already applied
+            top = max(top, seq)
+            at = bus.time_of(msg)
+            try:
+                event = decode_event(msg.data, max_events)
+            except EventRejected as exc:
+                out.decisions.append(Decision(at, "", None, "rejected", exc.message, _msg_id(msg), seq))
+                continue
+            self.events_seen += 1
+            prev = subjects.get(event.subject)
+            subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
+            step = self.engine.step(EventInput(event, at, seq))
+            out.decisions.extend(step.decisions)
+            out.fires.extend(step.fires)
+        await self._commit(out, last_seq=top, subjects=subjects)
+
+    async def _commit(self, out: Outputs, *, last_seq: int | None,
+                      subjects: dict[str, tuple[float, str, int]] | None = None) -> None:  # fmt: skip
+        assert self.store is not None
+        handoffs: list[Handoff] = []
+        messages = {d.watch.id: d.watch.message for d in self.loaded.watches}
+        for fire in out.fires:
+            handoffs.extend(handoffs_from_fire(fire, messages.get(fire.watch)))
+        new = await self.store.run(
+            lambda: self.store.commit_step(  # type: ignore[union-attr]
+                last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
+                decisions=out.decisions, handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
+            )  # fmt: skip
+        )
+        if last_seq is not None:
+            self.last_seq = max(self.last_seq, last_seq)
+        for fire in out.fires:
+            log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
+        if new and self.dispatcher:
+            self.dispatcher.wake()
+
+    # ---- side tasks ----
+
+    async def _watchdog(self, interval_s: float) -> None:
+        while not self.stop.is_set():
+            # Ping only while the engine loop is alive: a wedged loop should be restarted by systemd.
+            if self.clock() - self.last_loop_at < MAX_IDLE_WAIT_S * 3:
+                sdnotify.notify("WATCHDOG=1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), interval_s)
+
+    async def _http(self) -> None:
+        from watchd.http import serve
+
+        await serve(self)
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock()
+        engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3
+        nats_ok = self.nc is not None and self.nc.is_connected
+        return {
+            "ok": engine_ok and nats_ok, "engine": engine_ok, "nats": nats_ok, "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 1), "watches": len(self.loaded.watches),
+            "last_seq": self.last_seq, "events": self.events_seen,
+        }  # fmt: skip
+
+
+def _msg_id(msg: Msg) -> str | None:
+    return (msg.headers or {}).get("Nats-Msg-Id")
+
+
+async def _noop() -> None:
+    return None
+
+
+def run(loaded: Loaded) -> None:
+    asyncio.run(Daemon(loaded).run())

@@ -1,0 +1,149 @@
+"""The outbox dispatcher: deliver each handoff with retries, backoff and dead letters.
+
+Delivery never blocks the engine: it runs as its own task, reads due handoffs from the store,
+and each target has its own concurrency limit, so a slow notifier holds up only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from watchd.engine import Fire
+from watchd.model import Handoff, Window, iso
+from watchd.store import Store
+
+log = logging.getLogger("watchd.dispatch")
+
+MAX_ATTEMPTS = 8
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 600.0
+
+
+@dataclass(frozen=True)
+class Delivered:
+    detail: str = ""
+    state: str = "delivered"  # delivered | accepted | done
+
+
+@dataclass(frozen=True)
+class Retry:
+    detail: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Dead:
+    detail: str
+
+
+Outcome = Delivered | Retry | Dead
+
+
+class Target(Protocol):
+    async def deliver(self, handoff: Handoff) -> Outcome: ...
+
+
+def render_message(template: str | None, fire: Fire) -> str | None:
+    """Fill `{watch}`, `{key}`, `{reason}`, `{deadline}`; an unknown placeholder stays visible."""
+    if not template:
+        return None
+    values = {
+        "watch": fire.watch, "key": fire.key, "reason": fire.reason, "kind": fire.kind,
+        "deadline": iso(fire.window[1]) if fire.window else None, "fired_at": iso(fire.fired_at),
+    }  # fmt: skip
+
+    class _Keep(dict[str, object]):
+        def __missing__(self, name: str) -> str:
+            return "{" + name + "}"
+
+    try:
+        return template.format_map(_Keep(values))
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return template
+
+
+def handoffs_from_fire(fire: Fire, message: str | None = None) -> list[Handoff]:
+    window = Window(iso(fire.window[0]), iso(fire.window[1])) if fire.window else None
+    return [
+        Handoff(
+            id=fire.handoff_id(target), watch=fire.watch, watch_version=fire.version, kind=fire.kind, key=fire.key,
+            target=target, trigger=fire.trigger, reason=fire.reason, fired_at=iso(fire.fired_at) or "",
+            window=window, evidence=fire.evidence, message=render_message(message, fire),
+        )  # fmt: skip
+        for target in fire.targets
+    ]
+
+
+def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
+    """Exponential with full jitter; a server's retry-after is honoured but capped."""
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), BACKOFF_CAP_S)
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+class Dispatcher:
+    def __init__(self, store: Store, targets: dict[str, Target], *, clock: Callable[[], float] = time.time,
+                 per_target: int = 4) -> None:  # fmt: skip
+        self.store = store
+        self.targets = targets
+        self.clock = clock
+        self._limits = {name: asyncio.Semaphore(per_target) for name in targets}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.run(self.store.recover_in_flight, self.clock())
+        while not stop.is_set():
+            try:
+                for handoff in await self.store.run(self.store.claim_due, self.clock()):
+                    task = asyncio.create_task(self._deliver(handoff))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                nxt = await self.store.run(self.store.next_attempt_at)
+            except Exception:  # a background task logs and continues, never dies silently
+                log.exception("dispatcher loop error")
+                nxt = self.clock() + 1
+            delay = 60.0 if nxt is None else max(0.0, min(60.0, nxt - self.clock()))
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+    async def _deliver(self, h: Handoff) -> None:
+        target = self.targets.get(h.target)
+        if target is None:
+            await self.store.run(self.store.finish, h.id, "dead", self.clock(),
+                                 f"no target named {h.target} in the config")  # fmt: skip
+            return
+        async with self._limits[h.target]:
+            try:
+                outcome = await target.deliver(h)
+            except Exception as exc:  # an unexpected failure is retried, with its type, never a secret
+                log.exception("delivery of %s to %s failed", h.id, h.target)
+                outcome = Retry(f"unexpected error: {type(exc).__name__}")
+        now = self.clock()
+        if isinstance(outcome, Delivered):
+            await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
+        elif isinstance(outcome, Dead) or h.attempt >= MAX_ATTEMPTS:
+            detail = outcome.detail if isinstance(outcome, Dead) else f"gave up after {h.attempt} attempts: {outcome.detail}"
+            log.warning("handoff %s to %s dead-lettered: %s", h.id, h.target, detail)
+            await self.store.run(self.store.finish, h.id, "dead", now, detail)
+        else:
+            delay = backoff_s(h.attempt, outcome.retry_after_s)
+            await self.store.run(self.store.finish, h.id, "retrying", now, outcome.detail, now + delay)
+            self.wake()

@@ -1,0 +1,35 @@
+"""Errors a user can act on. Each says what is wrong and how to fix it; only cli.py prints them."""
+
+from __future__ import annotations
+
+
+class WatchdError(Exception):
+    """Base of every error watchd reports to a user. `hint` says how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(WatchdError):
+    """One or more problems in config or watch files, each as `file:line:col: message`."""
+
+    def __init__(self, problems: list[str], hint: str | None = None) -> None:
+        super().__init__("\n".join(problems), hint)
+        self.problems = problems
+
+
+class EventRejected(WatchdError):
+    """An event that cannot enter the stream: bad subject, not an object, too large."""
+
+
+class NatsUnavailable(WatchdError):
+    """The NATS server cannot be reached or started."""
+
+
+class DaemonNotRunning(WatchdError):
+    """A command that needs the daemon found none."""

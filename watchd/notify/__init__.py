@@ -1,0 +1,1 @@
+"""Notifiers: each turns a handoff into a message for one service."""

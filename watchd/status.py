@@ -1,0 +1,111 @@
+"""What `watchd status` and `watchd handoffs` report, read from the state files (read-only)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from watchd.config import AbsentWatch, Loaded
+from watchd.engine import Engine
+from watchd.model import iso
+from watchd.store import connect, db_path, read_handoffs
+
+HANDOFF_FIELDS = ("id", "watch", "watch_version", "kind", "key", "target", "trigger", "reason", "fired_at",
+                  "window", "evidence", "attempt", "state", "message", "last_error", "updated_at")  # fmt: skip
+
+
+def _open(loaded: Loaded) -> sqlite3.Connection | None:
+    path = db_path(loaded.state_dir)
+    return connect(path, readonly=True) if path.exists() else None
+
+
+def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[str, Any]]:
+    conn = _open(loaded)
+    if conn is None:
+        return []
+    with conn:
+        rows = read_handoffs(conn, state, limit)
+    result = []
+    for r in rows:
+        item = {k: r[k] for k in HANDOFF_FIELDS}
+        item["window"] = msgspec.json.decode(r["window"]) if r["window"] else None
+        item["evidence"] = msgspec.json.decode(r["evidence"])
+        item["updated_at"] = iso(r["updated_at"])
+        result.append(item)
+    return result
+
+
+def _engine_view(loaded: Loaded, conn: sqlite3.Connection, now: float) -> Engine:
+    """Rebuild the engine from the stored state, to read each watch's next due time."""
+    from watchd.store import Store
+
+    engine = Engine(loaded.zone())
+    keys: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    clock = 0.0
+    try:
+        keys, meta, clock = Store.load_engine_state_from(conn)
+    except sqlite3.Error:
+        pass
+    versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
+    engine.restore(keys, meta, clock)
+    engine.load([(d, versions.get(d.watch.id, 1)) for d in loaded.watches], now)
+    return engine
+
+
+def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    report: dict[str, Any] = {"daemon": daemon or {"ok": False, "running": False}, "watches": [],
+                              "handoffs": {}, "dead_letters": 0, "state_dir": str(loaded.state_dir)}  # fmt: skip
+    conn = _open(loaded)
+    last_fired: dict[str, float] = {}
+    engine = Engine(loaded.zone())
+    if conn is not None:
+        with conn:
+            engine = _engine_view(loaded, conn, now)
+            for watch, at in conn.execute(
+                "SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch"
+            ):
+                last_fired[watch] = at
+            report["handoffs"] = dict(conn.execute("SELECT state, COUNT(*) FROM handoffs GROUP BY state").fetchall())
+            report["dead_letters"] = report["handoffs"].get("dead", 0)
+    for d in loaded.watches:
+        w = d.watch
+        report["watches"].append({
+            "id": w.id, "kind": w.__struct_config__.tag, "mode": w.mode,
+            "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
+            "last_fired": iso(last_fired.get(w.id)), "next_due": iso(engine.watch_next_due(w.id)),
+            "file": f"{d.file}:{d.line}",
+        })  # fmt: skip
+    return report
+
+
+def _watch_state(engine: Engine, wid: str, enabled: bool, absent: bool) -> str:
+    if not enabled:
+        return "disabled"
+    keyed = engine.keys.get(wid, {})
+    if absent and any(st.silent for st in keyed.values()):
+        return "silent"
+    if any(st.windows for st in keyed.values()):
+        return "window_open"
+    return "ok"
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    d = report["daemon"]
+    if d.get("ok"):
+        console.print(f"daemon: running (pid {d.get('pid')}, up {d.get('uptime_s')}s), NATS connected")
+    elif d.get("running") is False:
+        console.print("daemon: not running (showing the state files)")
+    else:
+        console.print(f"daemon: UNHEALTHY (engine {'ok' if d.get('engine') else 'stalled'}, "
+                      f"NATS {'ok' if d.get('nats') else 'down'})")  # fmt: skip
+    table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
+    for w in report["watches"]:
+        table.add_row(w["id"], w["kind"], w["mode"], w["state"], w["last_fired"] or "-", w["next_due"] or "-")
+    console.print(table)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(report["handoffs"].items())) or "none"
+    console.print(f"handoffs: {counts}; dead letters: {report['dead_letters']}")

@@ -1,0 +1,291 @@
+"""SQLite state: engine state, decisions, handoff outbox, all under one writer thread.
+
+Commit-then-ack: `commit_step` writes engine state, decisions, new handoffs and the last stream
+sequence in one transaction, so a crash either keeps all of a batch or none of it, and a
+redelivered message at or below the stored sequence is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import sqlite_utils
+
+from watchd.engine import Decision, KeyState, WatchMeta
+from watchd.model import Handoff, Window, encode
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS watch_versions (watch TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,
+    updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS key_state (watch TEXT NOT NULL, key TEXT NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (watch, key));
+CREATE TABLE IF NOT EXISTS watch_meta (watch TEXT PRIMARY KEY, meta BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, at REAL NOT NULL, watch TEXT NOT NULL, key TEXT,
+    verdict TEXT NOT NULL, reason TEXT NOT NULL, event_id TEXT, seq INTEGER);
+CREATE INDEX IF NOT EXISTS decisions_watch_at ON decisions (watch, at);
+CREATE INDEX IF NOT EXISTS decisions_event ON decisions (event_id);
+CREATE TABLE IF NOT EXISTS subjects (subject TEXT PRIMARY KEY, last_at REAL NOT NULL, last_source TEXT,
+    count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS handoffs (id TEXT PRIMARY KEY, watch TEXT NOT NULL, watch_version INTEGER NOT NULL,
+    kind TEXT NOT NULL, key TEXT, target TEXT NOT NULL, trigger TEXT NOT NULL, reason TEXT NOT NULL,
+    fired_at TEXT NOT NULL, window TEXT, evidence TEXT NOT NULL, message TEXT, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, next_attempt_at REAL NOT NULL,
+    last_error TEXT);
+CREATE INDEX IF NOT EXISTS handoffs_due ON handoffs (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY, handoff_id TEXT NOT NULL, at REAL NOT NULL,
+    state TEXT NOT NULL, detail TEXT);
+CREATE INDEX IF NOT EXISTS transitions_handoff ON transitions (handoff_id);
+"""
+
+_key_state = msgspec.json.Decoder(KeyState)
+_watch_meta = msgspec.json.Decoder(WatchMeta)
+_key = msgspec.json.Decoder(str | None)
+_window = msgspec.json.Decoder(Window | None)
+_evidence = msgspec.json.Decoder(list[dict[str, Any]])
+
+
+def db_path(state_dir: Path) -> Path:
+    return state_dir / "watchd.db"
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """WAL + synchronous=NORMAL: durable at each commit's checkpoint, fast on a laptop disk."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = not path.exists()
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+        if fresh:
+            os.chmod(path, 0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Store:
+    """The single writer. Every method runs on its one thread; async callers use `run`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watchd-store")
+        self.conn = connect(path)
+        self.db = sqlite_utils.Database(self.conn)
+        self.conn.executescript(SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            sidecar = Path(str(path) + suffix)
+            if sidecar.exists():
+                os.chmod(sidecar, 0o600)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.conn.close()
+
+    # ---- meta ----
+
+    def get_meta(self, k: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, k: str, v: str) -> None:
+        self.conn.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (k, v))
+
+    def last_seq(self) -> int:
+        return int(self.get_meta("last_seq", "0") or 0)
+
+    # ---- watch versions ----
+
+    def assign_versions(self, digests: dict[str, str], now: float) -> dict[str, int]:
+        """Version = a counter bumped whenever a watch's content hash changes."""
+        out: dict[str, int] = {}
+        with self._tx():
+            for watch, digest in digests.items():
+                row = self.conn.execute("SELECT digest, version FROM watch_versions WHERE watch = ?", (watch,)).fetchone()
+                if row and row[0] == digest:
+                    out[watch] = row[1]
+                    continue
+                version = (row[1] + 1) if row else 1
+                self.conn.execute(
+                    "INSERT INTO watch_versions VALUES (?, ?, ?, ?) ON CONFLICT(watch) DO UPDATE SET "
+                    "digest = excluded.digest, version = excluded.version, updated_at = excluded.updated_at",
+                    (watch, digest, version, now),
+                )
+                out[watch] = version
+        return out
+
+    # ---- engine state ----
+
+    def load_engine_state(self) -> tuple[dict[str, dict[str | None, KeyState]], dict[str, WatchMeta], float]:
+        return self.load_engine_state_from(self.conn)
+
+    @staticmethod
+    def load_engine_state_from(
+        conn: sqlite3.Connection,
+    ) -> tuple[dict[str, dict[str | None, KeyState]], dict[str, WatchMeta], float]:
+        keys: dict[str, dict[str | None, KeyState]] = {}
+        for watch, key, state in conn.execute("SELECT watch, key, state FROM key_state"):
+            keys.setdefault(watch, {})[_key.decode(key)] = _key_state.decode(state)
+        meta = {w: _watch_meta.decode(m) for w, m in conn.execute("SELECT watch, meta FROM watch_meta")}
+        row = conn.execute("SELECT v FROM meta WHERE k = 'clock'").fetchone()
+        return keys, meta, float(row[0]) if row else 0.0
+
+    def commit_step(
+        self,
+        *,
+        last_seq: int | None,
+        clock: float,
+        changes: tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]],
+        decisions: list[Decision],
+        handoffs: list[Handoff],
+        subjects: dict[str, tuple[float, str, int]],
+        now: float,
+    ) -> list[str]:
+        """One transaction for a whole batch. Returns the ids of handoffs that were new."""
+        rows, metas, deleted = changes
+        new_ids: list[str] = []
+        with self._tx():
+            c = self.conn
+            for watch in deleted:
+                c.execute("DELETE FROM key_state WHERE watch = ?", (watch,))
+                c.execute("DELETE FROM watch_meta WHERE watch = ?", (watch,))
+            upserts = [(w, encode(k).decode(), encode(s)) for w, k, s in rows if s is not None]
+            removals = [(w, encode(k).decode()) for w, k, s in rows if s is None]
+            if upserts:
+                c.executemany("INSERT OR REPLACE INTO key_state VALUES (?, ?, ?)", upserts)
+            if removals:
+                c.executemany("DELETE FROM key_state WHERE watch = ? AND key = ?", removals)
+            if metas:
+                c.executemany("INSERT OR REPLACE INTO watch_meta VALUES (?, ?)", [(w, encode(m)) for w, m in metas])
+            if decisions:
+                c.executemany(
+                    "INSERT INTO decisions (at, watch, key, verdict, reason, event_id, seq) VALUES (?,?,?,?,?,?,?)",
+                    [(d.at, d.watch, d.key, d.verdict, d.reason, d.event_id, d.seq) for d in decisions],
+                )
+            for h in handoffs:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO handoffs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (h.id, h.watch, h.watch_version, h.kind, h.key, h.target, h.trigger, h.reason, h.fired_at,
+                     encode(h.window).decode(), encode(h.evidence).decode(), h.message, h.attempt, h.state,
+                     now, now, now, None),
+                )  # fmt: skip
+                if cur.rowcount:
+                    new_ids.append(h.id)
+                    c.execute("INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
+                              (h.id, now, "pending", None))  # fmt: skip
+            if subjects:
+                c.executemany(
+                    "INSERT INTO subjects VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
+                    "last_at = excluded.last_at, last_source = excluded.last_source, count = count + excluded.count",
+                    [(s, at, src, n) for s, (at, src, n) in subjects.items()],
+                )
+            if last_seq is not None:
+                self.set_meta("last_seq", str(last_seq))
+            self.set_meta("clock", repr(clock))
+        return new_ids
+
+    # ---- outbox ----
+
+    def recover_in_flight(self, now: float) -> int:
+        """A handoff that was being delivered when watchd died is retried, with the same id."""
+        with self._tx():
+            ids = [r[0] for r in self.conn.execute("SELECT id FROM handoffs WHERE state = 'delivering'")]
+            for hid in ids:
+                self._transition(hid, "retrying", now, "watchd restarted during delivery", next_attempt_at=now)
+        return len(ids)
+
+    def claim_due(self, now: float, limit: int = 64) -> list[Handoff]:
+        """Move due handoffs to `delivering` and return them."""
+        with self._tx():
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at LIMIT ?",
+                    (now, limit),
+                )
+            )
+            for r in rows:
+                self._transition(r["id"], "delivering", now, None)
+        return [row_to_handoff(r, state="delivering") for r in rows]
+
+    def next_attempt_at(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM handoffs WHERE state IN ('pending', 'retrying')"
+        ).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def finish(self, hid: str, state: str, now: float, detail: str | None, next_attempt_at: float | None = None) -> None:
+        with self._tx():
+            self._transition(hid, state, now, detail, next_attempt_at=next_attempt_at)
+
+    def _transition(self, hid: str, state: str, now: float, detail: str | None, *,
+                    next_attempt_at: float | None = None) -> None:  # fmt: skip
+        bump = ", attempt = attempt + 1" if state == "retrying" else ""
+        self.conn.execute(
+            f"UPDATE handoffs SET state = ?, updated_at = ?, last_error = COALESCE(?, last_error), "
+            f"next_attempt_at = COALESCE(?, next_attempt_at){bump} WHERE id = ?",
+            (state, now, detail if state in ("failed", "retrying", "dead") else None, next_attempt_at, hid),
+        )
+        self.conn.execute(
+            "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)", (hid, now, state, detail)
+        )
+
+    def prune_decisions(self, older_than: float, keep_rows: int) -> int:
+        with self._tx():
+            cur = self.conn.execute("DELETE FROM decisions WHERE at < ?", (older_than,))
+            removed = cur.rowcount
+            row = self.conn.execute("SELECT MAX(id) FROM decisions").fetchone()
+            if row and row[0] is not None:
+                removed += self.conn.execute("DELETE FROM decisions WHERE id <= ?", (row[0] - keep_rows,)).rowcount
+        return removed
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def row_to_handoff(r: dict[str, Any], state: str | None = None) -> Handoff:
+    return Handoff(
+        id=r["id"], watch=r["watch"], watch_version=r["watch_version"], kind=r["kind"], key=r["key"],
+        target=r["target"], trigger=r["trigger"], reason=r["reason"], fired_at=r["fired_at"],
+        window=_window.decode(r["window"]) if r["window"] else None, evidence=_evidence.decode(r["evidence"]),
+        attempt=r["attempt"], message=r["message"], state=state or r["state"],  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def read_handoffs(conn: sqlite3.Connection, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    db = sqlite_utils.Database(conn)
+    where, params = ("WHERE state = ?", [state]) if state else ("", [])
+    rows = db.query(f"SELECT * FROM handoffs {where} ORDER BY created_at DESC LIMIT ?", [*params, limit])
+    return list(rows)
+
+
+def transitions_of(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    db = sqlite_utils.Database(conn)
+    for hid in ids:
+        out[hid] = list(db.query("SELECT at, state, detail FROM transitions WHERE handoff_id = ? ORDER BY id", [hid]))
+    return out
