@@ -402,12 +402,12 @@ class Engine:
             st.hits = [t for t in st.hits if t > now - cw.window_s]
             st.hits.append(now)
             st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], _event_summary(ev)]
+            window = cw.watch.window if isinstance(cw.watch, MatchWatch) else ""
             if len(st.hits) < cw.count:
-                window = format_duration(cw.window_s)
                 reason = f"{len(st.hits)} of {cw.count} in {window}"
                 out.decisions.append(Decision(now, cw.id, key, "counted", reason, ev.id, inp.seq))
                 return
-            reason = f"{len(st.hits)} × {cw.pattern.describe()} within {format_duration(cw.window_s)}"
+            reason = f"{len(st.hits)} × {cw.pattern.describe()} within {window}"
             evidence = st.evidence
             st.hits, st.evidence = [], []
         else:
@@ -448,7 +448,8 @@ class Engine:
         heard = "never seen since the watch started" if (
             meta is not None and st.last_seen == meta.activated_at and not st.evidence
         ) else f"last seen {iso(st.last_seen)}"  # fmt: skip
-        reason = f"no {cw.pattern.describe()}{_for_key(key)} for {format_duration(cw.for_s)} ({heard})"
+        assert isinstance(cw.watch, AbsentWatch)
+        reason = f"no {cw.pattern.describe()}{_for_key(key)} for {cw.watch.for_} ({heard})"
         late = now - due
         if late >= 1:
             reason += f"; noticed {format_duration(late)} late (watchd was not running)"
@@ -529,7 +530,7 @@ class Engine:
             if cw.opens_cron is not None:
                 span = f"between {self._local(start, cw)} and {self._local(end, cw)} {cw.zone}"
             else:
-                span = f"within {format_duration(cw.within_s)} of {cw.opens.subject if cw.opens else 'opening'}"
+                span = f"within {cw.watch.within} of {cw.opens.subject if cw.opens else 'opening'}"
             reason = f"no {cw.pattern.describe()}{_for_key(key)} {span}"
             if late >= 1:
                 reason += f"; noticed {format_duration(late)} late (watchd was not running)"
