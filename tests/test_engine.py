@@ -80,7 +80,7 @@ def test_match_fires_per_matching_event_with_evidence() -> None:
     assert fires[0].targets == ["notify.console"]
     assert sim.emit("mail.received", {"from": "a@small.com", "urgent": True}) == []
     assert sim.emit("mail.other", {"from": "a@big.com", "urgent": True}) == []
-    assert sim.verdicts("urgent") == ["matched", "fired", "where_false"]
+    assert sim.verdicts("urgent") == ["fired", "where_false"]
 
 
 def test_where_error_is_false_with_reason_and_never_stops_the_engine() -> None:
@@ -336,7 +336,7 @@ def test_downtime_over_many_windows_fires_only_the_latest() -> None:
 def test_shadow_mode_records_would_fire_without_firing() -> None:
     sim = Sim(MATCH.replace('then = ["notify.console"]', 'then = ["notify.console"]\nmode = "shadow"'))
     assert sim.emit("mail.received", {"from": "a@big.com", "urgent": True}) == []
-    assert sim.verdicts("urgent") == ["matched", "would_fire"]
+    assert sim.verdicts("urgent") == ["would_fire"]
 
 
 def test_disabled_watch_is_not_evaluated() -> None:

@@ -105,7 +105,8 @@ class WatchMeta(msgspec.Struct, omit_defaults=True):
 
 
 def _event_summary(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "subject": event.subject, "time": iso(event.ts), "data": event.data}
+    time = event.time.isoformat().replace("+00:00", "Z")
+    return {"id": event.id, "subject": event.subject, "time": time, "data": event.data}
 
 
 # ---- compiled watches ------------------------------------------------------------------------
@@ -116,6 +117,14 @@ class CompiledPattern:
     subject: str
     where: expr.Expr | None
     key: expr.Expr | None
+
+    @property
+    def variables(self) -> frozenset[str]:
+        found: frozenset[str] = frozenset()
+        for e in (self.where, self.key):
+            if e is not None:
+                found |= e.variables
+        return found
 
     @staticmethod
     def of(p: Pattern) -> CompiledPattern:
@@ -191,6 +200,8 @@ class Engine:
         self._dirty: set[tuple[str, str | None]] = set()
         self._dirty_meta: set[str] = set()
         self._deleted_watches: set[str] = set()
+        self._variables: dict[str, frozenset[str]] = {}
+        self._summary: dict[str, Any] | None = None
 
     # -- definitions and restored state --
 
@@ -213,6 +224,7 @@ class Engine:
                 self._forget(gone)
         self.watches = new
         self.index = SubjectIndex()
+        self._variables = {}
         for cw in new.values():
             if not cw.watch.enabled:
                 continue
@@ -338,12 +350,13 @@ class Engine:
         if not candidates:
             return
         ctx = None
+        self._summary = None
         for cw, role in candidates:
             pattern = cw.opens if role == ROLE_OPENS else cw.pattern
             assert pattern is not None
             if pattern.where is not None or pattern.key is not None:
                 if ctx is None:
-                    ctx = expr.event_context(event)
+                    ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
                 if pattern.where is not None:
                     ok, why = expr.test_where(pattern.where, ctx)
                     if not ok:
@@ -365,6 +378,20 @@ class Engine:
                 self._absent_seen(cw, key, inp, now, out)
             else:
                 self._deadline_expect(cw, key, inp, now, out)
+
+    def _variables_for(self, subject: str, candidates: list[tuple[CompiledWatch, int]]) -> frozenset[str]:
+        found = self._variables.get(subject)
+        if found is None:
+            found = frozenset().union(*((cw.opens if r == ROLE_OPENS else cw.pattern).variables  # type: ignore[union-attr]
+                                        for cw, r in candidates))  # fmt: skip
+            self._variables[subject] = found
+        return found
+
+    def _evidence(self, event: Event) -> dict[str, Any]:
+        """The event as evidence, built once per event however many watches keep it."""
+        if self._summary is None:
+            self._summary = _event_summary(event)
+        return self._summary
 
     def _state(self, cw: CompiledWatch, key: str | None) -> KeyState:
         keyed = self.keys.setdefault(cw.id, {})
@@ -394,14 +421,13 @@ class Engine:
         ev = inp.event
         if not cw.count and not cw.cooldown_s:  # stateless: the common case stays cheap
             reason = f"{ev.subject} matched" + (f" where {cw.pattern.where.source}" if cw.pattern.where else "")
-            out.decisions.append(Decision(now, cw.id, key, "matched", reason, ev.id, inp.seq))
-            self._fire(cw, key, ev.id, now, reason, out, evidence=[_event_summary(ev)], seq=inp.seq, event_id=ev.id)
+            self._fire(cw, key, ev.id, now, reason, out, evidence=[self._evidence(ev)], seq=inp.seq, event_id=ev.id)
             return
         st = self._state(cw, key)
         if cw.count:
             st.hits = [t for t in st.hits if t > now - cw.window_s]
             st.hits.append(now)
-            st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], _event_summary(ev)]
+            st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], self._evidence(ev)]
             window = cw.watch.window if isinstance(cw.watch, MatchWatch) else ""
             if len(st.hits) < cw.count:
                 reason = f"{len(st.hits)} of {cw.count} in {window}"
@@ -412,12 +438,11 @@ class Engine:
             st.hits, st.evidence = [], []
         else:
             reason = f"{ev.subject} matched" + (f" where {cw.pattern.where.source}" if cw.pattern.where else "")
-            evidence = [_event_summary(ev)]
+            evidence = [self._evidence(ev)]
         if cw.cooldown_s and st.last_fire is not None and now < st.last_fire + cw.cooldown_s:
             until = iso(st.last_fire + cw.cooldown_s)
             out.decisions.append(Decision(now, cw.id, key, "suppressed", f"cooldown until {until}", ev.id, inp.seq))
             return
-        out.decisions.append(Decision(now, cw.id, key, "matched", reason, ev.id, inp.seq))
         if not cw.shadow:
             st.last_fire = now
         self._fire(cw, key, ev.id, now, reason, out, evidence=evidence, seq=inp.seq, event_id=ev.id)
@@ -433,11 +458,11 @@ class Engine:
             silence = format_duration(now - st.last_seen)
             reason = f"{cw.pattern.subject}{_for_key(key)} resumed after {silence} of silence"
             out.decisions.append(Decision(now, cw.id, key, "recovered", reason, ev.id, inp.seq))
-            self._fire(cw, key, "recover:" + ev.id, now, reason, out, evidence=[_event_summary(ev)],
+            self._fire(cw, key, "recover:" + ev.id, now, reason, out, evidence=[self._evidence(ev)],
                        seq=inp.seq, event_id=ev.id)  # fmt: skip
         st.silent = False
         st.last_seen = now
-        st.evidence = [_event_summary(ev)]
+        st.evidence = [self._evidence(ev)]
         self._arm(cw.id, key)
 
     def _absent_due(self, cw: CompiledWatch, key: str | None, due: float, now: float, out: Outputs) -> None:
@@ -496,7 +521,7 @@ class Engine:
     def _open_by_event(self, cw: CompiledWatch, key: str | None, inp: EventInput, now: float, out: Outputs) -> None:
         st = self._state(cw, key)
         st.windows.append((now, now + cw.within_s))
-        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], _event_summary(inp.event)]
+        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], self._evidence(inp.event)]
         reason = f"{inp.event.subject} opened a window until {iso(now + cw.within_s)}"
         out.decisions.append(Decision(now, cw.id, key, "window_opened", reason, inp.event.id, inp.seq))
         self._arm(cw.id, key)

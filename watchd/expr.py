@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import cel
@@ -11,6 +12,9 @@ from watchd.errors import WatchdError
 from watchd.model import Event
 
 VARIABLES = frozenset({"data", "subject", "time", "source", "id"})
+# Macro binders (`tags.exists(t, t == "x")`) are listed among a program's references; they are
+# local to the macro, not variables the event must provide.
+_BINDER = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 
 
 class ExprError(WatchdError):
@@ -20,11 +24,12 @@ class ExprError(WatchdError):
 class Expr:
     """A compiled CEL expression, with its source kept for messages and `explain`."""
 
-    __slots__ = ("program", "source")
+    __slots__ = ("program", "source", "variables")
 
-    def __init__(self, source: str, program: Any) -> None:
+    def __init__(self, source: str, program: Any, variables: frozenset[str]) -> None:
         self.source = source
         self.program = program
+        self.variables = variables  # which event fields it reads: the context holds only those
 
     def __repr__(self) -> str:
         return f"Expr({self.source!r})"
@@ -38,18 +43,21 @@ def compile_expr(source: str) -> Expr:
     except (ValueError, RuntimeError) as exc:
         first = str(exc).split("\n", 1)[0].replace("Failed to parse expression", "syntax error in")
         raise ExprError(first) from None
-    unknown = set(program.references().get("variables", [])) - VARIABLES
+    unknown = set(program.references().get("variables", [])) - VARIABLES - set(_BINDER.findall(source))
     if unknown:
         names = ", ".join(sorted(unknown))
         raise ExprError(f"unknown variable {names}: an event has {', '.join(sorted(VARIABLES))}")
-    return Expr(source, program)
+    return Expr(source, program, frozenset(program.references().get("variables", [])) & VARIABLES)
 
 
-def event_context(event: Event) -> Any:
-    """The CEL activation for one event, converted to CEL values once for every candidate watch."""
-    return cel.Context(
-        {"data": event.data, "subject": event.subject, "time": event.time, "source": event.source, "id": event.id}
-    )
+def event_context(event: Event, variables: frozenset[str] = VARIABLES) -> Any:
+    """The CEL activation for one event, converted once for every candidate watch.
+
+    Converting Python values to CEL costs far more than evaluating (≈6 µs for a small `data`
+    against ≈0.3 µs per predicate), so only the variables some candidate reads are converted.
+    """
+    values = {"data": event.data, "subject": event.subject, "time": event.time, "source": event.source, "id": event.id}
+    return cel.Context({name: values[name] for name in variables})
 
 
 def describe_error(exc: Exception) -> str:
