@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from watchd import bus, config, sdnotify
 from watchd.config import Loaded
@@ -70,6 +72,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._reload_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.failure: WatchdError | None = None  # why a core task stopped the daemon: exit non-zero
         self._fingerprint = self._watch_fingerprint()
 
     # ---- life cycle ----
@@ -107,6 +110,7 @@ class Daemon:
         await self._install(self.loaded, first=True)
         self.dispatcher = Dispatcher(self.store, build_targets(self.loaded), clock=self.clock)
         consumer = bus.EventConsumer(self.js)
+        await self._resume_from_store(consumer)
         await consumer.start()
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
@@ -115,6 +119,38 @@ class Daemon:
         interval = sdnotify.watchdog_interval_s()
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
+
+    async def _resume_from_store(self, consumer: bus.EventConsumer) -> None:
+        """Make the durable deliver from SQLite's cursor (last_seq + 1), not from its ack floor.
+
+        Messages fetched by a watchd that died before committing them stay "pending" on the server
+        until ack_wait, while a new fetch already returns the messages after them; with AckPolicy.ALL
+        the first ack of a later message would then ack, and lose, the uncommitted ones. SQLite
+        holds the truth (commit, then ack), so when the durable has delivered anything past it, it is
+        recreated to start at last_seq + 1. A durable at rest (or an empty store) is left alone.
+        """
+        assert self.js is not None
+        try:
+            info = await consumer.info()
+        except nats.js.errors.NotFoundError:
+            return
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        pending = info.num_ack_pending or 0
+        if delivered == self.last_seq and not pending:
+            # Bind with the durable's own start position: it cannot be changed by an update.
+            consumer.config.deliver_policy = info.config.deliver_policy
+            consumer.config.opt_start_seq = info.config.opt_start_seq
+            consumer.config.opt_start_time = info.config.opt_start_time
+            return
+        if self.last_seq == 0 and not pending:
+            return  # a fresh state store on an old stream: carry on from where the durable is
+        log.warning(
+            "resuming the event stream at seq %d (the last committed); the consumer had delivered up to %d",
+            self.last_seq + 1, delivered,
+        )  # fmt: skip
+        await self.js.delete_consumer(consumer.stream, consumer.durable)
+        consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        consumer.config.opt_start_seq = self.last_seq + 1
 
     def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def guarded() -> None:
@@ -126,9 +162,13 @@ class Daemon:
                 raise
             except WatchdError as exc:
                 log.error("%s: %s", name, exc.message)
+                self.failure = self.failure or exc
                 self.stop.set()
-            except Exception:
+            except Exception as exc:
                 log.exception("%s task failed; stopping", name)
+                self.failure = self.failure or WatchdError(
+                    f"{name} task failed: {type(exc).__name__}: {exc}", hint="see the traceback in the log"
+                )
                 self.stop.set()
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))
@@ -145,8 +185,12 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.nc is not None:
+            # flush + close, not drain: the last acks reach the server, and a pull subscription
+            # cancelled mid-fetch cannot hang the stop (drain waits on its message queue).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2)
+                await asyncio.wait_for(self.nc.flush(), 2)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
         if self.embedded is not None:
             await self.embedded.stop()
         if self.store is not None:
@@ -271,7 +315,7 @@ class Daemon:
         new = await self.store.run(
             lambda: self.store.commit_step(  # type: ignore[union-attr]
                 last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
-                decisions=out.decisions, handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
+                decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
             )  # fmt: skip
         )
         if last_seq is not None:
@@ -305,6 +349,31 @@ class Daemon:
             "uptime_s": round(now - self.started_at, 1), "watches": len(self.loaded.watches),
             "last_seq": self.last_seq, "events": self.events_seen,
         }  # fmt: skip
+
+
+MISSES = frozenset({"where_false", "where_error", "key_error"})
+MISSES_KEPT_PER_BATCH = 3
+
+
+def thin_misses(decisions: list[Decision]) -> list[Decision]:
+    """Keep every decision that changed something, and only the last few misses per watch.
+
+    A miss (a `where` that was false) is by far the most common decision — one per candidate
+    watch per event — and writing each one would cost more than deciding. The latest misses are
+    enough for `explain` to show the nearest ones; the full record is the stream itself, which
+    replays through the same pure core.
+    """
+    kept: list[Decision] = []
+    misses: dict[str, int] = {}
+    for d in reversed(decisions):
+        if d.verdict in MISSES:
+            seen = misses.get(d.watch, 0)
+            if seen >= MISSES_KEPT_PER_BATCH:
+                continue
+            misses[d.watch] = seen + 1
+        kept.append(d)
+    kept.reverse()
+    return kept
 
 
 def _msg_id(msg: Msg) -> str | None:

@@ -17,6 +17,7 @@ class ConsoleNotifier:
     def __init__(self, stream: TextIO | None = None) -> None:
         # Colour only on a terminal: under systemd this lands in the journal as plain lines.
         self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+        self.fancy = self.console.is_terminal  # asked once: rich checks isatty on every call
 
     async def deliver(self, handoff: Handoff) -> Outcome:
         body = Text()
@@ -27,9 +28,9 @@ class ConsoleNotifier:
         body.append(f"\nfired {handoff.fired_at} · handoff {handoff.id}", style="dim")
         body.append(f"\nwhy: watchd explain {handoff.watch}", style="dim")
         title = f"watchd: {handoff.watch} fired"
-        if self.console.is_terminal:
+        if self.fancy:
             self.console.print(Panel(body, title=title, expand=False))
         else:
-            self.console.print(f"[{title}] " + body.plain.replace("\n", " | "), markup=False)
+            self.console.file.write(f"[{title}] " + body.plain.replace("\n", " | ") + "\n")
         self.console.file.flush()
         return Delivered("printed to console")

@@ -1,0 +1,198 @@
+"""The daemon through JetStream, against raw nats-py consumption of the same stream in the same run.
+
+1. Throughput: the daemon is paused (SIGSTOP), N events are stored, it is resumed, and the time
+   to consume, decide and commit them all is compared with a raw nats-py pull consumer (fetch
+   512 + one ack per batch) reading the same N messages.
+2. Latency: events published at 200/s to a matching watch; publish → handoff committed, p50/p99.
+3. Idle: CPU seconds of watchd and its nats-server over 60 idle seconds, and the RSS of each.
+
+Usage: python benchmarks/bench_pipeline.py [--events N] [--idle-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from watchd import bus
+from watchd.model import make_event
+
+WATCHES = "\n".join(
+    f"""
+[[watch]]
+id = "w{i}"
+kind = "match"
+on = {{ subject = "svc{i % 20}.event", where = 'data.level > 4 && data.host == "h1"' }}
+then = ["notify.console"]
+"""
+    for i in range(100)
+) + """
+[[watch]]
+id = "latency"
+kind = "match"
+on = { subject = "bench.latency" }
+then = ["notify.console"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def health(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        result: dict[str, object] = json.loads(r.read())
+        return result
+
+
+def wait_seq(port: int, seq: int, timeout_s: float = 300) -> float:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if int(health(port)["last_seq"]) >= seq:  # type: ignore[call-overload]
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"daemon did not reach seq {seq}: {health(port)}")
+
+
+async def publish_many(url: str, n: int) -> None:
+    nc = await bus.connect(url)
+    js = nc.jetstream()
+    for start in range(0, n, 1000):
+        await asyncio.gather(*(
+            bus.publish_event(js, make_event(f"svc{i % 20}.event", {"level": i % 6, "host": f"h{i % 7}"}))
+            for i in range(start, min(n, start + 1000))
+        ))  # fmt: skip
+    await nc.close()
+
+
+async def raw_consume(url: str, n: int) -> float:
+    nc = await bus.connect(url)
+    consumer = bus.EventConsumer(nc.jetstream(), durable="bench-raw")
+    await consumer.start()
+    got = 0
+    start = time.perf_counter()
+    while got < n:
+        msgs = await consumer.fetch(512, timeout_s=2)
+        if msgs:
+            got += len(msgs)
+            await consumer.ack_upto(msgs[-1])
+    elapsed = time.perf_counter() - start
+    await nc.close()
+    return elapsed
+
+
+async def publish_paced(url: str, rate: float, seconds: float) -> dict[str, float]:
+    nc = await bus.connect(url)
+    js = nc.jetstream()
+    sent: dict[str, float] = {}
+    interval = 1 / rate
+    next_at = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        event = make_event("bench.latency", {"i": i})
+        sent[event.id] = time.time()
+        await bus.publish_event(js, event)
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    await nc.close()
+    return sent
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--idle-s", type=float, default=60)
+    parser.add_argument("--rate", type=float, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "watches").mkdir()
+        (root / "watches" / "bench.toml").write_text(WATCHES)
+        nats_port, http_port = free_port(), free_port()
+        (root / "config.toml").write_text(
+            f'state_dir = "state"\n[nats]\nlisten = "127.0.0.1:{nats_port}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
+        )
+        url = f"nats://127.0.0.1:{nats_port}"
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "watchd.cli", "run", "--config", str(root / "config.toml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_seq(http_port, 0, timeout_s=30)
+            nats_pid = int((root / "state" / "nats" / "nats-server.pid").read_text())
+
+            # 1. throughput: backlog while paused, then drain
+            daemon.send_signal(signal.SIGSTOP)
+            asyncio.run(publish_many(url, args.events))
+            daemon.send_signal(signal.SIGCONT)
+            # Time from the first committed batch, so the pull request that expired while the
+            # daemon was paused is not charged to it; count only the events after that batch.
+            t0 = wait_seq(http_port, 1)
+            first = int(health(http_port)["last_seq"])  # type: ignore[call-overload]
+            t1 = wait_seq(http_port, args.events)
+            daemon_rate = (args.events - first) / (t1 - t0)
+            raw_rate = args.events / asyncio.run(raw_consume(url, args.events))
+            print(f"events: {args.events}, watches: 101 (100 with a CEL where; 1 event in 42 fires one)")
+            print(f"raw nats-py pull consumption: {raw_rate:,.0f} events/s")
+            print(f"watchd consume+decide+commit: {daemon_rate:,.0f} events/s")
+            print(f"ratio: {daemon_rate / raw_rate:.2f}")
+
+            # 2. latency at a steady rate
+            sent = asyncio.run(publish_paced(url, args.rate, 10))
+            wait_seq(http_port, args.events + len(sent), timeout_s=60)
+            time.sleep(0.5)
+            db = sqlite3.connect(root / "state" / "watchd.db")
+            rows = db.execute("SELECT evidence, created_at FROM handoffs WHERE watch = 'latency'").fetchall()
+            lat = [(created - sent[json.loads(ev)[0]["id"]]) * 1000 for ev, created in rows]
+            print(f"latency publish → handoff committed at {args.rate:.0f}/s ({len(lat)} events): "
+                  f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, max {max(lat):.1f} ms")  # fmt: skip
+
+            # 3. idle
+            time.sleep(5)
+            cpu0 = proc_cpu_s(daemon.pid), proc_cpu_s(nats_pid)
+            time.sleep(args.idle_s)
+            cpu1 = proc_cpu_s(daemon.pid), proc_cpu_s(nats_pid)
+            print(f"idle {args.idle_s:.0f}s CPU: watchd {cpu1[0] - cpu0[0]:.2f}s, nats-server {cpu1[1] - cpu0[1]:.2f}s, "
+                  f"total {sum(cpu1) - sum(cpu0):.2f}s")  # fmt: skip
+            print(f"RSS: watchd {proc_rss_mb(daemon.pid):.0f} MB, nats-server {proc_rss_mb(nats_pid):.0f} MB")
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+            daemon.terminate()
+            daemon.wait(20)
+
+
+if __name__ == "__main__":
+    main()
