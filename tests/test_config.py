@@ -193,3 +193,19 @@ def test_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WatchdError) as exc:
         config.resolve_secret("env:MY_TOKEN")
     assert "s3cret" not in str(exc.value) and "MY_TOKEN" in str(exc.value)
+
+
+def test_cron_in_a_dst_gap_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, {"a.toml": """\
+[[watch]]
+id = "x"
+kind = "deadline"
+opens = { cron = "30 2 * * *", timezone = "Europe/Berlin" }
+expect = { subject = "a" }
+within = "1h"
+"""})
+    loaded = config.load(path)
+    (warning,) = loaded.warnings
+    assert warning.endswith("does not exist on " + warning.split("does not exist on ")[1])
+    assert "a.toml:4:11: warning: cron '30 2 * * *' in Europe/Berlin: 02:30 does not exist on" in warning
+    assert "runs once at the end of the gap" in warning

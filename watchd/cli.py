@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from watchd import __version__, bus, config
@@ -34,9 +35,10 @@ CONFIG_OPTION = click.option(
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    # escape: messages quote config ("[nats] url", "[http] listen") that rich would read as markup
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     if hint:
-        err.print(f"[dim]hint: {hint}[/]", markup=True)
+        err.print(f"[dim]hint: {escape(hint)}[/]", markup=True)
     sys.exit(code)
 
 
@@ -94,7 +96,7 @@ def validate(config_path: str | None) -> None:
     """
     loaded = load(config_path)
     for warning in loaded.warnings:
-        err.print(f"warning: {warning}")
+        err.print(f"warning: {warning}", markup=False)
     where = loaded.config_path or "built-in defaults"
     out.print(f"ok: {len(loaded.watches)} watches in {len(loaded.watch_files)} files ({where})")
 
@@ -184,7 +186,7 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     except OSError as exc:
         code, tail_text = 127, f"cannot run {command[0]}: {exc.strerror}"
-        err.print(tail_text)
+        err.print(tail_text, markup=False)
     else:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -202,7 +204,7 @@ def _try_publish(loaded: Loaded, event: Any) -> None:
     try:
         asyncio.run(_publish(loaded, [event]))
     except WatchdError as exc:
-        err.print(f"warning: could not publish {event.subject}: {exc.message}")
+        err.print(f"warning: could not publish {event.subject}: {exc.message}", markup=False)
 
 
 def _http_get(loaded: Loaded, path: str, timeout_s: float = 3) -> dict[str, Any]:

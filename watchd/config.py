@@ -7,6 +7,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,7 +16,7 @@ import msgspec
 
 from watchd import expr
 from watchd.errors import ConfigError, WatchdError
-from watchd.schedule import ScheduleError, parse_cron, parse_duration
+from watchd.schedule import ScheduleError, dst_gap_warning, parse_cron, parse_duration
 from watchd.tomlpos import PathPart, index_positions, locate, parse_msgspec_path
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -302,10 +303,15 @@ class _Problems:
         self.display = display
         self.positions = index_positions(text)
         self.items: list[str] = []
+        self.warnings: list[str] = []
 
     def at(self, path: tuple[PathPart, ...], message: str) -> None:
         line, col = locate(self.positions, path)
         self.items.append(f"{self.display}:{line}:{col}: {message}")
+
+    def warn(self, path: tuple[PathPart, ...], message: str) -> None:
+        line, col = locate(self.positions, path)
+        self.warnings.append(f"{self.display}:{line}:{col}: warning: {message}")
 
     def line_of(self, path: tuple[PathPart, ...]) -> int:
         return locate(self.positions, path)[0]
@@ -350,7 +356,7 @@ def _tag_hint(typ: Any) -> str:
     return "use one of " + ", ".join(str(n) for n in names) if names else "see the documentation"
 
 
-def _load_config(path: Path | None, problems: list[str]) -> tuple[Config, str]:
+def _load_config(path: Path | None, problems: list[str], warnings: list[str]) -> tuple[Config, str]:
     if path is None:
         return Config(), ""
     display = str(path)
@@ -374,6 +380,7 @@ def _load_config(path: Path | None, problems: list[str]) -> tuple[Config, str]:
         setattr(config, section, converted)
     _check_config(config, probs)
     problems.extend(probs.items)
+    warnings.extend(probs.warnings)
     return config, text
 
 
@@ -388,7 +395,7 @@ def _check_config(config: Config, probs: _Problems) -> None:
         if sched.timezone and not _zone_ok(sched.timezone):
             probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
         elif sched.cron:
-            _check_cron(sched.cron, sched.timezone or config.timezone or "UTC", (*path, "cron"), probs)
+            _check_cron(sched.cron, sched.timezone or config.timezone or "UTC", (*path, "cron"), probs, sched.dst_gap)
         for key in ("every", "max_lateness", "jitter", "timeout"):
             _check_duration(getattr(sched, key), (*path, key), probs)
         if not (sched.job or sched.run or sched.then):
@@ -397,11 +404,16 @@ def _check_config(config: Config, probs: _Problems) -> None:
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
 
 
-def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems) -> None:
+def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems, dst_gap: str = "shift") -> None:
     try:
-        parse_cron(text, zone)
+        spec = parse_cron(text, zone, dst_gap=dst_gap)  # type: ignore[arg-type]
     except ScheduleError as exc:
         probs.at(path, exc.message)
+        return
+    # A fixed time inside a spring-forward gap is legal but surprising: say what will happen.
+    warning = dst_gap_warning(spec, datetime.now(UTC).year, years=2)
+    if warning:
+        probs.warn(path, warning)
 
 
 def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Problems) -> None:
@@ -429,11 +441,12 @@ def _watch_files(config: Config, base: Path, problems: list[str]) -> list[Path]:
 def load(config_path: Path | None) -> Loaded:
     """Load and validate everything; raise ConfigError listing every problem."""
     problems: list[str] = []
-    config, _ = _load_config(config_path, problems)
+    warnings: list[str] = []
+    config, _ = _load_config(config_path, problems, warnings)
     base = config_path.parent if config_path else Path.cwd()
     config.notify.setdefault("console", ConsoleNotifier())
     files = _watch_files(config, base, problems)
-    loaded = Loaded(config, config_path, base, [], files)
+    loaded = Loaded(config, config_path, base, [], files, warnings)
     seen: dict[str, str] = {}
     targets = loaded.targets()
     for path in files:
@@ -461,6 +474,7 @@ def load(config_path: Path | None) -> Loaded:
                 digest = hashlib.sha256(msgspec.json.encode(watch)).hexdigest()[:16]
                 loaded.watches.append(WatchDef(watch, display, probs.line_of(here), digest))
         problems.extend(probs.items)
+        warnings.extend(probs.warnings)
     if problems:
         raise ConfigError(problems, hint="fix the lines above, then run `watchd validate` again")
     return loaded
