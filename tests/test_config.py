@@ -206,6 +206,5 @@ within = "1h"
 """})
     loaded = config.load(path)
     (warning,) = loaded.warnings
-    assert warning.endswith("does not exist on " + warning.split("does not exist on ")[1])
     assert "a.toml:4:11: warning: cron '30 2 * * *' in Europe/Berlin: 02:30 does not exist on" in warning
     assert "runs once at the end of the gap" in warning
