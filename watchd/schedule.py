@@ -71,9 +71,7 @@ def _compile(expr: str, tz: str) -> _Compiled:
     text = expr.strip()
     if text.startswith("@"):
         if text.lower() not in _MACROS:
-            raise ScheduleError(
-                f"unknown cron macro {text!r}", f"use one of {', '.join(_MACROS)} or {_CRON_HINT}"
-            )
+            raise ScheduleError(f"unknown cron macro {text!r}", f"use one of {', '.join(_MACROS)} or {_CRON_HINT}")
         text = _MACROS[text.lower()]
     fields = text.split()
     if len(fields) != 5:
@@ -90,9 +88,7 @@ def _compile(expr: str, tz: str) -> _Compiled:
     try:  # e.g. "0 0 31 2 *" is valid syntax but never fires: almost surely a mistake
         croniter(text, datetime(2000, 1, 1), day_or=compiled.day_or).get_next(datetime)
     except CroniterBadDateError:
-        raise ScheduleError(
-            f"cron expression {expr!r} never fires", "check the day-of-month and month"
-        ) from None
+        raise ScheduleError(f"cron expression {expr!r} never fires", "check the day-of-month and month") from None
     return compiled
 
 
@@ -194,8 +190,8 @@ class _Entry:
     at: datetime  # naive UTC
     seq: int  # keeps wall order among equal instants
     wall: datetime = field(compare=False)
-    kind: Literal["run", "shift", "skip"] = field(compare=False)
-    note: str | None = field(compare=False)
+    kind: Literal["run", "shift", "skip"] = field(compare=False)  # shift/skip: a wall time in a gap
+    note: str | None = field(compare=False)  # run: the DST note; shift/skip: "on <date> in <zone>"
 
 
 def _map_wall(c: _Compiled, spec: CronSpec, w: datetime, seq: int) -> tuple[list[_Entry], datetime]:
@@ -260,16 +256,14 @@ def _stream(spec: CronSpec, after: datetime, wall_limit: datetime) -> Iterator[t
             heapq.heappush(heap, e)
 
 
-def _run_note(group: list[_Entry], tz: str, zone: ZoneInfo) -> str | None:
+def _run_note(group: list[_Entry], zone: ZoneInfo) -> str | None:
     shifted = [e for e in group if e.kind == "shift"]
     notes = [e.note for e in group if e.kind == "run" and e.note]
     if shifted:
         local = _aware(group[0].at).astimezone(zone)
         walls = ", ".join(_hm(e.wall) for e in shifted)
         verb = "does" if len(shifted) == 1 else "do"
-        notes.insert(
-            0, f"dst_gap: {walls} {verb} not exist {shifted[0].note}; runs at {_hm(local)} (shifted)"
-        )
+        notes.insert(0, f"dst_gap: {walls} {verb} not exist {shifted[0].note}; runs at {_hm(local)} (shifted)")
     return "; ".join(notes) if notes else None
 
 
@@ -293,7 +287,7 @@ def ticks_between(spec: CronSpec, start: datetime, end: datetime) -> Iterator[Ti
         if u > e:
             return
         if any(x.kind != "skip" for x in group):
-            yield Tick(_aware(u), _run_note(group, spec.tz, zone))
+            yield Tick(_aware(u), _run_note(group, zone))
 
 
 def skipped_in_gap(spec: CronSpec, start: datetime, end: datetime) -> list[tuple[str, str]]:
@@ -320,9 +314,7 @@ def skipped_in_gap(spec: CronSpec, start: datetime, end: datetime) -> list[tuple
     return out
 
 
-def _transitions(
-    zone: ZoneInfo, start: datetime, end: datetime
-) -> list[tuple[datetime, timedelta, timedelta]]:
+def _transitions(zone: ZoneInfo, start: datetime, end: datetime) -> list[tuple[datetime, timedelta, timedelta]]:
     """(instant, offset before, offset after) for offset changes in [start, end) (naive UTC).
 
     Sampled daily then bisected: two changes within one day would be missed; tzdata has none.
@@ -353,9 +345,7 @@ def dst_gap_warning(spec: CronSpec, year_from: int, years: int = 5) -> str | Non
         return None
     hits: dict[str, list[str]] = {}  # wall time -> dates
     span_start, span_end = datetime(year_from, 1, 1), datetime(year_from + years, 1, 1)
-    for at, before, after in _transitions(
-        c.zone, span_start - timedelta(days=1), span_end + timedelta(days=1)
-    ):
+    for at, before, after in _transitions(c.zone, span_start - timedelta(days=1), span_end + timedelta(days=1)):
         if after <= before:
             continue
         gap_start, gap_end = at + before, at + after  # wall times skipped: [gap_start, gap_end)
@@ -368,9 +358,7 @@ def dst_gap_warning(spec: CronSpec, year_from: int, years: int = 5) -> str | Non
         return None
     what = "runs once at the end of the gap instead" if spec.dst_gap == "shift" else "is skipped those days"
     parts = [f"{t} does not exist on {', '.join(sorted(set(d)))}" for t, d in sorted(hits.items())]
-    return (
-        f'cron {spec.expr!r} in {spec.tz}: {"; ".join(parts)} (DST gap); it {what} (dst_gap="{spec.dst_gap}")'
-    )
+    return f'cron {spec.expr!r} in {spec.tz}: {"; ".join(parts)} (DST gap); it {what} (dst_gap="{spec.dst_gap}")'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,9 +389,7 @@ def at_instant(at_local: str, tz: str) -> datetime:
     try:
         dt = datetime.fromisoformat(at_local.strip())
     except ValueError:
-        raise ScheduleError(
-            f"invalid at time {at_local!r}", 'use a local date-time like "2026-12-01T09:00"'
-        ) from None
+        raise ScheduleError(f"invalid at time {at_local!r}", 'use a local date-time like "2026-12-01T09:00"') from None
     if dt.tzinfo is not None:
         return _aware(_naive_utc(dt))
     return _aware(_first_instant(zone, dt))
@@ -451,9 +437,7 @@ def plan_missed(
     for tick in ticks_between(spec, since, n):
         late_s = (n - tick.at).total_seconds()
         if max_lateness_s is not None and late_s > max_lateness_s:
-            reason = (
-                f"too late: {format_duration(late_s)} late, max_lateness is {format_duration(max_lateness_s)}"
-            )
+            reason = f"too late: {format_duration(late_s)} late, max_lateness is {format_duration(max_lateness_s)}"
             plan.skipped.append((tick, reason))
         elif late_s <= grace_s or missed != "skip":
             eligible.append(tick)
@@ -476,9 +460,7 @@ def plan_missed(
 
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
-_DURATION_HINT = (
-    "use a number and a unit (w, d, h, m, s, ms), largest first: 90s, 15m, 2h, 1d, 1h30m, 500ms, 1w"
-)
+_DURATION_HINT = "use a number and a unit (w, d, h, m, s, ms), largest first: 90s, 15m, 2h, 1d, 1h30m, 500ms, 1w"
 
 
 def parse_duration(text: str) -> float:
