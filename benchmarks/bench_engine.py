@@ -53,9 +53,11 @@ def build_events(n: int, t0: float) -> list[EventInput]:
     events = []
     for i in range(n):
         data = {
-            "level": rnd.randint(0, 5), "host": rnd.choice(["web1", "web2", "db1", "nas"]),
-            "ok": rnd.random() < 0.8, "tags": rnd.sample(["urgent", "a", "b", "c"], 2),
-        }  # fmt: skip
+            "level": rnd.randint(0, 5),
+            "host": rnd.choice(["web1", "web2", "db1", "nas"]),
+            "ok": rnd.random() < 0.8,
+            "tags": rnd.sample(["urgent", "a", "b", "c"], 2),
+        }
         at = t0 + i * 0.01
         events.append(EventInput(make_event(rnd.choice(SUBJECTS), data, id=f"e{i}", time_s=at), at, i + 1))
     return events

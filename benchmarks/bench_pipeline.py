@@ -29,22 +29,25 @@ from pathlib import Path
 from watchd import bus
 from watchd.model import make_event
 
-WATCHES = "\n".join(
-    f"""
+WATCHES = (
+    "\n".join(
+        f"""
 [[watch]]
 id = "w{i}"
 kind = "match"
 on = {{ subject = "svc{i % 20}.event", where = 'data.level > 4 && data.host == "h1"' }}
 then = ["notify.console"]
 """
-    for i in range(100)
-) + """
+        for i in range(100)
+    )
+    + """
 [[watch]]
 id = "latency"
 kind = "match"
 on = { subject = "bench.latency" }
 then = ["notify.console"]
 """
+)
 
 
 def free_port() -> int:
@@ -87,10 +90,12 @@ async def publish_many(url: str, n: int) -> None:
     nc = await bus.connect(url)
     js = nc.jetstream()
     for start in range(0, n, 1000):
-        await asyncio.gather(*(
-            bus.publish_event(js, make_event(f"svc{i % 20}.event", {"level": i % 6, "host": f"h{i % 7}"}))
-            for i in range(start, min(n, start + 1000))
-        ))  # fmt: skip
+        await asyncio.gather(
+            *(
+                bus.publish_event(js, make_event(f"svc{i % 20}.event", {"level": i % 6, "host": f"h{i % 7}"}))
+                for i in range(start, min(n, start + 1000))
+            )
+        )
     await nc.close()
 
 
@@ -148,8 +153,9 @@ def main() -> None:
         url = f"nats://127.0.0.1:{nats_port}"
         daemon = subprocess.Popen(
             [sys.executable, "-m", "watchd.cli", "run", "--config", str(root / "config.toml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_seq(http_port, 0, timeout_s=30)
             nats_pid = int((root / "state" / "nats" / "nats-server.pid").read_text())
@@ -177,16 +183,20 @@ def main() -> None:
             db = sqlite3.connect(root / "state" / "watchd.db")
             rows = db.execute("SELECT evidence, created_at FROM handoffs WHERE watch = 'latency'").fetchall()
             lat = [(created - sent[json.loads(ev)[0]["id"]]) * 1000 for ev, created in rows]
-            print(f"latency publish → handoff committed at {args.rate:.0f}/s ({len(lat)} events): "
-                  f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, max {max(lat):.1f} ms")  # fmt: skip
+            print(
+                f"latency publish → handoff committed at {args.rate:.0f}/s ({len(lat)} events): "
+                f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, max {max(lat):.1f} ms"
+            )
 
             # 3. idle
             time.sleep(5)
             cpu0 = proc_cpu_s(daemon.pid), proc_cpu_s(nats_pid)
             time.sleep(args.idle_s)
             cpu1 = proc_cpu_s(daemon.pid), proc_cpu_s(nats_pid)
-            print(f"idle {args.idle_s:.0f}s CPU: watchd {cpu1[0] - cpu0[0]:.2f}s, nats-server {cpu1[1] - cpu0[1]:.2f}s, "
-                  f"total {sum(cpu1) - sum(cpu0):.2f}s")  # fmt: skip
+            print(
+                f"idle {args.idle_s:.0f}s CPU: watchd {cpu1[0] - cpu0[0]:.2f}s, nats-server {cpu1[1] - cpu0[1]:.2f}s, "
+                f"total {sum(cpu1) - sum(cpu0):.2f}s"
+            )
             print(f"RSS: watchd {proc_rss_mb(daemon.pid):.0f} MB, nats-server {proc_rss_mb(nats_pid):.0f} MB")
         finally:
             daemon.send_signal(signal.SIGCONT)

@@ -32,9 +32,12 @@ def test_example_config_and_watches_are_valid() -> None:
     loaded = config.load(ROOT / "config.example.toml")
     kinds = {d.watch.id: type(d.watch) for d in loaded.watches}
     assert kinds == {
-        "nightly-backup": DeadlineWatch, "laptop-alive": AbsentWatch, "urgent-mail": MatchWatch,
-        "login-storm": MatchWatch, "pr-needs-review": DeadlineWatch,
-    }  # fmt: skip
+        "nightly-backup": DeadlineWatch,
+        "laptop-alive": AbsentWatch,
+        "urgent-mail": MatchWatch,
+        "login-storm": MatchWatch,
+        "pr-needs-review": DeadlineWatch,
+    }
     assert "notify.console" in loaded.targets()
 
 
@@ -46,7 +49,10 @@ def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 def test_schema_errors_map_to_the_line_of_the_field(tmp_path: Path) -> None:
-    path = write(tmp_path, {"a.toml": """\
+    path = write(
+        tmp_path,
+        {
+            "a.toml": """\
 [[watch]]
 id = "first"
 kind = "match"
@@ -65,14 +71,19 @@ kind = "deadline"
 expect = { subject = "x", wehre = "true" }
 opens = { cron = "0 1 * * *" }
 within = "2h"
-"""})
+"""
+        },
+    )
     found = problems(path)
     assert any(p.endswith("a.toml:10:1: Expected `str`, got `int`") for p in found), found
     assert any(":16:27: unknown field `wehre`" in p for p in found), found
 
 
 def test_cross_checks(tmp_path: Path) -> None:
-    path = write(tmp_path, {"a.toml": """\
+    path = write(
+        tmp_path,
+        {
+            "a.toml": """\
 [[watch]]
 id = "Bad Id"
 kind = "match"
@@ -97,7 +108,9 @@ id = "counts"
 kind = "match"
 on = { subject = "a" }
 count = 5
-"""})
+"""
+        },
+    )
     found = "\n".join(problems(path))
     assert "a.toml:2:1: watch id 'Bad Id' must match" in found
     assert "a.toml:4:8: bad subject pattern 'a..b'" in found
@@ -111,7 +124,10 @@ count = 5
 
 
 def test_config_errors_and_named_sections(tmp_path: Path) -> None:
-    path = write(tmp_path, {}, """\
+    path = write(
+        tmp_path,
+        {},
+        """\
 timezone = "Europe/Berln"
 
 [notify.phone]
@@ -128,7 +144,8 @@ job = "backup"
 
 [schedule.nothing]
 every = "5 minutes"
-""")
+""",
+    )
     found = "\n".join(problems(path))
     assert "config.toml:1:1: unknown time zone 'Europe/Berln'" in found
     assert "config.toml:3:1: Object missing required field `chat_id`" in found
@@ -141,7 +158,10 @@ every = "5 minutes"
 def test_then_targets_come_from_config(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        {"a.toml": '[[watch]]\nid = "x"\nkind = "match"\non = { subject = "a" }\nthen = ["notify.phone", "agent.claw"]\n'},
+        {
+            "a.toml": '[[watch]]\nid = "x"\nkind = "match"\non = { subject = "a" }\n'
+            'then = ["notify.phone", "agent.claw"]\n'
+        },
         '[notify.phone]\ntype = "console"\n[agent.claw]\ntype = "command"\ncommand = ["true"]\n',
     )
     loaded = config.load(path)
@@ -196,14 +216,19 @@ def test_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cron_in_a_dst_gap_is_a_warning_not_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path, {"a.toml": """\
+    path = write(
+        tmp_path,
+        {
+            "a.toml": """\
 [[watch]]
 id = "x"
 kind = "deadline"
 opens = { cron = "30 2 * * *", timezone = "Europe/Berlin" }
 expect = { subject = "a" }
 within = "1h"
-"""})
+"""
+        },
+    )
     loaded = config.load(path)
     (warning,) = loaded.warnings
     assert "a.toml:4:11: warning: cron '30 2 * * *' in Europe/Berlin: 02:30 does not exist on" in warning

@@ -38,7 +38,9 @@ class Sim:
         self.decisions.extend(out.decisions)
         return out.fires
 
-    def emit(self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0, id: str | None = None) -> list[Fire]:
+    def emit(
+        self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0, id: str | None = None
+    ) -> list[Fire]:
         self.now += after
         self.seq += 1
         event = make_event(subject, data or {}, id=id or f"e{self.seq}", time_s=self.now)
@@ -204,8 +206,10 @@ def test_overdue_timer_after_restart_fires_once_and_says_how_late() -> None:
     sim = Sim(ABSENT)
     sim.emit("heartbeat.x1", {"host": "x1"})
     # persist, "crash", restore into a new engine 2 hours later
-    keys = {w: {k: msgspec.json.decode(msgspec.json.encode(s), type=KeyState) for k, s in ks.items()}
-            for w, ks in sim.engine.keys.items()}  # fmt: skip
+    keys = {
+        w: {k: msgspec.json.decode(msgspec.json.encode(s), type=KeyState) for k, s in ks.items()}
+        for w, ks in sim.engine.keys.items()
+    }
     meta = {w: msgspec.json.decode(msgspec.json.encode(m), type=WatchMeta) for w, m in sim.engine.meta.items()}
     later = sim.now + 7200
     engine = Engine()
@@ -324,8 +328,9 @@ def test_expect_after_deadline_does_not_close_and_late_fire_is_once() -> None:
 
 
 def test_downtime_over_many_windows_fires_only_the_latest() -> None:
-    sim = Sim(DEADLINE_CRON.replace('"0 1 * * *"', '"0 * * * *"').replace('"2h"', '"30m"'),
-              now=berlin(2026, 11, 22, 0, 5))  # fmt: skip
+    sim = Sim(
+        DEADLINE_CRON.replace('"0 1 * * *"', '"0 * * * *"').replace('"2h"', '"30m"'), now=berlin(2026, 11, 22, 0, 5)
+    )
     fires = sim.jump(3 * 86400)  # three days with no clock tick: watchd was down
     assert len(fires) == 1
     assert "late" in fires[0].reason

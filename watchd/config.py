@@ -504,7 +504,7 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets
         _check_duration(w.within, (*here, "within"), probs)
         opens_pattern = w.opens.pattern()
         if bool(w.opens.cron) == bool(opens_pattern):
-            probs.at((*here, "opens"), "`opens` needs either cron = \"…\" (a schedule) or subject = \"…\" (an event)")
+            probs.at((*here, "opens"), '`opens` needs either cron = "…" (a schedule) or subject = "…" (an event)')
         if w.opens.cron:
             zone_name = w.opens.timezone or zone
             if _zone_ok(zone_name):

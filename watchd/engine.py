@@ -165,21 +165,29 @@ class CompiledWatch:
 def compile_watch(w: Watch, version: int, default_zone: str) -> CompiledWatch:
     if isinstance(w, MatchWatch):
         return CompiledWatch(
-            w.id, version, w, default_zone, CompiledPattern.of(w.on),
+            w.id,
+            version,
+            w,
+            default_zone,
+            CompiledPattern.of(w.on),
             window_s=parse_duration(w.window) if w.window else 0.0,
             cooldown_s=parse_duration(w.cooldown) if w.cooldown else 0.0,
             count=w.count or 0,
-        )  # fmt: skip
+        )
     if isinstance(w, AbsentWatch):
         return CompiledWatch(w.id, version, w, default_zone, CompiledPattern.of(w.expect), for_s=parse_duration(w.for_))
     zone = w.opens.timezone or default_zone
     opens_pattern = w.opens.pattern()
     return CompiledWatch(
-        w.id, version, w, zone, CompiledPattern.of(w.expect),
+        w.id,
+        version,
+        w,
+        zone,
+        CompiledPattern.of(w.expect),
         opens=CompiledPattern.of(opens_pattern) if opens_pattern else None,
         opens_cron=parse_cron(w.opens.cron, zone) if w.opens.cron else None,
         within_s=parse_duration(w.within),
-    )  # fmt: skip
+    )
 
 
 # ---- the engine ------------------------------------------------------------------------------
@@ -310,7 +318,9 @@ class Engine:
         st = self.keys.get(wid, {}).get(key)
         return st is not None and self._due(cw, st) == due
 
-    def take_changes(self) -> tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]]:
+    def take_changes(
+        self,
+    ) -> tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]]:
         """What changed since the last call, for the shell to persist in the same transaction."""
         rows = [(w, k, self.keys.get(w, {}).get(k)) for w, k in self._dirty]
         metas = [(w, self.meta[w]) for w in self._dirty_meta if w in self.meta]
@@ -382,8 +392,12 @@ class Engine:
     def _variables_for(self, subject: str, candidates: list[tuple[CompiledWatch, int]]) -> frozenset[str]:
         found = self._variables.get(subject)
         if found is None:
-            found = frozenset().union(*((cw.opens if r == ROLE_OPENS else cw.pattern).variables  # type: ignore[union-attr]
-                                        for cw, r in candidates))  # fmt: skip
+            found = frozenset().union(
+                *(
+                    (cw.opens if r == ROLE_OPENS else cw.pattern).variables  # type: ignore[union-attr]
+                    for cw, r in candidates
+                )
+            )
             self._variables[subject] = found
         return found
 
@@ -401,18 +415,39 @@ class Engine:
         self._dirty.add((cw.id, key))
         return st
 
-    def _fire(self, cw: CompiledWatch, key: str | None, logical: str, now: float, reason: str, out: Outputs,
-              *, evidence: list[dict[str, Any]], window: tuple[float, float] | None = None,
-              late_s: float = 0.0, seq: int | None = None, event_id: str | None = None) -> None:  # fmt: skip
+    def _fire(
+        self,
+        cw: CompiledWatch,
+        key: str | None,
+        logical: str,
+        now: float,
+        reason: str,
+        out: Outputs,
+        *,
+        evidence: list[dict[str, Any]],
+        window: tuple[float, float] | None = None,
+        late_s: float = 0.0,
+        seq: int | None = None,
+        event_id: str | None = None,
+    ) -> None:
         if cw.shadow:
             out.decisions.append(Decision(now, cw.id, key, "would_fire", reason, event_id, seq))
             return
         out.decisions.append(Decision(now, cw.id, key, "fired", reason, event_id, seq))
         out.fires.append(
             Fire(
-                watch=cw.id, version=cw.version, kind=cw.kind, key=key, logical=logical, fired_at=now,
-                reason=reason, targets=list(cw.watch.then), window=window, evidence=evidence, late_s=late_s,
-            )  # fmt: skip
+                watch=cw.id,
+                version=cw.version,
+                kind=cw.kind,
+                key=key,
+                logical=logical,
+                fired_at=now,
+                reason=reason,
+                targets=list(cw.watch.then),
+                window=window,
+                evidence=evidence,
+                late_s=late_s,
+            )
         )
 
     # -- match --
@@ -458,8 +493,17 @@ class Engine:
             silence = format_duration(now - st.last_seen)
             reason = f"{cw.pattern.subject}{_for_key(key)} resumed after {silence} of silence"
             out.decisions.append(Decision(now, cw.id, key, "recovered", reason, ev.id, inp.seq))
-            self._fire(cw, key, "recover:" + ev.id, now, reason, out, evidence=[self._evidence(ev)],
-                       seq=inp.seq, event_id=ev.id)  # fmt: skip
+            self._fire(
+                cw,
+                key,
+                "recover:" + ev.id,
+                now,
+                reason,
+                out,
+                evidence=[self._evidence(ev)],
+                seq=inp.seq,
+                event_id=ev.id,
+            )
         st.silent = False
         st.last_seen = now
         st.evidence = [self._evidence(ev)]
@@ -470,16 +514,27 @@ class Engine:
         assert st.last_seen is not None
         st.silent = True
         meta = self.meta.get(cw.id)
-        heard = "never seen since the watch started" if (
-            meta is not None and st.last_seen == meta.activated_at and not st.evidence
-        ) else f"last seen {iso(st.last_seen)}"  # fmt: skip
+        heard = (
+            "never seen since the watch started"
+            if (meta is not None and st.last_seen == meta.activated_at and not st.evidence)
+            else f"last seen {iso(st.last_seen)}"
+        )
         assert isinstance(cw.watch, AbsentWatch)
         reason = f"no {cw.pattern.describe()}{_for_key(key)} for {cw.watch.for_} ({heard})"
         late = now - due
         if late >= 1:
             reason += f"; noticed {format_duration(late)} late (watchd was not running)"
-        self._fire(cw, key, iso(due) or "", now, reason, out, evidence=list(st.evidence),
-                   window=(st.last_seen, due), late_s=late)  # fmt: skip
+        self._fire(
+            cw,
+            key,
+            iso(due) or "",
+            now,
+            reason,
+            out,
+            evidence=list(st.evidence),
+            window=(st.last_seen, due),
+            late_s=late,
+        )
 
     # -- deadline --
 

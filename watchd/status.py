@@ -14,8 +14,24 @@ from watchd.engine import Engine
 from watchd.model import iso
 from watchd.store import connect, db_path, read_handoffs
 
-HANDOFF_FIELDS = ("id", "watch", "watch_version", "kind", "key", "target", "trigger", "reason", "fired_at",
-                  "window", "evidence", "attempt", "state", "message", "last_error", "updated_at")  # fmt: skip
+HANDOFF_FIELDS = (
+    "id",
+    "watch",
+    "watch_version",
+    "kind",
+    "key",
+    "target",
+    "trigger",
+    "reason",
+    "fired_at",
+    "window",
+    "evidence",
+    "attempt",
+    "state",
+    "message",
+    "last_error",
+    "updated_at",
+)
 
 
 def _open(loaded: Loaded) -> sqlite3.Connection | None:
@@ -44,13 +60,7 @@ def _engine_view(loaded: Loaded, conn: sqlite3.Connection, now: float) -> Engine
     from watchd.store import Store
 
     engine = Engine(loaded.zone())
-    keys: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
-    clock = 0.0
-    try:
-        keys, meta, clock = Store.load_engine_state_from(conn)
-    except sqlite3.Error:
-        pass
+    keys, meta, clock = Store.load_engine_state_from(conn)
     versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
     engine.restore(keys, meta, clock)
     engine.load([(d, versions.get(d.watch.id, 1)) for d in loaded.watches], now)
@@ -58,8 +68,13 @@ def _engine_view(loaded: Loaded, conn: sqlite3.Connection, now: float) -> Engine
 
 
 def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    report: dict[str, Any] = {"daemon": daemon or {"ok": False, "running": False}, "watches": [],
-                              "handoffs": {}, "dead_letters": 0, "state_dir": str(loaded.state_dir)}  # fmt: skip
+    report: dict[str, Any] = {
+        "daemon": daemon or {"ok": False, "running": False},
+        "watches": [],
+        "handoffs": {},
+        "dead_letters": 0,
+        "state_dir": str(loaded.state_dir),
+    }
     conn = _open(loaded)
     last_fired: dict[str, float] = {}
     engine = Engine(loaded.zone())
@@ -74,12 +89,17 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             report["dead_letters"] = report["handoffs"].get("dead", 0)
     for d in loaded.watches:
         w = d.watch
-        report["watches"].append({
-            "id": w.id, "kind": w.__struct_config__.tag, "mode": w.mode,
-            "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
-            "last_fired": iso(last_fired.get(w.id)), "next_due": iso(engine.watch_next_due(w.id)),
-            "file": f"{d.file}:{d.line}",
-        })  # fmt: skip
+        report["watches"].append(
+            {
+                "id": w.id,
+                "kind": w.__struct_config__.tag,
+                "mode": w.mode,
+                "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
+                "last_fired": iso(last_fired.get(w.id)),
+                "next_due": iso(engine.watch_next_due(w.id)),
+                "file": f"{d.file}:{d.line}",
+            }
+        )
     return report
 
 
@@ -101,8 +121,10 @@ def render(report: dict[str, Any], console: Console) -> None:
     elif d.get("running") is False:
         console.print("daemon: not running (showing the state files)")
     else:
-        console.print(f"daemon: UNHEALTHY (engine {'ok' if d.get('engine') else 'stalled'}, "
-                      f"NATS {'ok' if d.get('nats') else 'down'})")  # fmt: skip
+        console.print(
+            f"daemon: UNHEALTHY (engine {'ok' if d.get('engine') else 'stalled'}, "
+            f"NATS {'ok' if d.get('nats') else 'down'})"
+        )
     table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
     for w in report["watches"]:
         table.add_row(w["id"], w["kind"], w["mode"], w["state"], w["last_fired"] or "-", w["next_due"] or "-")

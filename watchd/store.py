@@ -114,7 +114,9 @@ class Store:
         out: dict[str, int] = {}
         with self._tx():
             for watch, digest in digests.items():
-                row = self.conn.execute("SELECT digest, version FROM watch_versions WHERE watch = ?", (watch,)).fetchone()
+                row = self.conn.execute(
+                    "SELECT digest, version FROM watch_versions WHERE watch = ?", (watch,)
+                ).fetchone()
                 if row and row[0] == digest:
                     out[watch] = row[1]
                     continue
@@ -178,14 +180,33 @@ class Store:
             for h in handoffs:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO handoffs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (h.id, h.watch, h.watch_version, h.kind, h.key, h.target, h.trigger, h.reason, h.fired_at,
-                     encode(h.window).decode(), encode(h.evidence).decode(), h.message, h.attempt, h.state,
-                     now, now, now, None),
-                )  # fmt: skip
+                    (
+                        h.id,
+                        h.watch,
+                        h.watch_version,
+                        h.kind,
+                        h.key,
+                        h.target,
+                        h.trigger,
+                        h.reason,
+                        h.fired_at,
+                        encode(h.window).decode(),
+                        encode(h.evidence).decode(),
+                        h.message,
+                        h.attempt,
+                        h.state,
+                        now,
+                        now,
+                        now,
+                        None,
+                    ),
+                )
                 if cur.rowcount:
                     new_ids.append(h.id)
-                    c.execute("INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
-                              (h.id, now, "pending", None))  # fmt: skip
+                    c.execute(
+                        "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
+                        (h.id, now, "pending", None),
+                    )
             if subjects:
                 c.executemany(
                     "INSERT INTO subjects VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
@@ -227,12 +248,15 @@ class Store:
         ).fetchone()
         return row[0] if row and row[0] is not None else None
 
-    def finish(self, hid: str, state: str, now: float, detail: str | None, next_attempt_at: float | None = None) -> None:
+    def finish(
+        self, hid: str, state: str, now: float, detail: str | None, next_attempt_at: float | None = None
+    ) -> None:
         with self._tx():
             self._transition(hid, state, now, detail, next_attempt_at=next_attempt_at)
 
-    def _transition(self, hid: str, state: str, now: float, detail: str | None, *,
-                    next_attempt_at: float | None = None) -> None:  # fmt: skip
+    def _transition(
+        self, hid: str, state: str, now: float, detail: str | None, *, next_attempt_at: float | None = None
+    ) -> None:
         bump = ", attempt = attempt + 1" if state == "retrying" else ""
         self.conn.execute(
             f"UPDATE handoffs SET state = ?, updated_at = ?, last_error = COALESCE(?, last_error), "
@@ -269,11 +293,21 @@ class _Transaction:
 
 def row_to_handoff(r: dict[str, Any], state: str | None = None) -> Handoff:
     return Handoff(
-        id=r["id"], watch=r["watch"], watch_version=r["watch_version"], kind=r["kind"], key=r["key"],
-        target=r["target"], trigger=r["trigger"], reason=r["reason"], fired_at=r["fired_at"],
-        window=_window.decode(r["window"]) if r["window"] else None, evidence=_evidence.decode(r["evidence"]),
-        attempt=r["attempt"], message=r["message"], state=state or r["state"],  # type: ignore[arg-type]
-    )  # fmt: skip
+        id=r["id"],
+        watch=r["watch"],
+        watch_version=r["watch_version"],
+        kind=r["kind"],
+        key=r["key"],
+        target=r["target"],
+        trigger=r["trigger"],
+        reason=r["reason"],
+        fired_at=r["fired_at"],
+        window=_window.decode(r["window"]) if r["window"] else None,
+        evidence=_evidence.decode(r["evidence"]),
+        attempt=r["attempt"],
+        message=r["message"],
+        state=state or r["state"],  # type: ignore[arg-type]
+    )
 
 
 def read_handoffs(conn: sqlite3.Connection, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:

@@ -22,7 +22,9 @@ def _split_key(dotted: str) -> list[str]:
     return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
 
 
-def _scan_inline(line: str, start: int, prefix: tuple[PathPart, ...], lineno: int, out: dict) -> None:
+def _scan_inline(
+    line: str, start: int, prefix: tuple[PathPart, ...], lineno: int, out: dict[tuple[PathPart, ...], Position]
+) -> None:
     """Record keys inside `{ a = 1, b = { c = 2 } }` starting at `start` (just after `{`)."""
     stack = [prefix]
     i = start
