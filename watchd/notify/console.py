@@ -16,7 +16,8 @@ from watchd.model import Handoff
 class ConsoleNotifier:
     def __init__(self, stream: TextIO | None = None) -> None:
         # Colour only on a terminal: under systemd this lands in the journal as plain lines.
-        self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+        # emoji=False: a reason quoting `":fire:"` from a where clause is printed as written.
+        self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True, emoji=False)
         self.fancy = self.console.is_terminal  # asked once: rich checks isatty on every call
 
     async def deliver(self, handoff: Handoff) -> Outcome:

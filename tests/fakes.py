@@ -1,0 +1,409 @@
+"""Fake HTTP services on loopback for notifier tests: real aiohttp servers, real sockets.
+
+Each fake records every request and answers like the real service; a test can script what the
+next requests to a path get (fail N times, 429 with a retry-after, stall, a service-shaped
+error) before the fake falls back to its normal behaviour:
+
+    async with FakeTelegram(token="123:abc") as tg:
+        tg.fail(500, times=2)              # the next two sendMessage calls get 500
+        notifier = TelegramNotifier(TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url))
+        ...
+        assert tg.messages[-1]["text"].startswith("🔔")
+
+`FakeTelegram`, `FakeSlack` (incoming webhook and Web API) and `FakeWebhook` share the scripting
+API of `FakeServer` (`fail`, `rate_limit`, `stall`, `reject_auth`, `script`), which acts on the
+service's delivery path unless given another. The pytest fixtures at the end yield started fakes;
+to use them from any test module, import them into conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Self
+
+import msgspec
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+
+@dataclass
+class Reply:
+    """One scripted answer. `json` wins over `text`; `delay_s` stalls before answering (a stall
+    ends early when the server stops, so teardown stays fast); `echo` appends the request path
+    and query to the text, as careless servers and proxies do in error pages."""
+
+    status: int = 200
+    json: Any = None
+    text: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    echo: bool = False
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: CIMultiDict[str]
+    body: bytes
+    json: Any
+    at: float
+
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class FakeServer:
+    """A recording HTTP server on 127.0.0.1 and a random port, with per-path scripted replies."""
+
+    default_path = "/"
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self._scripts: dict[str, deque[Reply]] = {}
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- life cycle --
+
+    async def start(self) -> Self:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # access_log=None: aiohttp's access log would print request paths (with tokens) into caplog.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- scripting --
+
+    def script(self, *replies: Reply, path: str | None = None) -> None:
+        """Queue replies for the next requests to `path` (default: the delivery path)."""
+        self._scripts.setdefault(path or self.default_path, deque()).extend(replies)
+
+    def fail(self, status: int = 500, times: int = 1, *, path: str | None = None,
+             headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        """The next `times` requests get `status`, with the service's error body for it."""
+        reply = self.error_reply(status)
+        reply.headers.update(headers or {})
+        self.script(*[reply] * times, path=path)
+
+    def rate_limit(self, retry_after: float = 7, times: int = 1, *, path: str | None = None,
+                   http_date: bool = False) -> None:  # fmt: skip
+        """429 with the service's retry-after (a `Retry-After` header, as seconds or an HTTP-date)."""
+        reply = self.rate_limit_reply(retry_after)
+        if http_date:
+            reply.headers["Retry-After"] = formatdate(time.time() + retry_after, usegmt=True)
+        self.script(*[reply] * times, path=path)
+
+    def stall(self, seconds: float, times: int = 1, *, path: str | None = None) -> None:
+        """The next `times` requests hang for `seconds` before an ordinary success."""
+        self.script(*[Reply(delay_s=seconds, status=-1)] * times, path=path)
+
+    def reject_auth(self, times: int = 1, *, path: str | None = None) -> None:
+        """The service's own way of refusing the credentials."""
+        self.script(*[self.error_reply(401)] * times, path=path)
+
+    # -- the service's shapes (overridden per service) --
+
+    def error_reply(self, status: int) -> Reply:
+        return Reply(status, text=f"error {status}")
+
+    def rate_limit_reply(self, retry_after: float) -> Reply:
+        return Reply(429, text="slow down", headers={"Retry-After": f"{retry_after:g}"})
+
+    async def respond(self, req: Request) -> Reply:
+        """The normal answer when nothing is scripted."""
+        return Reply(200, json={"ok": True})
+
+    # -- inspection --
+
+    def requests_to(self, path: str | None = None) -> list[Request]:
+        path = path or self.default_path
+        return [r for r in self.requests if r.path == path]
+
+    # -- the handler --
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        decoded: Any = None
+        if body:
+            with contextlib.suppress(msgspec.DecodeError):
+                decoded = msgspec.json.decode(body)
+        req = Request(request.method, request.path, dict(request.query), CIMultiDict(request.headers), body, decoded,
+                      time.time())  # fmt: skip
+        self.requests.append(req)
+        queue = self._scripts.get(request.path)
+        reply = queue.popleft() if queue else await self.respond(req)
+        if reply.delay_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
+        if reply.status == -1:  # a stall that then succeeds normally
+            reply = await self.respond(req)
+        if reply.json is not None:
+            return web.json_response(reply.json, status=reply.status, headers=reply.headers)
+        text = reply.text or ""
+        if reply.echo:
+            text += f" {request.path_qs}"
+        return web.Response(status=reply.status, text=text, headers=reply.headers)
+
+
+class FakeTelegram(FakeServer):
+    """The Bot API: `/bot<token>/sendMessage` and `/bot<token>/getMe`. Use `url` as api_base."""
+
+    def __init__(self, token: str = "123456:TEST-token", chats: set[str] | None = None,
+                 username: str = "watchd_test_bot") -> None:  # fmt: skip
+        super().__init__()
+        self.token = token
+        self.chats = chats  # None: every chat exists
+        self.username = username
+        self.messages: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+        self.default_path = f"/bot{token}/sendMessage"
+
+    @property
+    def api_base(self) -> str:
+        return self.url
+
+    def error_reply(self, status: int) -> Reply:
+        descriptions = {
+            400: "Bad Request: chat not found", 401: "Unauthorized", 403: "Forbidden: bot was blocked by the user",
+            404: "Not Found", 500: "Internal Server Error",
+        }  # fmt: skip
+        description = descriptions.get(status, f"Error {status}")
+        return Reply(status, json={"ok": False, "error_code": status, "description": description})
+
+    def rate_limit_reply(self, retry_after: float) -> Reply:
+        n = int(retry_after)
+        return Reply(429, json={"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {n}",
+                                "parameters": {"retry_after": n}})  # fmt: skip
+
+    @staticmethod
+    def bad_request(description: str) -> Reply:
+        return Reply(400, json={"ok": False, "error_code": 400, "description": description})
+
+    async def respond(self, req: Request) -> Reply:
+        prefix = f"/bot{self.token}/"
+        if not req.path.startswith(prefix):
+            # The real API answers 401 for a well-formed unknown token and 404 for a malformed one.
+            return self.error_reply(401 if req.path.startswith("/bot") and ":" in req.path else 404)
+        method = req.path[len(prefix) :]
+        params: dict[str, Any] = req.json if isinstance(req.json, dict) else {}
+        if method == "getMe":
+            return Reply(json={"ok": True, "result": {"id": int(self.token.split(":")[0] or 0), "is_bot": True,
+                                                      "first_name": "watchd", "username": self.username}})  # fmt: skip
+        if method != "sendMessage":
+            return self.error_reply(404)
+        text, chat_id = params.get("text"), params.get("chat_id")
+        if not text or chat_id in (None, ""):
+            return self.bad_request("Bad Request: message text is empty")
+        if len(str(text).encode("utf-16-le")) // 2 > 4096:
+            return self.bad_request("Bad Request: message is too long")
+        if self.chats is not None and str(chat_id) not in self.chats:
+            return self.error_reply(400)
+        self.messages.append(params)
+        return Reply(json={"ok": True, "result": {"message_id": next(self._ids), "chat": {"id": chat_id},
+                                                  "date": int(time.time()), "text": text}})  # fmt: skip
+
+
+class FakeSlack(FakeServer):
+    """An incoming webhook at `webhook_url` and the Web API under `api_base` (`chat.postMessage`,
+    `auth.test`, bearer token checked). `mode` picks which one the scripting helpers act on."""
+
+    def __init__(self, mode: str = "webhook", token: str = "xoxb-test-token", hook_secret: str = "XXXXtesthook",
+                 channels: set[str] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        assert mode in ("webhook", "api")
+        self.mode = mode
+        self.token = token
+        self.hook_path = f"/services/T0000/B0000/{hook_secret}"
+        self.channels = channels  # None: every channel exists and the bot is in it
+        self.messages: list[dict[str, Any]] = []
+        self._ts = itertools.count(100)
+        self.default_path = self.hook_path if mode == "webhook" else "/api/chat.postMessage"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + self.hook_path
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/api"
+
+    def slack_error(self, error: str, times: int = 1, *, path: str | None = None,
+                    headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        """The Web API's HTTP 200 `{"ok": false, "error": error}`."""
+        self.script(*[Reply(200, json={"ok": False, "error": error}, headers=dict(headers or {}))] * times,
+                    path=path or "/api/chat.postMessage")  # fmt: skip
+
+    def error_reply(self, status: int) -> Reply:
+        if self.mode == "api":
+            if status == 401:  # the Web API says it in the body, with HTTP 200
+                return Reply(200, json={"ok": False, "error": "invalid_auth"})
+            return Reply(status, json={"ok": False, "error": "fatal_error" if status >= 500 else "invalid_request"})
+        code = {400: "invalid_payload", 401: "invalid_token", 403: "invalid_token", 404: "no_service",
+                410: "channel_is_archived", 500: "rollup_error"}.get(status, "error")  # fmt: skip
+        return Reply(status, text=code)
+
+    def reject_auth(self, times: int = 1, *, path: str | None = None) -> None:
+        if self.mode == "api":
+            self.slack_error("invalid_auth", times, path=path)
+        else:
+            self.script(*[Reply(403, text="invalid_token")] * times, path=path)
+
+    def rate_limit_reply(self, retry_after: float) -> Reply:
+        if self.mode == "api":
+            return Reply(429, json={"ok": False, "error": "ratelimited"}, headers={"Retry-After": f"{retry_after:g}"})
+        return Reply(429, text="rate_limited", headers={"Retry-After": f"{retry_after:g}"})
+
+    @staticmethod
+    def blocks_problem(payload: dict[str, Any]) -> str | None:
+        blocks = payload.get("blocks")
+        if blocks is None:
+            return None if payload.get("text") else "no_text"
+        if not isinstance(blocks, list) or len(blocks) > 50:
+            return "invalid_blocks"
+        for b in blocks:
+            if b.get("type") == "section" and len(b.get("text", {}).get("text", "")) > 3000:
+                return "invalid_blocks"
+        return None
+
+    async def respond(self, req: Request) -> Reply:
+        payload: dict[str, Any] = req.json if isinstance(req.json, dict) else {}
+        if req.path == self.hook_path:
+            problem = self.blocks_problem(payload)
+            if req.json is None or problem:
+                return Reply(400, text=problem or "invalid_payload")
+            self.messages.append(payload)
+            return Reply(200, text="ok")
+        if req.path.startswith("/services/"):
+            return Reply(404, text="no_service")
+        if not req.path.startswith("/api/"):
+            return Reply(404, text="not found")
+        if req.headers.get("Authorization") != f"Bearer {self.token}":
+            return Reply(json={"ok": False, "error": "not_authed" if "Authorization" not in req.headers
+                               else "invalid_auth"})  # fmt: skip
+        method = req.path[len("/api/") :]
+        if method == "auth.test":
+            return Reply(json={"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "watchd",
+                               "team_id": "T0000", "user_id": "U0000"})  # fmt: skip
+        if method != "chat.postMessage":
+            return Reply(json={"ok": False, "error": "unknown_method"})
+        channel = payload.get("channel")
+        if not channel or (self.channels is not None and channel not in self.channels):
+            return Reply(json={"ok": False, "error": "channel_not_found"})
+        problem = self.blocks_problem(payload)
+        if problem:
+            return Reply(json={"ok": False, "error": problem})
+        self.messages.append(payload)
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        return Reply(json={"ok": True, "channel": "C0000", "ts": ts, "message": {"text": payload.get("text")}})
+
+
+class FakeWebhook(FakeServer):
+    """A handoff receiver at `/hook`: checks the signature when given the secret (401 if wrong),
+    deduplicates by `X-Watchd-Handoff-Id` like a careful receiver, answers 200."""
+
+    default_path = "/hook"
+
+    def __init__(self, secret: str | None = None, header: str = "X-Watchd-Signature-256") -> None:
+        super().__init__()
+        self.secret = secret
+        self.header = header
+        self.deliveries: list[dict[str, Any]] = []  # accepted bodies, duplicates included
+        self.handoff_ids: list[str] = []  # in arrival order, duplicates included
+
+    @property
+    def hook_url(self) -> str:
+        return self.url + self.default_path
+
+    @property
+    def unique_ids(self) -> set[str]:
+        return set(self.handoff_ids)
+
+    def signature_ok(self, req: Request) -> bool:
+        if self.secret is None:
+            return True
+        expected = "sha256=" + hmac.new(self.secret.encode(), req.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, req.headers.get(self.header, ""))
+
+    def error_reply(self, status: int) -> Reply:
+        return Reply(status, json={"error": f"HTTP {status}"})
+
+    async def respond(self, req: Request) -> Reply:
+        if req.path != self.default_path:
+            return Reply(404, text="no such hook")
+        if not self.signature_ok(req):
+            return Reply(401, json={"error": "bad signature"})
+        if not isinstance(req.json, dict):
+            return Reply(400, json={"error": "body is not a JSON object"})
+        hid = req.headers.get("X-Watchd-Handoff-Id", "")
+        duplicate = hid in self.handoff_ids
+        self.handoff_ids.append(hid)
+        self.deliveries.append(req.json)
+        return Reply(200, json={"received": hid, "duplicate": duplicate})
+
+
+# ---- fixtures (import them into conftest.py to share) ------------------------------------------------------
+
+
+@pytest.fixture
+async def fake_telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack("webhook") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_slack_api() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack("api") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_webhook() -> AsyncIterator[FakeWebhook]:
+    async with FakeWebhook(secret="test-signing-secret") as fake:
+        yield fake

@@ -1,0 +1,98 @@
+"""Webhook: POST the handoff JSON to a URL, signed like GitHub's `X-Hub-Signature-256`.
+
+The receiver gets the handoff exactly as SPEC §4 shapes it, `X-Watchd-Handoff-Id` as its dedup
+key (a retry repeats it), and with a secret `X-Watchd-Signature-256: sha256=<hex HMAC-SHA256 of
+the raw body>`, which it should check with a constant-time compare before parsing the body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+import msgspec
+
+from watchd.config import WebhookNotifier as WebhookConfig
+from watchd.dispatch import Delivered, Outcome
+from watchd.errors import WatchdError
+from watchd.model import Handoff
+from watchd.notify import http_client
+from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+
+log = logging.getLogger("watchd.notify.webhook")
+
+SERVICE = "the webhook receiver"
+ID_HEADER = "X-Watchd-Handoff-Id"
+ATTEMPT_HEADER = "X-Watchd-Attempt"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """`sha256=<hex>`: the HMAC-SHA256 of the exact bytes sent, as GitHub signs its webhooks."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str | None) -> bool:
+    """For receivers (and tests): does `signature` match the body, compared in constant time?"""
+    return signature is not None and hmac.compare_digest(sign(secret, body), signature)
+
+
+class WebhookNotifier:
+    """One POST per handoff. `name` is the target name (`notify.hook`) used in every detail.
+
+    The URL may carry credentials of its own (a token in the query, user:password@), so it is
+    scrubbed like a secret too; only its host is ever shown.
+    """
+
+    def __init__(self, cfg: WebhookConfig, *, name: str = "notify.webhook",
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
+        self.name = name
+        self.timeout_s = timeout_s
+        self.header = cfg.header
+        self._url = http_client.resolve(name, cfg.url, "url") or ""
+        if not self._url:
+            raise WatchdError(f"{name}: the webhook url is empty", hint="set url to the receiver's https:// URL")
+        http_client.check_http_url(name, self._url, "url", secret=True)
+        self._secret_ref = http_client.secret_ref(cfg.secret, "secret")
+        self._secret = http_client.resolve(name, cfg.secret, "secret")
+        if cfg.secret is not None and not self._secret:
+            raise WatchdError(f"{name}: the webhook signing secret is empty", hint=f"set {self._secret_ref}")
+        if not self.header.strip() or any(c in self.header for c in ":\r\n "):
+            raise WatchdError(f"{name}: header {self.header!r} is not a valid HTTP header name")
+        self._secrets = [*http_client.url_secrets(self._url), self._secret]
+
+    def __repr__(self) -> str:
+        return f"WebhookNotifier({self.name!r}, signed={self._secret is not None})"
+
+    async def deliver(self, handoff: Handoff) -> Outcome:
+        body = msgspec.json.encode(handoff)
+        headers = {"Content-Type": "application/json", ID_HEADER: handoff.id, ATTEMPT_HEADER: str(handoff.attempt)}
+        if self._secret:
+            headers[self.header] = sign(self._secret, body)
+        resp = await http_client.send(
+            "POST", self._url, name=self.name, service=SERVICE, secrets=self._secrets, timeout_s=self.timeout_s,
+            data=body, headers=headers,
+        )  # fmt: skip
+        outcome = resp if not isinstance(resp, Response) else self._classify(resp)
+        if not isinstance(outcome, Delivered):
+            log.info("%s: %s", self.name, outcome.detail)
+        return outcome
+
+    async def probe(self) -> tuple[bool, str]:
+        """Config sanity only: any request to a receiver could be taken for a delivery."""
+        signed = "signed" if self._secret else "unsigned"
+        return True, f"{self.name}: webhook to {http_client.host_of(self._url)} is configured ({signed})"
+
+    def _classify(self, resp: Response) -> Outcome:
+        reason = "" if 200 <= resp.status < 300 else resp.text_excerpt(self._secrets, 120)
+        hints = {
+            401: f"check the receiver's expected signature and {self._secret_ref}",
+            403: f"check the receiver's expected signature and {self._secret_ref}",
+            404: "check url",
+            0: "check url and what the receiver expects",
+        }
+        outcome = http_client.classify(resp, name=self.name, service=SERVICE, hints=hints, secrets=self._secrets,
+                                       reason=reason)  # fmt: skip
+        if isinstance(outcome, Delivered):
+            return Delivered(f"webhook receiver answered {resp.status}")
+        return outcome
