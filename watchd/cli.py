@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from typing import Any, NoReturn
@@ -19,14 +20,15 @@ import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from watchd import __version__, bus, config
 from watchd.config import Loaded
-from watchd.errors import ConfigError, DaemonNotRunning, EventRejected, WatchdError
+from watchd.errors import ConfigError, DaemonNotRunning, EventRejected, NatsUnavailable, WatchdError
 from watchd.model import encode, make_event
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", metavar="PATH", envvar=None,
@@ -122,9 +124,34 @@ def _parse_pairs(pairs: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]
     return data
 
 
+async def _refused(urls: str | list[str]) -> None:
+    """Fail at once when nothing listens: bus.connect retries a refused connection until its
+    timeout (right for the daemon), which made `emit` and `exec` hang 3 s per event with watchd down."""
+    servers = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [u.strip() for u in urls]
+    for url in servers:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.scheme not in ("nats", "tls"):
+            return
+        try:
+            conn = asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222)
+            _, writer = await asyncio.wait_for(conn, 1)
+        except ConnectionRefusedError:
+            continue
+        except (OSError, ValueError, TimeoutError):
+            return  # not a clear refusal: let connect try, and report
+        writer.close()
+        return
+    shown = ", ".join(bus.redact_url(u) for u in servers)
+    raise NatsUnavailable(
+        f"cannot reach NATS at {shown}: connection refused",
+        hint="is `watchd run` running? Otherwise check [nats] url in the config",
+    )
+
+
 async def _publish(loaded: Loaded, events: list[Any]) -> list[bus.PubAckInfo]:
     from watchd.daemon import nats_url
 
+    await _refused(nats_url(loaded))
     nc = await bus.connect(nats_url(loaded), name="watchd-cli", timeout_s=3)
     try:
         js = nc.jetstream()
@@ -178,7 +205,12 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
       watchd exec backup -- restic backup /home
     """
     make_event(subject)  # check the subject before running anything
-    loaded = load(config_path)
+    loaded: Loaded | None = None
+    try:
+        loaded = load(config_path)
+    except WatchdError as exc:  # a broken config must not stop the wrapped job (a backup) running
+        first = exc.problems[0] if isinstance(exc, ConfigError) and exc.problems else exc.message
+        err.print(f"warning: cannot load the config ({first}); running without publishing", markup=False)
     started = time.time()
     _try_publish(loaded, make_event(f"{subject}.started", {"command": list(command)}, source="exec"))
     tail: deque[str] = deque(maxlen=40)
@@ -199,8 +231,10 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
     sys.exit(code)
 
 
-def _try_publish(loaded: Loaded, event: Any) -> None:
+def _try_publish(loaded: Loaded | None, event: Any) -> None:
     """exec must not fail the wrapped job because watchd is down: warn and go on."""
+    if loaded is None:
+        return
     try:
         asyncio.run(_publish(loaded, [event]))
     except WatchdError as exc:
@@ -293,8 +327,9 @@ def handoffs(config_path: str | None, state: str | None, limit: int, as_json: bo
         return
     table = Table("fired", "watch", "key", "target", "state", "attempt", "reason", box=None)
     for h in rows:
-        table.add_row(h["fired_at"], h["watch"], h["key"] or "", h["target"], h["state"], str(h["attempt"]),
-                      h["reason"])  # fmt: skip
+        # Text, not str: keys and reasons come from event data, and rich would parse "[/]" as markup
+        cells = (h["fired_at"], h["watch"], h["key"] or "", h["target"], h["state"], str(h["attempt"]), h["reason"])
+        table.add_row(*(Text(c) for c in cells))
     out.print(table)
 
 

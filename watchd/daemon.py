@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -80,17 +81,20 @@ class Daemon:
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pid_file = self.state_dir / "watchd.pid"
+        lock_fd = _lock_state_dir(self.state_dir, pid_file)  # held until exit; released by any death
         pid_file.write_text(str(os.getpid()))
         try:
             await self._start()
             sdnotify.notify("READY=1\nSTATUS=watching")
-            log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), bus.redact_url(str(nats_url(self.loaded))))
+            shown = bus.redact_url(str(nats_url(self.loaded)))
+            log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
             await self.stop.wait()
         finally:
             sdnotify.notify("STOPPING=1")
             await self._shutdown()
             with contextlib.suppress(OSError):
                 pid_file.unlink()
+            os.close(lock_fd)
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -136,17 +140,16 @@ class Daemon:
             return
         delivered = info.delivered.stream_seq if info.delivered else 0
         pending = info.num_ack_pending or 0
-        if delivered == self.last_seq and not pending:
-            # Bind with the durable's own start position: it cannot be changed by an update.
+        # At rest, or a fresh state store on an old stream (carry on from where the durable is).
+        if not pending and (delivered == self.last_seq or self.last_seq == 0):
+            # Bind with the durable's own start position: the server refuses to update it.
             consumer.config.deliver_policy = info.config.deliver_policy
             consumer.config.opt_start_seq = info.config.opt_start_seq
             consumer.config.opt_start_time = info.config.opt_start_time
             return
-        if self.last_seq == 0 and not pending:
-            return  # a fresh state store on an old stream: carry on from where the durable is
         log.warning(
-            "resuming the event stream at seq %d (the last committed); the consumer had delivered up to %d",
-            self.last_seq + 1, delivered,
+            "resuming the event stream after seq %d, the last committed (the consumer had delivered up to %d)",
+            self.last_seq, delivered,
         )  # fmt: skip
         await self.js.delete_consumer(consumer.stream, consumer.durable)
         consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
@@ -220,7 +223,7 @@ class Daemon:
         for entry in self.loaded.config.watches:
             p = config.resolve_path(self.loaded.base_dir, entry)
             paths.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
-        out = []
+        out: list[tuple[str, int | None, int | None]] = []
         for p in paths:
             try:
                 st = p.stat()
@@ -312,12 +315,13 @@ class Daemon:
         messages = {d.watch.id: d.watch.message for d in self.loaded.watches}
         for fire in out.fires:
             handoffs.extend(handoffs_from_fire(fire, messages.get(fire.watch)))
-        new = await self.store.run(
-            lambda: self.store.commit_step(  # type: ignore[union-attr]
+        store = self.store
+        new = await store.run(
+            lambda: store.commit_step(
                 last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
                 decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
-            )  # fmt: skip
-        )
+            )
+        )  # fmt: skip
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
         for fire in out.fires:
@@ -376,6 +380,25 @@ def thin_misses(decisions: list[Decision]) -> list[Decision]:
     return kept
 
 
+def _lock_state_dir(state_dir: Path, pid_file: Path) -> int:
+    """One daemon per state_dir. A second one would take the first's nats-server for a leftover
+    (and stop it), then run a second engine on the same SQLite and stream."""
+    fd = os.open(state_dir / "watchd.lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        try:
+            other = f" (pid {int(pid_file.read_text().strip())})"
+        except (OSError, ValueError):
+            other = ""
+        raise WatchdError(
+            f"another watchd{other} is already running with state_dir {state_dir}",
+            hint="stop it first (or check it with `watchd status`), or give this one its own state_dir",
+        ) from None
+    return fd
+
+
 def _msg_id(msg: Msg) -> str | None:
     return (msg.headers or {}).get("Nats-Msg-Id")
 
@@ -385,4 +408,7 @@ async def _noop() -> None:
 
 
 def run(loaded: Loaded) -> None:
-    asyncio.run(Daemon(loaded).run())
+    daemon = Daemon(loaded)
+    asyncio.run(daemon.run())
+    if daemon.failure is not None:
+        raise daemon.failure  # a task failed (e.g. the HTTP port is taken): exit 1, so systemd restarts it

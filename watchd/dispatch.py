@@ -75,16 +75,16 @@ def handoffs_from_fire(fire: Fire, message: str | None = None) -> list[Handoff]:
             id=fire.handoff_id(target), watch=fire.watch, watch_version=fire.version, kind=fire.kind, key=fire.key,
             target=target, trigger=fire.trigger, reason=fire.reason, fired_at=iso(fire.fired_at) or "",
             window=window, evidence=fire.evidence, message=render_message(message, fire),
-        )  # fmt: skip
+        )
         for target in fire.targets
-    ]
+    ]  # fmt: skip
 
 
 def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
     """Exponential with full jitter; a server's retry-after is honoured but capped."""
     if retry_after_s is not None:
         return min(max(retry_after_s, 0.0), BACKOFF_CAP_S)
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.random() * ceiling / 2
 
 
@@ -140,7 +140,9 @@ class Dispatcher:
         if isinstance(outcome, Delivered):
             await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
         elif isinstance(outcome, Dead) or h.attempt >= MAX_ATTEMPTS:
-            detail = outcome.detail if isinstance(outcome, Dead) else f"gave up after {h.attempt} attempts: {outcome.detail}"
+            detail = (
+                outcome.detail if isinstance(outcome, Dead) else f"gave up after {h.attempt} attempts: {outcome.detail}"
+            )
             log.warning("handoff %s to %s dead-lettered: %s", h.id, h.target, detail)
             await self.store.run(self.store.finish, h.id, "dead", now, detail)
         else:

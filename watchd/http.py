@@ -13,7 +13,7 @@ from aiohttp import web
 from watchd import bus
 from watchd.config import resolve_secret
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
-from watchd.model import make_event
+from watchd.model import encode, make_event
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
@@ -55,9 +55,15 @@ class Ingress:
     async def events(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return _error(401, "missing or wrong bearer token")
-        body = await request.read() if request.can_read_body else b""
+        too_big = f"over the {self.max_body}-byte limit"
+        if (request.content_length or 0) > self.max_body:
+            return _error(413, f"body is {request.content_length} bytes, {too_big}")
+        try:
+            body = await request.read() if request.can_read_body else b""
+        except web.HTTPRequestEntityTooLarge:  # a chunked body past client_max_size
+            return _error(413, f"body is {too_big}")
         if len(body) > self.max_body:
-            return _error(413, f"body is {len(body)} bytes, over the {self.max_body}-byte limit")
+            return _error(413, f"body is {len(body)} bytes, {too_big}")
         data: Any = {}
         if body.strip():
             try:
@@ -69,6 +75,10 @@ class Ingress:
         event_id = request.headers.get("Idempotency-Key") or request.query.get("id")
         try:
             event = make_event(request.match_info["subject"], data, id=event_id, source="http")
+            # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
+            size, limit = len(encode(event)), self.daemon.loaded.config.engine.max_event_bytes
+            if size > limit:
+                return _error(413, f"the event would be {size} bytes, over the {limit}-byte event limit")
             assert self.daemon.js is not None
             ack = await bus.publish_event(self.daemon.js, event)
         except EventRejected as exc:
@@ -115,7 +125,9 @@ async def serve(daemon: Daemon) -> None:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        raise WatchdError(f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port") from None
+        raise WatchdError(
+            f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
+        ) from None
     log.info("HTTP listening on %s", cfg.listen)
     try:
         await daemon.stop.wait()

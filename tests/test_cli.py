@@ -1,0 +1,184 @@
+"""The command line as a user runs it (a subprocess): one-line errors and exit codes, `validate`
+positions, `emit` and `exec` with and without a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import DaemonProc, wait_until
+
+SUB_WATCH = """
+[[watch]]
+id = "subs"
+kind = "match"
+on = { subject = "sub.>" }
+then = ["notify.console"]
+"""
+
+
+def sys_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
+    return subprocess.run([sys.executable, "-m", "watchd.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+
+
+def _one_clear_error(stderr: str, starts: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert lines and lines[0].startswith(f"error: {starts}"), stderr
+    assert len(lines) <= 2 and all(ln.startswith(("error:", "hint:")) for ln in lines), stderr
+
+
+def test_emit_bad_subject_is_one_line_error(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory()
+    for subject in ("bad subject!", "a..b", "watchd.events.x", ""):
+        r = d.cli("emit", subject)
+        assert r.returncode != 0
+        _one_clear_error(r.stderr, "bad subject")
+    r = d.cli("emit", "ok.subject", "novalue")
+    assert r.returncode != 0
+    _one_clear_error(r.stderr, "bad field 'novalue'")
+    r = d.cli("emit", "ok.subject", "--json", "[1]")
+    assert r.returncode != 0
+    _one_clear_error(r.stderr, "--json must be a JSON object")
+    r = d.cli("emit", "ok.subject", "--json", "{nope")
+    assert r.returncode != 0
+    _one_clear_error(r.stderr, "--json is not valid JSON")
+
+
+def test_emit_without_daemon_fails_fast_and_clearly(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory()  # configured, never started: nothing listens on its NATS port
+    started = time.monotonic()
+    r = d.cli("emit", "job.done", "x=1")
+    assert time.monotonic() - started < 3
+    assert r.returncode == 1
+    _one_clear_error(r.stderr, f"cannot reach NATS at {d.nats_url}")
+    assert "hint: is `watchd run` running? Otherwise check [nats] url" in r.stderr  # [nats] survives rich markup
+
+
+def test_validate_reports_file_line_col_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "watches").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text('watches = ["watches/"]\nstate_dir = "state"\n[http]\nlisten = "127.0.0.1:1"\nbogus = 1\n')
+    (tmp_path / "watches" / "syntax.toml").write_text('[[watch]]\nid = "a"\nkind = "match"\non = { subject = "x" \n')
+    (tmp_path / "watches" / "fields.toml").write_text("""[[watch]]
+id = "fine"
+kind = "match"
+on = { subject = "x" }
+
+[[watch]]
+id = "bad-dur"
+kind = "absent"
+expect = { subject = "hb.*" }
+for = "15 minutes"
+then = ["notify.nowhere"]
+
+[[watch]]
+id = "bad-cel"
+kind = "match"
+on = { subject = "x", where = "data.a ==" }
+
+[[watch]]
+id = "bad-kind"
+kind = "sometimes"
+""")  # fmt: skip
+    r = sys_run(["validate", "--config", str(config)], cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    problems = [ln for ln in lines if not ln.startswith(("error:", "hint:"))]
+    assert all(re.match(r"^\S+\.toml:\d+:\d+: \S", ln) for ln in problems), problems
+    expected = [
+        r"config\.toml:5:\d+: unknown field `bogus`",
+        r"watches/syntax\.toml:4:\d+: TOML syntax error",
+        r"watches/fields\.toml:10:\d+: invalid duration '15 minutes'",
+        r"watches/fields\.toml:11:\d+: unknown target 'notify\.nowhere'",
+        r"watches/fields\.toml:16:\d+: CEL where does not compile",
+        r"watches/fields\.toml:20:\d+: Invalid value 'sometimes' for `kind`",
+    ]
+    for pattern in expected:
+        assert any(re.search(pattern, ln) for ln in problems), (pattern, problems)
+    assert len(problems) == len(expected), problems
+    assert lines[-2] == f"error: {len(expected)} problem(s) found"
+
+    for name in ("syntax.toml", "fields.toml"):
+        (tmp_path / "watches" / name).unlink()
+    config.write_text(config.read_text().replace("bogus = 1\n", ""))
+    (tmp_path / "watches" / "ok.toml").write_text(SUB_WATCH)
+    ok = sys_run(["validate", "--config", str(config)], cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 1 watches in 1 files"), ok.stdout + ok.stderr
+
+
+def test_exec_without_daemon_runs_the_command_and_warns(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory()
+    started = time.monotonic()
+    r = d.cli("exec", "sub", "--", "false")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "warning: could not publish sub.started" in r.stderr
+    assert "warning: could not publish sub.failed" in r.stderr
+    r = d.cli("exec", "sub", "--", "sh", "-c", "echo out-line; exit 7")
+    assert r.returncode == 7 and r.stdout == "out-line\n"
+    r = d.cli("exec", "sub", "--", "no-such-command-xyz")
+    assert r.returncode == 127 and "cannot run no-such-command-xyz" in r.stderr
+    assert time.monotonic() - started < 6, "exec waited for an absent NATS"
+
+    # A broken config does not stop the wrapped job either.
+    d.config_path.write_text(d.config_path.read_text() + "\nbogus = 1\n")
+    r = d.cli("exec", "sub", "--", "sh", "-c", "echo ran")
+    assert r.returncode == 0 and r.stdout == "ran\n"
+    assert "warning: cannot load the config" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., DaemonProc]) -> None:
+    keyed = SUB_WATCH.replace('"subs"', '"keyed"').replace('"sub.>"', '"sub.keyed", key = "data.host"')
+    d = daemon_factory({"subs.toml": SUB_WATCH, "keyed.toml": keyed}).start()
+    r = d.cli("exec", "sub.backup", "--", "sh", "-c", "echo hello; echo world >&2; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert "hello" in r.stdout and "warning" not in r.stderr
+
+    def events() -> dict[str, dict[str, object]]:
+        return {h["evidence"][0]["subject"]: h["evidence"][0] for h in d.handoffs("subs")}
+
+    got = wait_until(lambda: (e := events()) and {"sub.backup.started", "sub.backup.failed"} <= set(e) and e,
+                     what="started and failed events")  # fmt: skip
+    assert got["sub.backup.started"]["data"] == {"command": ["sh", "-c", "echo hello; echo world >&2; exit 3"]}
+    failed = got["sub.backup.failed"]["data"]
+    assert isinstance(failed, dict)
+    assert failed["exit_code"] == 3 and failed["output_tail"] == "hello\nworld\n"
+    assert isinstance(failed["duration_s"], float | int) and 0 <= failed["duration_s"] < 10
+
+    r = d.cli("exec", "sub.ok", "--", "true")
+    assert r.returncode == 0
+    done = wait_until(lambda: events().get("sub.ok.done"), what="the done event")
+    assert done["data"]["exit_code"] == 0 and done["data"]["output_tail"] == ""  # type: ignore[index]
+
+    # emit: k=v values parse as JSON, a.b nests, --json merges, --id is stored once
+    r = d.cli("emit", "sub.emit", "n=5", "ok=true", "name=box", "a.b=1", "--json", '{"x": [1]}', "--id", "emit-1")
+    assert r.returncode == 0 and r.stdout.startswith("emit-1 sub.emit seq ")
+    again = d.cli("emit", "sub.emit", "--id", "emit-1")
+    assert again.returncode == 0 and "(duplicate: already stored)" in again.stdout
+    ev = wait_until(lambda: events().get("sub.emit"), what="the emitted event")
+    assert ev["data"] == {"x": [1], "n": 5, "ok": True, "name": "box", "a": {"b": 1}}
+    assert ev["id"] == "emit-1"
+    time.sleep(0.2)
+    assert [h["evidence"][0]["id"] for h in d.handoffs("subs")].count("emit-1") == 1
+
+    # a key from event data that looks like rich markup is shown as written
+    r = d.cli("emit", "sub.keyed", "host=[/]x[i]")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: any(h["key"] == "[/]x[i]" for h in d.handoffs("keyed")), what="the keyed fire")
+    table = d.cli("handoffs")
+    assert table.returncode == 0 and "[/]x[i]" in table.stdout, table.stdout + table.stderr
+
+    listed = json.loads(d.cli("handoffs", "--json", "--state", "delivered", "--limit", "5").stdout)
+    assert len(d.handoffs("subs")) == 6  # backup started+failed, ok started+done, emit, keyed
+    assert len(listed) == 5 and {h["state"] for h in listed} == {"delivered"}
+    assert json.loads(d.cli("handoffs", "--json", "--state", "dead").stdout) == []
+    assert d.term() == 0

@@ -1,0 +1,241 @@
+"""The real daemon as a subprocess: emit → fire → console handoff; status/check; absent overdue on
+restart; reload (invalid keeps the last good definitions, valid bumps the version, SIGHUP); SIGTERM;
+malformed events on the stream. No mocks: embedded nats-server, real SQLite, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from conftest import DaemonProc, pid_gone, wait_until
+
+from watchd import bus
+from watchd.model import make_event
+
+MATCH_JOBS = """
+[[watch]]
+id = "jobs"
+kind = "match"
+on = { subject = "job.*" }
+then = ["notify.console"]
+"""
+
+
+def test_emit_fires_console_handoff_and_status_and_check(daemon_factory: Callable[..., DaemonProc]) -> None:
+    watch = MATCH_JOBS.replace('"job.*"', '"job.*", where = \'data.host != ":fire:"\'')
+    d = daemon_factory({"jobs.toml": watch}).start()
+    assert d.cli("check").returncode == 0
+
+    emitted = d.cli("emit", "job.done", "exit_code=0", "host=box")
+    assert emitted.returncode == 0, emitted.stderr
+    event_id = emitted.stdout.split()[0]
+
+    # printed verbatim: no rich markup or emoji codes applied to a reason
+    line = '[watchd: jobs fired] job.done matched where data.host != ":fire:" | watch jobs v1 · match | fired '
+    wait_until(lambda: line in d.stdout(), what="console handoff on stdout")
+    rows = wait_until(
+        lambda: [h for h in json.loads(d.cli("handoffs", "--json").stdout) if h["state"] == "delivered"],
+        what="handoff delivered",
+    )
+    assert len(rows) == 1
+    h = rows[0]
+    assert (h["watch"], h["watch_version"], h["kind"], h["target"]) == ("jobs", 1, "match", "notify.console")
+    assert h["id"].startswith("h_") and h["id"] in d.stdout()
+    assert [e["id"] for e in h["evidence"]] == [event_id]
+    assert h["evidence"][0]["data"] == {"exit_code": 0, "host": "box"}
+
+    status = json.loads(d.cli("status", "--json").stdout)
+    assert status["daemon"]["ok"] is True and status["daemon"]["pid"] == d.pid
+    (w,) = status["watches"]
+    assert (w["id"], w["kind"], w["mode"], w["state"]) == ("jobs", "match", "live", "ok")
+    assert w["last_fired"] and w["last_fired"].endswith("Z")
+    assert status["handoffs"] == {"delivered": 1}
+
+    assert d.term() == 0
+    stopped = d.cli("check")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "no watchd answering" in stopped.stderr
+    # status still works from the state files alone
+    offline = json.loads(d.cli("status", "--json").stdout)
+    assert offline["daemon"]["ok"] is False and offline["watches"][0]["last_fired"] == w["last_fired"]
+
+
+def test_absent_overdue_fires_once_on_restart_saying_late(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory({"hb.toml": """
+[[watch]]
+id = "hb"
+kind = "absent"
+expect = { subject = "hb.*" }
+for = "3s"
+then = ["notify.console"]
+"""}).start()  # fmt: skip
+    d.publish(make_event("hb.laptop", {"n": 1}))
+    wait_until(lambda: d.decisions("hb", "matched"), what="heartbeat seen")
+    assert d.term() == 0
+    assert d.decisions("hb", "fired") == [], "fired before the silence was over"
+    seen_at = d.decisions("hb", "matched")[0]["at"]
+
+    wait_until(lambda: time.time() > seen_at + 3 + 1.5, timeout_s=8, what="the silence to pass while down")
+    d.start()
+    (fired,) = wait_until(lambda: d.decisions("hb", "fired"), what="the overdue absent fire")
+    assert "late" in fired["reason"] and "watchd was not running" in fired["reason"], fired["reason"]
+    wait_until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
+    assert d.term() == 0
+
+    d.start()
+    time.sleep(1.0)  # a second start must not fire it again (several engine idle rounds)
+    assert d.term() == 0
+    assert len(d.decisions("hb", "fired")) == 1
+    assert len(d.handoffs("hb")) == 1
+
+
+def test_reload_invalid_keeps_old_then_valid_bumps_version_and_sighup(
+    daemon_factory: Callable[..., DaemonProc],
+) -> None:
+    d = daemon_factory({
+        "jobs.toml": MATCH_JOBS,
+        "meta.toml": """
+[[watch]]
+id = "config-invalid"
+kind = "match"
+on = { subject = "watchd.config.invalid" }
+then = ["notify.console"]
+""",
+    }).start()  # fmt: skip
+
+    # 1. an invalid change: the old definition keeps firing, the problem is logged as file:line and
+    # watchd.config.invalid is emitted (and watched).
+    d.write_watch("jobs.toml", MATCH_JOBS.replace('kind = "match"', 'kind = "match"\nwithin = "1h"'))
+    (inv,) = wait_until(lambda: d.handoffs("config-invalid"), what="watchd.config.invalid handoff")
+    problems = inv["evidence"][0]["data"]["problems"]
+    assert any(re.search(r"jobs\.toml:5:\d+: unknown field `within`", p) for p in problems), problems
+    wait_until(lambda: re.search(r"reload rejected: \S*jobs\.toml:5:\d+: ", d.stderr()), what="file:line in log")
+    assert "keeping the last good definitions" in d.stderr()
+
+    d.publish(make_event("job.a", {"n": 1}))
+    (old,) = wait_until(lambda: d.handoffs("jobs"), what="the old definition to fire")
+    assert old["watch_version"] == 1
+    assert d.alive()
+
+    # 2. a valid change takes effect and bumps the version
+    d.write_watch("jobs.toml", MATCH_JOBS.replace('"job.*"', '"job.*", where = "data.n > 1"'))
+    wait_until(lambda: "reloaded: 2 watches" in d.stderr(), what="reload")
+    low, high = make_event("job.b", {"n": 1}), make_event("job.c", {"n": 2})
+    d.publish(low, high)
+    wait_until(lambda: len(d.handoffs("jobs")) == 2, what="the new definition to fire")
+    new = d.handoffs("jobs")[1]
+    assert new["watch_version"] == 2 and new["evidence"][0]["id"] == high.id
+    assert [x["verdict"] for x in d.decisions("jobs") if x["event_id"] == low.id] == ["where_false"]
+
+    # 3. SIGHUP reloads too, even with nothing changed (the version stays)
+    before = d.stderr().count("reloaded:")
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.stderr().count("reloaded:") > before, timeout_s=5, what="SIGHUP reload")
+    d.publish(make_event("job.d", {"n": 5}))
+    wait_until(lambda: len(d.handoffs("jobs")) == 3, what="fire after SIGHUP")
+    assert d.handoffs("jobs")[2]["watch_version"] == 2
+    assert d.term() == 0
+
+
+def test_sigterm_exits_zero_quickly_and_stops_nats(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+    d.publish(make_event("job.x"))
+    wait_until(lambda: d.handoffs("jobs"), what="a fire before stopping")
+    # Stop while events pour in: a fetch is in flight and a batch may be in hand.
+    flood = threading.Thread(target=_flood, args=(d,), daemon=True)
+    flood.start()
+    wait_until(lambda: int(d.meta("last_seq") or 0) > 2000, what="the flood to be consumed")
+    nats_pid = d.nats_pid()
+    assert nats_pid is not None and not pid_gone(nats_pid)
+    started = time.monotonic()
+    assert d.term(timeout_s=10) == 0
+    assert time.monotonic() - started < 10
+    assert pid_gone(nats_pid), "the embedded nats-server outlived the daemon"
+    err = d.stderr()
+    assert "watchd stopped" in err
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert not (d.state_dir / "watchd.pid").exists()
+    flood.join(10)
+
+    # What was committed is consistent: one fire per consumed event, and a restart finishes the rest.
+    d.start()
+    top = d.stream_last_seq()
+    wait_until(lambda: int(d.meta("last_seq") or 0) >= top, what="the rest of the flood")
+    fired = [f["event_id"] for f in d.decisions("jobs", "fired")]
+    assert len(fired) == len(set(fired)) == top
+    assert d.term() == 0
+
+
+def _flood(d: DaemonProc) -> None:
+    async def go() -> None:
+        nc = await bus.connect(d.nats_url, name="flood")
+        try:
+            js = nc.jetstream()
+            for n in range(20_000):
+                await bus.publish_event(js, make_event("job.flood", {"n": n}), timeout_s=0.3)
+        finally:
+            await nc.close()
+
+    with contextlib.suppress(Exception):  # ends when the server goes away
+        asyncio.run(go())
+
+
+def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+    nats_pid = d.nats_pid()
+    second = subprocess.run([sys.executable, "-m", "watchd.cli", "run", "--config", str(d.config_path)],
+                            cwd=d.root, env=d.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert second.returncode == 1
+    assert f"error: another watchd (pid {d.pid}) is already running" in second.stderr, second.stderr
+    # the first one is untouched: same nats-server, still firing
+    assert d.nats_pid() == nats_pid and nats_pid is not None and not pid_gone(nats_pid)
+    assert (d.state_dir / "watchd.pid").read_text() == str(d.pid)
+    d.publish(make_event("job.x"))
+    wait_until(lambda: d.handoffs("jobs"), what="the first daemon to keep firing")
+    assert d.term() == 0
+
+
+def test_busy_nats_port_is_a_clear_error(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory({"jobs.toml": MATCH_JOBS})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", d.nats_port))
+        s.listen()
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(20) == 1
+    err = d.stderr()
+    assert f"error: 127.0.0.1:{d.nats_port} is already in use" in err and "Traceback" not in err, err
+
+
+def test_malformed_events_on_the_stream_are_rejected_not_fatal(daemon_factory: Callable[..., DaemonProc]) -> None:
+    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+    d.publish_raw("watchd.events.job.x", b"not json", "bad-1")
+    d.publish_raw("watchd.events.job.x", b"[1, 2, 3]", "bad-2")
+    envelope = {"id": "bad-3", "subject": "bad subject!", "time": "2026-01-01T00:00:00Z", "data": {}}
+    d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-3")
+    envelope = {"id": "bad-4", "subject": "job.x", "time": "2026-01-01T00:00:00Z", "data": [1]}
+    d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-4")
+    good = make_event("job.ok")
+    d.publish(good)
+
+    (h,) = wait_until(lambda: d.handoffs("jobs"), what="the good event to fire")
+    assert h["evidence"][0]["id"] == good.id
+    rejected = d.decisions("", "rejected")
+    assert [r["event_id"] for r in rejected] == ["bad-1", "bad-2", "bad-3", "bad-4"]
+    reasons = [r["reason"] for r in rejected]
+    assert "not valid JSON" in reasons[0]
+    assert "malformed event" in reasons[1]
+    assert "bad subject 'bad subject!'" in reasons[2]
+    assert "malformed event" in reasons[3] and "data" in reasons[3]
+    assert all(r["seq"] for r in rejected)
+    assert d.wait_ready()["events"] == 1
+    assert d.term() == 0
