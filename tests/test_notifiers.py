@@ -44,6 +44,20 @@ async def _close_session() -> AsyncIterator[None]:
     await http_client.close()
 
 
+def templated(template: str, **kw: Any) -> Handoff:
+    """A handoff whose message was filled from `template`, as the dispatcher does when making it."""
+    h = make_handoff(**kw)
+    h.message = render_template(template, h)
+    return h
+
+
+def test_template_is_filled_once_so_event_data_cannot_inject_placeholders() -> None:
+    h = templated(
+        "{event.data.note}", evidence=[{"id": "e", "subject": "x", "time": "t", "data": {"note": "{reason}"}}]
+    )
+    assert render(h) == "{reason}"
+
+
 def make_handoff(**kw: Any) -> Handoff:
     base: dict[str, Any] = dict(
         id="h_3f2a9c", watch="nightly-backup", watch_version=3, kind="deadline", key=None,
@@ -221,7 +235,7 @@ async def test_telegram_message_content() -> None:
         assert lines[1].startswith("no backup.done")
         assert "window: 2026-11-22T00:00:00Z → 2026-11-22T02:00:00Z" in lines
         assert lines[-1] == "why: watchd explain nightly-backup"
-        await r.notifier.deliver(make_handoff(message="backup {watch} missed {deadline}; exit {event.data.exit_code}"))
+        await r.notifier.deliver(templated("backup {watch} missed {deadline}; exit {event.data.exit_code}"))
         assert r.sent()[-1]["text"] == "backup nightly-backup missed 2026-11-22T02:00:00Z; exit 2"
 
 
@@ -454,7 +468,7 @@ def test_render_default_and_message() -> None:
     plain = render(make_handoff(window=None, evidence=[], key="laptop"))
     assert plain.splitlines()[0] == "🔔 nightly-backup fired (key laptop)"
     assert "window" not in plain and "evidence" not in plain
-    assert render(make_handoff(message="custom {count} events")) == "custom 2 events"
+    assert render(templated("custom {count} events")) == "custom 2 events"
 
 
 def test_render_template_fields() -> None:

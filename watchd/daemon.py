@@ -29,7 +29,11 @@ from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.model import Handoff, decode_event, make_event
+from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
+from watchd.notify.slack import SlackNotifier
+from watchd.notify.telegram import TelegramNotifier
+from watchd.notify.webhook import WebhookNotifier
 from watchd.store import Store, db_path
 
 log = logging.getLogger("watchd")
@@ -46,11 +50,22 @@ def nats_url(loaded: Loaded) -> str | list[str]:
 
 
 def build_targets(loaded: Loaded) -> dict[str, Target]:
-    """Targets by `then` name. Types without a runner yet dead-letter with a clear reason."""
+    """Targets by `then` name. One whose config cannot be used (an unset secret) dead-letters with the reason."""
     targets: dict[str, Target] = {}
     for name, notifier in loaded.config.notify.items():
-        if isinstance(notifier, config.ConsoleNotifier):
-            targets[f"notify.{name}"] = ConsoleNotifier()
+        target = f"notify.{name}"
+        try:
+            if isinstance(notifier, config.ConsoleNotifier):
+                targets[target] = ConsoleNotifier()
+            elif isinstance(notifier, config.TelegramNotifier):
+                targets[target] = TelegramNotifier(notifier, name=target)
+            elif isinstance(notifier, config.SlackNotifier):
+                targets[target] = SlackNotifier(notifier, name=target)
+            else:
+                targets[target] = WebhookNotifier(notifier, name=target)
+        except WatchdError as exc:
+            log.error("%s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
+            targets[target] = http_client.Misconfigured(target, exc.message)
     return targets
 
 
@@ -187,6 +202,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await http_client.close()
         if self.nc is not None:
             # flush + close, not drain: the last acks reach the server, and a pull subscription
             # cancelled mid-fetch cannot hang the stop (drain waits on its message queue).

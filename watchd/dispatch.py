@@ -16,6 +16,7 @@ from typing import Protocol
 
 from watchd.engine import Fire
 from watchd.model import Handoff, Window, iso
+from watchd.notify.render import render_template
 from watchd.store import Store
 
 log = logging.getLogger("watchd.dispatch")
@@ -49,35 +50,20 @@ class Target(Protocol):
     async def deliver(self, handoff: Handoff) -> Outcome: ...
 
 
-def render_message(template: str | None, fire: Fire) -> str | None:
-    """Fill `{watch}`, `{key}`, `{reason}`, `{deadline}`; an unknown placeholder stays visible."""
-    if not template:
-        return None
-    values = {
-        "watch": fire.watch, "key": fire.key, "reason": fire.reason, "kind": fire.kind,
-        "deadline": iso(fire.window[1]) if fire.window else None, "fired_at": iso(fire.fired_at),
-    }  # fmt: skip
-
-    class _Keep(dict[str, object]):
-        def __missing__(self, name: str) -> str:
-            return "{" + name + "}"
-
-    try:
-        return template.format_map(_Keep(values))
-    except (ValueError, IndexError, AttributeError, KeyError):
-        return template
-
-
-def handoffs_from_fire(fire: Fire, message: str | None = None) -> list[Handoff]:
+def handoffs_from_fire(fire: Fire, template: str | None = None) -> list[Handoff]:
+    """One handoff per target; the watch's `message` template is filled here, once."""
     window = Window(iso(fire.window[0]), iso(fire.window[1])) if fire.window else None
-    return [
-        Handoff(
+    handoffs = []
+    for target in fire.targets:
+        h = Handoff(
             id=fire.handoff_id(target), watch=fire.watch, watch_version=fire.version, kind=fire.kind, key=fire.key,
             target=target, trigger=fire.trigger, reason=fire.reason, fired_at=iso(fire.fired_at) or "",
-            window=window, evidence=fire.evidence, message=render_message(message, fire),
-        )
-        for target in fire.targets
-    ]  # fmt: skip
+            window=window, evidence=fire.evidence,
+        )  # fmt: skip
+        if template:
+            h.message = render_template(template, h)
+        handoffs.append(h)
+    return handoffs
 
 
 def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:

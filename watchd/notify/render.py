@@ -96,9 +96,9 @@ def render(handoff: Handoff) -> str:
     """The message for a person: the watch's own `message` template if it has one, else a default
     that says what fired, why, over which window, when, and how to ask watchd about it."""
     if handoff.message:
-        # The template was filled when the handoff was made; a second pass fills what that could
-        # not (the evidence: `{count}`, `{event.data.x}`) and leaves `{x?}` markers alone.
-        return render_template(handoff.message, handoff)
+        # Filled once, when the handoff was made (dispatch.handoffs_from_fire): a second pass
+        # would substitute `{…}` text that arrived inside event data.
+        return handoff.message
     head = f"🔔 {handoff.watch} fired"
     if handoff.key is not None:
         head += f" (key {handoff.key})"
