@@ -42,6 +42,7 @@ FETCH_BATCH = 512
 MAX_IDLE_WAIT_S = 5.0  # longest a fetch waits, so a reload or stop is noticed promptly
 RELOAD_POLL_S = 2.0
 STOP_DEADLINE_S = 10.0
+RETENTION_EVERY_S = 3600.0
 
 
 def nats_url(loaded: Loaded) -> str | list[str]:
@@ -134,6 +135,7 @@ class Daemon:
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
         self._spawn("reload", self._reload_loop)
+        self._spawn("retention", self._retention_loop)
         self._spawn("http", self._http)
         interval = sdnotify.watchdog_interval_s()
         if interval:
@@ -346,6 +348,18 @@ class Daemon:
             self.dispatcher.wake()
 
     # ---- side tasks ----
+
+    async def _retention_loop(self) -> None:
+        """Decisions are kept for `explain`, bounded by age and count so they never grow without limit."""
+        assert self.store is not None
+        while not self.stop.is_set():
+            engine_cfg = self.loaded.config.engine
+            cutoff = self.clock() - engine_cfg.decisions_keep_days * 86400
+            removed = await self.store.run(self.store.prune_decisions, cutoff, engine_cfg.decisions_keep_rows)
+            if removed:
+                log.info("retention: removed %d old decisions", removed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), RETENTION_EVERY_S)
 
     async def _watchdog(self, interval_s: float) -> None:
         while not self.stop.is_set():
