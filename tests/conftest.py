@@ -277,10 +277,10 @@ class DaemonProc:
         return [dict(zip(cols, r, strict=True)) for r in self.query(sql + " ORDER BY id", tuple(params))]
 
     def handoffs(self, watch: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT id, watch, watch_version, key, target, reason, state, evidence FROM handoffs"
+        cols = ("id", "watch", "watch_version", "key", "target", "reason", "state", "evidence", "attempt", "last_error")
+        sql = f"SELECT {', '.join(cols)} FROM handoffs"
         where, params = (" WHERE watch = ?", (watch,)) if watch else ("", ())
         rows = self.query(sql + where + " ORDER BY created_at", params)
-        cols = ("id", "watch", "watch_version", "key", "target", "reason", "state", "evidence")
         out = [dict(zip(cols, r, strict=True)) for r in rows]
         for h in out:
             h["evidence"] = json.loads(h["evidence"])
