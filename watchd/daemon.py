@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import nats.js.errors
+from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, config, sdnotify
+from watchd import bus, config, http, sdnotify
 from watchd.config import Loaded
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
@@ -89,6 +90,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._reload_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._http_runner: web.AppRunner | None = None
         self.failure: WatchdError | None = None  # why a core task stopped the daemon: exit non-zero
         self._fingerprint = self._watch_fingerprint()
 
@@ -136,7 +138,7 @@ class Daemon:
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
-        self._spawn("http", self._http)
+        self._http_runner = await http.start(self)
         interval = sdnotify.watchdog_interval_s()
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
@@ -205,6 +207,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await http_client.close()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
         if self.nc is not None:
             # flush + close, not drain: the last acks reach the server, and a pull subscription
             # cancelled mid-fetch cannot hang the stop (drain waits on its message queue).
@@ -368,11 +372,6 @@ class Daemon:
                 sdnotify.notify("WATCHDOG=1")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), interval_s)
-
-    async def _http(self) -> None:
-        from watchd.http import serve
-
-        await serve(self)
 
     def health(self) -> dict[str, Any]:
         now = self.clock()

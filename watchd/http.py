@@ -102,7 +102,8 @@ class Ingress:
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
-async def serve(daemon: Daemon) -> None:
+async def start(daemon: Daemon) -> web.AppRunner:
+    """Bind the listener; the daemon reports ready to systemd only after this succeeded."""
     cfg = daemon.loaded.config.http
     host, port = split_listen(cfg.listen)
     ingress = Ingress(daemon)
@@ -129,7 +130,4 @@ async def serve(daemon: Daemon) -> None:
             f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
         ) from None
     log.info("HTTP listening on %s", cfg.listen)
-    try:
-        await daemon.stop.wait()
-    finally:
-        await runner.cleanup()
+    return runner
