@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -23,10 +24,8 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(
     received: list[str] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and received.count("WATCHDOG=1") < 3:
-        try:
+        with contextlib.suppress(TimeoutError):
             received.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
     d.term()
     try:
         while True:

@@ -333,6 +333,157 @@ def handoffs(config_path: str | None, state: str | None, limit: int, as_json: bo
     out.print(table)
 
 
+@cli.group(invoke_without_command=True)
+@CONFIG_OPTION
+@click.pass_context
+def dlq(ctx: click.Context, config_path: str | None) -> None:
+    """Dead letters: list them, send one again (same id), or drop one for good.
+
+    \b
+    Examples:
+      watchd dlq list
+      watchd dlq replay h_3f2a…      # a unique prefix of the id is enough
+      watchd dlq drop h_3f2a…
+    """
+    ctx.obj = {"config_path": config_path}
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(dlq_list, config_path=config_path)
+
+
+def _dlq_config(ctx: click.Context, config_path: str | None) -> str | None:
+    """`--config` after the subcommand wins; before it (`watchd dlq --config P list`) works too."""
+    return config_path or (ctx.obj or {}).get("config_path")
+
+
+def _one_line(text: str | None, limit: int = 100) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else "…" + flat[-(limit - 1) :]
+
+
+@dlq.command(name="list")
+@CONFIG_OPTION
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="an array of handoff objects, as `watchd handoffs --json`")
+@click.pass_context
+def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_json: bool = False) -> None:
+    """List dead handoffs, newest first, with why they died.
+
+    \b
+    Example:
+      watchd dlq list --json | jq -r '.[].id'
+    """
+    from watchd.status import list_handoffs
+
+    rows = list_handoffs(load(_dlq_config(ctx, config_path)), "dead", limit)
+    if as_json:
+        dump_json(rows)
+        return
+    if not rows:
+        out.print("no dead letters")
+        return
+    # Two lines each rather than a table: the id (what `replay` and `drop` take) and the error are
+    # never cut to fit a narrow terminal. Text, not markup: errors quote agents' output.
+    for h in rows:
+        n = h["attempt"]
+        head = f"{h['id']}  {h['watch']} → {h['target']}  {n} attempt{'s' if n != 1 else ''}  died {h['updated_at']}"
+        out.print(Text(head))
+        out.print(Text("    " + _one_line(h["last_error"], 200), style="dim"))
+
+
+def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> tuple[dict[str, Any], bool]:
+    from watchd.store import connect_existing, db_path, drop_dead, replay_dead
+
+    loaded = load(_dlq_config(ctx, config_path))
+    conn = connect_existing(db_path(loaded.state_dir))
+    try:
+        row = (replay_dead if action == "replay" else drop_dead)(conn, ref, time.time())
+    finally:
+        conn.close()
+    try:
+        running = bool(_http_get(loaded, "/healthz", timeout_s=1).get("pid"))
+    except DaemonNotRunning:
+        running = False
+    return row, running
+
+
+@dlq.command(name="replay")
+@CONFIG_OPTION
+@click.argument("handoff_id", metavar="ID")
+@click.pass_context
+def dlq_replay(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
+    """Deliver a dead handoff again, with the same id, from attempt 1.
+
+    \b
+    Example:
+      watchd dlq replay h_3f2a9c
+    """
+    row, running = _dlq_write(ctx, config_path, "replay", handoff_id)
+    when = "the running daemon sends it within a few seconds" if running else "it is sent when watchd starts"
+    out.print(Text(f"replaying {row['id']} ({row['watch']} → {row['target']}): {when}"))
+
+
+@dlq.command(name="drop")
+@CONFIG_OPTION
+@click.argument("handoff_id", metavar="ID")
+@click.pass_context
+def dlq_drop(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
+    """Give up on a dead handoff for good (state `dropped`; `replay` can still revive it).
+
+    \b
+    Example:
+      watchd dlq drop h_3f2a9c
+    """
+    row, _ = _dlq_write(ctx, config_path, "drop", handoff_id)
+    out.print(Text(f"dropped {row['id']} ({row['watch']} → {row['target']})"))
+
+
+@cli.command(name="explain")
+@CONFIG_OPTION
+@click.argument("watch", required=False)
+@click.option("--event", "event_id", metavar="ID", help="what one event did: every watch it was a candidate for")
+@click.option("--since", metavar="D", help="only decisions in the last D (90s, 2h, 1d, 1h30m)")
+@click.option("--key", metavar="K", help="only decisions and handoffs for this key")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in the README)")
+def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None, since: str | None,
+                key: str | None, as_json: bool) -> None:  # fmt: skip
+    """Why WATCH fired or did not: a timeline and a one-line verdict; or what one --event did.
+
+    \b
+    Examples:
+      watchd explain nightly-backup
+      watchd explain login-storm --since 1h --key bob
+      watchd explain --event 01JD3XK5M8Q2W7YV1T4N6B9C0E --json
+    """
+    from watchd import explain as ex
+
+    if (watch is None) == (event_id is None):
+        raise WatchdError("give one WATCH id or --event ID", hint="e.g. `watchd explain nightly-backup`")
+    if event_id is not None and (since or key):
+        raise WatchdError("--since and --key apply to a WATCH, not to --event")
+    loaded = load(config_path)
+    if watch is not None and not any(d.watch.id == watch for d in loaded.watches):
+        raise ex.suggest(watch, (d.watch.id for d in loaded.watches))
+    if since:
+        ex.parse_since(since)
+    conn = ex.open_db(loaded.state_dir)
+    try:
+        if watch is not None:
+            report: ex.WatchReport | ex.EventReport = ex.explain_from_db(
+                conn, loaded.watches, loaded.zone(), watch, now=time.time(), since=since, key=key
+            )
+        else:
+            assert event_id is not None
+            report = ex.event_from_db(conn, loaded.watches, loaded.zone(), event_id)
+    finally:
+        conn.close()
+    if as_json:
+        dump_json(report.to_json())
+    elif isinstance(report, ex.WatchReport):
+        ex.render_watch(report, out)
+    else:
+        ex.render_event(report, out)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -402,6 +402,8 @@ def _check_config(config: Config, probs: _Problems) -> None:
             probs.at(path, "a schedule needs something to do: job, run or then")
     for name, agent in config.agent.items():
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
+        if isinstance(agent, CommandAgent) and not agent.command:
+            probs.at(("agent", name, "command"), '`command` needs at least the program, e.g. ["my-agent", "--stdin"]')
 
 
 def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems, dst_gap: str = "shift") -> None:
@@ -519,6 +521,8 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets
         for key, value in (("from", w.quiet.from_), ("to", w.quiet.to)):
             if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
                 probs.at((*here, "quiet", key), f"quiet `{key}` must be HH:MM, got {value!r}")
+        if w.quiet.from_ == w.quiet.to:
+            probs.at((*here, "quiet"), f"quiet `from` and `to` are both {w.quiet.to}: that window is empty")
         if w.quiet.timezone and not _zone_ok(w.quiet.timezone):
             probs.at((*here, "quiet", "timezone"), f"unknown time zone {w.quiet.timezone!r}")
 

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from watchd import bus, config, http, sdnotify
+from watchd.agents.command import CommandRunner
 from watchd.config import Loaded
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
@@ -52,7 +53,8 @@ def nats_url(loaded: Loaded) -> str | list[str]:
 
 
 def build_targets(loaded: Loaded) -> dict[str, Target]:
-    """Targets by `then` name. One whose config cannot be used (an unset secret) dead-letters with the reason."""
+    """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
+    unset secret, an agent type not built yet) dead-letters its handoffs with the reason."""
     targets: dict[str, Target] = {}
     for name, notifier in loaded.config.notify.items():
         target = f"notify.{name}"
@@ -68,6 +70,19 @@ def build_targets(loaded: Loaded) -> dict[str, Target]:
         except WatchdError as exc:
             log.error("%s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
             targets[target] = http_client.Misconfigured(target, exc.message)
+    for name, agent in loaded.config.agent.items():
+        target = f"agent.{name}"
+        if isinstance(agent, config.CommandAgent):
+            try:
+                targets[target] = CommandRunner(agent, name=target, base_dir=loaded.base_dir)
+            except WatchdError as exc:
+                log.error("%s: %s", target, exc.message)
+                targets[target] = http_client.Misconfigured(target, f"{target}: {exc.message}")
+        else:
+            # Not built yet: its handoffs dead-letter at once with this reason, and can be replayed later.
+            kind = agent.__struct_config__.tag
+            log.warning("%s: agent type %s is not available yet; its handoffs will be dead-lettered", target, kind)
+            targets[target] = http_client.Misconfigured(target, f"agent type {kind} is not available yet")
     return targets
 
 
@@ -334,14 +349,21 @@ class Daemon:
                       subjects: dict[str, tuple[float, str, int]] | None = None) -> None:  # fmt: skip
         assert self.store is not None
         handoffs: list[Handoff] = []
-        messages = {d.watch.id: d.watch.message for d in self.loaded.watches}
+        holds: dict[str, float] = {}  # quiet hours: handoff id -> not before
+        watches = {d.watch.id: d.watch for d in self.loaded.watches}
+        zone = self.loaded.zone()
         for fire in out.fires:
-            handoffs.extend(handoffs_from_fire(fire, messages.get(fire.watch)))
+            w = watches.get(fire.watch)
+            if w is None:
+                handoffs.extend(handoffs_from_fire(fire))
+                continue
+            handoffs.extend(handoffs_from_fire(fire, w.message, quiet=w.quiet, urgent=w.urgent, zone=zone, holds=holds))
         store = self.store
         new = await store.run(
             lambda: store.commit_step(
                 last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
                 decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
+                holds=holds,
             )
         )  # fmt: skip
         if last_seq is not None:

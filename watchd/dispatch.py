@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from watchd.config import Quiet
 from watchd.engine import Fire
 from watchd.model import Handoff, Window, iso
-from watchd.notify.render import render_template
+from watchd.notify.render import render, render_template
+from watchd.quiet import QUIET_PREFIX, quiet_hold
 from watchd.store import Store
 
 log = logging.getLogger("watchd.dispatch")
@@ -24,6 +26,7 @@ log = logging.getLogger("watchd.dispatch")
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 600.0
+POLL_S = 2.0  # the longest the dispatcher sleeps before looking at the outbox again
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,20 @@ class Target(Protocol):
     async def deliver(self, handoff: Handoff) -> Outcome: ...
 
 
-def handoffs_from_fire(fire: Fire, template: str | None = None) -> list[Handoff]:
-    """One handoff per target; the watch's `message` template is filled here, once."""
+def handoffs_from_fire(
+    fire: Fire,
+    template: str | None = None,
+    *,
+    quiet: Quiet | None = None,
+    urgent: bool = False,
+    zone: str = "UTC",
+    holds: dict[str, float] | None = None,
+) -> list[Handoff]:
+    """One handoff per target; the watch's `message` template is filled here, once.
+
+    With `quiet` hours (a default zone of `zone`), a handoff the window holds is marked late in its
+    message, and its release instant goes into `holds` (id -> instant) for the store to schedule.
+    """
     window = Window(iso(fire.window[0]), iso(fire.window[1])) if fire.window else None
     handoffs = []
     for target in fire.targets:
@@ -62,6 +77,12 @@ def handoffs_from_fire(fire: Fire, template: str | None = None) -> list[Handoff]
         )  # fmt: skip
         if template:
             h.message = render_template(template, h)
+        if quiet is not None:
+            release = quiet_hold(target, fire.fired_at, quiet.from_, quiet.to, quiet.timezone or zone, urgent=urgent)
+            if release is not None:
+                h.message = QUIET_PREFIX + (h.message or render(h))
+                if holds is not None:
+                    holds[h.id] = release
         handoffs.append(h)
     return handoffs
 
@@ -99,7 +120,9 @@ class Dispatcher:
             except Exception:  # a background task logs and continues, never dies silently
                 log.exception("dispatcher loop error")
                 nxt = self.clock() + 1
-            delay = 60.0 if nxt is None else max(0.0, min(60.0, nxt - self.clock()))
+            # Capped at POLL_S: `watchd dlq replay` (another process) makes handoffs due by writing
+            # to the same SQLite, and is picked up at the next look without any signalling.
+            delay = POLL_S if nxt is None else max(0.0, min(POLL_S, nxt - self.clock()))
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)

@@ -109,7 +109,9 @@ def stable_hash(*parts: object, length: int = 24) -> str:
     return h.hexdigest()[:length]
 
 
-HandoffState = Literal["pending", "delivering", "delivered", "accepted", "done", "failed", "retrying", "dead"]
+HandoffState = Literal[
+    "pending", "delivering", "delivered", "accepted", "done", "failed", "retrying", "dead", "dropped"
+]
 
 
 class Window(msgspec.Struct):

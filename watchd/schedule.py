@@ -181,6 +181,13 @@ def _first_instant(zone: ZoneInfo, w: datetime) -> datetime:
     return _gap_transition(zone, w, off0, off1) if off0 < off1 else w - off0
 
 
+def first_instant_at(wall: datetime, tz: str) -> datetime:
+    """The first instant (aware, UTC) at which the clock in `tz` reads the naive `wall` or later:
+    a repeated wall time (fall-back fold) maps to its first occurrence, a skipped one (spring-forward
+    gap) to the transition — the same choice as the fixed-time cron defaults above."""
+    return _aware(_first_instant(_zone(tz), wall.replace(tzinfo=None)))
+
+
 def _hm(w: datetime) -> str:
     return w.strftime("%H:%M:%S" if w.second else "%H:%M")
 

@@ -51,6 +51,8 @@ def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[st
         item["window"] = msgspec.json.decode(r["window"]) if r["window"] else None
         item["evidence"] = msgspec.json.decode(r["evidence"])
         item["updated_at"] = iso(r["updated_at"])
+        # When it is next tried (a retry's backoff, quiet hours); null once it no longer waits.
+        item["next_attempt_at"] = iso(r["next_attempt_at"]) if r["state"] in ("pending", "retrying") else None
         result.append(item)
     return result
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,8 @@ import msgspec
 import sqlite_utils
 
 from watchd.engine import Decision, KeyState, WatchMeta
-from watchd.model import Handoff, Window, encode
+from watchd.errors import WatchdError
+from watchd.model import Handoff, Window, encode, iso
 
 T = TypeVar("T")
 
@@ -155,8 +156,12 @@ class Store:
         handoffs: list[Handoff],
         subjects: dict[str, tuple[float, str, int]],
         now: float,
+        holds: Mapping[str, float] | None = None,
     ) -> list[str]:
-        """One transaction for a whole batch. Returns the ids of handoffs that were new."""
+        """One transaction for a whole batch. Returns the ids of handoffs that were new.
+
+        `holds` maps a handoff id to the instant before which it must not be delivered (quiet hours).
+        """
         rows, metas, deleted = changes
         new_ids: list[str] = []
         with self._tx():
@@ -178,6 +183,7 @@ class Store:
                     [(d.at, d.watch, d.key, d.verdict, d.reason, d.event_id, d.seq) for d in decisions],
                 )
             for h in handoffs:
+                held = (holds or {}).get(h.id)
                 cur = c.execute(
                     "INSERT OR IGNORE INTO handoffs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
@@ -197,15 +203,16 @@ class Store:
                         h.state,
                         now,
                         now,
-                        now,
+                        now if held is None else max(now, held),
                         None,
                     ),
                 )
                 if cur.rowcount:
                     new_ids.append(h.id)
+                    detail = None if held is None else f"held for quiet hours until {iso(held)}"
                     c.execute(
                         "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
-                        (h.id, now, "pending", None),
+                        (h.id, now, "pending", detail),
                     )
             if subjects:
                 c.executemany(
@@ -230,6 +237,13 @@ class Store:
 
     def claim_due(self, now: float, limit: int = 64) -> list[Handoff]:
         """Move due handoffs to `delivering` and return them."""
+        # A plain read first: the dispatcher looks every few seconds, and an empty look should
+        # not take the write lock.
+        due = self.conn.execute(
+            "SELECT 1 FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ? LIMIT 1", (now,)
+        ).fetchone()
+        if due is None:
+            return []
         with self._tx():
             rows = list(
                 self.db.query(
@@ -323,3 +337,68 @@ def transitions_of(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, li
     for hid in ids:
         out[hid] = list(db.query("SELECT at, state, detail FROM transitions WHERE handoff_id = ? ORDER BY id", [hid]))
     return out
+
+
+# ---- dead letters (`watchd dlq`): short write transactions from the CLI, beside the running daemon ----
+
+
+def connect_existing(path: Path) -> sqlite3.Connection:
+    """A read-write connection to a state file that must already exist (WAL: the daemon may be running)."""
+    if not path.exists():
+        raise WatchdError(f"no watchd state at {path}", hint="has watchd run with this config? check state_dir")
+    return connect(path)
+
+
+def find_handoff(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """A handoff by its id, or by an unambiguous prefix of it (ids are long to type)."""
+    db = sqlite_utils.Database(conn)
+    rows = list(db.query("SELECT * FROM handoffs WHERE id = ?", [ref]))
+    if not rows and len(ref) >= 4:
+        pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = list(db.query("SELECT * FROM handoffs WHERE id LIKE ? ESCAPE '\\' LIMIT 2", [pattern]))
+    if not rows:
+        raise WatchdError(f"no handoff with id {ref!r}", hint="see dead letters and their ids with `watchd dlq list`")
+    if len(rows) > 1:
+        raise WatchdError(f"handoff id {ref!r} is ambiguous", hint="give more of the id; see `watchd dlq list`")
+    return rows[0]
+
+
+def replay_dead(conn: sqlite3.Connection, ref: str, now: float) -> dict[str, Any]:
+    """Send a dead (or dropped) handoff again, with the same id: `retrying`, due now, attempt 1.
+
+    The same id keeps delivery deduplicated downstream. A running dispatcher sees it within its
+    poll interval; a stopped one on start.
+    """
+    with _Transaction(conn):
+        row = find_handoff(conn, ref)
+        if row["state"] not in ("dead", "dropped"):
+            raise WatchdError(
+                f"handoff {row['id']} is {row['state']}, not dead",
+                hint="only dead (or dropped) handoffs can be replayed; see `watchd dlq list`",
+            )
+        conn.execute(
+            "UPDATE handoffs SET state = 'retrying', attempt = 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            (now, now, row["id"]),
+        )
+        conn.execute(
+            "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
+            (row["id"], now, "retrying", "replayed by user"),
+        )
+    return row
+
+
+def drop_dead(conn: sqlite3.Connection, ref: str, now: float) -> dict[str, Any]:
+    """Give up on a dead handoff for good: `dropped` is terminal and leaves the dead-letter list."""
+    with _Transaction(conn):
+        row = find_handoff(conn, ref)
+        if row["state"] != "dead":
+            raise WatchdError(
+                f"handoff {row['id']} is {row['state']}, not dead",
+                hint="only dead handoffs can be dropped; see `watchd dlq list`",
+            )
+        conn.execute("UPDATE handoffs SET state = 'dropped', updated_at = ? WHERE id = ?", (now, row["id"]))
+        conn.execute(
+            "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
+            (row["id"], now, "dropped", "dropped by user"),
+        )
+    return row

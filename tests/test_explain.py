@@ -1,0 +1,465 @@
+"""`watchd explain`: every verdict kind, built through the real pure engine on a virtual clock and
+persisted with the real store (as the daemon commits a batch), then read back as the CLI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from rich.console import Console
+
+from watchd import explain as ex
+from watchd.config import Watch, WatchDef
+from watchd.daemon import thin_misses
+from watchd.dispatch import handoffs_from_fire
+from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
+from watchd.errors import WatchdError
+from watchd.model import make_event
+from watchd.store import Store
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def berlin(*args: int) -> float:
+    return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[misc]
+
+
+def defs(text: str) -> list[WatchDef]:
+    raw = tomllib.loads(text)
+    return [WatchDef(msgspec.convert(w, Watch), "t.toml", 1 + 6 * i, str(i)) for i, w in enumerate(raw["watch"])]
+
+
+class World:
+    """The engine on a virtual clock whose every step is committed to a real state db, as the
+    daemon does it (misses thinned, handoffs made from fires, subjects heard)."""
+
+    def __init__(self, root: Path, text: str, now: float = T0, zone: str = "UTC") -> None:
+        self.defs = defs(text)
+        self.zone = zone
+        self.now = now
+        self.seq = 0
+        self.state_dir = root / "state"
+        self.store = Store(self.state_dir / "watchd.db")
+        self.engine = Engine(zone)
+        versions = self.store.assign_versions({d.watch.id: d.digest for d in self.defs}, now)
+        self.engine.load([(d, versions[d.watch.id]) for d in self.defs], now)
+        self.fires: list[Fire] = []
+        self._commit(Outputs(), {})
+
+    def _commit(self, out: Outputs, subjects: dict[str, tuple[float, str, int]]) -> None:
+        self.fires += out.fires
+        messages = {d.watch.id: d.watch.message for d in self.defs}
+        handoffs = [h for f in out.fires for h in handoffs_from_fire(f, messages.get(f.watch))]
+        self.store.commit_step(
+            last_seq=self.seq, clock=self.engine.clock, changes=self.engine.take_changes(),
+            decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects, now=self.now,
+        )  # fmt: skip
+
+    def emit(self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0,
+             id: str | None = None, source: str = "test") -> list[Fire]:  # fmt: skip
+        self.now += after
+        self.seq += 1
+        event = make_event(subject, data or {}, id=id or f"e{self.seq}", time_s=self.now, source=source)
+        out = self.engine.step(EventInput(event, self.now, self.seq))
+        self._commit(out, {subject: (self.now, source, 1)})
+        return out.fires
+
+    def advance(self, seconds: float) -> None:
+        """Time passes with watchd running: it wakes at each due timer and commits."""
+        target = self.now + seconds
+        while (due := self.engine.next_due()) is not None and due <= target:
+            self.now = max(self.now, due)
+            self._commit(self.engine.step(Tick(self.now)), {})
+        self.now = target
+        self._commit(self.engine.step(Tick(self.now)), {})
+
+    def explain(self, watch: str, *, since: str | None = None, key: str | None = None) -> ex.WatchReport:
+        conn = ex.open_db(self.state_dir)
+        try:
+            return ex.explain_from_db(conn, self.defs, self.zone, watch, now=self.now, since=since, key=key)
+        finally:
+            conn.close()
+
+    def verdict(self, watch: str, **kw: Any) -> str:
+        return self.explain(watch, **kw).verdict
+
+    def event(self, event_id: str) -> ex.EventReport:
+        conn = ex.open_db(self.state_dir)
+        try:
+            return ex.event_from_db(conn, self.defs, self.zone, event_id)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Any:
+    made: list[World] = []
+
+    def make(text: str, now: float = T0, zone: str = "UTC") -> World:
+        w = World(tmp_path / f"w{len(made)}", text, now, zone)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.store.close()
+
+
+URGENT = """
+[[watch]]
+id = "urgent-mail"
+kind = "match"
+on = { subject = "mail.received", where = "data.urgent" }
+then = ["notify.phone"]
+"""
+
+COUNT = """
+[[watch]]
+id = "login-storm"
+kind = "match"
+on = { subject = "auth.failed", key = "data.user" }
+count = 5
+window = "10m"
+then = ["notify.phone"]
+"""
+
+ABSENT = """
+[[watch]]
+id = "laptop-alive"
+kind = "absent"
+expect = { subject = "heartbeat.*", key = "data.host" }
+for = "15m"
+recover = true
+then = ["notify.phone"]
+"""
+
+BACKUP = """
+[[watch]]
+id = "nightly-backup"
+kind = "deadline"
+opens = { cron = "0 1 * * *", timezone = "Europe/Berlin" }
+expect = { subject = "backup.done", where = "data.exit_code == 0" }
+within = "2h"
+then = ["notify.phone"]
+"""
+
+PR = """
+[[watch]]
+id = "pr-needs-review"
+kind = "deadline"
+opens = { subject = "github.pull_request", where = 'data.action == "opened"', key = "data.number" }
+expect = { subject = "github.pull_request_review", key = "data.pull_request.number" }
+within = "24h"
+then = ["notify.team"]
+"""
+
+# ---- each verdict kind -------------------------------------------------------------------------
+
+
+def test_fired_names_the_last_handoff_and_its_delivery(world: Any) -> None:
+    w = world(URGENT)
+    w.emit("mail.received", {"urgent": True}, after=60)
+    w.emit("mail.received", {"urgent": False}, after=60)
+    w.emit("mail.received", {"urgent": True}, after=60)
+    (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
+    hid = fire.handoff_id("notify.phone")
+    w.store.finish(hid, "delivered", w.now, None)
+    report = w.explain("urgent-mail")
+    assert report.verdict == (
+        f"fired 3 times since 12:01 UTC; last at 12:04 UTC (handoff {hid} delivered to notify.phone)"
+    )
+    assert report.fired
+    assert [d.verdict for d in report.timeline] == ["fired", "where_false", "fired", "fired"]
+    assert [(h.state, h.target) for h in report.handoffs][-1] == ("delivered", "notify.phone")
+    assert len(report.handoffs) == 3
+    # --since narrows both the count and the start
+    assert w.verdict("urgent-mail", since="2m").startswith("fired 2 times since 12:02 UTC; last at 12:04 UTC")
+
+
+def test_fired_with_several_targets_lists_each_delivery(world: Any) -> None:
+    w = world(URGENT.replace('["notify.phone"]', '["notify.phone", "agent.triage"]'))
+    (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
+    phone, agent = fire.handoff_id("notify.phone"), fire.handoff_id("agent.triage")
+    w.store.finish(agent, "retrying", w.now, "HTTP 503", w.now + 10)
+    assert w.verdict("urgent-mail") == (
+        f"fired once since 12:01 UTC; last at 12:01 UTC (handoffs {phone} pending for notify.phone, "
+        f"{agent} retrying for agent.triage)"
+    )
+    assert {h.id: h.last_error for h in w.explain("urgent-mail").handoffs}[agent] == "HTTP 503"
+
+
+def test_where_false_reports_the_nearest_misses(world: Any) -> None:
+    w = world(URGENT)
+    for _ in range(4):
+        w.emit("mail.received", {"urgent": False}, after=60)
+    report = w.explain("urgent-mail")
+    assert report.verdict == (
+        "did not fire: 4 events on mail.received, none matched — last miss: where false: data.urgent (at 12:04 UTC)"
+    )
+    assert not report.fired
+
+
+def test_where_errors_are_reported_before_false_wheres(world: Any) -> None:
+    w = world(URGENT)
+    w.emit("mail.received", {"urgent": False}, after=60)
+    w.emit("mail.received", {"from": "a@b.c"}, after=60)
+    w.emit("mail.received", {"from": "d@e.f"}, after=60)
+    assert w.verdict("urgent-mail") == "did not fire: the where errored on 2 events: no such field 'urgent'"
+
+
+def test_key_errors(world: Any) -> None:
+    w = world(COUNT)
+    w.emit("auth.failed", {"name": "bob"}, after=60)
+    assert w.verdict("login-storm") == "did not fire: the key errored on 1 event: no such field 'user'"
+
+
+def test_count_not_reached_per_key(world: Any) -> None:
+    w = world(COUNT)
+    for user in ("bob", "bob", "eve", "bob"):
+        w.emit("auth.failed", {"user": user}, after=30)
+    assert w.verdict("login-storm") == "did not fire: count not reached — 3 of 5 in 10m (key bob)"
+    assert w.verdict("login-storm", key="eve") == "did not fire: count not reached — 1 of 5 in 10m (key eve)"
+    assert [d.key for d in w.explain("login-storm", key="eve").timeline] == ["eve"]
+
+
+def test_suppressed_by_cooldown(world: Any) -> None:
+    w = world(URGENT.replace("then =", 'cooldown = "30m"\nthen ='))
+    assert w.emit("mail.received", {"urgent": True}, after=60)
+    assert not w.emit("mail.received", {"urgent": True}, after=300)
+    assert w.verdict("urgent-mail") == "suppressed by cooldown until 12:31 UTC; last fired at 12:01 UTC"
+
+
+def test_shadow_mode_would_fire_and_makes_no_handoffs(world: Any) -> None:
+    w = world(URGENT.replace("then =", 'mode = "shadow"\nthen ='))
+    w.emit("mail.received", {"urgent": True}, after=60)
+    w.emit("mail.received", {"urgent": True}, after=60)
+    report = w.explain("urgent-mail")
+    assert report.verdict == "would have fired 2 times since 12:01 UTC; last at 12:02 UTC (shadow mode: no handoffs)"
+    assert report.handoffs == [] and not report.fired
+
+
+def test_disabled(world: Any) -> None:
+    w = world(COUNT + URGENT + "enabled = false\n")
+    w.emit("mail.received", {"urgent": True}, after=60)
+    report = w.explain("urgent-mail")
+    assert report.verdict == "disabled (enabled = false in t.toml:7)"
+    assert report.timeline == [] and report.next_due is None
+
+
+def test_deadline_window_open_in_zone_and_utc(world: Any) -> None:
+    w = world(BACKUP, now=berlin(2026, 11, 22, 0, 0), zone="Europe/Berlin")
+    assert w.verdict("nightly-backup") == "waiting: next window opens 01:00 Europe/Berlin (00:00 UTC), in 1h"
+    w.advance(3600 + 48 * 60)  # 01:48: the window opened at 01:00
+    report = w.explain("nightly-backup")
+    assert report.verdict == "waiting: deadline 03:00 Europe/Berlin (02:00 UTC), in 1h12m"
+    assert report.next_due == berlin(2026, 11, 22, 3, 0)
+    assert report.to_json()["timeline"][-1]["at_local"] == "2026-11-22T01:00:00+01:00"
+
+
+def test_deadline_missed_fires_and_met_does_not(world: Any) -> None:
+    w = world(BACKUP, now=berlin(2026, 11, 22, 0, 0), zone="Europe/Berlin")
+    w.emit("backup.done", {"exit_code": 0}, after=1800)  # 00:30: before the window, does not count
+    assert w.verdict("nightly-backup") == (
+        "did not fire: no window was open — backup.done at 00:30 Europe/Berlin (2026-11-21 23:30 UTC) did not "
+        "count; next window opens 01:00 Europe/Berlin (00:00 UTC), in 30m"
+    )
+    w.advance(1800 + 600)
+    w.emit("backup.done", {"exit_code": 0}, after=600)  # 01:20: closes the window
+    assert w.verdict("nightly-backup") == (
+        "did not fire: met in time at 01:20 Europe/Berlin (00:20 UTC); next window opens "
+        "2026-11-23 01:00 Europe/Berlin (00:00 UTC), in 23h40m"
+    )
+    w.advance(26 * 3600)  # the next night nothing arrives: fired at 03:00 on the 23rd
+    report = w.explain("nightly-backup")
+    hid = w.fires[0].handoff_id("notify.phone")
+    assert report.verdict == (
+        "fired once since 2026-11-22 00:30 Europe/Berlin (2026-11-21 23:30 UTC); last at 03:00 Europe/Berlin "
+        f"(02:00 UTC) (handoff {hid} pending for notify.phone)"
+    )
+
+
+def test_absent_waiting_then_silent(world: Any) -> None:
+    w = world(ABSENT)
+    w.emit("heartbeat.x1", {"host": "x1"})
+    w.advance(300)
+    assert w.verdict("laptop-alive") == (
+        "waiting: fires at 12:15 UTC for key x1 unless heartbeat.* arrives, in 10m (last seen 12:00 UTC)"
+    )
+    w.advance(900)
+    report = w.explain("laptop-alive")
+    assert report.verdict == "silent since 12:00 UTC for key x1 (fired at 12:15 UTC)"
+    assert report.fired and report.next_due is None
+
+
+def test_absent_never_seen(world: Any) -> None:
+    w = world(ABSENT.replace(', key = "data.host"', ""))
+    w.advance(60)
+    assert w.verdict("laptop-alive") == (
+        "waiting: fires at 12:15 UTC unless heartbeat.* arrives, in 14m (never seen since the watch started)"
+    )
+
+
+def test_nothing_arrived_last_heard_with_wildcards(world: Any) -> None:
+    w = world(URGENT.replace("mail.received", "heartbeat.*").replace(', where = "data.urgent"', ""))
+    w.emit("heartbeat.nas", {}, source="http")
+    w.advance(3 * 3600)
+    assert w.verdict("urgent-mail", since="1h") == (
+        "did not fire: nothing arrived on heartbeat.* in the last 1h — last heard 12:00 UTC from http on heartbeat.nas"
+    )
+
+
+def test_nothing_arrived_never_heard(world: Any) -> None:
+    w = world(PR + URGENT)
+    w.emit("other.subject", {})
+    assert w.verdict("urgent-mail") == (
+        "did not fire: nothing arrived on mail.received — never heard since the state began"
+    )
+    assert w.verdict("pr-needs-review") == (
+        "did not fire: nothing arrived on github.pull_request — never heard since the state began"
+    )
+
+
+def test_event_opened_deadline_waiting_and_opens_misses(world: Any) -> None:
+    w = world(PR)
+    w.emit("github.pull_request", {"action": "closed", "number": 3})
+    assert w.verdict("pr-needs-review") == (
+        "did not fire: 1 event on github.pull_request, none matched — last miss: "
+        'where false: data.action == "opened" (at 12:00 UTC)'
+    )
+    w.emit("github.pull_request", {"action": "opened", "number": 7}, after=60)
+    assert w.verdict("pr-needs-review") == "waiting: deadline 2026-11-23 12:01 UTC for key 7, in 1d"
+
+
+# ---- errors, --event, --json, rendering -------------------------------------------------------
+
+
+def test_unknown_watch_suggests_the_nearest_ids(world: Any) -> None:
+    w = world(URGENT + COUNT)
+    with pytest.raises(WatchdError) as caught:
+        w.explain("urgent-mial")
+    assert caught.value.message == "no watch named 'urgent-mial'"
+    assert caught.value.hint is not None and "did you mean urgent-mail?" in caught.value.hint
+    with pytest.raises(WatchdError) as caught:
+        w.explain("zzz")
+    assert caught.value.hint == "known watches: login-storm, urgent-mail"
+
+
+def test_no_state_db_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WatchdError) as caught:
+        ex.open_db(tmp_path / "nothing")
+    assert "the daemon has not run with this config yet" in caught.value.message
+    assert caught.value.hint and "watchd run" in caught.value.hint
+
+
+def test_event_lists_every_watch_it_was_a_candidate_for(world: Any) -> None:
+    w = world(URGENT + URGENT.replace("urgent-mail", "from-boss").replace('"data.urgent"', "'data.from == \"boss\"'"))
+    (fire,) = w.emit("mail.received", {"urgent": True, "from": "intern"}, id="m1")
+    report = w.event("m1")
+    assert report.verdict == "candidate for 2 watches: urgent-mail fired, from-boss where_false"
+    assert not report.rejected
+    assert [h.id for h in report.handoffs] == [fire.handoff_id("notify.phone")]
+    data = report.to_json()
+    assert set(data) == {"event", "verdict", "rejected", "decisions", "handoffs"}
+    assert set(data["decisions"][0]) == {"at", "at_local", "watch", "verdict", "key", "reason"}
+    nothing = w.event("nope").verdict
+    assert nothing == (
+        "no decisions recorded for event nope (not a candidate for any watch, beyond retention, or only misses "
+        "not kept)"
+    )
+
+
+def test_event_rejected_says_why(world: Any) -> None:
+    w = world(URGENT)
+    # what the daemon records for a malformed message on the stream
+    rejected = Decision(w.now, "", None, "rejected", "event is not valid JSON: truncated", "bad1", 7)
+    w.store.commit_step(last_seq=7, clock=w.now, changes=([], [], set()), decisions=[rejected], handoffs=[],
+                        subjects={}, now=w.now)  # fmt: skip
+    report = w.event("bad1")
+    assert report.rejected
+    assert report.verdict == "rejected: event is not valid JSON: truncated (at 12:00 UTC)"
+
+
+def test_json_shape(world: Any) -> None:
+    w = world(COUNT)
+    for _ in range(5):
+        w.emit("auth.failed", {"user": "bob"}, after=10)
+    data = w.explain("login-storm").to_json()
+    assert set(data) == {"watch", "kind", "mode", "enabled", "file", "verdict", "fired", "timeline", "handoffs",
+                         "next_due"}  # fmt: skip
+    assert (data["watch"], data["kind"], data["mode"], data["fired"]) == ("login-storm", "match", "live", True)
+    assert data["verdict"].startswith("fired once since 12:00:10 UTC; last at 12:00:50 UTC for key bob")
+    entry = data["timeline"][-1]
+    assert entry == {"at": "2026-11-22T12:00:50Z", "at_local": "2026-11-22T12:00:50Z", "verdict": "fired",
+                     "key": "bob", "reason": "5 × auth.failed within 10m", "event_id": "e5"}  # fmt: skip
+    assert set(data["handoffs"][0]) == {"id", "key", "target", "state", "attempt", "last_error", "fired_at"}
+    assert data["next_due"] is None
+    json.dumps(data)
+
+
+def test_timeline_is_bounded_newest_last(world: Any) -> None:
+    w = world(URGENT)
+    for i in range(60):
+        w.emit("mail.received", {"urgent": True}, after=1, id=f"m{i}")
+    report = w.explain("urgent-mail")
+    assert len(report.timeline) == ex.TIMELINE_LIMIT and report.total == 60
+    assert report.timeline[-1].event_id == "m59" and report.timeline[0].event_id == "m10"
+
+
+def test_human_output_fits_80_columns_and_never_renders_markup(world: Any) -> None:
+    w = world(COUNT, zone="Europe/Berlin")
+    for _ in range(2):
+        w.emit("auth.failed", {"user": "[red]bob[/red]"}, after=30)
+    console = Console(width=80, record=True, highlight=False, soft_wrap=True, emoji=False)
+    ex.render_watch(w.explain("login-storm"), console)
+    text = console.export_text()
+    assert "(key [red]bob[/red])" in text
+    assert "verdict: did not fire: count not reached — 2 of 5 in 10m" in text
+    assert "Europe/Berlin" in text and "UTC" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+# ---- the command itself ------------------------------------------------------------------------
+
+
+def test_cli_explain_beside_a_live_writer_and_after(tmp_path: Path) -> None:
+    (tmp_path / "watches").mkdir()
+    text = URGENT.replace("notify.phone", "notify.console")
+    (tmp_path / "watches" / "mail.toml").write_text(text)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('watches = ["watches/"]\nstate_dir = "state"\ntimezone = "UTC"\n')
+    w = World(tmp_path, text, now=time.time() - 600)
+    w.emit("mail.received", {"urgent": True}, after=60, id="m1")
+    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "watchd.cli", "explain", *args, "--config", str(cfg)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    live = run("urgent-mail")  # the store is still open: a daemon would be writing
+    assert live.returncode == 0, live.stderr
+    assert "verdict: fired once since" in live.stdout and "notify.console" in live.stdout
+    w.store.close()
+    data = json.loads(run("urgent-mail", "--json").stdout)
+    assert data["fired"] is True and data["timeline"][0]["event_id"] == "m1"
+    event = run("--event", "m1")
+    assert event.returncode == 0 and "candidate for 1 watch: urgent-mail fired" in event.stdout
+    for args, first in [((), "give one WATCH id or --event ID"), (("urgent-mial",), "no watch named 'urgent-mial'"),
+                        (("urgent-mail", "--event", "m1"), "give one WATCH id"),
+                        (("urgent-mail", "--since", "soon"), "bad --since")]:  # fmt: skip
+        r = run(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith(f"error: {first}"), r.stderr
+    (tmp_path / "state" / "watchd.db").unlink()
+    r = run("urgent-mail")
+    assert r.returncode == 1 and "the daemon has not run" in r.stderr and "hint: start it" in r.stderr

@@ -1,0 +1,690 @@
+"""`watchd explain`: why a watch fired or did not, and what one event did, from recorded decisions.
+
+The logic is pure functions over plain rows (`Decision`s from the engine, `HandoffRow`s, the
+engine's per-key state, `Heard` subjects), so tests build the rows and the CLI only reads them.
+The thin readers at the bottom open the state database read-only (safe beside a running daemon:
+WAL readers never block the writer) and rebuild an engine view for each watch's timers.
+
+Verdict precedence for `explain WATCH` (the first that applies wins; `--since`/`--key` narrow
+what counts):
+
+1. `enabled = false` → "disabled (enabled = false in file:line)".
+2. An absent watch that is silent now (it fired for the current silence) → "silent since …
+   (fired at …)".
+3. The latest of fired / would_fire / suppressed decides: "suppressed by cooldown until …",
+   "fired N times since …; last at … (handoff h_… delivered to notify.phone)", or "would have
+   fired N times since …; last at … (shadow mode: no handoffs)".
+4. A deadline window open now → "waiting: deadline …, in 1h12m".
+5. An absent watch with a timer running → "waiting: fires at … unless SUBJECT arrives, in …".
+6. A count under way → "did not fire: count not reached — 3 of 5 in 10m (key bob)".
+7. A `where` (or `key`) that errored → "did not fire: the where errored on N events: …".
+8. A `where` that was false → "did not fire: N events on SUBJECT, none matched — last miss: …".
+9. A deadline met, or an expect that came with no window open → "did not fire: met in time …" /
+   "did not fire: no window was open — …" (plus when the next scheduled window opens).
+10. A scheduled deadline with nothing recorded → "waiting: next window opens …".
+11. Nothing recorded → "did not fire: nothing arrived on SUBJECT — last heard … from SOURCE" (or
+    "never heard since the state began"), from the `subjects` table, wildcards included.
+
+Errors outrank false `where`s (an erroring predicate is usually a bug in the watch). Misses have
+no key (the key is computed after the `where`), so `--key` leaves them out. Only the latest few
+misses per watch per batch are stored, so miss counts are a lower bound.
+
+Times are shown in the watch's zone and UTC; JSON times are RFC 3339 (`at` UTC, `at_local` with
+the zone's offset).
+
+`explain WATCH --json` (stable)::
+
+    {"watch": str, "kind": "match"|"absent"|"deadline", "mode": "live"|"shadow", "enabled": bool,
+     "file": "path:line", "verdict": str, "fired": bool,
+     "timeline": [{"at", "at_local", "verdict", "key", "reason", "event_id"}],   # newest last, ≤ 50
+     "handoffs": [{"id", "key", "target", "state", "attempt", "last_error", "fired_at"}],
+     "next_due": str | null}
+
+`explain --event ID --json` (stable)::
+
+    {"event": str, "verdict": str, "rejected": bool,
+     "decisions": [{"at", "at_local", "watch", "verdict", "key", "reason"}],
+     "handoffs": [{"id", "key", "target", "state", "attempt", "last_error", "fired_at"}]}
+"""
+
+from __future__ import annotations
+
+import difflib
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from watchd.config import AbsentWatch, DeadlineWatch, MatchWatch, WatchDef
+from watchd.engine import Decision, Engine, KeyState
+from watchd.errors import WatchdError
+from watchd.model import iso
+from watchd.schedule import format_duration, parse_duration
+from watchd.subjects import subject_matches
+
+TIMELINE_LIMIT = 50
+READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
+MISSES = frozenset({"where_false", "where_error", "key_error"})
+DECISIVE = frozenset({"fired", "would_fire", "suppressed"})
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
+_DELIVERED = frozenset({"delivered", "accepted", "done", "delivering"})
+
+
+# ---- plain rows ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchInfo:
+    """What explain needs of a watch definition."""
+
+    id: str
+    kind: str
+    mode: str
+    enabled: bool
+    file: str
+    zone: str
+    subject: str  # `on` (match) or `expect`
+    where: str | None = None
+    opens_subject: str | None = None  # deadline opened by an event
+    opens_where: str | None = None
+    scheduled: bool = False  # deadline opened by a cron
+    for_s: float = 0.0  # absent
+
+    @staticmethod
+    def of(d: WatchDef, default_zone: str) -> WatchInfo:
+        w = d.watch
+        kind, file = str(w.__struct_config__.tag), f"{d.file}:{d.line}"
+        if isinstance(w, MatchWatch):
+            return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.on.subject, w.on.where)
+        if isinstance(w, AbsentWatch):
+            return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.expect.subject, w.expect.where,
+                             for_s=parse_duration(w.for_))  # fmt: skip
+        assert isinstance(w, DeadlineWatch)
+        return WatchInfo(
+            w.id, kind, w.mode, w.enabled, file, w.opens.timezone or default_zone, w.expect.subject, w.expect.where,
+            opens_subject=w.opens.subject, opens_where=w.opens.where, scheduled=w.opens.cron is not None,
+        )  # fmt: skip
+
+    @property
+    def trigger_subject(self) -> str:
+        """What has to arrive for anything to happen: the opening event for an event deadline."""
+        return self.opens_subject or self.subject
+
+
+@dataclass(frozen=True)
+class HandoffRow:
+    id: str
+    key: str | None
+    target: str
+    state: str
+    attempt: int
+    last_error: str | None
+    fired_at: str  # RFC 3339 UTC, as in the handoff
+    created_at: float = 0.0
+    watch: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "key": self.key, "target": self.target, "state": self.state, "attempt": self.attempt,
+                "last_error": self.last_error, "fired_at": self.fired_at}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A row of the `subjects` table: when a subject was last heard, and from which source."""
+
+    subject: str
+    last_at: float
+    last_source: str | None
+    count: int
+
+
+@dataclass
+class WatchState:
+    """The engine's view of one watch now: per-key state, and the next scheduled window opening."""
+
+    keys: dict[str | None, KeyState] = field(default_factory=dict)
+    next_open: float | None = None
+    activated_at: float | None = None
+
+    @staticmethod
+    def of(engine: Engine, wid: str) -> WatchState:
+        meta = engine.meta.get(wid)
+        return WatchState(
+            dict(engine.keys.get(wid, {})),
+            meta.next_open if meta else None,
+            meta.activated_at if meta else None,
+        )
+
+
+@dataclass
+class WatchReport:
+    info: WatchInfo
+    verdict: str
+    fired: bool
+    timeline: list[Decision]
+    total: int  # decisions in range (the timeline shows the last TIMELINE_LIMIT)
+    handoffs: list[HandoffRow]
+    next_due: float | None
+    now: float
+
+    def to_json(self) -> dict[str, Any]:
+        z = self.info.zone
+        return {
+            "watch": self.info.id, "kind": self.info.kind, "mode": self.info.mode, "enabled": self.info.enabled,
+            "file": self.info.file, "verdict": self.verdict, "fired": self.fired,
+            "timeline": [
+                {"at": iso(d.at), "at_local": iso_local(d.at, z), "verdict": d.verdict, "key": d.key,
+                 "reason": d.reason, "event_id": d.event_id}
+                for d in self.timeline
+            ],
+            "handoffs": [h.to_json() for h in self.handoffs],
+            "next_due": iso(self.next_due),
+        }  # fmt: skip
+
+
+@dataclass
+class EventReport:
+    event_id: str
+    verdict: str
+    rejected: bool
+    decisions: list[Decision]
+    handoffs: list[HandoffRow]
+    zones: dict[str, str]  # watch -> zone, for local times
+    default_zone: str
+
+    def zone(self, watch: str) -> str:
+        return self.zones.get(watch, self.default_zone)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": self.event_id, "verdict": self.verdict, "rejected": self.rejected,
+            "decisions": [
+                {"at": iso(d.at), "at_local": iso_local(d.at, self.zone(d.watch)), "watch": d.watch,
+                 "verdict": d.verdict, "key": d.key, "reason": d.reason}
+                for d in self.decisions
+            ],
+            "handoffs": [h.to_json() for h in self.handoffs],
+        }  # fmt: skip
+
+
+# ---- time in words ---------------------------------------------------------------------------
+
+
+def _clock(dt: datetime) -> str:
+    return dt.strftime("%H:%M:%S" if dt.second else "%H:%M")
+
+
+def when(ts: float, zone: str, now: float) -> str:
+    """An instant in the watch's zone and UTC: "03:00 Europe/Berlin (02:00 UTC)"; the date only
+    when it is not today (in that zone), and on the UTC side only when it differs."""
+    tz = ZoneInfo(zone)
+    local = datetime.fromtimestamp(ts, tz)
+    today = datetime.fromtimestamp(now, tz).date()
+    text = _clock(local) if local.date() == today else f"{local:%Y-%m-%d} {_clock(local)}"
+    if zone in _UTC_NAMES:
+        return f"{text} UTC"
+    utc = datetime.fromtimestamp(ts, UTC)
+    utc_text = _clock(utc) if utc.date() == local.date() else f"{utc:%Y-%m-%d} {_clock(utc)}"
+    return f"{text} {zone} ({utc_text} UTC)"
+
+
+def iso_local(ts: float, zone: str) -> str:
+    dt = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds").replace("+00:00", "Z")
+
+
+def span(seconds: float) -> str:
+    """A coarse duration: whole minutes from an hour up, whole seconds below."""
+    s = abs(seconds)
+    return format_duration(round(s / 60) * 60 if s >= 3600 else round(s))
+
+
+def _until(due: float, now: float) -> str:
+    left = due - now
+    return f"in {span(left)}" if left >= 0 else f"overdue by {span(left)} (is watchd running?)"
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _events(n: int) -> str:
+    return "1 event" if n == 1 else f"{n} events"
+
+
+def _for_key(key: str | None) -> str:
+    return "" if key is None else f" for key {key}"
+
+
+# ---- the verdict -----------------------------------------------------------------------------
+
+
+def _latest(rows: Sequence[Decision], verdicts: Iterable[str]) -> Decision | None:
+    wanted = set(verdicts)
+    return next((d for d in reversed(rows) if d.verdict in wanted), None)
+
+
+def _handoff_clause(hs: list[HandoffRow]) -> str:
+    if not hs:
+        return " (no handoff recorded)"
+    parts = [f"{h.id} {h.state} {'to' if h.state in _DELIVERED else 'for'} {h.target}" for h in hs]
+    return f" (handoff{'s' if len(hs) > 1 else ''} {', '.join(parts)})"
+
+
+def next_due_of(info: WatchInfo, state: WatchState, key: str | None = None) -> float | None:
+    """When the watch next needs the clock (as `Engine.watch_next_due`), for one key if given."""
+    if not info.enabled:
+        return None
+    dues: list[float] = []
+    for k, st in state.keys.items():
+        if key is not None and k != key:
+            continue
+        if info.kind == "absent" and not st.silent and st.last_seen is not None:
+            dues.append(st.last_seen + info.for_s)
+        elif info.kind == "deadline" and st.windows:
+            dues.append(min(end for _, end in st.windows))
+    if key is None and state.next_open is not None:
+        dues.append(state.next_open)
+    return min(dues, default=None)
+
+
+def explain_watch(
+    info: WatchInfo,
+    decisions: Sequence[Decision],
+    handoffs: Sequence[HandoffRow],
+    state: WatchState,
+    heard: Sequence[Heard],
+    *,
+    now: float,
+    since: float | None = None,
+    since_text: str | None = None,
+    key: str | None = None,
+    totals: dict[str, int] | None = None,
+    limit: int = TIMELINE_LIMIT,
+) -> WatchReport:
+    """The report for one watch. `decisions` in any order (filtered here by since/key too);
+    `totals` (verdict → count in range) when the reader capped the rows it read."""
+    rows = sorted(
+        (d for d in decisions if d.watch == info.id and (since is None or d.at >= since)
+         and (key is None or d.key == key)),
+        key=lambda d: d.at,
+    )  # fmt: skip
+    hs = [h for h in handoffs if (key is None or h.key == key) and (since is None or h.created_at >= since)]
+    counts = Counter(totals) if totals is not None else Counter(d.verdict for d in rows)
+    verdict = _verdict(info, rows, hs, state, heard, counts, now=now, since=since, since_text=since_text, key=key)
+    return WatchReport(
+        info=info,
+        verdict=verdict,
+        fired=counts["fired"] > 0,
+        timeline=rows[-limit:] if limit else [],
+        total=sum(counts.values()),
+        handoffs=hs,
+        next_due=next_due_of(info, state, key),
+        now=now,
+    )
+
+
+def _verdict(
+    info: WatchInfo,
+    rows: list[Decision],
+    hs: list[HandoffRow],
+    state: WatchState,
+    heard: Sequence[Heard],
+    counts: Counter[str],
+    *,
+    now: float,
+    since: float | None,
+    since_text: str | None,
+    key: str | None,
+) -> str:
+    def t(ts: float) -> str:
+        return when(ts, info.zone, now)
+
+    keyed = {k: st for k, st in state.keys.items() if key is None or k == key}
+    start = since if since is not None else (rows[0].at if rows else now)
+
+    # 1. switched off
+    if not info.enabled:
+        return f"disabled (enabled = false in {info.file})"
+
+    # 2. an absent watch in a silence it already fired for
+    silent = sorted((st.last_seen or 0.0, k) for k, st in keyed.items() if st.silent)
+    if info.kind == "absent" and silent:
+        since_at, k = silent[0]
+        text = f"silent since {t(since_at)}{_for_key(k)}"
+        fire = next((d for d in reversed(rows) if d.verdict in ("fired", "would_fire") and d.key == k), None)
+        if fire is not None:
+            shadow = "; shadow mode" if fire.verdict == "would_fire" else ""
+            text += f" ({'would have fired' if shadow else 'fired'} at {t(fire.at)}{shadow})"
+        if len(silent) > 1:
+            text += f"; {len(silent)} keys silent"
+        return text
+
+    # 3. the latest decisive outcome
+    last = _latest(rows, DECISIVE)
+    if last is not None and last.verdict == "suppressed":
+        until = last.reason.removeprefix("cooldown until ")
+        try:
+            until_text = t(datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            until_text = until
+        text = f"suppressed by cooldown until {until_text}{_for_key(last.key)}"
+        fire = next((d for d in reversed(rows) if d.verdict == "fired" and d.key == last.key), None)
+        return text + (f"; last fired at {t(fire.at)}" if fire else "")
+    if last is not None and last.verdict == "fired":
+        mine = [h for h in hs if h.fired_at == iso(last.at) and h.key == last.key]
+        return (
+            f"fired {_times(counts['fired'])} since {t(start)}; last at {t(last.at)}{_for_key(last.key)}"
+            + _handoff_clause(mine)
+        )
+    if last is not None:  # would_fire
+        return (
+            f"would have fired {_times(counts['would_fire'])} since {t(start)}; last at {t(last.at)}"
+            f"{_for_key(last.key)} (shadow mode: no handoffs)"
+        )
+
+    # 4. a deadline window open now
+    windows = sorted((end, k) for k, st in keyed.items() for _, end in st.windows)
+    if info.kind == "deadline" and windows:
+        end, k = windows[0]
+        more = f" ({len(windows)} windows open)" if len(windows) > 1 else ""
+        return f"waiting: deadline {t(end)}{_for_key(k)}, {_until(end, now)}{more}"
+
+    # 5. an absent watch with a silence timer running
+    running = sorted((st.last_seen + info.for_s, k, st) for k, st in keyed.items()
+                     if not st.silent and st.last_seen is not None)  # fmt: skip
+    if info.kind == "absent" and running:
+        due, k, st = running[0]
+        never = st.last_seen == state.activated_at and not st.evidence
+        seen = "never seen since the watch started" if never else f"last seen {t(st.last_seen or 0.0)}"
+        return f"waiting: fires at {t(due)}{_for_key(k)} unless {info.subject} arrives, {_until(due, now)} ({seen})"
+
+    # 6. a count under way
+    counted = _latest(rows, ["counted"])
+    if counted is not None:
+        return f"did not fire: count not reached — {counted.reason}" + (
+            f" (key {counted.key})" if counted.key is not None else ""
+        )
+
+    # 7. and 8. misses
+    error = _latest(rows, ["where_error", "key_error"])
+    if error is not None:
+        what = "where" if error.verdict == "where_error" else "key"
+        n = counts["where_error"] + counts["key_error"]
+        detail = error.reason.removeprefix(f"{what} errored: ")
+        return f"did not fire: the {what} errored on {_events(n)}: {detail}"
+    miss = _latest(rows, ["where_false"])
+    if miss is not None:
+        subject = info.subject
+        if info.opens_subject and info.opens_where and miss.reason == f"where false: {info.opens_where}":
+            subject = info.opens_subject
+        return (
+            f"did not fire: {_events(counts['where_false'])} on {subject}, none matched — "
+            f"last miss: {miss.reason} (at {t(miss.at)})"
+        )
+
+    # 9. and 10. a deadline met, an expect with no window, the next scheduled window
+    nxt = f"next window opens {t(state.next_open)}, {_until(state.next_open, now)}" if state.next_open else None
+    if info.kind == "deadline":
+        met = _latest(rows, ["window_closed", "matched"])
+        if met is not None:
+            if met.verdict == "window_closed":
+                text = f"did not fire: met in time at {t(met.at)}{_for_key(met.key)}"
+            else:
+                text = f"did not fire: no window was open — {info.subject} at {t(met.at)} did not count"
+            return text + (f"; {nxt}" if nxt else "")
+        if nxt:
+            return f"waiting: {nxt}"
+
+    # 11. nothing recorded at all
+    subject = info.trigger_subject
+    span_text = f" in the last {since_text}" if since_text else (" since " + t(since) if since is not None else "")
+    head = f"did not fire: nothing arrived on {subject}{_for_key(key)}{span_text}"
+    heard_rows = [h for h in heard if subject_matches(subject, h.subject)]
+    if not heard_rows:
+        return f"{head} — never heard since the state began"
+    h = max(heard_rows, key=lambda r: r.last_at)
+    source = f" from {h.last_source}" if h.last_source else ""
+    on = f" on {h.subject}" if h.subject != subject else ""
+    return f"{head} — last heard {t(h.last_at)}{source}{on}"
+
+
+def explain_event(
+    event_id: str,
+    decisions: Sequence[Decision],
+    handoffs: Sequence[HandoffRow],
+    zones: dict[str, str],
+    default_zone: str,
+) -> EventReport:
+    """Every decision recorded for one event: which watches it was a candidate for, and how each
+    judged it; or that it was rejected and why."""
+    rows = sorted((d for d in decisions if d.event_id == event_id), key=lambda d: d.at)
+    fired = {(d.watch, d.key, iso(d.at)) for d in rows if d.verdict == "fired"}
+    hs = [h for h in handoffs if (h.watch, h.key, h.fired_at) in fired]
+    rejected = next((d for d in rows if d.verdict == "rejected"), None)
+    if not rows:
+        verdict = (
+            f"no decisions recorded for event {event_id} (not a candidate for any watch, beyond retention, "
+            "or only misses not kept)"
+        )
+    elif rejected is not None:
+        verdict = f"rejected: {rejected.reason} (at {when(rejected.at, default_zone, rejected.at)})"
+    else:
+        last: dict[str, Decision] = {}
+        for d in rows:
+            last[d.watch] = d  # the last decision per watch says where the event left it
+        n = len(last)
+        parts = [f"{w} {d.verdict}{_for_key(d.key)}" for w, d in last.items()]
+        verdict = f"candidate for {n} watch{'es' if n > 1 else ''}: {', '.join(parts)}"
+    return EventReport(event_id, verdict, rejected is not None, rows, hs, zones, default_zone)
+
+
+def suggest(watch_id: str, known: Iterable[str]) -> WatchdError:
+    """The error for an unknown watch id, suggesting the nearest ones."""
+    ids = sorted(known)
+    close = difflib.get_close_matches(watch_id, ids, n=3, cutoff=0.5)
+    if close:
+        hint = f"did you mean {' or '.join(close)}? (`watchd status` lists every watch)"
+    elif ids:
+        hint = f"known watches: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}"
+    else:
+        hint = "no watches are configured: add [[watch]] tables under the config's `watches` paths"
+    return WatchdError(f"no watch named {watch_id!r}", hint)
+
+
+# ---- rendering (80 columns, no markup from event data) ---------------------------------------
+
+
+def _local_and_utc(ts: float, zone: str) -> tuple[str, str]:
+    """Compact cells for a table: the local date and time, and the UTC time (its date only when
+    it differs). Within 30 days of retention, the year adds nothing but width."""
+    local = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    utc = datetime.fromtimestamp(ts, UTC)
+    utc_text = f"{utc:%H:%M:%S}" if utc.date() == local.date() else f"{utc:%m-%d %H:%M:%S}"
+    return f"{local:%m-%d %H:%M:%S}", utc_text
+
+
+def _time_columns(table: Table, zone: str) -> bool:
+    if zone in _UTC_NAMES:
+        table.add_column("UTC", no_wrap=True)
+        return False
+    table.add_column(zone, no_wrap=True)
+    table.add_column("UTC", no_wrap=True)
+    return True
+
+
+def _time_cells(ts: float, zone: str, both: bool) -> list[Text]:
+    local, utc = _local_and_utc(ts, zone)
+    return [Text(local), Text(utc)] if both else [Text(local)]
+
+
+def _handoff_table(console: Console, hs: Sequence[HandoffRow]) -> None:
+    table = Table("handoff", "target", "state", "try", "last error", box=None, pad_edge=False)
+    for h in hs:
+        table.add_row(*(Text(c) for c in (h.id, h.target, h.state, str(h.attempt), h.last_error or "")))
+    console.print(table)
+
+
+def render_watch(report: WatchReport, console: Console) -> None:
+    info = report.info
+    head = Text(f"{info.id} ({info.kind}, {info.mode}{'' if info.enabled else ', disabled'}) — {info.file}")
+    console.print(head, soft_wrap=False)
+    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.next_due is not None:
+        due = when(report.next_due, info.zone, report.now)
+        console.print(Text(f"next due: {due}, {_until(report.next_due, report.now)}"), soft_wrap=False)
+    if report.timeline:
+        shown = len(report.timeline)
+        more = f" (last {shown} of {report.total})" if report.total > shown else ""
+        console.print(Text(f"\ntimeline{more}:"))
+        table = Table(box=None, pad_edge=False)
+        both = _time_columns(table, info.zone)
+        table.add_column("verdict", no_wrap=True)
+        table.add_column("key")
+        table.add_column("reason", overflow="fold")
+        for d in report.timeline:
+            table.add_row(*_time_cells(d.at, info.zone, both), Text(d.verdict), Text(d.key or ""), Text(d.reason))
+        console.print(table)
+    else:
+        console.print(Text("\nno decisions recorded" + (" in range" if report.total == 0 else "")))
+    if report.handoffs:
+        console.print(Text(f"\nhandoffs ({len(report.handoffs)}):"))
+        _handoff_table(console, report.handoffs[-20:])
+
+
+def render_event(report: EventReport, console: Console) -> None:
+    console.print(Text(f"event {report.event_id}"), soft_wrap=False)
+    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.decisions:
+        zones = {report.zone(d.watch) for d in report.decisions}
+        zone = zones.pop() if len(zones) == 1 else "UTC"
+        table = Table(box=None, pad_edge=False)
+        both = _time_columns(table, zone)
+        for name in ("watch", "verdict", "key"):
+            table.add_column(name, no_wrap=name == "verdict")
+        table.add_column("reason", overflow="fold")
+        for d in report.decisions:
+            cells = [Text(c) for c in (d.watch or "-", d.verdict, d.key or "", d.reason)]
+            table.add_row(*_time_cells(d.at, zone, both), *cells)
+        console.print(table)
+    if report.handoffs:
+        console.print(Text("\nhandoffs:"))
+        _handoff_table(console, report.handoffs)
+
+
+# ---- readers (read-only, beside a running daemon or not) -------------------------------------
+
+
+def open_db(state_dir: Path) -> sqlite3.Connection:
+    from watchd.store import connect, db_path
+
+    path = db_path(state_dir)
+    if not path.exists():
+        raise WatchdError(
+            f"no watchd state at {path.absolute()}: the daemon has not run with this config yet",
+            hint="start it with `watchd run` (or pass the --config the daemon uses)",
+        )
+    try:
+        conn = connect(path, readonly=True)
+        conn.execute("SELECT 1 FROM decisions LIMIT 1")
+    except sqlite3.Error as exc:
+        raise WatchdError(f"cannot read {path}: {exc}", hint="check the file's permissions") from None
+    return conn
+
+
+def _decision(row: Sequence[Any]) -> Decision:
+    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+_DECISION_COLUMNS = "at, watch, key, verdict, reason, event_id, seq"
+_HANDOFF_COLUMNS = "id, key, target, state, attempt, last_error, fired_at, created_at, watch"
+
+
+def read_watch_rows(
+    conn: sqlite3.Connection, watch_id: str, since: float | None, key: str | None
+) -> tuple[list[Decision], dict[str, int], list[HandoffRow]]:
+    where, params = "watch = ?", list[object]([watch_id])
+    if since is not None:
+        where, params = where + " AND at >= ?", [*params, since]
+    if key is not None:
+        where, params = where + " AND key = ?", [*params, key]
+    rows = conn.execute(
+        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {where} ORDER BY at DESC, id DESC LIMIT ?",
+        [*params, READ_LIMIT],
+    ).fetchall()
+    totals = dict(conn.execute(f"SELECT verdict, COUNT(*) FROM decisions WHERE {where} GROUP BY verdict", params))
+    hwhere, hparams = "watch = ?", list[object]([watch_id])
+    if since is not None:
+        hwhere, hparams = hwhere + " AND created_at >= ?", [*hparams, since]
+    if key is not None:
+        hwhere, hparams = hwhere + " AND key = ?", [*hparams, key]
+    order = "ORDER BY created_at DESC, rowid DESC LIMIT 1000"
+    hrows = conn.execute(f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE {hwhere} {order}", hparams).fetchall()
+    return [_decision(r) for r in reversed(rows)], totals, [HandoffRow(*r) for r in reversed(hrows)]
+
+
+def read_heard(conn: sqlite3.Connection) -> list[Heard]:
+    return [Heard(*r) for r in conn.execute("SELECT subject, last_at, last_source, count FROM subjects")]
+
+
+def engine_view(conn: sqlite3.Connection, defs: list[WatchDef], zone: str, now: float) -> Engine:
+    """The engine as the stored state leaves it (as `watchd status` builds it), for timers."""
+    from watchd.store import Store
+
+    engine = Engine(zone)
+    keys, meta, clock = Store.load_engine_state_from(conn)
+    versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
+    engine.restore(keys, meta, clock)
+    engine.load([(d, versions.get(d.watch.id, 1)) for d in defs], now)
+    return engine
+
+
+def explain_from_db(
+    conn: sqlite3.Connection,
+    defs: list[WatchDef],
+    default_zone: str,
+    watch_id: str,
+    *,
+    now: float,
+    since: str | None = None,
+    key: str | None = None,
+) -> WatchReport:
+    d = next((d for d in defs if d.watch.id == watch_id), None)
+    if d is None:
+        raise suggest(watch_id, (d.watch.id for d in defs))
+    since_ts = now - parse_since(since) if since else None
+    info = WatchInfo.of(d, default_zone)
+    decisions, totals, handoffs = read_watch_rows(conn, watch_id, since_ts, key)
+    state = WatchState.of(engine_view(conn, defs, default_zone, now), watch_id)
+    return explain_watch(info, decisions, handoffs, state, read_heard(conn), now=now, since=since_ts,
+                         since_text=since, key=key, totals=totals)  # fmt: skip
+
+
+def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: str, event_id: str) -> EventReport:
+    rows = [_decision(r) for r in conn.execute(
+        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ? ORDER BY at, id", [event_id]
+    )]  # fmt: skip
+    watches = sorted({d.watch for d in rows if d.verdict == "fired"})
+    handoffs: list[HandoffRow] = []
+    for w in watches:
+        handoffs += [HandoffRow(*r) for r in conn.execute(
+            f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE watch = ? ORDER BY created_at, rowid", [w]
+        )]  # fmt: skip
+    zones = {d.watch.id: WatchInfo.of(d, default_zone).zone for d in defs}
+    return explain_event(event_id, rows, handoffs, zones, default_zone)
+
+
+def parse_since(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except WatchdError as exc:
+        first = exc.message.split("; ", 1)[0]
+        raise WatchdError(f"bad --since: {first}", "use a duration like 90s, 2h, 1d or 1h30m") from None
