@@ -123,7 +123,7 @@ async def test_ensure_streams_is_idempotent_and_applies_changes(nats_client: Cli
     assert info.config.duplicate_window == pytest.approx(2 * 86400)
     assert info.config.max_age == pytest.approx(30 * 86400)
     handoffs = await js.stream_info(HANDOFFS_STREAM)
-    assert handoffs.config.subjects == ["watchd.handoffs.>"]
+    assert handoffs.config.subjects == ["watchd.handoffs.>", "watchd.replies.>"]
     await ensure_streams(js, events_max_age_s=86400, duplicate_window_s=3600)
     info = await js.stream_info(EVENTS_STREAM)
     assert info.config.max_age == pytest.approx(86400)

@@ -34,7 +34,7 @@ from nats.js.api import (
 )
 
 from watchd.errors import EventRejected, NatsUnavailable
-from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, Event, encode
+from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 
 log = logging.getLogger(__name__)
 
@@ -411,9 +411,10 @@ async def ensure_streams(
     )  # fmt: skip
     # HANDOFFS uses limits retention, not work-queue: any number of consumers (a worker per target,
     # a tap, `explain`) may read it independently; an ack does not delete. max_age bounds it, and
-    # the SQLite outbox remains the record of each delivery.
+    # the SQLite outbox remains the record of each delivery. Workers' replies (agents/nats.py) are
+    # stored beside the handoffs they answer, so a reply sent while watchd was down is not lost.
     handoffs = StreamConfig(
-        name=HANDOFFS_STREAM, subjects=[HANDOFFS_PREFIX + ">"], storage=StorageType.FILE,
+        name=HANDOFFS_STREAM, subjects=[HANDOFFS_PREFIX + ">", REPLIES_PREFIX + ">"], storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=handoffs_max_age_s,
         duplicate_window=min(duplicate_window_s, handoffs_max_age_s), allow_direct=True,
     )  # fmt: skip

@@ -484,6 +484,124 @@ def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None
         ex.render_event(report, out)
 
 
+@cli.command(name="test")
+@CONFIG_OPTION
+@click.argument("file", metavar="FILE")
+@click.option("--since", metavar="D", help="replay the recorded EVENTS stream from now − D (default 7d)")
+@click.option("--events", "events_path", metavar="FILE.jsonl", help="replay events from a file, one JSON event a line")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in watchd/backtest.py)")
+def backtest_cmd(config_path: str | None, file: str, since: str | None, events_path: str | None,
+                 as_json: bool) -> None:  # fmt: skip
+    """Backtest the watches in FILE against history: every would-be fire, with reasons.
+
+    FILE is checked as `watchd validate` checks it, with the config's targets and zone. Exits 0
+    whatever fires (it is a report); 1 on an invalid FILE or unreadable input.
+
+    \b
+    Examples:
+      watchd test watches/new.toml                  # the last 7 days of the EVENTS stream
+      watchd test watches/new.toml --since 2d --json
+      watchd test watches/new.toml --events history.jsonl
+    """
+    from pathlib import Path
+
+    from watchd import backtest
+    from watchd.daemon import nats_url
+    from watchd.explain import parse_since
+
+    if since is not None and events_path is not None:
+        raise WatchdError("give --since or --events, not both", hint="--events replays a file; --since the stream")
+    base = config.load(config.find_config(config_path), watches=False)
+    path = Path(file)
+    if not path.is_file():
+        raise WatchdError(f"watch file {file} not found", hint="give the path of a TOML file with [[watch]] tables")
+    defs, warnings = config.load_watch_file(base, path)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if not defs:
+        raise WatchdError(f"{file} defines no watches", hint="add [[watch]] tables (see watches/ for examples)")
+    max_bytes = base.config.engine.max_event_bytes
+    if events_path is not None:
+        report = backtest.replay_events(file, defs, base.zone(), Path(events_path), max_bytes)
+    else:
+        since = since or "7d"
+        since_s = parse_since(since)
+        url = nats_url(base)
+
+        async def replay() -> backtest.Report:
+            try:
+                await _refused(url)
+            except NatsUnavailable as exc:
+                raise NatsUnavailable(exc.message, (exc.hint or "") + "; or backtest a file with --events") from None
+            return await backtest.replay_stream(file, defs, base.zone(), url, since_s, time.time(), since, max_bytes)
+
+        report = asyncio.run(replay())
+    if as_json:
+        dump_json(report.to_json())
+    else:
+        backtest.render(report, out)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@CONFIG_OPTION
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-j", "--concurrency", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="handoffs run at once")  # fmt: skip
+@click.option("--timeout", metavar="D", help="longest run of COMMAND (default: the agent's `timeout`, else 5m)")
+@click.option("--ack-wait", default="60s", show_default=True, metavar="D",
+              help="silence before NATS gives a taken handoff to another worker (renewed while it runs)")  # fmt: skip
+@click.option("--max-attempts", default=8, show_default=True, type=click.IntRange(1),
+              help="failed runs before the handoff is rejected")  # fmt: skip
+@click.option("--reject-exit-code", default=75, show_default=True, help="COMMAND's exit code for \"I won't do this\"")
+@click.option("--grace", default="10s", show_default=True, metavar="D",
+              help="on SIGTERM, how long running commands may finish (a second signal stops them at once)")  # fmt: skip
+@click.option("--durable", metavar="NAME", help="consumer name (default worker-<target>); same name, shared work")
+@click.option("--state-dir", metavar="PATH", help="where finished handoff ids are kept (default "
+              "$XDG_STATE_HOME/watchd-worker)")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def worker(config_path: str | None, target: str, command: tuple[str, ...], concurrency: int, timeout: str | None,
+           ack_wait: str, max_attempts: int, reject_exit_code: int, grace: str, durable: str | None,
+           state_dir: str | None, verbose: bool) -> None:  # fmt: skip
+    """Run COMMAND for each handoff to TARGET, an agent of type nats, from any machine that reaches NATS.
+
+    Like a `command` agent: the handoff JSON on stdin, WATCHD_HANDOFF_ID (the idempotency key) in the
+    environment; exit 0 replies done, the reject exit code replies rejected, anything else is retried.
+    Workers with the same durable share the work. SIGTERM stops after the running commands finish.
+
+    \b
+    Example (with [agent.claw] type = "nats" in the daemon's config):
+      watchd worker agent.claw -- my-agent handle --stdin
+      watchd worker agent.claw -j 4 --timeout 30m --config ~/.config/watchd/config.toml -- ./handle.sh
+    """
+    from pathlib import Path
+
+    from watchd import worker as worker_mod
+    from watchd.daemon import nats_url
+    from watchd.schedule import parse_duration
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    loaded = load(config_path)
+    agent = loaded.config.agent.get(target.removeprefix("agent.")) if target.startswith("agent.") else None
+    if not isinstance(agent, config.NatsAgent):
+        agent = None
+        err.print(f'warning: no [{target}] with type = "nats" in {loaded.config_path or "the config"}; '
+                  "handoffs arrive only where the daemon's config has one", markup=False)  # fmt: skip
+    opts = worker_mod.WorkerOptions(
+        target=target, command=list(command), timeout=timeout or (agent.timeout if agent else "5m"),
+        ack_wait_s=parse_duration(ack_wait), concurrency=concurrency, max_attempts=max_attempts,
+        reject_exit_code=reject_exit_code, grace_s=parse_duration(grace), durable=durable or "",
+        state_dir=Path(state_dir).expanduser() if state_dir else worker_mod.default_state_dir(),
+    )  # fmt: skip
+    parse_duration(opts.timeout)
+    worker_mod.check_options(opts)  # before connecting: a typo is reported as such, not as "NATS is down"
+    url = nats_url(loaded)
+    asyncio.run(_refused(url))
+    asyncio.run(worker_mod.run(url, opts))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

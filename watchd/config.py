@@ -402,6 +402,8 @@ def _check_config(config: Config, probs: _Problems) -> None:
             probs.at(path, "a schedule needs something to do: job, run or then")
     for name, agent in config.agent.items():
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
+        if isinstance(agent, NatsAgent):
+            _check_duration(agent.ack_timeout, ("agent", name, "ack_timeout"), probs)
         if isinstance(agent, CommandAgent) and not agent.command:
             probs.at(("agent", name, "command"), '`command` needs at least the program, e.g. ["my-agent", "--stdin"]')
 
@@ -440,46 +442,69 @@ def _watch_files(config: Config, base: Path, problems: list[str]) -> list[Path]:
     return files
 
 
-def load(config_path: Path | None) -> Loaded:
-    """Load and validate everything; raise ConfigError listing every problem."""
+def load(config_path: Path | None, *, watches: bool = True) -> Loaded:
+    """Load and validate everything; raise ConfigError listing every problem.
+
+    watches=False loads the config alone (targets, zone, NATS): `watchd test FILE` then loads just
+    FILE with `load_watch_file`, so a problem in another watch file does not stop a backtest.
+    """
     problems: list[str] = []
     warnings: list[str] = []
     config, _ = _load_config(config_path, problems, warnings)
     base = config_path.parent if config_path else Path.cwd()
     config.notify.setdefault("console", ConsoleNotifier())
-    files = _watch_files(config, base, problems)
+    files = _watch_files(config, base, problems) if watches else []
     loaded = Loaded(config, config_path, base, [], files, warnings)
     seen: dict[str, str] = {}
-    targets = loaded.targets()
     for path in files:
-        display = os.path.relpath(path) if not path.is_absolute() or str(path).startswith(os.getcwd()) else str(path)
-        parsed = _read_toml(path, display, problems)
-        if parsed is None:
-            continue
-        text, raw = parsed
-        probs = _Problems(display, text)
-        for extra in set(raw) - {"watch"}:
-            probs.at((extra,), f"unknown top-level key `{extra}`: a watch file holds [[watch]] tables only")
-        entries = raw.get("watch", [])
-        if not isinstance(entries, list):
-            probs.at(("watch",), "`watch` must be an array of tables: write [[watch]]")
-            entries = []
-        for i, entry in enumerate(entries):
-            here: tuple[PathPart, ...] = ("watch", i)
-            watch = _convert(entry, Watch, here, probs)
-            if watch is not None:
-                _check_watch(watch, here, probs, targets, loaded.zone())
-                if watch.id in seen:
-                    probs.at((*here, "id"), f"duplicate watch id {watch.id!r} (also in {seen[watch.id]})")
-                    continue
-                seen[watch.id] = f"{display}:{probs.line_of(here)}"
-                digest = hashlib.sha256(msgspec.json.encode(watch)).hexdigest()[:16]
-                loaded.watches.append(WatchDef(watch, display, probs.line_of(here), digest))
-        problems.extend(probs.items)
-        warnings.extend(probs.warnings)
+        loaded.watches.extend(_load_watch_file(path, loaded, seen, problems, warnings))
     if problems:
         raise ConfigError(problems, hint="fix the lines above, then run `watchd validate` again")
     return loaded
+
+
+def load_watch_file(loaded: Loaded, path: Path) -> tuple[list[WatchDef], list[str]]:
+    """One watch file checked exactly as `load` checks it (targets and zone from `loaded`'s config):
+    its watches and warnings; ConfigError with `file:line:col` problems."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    defs = _load_watch_file(path, loaded, {}, problems, warnings)
+    if problems:
+        raise ConfigError(problems, hint="fix the lines above, then run it again")
+    return defs, warnings
+
+
+def _load_watch_file(
+    path: Path, loaded: Loaded, seen: dict[str, str], problems: list[str], warnings: list[str]
+) -> list[WatchDef]:
+    defs: list[WatchDef] = []
+    targets = loaded.targets()
+    display = os.path.relpath(path) if not path.is_absolute() or str(path).startswith(os.getcwd()) else str(path)
+    parsed = _read_toml(path, display, problems)
+    if parsed is None:
+        return defs
+    text, raw = parsed
+    probs = _Problems(display, text)
+    for extra in set(raw) - {"watch"}:
+        probs.at((extra,), f"unknown top-level key `{extra}`: a watch file holds [[watch]] tables only")
+    entries = raw.get("watch", [])
+    if not isinstance(entries, list):
+        probs.at(("watch",), "`watch` must be an array of tables: write [[watch]]")
+        entries = []
+    for i, entry in enumerate(entries):
+        here: tuple[PathPart, ...] = ("watch", i)
+        watch = _convert(entry, Watch, here, probs)
+        if watch is not None:
+            _check_watch(watch, here, probs, targets, loaded.zone())
+            if watch.id in seen:
+                probs.at((*here, "id"), f"duplicate watch id {watch.id!r} (also in {seen[watch.id]})")
+                continue
+            seen[watch.id] = f"{display}:{probs.line_of(here)}"
+            digest = hashlib.sha256(msgspec.json.encode(watch)).hexdigest()[:16]
+            defs.append(WatchDef(watch, display, probs.line_of(here), digest))
+    problems.extend(probs.items)
+    warnings.extend(probs.warnings)
+    return defs
 
 
 def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets: set[str], zone: str) -> None:

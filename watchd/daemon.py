@@ -26,6 +26,7 @@ from nats.js.api import DeliverPolicy
 
 from watchd import bus, config, http, sdnotify
 from watchd.agents.command import CommandRunner
+from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.config import Loaded
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
@@ -52,9 +53,10 @@ def nats_url(loaded: Loaded) -> str | list[str]:
     return f"nats://{loaded.config.nats.listen}" if url == "embedded" else url
 
 
-def build_targets(loaded: Loaded) -> dict[str, Target]:
+def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamContext | None = None) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
-    unset secret, an agent type not built yet) dead-letters its handoffs with the reason."""
+    unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
+    type nats need the daemon's NATS connection (`nc`, `js`)."""
     targets: dict[str, Target] = {}
     for name, notifier in loaded.config.notify.items():
         target = f"notify.{name}"
@@ -78,6 +80,11 @@ def build_targets(loaded: Loaded) -> dict[str, Target]:
             except WatchdError as exc:
                 log.error("%s: %s", target, exc.message)
                 targets[target] = http_client.Misconfigured(target, f"{target}: {exc.message}")
+        elif isinstance(agent, config.NatsAgent):
+            if nc is None or js is None:
+                targets[target] = http_client.Misconfigured(target, f"{target}: no NATS connection to hand off on")
+            else:
+                targets[target] = NatsRunner(agent, name=target, js=js, nc=nc)
         else:
             # Not built yet: its handoffs dead-letter at once with this reason, and can be replayed later.
             kind = agent.__struct_config__.tag
@@ -145,7 +152,11 @@ class Daemon:
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)
-        self.dispatcher = Dispatcher(self.store, build_targets(self.loaded), clock=self.clock)
+        self.dispatcher = Dispatcher(self.store, build_targets(self.loaded, nc=self.nc, js=self.js), clock=self.clock)
+        if any(isinstance(a, config.NatsAgent) for a in self.loaded.config.agent.values()):
+            # Workers' replies after a delivery ended (accepted → done): recorded from their own consumer.
+            js, store = self.js, self.store
+            self._spawn("nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock))
         consumer = bus.EventConsumer(self.js)
         await self._resume_from_store(consumer)
         await consumer.start()

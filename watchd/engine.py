@@ -622,7 +622,11 @@ class Engine:
             self._arm(cw.id, key)
 
     def _local(self, ts: float, cw: CompiledWatch) -> str:
-        return datetime.fromtimestamp(ts, ZoneInfo(cw.zone)).strftime("%Y-%m-%d %H:%M")
+        dt = datetime.fromtimestamp(ts, ZoneInfo(cw.zone))
+        text = dt.strftime("%Y-%m-%d %H:%M")
+        # In a fall-back fold the wall time happens twice: name the offset so "02:30 and 02:30" reads
+        # as "02:30 CEST and 02:30 CET".
+        return f"{text} {dt.tzname()}" if dt.replace(fold=1 - dt.fold).utcoffset() != dt.utcoffset() else text
 
 
 def _for_key(key: str | None) -> str:

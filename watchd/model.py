@@ -17,6 +17,7 @@ SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 MAX_EVENT_BYTES = 256 * 1024
 EVENTS_PREFIX = "watchd.events."
 HANDOFFS_PREFIX = "watchd.handoffs."
+REPLIES_PREFIX = "watchd.replies."  # workers answer a handoff on watchd.replies.<handoff id>
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -268,6 +268,17 @@ class Store:
         with self._tx():
             self._transition(hid, state, now, detail, next_attempt_at=next_attempt_at)
 
+    def settle(self, hid: str, state: str, now: float, detail: str | None, only_from: Iterable[str]) -> str | None:
+        """Move a handoff to `state` only while it is in one of `only_from` (a remote worker's reply
+        that comes after its delivery ended); returns the state it was in, None for an unknown id."""
+        with self._tx():
+            row = self.conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
+            if row is None:
+                return None
+            if row[0] in set(only_from):
+                self._transition(hid, state, now, detail)
+            return str(row[0])
+
     def _transition(
         self, hid: str, state: str, now: float, detail: str | None, *, next_attempt_at: float | None = None
     ) -> None:
