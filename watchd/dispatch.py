@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -101,7 +102,8 @@ class Dispatcher:
         self.store = store
         self.targets = targets
         self.clock = clock
-        self._limits = {name: asyncio.Semaphore(per_target) for name in targets}
+        self.per_target = per_target
+        self._in_flight: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -112,11 +114,12 @@ class Dispatcher:
         await self.store.run(self.store.recover_in_flight, self.clock())
         while not stop.is_set():
             try:
-                for handoff in await self.store.run(self.store.claim_due, self.clock()):
+                for handoff in await self.store.run(self.store.claim_due, self.clock(), self._room()):
+                    self._in_flight[handoff.target] += 1
                     task = asyncio.create_task(self._deliver(handoff))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                nxt = await self.store.run(self.store.next_attempt_at)
+                nxt = await self.store.run(self.store.next_attempt_at, self._room())
             except Exception:  # a background task logs and continues, never dies silently
                 log.exception("dispatcher loop error")
                 nxt = self.clock() + 1
@@ -133,18 +136,30 @@ class Dispatcher:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
 
+    def _room(self) -> dict[str, int]:
+        """How many more deliveries each target may start: its own limit, so a slow one holds up only itself."""
+        return {name: self.per_target - self._in_flight[name] for name in self.targets}
+
     async def _deliver(self, h: Handoff) -> None:
+        try:
+            await self._deliver_one(h)
+        except Exception:  # e.g. the store failed to record the outcome: the handoff stays claimed
+            log.exception("recording the delivery of %s to %s failed", h.id, h.target)
+        finally:
+            self._in_flight[h.target] -= 1
+            self.wake()  # a slot is free: claim the target's next due handoff
+
+    async def _deliver_one(self, h: Handoff) -> None:
         target = self.targets.get(h.target)
         if target is None:
             await self.store.run(self.store.finish, h.id, "dead", self.clock(),
                                  f"no target named {h.target} in the config")  # fmt: skip
             return
-        async with self._limits[h.target]:
-            try:
-                outcome = await target.deliver(h)
-            except Exception as exc:  # an unexpected failure is retried, with its type, never a secret
-                log.exception("delivery of %s to %s failed", h.id, h.target)
-                outcome = Retry(f"unexpected error: {type(exc).__name__}")
+        try:
+            outcome = await target.deliver(h)
+        except Exception as exc:  # an unexpected failure is retried, with its type, never a secret
+            log.exception("delivery of %s to %s failed", h.id, h.target)
+            outcome = Retry(f"unexpected error: {type(exc).__name__}")
         now = self.clock()
         if isinstance(outcome, Delivered):
             await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
@@ -157,4 +172,3 @@ class Dispatcher:
         else:
             delay = backoff_s(h.attempt, outcome.retry_after_s)
             await self.store.run(self.store.finish, h.id, "retrying", now, outcome.detail, now + delay)
-            self.wake()

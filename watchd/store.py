@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS handoffs (id TEXT PRIMARY KEY, watch TEXT NOT NULL, w
     state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, next_attempt_at REAL NOT NULL,
     last_error TEXT);
 CREATE INDEX IF NOT EXISTS handoffs_due ON handoffs (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS handoffs_target_due ON handoffs (target, state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY, handoff_id TEXT NOT NULL, at REAL NOT NULL,
     state TEXT NOT NULL, detail TEXT);
 CREATE INDEX IF NOT EXISTS transitions_handoff ON transitions (handoff_id);
@@ -235,30 +236,43 @@ class Store:
                 self._transition(hid, "retrying", now, "watchd restarted during delivery", next_attempt_at=now)
         return len(ids)
 
-    def claim_due(self, now: float, limit: int = 64) -> list[Handoff]:
-        """Move due handoffs to `delivering` and return them."""
+    def claim_due(self, now: float, room: dict[str, int] | None = None, limit: int = 64) -> list[Handoff]:
+        """Move due handoffs to `delivering` and return them, at most `room[target]` per target.
+
+        Only what a target can start now is claimed: a stalled target's backlog stays `pending`
+        (and costs no attempt if watchd restarts) instead of queueing in memory as `delivering`.
+        A target missing from `room` (not configured) gets `limit`, so it dead-letters promptly.
+        """
         # A plain read first: the dispatcher looks every few seconds, and an empty look should
         # not take the write lock.
+        full = [t for t, n in (room or {}).items() if n <= 0]
         due = self.conn.execute(
-            "SELECT 1 FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ? LIMIT 1", (now,)
-        ).fetchone()
-        if due is None:
+            "SELECT target FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ? "
+            f"AND target NOT IN ({','.join('?' * len(full))}) GROUP BY target",
+            (now, *full),
+        ).fetchall()
+        if not due:
             return []
+        rows: list[dict[str, Any]] = []
         with self._tx():
-            rows = list(
-                self.db.query(
-                    "SELECT * FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ? "
-                    "ORDER BY next_attempt_at LIMIT ?",
-                    (now, limit),
+            for (target,) in due:
+                take = min(limit, (room or {}).get(target, limit))
+                rows += self.db.query(
+                    "SELECT * FROM handoffs WHERE target = ? AND state IN ('pending', 'retrying') "
+                    "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                    (target, now, take),
                 )
-            )
             for r in rows:
                 self._transition(r["id"], "delivering", now, None)
         return [row_to_handoff(r, state="delivering") for r in rows]
 
-    def next_attempt_at(self) -> float | None:
+    def next_attempt_at(self, room: dict[str, int] | None = None) -> float | None:
+        """The earliest due time among targets that have room (a full one wakes the loop when it frees)."""
+        full = [t for t, n in (room or {}).items() if n <= 0]
         row = self.conn.execute(
-            "SELECT MIN(next_attempt_at) FROM handoffs WHERE state IN ('pending', 'retrying')"
+            "SELECT MIN(next_attempt_at) FROM handoffs WHERE state IN ('pending', 'retrying') "
+            f"AND target NOT IN ({','.join('?' * len(full))})",
+            full,
         ).fetchone()
         return row[0] if row and row[0] is not None else None
 
