@@ -68,6 +68,7 @@ from watchd.engine import Decision, Engine, KeyState
 from watchd.errors import WatchdError
 from watchd.model import iso
 from watchd.schedule import format_duration, parse_duration
+from watchd.store import engine_view
 from watchd.subjects import subject_matches
 
 TIMELINE_LIMIT = 50
@@ -633,18 +634,6 @@ def read_watch_rows(
 
 def read_heard(conn: sqlite3.Connection) -> list[Heard]:
     return [Heard(*r) for r in conn.execute("SELECT subject, last_at, last_source, count FROM subjects")]
-
-
-def engine_view(conn: sqlite3.Connection, defs: list[WatchDef], zone: str, now: float) -> Engine:
-    """The engine as the stored state leaves it (as `watchd status` builds it), for timers."""
-    from watchd.store import Store
-
-    engine = Engine(zone)
-    keys, meta, clock = Store.load_engine_state_from(conn)
-    versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
-    engine.restore(keys, meta, clock)
-    engine.load([(d, versions.get(d.watch.id, 1)) for d in defs], now)
-    return engine
 
 
 def explain_from_db(

@@ -12,7 +12,7 @@ from rich.table import Table
 from watchd.config import AbsentWatch, Loaded
 from watchd.engine import Engine
 from watchd.model import iso
-from watchd.store import connect, db_path, read_handoffs
+from watchd.store import connect, db_path, engine_view, read_handoffs
 
 HANDOFF_FIELDS = (
     "id",
@@ -57,18 +57,6 @@ def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[st
     return result
 
 
-def _engine_view(loaded: Loaded, conn: sqlite3.Connection, now: float) -> Engine:
-    """Rebuild the engine from the stored state, to read each watch's next due time."""
-    from watchd.store import Store
-
-    engine = Engine(loaded.zone())
-    keys, meta, clock = Store.load_engine_state_from(conn)
-    versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
-    engine.restore(keys, meta, clock)
-    engine.load([(d, versions.get(d.watch.id, 1)) for d in loaded.watches], now)
-    return engine
-
-
 def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[str, Any]:
     report: dict[str, Any] = {
         "daemon": daemon or {"ok": False, "running": False},
@@ -82,7 +70,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
     engine = Engine(loaded.zone())
     if conn is not None:
         with conn:
-            engine = _engine_view(loaded, conn, now)
+            engine = engine_view(conn, loaded.watches, loaded.zone(), now)
             for watch, at in conn.execute(
                 "SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch"
             ):

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import msgspec
 import sqlite_utils
 
-from watchd.engine import Decision, KeyState, WatchMeta
+from watchd.config import WatchDef
+from watchd.engine import Decision, Engine, KeyState, WatchMeta
 from watchd.errors import WatchdError
 from watchd.model import Handoff, Window, encode, iso
 
@@ -328,6 +329,16 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def engine_view(conn: sqlite3.Connection, defs: list[WatchDef], zone: str, now: float) -> Engine:
+    """The engine as the stored state leaves it, read-only: for next due times and timers in
+    `status` and `explain`, whether or not the daemon runs."""
+    engine = Engine(zone)
+    engine.restore(*Store.load_engine_state_from(conn))
+    versions = dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
+    engine.load([(d, versions.get(d.watch.id, 1)) for d in defs], now)
+    return engine
 
 
 def row_to_handoff(r: dict[str, Any], state: str | None = None) -> Handoff:
