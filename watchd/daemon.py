@@ -361,13 +361,14 @@ class Daemon:
         assert self.store is not None
         handoffs: list[Handoff] = []
         holds: dict[str, float] = {}  # quiet hours: handoff id -> not before
-        watches = {d.watch.id: d.watch for d in self.loaded.watches}
-        zone = self.loaded.zone()
+        zone = self.engine.default_zone
         for fire in out.fires:
-            w = watches.get(fire.watch)
-            if w is None:
+            # The engine holds the definitions it fired from: no lookup table to rebuild per batch.
+            cw = self.engine.watches.get(fire.watch)
+            if cw is None:
                 handoffs.extend(handoffs_from_fire(fire))
                 continue
+            w = cw.watch
             handoffs.extend(handoffs_from_fire(fire, w.message, quiet=w.quiet, urgent=w.urgent, zone=zone, holds=holds))
         store = self.store
         new = await store.run(
