@@ -20,11 +20,11 @@ from rich.console import Console
 
 from watchd import explain as ex
 from watchd.config import Watch, WatchDef
-from watchd.daemon import thin_misses
+from watchd.daemon import kept_for_explain
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
 from watchd.errors import WatchdError
-from watchd.model import make_event
+from watchd.model import Event, make_event
 from watchd.store import Store
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
@@ -57,13 +57,14 @@ class World:
         self.fires: list[Fire] = []
         self._commit(Outputs(), {})
 
-    def _commit(self, out: Outputs, subjects: dict[str, tuple[float, str, int]]) -> None:
+    def _commit(self, out: Outputs, subjects: dict[str, tuple[float, str, int]],
+                events: dict[int, Event] | None = None) -> None:  # fmt: skip
         self.fires += out.fires
         messages = {d.watch.id: d.watch.message for d in self.defs}
         handoffs = [h for f in out.fires for h in handoffs_from_fire(f, messages.get(f.watch))]
         self.store.commit_step(
             last_seq=self.seq, clock=self.engine.clock, changes=self.engine.take_changes(),
-            decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects, now=self.now,
+            decisions=kept_for_explain(out.decisions, events or {}), handoffs=handoffs, subjects=subjects, now=self.now,
         )  # fmt: skip
 
     def emit(self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0,
@@ -72,7 +73,7 @@ class World:
         self.seq += 1
         event = make_event(subject, data or {}, id=id or f"e{self.seq}", time_s=self.now, source=source)
         out = self.engine.step(EventInput(event, self.now, self.seq))
-        self._commit(out, {subject: (self.now, source, 1)})
+        self._commit(out, {subject: (self.now, source, 1)}, {self.seq: event})
         return out.fires
 
     def advance(self, seconds: float) -> None:
@@ -205,9 +206,36 @@ def test_where_false_reports_the_nearest_misses(world: Any) -> None:
         w.emit("mail.received", {"urgent": False}, after=60)
     report = w.explain("urgent-mail")
     assert report.verdict == (
-        "did not fire: 4 events on mail.received, none matched — last miss: where false: data.urgent (at 12:04 UTC)"
+        "did not fire: 4 events on mail.received, none matched — last miss: where false: data.urgent "
+        "(data.urgent = false) (at 12:04 UTC)"
     )
     assert not report.fired
+
+
+def test_where_false_names_the_failing_clause_and_its_values(world: Any) -> None:
+    where = 'data.exit_code == 0 && (data.host == "nas" || data.host == "pi") && size(data.tags) > 0'
+    w = world(URGENT.replace('where = "data.urgent"', f"where = '{where}'"))
+    w.emit("mail.received", {"exit_code": 0, "host": "laptop", "tags": ["x"]}, after=60)
+    assert w.explain("urgent-mail").timeline[-1].reason == (
+        'where false: data.exit_code == 0 && (data.host == "nas" || data.host == "pi") && size(data.tags) > 0 — '
+        'clause 2 of 3 false: data.host == "nas" || data.host == "pi" (data.host = "laptop")'
+    )
+    w.emit("mail.received", {"exit_code": 3, "host": "nas", "tags": []}, after=60)
+    assert w.explain("urgent-mail").timeline[-1].reason == (
+        'where false: data.exit_code == 0 && (data.host == "nas" || data.host == "pi") && size(data.tags) > 0 — '
+        "clause 1 of 3 false: data.exit_code == 0 (data.exit_code = 3); "
+        "clause 3 of 3 false: size(data.tags) > 0 (data.tags = [])"
+    )
+
+
+def test_where_false_with_alternatives_shows_each(world: Any) -> None:
+    w = world(URGENT.replace('where = "data.urgent"', """where = 'data.urgent || data.from == "boss@example.org"'"""))
+    w.emit("mail.received", {"urgent": False, "from": "news@example.org"}, after=60)
+    assert w.explain("urgent-mail").timeline[-1].reason == (
+        'where false: data.urgent || data.from == "boss@example.org" — no alternative held: '
+        'data.urgent (data.urgent = false) | '
+        'data.from == "boss@example.org" (data.from = "news@example.org")'
+    )
 
 
 def test_where_errors_are_reported_before_false_wheres(world: Any) -> None:
@@ -335,7 +363,7 @@ def test_event_opened_deadline_waiting_and_opens_misses(world: Any) -> None:
     w.emit("github.pull_request", {"action": "closed", "number": 3})
     assert w.verdict("pr-needs-review") == (
         "did not fire: 1 event on github.pull_request, none matched — last miss: "
-        'where false: data.action == "opened" (at 12:00 UTC)'
+        'where false: data.action == "opened" (data.action = "closed") (at 12:00 UTC)'
     )
     w.emit("github.pull_request", {"action": "opened", "number": 7}, after=60)
     assert w.verdict("pr-needs-review") == "waiting: deadline 2026-11-23 12:01 UTC for key 7, in 1d"

@@ -27,11 +27,12 @@ from nats.js.api import DeliverPolicy
 from watchd import bus, config, http, sdnotify
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
+from watchd.clauses import describe_misses
 from watchd.config import Loaded
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
 from watchd.errors import ConfigError, EventRejected, WatchdError
-from watchd.model import Handoff, decode_event, make_event
+from watchd.model import Event, Handoff, decode_event, make_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
@@ -337,6 +338,7 @@ class Daemon:
         subjects: dict[str, tuple[float, str, int]] = {}
         max_events = self.loaded.config.engine.max_event_bytes
         top = self.last_seq
+        events: dict[int, Event] = {}
         for msg in msgs:
             seq = bus.seq_of(msg)
             if seq <= self.last_seq:
@@ -349,11 +351,13 @@ class Daemon:
                 out.decisions.append(Decision(at, "", None, "rejected", exc.message, _msg_id(msg), seq))
                 continue
             self.events_seen += 1
+            events[seq] = event
             prev = subjects.get(event.subject)
             subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
             step = self.engine.step(EventInput(event, at, seq))
             out.decisions.extend(step.decisions)
             out.fires.extend(step.fires)
+        out.decisions = kept_for_explain(out.decisions, events)
         await self._commit(out, last_seq=top, subjects=subjects)
 
     async def _commit(self, out: Outputs, *, last_seq: int | None,
@@ -374,7 +378,7 @@ class Daemon:
         new = await store.run(
             lambda: store.commit_step(
                 last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
-                decisions=thin_misses(out.decisions), handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
+                decisions=out.decisions, handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
                 holds=holds,
             )
         )  # fmt: skip
@@ -440,6 +444,14 @@ def thin_misses(decisions: list[Decision]) -> list[Decision]:
             misses[d.watch] = seen + 1
         kept.append(d)
     kept.reverse()
+    return kept
+
+
+def kept_for_explain(decisions: list[Decision], events: dict[int, Event]) -> list[Decision]:
+    """What a batch's commit keeps: misses thinned, and only the kept ones pay for naming the clause
+    of their `where` that was false (`events` are the batch's events by stream sequence)."""
+    kept = thin_misses(decisions)
+    describe_misses(kept, events)
     return kept
 
 

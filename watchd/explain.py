@@ -425,7 +425,7 @@ def _verdict(
     miss = _latest(rows, ["where_false"])
     if miss is not None:
         subject = info.subject
-        if info.opens_subject and info.opens_where and miss.reason == f"where false: {info.opens_where}":
+        if info.opens_subject and info.opens_where and miss.reason.startswith(f"where false: {info.opens_where}"):
             subject = info.opens_subject
         return (
             f"did not fire: {_events(counts['where_false'])} on {subject}, none matched — "
