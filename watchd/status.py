@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 from rich.console import Console
@@ -67,6 +69,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
     }
     conn = _open(loaded)
     last_fired: dict[str, float] = {}
+    would_fire_today: dict[str, int] = {}
     engine = Engine(loaded.zone())
     if conn is not None:
         with conn:
@@ -75,6 +78,13 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch"
             ):
                 last_fired[watch] = at
+            # Shadow mode's daily count: how often the watch would have handed off since local midnight.
+            midnight = datetime.fromtimestamp(now, ZoneInfo(loaded.zone())).replace(hour=0, minute=0, second=0,
+                                                                                   microsecond=0)  # fmt: skip
+            would_fire_today = dict(conn.execute(
+                "SELECT watch, COUNT(*) FROM decisions WHERE verdict = 'would_fire' AND at >= ? GROUP BY watch",
+                (midnight.timestamp(),),
+            ).fetchall())  # fmt: skip
             report["handoffs"] = dict(conn.execute("SELECT state, COUNT(*) FROM handoffs GROUP BY state").fetchall())
             report["dead_letters"] = report["handoffs"].get("dead", 0)
     for d in loaded.watches:
@@ -87,6 +97,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
                 "last_fired": iso(last_fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
+                "would_fire_today": would_fire_today.get(w.id, 0),
                 "file": f"{d.file}:{d.line}",
             }
         )
@@ -117,7 +128,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         )
     table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
     for w in report["watches"]:
-        table.add_row(w["id"], w["kind"], w["mode"], w["state"], w["last_fired"] or "-", w["next_due"] or "-")
+        mode = f"shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else w["mode"]
+        table.add_row(w["id"], w["kind"], mode, w["state"], w["last_fired"] or "-", w["next_due"] or "-")
     console.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report["handoffs"].items())) or "none"
     console.print(f"handoffs: {counts}; dead letters: {report['dead_letters']}")
