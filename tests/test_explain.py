@@ -76,6 +76,19 @@ class World:
         self._commit(out, {subject: (self.now, source, 1)}, {self.seq: event})
         return out.fires
 
+    def emit_batch(self, subject: str, datas: list[dict[str, Any]], *, after: float = 1.0) -> None:
+        """Several events committed as one batch, as the daemon commits what one fetch returned."""
+        out, events = Outputs(), {}
+        for data in datas:
+            self.now += after
+            self.seq += 1
+            event = make_event(subject, data, id=f"e{self.seq}", time_s=self.now)
+            events[self.seq] = event
+            step = self.engine.step(EventInput(event, self.now, self.seq))
+            out.decisions += step.decisions
+            out.fires += step.fires
+        self._commit(out, {subject: (self.now, "test", len(datas))}, events)
+
     def advance(self, seconds: float) -> None:
         """Time passes with watchd running: it wakes at each due timer and commits."""
         target = self.now + seconds
@@ -210,6 +223,17 @@ def test_where_false_reports_the_nearest_misses(world: Any) -> None:
         "(data.urgent = false) (at 12:04 UTC)"
     )
     assert not report.fired
+
+
+def test_miss_counts_are_exact_though_only_the_nearest_misses_are_stored(world: Any) -> None:
+    w = world(URGENT)
+    w.emit_batch("mail.received", [{"urgent": False}] * 40 + [{"from": "x"}] * 7 + [{"urgent": False}] * 5)
+    stored = w.store.conn.execute("SELECT verdict, COUNT(*), SUM(n) FROM decisions GROUP BY verdict").fetchall()
+    assert sorted(stored) == [("where_error", 1, 7), ("where_false", 3, 45)]
+    assert w.verdict("urgent-mail") == "did not fire: the where errored on 7 events: no such field 'urgent'"
+    w.emit("mail.received", {"urgent": False}, after=60)
+    w.store.conn.execute("DELETE FROM decisions WHERE verdict = 'where_error'")
+    assert w.verdict("urgent-mail").startswith("did not fire: 46 events on mail.received, none matched — ")
 
 
 def test_where_false_names_the_failing_clause_and_its_values(world: Any) -> None:

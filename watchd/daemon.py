@@ -431,20 +431,32 @@ def thin_misses(decisions: list[Decision]) -> list[Decision]:
 
     A miss (a `where` that was false) is by far the most common decision — one per candidate
     watch per event — and writing each one would cost more than deciding. The latest misses are
-    enough for `explain` to show the nearest ones; the full record is the stream itself, which
-    replays through the same pure core.
+    enough for `explain` to show the nearest ones; the others are counted in the `n` of the oldest
+    kept row of the same watch and verdict (or of the newest one dropped, when none of that
+    verdict is kept), so explain's counts stay exact.
     """
-    kept: list[Decision] = []
-    misses: dict[str, int] = {}
-    for d in reversed(decisions):
-        if d.verdict in MISSES:
-            seen = misses.get(d.watch, 0)
-            if seen >= MISSES_KEPT_PER_BATCH:
-                continue
-            misses[d.watch] = seen + 1
-        kept.append(d)
-    kept.reverse()
-    return kept
+    keep = [True] * len(decisions)
+    kept_per_watch: dict[str, int] = {}
+    stands_for: dict[tuple[str, str], int] = {}  # (watch, verdict) -> index of the row carrying the count
+    dropped: dict[tuple[str, str], list[int]] = {}
+    for i in range(len(decisions) - 1, -1, -1):  # newest first: the latest misses are the ones kept
+        d = decisions[i]
+        if d.verdict not in MISSES:
+            continue
+        pair = (d.watch, d.verdict)
+        if kept_per_watch.get(d.watch, 0) < MISSES_KEPT_PER_BATCH:
+            kept_per_watch[d.watch] = kept_per_watch.get(d.watch, 0) + 1
+            stands_for[pair] = i
+        else:
+            keep[i] = False
+            dropped.setdefault(pair, []).append(i)
+    for pair, indices in dropped.items():
+        carrier = stands_for.get(pair)
+        if carrier is None:
+            carrier = indices.pop(0)
+            keep[carrier] = True
+        decisions[carrier].n += len(indices)
+    return [d for d, k in zip(decisions, keep, strict=True) if k]
 
 
 def kept_for_explain(decisions: list[Decision], events: dict[int, Event]) -> list[Decision]:

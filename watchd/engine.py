@@ -57,6 +57,7 @@ class Decision(msgspec.Struct, array_like=True):
     reason: str
     event_id: str | None = None
     seq: int | None = None
+    n: int = 1  # how many decisions this row stands for: thinned misses are counted, not stored
 
 
 class Fire(msgspec.Struct, kw_only=True):

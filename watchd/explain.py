@@ -27,7 +27,8 @@ what counts):
 
 Errors outrank false `where`s (an erroring predicate is usually a bug in the watch). Misses have
 no key (the key is computed after the `where`), so `--key` leaves them out. Only the latest few
-misses per watch per batch are stored, so miss counts are a lower bound.
+misses per watch per batch are stored as rows; the rest are counted in a kept row's `n`, so miss
+counts are exact while the timeline shows the nearest misses.
 
 Times are shown in the watch's zone and UTC; JSON times are RFC 3339 (`at` UTC, `at_local` with
 the zone's offset).
@@ -319,7 +320,10 @@ def explain_watch(
         key=lambda d: d.at,
     )  # fmt: skip
     hs = [h for h in handoffs if (key is None or h.key == key) and (since is None or h.created_at >= since)]
-    counts = Counter(totals) if totals is not None else Counter(d.verdict for d in rows)
+    counts = Counter(totals) if totals is not None else Counter()
+    if totals is None:
+        for d in rows:
+            counts[d.verdict] += d.n
     verdict = _verdict(info, rows, hs, state, heard, counts, now=now, since=since, since_text=since_text, key=key)
     return WatchReport(
         info=info,
@@ -602,10 +606,10 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
 
 
 def _decision(row: Sequence[Any]) -> Decision:
-    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
 
-_DECISION_COLUMNS = "at, watch, key, verdict, reason, event_id, seq"
+_DECISION_COLUMNS = "at, watch, key, verdict, reason, event_id, seq, n"
 _HANDOFF_COLUMNS = "id, key, target, state, attempt, last_error, fired_at, created_at, watch"
 
 
@@ -621,7 +625,7 @@ def read_watch_rows(
         f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {where} ORDER BY at DESC, id DESC LIMIT ?",
         [*params, READ_LIMIT],
     ).fetchall()
-    totals = dict(conn.execute(f"SELECT verdict, COUNT(*) FROM decisions WHERE {where} GROUP BY verdict", params))
+    totals = dict(conn.execute(f"SELECT verdict, SUM(n) FROM decisions WHERE {where} GROUP BY verdict", params))
     hwhere, hparams = "watch = ?", list[object]([watch_id])
     if since is not None:
         hwhere, hparams = hwhere + " AND created_at >= ?", [*hparams, since]

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS key_state (watch TEXT NOT NULL, key TEXT NOT NULL, st
     PRIMARY KEY (watch, key));
 CREATE TABLE IF NOT EXISTS watch_meta (watch TEXT PRIMARY KEY, meta BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, at REAL NOT NULL, watch TEXT NOT NULL, key TEXT,
-    verdict TEXT NOT NULL, reason TEXT NOT NULL, event_id TEXT, seq INTEGER);
+    verdict TEXT NOT NULL, reason TEXT NOT NULL, event_id TEXT, seq INTEGER, n INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS decisions_watch_at ON decisions (watch, at);
 CREATE INDEX IF NOT EXISTS decisions_event ON decisions (event_id);
 CREATE TABLE IF NOT EXISTS subjects (subject TEXT PRIMARY KEY, last_at REAL NOT NULL, last_source TEXT,
@@ -86,10 +86,17 @@ class Store:
         self.conn = connect(path)
         self.db = sqlite_utils.Database(self.conn)
         self.conn.executescript(SCHEMA)
+        self._migrate()
         for suffix in ("-wal", "-shm"):
             sidecar = Path(str(path) + suffix)
             if sidecar.exists():
                 os.chmod(sidecar, 0o600)
+
+    def _migrate(self) -> None:
+        """Columns added since a state db was created (CREATE TABLE IF NOT EXISTS keeps old tables)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(decisions)")}
+        if "n" not in columns:
+            self.conn.execute("ALTER TABLE decisions ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -181,8 +188,9 @@ class Store:
                 c.executemany("INSERT OR REPLACE INTO watch_meta VALUES (?, ?)", [(w, encode(m)) for w, m in metas])
             if decisions:
                 c.executemany(
-                    "INSERT INTO decisions (at, watch, key, verdict, reason, event_id, seq) VALUES (?,?,?,?,?,?,?)",
-                    [(d.at, d.watch, d.key, d.verdict, d.reason, d.event_id, d.seq) for d in decisions],
+                    "INSERT INTO decisions (at, watch, key, verdict, reason, event_id, seq, n) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    [(d.at, d.watch, d.key, d.verdict, d.reason, d.event_id, d.seq, d.n) for d in decisions],
                 )
             for h in handoffs:
                 held = (holds or {}).get(h.id)
