@@ -24,6 +24,7 @@ from watchd.daemon import kept_for_explain
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
 from watchd.errors import WatchdError
+from watchd.explain_render import render_watch
 from watchd.model import Event, make_event
 from watchd.store import Store
 
@@ -473,7 +474,7 @@ def test_human_output_fits_80_columns_and_never_renders_markup(world: Any) -> No
     for _ in range(2):
         w.emit("auth.failed", {"user": "[red]bob[/red]"}, after=30)
     console = Console(width=80, record=True, highlight=False, soft_wrap=True, emoji=False)
-    ex.render_watch(w.explain("login-storm"), console)
+    render_watch(w.explain("login-storm"), console)
     text = console.export_text()
     assert "(key [red]bob[/red])" in text
     assert "verdict: did not fire: count not reached — 2 of 5 in 10m" in text

@@ -478,10 +478,13 @@ def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None
         conn.close()
     if as_json:
         dump_json(report.to_json())
-    elif isinstance(report, ex.WatchReport):
-        ex.render_watch(report, out)
     else:
-        ex.render_event(report, out)
+        from watchd.explain_render import render_event, render_watch
+
+        if isinstance(report, ex.WatchReport):
+            render_watch(report, out)
+        else:
+            render_event(report, out)
 
 
 @cli.command(name="test")

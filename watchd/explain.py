@@ -60,10 +60,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from watchd.config import AbsentWatch, DeadlineWatch, MatchWatch, WatchDef
 from watchd.engine import Decision, Engine, KeyState
 from watchd.errors import WatchdError
@@ -76,7 +72,7 @@ TIMELINE_LIMIT = 50
 READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
 MISSES = frozenset({"where_false", "where_error", "key_error"})
 DECISIVE = frozenset({"fired", "would_fire", "suppressed"})
-_UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
+UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 _DELIVERED = frozenset({"delivered", "accepted", "done", "delivering"})
 
 
@@ -231,7 +227,7 @@ def when(ts: float, zone: str, now: float) -> str:
     local = datetime.fromtimestamp(ts, tz)
     today = datetime.fromtimestamp(now, tz).date()
     text = _clock(local) if local.date() == today else f"{local:%Y-%m-%d} {_clock(local)}"
-    if zone in _UTC_NAMES:
+    if zone in UTC_NAMES:
         return f"{text} UTC"
     utc = datetime.fromtimestamp(ts, UTC)
     utc_text = _clock(utc) if utc.date() == local.date() else f"{utc:%Y-%m-%d} {_clock(utc)}"
@@ -249,7 +245,7 @@ def span(seconds: float) -> str:
     return format_duration(round(s / 60) * 60 if s >= 3600 else round(s))
 
 
-def _until(due: float, now: float) -> str:
+def time_until(due: float, now: float) -> str:
     left = due - now
     return f"in {span(left)}" if left >= 0 else f"overdue by {span(left)} (is watchd running?)"
 
@@ -401,7 +397,7 @@ def _verdict(
     if info.kind == "deadline" and windows:
         end, k = windows[0]
         more = f" ({len(windows)} windows open)" if len(windows) > 1 else ""
-        return f"waiting: deadline {t(end)}{_for_key(k)}, {_until(end, now)}{more}"
+        return f"waiting: deadline {t(end)}{_for_key(k)}, {time_until(end, now)}{more}"
 
     # 5. an absent watch with a silence timer running
     running = sorted((st.last_seen + info.for_s, k, st) for k, st in keyed.items()
@@ -410,7 +406,7 @@ def _verdict(
         due, k, st = running[0]
         never = st.last_seen == state.activated_at and not st.evidence
         seen = "never seen since the watch started" if never else f"last seen {t(st.last_seen or 0.0)}"
-        return f"waiting: fires at {t(due)}{_for_key(k)} unless {info.subject} arrives, {_until(due, now)} ({seen})"
+        return f"waiting: fires at {t(due)}{_for_key(k)} unless {info.subject} arrives, {time_until(due, now)} ({seen})"
 
     # 6. a count under way
     counted = _latest(rows, ["counted"])
@@ -437,7 +433,7 @@ def _verdict(
         )
 
     # 9. and 10. a deadline met, an expect with no window, the next scheduled window
-    nxt = f"next window opens {t(state.next_open)}, {_until(state.next_open, now)}" if state.next_open else None
+    nxt = f"next window opens {t(state.next_open)}, {time_until(state.next_open, now)}" if state.next_open else None
     if info.kind == "deadline":
         met = _latest(rows, ["window_closed", "matched"])
         if met is not None:
@@ -503,86 +499,6 @@ def suggest(watch_id: str, known: Iterable[str]) -> WatchdError:
     else:
         hint = "no watches are configured: add [[watch]] tables under the config's `watches` paths"
     return WatchdError(f"no watch named {watch_id!r}", hint)
-
-
-# ---- rendering (80 columns, no markup from event data) ---------------------------------------
-
-
-def _local_and_utc(ts: float, zone: str) -> tuple[str, str]:
-    """Compact cells for a table: the local date and time, and the UTC time (its date only when
-    it differs). Within 30 days of retention, the year adds nothing but width."""
-    local = datetime.fromtimestamp(ts, ZoneInfo(zone))
-    utc = datetime.fromtimestamp(ts, UTC)
-    utc_text = f"{utc:%H:%M:%S}" if utc.date() == local.date() else f"{utc:%m-%d %H:%M:%S}"
-    return f"{local:%m-%d %H:%M:%S}", utc_text
-
-
-def _time_columns(table: Table, zone: str) -> bool:
-    if zone in _UTC_NAMES:
-        table.add_column("UTC", no_wrap=True)
-        return False
-    table.add_column(zone, no_wrap=True)
-    table.add_column("UTC", no_wrap=True)
-    return True
-
-
-def _time_cells(ts: float, zone: str, both: bool) -> list[Text]:
-    local, utc = _local_and_utc(ts, zone)
-    return [Text(local), Text(utc)] if both else [Text(local)]
-
-
-def _handoff_table(console: Console, hs: Sequence[HandoffRow]) -> None:
-    table = Table("handoff", "target", "state", "try", "last error", box=None, pad_edge=False)
-    for h in hs:
-        table.add_row(*(Text(c) for c in (h.id, h.target, h.state, str(h.attempt), h.last_error or "")))
-    console.print(table)
-
-
-def render_watch(report: WatchReport, console: Console) -> None:
-    info = report.info
-    head = Text(f"{info.id} ({info.kind}, {info.mode}{'' if info.enabled else ', disabled'}) — {info.file}")
-    console.print(head, soft_wrap=False)
-    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
-    if report.next_due is not None:
-        due = when(report.next_due, info.zone, report.now)
-        console.print(Text(f"next due: {due}, {_until(report.next_due, report.now)}"), soft_wrap=False)
-    if report.timeline:
-        shown = len(report.timeline)
-        more = f" (last {shown} of {report.total})" if report.total > shown else ""
-        console.print(Text(f"\ntimeline{more}:"))
-        table = Table(box=None, pad_edge=False)
-        both = _time_columns(table, info.zone)
-        table.add_column("verdict", no_wrap=True)
-        table.add_column("key")
-        table.add_column("reason", overflow="fold")
-        for d in report.timeline:
-            table.add_row(*_time_cells(d.at, info.zone, both), Text(d.verdict), Text(d.key or ""), Text(d.reason))
-        console.print(table)
-    else:
-        console.print(Text("\nno decisions recorded" + (" in range" if report.total == 0 else "")))
-    if report.handoffs:
-        console.print(Text(f"\nhandoffs ({len(report.handoffs)}):"))
-        _handoff_table(console, report.handoffs[-20:])
-
-
-def render_event(report: EventReport, console: Console) -> None:
-    console.print(Text(f"event {report.event_id}"), soft_wrap=False)
-    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
-    if report.decisions:
-        zones = {report.zone(d.watch) for d in report.decisions}
-        zone = zones.pop() if len(zones) == 1 else "UTC"
-        table = Table(box=None, pad_edge=False)
-        both = _time_columns(table, zone)
-        for name in ("watch", "verdict", "key"):
-            table.add_column(name, no_wrap=name == "verdict")
-        table.add_column("reason", overflow="fold")
-        for d in report.decisions:
-            cells = [Text(c) for c in (d.watch or "-", d.verdict, d.key or "", d.reason)]
-            table.add_row(*_time_cells(d.at, zone, both), *cells)
-        console.print(table)
-    if report.handoffs:
-        console.print(Text("\nhandoffs:"))
-        _handoff_table(console, report.handoffs)
 
 
 # ---- readers (read-only, beside a running daemon or not) -------------------------------------

@@ -1,0 +1,94 @@
+"""Human output for `watchd explain`: rich tables that read well in 80 columns and in journalctl.
+
+Event data is printed as plain `Text`, never as markup, so a subject or reason cannot style or
+hide anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from watchd.explain import UTC_NAMES, EventReport, HandoffRow, WatchReport, time_until, when
+
+
+def _local_and_utc(ts: float, zone: str) -> tuple[str, str]:
+    """Compact cells for a table: the local date and time, and the UTC time (its date only when
+    it differs). Within 30 days of retention, the year adds nothing but width."""
+    local = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    utc = datetime.fromtimestamp(ts, UTC)
+    utc_text = f"{utc:%H:%M:%S}" if utc.date() == local.date() else f"{utc:%m-%d %H:%M:%S}"
+    return f"{local:%m-%d %H:%M:%S}", utc_text
+
+
+def _time_columns(table: Table, zone: str) -> bool:
+    if zone in UTC_NAMES:
+        table.add_column("UTC", no_wrap=True)
+        return False
+    table.add_column(zone, no_wrap=True)
+    table.add_column("UTC", no_wrap=True)
+    return True
+
+
+def _time_cells(ts: float, zone: str, both: bool) -> list[Text]:
+    local, utc = _local_and_utc(ts, zone)
+    return [Text(local), Text(utc)] if both else [Text(local)]
+
+
+def _handoff_table(console: Console, hs: Sequence[HandoffRow]) -> None:
+    table = Table("handoff", "target", "state", "try", "last error", box=None, pad_edge=False)
+    for h in hs:
+        table.add_row(*(Text(c) for c in (h.id, h.target, h.state, str(h.attempt), h.last_error or "")))
+    console.print(table)
+
+
+def render_watch(report: WatchReport, console: Console) -> None:
+    info = report.info
+    head = Text(f"{info.id} ({info.kind}, {info.mode}{'' if info.enabled else ', disabled'}) — {info.file}")
+    console.print(head, soft_wrap=False)
+    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.next_due is not None:
+        due = when(report.next_due, info.zone, report.now)
+        console.print(Text(f"next due: {due}, {time_until(report.next_due, report.now)}"), soft_wrap=False)
+    if report.timeline:
+        shown = len(report.timeline)
+        more = f" (last {shown} of {report.total})" if report.total > shown else ""
+        console.print(Text(f"\ntimeline{more}:"))
+        table = Table(box=None, pad_edge=False)
+        both = _time_columns(table, info.zone)
+        table.add_column("verdict", no_wrap=True)
+        table.add_column("key")
+        table.add_column("reason", overflow="fold")
+        for d in report.timeline:
+            table.add_row(*_time_cells(d.at, info.zone, both), Text(d.verdict), Text(d.key or ""), Text(d.reason))
+        console.print(table)
+    else:
+        console.print(Text("\nno decisions recorded" + (" in range" if report.total == 0 else "")))
+    if report.handoffs:
+        console.print(Text(f"\nhandoffs ({len(report.handoffs)}):"))
+        _handoff_table(console, report.handoffs[-20:])
+
+
+def render_event(report: EventReport, console: Console) -> None:
+    console.print(Text(f"event {report.event_id}"), soft_wrap=False)
+    console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.decisions:
+        zones = {report.zone(d.watch) for d in report.decisions}
+        zone = zones.pop() if len(zones) == 1 else "UTC"
+        table = Table(box=None, pad_edge=False)
+        both = _time_columns(table, zone)
+        for name in ("watch", "verdict", "key"):
+            table.add_column(name, no_wrap=name == "verdict")
+        table.add_column("reason", overflow="fold")
+        for d in report.decisions:
+            cells = [Text(c) for c in (d.watch or "-", d.verdict, d.key or "", d.reason)]
+            table.add_row(*_time_cells(d.at, zone, both), *cells)
+        console.print(table)
+    if report.handoffs:
+        console.print(Text("\nhandoffs:"))
+        _handoff_table(console, report.handoffs)
