@@ -61,11 +61,17 @@ class World:
     def _commit(self, out: Outputs, subjects: dict[str, tuple[float, str, int]],
                 events: dict[int, Event] | None = None) -> None:  # fmt: skip
         self.fires += out.fires
-        messages = {d.watch.id: d.watch.message for d in self.defs}
-        handoffs = [h for f in out.fires for h in handoffs_from_fire(f, messages.get(f.watch))]
+        watches = {d.watch.id: d.watch for d in self.defs}
+        holds: dict[str, float] = {}
+        handoffs = [
+            h for f in out.fires
+            for h in handoffs_from_fire(f, watches[f.watch].message, quiet=watches[f.watch].quiet,
+                                        urgent=watches[f.watch].urgent, zone=self.zone, holds=holds)
+        ]  # fmt: skip
         self.store.commit_step(
             last_seq=self.seq, clock=self.engine.clock, changes=self.engine.take_changes(),
             decisions=kept_for_explain(out.decisions, events or {}), handoffs=handoffs, subjects=subjects, now=self.now,
+            holds=holds,
         )  # fmt: skip
 
     def emit(self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0,
@@ -209,7 +215,7 @@ def test_fired_with_several_targets_lists_each_delivery(world: Any) -> None:
     w.store.finish(agent, "retrying", w.now, "HTTP 503", w.now + 10)
     assert w.verdict("urgent-mail") == (
         f"fired once since 12:01 UTC; last at 12:01 UTC (handoffs {phone} pending for notify.phone, "
-        f"{agent} retrying for agent.triage)"
+        f"{agent} retrying for agent.triage, next try 12:01:10 UTC)"
     )
     assert {h.id: h.last_error for h in w.explain("urgent-mail").handoffs}[agent] == "HTTP 503"
 
@@ -291,6 +297,27 @@ def test_suppressed_by_cooldown(world: Any) -> None:
     assert w.emit("mail.received", {"urgent": True}, after=60)
     assert not w.emit("mail.received", {"urgent": True}, after=300)
     assert w.verdict("urgent-mail") == "suppressed by cooldown until 12:31 UTC; last fired at 12:01 UTC"
+
+
+def test_fired_but_held_for_quiet_hours(world: Any) -> None:
+    w = world(URGENT.replace("then =", 'quiet = { from = "11:00", to = "13:30" }\nthen ='))
+    (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
+    hid = fire.handoff_id("notify.phone")
+    assert w.verdict("urgent-mail") == (
+        f"fired once since 12:01 UTC; last at 12:01 UTC (handoff {hid} pending for notify.phone, "
+        "held for quiet hours until 13:30 UTC)"
+    )
+
+
+def test_waiting_for_an_exhausted_budget(world: Any) -> None:
+    w = world(URGENT.replace('"notify.phone"', '"agent.triage"'))
+    (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
+    hid = fire.handoff_id("agent.triage")
+    w.store.finish(hid, "retrying", w.now, "budget_exhausted: agent.triage spent 200000 of 200000 tokens today",
+                   w.now + 3600)  # fmt: skip
+    assert w.verdict("urgent-mail").endswith(
+        f"(handoff {hid} retrying for agent.triage, budget exhausted: waits until 13:01 UTC)"
+    )
 
 
 def test_shadow_mode_would_fire_and_makes_no_handoffs(world: Any) -> None:

@@ -53,7 +53,7 @@ from __future__ import annotations
 import difflib
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +128,7 @@ class HandoffRow:
     fired_at: str  # RFC 3339 UTC, as in the handoff
     created_at: float = 0.0
     watch: str = ""
+    next_attempt_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "key": self.key, "target": self.target, "state": self.state, "attempt": self.attempt,
@@ -270,11 +271,22 @@ def _latest(rows: Sequence[Decision], verdicts: Iterable[str]) -> Decision | Non
     return next((d for d in reversed(rows) if d.verdict in wanted), None)
 
 
-def _handoff_clause(hs: list[HandoffRow]) -> str:
+def _handoff_clause(hs: list[HandoffRow], t: Callable[[float], str], now: float) -> str:
     if not hs:
         return " (no handoff recorded)"
-    parts = [f"{h.id} {h.state} {'to' if h.state in _DELIVERED else 'for'} {h.target}" for h in hs]
+    parts = [f"{h.id} {h.state} {'to' if h.state in _DELIVERED else 'for'} {h.target}{_waiting(h, t, now)}" for h in hs]
     return f" (handoff{'s' if len(hs) > 1 else ''} {', '.join(parts)})"
+
+
+def _waiting(h: HandoffRow, t: Callable[[float], str], now: float) -> str:
+    """Why a handoff that is not out yet waits: quiet hours, an exhausted token budget, a backoff."""
+    if h.state not in ("pending", "retrying") or h.next_attempt_at <= now:
+        return ""
+    if h.state == "pending":
+        return f", held for quiet hours until {t(h.next_attempt_at)}"
+    if (h.last_error or "").startswith("budget_exhausted"):
+        return f", budget exhausted: waits until {t(h.next_attempt_at)}"
+    return f", next try {t(h.next_attempt_at)}"
 
 
 def next_due_of(info: WatchInfo, state: WatchState, key: str | None = None) -> float | None:
@@ -371,6 +383,8 @@ def _verdict(
 
     # 3. the latest decisive outcome
     last = _latest(rows, DECISIVE)
+    if last is not None and last.verdict == "suppressed" and not last.reason.startswith("cooldown until "):
+        return f"suppressed: {last.reason}{_for_key(last.key)}"
     if last is not None and last.verdict == "suppressed":
         until = last.reason.removeprefix("cooldown until ")
         try:
@@ -384,7 +398,7 @@ def _verdict(
         mine = [h for h in hs if h.fired_at == iso(last.at) and h.key == last.key]
         return (
             f"fired {_times(counts['fired'])} since {t(start)}; last at {t(last.at)}{_for_key(last.key)}"
-            + _handoff_clause(mine)
+            + _handoff_clause(mine, t, now)
         )
     if last is not None:  # would_fire
         return (
@@ -526,7 +540,7 @@ def _decision(row: Sequence[Any]) -> Decision:
 
 
 _DECISION_COLUMNS = "at, watch, key, verdict, reason, event_id, seq, n"
-_HANDOFF_COLUMNS = "id, key, target, state, attempt, last_error, fired_at, created_at, watch"
+_HANDOFF_COLUMNS = "id, key, target, state, attempt, last_error, fired_at, created_at, watch, next_attempt_at"
 
 
 def read_watch_rows(
