@@ -320,6 +320,17 @@ def test_waiting_for_an_exhausted_budget(world: Any) -> None:
     )
 
 
+def test_suppressed_as_a_duplicate_fire_key(world: Any) -> None:
+    w = world(URGENT)
+    (first,) = w.emit("mail.received", {"urgent": True}, after=60, id="01MAIL")
+    w.emit("mail.received", {"urgent": True}, after=600, id="01MAIL")  # re-sent after the broker's dedup window
+    hid = first.handoff_id("notify.phone")
+    assert w.verdict("urgent-mail") == (
+        f"suppressed: duplicate fire key: {hid} to notify.phone was already handed off at 2026-11-22T12:01:00Z"
+    )
+    assert len(w.explain("urgent-mail").handoffs) == 1
+
+
 def test_shadow_mode_would_fire_and_makes_no_handoffs(world: Any) -> None:
     w = world(URGENT.replace("then =", 'mode = "shadow"\nthen ='))
     w.emit("mail.received", {"urgent": True}, after=60)

@@ -224,6 +224,16 @@ class Store:
                         "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
                         (h.id, now, "pending", detail),
                     )
+            if len(new_ids) < len(handoffs):
+                # The same logical fire again (e.g. an event re-sent with its id after the broker's
+                # dedup window): its handoff id exists, so nothing is handed off twice. Say so for explain.
+                fresh = set(new_ids)
+                for h in handoffs:
+                    if h.id not in fresh:
+                        (first_at,) = c.execute("SELECT fired_at FROM handoffs WHERE id = ?", (h.id,)).fetchone()
+                        reason = f"duplicate fire key: {h.id} to {h.target} was already handed off at {first_at}"
+                        c.execute("INSERT INTO decisions (at, watch, key, verdict, reason) VALUES (?,?,?,?,?)",
+                                  (now, h.watch, h.key, "suppressed", reason))  # fmt: skip
             if subjects:
                 c.executemany(
                     "INSERT INTO subjects VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
