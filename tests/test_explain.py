@@ -331,6 +331,20 @@ def test_suppressed_as_a_duplicate_fire_key(world: Any) -> None:
     assert len(w.explain("urgent-mail").handoffs) == 1
 
 
+def test_since_beyond_retention_says_what_is_kept(world: Any) -> None:
+    w = world(URGENT)
+    w.emit("mail.received", {"urgent": True}, after=60)
+    w.emit("mail.received", {"urgent": True}, after=3600)
+    assert w.store.prune_decisions(older_than=w.now - 1800, keep_rows=1000) == 1
+    report = w.explain("urgent-mail", since="1d")
+    assert report.note == (
+        "--since 1d reaches past retention: decisions before 12:31 UTC are no longer kept "
+        "([engine] decisions_keep_days / decisions_keep_rows); showing what is available"
+    )
+    assert report.to_json()["note"] == report.note
+    assert w.explain("urgent-mail", since="10m").note is None
+
+
 def test_shadow_mode_would_fire_and_makes_no_handoffs(world: Any) -> None:
     w = world(URGENT.replace("then =", 'mode = "shadow"\nthen ='))
     w.emit("mail.received", {"urgent": True}, after=60)
@@ -487,7 +501,7 @@ def test_json_shape(world: Any) -> None:
         w.emit("auth.failed", {"user": "bob"}, after=10)
     data = w.explain("login-storm").to_json()
     assert set(data) == {"watch", "kind", "mode", "enabled", "file", "verdict", "fired", "timeline", "handoffs",
-                         "next_due"}  # fmt: skip
+                         "next_due", "note"}  # fmt: skip
     assert (data["watch"], data["kind"], data["mode"], data["fired"]) == ("login-storm", "match", "live", True)
     assert data["verdict"].startswith("fired once since 12:00:10 UTC; last at 12:00:50 UTC for key bob")
     entry = data["timeline"][-1]

@@ -39,7 +39,7 @@ the zone's offset).
      "file": "path:line", "verdict": str, "fired": bool,
      "timeline": [{"at", "at_local", "verdict", "key", "reason", "event_id"}],   # newest last, ≤ 50
      "handoffs": [{"id", "key", "target", "state", "attempt", "last_error", "fired_at"}],
-     "next_due": str | null}
+     "next_due": str | null, "note": str | null}   # note: a --since reaching past retention
 
 `explain --event ID --json` (stable)::
 
@@ -173,6 +173,7 @@ class WatchReport:
     handoffs: list[HandoffRow]
     next_due: float | None
     now: float
+    note: str | None = None  # e.g. a --since that reaches past what retention kept
 
     def to_json(self) -> dict[str, Any]:
         z = self.info.zone
@@ -186,6 +187,7 @@ class WatchReport:
             ],
             "handoffs": [h.to_json() for h in self.handoffs],
             "next_due": iso(self.next_due),
+            "note": self.note,
         }  # fmt: skip
 
 
@@ -587,8 +589,15 @@ def explain_from_db(
     info = WatchInfo.of(d, default_zone)
     decisions, totals, handoffs = read_watch_rows(conn, watch_id, since_ts, key)
     state = WatchState.of(engine_view(conn, defs, default_zone, now), watch_id)
-    return explain_watch(info, decisions, handoffs, state, read_heard(conn), now=now, since=since_ts,
-                         since_text=since, key=key, totals=totals)  # fmt: skip
+    report = explain_watch(info, decisions, handoffs, state, read_heard(conn), now=now, since=since_ts,
+                           since_text=since, key=key, totals=totals)  # fmt: skip
+    row = conn.execute("SELECT v FROM meta WHERE k = 'decisions_kept_from'").fetchone()
+    if since_ts is not None and row and since_ts < float(row[0]):
+        report.note = (
+            f"--since {since} reaches past retention: decisions before {when(float(row[0]), info.zone, now)} are no "
+            "longer kept ([engine] decisions_keep_days / decisions_keep_rows); showing what is available"
+        )
+    return report
 
 
 def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: str, event_id: str) -> EventReport:

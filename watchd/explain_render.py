@@ -52,6 +52,8 @@ def render_watch(report: WatchReport, console: Console) -> None:
     head = Text(f"{info.id} ({info.kind}, {info.mode}{'' if info.enabled else ', disabled'}) — {info.file}")
     console.print(head, soft_wrap=False)
     console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.note:
+        console.print(Text(f"note: {report.note}"))
     if report.next_due is not None:
         due = when(report.next_due, info.zone, report.now)
         console.print(Text(f"next due: {due}, {time_until(report.next_due, report.now)}"), soft_wrap=False)

@@ -329,9 +329,17 @@ class Store:
         with self._tx():
             cur = self.conn.execute("DELETE FROM decisions WHERE at < ?", (older_than,))
             removed = cur.rowcount
+            cutoff = older_than if removed else None  # before it, nothing is kept: explain says so
             row = self.conn.execute("SELECT MAX(id) FROM decisions").fetchone()
             if row and row[0] is not None:
-                removed += self.conn.execute("DELETE FROM decisions WHERE id <= ?", (row[0] - keep_rows,)).rowcount
+                last_id = row[0] - keep_rows
+                edge = self.conn.execute("SELECT MAX(at) FROM decisions WHERE id <= ?", (last_id,)).fetchone()
+                by_count = self.conn.execute("DELETE FROM decisions WHERE id <= ?", (last_id,)).rowcount
+                if by_count and edge[0] is not None:
+                    cutoff = max(cutoff or edge[0], edge[0])
+                removed += by_count
+            if cutoff is not None and cutoff > float(self.get_meta("decisions_kept_from", "0") or 0):
+                self.set_meta("decisions_kept_from", repr(cutoff))
         return removed
 
     def _tx(self) -> _Transaction:
