@@ -181,7 +181,7 @@ def test_build_targets_wires_command_agents_and_dead_letters_unusable_ones(tmp_p
     fixer = targets["agent.fixer"]
     assert isinstance(fixer, CommandRunner) and fixer.timeout_s == 120
     triage = targets["agent.triage"]
-    assert isinstance(triage, Misconfigured) and triage.reason == "agent type anthropic is not available yet"
+    assert isinstance(triage, Misconfigured) and triage.reason == "agent.triage: no state store to keep its runs in"
     remote = targets["agent.remote"]  # a nats agent without the daemon's connection (see test_nats_agent.py)
     assert isinstance(remote, Misconfigured) and remote.reason == "agent.remote: no NATS connection to hand off on"
     assert "notify.console" in targets

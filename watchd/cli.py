@@ -441,39 +441,58 @@ def dlq_drop(ctx: click.Context, config_path: str | None, handoff_id: str) -> No
 @CONFIG_OPTION
 @click.argument("watch", required=False)
 @click.option("--event", "event_id", metavar="ID", help="what one event did: every watch it was a candidate for")
+@click.option("--schedule", "schedule_name", metavar="NAME", help="what one schedule did and skipped, tick by tick")
 @click.option("--since", metavar="D", help="only decisions in the last D (90s, 2h, 1d, 1h30m)")
 @click.option("--key", metavar="K", help="only decisions and handoffs for this key")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in the README)")
-def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None, since: str | None,
-                key: str | None, as_json: bool) -> None:  # fmt: skip
-    """Why WATCH fired or did not: a timeline and a one-line verdict; or what one --event did.
+def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None, schedule_name: str | None,
+                since: str | None, key: str | None, as_json: bool) -> None:  # fmt: skip
+    """Why WATCH fired or did not: a timeline and a one-line verdict; or what one --event or --schedule did.
 
     \b
     Examples:
       watchd explain nightly-backup
       watchd explain login-storm --since 1h --key bob
       watchd explain --event 01JD3XK5M8Q2W7YV1T4N6B9C0E --json
+      watchd explain --schedule backup
     """
     from watchd import explain as ex
 
+    if schedule_name is not None:
+        if watch is not None or event_id is not None or since or key:
+            raise WatchdError("--schedule takes no WATCH, --event, --since or --key",
+                              hint="e.g. `watchd explain --schedule backup`")  # fmt: skip
+        from watchd import explain_schedule
+
+        now = time.time()
+        sreport = explain_schedule.explain_from_db(load(config_path), schedule_name, now)
+        if as_json:
+            dump_json(sreport.to_json())
+        else:
+            explain_schedule.render(sreport, out, now)
+        return
+    from watchd.jobs.builtin_watches import all_watches
+
     if (watch is None) == (event_id is None):
-        raise WatchdError("give one WATCH id or --event ID", hint="e.g. `watchd explain nightly-backup`")
+        raise WatchdError("give one WATCH id or --event ID (or --schedule NAME)",
+                          hint="e.g. `watchd explain nightly-backup`")  # fmt: skip
     if event_id is not None and (since or key):
         raise WatchdError("--since and --key apply to a WATCH, not to --event")
     loaded = load(config_path)
-    if watch is not None and not any(d.watch.id == watch for d in loaded.watches):
-        raise ex.suggest(watch, (d.watch.id for d in loaded.watches))
+    defs = all_watches(loaded)  # the files' watches and the built-in ones
+    if watch is not None and not any(d.watch.id == watch for d in defs):
+        raise ex.suggest(watch, (d.watch.id for d in defs))
     if since:
         ex.parse_since(since)
     conn = ex.open_db(loaded.state_dir)
     try:
         if watch is not None:
             report: ex.WatchReport | ex.EventReport = ex.explain_from_db(
-                conn, loaded.watches, loaded.zone(), watch, now=time.time(), since=since, key=key
+                conn, defs, loaded.zone(), watch, now=time.time(), since=since, key=key
             )
         else:
             assert event_id is not None
-            report = ex.event_from_db(conn, loaded.watches, loaded.zone(), event_id)
+            report = ex.event_from_db(conn, defs, loaded.zone(), event_id)
     finally:
         conn.close()
     if as_json:
@@ -605,6 +624,12 @@ def worker(config_path: str | None, target: str, command: tuple[str, ...], concu
     asyncio.run(worker_mod.run(url, opts))
 
 
+from watchd import cli_agents as _cli_agents  # noqa: E402,F401  (registers commands)
+from watchd import cli_backup as _cli_backup  # noqa: E402,F401  (registers commands)
+from watchd import cli_canary as _cli_canary  # noqa: E402,F401  (registers commands)
+from watchd import cli_schedules as _cli_schedules  # noqa: E402,F401  (registers commands)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -630,5 +655,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m watchd.cli`: run the imported module's group, the one the cli_*.py commands attach to.
+    from watchd.cli import main as _main
+
+    _main()
 

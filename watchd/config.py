@@ -16,7 +16,7 @@ import msgspec
 
 from watchd import expr
 from watchd.errors import ConfigError, WatchdError
-from watchd.schedule import ScheduleError, dst_gap_warning, parse_cron, parse_duration
+from watchd.schedule import ScheduleError, at_instant, dst_gap_warning, parse_cron, parse_duration
 from watchd.tomlpos import PathPart, index_positions, locate, parse_msgspec_path
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -111,6 +111,11 @@ class EngineConfig(_Strict, kw_only=True):
     decisions_keep_rows: int = 1_000_000
 
 
+class BackupConfig(_Strict, kw_only=True):
+    keep: int = 7  # verified backups kept; older ones are removed only after a new one verified
+    dir: str = ""  # default: <state_dir>/backups
+
+
 class ConsoleNotifier(_Strict, tag_field="type", tag="console", kw_only=True):
     pass
 
@@ -139,7 +144,8 @@ Notifier = ConsoleNotifier | TelegramNotifier | SlackNotifier | WebhookNotifier
 
 class _AgentBase(_Strict, tag_field="type", kw_only=True):
     timeout: str = "5m"
-    probe: list[str] | None = None
+    probe: list[str] | None = None  # the canary runs it: exit 0 means the agent can work
+    version: list[str] | None = None  # its output changing (an upgrade) runs the release canary
 
 
 class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
@@ -151,8 +157,12 @@ class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
     max_steps: int = 4
     run_token_budget: int = 20_000
     daily_token_budget: int = 200_000
-    tools: list[str] = msgspec.field(default_factory=list)
+    tools: list[str] = msgspec.field(default_factory=list)  # "notify.<name>", "emit", "watch" ("done" is always on)
     batch: bool = False
+    fallback_model: str | None = None  # a larger-context model for a prompt that is too long
+    cache_ttl: Literal["5m", "1h"] = "5m"  # prompt-cache lifetime of system + tools (README: why 5m)
+    watch_mode: Literal["shadow", "live"] = "shadow"  # follow-up watches the agent creates
+    max_watch_for: str = "7d"  # the longest a follow-up watch may live
 
 
 class CommandAgent(_AgentBase, tag="command", kw_only=True):
@@ -193,6 +203,37 @@ class Schedule(_Strict, kw_only=True):
     dst_gap: Literal["shift", "skip"] = "shift"
     dst_fold: Literal["once", "both"] = "once"
     timeout: str = "1h"
+    ping_url: str | None = None  # heartbeat: GET after each good run (a dead-man's switch); may be env:NAME
+    enabled: bool = True  # false turns a schedule off (a built-in default too, by its name)
+
+
+# What the daemon runs when the config says nothing: a [schedule.<name>] of the same name replaces
+# one, and `enabled = false` turns it off. Maintenance wants to run after a laptop wakes, not never:
+# hence coalesce (one run for everything missed), not the general default skip.
+DEFAULT_SCHEDULES: dict[str, Schedule] = {
+    "heartbeat": Schedule(every="5m", job="heartbeat", missed="coalesce", timeout="2m"),
+    "backup": Schedule(cron="30 3 * * *", job="backup", missed="coalesce", timeout="1h"),
+    "canary": Schedule(cron="45 6 * * *", job="canary", missed="coalesce", timeout="5m"),
+}
+
+
+def effective_schedules(config: Config) -> dict[str, Schedule]:
+    """Every schedule that runs: the defaults, replaced by same-named [schedule.x], minus disabled ones."""
+    merged = {**DEFAULT_SCHEDULES, **config.schedule}
+    return {name: s for name, s in merged.items() if s.enabled}
+
+
+class BudgetConfig(_Strict, kw_only=True):
+    daily_tokens: int | None = None  # all agents together per UTC day; None: only the per-agent budgets
+
+
+class Price(_Strict, kw_only=True):
+    """US dollars per million tokens; cache prices default to the API's multiples of `input`."""
+
+    input: float
+    output: float
+    cache_write: float | None = None
+    cache_read: float | None = None
 
 
 class Config(_Strict, kw_only=True):
@@ -202,10 +243,14 @@ class Config(_Strict, kw_only=True):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    backup: BackupConfig = msgspec.field(default_factory=BackupConfig)
+    budget: BudgetConfig = msgspec.field(default_factory=BudgetConfig)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
     notify: dict[str, Notifier] = msgspec.field(default_factory=dict)
     agent: dict[str, Agent] = msgspec.field(default_factory=dict)
     source: dict[str, Source] = msgspec.field(default_factory=dict)
     schedule: dict[str, Schedule] = msgspec.field(default_factory=dict)
+    alert: list[str] | None = None  # targets of the built-in alert watches; default: the notifiers
 
 
 _NAMED_SECTIONS: dict[str, Any] = {"notify": Notifier, "agent": Agent, "source": Source, "schedule": Schedule}
@@ -387,25 +432,66 @@ def _load_config(path: Path | None, problems: list[str], warnings: list[str]) ->
 def _check_config(config: Config, probs: _Problems) -> None:
     if config.timezone and not _zone_ok(config.timezone):
         probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
+    if config.backup.keep < 1:
+        probs.at(("backup", "keep"), "`keep` must be at least 1 (the newest verified backup is always kept)")
+    targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent}
     for name, sched in config.schedule.items():
         path: tuple[PathPart, ...] = ("schedule", name)
+        if not WATCH_ID_RE.match(name):  # it is a token of the subject watchd.schedule.<name>.done
+            probs.at(path, f"schedule name {name!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
+        if not sched.enabled and not (sched.cron or sched.every or sched.at):
+            continue  # `[schedule.backup] enabled = false` turns a default off and needs nothing else
         kinds = [k for k in ("cron", "every", "at") if getattr(sched, k)]
         if len(kinds) != 1:
             probs.at(path, "a schedule needs exactly one of cron, every or at")
+        if sched.at:
+            _check_at(sched.at, sched.timezone or config.timezone or "UTC", (*path, "at"), probs)
+        for i, target in enumerate(sched.then or []):
+            if target not in targets:
+                probs.at((*path, "then", i), f"unknown target {target!r}: define [notify.x] or [agent.x] "
+                         f"(known: {', '.join(sorted(targets))})")  # fmt: skip
         if sched.timezone and not _zone_ok(sched.timezone):
             probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
         elif sched.cron:
             _check_cron(sched.cron, sched.timezone or config.timezone or "UTC", (*path, "cron"), probs, sched.dst_gap)
-        for key in ("every", "max_lateness", "jitter", "timeout"):
+        for key in ("max_lateness", "jitter", "timeout"):
             _check_duration(getattr(sched, key), (*path, key), probs)
         if not (sched.job or sched.run or sched.then):
             probs.at(path, "a schedule needs something to do: job, run or then")
+        if sched.run is not None and not sched.run:
+            probs.at((*path, "run"), '`run` needs at least the program, e.g. ["restic", "backup", "/home"]')
+        every_s = _check_duration(sched.every, (*path, "every"), probs)
+        if every_s is not None and every_s <= 0:
+            probs.at((*path, "every"), "`every` must be longer than 0s")
     for name, agent in config.agent.items():
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
         if isinstance(agent, NatsAgent):
             _check_duration(agent.ack_timeout, ("agent", name, "ack_timeout"), probs)
+        if isinstance(agent, AnthropicAgent):
+            _check_anthropic(config, name, agent, probs)
         if isinstance(agent, CommandAgent) and not agent.command:
             probs.at(("agent", name, "command"), '`command` needs at least the program, e.g. ["my-agent", "--stdin"]')
+    known = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent}
+    for i, target in enumerate(config.alert or []):
+        if target not in known:
+            probs.at(("alert", i), f"unknown target {target!r} in alert: use a [notify.x] or [agent.x] name "
+                     f"(known: {', '.join(sorted(known))})")  # fmt: skip
+
+
+def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: _Problems) -> None:
+    here: tuple[PathPart, ...] = ("agent", name)
+    _check_duration(agent.max_watch_for, (*here, "max_watch_for"), probs)
+    for key in ("max_tokens", "max_steps", "run_token_budget", "daily_token_budget"):
+        if getattr(agent, key) < 1:
+            probs.at((*here, key), f"`{key}` must be at least 1")
+    notifiers = set(config.notify) | {"console"}
+    for i, tool in enumerate(agent.tools):
+        kind, _, target = tool.partition(".")
+        if tool in ("emit", "watch", "done") or (kind == "notify" and target in notifiers):
+            continue
+        hint = f"a notifier that is not defined (known: {', '.join(sorted(notifiers))})" if kind == "notify" else (
+            'use "notify.<name>", "emit" or "watch"')
+        probs.at((*here, "tools", i), f"unknown tool {tool!r}: {hint}")
 
 
 def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems, dst_gap: str = "shift") -> None:
@@ -420,11 +506,19 @@ def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Proble
         probs.warn(path, warning)
 
 
-def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Problems) -> None:
+def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Problems) -> float | None:
     if text is None:
-        return
+        return None
     try:
-        parse_duration(text)
+        return parse_duration(text)
+    except ScheduleError as exc:
+        probs.at(path, exc.message)
+        return None
+
+
+def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems) -> None:
+    try:
+        at_instant(text, zone)
     except ScheduleError as exc:
         probs.at(path, exc.message)
 
@@ -510,6 +604,9 @@ def _load_watch_file(
 def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets: set[str], zone: str) -> None:
     if not WATCH_ID_RE.match(w.id):
         probs.at((*here, "id"), f"watch id {w.id!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
+    elif w.id.startswith("watchd-"):
+        probs.at((*here, "id"), f"watch id {w.id!r}: ids starting with watchd- belong to the built-in watches "
+                 "(watchd-canary, watchd-canary-failed, watchd-backup-failed, …): pick another id")  # fmt: skip
     for i, target in enumerate(w.then):
         if target not in targets:
             known = ", ".join(sorted(targets)) or "none"

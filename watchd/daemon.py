@@ -26,18 +26,23 @@ from nats.js.api import DeliverPolicy
 
 from watchd import bus, config, http, sdnotify
 from watchd.agents.command import CommandRunner
+from watchd.agents.ledger import active_watch_defs
 from watchd.agents.nats import NatsRunner, follow_replies
+from watchd.agents.tools import follow_watches
 from watchd.clauses import describe_misses
 from watchd.config import Loaded
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
 from watchd.errors import ConfigError, EventRejected, WatchdError
+from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
+from watchd.jobs.canary import CanarySink, release_canary
 from watchd.model import Event, Handoff, decode_event, make_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
 from watchd.notify.telegram import TelegramNotifier
 from watchd.notify.webhook import WebhookNotifier
+from watchd.scheduler import Scheduler
 from watchd.store import Store, db_path
 
 log = logging.getLogger("watchd")
@@ -54,10 +59,12 @@ def nats_url(loaded: Loaded) -> str | list[str]:
     return f"nats://{loaded.config.nats.listen}" if url == "embedded" else url
 
 
-def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamContext | None = None) -> dict[str, Target]:
+def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamContext | None = None,
+                  store: Store | None = None, on_watch: Callable[[], None] | None = None) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
     unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
-    type nats need the daemon's NATS connection (`nc`, `js`)."""
+    type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
+    `store`, and call `on_watch` when they add a follow-up watch."""
     targets: dict[str, Target] = {}
     for name, notifier in loaded.config.notify.items():
         target = f"notify.{name}"
@@ -86,11 +93,20 @@ def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamCont
                 targets[target] = http_client.Misconfigured(target, f"{target}: no NATS connection to hand off on")
             else:
                 targets[target] = NatsRunner(agent, name=target, js=js, nc=nc)
+        elif store is None:
+            targets[target] = http_client.Misconfigured(target, f"{target}: no state store to keep its runs in")
         else:
-            # Not built yet: its handoffs dead-letter at once with this reason, and can be replayed later.
-            kind = agent.__struct_config__.tag
-            log.warning("%s: agent type %s is not available yet; its handoffs will be dead-lettered", target, kind)
-            targets[target] = http_client.Misconfigured(target, f"agent type {kind} is not available yet")
+            # Imported here: the SDK costs ~1 s at start-up, paid only when an anthropic agent exists.
+            from watchd.agents.anthropic import AnthropicRunner
+
+            try:
+                targets[target] = AnthropicRunner(agent, name=target, config=loaded.config, store=store, js=js,
+                                                  on_watch=on_watch)  # fmt: skip
+            except WatchdError as exc:
+                log.error("%s", exc.message)
+                targets[target] = http_client.Misconfigured(target, exc.message)
+    if nc is not None:
+        targets[CANARY_TARGET] = CanarySink(nc)  # the end of the canary's path (watchd/jobs/canary.py)
     return targets
 
 
@@ -106,12 +122,14 @@ class Daemon:
         self.js: JetStreamContext | None = None
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
+        self.scheduler: Scheduler | None = None
         self.last_seq = 0
         self.last_loop_at = 0.0
         self.events_seen = 0
         self.started_at = clock()
         self._lock = asyncio.Lock()
         self._reload_requested = asyncio.Event()
+        self._agent_watches_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http_runner: web.AppRunner | None = None
         self.failure: WatchdError | None = None  # why a core task stopped the daemon: exit non-zero
@@ -129,6 +147,7 @@ class Daemon:
             sdnotify.notify("READY=1\nSTATUS=watching")
             shown = bus.redact_url(str(nats_url(self.loaded)))
             log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
+            self._spawn("release-canary", lambda: release_canary(self))
             await self.stop.wait()
         finally:
             sdnotify.notify("STOPPING=1")
@@ -153,7 +172,20 @@ class Daemon:
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)
-        self.dispatcher = Dispatcher(self.store, build_targets(self.loaded, nc=self.nc, js=self.js), clock=self.clock)
+        targets = build_targets(self.loaded, nc=self.nc, js=self.js, store=self.store,
+                                on_watch=self._agent_watches_changed.set)  # fmt: skip
+        self.dispatcher = Dispatcher(self.store, targets, clock=self.clock)
+        store = self.store
+        changed = self._agent_watches_changed
+        self._spawn("agent-watches",
+                    lambda: follow_watches(store, lambda: self._install(self.loaded), changed, self.stop, self.clock))
+        agents = self.loaded.config.agent.values()
+        heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
+        if any(isinstance(a, config.AnthropicAgent) and a.batch for a in agents) and not heartbeat:
+            # Batch agents are polled by the heartbeat job; without one, by this loop.
+            from watchd.agents import batch as agent_batch
+
+            self._spawn("agent-batches", lambda: agent_batch.poll_loop(targets, self.stop))
         if any(isinstance(a, config.NatsAgent) for a in self.loaded.config.agent.values()):
             # Workers' replies after a delivery ended (accepted → done): recorded from their own consumer.
             js, store = self.js, self.store
@@ -163,6 +195,9 @@ class Daemon:
         await consumer.start()
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
+        self.scheduler = Scheduler(self.store, self.loaded, emit=self.emit, clock=self.clock, targets=targets,
+                                   wake_dispatcher=self.dispatcher.wake, nc=self.nc, js=self.js, in_daemon=True)
+        self._spawn("scheduler", lambda: self.scheduler.run(self.stop) if self.scheduler else _noop())
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
         self._http_runner = await http.start(self)
@@ -255,7 +290,9 @@ class Daemon:
         assert self.store is not None
         store = self.store
         now = self.clock()
-        digests = {d.watch.id: d.digest for d in loaded.watches}
+        # the files' watches, the built-in ones, and follow-up watches agents created (until they expire)
+        defs = all_watches(loaded) + await store.run(active_watch_defs, store.conn, now)
+        digests = {d.watch.id: d.digest for d in defs}
         versions = await store.run(store.assign_versions, digests, now)
         async with self._lock:
             if first:
@@ -263,9 +300,11 @@ class Daemon:
                 self.engine.restore(keys, meta, clock)
                 self.last_seq = await store.run(store.last_seq)
             self.engine.default_zone = loaded.zone()
-            self.engine.load([(d, versions[d.watch.id]) for d in loaded.watches], now)
+            self.engine.load([(d, versions[d.watch.id]) for d in defs], now)
             self.loaded = loaded
             await self._commit(Outputs(), last_seq=None)
+        if self.scheduler is not None and not first:
+            await self.scheduler.install(loaded)  # a changed schedule gets a new version
 
     def _watch_fingerprint(self) -> tuple[Any, ...]:
         paths: list[Path] = [p for p in [self.loaded.config_path] if p]

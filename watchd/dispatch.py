@@ -40,6 +40,9 @@ class Delivered:
 class Retry:
     detail: str
     retry_after_s: float | None = None
+    # A wait, not a failure (an agent's daily token budget is spent): pending again after exactly
+    # retry_after_s, uncapped, and no attempt is used up.
+    wait: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,9 @@ class Dispatcher:
         now = self.clock()
         if isinstance(outcome, Delivered):
             await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
+        elif isinstance(outcome, Retry) and outcome.wait:
+            until = now + (outcome.retry_after_s or 0.0)
+            await self.store.run(self.store.finish, h.id, "pending", now, outcome.detail, until)
         elif isinstance(outcome, Dead) or h.attempt >= MAX_ATTEMPTS:
             detail = (
                 outcome.detail if isinstance(outcome, Dead) else f"gave up after {h.attempt} attempts: {outcome.detail}"

@@ -284,10 +284,10 @@ def _waiting(h: HandoffRow, t: Callable[[float], str], now: float) -> str:
     """Why a handoff that is not out yet waits: quiet hours, an exhausted token budget, a backoff."""
     if h.state not in ("pending", "retrying") or h.next_attempt_at <= now:
         return ""
+    if (h.last_error or "").startswith("budget_exhausted"):  # pending: the agent's waits use no attempt
+        return f", budget exhausted: waits until {t(h.next_attempt_at)}"
     if h.state == "pending":
         return f", held for quiet hours until {t(h.next_attempt_at)}"
-    if (h.last_error or "").startswith("budget_exhausted"):
-        return f", budget exhausted: waits until {t(h.next_attempt_at)}"
     return f", next try {t(h.next_attempt_at)}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import datetime
 from typing import Any
@@ -11,8 +12,13 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from watchd.agents.ledger import budget_lines, budget_report
 from watchd.config import AbsentWatch, Loaded
 from watchd.engine import Engine
+from watchd.explain_schedule import schedule_status
+from watchd.jobs.backup import backup_line, last_backup
+from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
+from watchd.jobs.canary import canary_line, last_canary
 from watchd.model import iso
 from watchd.store import connect, db_path, engine_view, read_handoffs
 
@@ -66,14 +72,22 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
         "handoffs": {},
         "dead_letters": 0,
         "state_dir": str(loaded.state_dir),
+        "last_backup": last_backup(loaded),
+        "last_canary": None,
+        "tokens_today": budget_report(loaded.config, None, now),
+        "schedules": schedule_status(loaded, None, now),
     }
+    defs = all_watches(loaded)  # the built-in watches are shown like the files' ones
     conn = _open(loaded)
     last_fired: dict[str, float] = {}
     would_fire_today: dict[str, int] = {}
     engine = Engine(loaded.zone())
     if conn is not None:
         with conn:
-            engine = engine_view(conn, loaded.watches, loaded.zone(), now)
+            engine = engine_view(conn, defs, loaded.zone(), now)
+            report["last_canary"] = last_canary(conn)
+            report["schedules"] = schedule_status(loaded, conn, now)
+            report["tokens_today"] = budget_report(loaded.config, conn, now)
             for watch, at in conn.execute(
                 "SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch"
             ):
@@ -87,7 +101,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             ).fetchall())  # fmt: skip
             report["handoffs"] = dict(conn.execute("SELECT state, COUNT(*) FROM handoffs GROUP BY state").fetchall())
             report["dead_letters"] = report["handoffs"].get("dead", 0)
-    for d in loaded.watches:
+    for d in defs:
         w = d.watch
         report["watches"].append(
             {
@@ -115,6 +129,10 @@ def _watch_state(engine: Engine, wid: str, enabled: bool, absent: bool) -> str:
     return "ok"
 
 
+def _to_second(at: str | None) -> str:
+    return re.sub(r"\.\d+Z$", "Z", at) if at else "-"
+
+
 def render(report: dict[str, Any], console: Console) -> None:
     d = report["daemon"]
     if d.get("ok"):
@@ -127,9 +145,26 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"NATS {'ok' if d.get('nats') else 'down'})"
         )
     table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
+    builtin = [w for w in report["watches"] if w["file"].startswith(BUILTIN_FILE)]
     for w in report["watches"]:
+        if w in builtin:
+            continue
         mode = f"shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else w["mode"]
         table.add_row(w["id"], w["kind"], mode, w["state"], w["last_fired"] or "-", w["next_due"] or "-")
     console.print(table)
+    if builtin:  # their own narrower table, so they never crowd the user's watches off an 80-column screen
+        table = Table("built-in watch", "state", "last fired", "next due", box=None)
+        for w in builtin:
+            table.add_row(w["id"], w["state"], _to_second(w["last_fired"]), _to_second(w["next_due"]))
+        console.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report["handoffs"].items())) or "none"
     console.print(f"handoffs: {counts}; dead letters: {report['dead_letters']}")
+    schedules = Table("schedule", "does", "next due", "last outcome", box=None)
+    for sc in report["schedules"]:
+        last = f"{sc['last_outcome']} ({sc['last_tick']})" if sc["last_outcome"] else "-"
+        schedules.add_row(sc["name"], sc["does"], sc["next_due"] or ("disabled" if not sc["enabled"] else "-"), last)
+    console.print(schedules)
+    console.print(backup_line(report["last_backup"]), markup=False)
+    console.print(canary_line(report["last_canary"]), markup=False)
+    for line in budget_lines(report["tokens_today"]):
+        console.print(line, markup=False)

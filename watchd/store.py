@@ -48,6 +48,25 @@ CREATE INDEX IF NOT EXISTS handoffs_target_due ON handoffs (target, state, next_
 CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY, handoff_id TEXT NOT NULL, at REAL NOT NULL,
     state TEXT NOT NULL, detail TEXT);
 CREATE INDEX IF NOT EXISTS transitions_handoff ON transitions (handoff_id);
+CREATE TABLE IF NOT EXISTS agent_runs (id TEXT PRIMARY KEY, handoff_id TEXT NOT NULL, agent TEXT NOT NULL,
+    model TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, outcome TEXT, limit_hit TEXT, detail TEXT,
+    steps INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, active_s REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS agent_runs_handoff ON agent_runs (handoff_id, started_at);
+CREATE TABLE IF NOT EXISTS agent_steps (handoff_id TEXT NOT NULL, n INTEGER NOT NULL, run_id TEXT NOT NULL,
+    agent TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
+    usage TEXT NOT NULL, tokens INTEGER NOT NULL, tool_results TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (handoff_id, n));
+CREATE INDEX IF NOT EXISTS agent_steps_day ON agent_steps (at, agent);
+CREATE TABLE IF NOT EXISTS agent_watches (id TEXT PRIMARY KEY, agent TEXT NOT NULL, handoff_id TEXT NOT NULL,
+    definition TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_batches (handoff_id TEXT PRIMARY KEY, agent TEXT NOT NULL, batch_id TEXT,
+    state TEXT NOT NULL, params TEXT NOT NULL, queued_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,
+    since REAL NOT NULL, completed_at REAL);
+CREATE TABLE IF NOT EXISTS schedule_ticks (key TEXT PRIMARY KEY, schedule TEXT NOT NULL, version INTEGER NOT NULL,
+    tick_at REAL NOT NULL, state TEXT NOT NULL, reason TEXT, started_at REAL, ended_at REAL, summary TEXT, data TEXT);
+CREATE INDEX IF NOT EXISTS schedule_ticks_at ON schedule_ticks (schedule, tick_at);
 """
 
 _key_state = msgspec.json.Decoder(KeyState)
@@ -192,38 +211,7 @@ class Store:
                     "VALUES (?,?,?,?,?,?,?,?)",
                     [(d.at, d.watch, d.key, d.verdict, d.reason, d.event_id, d.seq, d.n) for d in decisions],
                 )
-            for h in handoffs:
-                held = (holds or {}).get(h.id)
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO handoffs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        h.id,
-                        h.watch,
-                        h.watch_version,
-                        h.kind,
-                        h.key,
-                        h.target,
-                        h.trigger,
-                        h.reason,
-                        h.fired_at,
-                        encode(h.window).decode(),
-                        encode(h.evidence).decode(),
-                        h.message,
-                        h.attempt,
-                        h.state,
-                        now,
-                        now,
-                        now if held is None else max(now, held),
-                        None,
-                    ),
-                )
-                if cur.rowcount:
-                    new_ids.append(h.id)
-                    detail = None if held is None else f"held for quiet hours until {iso(held)}"
-                    c.execute(
-                        "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
-                        (h.id, now, "pending", detail),
-                    )
+            new_ids = self._insert_handoffs(handoffs, now, holds)
             if len(new_ids) < len(handoffs):
                 # The same logical fire again (e.g. an event re-sent with its id after the broker's
                 # dedup window): its handoff id exists, so nothing is handed off twice. Say so for explain.
@@ -245,6 +233,48 @@ class Store:
             self.set_meta("clock", repr(clock))
         return new_ids
 
+    def add_handoffs(self, handoffs: list[Handoff], now: float) -> list[str]:
+        """Insert handoffs made outside the engine (a schedule's `then`) in one transaction; the ids
+        that were new (an id already stored is ignored: the same tick never hands off twice)."""
+        with self._tx():
+            return self._insert_handoffs(handoffs, now, None)
+
+    def _insert_handoffs(self, handoffs: list[Handoff], now: float, holds: Mapping[str, float] | None) -> list[str]:
+        new_ids: list[str] = []
+        for h in handoffs:
+            held = (holds or {}).get(h.id)
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO handoffs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    h.id,
+                    h.watch,
+                    h.watch_version,
+                    h.kind,
+                    h.key,
+                    h.target,
+                    h.trigger,
+                    h.reason,
+                    h.fired_at,
+                    encode(h.window).decode(),
+                    encode(h.evidence).decode(),
+                    h.message,
+                    h.attempt,
+                    h.state,
+                    now,
+                    now,
+                    now if held is None else max(now, held),
+                    None,
+                ),
+            )
+            if cur.rowcount:
+                new_ids.append(h.id)
+                detail = None if held is None else f"held for quiet hours until {iso(held)}"
+                self.conn.execute(
+                    "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)",
+                    (h.id, now, "pending", detail),
+                )
+        return new_ids
+
     # ---- outbox ----
 
     def recover_in_flight(self, now: float) -> int:
@@ -254,6 +284,18 @@ class Store:
             for hid in ids:
                 self._transition(hid, "retrying", now, "watchd restarted during delivery", next_attempt_at=now)
         return len(ids)
+
+    def requeue_stuck(self, ids: Iterable[str], now: float) -> int:
+        """Deliveries still `delivering` long past their lease (an outcome that was never recorded)
+        are retried now, with the same id; one that finished meanwhile is left alone."""
+        n = 0
+        with self._tx():
+            for hid in ids:
+                row = self.conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
+                if row and row[0] == "delivering":
+                    self._transition(hid, "retrying", now, "stuck in delivery past its lease", next_attempt_at=now)
+                    n += 1
+        return n
 
     def claim_due(self, now: float, room: dict[str, int] | None = None, limit: int = 64) -> list[Handoff]:
         """Move due handoffs to `delivering` and return them, at most `room[target]` per target.
@@ -319,7 +361,7 @@ class Store:
         self.conn.execute(
             f"UPDATE handoffs SET state = ?, updated_at = ?, last_error = COALESCE(?, last_error), "
             f"next_attempt_at = COALESCE(?, next_attempt_at){bump} WHERE id = ?",
-            (state, now, detail if state in ("failed", "retrying", "dead") else None, next_attempt_at, hid),
+            (state, now, detail if state in ("failed", "retrying", "dead", "pending") else None, next_attempt_at, hid),
         )
         self.conn.execute(
             "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)", (hid, now, state, detail)

@@ -9,11 +9,8 @@ outlive it. Only the last few KB of its combined stdout and stderr are kept, wha
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import msgspec
@@ -21,79 +18,24 @@ import msgspec
 from watchd.config import CommandAgent
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff
+from watchd.proc import KILL_GRACE_S, TAIL_BYTES, run_in_group, signal_name
 from watchd.schedule import format_duration, parse_duration
 
-TAIL_BYTES = 4096
-KILL_GRACE_S = 5.0  # SIGTERM, then this long for the group to go, then SIGKILL
-EOF_GRACE_S = 0.5  # after the program exits, how long a leftover child may keep its output open
+__all__ = ["KILL_GRACE_S", "TAIL_BYTES", "CommandRunner"]
 
-
-class _Tail(asyncio.Protocol):
-    """Collects the last TAIL_BYTES of a pipe, and notes its end."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.cut = False
-        self.eof: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) > TAIL_BYTES:
-            del self.buf[: len(self.buf) - TAIL_BYTES]
-            self.cut = True
-
-    def eof_received(self) -> bool:
-        self._done()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._done()
-
-    def _done(self) -> None:
-        if not self.eof.done():
-            self.eof.set_result(None)
-
-    def text(self) -> str:
-        body = self.buf.decode("utf-8", "replace").strip()
-        return ("…" + body) if self.cut and body else body
+PROBE_TIMEOUT_S = 15.0  # the canary waits a little longer for any probe
 
 
 def _with_tail(head: str, tail: str) -> str:
     return f"{head}: {tail}" if tail else f"{head} (no output)"
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _live_member(pgid)
-
-
-def _live_member(pgid: int) -> bool:
-    """Whether the group has a member that is not a zombie. A killed grandchild is re-parented and
-    stays a zombie until its new parent (PID 1, a subreaper) reaps it, and `killpg(pgid, 0)` still
-    counts it; on Linux /proc tells the two apart. Elsewhere, assume alive (SIGKILL follows)."""
-    try:
-        entries = [e for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return True
-    for entry in entries:
-        try:
-            with open(os.path.join(entry.path, "stat")) as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, …
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+def _resolve(argv: list[str], base_dir: Path | None) -> list[str]:
+    """Relative paths resolve from the config file (SPEC 3); a bare name is looked up on PATH."""
+    argv = list(argv)
+    if argv and base_dir is not None and "/" in argv[0] and not os.path.isabs(argv[0]):
+        argv[0] = str(base_dir / argv[0])
+    return argv
 
 
 class CommandRunner:
@@ -103,11 +45,8 @@ class CommandRunner:
         self.name = name
         self.timeout_s = parse_duration(cfg.timeout)
         self.kill_grace_s = kill_grace_s
-        argv = list(cfg.command)
-        # Relative paths resolve from the config file (SPEC 3); a bare name is looked up on PATH.
-        if argv and base_dir is not None and "/" in argv[0] and not os.path.isabs(argv[0]):
-            argv[0] = str(base_dir / argv[0])
-        self.argv = argv
+        self.argv = _resolve(cfg.command, base_dir)
+        self.probe_argv = _resolve(cfg.probe or [], base_dir)
 
     def __repr__(self) -> str:
         return f"CommandRunner({self.name!r})"
@@ -124,48 +63,24 @@ class CommandRunner:
     async def deliver(self, handoff: Handoff) -> Outcome:
         if not self.argv:
             return Dead(f"{self.name}: `command` is empty")
-        loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=write_fd, stderr=write_fd,
-                env=self._env(handoff), start_new_session=True,
+            done = await run_in_group(
+                self.argv, stdin=msgspec.json.encode(handoff) + b"\n", env=self._env(handoff),
+                timeout_s=self.timeout_s, kill_grace_s=self.kill_grace_s,
             )  # fmt: skip
         except FileNotFoundError:
-            os.close(read_fd)
             return Dead(
                 f"{self.name}: command not found: {self.argv[0]} (check `command` in [{self.name}]: "
                 "a program on watchd's PATH, or a path relative to the config file)"
             )
         except PermissionError:
-            os.close(read_fd)
             return Dead(f"{self.name}: {self.argv[0]} is not executable (chmod +x it, or run it via its interpreter)")
         except OSError as exc:
-            os.close(read_fd)
             return Retry(f"{self.name}: cannot start {self.argv[0]}: {exc.strerror}")
-        finally:
-            os.close(write_fd)  # the child has its copy; ours would keep the pipe open forever
-        transport, tail = await loop.connect_read_pipe(_Tail, os.fdopen(read_fd, "rb", buffering=0))
-        feeder = asyncio.create_task(self._feed(proc, msgspec.json.encode(handoff) + b"\n"))
-        try:
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    code = await proc.wait()
-            except TimeoutError:
-                await self._stop_group(proc)
-                return Retry(_with_tail(f"timed out after {format_duration(self.timeout_s)}", tail.text()))
-            # A child left running may hold the output open: read what is there, briefly.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(tail.eof), EOF_GRACE_S)
-            return self._outcome(code, tail.text())
-        except asyncio.CancelledError:  # watchd is stopping: the handoff is retried on start
-            await self._stop_group(proc, grace_s=min(self.kill_grace_s, 1.0))
-            raise
-        finally:
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await feeder
-            transport.close()
+        # (a cancelled delivery — watchd stopping — stopped the group; the handoff is retried on start)
+        if done.code is None:
+            return Retry(_with_tail(f"timed out after {format_duration(self.timeout_s)}", done.tail))
+        return self._outcome(done.code, done.tail)
 
     def _outcome(self, code: int, tail: str) -> Outcome:
         if code == 0:
@@ -173,47 +88,25 @@ class CommandRunner:
         if code == self.cfg.reject_exit_code:
             return Dead(f"rejected by agent: {tail or f'exit {code}, no output'}")
         if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return Retry(_with_tail(f"killed by {name}", tail))
+            return Retry(_with_tail(f"killed by {signal_name(code)}", tail))
         return Retry(_with_tail(f"exit {code}", tail))
 
-    @staticmethod
-    async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
-        """The handoff on stdin, then EOF; a program that does not read it is not an error."""
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(payload)
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            proc.stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await proc.stdin.wait_closed()
-
-    async def _stop_group(self, proc: asyncio.subprocess.Process, grace_s: float | None = None) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
-        pgid = proc.pid  # start_new_session: the program leads its own group
-        grace = self.kill_grace_s if grace_s is None else grace_s
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + grace
-        while asyncio.get_running_loop().time() < deadline:
-            if proc.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 0.05)  # reaps the leader as soon as it exits
-            elif not _group_alive(pgid):
-                return
-            else:
-                await asyncio.sleep(0.05)
-        _signal_group(pgid, signal.SIGKILL)
-        await proc.wait()
-
     async def probe(self) -> tuple[bool, str]:
-        """Whether the program can be found, without running it (the canary may run `probe`)."""
+        """The agent's `probe` command when it has one (exit 0 in time: healthy; the last line of its
+        output is the detail), else whether the program can be found, without running it."""
         if not self.argv:
             return False, "`command` is empty"
+        if self.probe_argv:
+            name = self.probe_argv[0]
+            try:
+                done = await run_in_group(self.probe_argv, timeout_s=PROBE_TIMEOUT_S, kill_grace_s=1.0)
+            except OSError as exc:
+                return False, f"cannot run probe {name}: {exc.strerror or type(exc).__name__}"
+            last = done.tail.splitlines()[-1][:200] if done.tail else ""
+            if done.code == 0:
+                return True, _with_tail(f"probe {name}: exit 0", last)
+            if done.code is None:
+                return False, _with_tail(f"probe {name} timed out after {format_duration(PROBE_TIMEOUT_S)}", last)
+            return False, _with_tail(f"probe {name} failed with exit {done.code}", last)
         found = shutil.which(self.argv[0])
         return (True, f"{self.argv[0]} found") if found else (False, f"command not found: {self.argv[0]}")

@@ -130,12 +130,16 @@ class SlackNotifier:
         return outcome
 
     async def probe(self) -> tuple[bool, str]:
-        """Token mode: `auth.test`. Webhook mode: the URL is well formed (a webhook cannot be
-        checked without posting a message)."""
+        """Token mode: `auth.test`. Webhook mode: its host accepts a connection (TLS checked); the
+        webhook itself cannot be checked without posting a message, so it is not."""
         if self.mode == "webhook":
+            from watchd.notify.webhook import reachable  # a connect check, shared with the webhook notifier
+
             host = URL(self._webhook_url).host
-            note = "" if host == "hooks.slack.com" else f" (its host is {host}, not hooks.slack.com)"
-            return True, f"{self.name}: Slack webhook URL is set{note}; it is not checked without posting"
+            ok, detail = await reachable(self.name, self._webhook_url, "the Slack webhook host", self._secrets,
+                                         self.timeout_s)  # fmt: skip
+            note = "" if host == "hooks.slack.com" else f"; its host is {host}, not hooks.slack.com"
+            return ok, f"{detail} (the webhook itself is not checked without posting{note})" if ok else detail
         resp = await self._api("auth.test", {})
         if not isinstance(resp, Response):
             return False, resp.detail

@@ -7,11 +7,19 @@ the raw body>`, which it should check with a constant-time compare before parsin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import socket
+import ssl
+import urllib.request
+from collections.abc import Sequence
 
 import msgspec
+from yarl import URL
 
 from watchd.config import WebhookNotifier as WebhookConfig
 from watchd.dispatch import Delivered, Outcome
@@ -30,6 +38,38 @@ ATTEMPT_HEADER = "X-Watchd-Attempt"
 def sign(secret: str, body: bytes) -> str:
     """`sha256=<hex>`: the HMAC-SHA256 of the exact bytes sent, as GitHub signs its webhooks."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def reachable(name: str, url: str, service: str, secrets: Sequence[str | None],
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool, str]:  # fmt: skip
+    """Whether the URL's host resolves and accepts a connection (with a valid TLS certificate for
+    https), without sending a request. Behind a proxy the host is not checked: only the proxy would
+    reach it. Details name the host only: the URL may hold credentials."""
+    u = URL(url)
+    host, port = u.host or "", u.port or (443 if u.scheme == "https" else 80)
+    if urllib.request.getproxies().get(u.scheme) and not urllib.request.proxy_bypass(host):
+        return True, f"{name}: {service} at {host} is configured (requests go through a proxy: not checked)"
+    tls = ssl.create_default_context() if u.scheme == "https" else None
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=tls), timeout_s)
+    except TimeoutError:
+        why = "connect timed out"
+    except ssl.SSLCertVerificationError:
+        why = "TLS certificate verification failed"
+    except ssl.SSLError:
+        why = "TLS handshake failed"
+    except ConnectionRefusedError:
+        why = "connection refused"
+    except socket.gaierror:
+        why = "name lookup failed"
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    else:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return True, f"{name}: {service} at {host} accepts connections"
+    return False, http_client.scrub(f"{name}: cannot connect to {service} at {host}: {why}", secrets)
 
 
 def verify(secret: str, body: bytes, signature: str | None) -> bool:
@@ -79,9 +119,9 @@ class WebhookNotifier:
         return outcome
 
     async def probe(self) -> tuple[bool, str]:
-        """Config sanity only: any request to a receiver could be taken for a delivery."""
-        signed = "signed" if self._secret else "unsigned"
-        return True, f"{self.name}: webhook to {http_client.host_of(self._url)} is configured ({signed})"
+        """A connect check, no request: any request to a receiver could be taken for a delivery."""
+        ok, detail = await reachable(self.name, self._url, SERVICE, self._secrets, self.timeout_s)
+        return ok, f"{detail} ({'signed' if self._secret else 'unsigned'})" if ok else detail
 
     def _classify(self, resp: Response) -> Outcome:
         reason = "" if 200 <= resp.status < 300 else resp.text_excerpt(self._secrets, 120)

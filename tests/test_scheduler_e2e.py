@@ -1,0 +1,45 @@
+"""The scheduler inside the real daemon: a run cut off by kill -9 is failed at the restart, its tick
+never runs again, and the outcome reaches the event stream."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conftest import DaemonProc, wait_until
+
+
+def test_a_restart_in_the_middle_of_a_run(daemon_factory: Callable[..., DaemonProc], tmp_path: Path) -> None:
+    pids = tmp_path / "run.pids"
+    at = datetime.fromtimestamp(time.time() + 4, UTC).isoformat(timespec="milliseconds")
+    schedule = (
+        f'[schedule.once]\nat = "{at}"\n'
+        f'run = ["sh", "-c", "echo $$ >> {pids}; exec sleep 60"]\n'
+    )
+    d = daemon_factory(extra_config=schedule).start()
+    try:
+        wait_until(lambda: pids.exists() and pids.read_text().strip(), 10, "the run to start")
+        ((key, state, tick_at, started_at),) = d.query("SELECT key, state, tick_at, started_at FROM schedule_ticks")
+        assert state == "started" and 0 <= started_at - tick_at < 1.0  # woke for the tick, on time
+        d.kill9()
+        d.start()
+        sql = "SELECT key, state, reason, summary FROM schedule_ticks WHERE state != 'started'"
+        rows = wait_until(lambda: d.query(sql), 10, "the interrupted run to be failed")
+        assert rows == [(key, "failed", "interrupted", "interrupted by restart")]
+        # The failure is an event like any other (the engine records every subject it consumes).
+        wait_until(lambda: d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.failed'"), 10,
+                   "watchd.schedule.once.failed on the stream")  # fmt: skip
+        assert d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.started'")
+        time.sleep(0.5)
+        assert len(pids.read_text().split()) == 1  # the tick was not run again
+        assert d.term() == 0
+        assert "Traceback" not in d.stderr()
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)  # the run leads its own process group

@@ -1,0 +1,356 @@
+"""The `anthropic` agent: one handoff, one bounded, checkpointed, budgeted run of a tool-using model.
+
+A run is a loop of steps. A step is one Messages API call plus the tools it asked for; the call's answer
+is written to SQLite as soon as it returns and each tool's result as soon as the tool ran, so a crash or
+a restart resumes after the last completed thing (ledger.py), and tool effects carry the handoff's key
+(tools.py). The envelope is enforced here, never left to the prompt:
+
+- `max_steps` model calls per run, `max_tokens` per call, `timeout` of time spent running (a run paused
+  for a retry or a budget does not count its pause), `run_token_budget` per run;
+- `daily_token_budget` per agent and `[budget] daily_tokens` for all agents, per UTC day. A handoff
+  that would exceed one waits instead of running: the delivery is a `Retry(wait=True)` until the next
+  UTC midnight, with a detail that starts `budget_exhausted:` (so `status` and `explain` show it).
+
+A run that hits a limit stops with its transcript saved and the limit named, in the outcome and in
+`agent_runs`; `watchd dlq replay` starts a new run that continues the transcript with a fresh envelope.
+
+Errors are classified here, not by the SDK (its `max_retries` is 0: it would honour any retry-after,
+uncapped): timeouts, connection errors, 408/409/429/5xx/529 retry with the server's retry-after capped
+at 10 minutes; 400/401/403/404 dead-letter; a prompt that is too long retries at once with
+`fallback_model`, else with fewer evidence events, else stops at the `context_length` limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import anthropic
+from nats.js import JetStreamContext
+
+from watchd.agents import batch, ledger
+from watchd.agents.envelope import (  # fmt: skip
+    MIN_OUTPUT_TOKENS,
+    Usage,
+    allowance,
+    cost_usd,
+    day_start,
+    estimate_tokens,
+    handoff_turn,
+    next_reset,
+    price_for,
+    system_blocks,
+    with_breakpoint,
+)
+from watchd.agents.ledger import Run, Step
+from watchd.agents.tools import Toolbox, ToolUnavailable, content_blocks, done_of, text_of
+from watchd.config import AnthropicAgent, Config
+from watchd.dispatch import Dead, Delivered, Outcome, Retry
+from watchd.model import Handoff, iso
+from watchd.notify.http_client import resolve, scrub
+from watchd.schedule import format_duration, parse_duration
+from watchd.store import Store
+
+log = logging.getLogger("watchd.agents.anthropic")
+
+MAX_RETRY_AFTER_S = 600.0
+REQUEST_TIMEOUT_S = 600.0  # one call never waits longer, whatever is left of the run's timeout
+RETRY_STATUSES = frozenset({408, 409, 429})
+TOO_LONG_MARKERS = ("prompt is too long", "context length", "context window", "too many tokens")
+
+# Tokens that calls in flight in this process may still spend: concurrent runs of an agent (and all agents
+# for the global budget) see each other's reservations, so together they cannot overshoot a budget.
+_in_flight: Counter[str] = Counter()
+GLOBAL = "*"
+
+
+class _Stop(Exception):
+    """Leave the run loop with this outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """retry-after-ms, retry-after as seconds or as an HTTP-date; capped."""
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, MAX_RETRY_AFTER_S)
+        raw = headers.get("retry-after")
+        if not raw:
+            return None
+        try:
+            seconds = float(raw)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(raw)
+            seconds = parsed.timestamp() - time.time()
+        return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+class AnthropicRunner:
+    def __init__(self, cfg: AnthropicAgent, *, name: str, config: Config, store: Store,
+                 js: JetStreamContext | None = None, on_watch: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.name = name
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.on_watch = on_watch
+        self.timeout_s = parse_duration(cfg.timeout)
+        self.request_timeout_s = REQUEST_TIMEOUT_S
+        self._api_key = resolve(name, cfg.api_key, "api_key") or ""
+        # max_retries=0: every failure comes back here to be classified, and the dispatcher backs off.
+        self.client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=cfg.base_url, max_retries=0,
+                                               timeout=REQUEST_TIMEOUT_S)  # fmt: skip
+        self.toolbox = Toolbox(cfg, agent=name, js=js)
+        self.tools = self.toolbox.specs()
+        self.system = system_blocks(cfg.instructions, cfg.cache_ttl)
+
+    def __repr__(self) -> str:
+        return f"AnthropicRunner({self.name!r})"
+
+    # ---- the dispatcher's interface ----
+
+    async def deliver(self, h: Handoff) -> Outcome:
+        if self.cfg.batch:
+            return await batch.enqueue(self, h)
+        conn = self.store.conn
+        run = await self.store.run(ledger.last_run, conn, h.id)
+        if run is not None and run.outcome == "done":  # finished before (a retry after a crash): never again
+            return Delivered(run.detail or "done", state="done")
+        steps = await self.store.run(ledger.steps_of, conn, h.id)
+        if run is None or run.ended_at is not None:
+            first = self.params(self.cfg.model, [{"role": "user", "content": handoff_turn(h)}], self.cfg.max_tokens)
+            need = estimate_tokens(first) + MIN_OUTPUT_TOKENS
+            beyond = self.beyond_any_day(need)
+            if beyond:
+                return Dead(f"{self.name}: the handoff {beyond}")
+            wait = await self.budget_wait(need)
+            if wait is not None:
+                return wait
+            run = await self.store.run(ledger.new_run, conn, h.id, self.name, self.cfg.model, self.clock())
+        return await self._drive(h, run, steps)
+
+    async def probe(self) -> tuple[bool, str]:
+        """Whether the API answers for this model and key (a models lookup: no tokens spent)."""
+        try:
+            await self.client.models.retrieve(self.cfg.model, timeout=15)
+        except anthropic.APIStatusError as exc:
+            return False, f"HTTP {exc.status_code} for model {self.cfg.model}"
+        except anthropic.APIError as exc:
+            return False, f"cannot reach the API: {type(exc).__name__}"
+        return True, f"model {self.cfg.model} available"
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def poll_batches(self) -> int:
+        """Submit queued batch requests and collect finished batches; the number of handoffs completed."""
+        return await batch.poll(self) if self.cfg.batch else 0
+
+    # ---- budgets ----
+
+    async def tokens_today(self) -> tuple[int, int]:
+        since = day_start(self.clock())
+        conn = self.store.conn
+        agent = await self.store.run(ledger.tokens_since, conn, since, self.name)
+        everyone = await self.store.run(ledger.tokens_since, conn, since)
+        return agent + _in_flight[self.name], everyone + _in_flight[GLOBAL]
+
+    async def daily_left(self) -> tuple[int, int | None]:
+        agent, everyone = await self.tokens_today()
+        cap = self.config.budget.daily_tokens
+        return self.cfg.daily_token_budget - agent, None if cap is None else cap - everyone
+
+    async def budget_wait(self, need: int) -> Retry | None:
+        """A wait until the budgets reset, when `need` tokens would exceed today's agent or global budget."""
+        agent_left, global_left = await self.daily_left()
+        a = allowance(run_left=need, agent_left=agent_left, global_left=global_left)
+        if a.tokens >= need:
+            return None
+        return self.exhausted(a.binding)
+
+    def beyond_any_day(self, need: int) -> str | None:
+        """Why waiting cannot help: `need` tokens are more than a whole day's budget allows."""
+        cap = self.config.budget.daily_tokens
+        if need > self.cfg.daily_token_budget:
+            return f"needs ~{need} tokens, more than a whole daily_token_budget ({self.cfg.daily_token_budget})"
+        if cap is not None and need > cap:
+            return f"needs ~{need} tokens, more than a whole day of [budget] daily_tokens ({cap})"
+        return None
+
+    def exhausted(self, binding: str) -> Retry:
+        now = self.clock()
+        reset = next_reset(now)
+        if binding == "global_daily_budget":
+            which = f"the global [budget] daily_tokens ({self.config.budget.daily_tokens})"
+        else:
+            which = f"{self.name}'s daily_token_budget ({self.cfg.daily_token_budget})"
+        detail = f"budget_exhausted: {which} is spent for today (UTC); waiting until {iso(reset)}"
+        return Retry(detail, retry_after_s=max(1.0, reset - now), wait=True)
+
+    # ---- the run ----
+
+    def params(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        cache = self.cfg.max_steps > 1 and not self.cfg.batch  # a one-call run never reads its conversation back
+        return {"model": model, "max_tokens": max_tokens, "system": self.system, "tools": self.tools,
+                "messages": with_breakpoint(messages, self.cfg.cache_ttl) if cache else messages}  # fmt: skip
+
+    async def _drive(self, h: Handoff, run: Run, steps: list[Step]) -> Outcome:
+        started = time.monotonic()
+        left = self.timeout_s - run.active_s
+        try:
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(left):
+                outcome = await self._loop(h, run, steps)
+        except TimeoutError:
+            outcome = await self._limit(run, "timeout", f"ran for {format_duration(self.timeout_s)}")
+        except _Stop as stop:
+            outcome = stop.outcome
+            if isinstance(outcome, Dead):
+                await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "error", outcome.detail)
+        except ToolUnavailable as exc:
+            outcome = Retry(f"{self.name}: {exc.message}")
+        finally:
+            spent = time.monotonic() - started
+            with contextlib.suppress(Exception):
+                await self.store.run(partial(ledger.note_run, self.store.conn, run.id, active_s=spent))
+        if isinstance(outcome, Retry):  # the run stays open: say why it paused
+            await self.store.run(partial(ledger.note_run, self.store.conn, run.id, active_s=0, detail=outcome.detail,
+                                         limit_hit=_limit_of(outcome.detail)))  # fmt: skip
+        return outcome
+
+    async def _limit(self, run: Run, limit: str, why: str) -> Outcome:
+        detail = f"limit {limit}: {why}; stopped after {run.steps} steps and {run.tokens} tokens (transcript kept)"
+        await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "limit", detail, limit)
+        log.warning("%s: run %s stopped: %s", self.name, run.id, detail)
+        return Dead(detail)
+
+    async def _finish(self, run: Run, last: Step) -> Outcome:
+        done = done_of(last)
+        status, summary = (done.status, done.summary) if done else ("resolved", text_of(last.response) or "done")
+        detail = f"{status}: {summary}"[:1000]
+        await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "done", detail)
+        return Delivered(detail, state="done")
+
+    async def _loop(self, h: Handoff, run: Run, steps: list[Step]) -> Outcome:
+        conn = self.store.conn
+        messages: list[dict[str, Any]] = []
+        for s in steps:
+            messages += [{"role": "user", "content": s.request}, {"role": "assistant", "content": s.response}]
+        model = run.model
+        evidence_cap: int | None = None
+        while True:
+            last = steps[-1] if steps else None
+            if last is not None:
+                for block in last.pending_tools():
+                    out = await self.toolbox.run(h, last.n, block, self.clock())
+                    await self.store.run(ledger.record_tool_result, conn, h.id, last.n, block["id"], out.block,
+                                         out.effect)  # fmt: skip
+                    last.tool_results[block["id"]] = out.block
+                    if out.watch_added and self.on_watch is not None:
+                        self.on_watch()
+                if done_of(last) is not None or not last.tool_uses():
+                    return await self._finish(run, last)
+            if run.steps >= self.cfg.max_steps:
+                return await self._limit(run, "max_steps", f"{self.cfg.max_steps} model calls")
+            turn = (handoff_turn(h, max_evidence=evidence_cap) if last is None
+                    else [last.tool_results[b["id"]] for b in last.tool_uses()])  # fmt: skip
+            asked = [*messages, {"role": "user", "content": turn}]
+            params = self.params(model, asked, self.cfg.max_tokens)
+            need = estimate_tokens(params)
+            agent_left, global_left = await self.daily_left()
+            run_left = self.cfg.run_token_budget - run.tokens
+            a = allowance(run_left=run_left, agent_left=agent_left, global_left=global_left)
+            if a.tokens < need + MIN_OUTPUT_TOKENS:
+                if a.binding == "run_token_budget":
+                    why = f"{run.tokens} of {self.cfg.run_token_budget} tokens used, the next call needs ~{need}"
+                    return await self._limit(run, "run_token_budget", why)
+                beyond = self.beyond_any_day(need + MIN_OUTPUT_TOKENS)
+                if beyond:
+                    return await self._limit(run, a.binding, f"the next call {beyond}")
+                return self.exhausted(a.binding)
+            params["max_tokens"] = min(self.cfg.max_tokens, a.tokens - need)
+            try:
+                content, usage, latency = await self._call(params, need)
+            except _TooLong:
+                if self.cfg.fallback_model and model != self.cfg.fallback_model:
+                    log.info("%s: prompt too long for %s; retrying with %s", self.name, model, self.cfg.fallback_model)
+                    model = self.cfg.fallback_model
+                    continue
+                if last is None and (evidence_cap is None or evidence_cap > 0) and h.evidence:
+                    evidence_cap = len(h.evidence) // 2 if evidence_cap is None else evidence_cap // 2
+                    continue
+                return await self._limit(run, "context_length", f"the prompt is too long for {model}")
+            n = (last.n + 1) if last else 1
+            price = price_for(model, self.config.prices)
+            cost = cost_usd(usage, price, cache_ttl=self.cfg.cache_ttl)
+            await self.store.run(partial(ledger.record_step, conn, run, n, at=self.clock(), model=model, request=turn,
+                                         response=content, usage=usage, cost=cost, latency_s=latency))  # fmt: skip
+            run.steps += 1
+            run.input_tokens += usage.input
+            run.output_tokens += usage.output
+            run.cache_read_tokens += usage.cache_read
+            run.cache_write_tokens += usage.cache_write
+            steps.append(Step(n, run.id, model, turn, content, {}))
+            messages = [*asked, {"role": "assistant", "content": content}]
+
+    async def _call(self, params: dict[str, Any], reserve: int) -> tuple[list[dict[str, Any]], Usage, float]:
+        """One Messages API call, its failures classified into a `_Stop` (or `_TooLong`)."""
+        hold = reserve + int(params["max_tokens"])
+        _in_flight[self.name] += hold
+        _in_flight[GLOBAL] += hold
+        t0 = time.monotonic()
+        try:
+            msg = await self.client.messages.create(**params, timeout=self.request_timeout_s)
+        except anthropic.APITimeoutError:
+            raise _Stop(Retry(f"{self.name}: the API did not answer in time")) from None
+        except anthropic.APIConnectionError as exc:
+            raise _Stop(Retry(f"{self.name}: cannot reach the API ({type(exc).__name__})")) from None
+        except anthropic.APIStatusError as exc:
+            raise self._classify(exc) from None
+        finally:
+            _in_flight[self.name] -= hold
+            _in_flight[GLOBAL] -= hold
+        return content_blocks(msg.content), Usage.of(msg.usage), time.monotonic() - t0
+
+    def _classify(self, exc: anthropic.APIStatusError) -> Exception:
+        status = exc.status_code
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error")
+        err = err if isinstance(err, dict) else {}
+        kind = str(err.get("type") or "error")
+        message = scrub(str(err.get("message") or "")[:300], [self._api_key])
+        if status == 400 and any(m in message.lower() for m in TOO_LONG_MARKERS):
+            return _TooLong()
+        detail = f"{self.name}: HTTP {status} {kind}" + (f": {message}" if message else "")
+        if status in RETRY_STATUSES or status >= 500:
+            return _Stop(Retry(detail, retry_after_s=_retry_after_s(exc.response.headers)))
+        if status in (401, 403):
+            detail += f" (check `api_key` of [{self.name}])"
+        elif status == 404:
+            detail += f" (check `model` of [{self.name}])"
+        return _Stop(Dead(detail))
+
+
+def _limit_of(detail: str) -> str | None:
+    """The budget a waiting run is paused on, for its run record."""
+    if detail.startswith("budget_exhausted:"):
+        return "global_daily_budget" if "[budget] daily_tokens" in detail else "daily_token_budget"
+    return None

@@ -1,0 +1,154 @@
+"""Batch mode: an agent with `batch = true` answers through the Message Batches API, at half price.
+
+For non-urgent work (digests, summaries). `deliver` only queues the request (the handoff becomes
+`accepted`, "queued for the Message Batches API"); `poll` — called by the heartbeat job, or every
+minute by the daemon when no heartbeat is scheduled — submits what is queued as one batch (as much as
+today's budgets allow; the rest waits for tomorrow), and collects finished batches: each result is
+recorded as a one-step run, its tool calls are carried out (their results are not sent back: a batch
+run is a single model turn), and the handoff is settled `done` (or `dead` with the API's reason).
+Everything is keyed by handoff id, so a poll interrupted by a crash is simply done again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+
+from watchd.agents import ledger
+from watchd.agents.envelope import Usage, cost_usd, estimate_tokens, handoff_turn, price_for
+from watchd.agents.ledger import Step
+from watchd.agents.tools import content_blocks, done_of, text_of
+from watchd.dispatch import Delivered, Outcome
+from watchd.model import Handoff
+from watchd.store import find_handoff, row_to_handoff
+
+if TYPE_CHECKING:
+    from watchd.agents.anthropic import AnthropicRunner
+    from watchd.dispatch import Target
+
+log = logging.getLogger("watchd.agents.batch")
+
+POLL_EVERY_S = 60.0
+RETRYABLE = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+
+
+async def enqueue(runner: AnthropicRunner, h: Handoff) -> Outcome:
+    store = runner.store
+    params = runner.params(runner.cfg.model, [{"role": "user", "content": handoff_turn(h)}], runner.cfg.max_tokens)
+    state = await store.run(ledger.queue_batch_item, store.conn, h.id, runner.name, params, runner.clock())
+    if state == "done":
+        return Delivered("answered in an earlier batch", state="done")
+    return Delivered(f"{state} for the Message Batches API (collected by the heartbeat)", state="accepted")
+
+
+async def poll(runner: AnthropicRunner) -> int:
+    await _submit(runner)
+    settled = 0
+    for batch_id in await runner.store.run(ledger.open_batches, runner.store.conn, runner.name):
+        try:
+            batch = await runner.client.messages.batches.retrieve(batch_id)
+            if batch.processing_status != "ended":
+                continue
+            results = [r async for r in await runner.client.messages.batches.results(batch_id)]
+        except anthropic.APIError as exc:
+            log.warning("%s: cannot read batch %s: %s", runner.name, batch_id, type(exc).__name__)
+            continue
+        for r in results:
+            settled += await _settle(runner, r.custom_id, r.result)
+    return settled
+
+
+async def _submit(runner: AnthropicRunner) -> None:
+    store = runner.store
+    items = await store.run(ledger.queued_items, store.conn, runner.name)
+    if not items:
+        return
+    agent_left, global_left = await runner.daily_left()
+    left = agent_left if global_left is None else min(agent_left, global_left)
+    take: list[tuple[str, dict[str, Any]]] = []
+    for hid, params in items:  # the worst case of each request must fit today's budgets
+        need = estimate_tokens(params) + int(params["max_tokens"])
+        if need > left:
+            log.info("%s: %d batch requests wait for tomorrow's budget", runner.name, len(items) - len(take))
+            break
+        take.append((hid, params))
+        left -= need
+    if not take:
+        return
+    try:
+        batch = await runner.client.messages.batches.create(
+            requests=[{"custom_id": hid, "params": params} for hid, params in take]  # type: ignore[typeddict-item]
+        )
+    except anthropic.APIError as exc:
+        log.warning("%s: batch submission failed (%s); retried at the next poll", runner.name, type(exc).__name__)
+        return
+    await store.run(ledger.mark_submitted, store.conn, [hid for hid, _ in take], batch.id, runner.clock())
+    log.info("%s: submitted batch %s with %d requests", runner.name, batch.id, len(take))
+
+
+async def _settle(runner: AnthropicRunner, hid: str, result: Any) -> int:
+    store, conn = runner.store, runner.store.conn
+    now = runner.clock()
+    try:
+        h = row_to_handoff(await store.run(find_handoff, conn, hid))
+    except Exception:  # the handoff is gone (a fresh state store): nothing to settle
+        await store.run(ledger.set_batch_item, conn, hid, "done", now)
+        return 0
+    if result.type != "succeeded":
+        error = getattr(getattr(result, "error", None), "error", None)
+        kind = str(getattr(error, "type", result.type))
+        if result.type in ("expired", "canceled") or kind in RETRYABLE:
+            await store.run(ledger.set_batch_item, conn, hid, "queued", now)  # into the next batch
+            return 0
+        detail = f"{runner.name}: batch request failed: {kind}: {getattr(error, 'message', '')}"[:500]
+        await store.run(ledger.set_batch_item, conn, hid, "failed", now)
+        await store.run(store.settle, hid, "dead", now, detail, ("accepted",))
+        return 1
+    steps = await store.run(ledger.steps_of, conn, hid)
+    run = await store.run(ledger.last_run, conn, hid)
+    if not steps:
+        msg = result.message
+        usage = Usage.of(msg.usage)
+        cost = cost_usd(usage, price_for(msg.model, runner.config.prices), cache_ttl=runner.cfg.cache_ttl, batch=True)
+        run = await store.run(ledger.new_run, conn, hid, runner.name, msg.model, now)
+        turn = handoff_turn(h)
+        content = content_blocks(msg.content)
+        await store.run(partial(ledger.record_step, conn, run, 1, at=now, model=msg.model, request=turn,
+                                response=content, usage=usage, cost=cost, latency_s=0.0))  # fmt: skip
+        steps = [Step(1, run.id, msg.model, turn, content, {})]
+    assert run is not None
+    step = steps[0]
+    for block in step.pending_tools():
+        out = await runner.toolbox.run(h, step.n, block, now)
+        await store.run(ledger.record_tool_result, conn, hid, step.n, block["id"], out.block, out.effect)
+        step.tool_results[block["id"]] = out.block
+        if out.watch_added and runner.on_watch is not None:
+            runner.on_watch()
+    done = done_of(step)
+    detail = (f"{done.status}: {done.summary}" if done else f"resolved: {text_of(step.response) or 'done'}")[:1000]
+    await store.run(ledger.close_run, conn, run.id, now, "done", detail)
+    was = await store.run(store.settle, hid, "done", now, detail, ("accepted",))
+    if was == "delivering":  # the dispatcher has not recorded `accepted` yet: settle at the next poll
+        return 0
+    await store.run(ledger.set_batch_item, conn, hid, "done", now)
+    return 1
+
+
+async def poll_loop(targets: dict[str, Target], stop: asyncio.Event, every_s: float = POLL_EVERY_S) -> None:
+    """Poll every batch agent now and then, for a daemon whose schedules include no heartbeat."""
+    while not stop.is_set():
+        for name, target in targets.items():
+            poller = getattr(target, "poll_batches", None)
+            if poller is None:
+                continue
+            try:
+                await poller()
+            except Exception:  # a background task logs and continues
+                log.exception("%s: polling batches failed", name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)

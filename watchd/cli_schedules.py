@@ -1,0 +1,116 @@
+"""`watchd schedules`: the upcoming ticks of every schedule, in local and UTC time, with DST notes.
+
+`--json` is an array of ticks, soonest first (SPEC 5)::
+
+    [{"schedule": str, "at_utc": "2026-03-29T01:00:00Z", "at_local": "2026-03-29T03:00:00+02:00",
+      "note": str | null}]
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from watchd.cli import CONFIG_OPTION, cli, dump_json, load, out
+from watchd.errors import WatchdError
+from watchd.explain import iso_local, when
+from watchd.explain_schedule import all_schedules, open_state, read_states, read_ticks
+from watchd.model import iso
+from watchd.schedule import first_instant_at, format_duration
+from watchd.ticks import upcoming
+
+
+def parse_from(text: str, zone: str) -> float:
+    """An instant: ISO 8601 with an offset or Z, or a local date-time read in `zone`."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise WatchdError(f"bad --from {text!r}", hint='use a date-time like "2026-03-29T00:00" (in the config\'s '
+                          'zone) or "2026-03-29T00:00Z"') from None  # fmt: skip
+    if dt.tzinfo is None:
+        return first_instant_at(dt, zone).timestamp()
+    return dt.timestamp()
+
+
+def upcoming_ticks(loaded: Any, start: float, count: int, now: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """The next `count` ticks of each enabled schedule after `start`, soonest first; and the disabled."""
+    conn = open_state(loaded.state_dir)
+    try:
+        states = read_states(conn, now)
+    finally:
+        if conn is not None:
+            conn.close()
+    ticks: list[dict[str, Any]] = []
+    disabled: list[str] = []
+    for name, (defn, enabled) in all_schedules(loaded).items():
+        if not enabled:
+            disabled.append(name)
+            continue
+        state = states.get(name, (None, None))[1]
+        for at, note in upcoming(defn, state, start, count):
+            if defn.jitter_s:
+                later = f"runs {format_duration(round(defn.jitter_s))} later (jitter)"
+                note = f"{note}; {later}" if note else later
+            ticks.append({"schedule": name, "at_utc": iso(at), "at_local": iso_local(at, defn.zone), "note": note,
+                          "_at": at, "_zone": defn.zone})  # fmt: skip
+    ticks.sort(key=lambda t: (t["_at"], t["schedule"]))
+    return ticks, disabled
+
+
+@cli.command(name="schedules")
+@CONFIG_OPTION
+@click.option("--next", "count", default=3, show_default=True, type=click.IntRange(1, 1000), metavar="N",
+              help="ticks shown per schedule")  # fmt: skip
+@click.option("--from", "from_", metavar="TIME", help="as of this instant instead of now: a local date-time in the "
+              "config's zone (2026-10-25T00:00) or one with an offset or Z")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="an array of ticks: schedule, at_utc, at_local, note")
+def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_json: bool) -> None:
+    """Upcoming ticks of every schedule in local and UTC time, with DST notes; and each one's last run.
+
+    \b
+    Examples:
+      watchd schedules --next 5
+      watchd schedules --from 2026-03-28T12:00 --next 2     # across the spring-forward night
+      watchd schedules --json | jq '.[] | select(.note != null)'
+    """
+    loaded = load(config_path)
+    now = time.time()
+    start = parse_from(from_, loaded.zone()) if from_ else now
+    ticks, disabled = upcoming_ticks(loaded, start, count, now)
+    if as_json:
+        dump_json([{k: v for k, v in t.items() if not k.startswith("_")} for t in ticks])
+        return
+    table = Table(box=None)
+    for column in ("schedule", "local", "UTC"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("note")
+    for t in ticks:
+        local = datetime.fromtimestamp(t["_at"], ZoneInfo(t["_zone"]))
+        table.add_row(Text(t["schedule"]), Text(f"{local:%a %Y-%m-%d %H:%M %Z}"), Text(t["at_utc"]),
+                      Text(t["note"] or ""))  # fmt: skip
+    out.print(table if ticks else "no upcoming ticks")
+    if disabled:
+        out.print(Text(f"disabled: {', '.join(sorted(disabled))}"))
+    conn = open_state(loaded.state_dir)
+    if conn is None:
+        return
+    try:
+        lines = []
+        for name, (defn, _) in all_schedules(loaded).items():
+            rows = read_ticks(conn, name, 1)
+            if rows:
+                r = rows[-1]
+                lines.append(f"  {name}: {r['state']} for the {when(r['tick_at'], defn.zone, now)} tick"
+                             + (f" — {r['summary']}" if r["summary"] else ""))  # fmt: skip
+    finally:
+        conn.close()
+    if lines:
+        out.print("last runs:")
+        for line in lines:
+            out.print(Text(line))

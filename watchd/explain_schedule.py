@@ -1,0 +1,253 @@
+"""What the schedules did, read from the state db: `watchd explain --schedule NAME`, the schedules
+section of `watchd status`, and the last runs under `watchd schedules`.
+
+The verdict is about the *last due tick* (the latest tick at or before now): did it run, and how did
+it end, or why was it skipped — or has watchd no record of it (it was not running). Rows come from
+`schedule_ticks` (one per tick handled: started, done, failed, skipped with its reason), so this
+module only reads; the planner in `ticks.py` says which tick was due and which is next.
+
+`explain --schedule NAME --json` (stable)::
+
+    {"schedule": str, "enabled": bool, "timing": str, "zone": str, "does": str, "version": int | null,
+     "verdict": str, "fired": bool, "next_due": str | null,
+     "timeline": [{"tick", "tick_local", "state", "reason", "summary", "started_at", "ended_at",
+                   "duration_s", "lateness_s", "count"}]}      # newest last, at most 50
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from watchd.config import DEFAULT_SCHEDULES, Loaded
+from watchd.errors import WatchdError
+from watchd.explain import iso_local, span, time_until, when
+from watchd.model import iso
+from watchd.schedule import ticks_between
+from watchd.store import connect, db_path
+from watchd.ticks import GRACE_S, Definition, State, define, next_tick_after
+
+TIMELINE_LIMIT = 50
+RAN = frozenset({"started", "done", "failed"})
+
+
+def all_schedules(loaded: Loaded) -> dict[str, tuple[Definition, bool]]:
+    """Every schedule, disabled ones too (definition, enabled), built-in defaults first."""
+    merged = {**DEFAULT_SCHEDULES, **loaded.config.schedule}
+    out: dict[str, tuple[Definition, bool]] = {}
+    for name, sched in merged.items():
+        if sched.enabled or sched.cron or sched.every or sched.at:
+            out[name] = (define(name, sched, loaded.zone()), sched.enabled)
+        else:  # `enabled = false` alone: the default it turns off says what it would have done
+            out[name] = (define(name, DEFAULT_SCHEDULES[name], loaded.zone()), False)
+    return out
+
+
+def open_state(state_dir: Path) -> sqlite3.Connection | None:
+    """The state db read-only, or None when watchd has not run (or predates the cron layer)."""
+    path = db_path(state_dir)
+    if not path.exists():
+        return None
+    conn = connect(path, readonly=True)
+    try:
+        conn.execute("SELECT 1 FROM schedule_ticks LIMIT 1")
+    except sqlite3.Error:
+        conn.close()
+        return None
+    return conn
+
+
+def read_states(conn: sqlite3.Connection | None, now: float) -> dict[str, tuple[int, State]]:
+    if conn is None:
+        return {}
+    last = dict(conn.execute("SELECT schedule, MAX(tick_at) FROM schedule_ticks GROUP BY schedule").fetchall())
+    rows = conn.execute("SELECT name, version, since, completed_at FROM schedules").fetchall()
+    return {name: (version, State(since, last.get(name), done)) for name, version, since, done in rows}
+
+
+def read_ticks(conn: sqlite3.Connection | None, name: str, limit: int = TIMELINE_LIMIT) -> list[dict[str, Any]]:
+    if conn is None:
+        return []
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute(
+            "SELECT * FROM schedule_ticks WHERE schedule = ? ORDER BY tick_at DESC, started_at DESC LIMIT ?",
+            (name, limit),
+        ).fetchall()
+    finally:
+        conn.row_factory = None
+    return [dict(r) for r in reversed(rows)]
+
+
+def last_due_tick(defn: Definition, state: State, rows: list[dict[str, Any]], now: float) -> float | None:
+    """The latest tick at or before `now` (jitter aside)."""
+    if defn.kind == "at":
+        return defn.at if defn.at is not None and defn.at <= now else None
+    if defn.kind == "every":  # its points move with each completion: the rows are the record
+        return rows[-1]["tick_at"] if rows else None
+    assert defn.cron is not None
+    end = datetime.fromtimestamp(now, UTC)
+    for window_s in (3600.0, 86400.0, 32 * 86400.0, 400 * 86400.0):  # few ticks to walk, however frequent
+        start = datetime.fromtimestamp(max(now - window_s, state.since - GRACE_S), UTC)
+        if start >= end:
+            return None
+        ticks = list(ticks_between(defn.cron, start, end))
+        if ticks:
+            return ticks[-1].at.timestamp()
+    return None
+
+
+def next_due(defn: Definition, state: State) -> float | None:
+    """The next tick after the last one handled (in the past when watchd is not running), jittered."""
+    t = next_tick_after(defn, state, -math.inf)
+    return None if t is None else t + defn.jitter_s
+
+
+@dataclass
+class ScheduleReport:
+    defn: Definition
+    enabled: bool
+    version: int | None
+    verdict: str
+    fired: bool
+    next_due: float | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def timeline(self) -> list[dict[str, Any]]:
+        zone = self.defn.zone
+        out = []
+        for r in self.rows:
+            data = msgspec.json.decode(r["data"]) if r["data"] else {}
+            started, ended = r["started_at"], r["ended_at"]
+            ran = r["state"] in RAN
+            out.append({
+                "tick": iso(r["tick_at"]), "tick_local": iso_local(r["tick_at"], zone), "state": r["state"],
+                "reason": r["reason"], "summary": r["summary"], "started_at": iso(started) if ran else None,
+                "ended_at": iso(ended), "duration_s": round(ended - started, 3) if ran and ended and started else None,
+                "lateness_s": round(started - r["tick_at"] - self.defn.jitter_s, 3) if ran and started else None,
+                "count": data.get("count", 1) if isinstance(data, dict) and r["state"] == "skipped" else None,
+            })  # fmt: skip
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.defn
+        return {
+            "schedule": d.name, "enabled": self.enabled, "timing": d.timing, "zone": d.zone, "does": d.what,
+            "version": self.version, "verdict": self.verdict, "fired": self.fired,
+            "next_due": iso(self.next_due) if self.enabled else None, "timeline": self.timeline(),
+        }  # fmt: skip
+
+
+def explain(defn: Definition, enabled: bool, version: int | None, state: State, rows: list[dict[str, Any]],
+            now: float) -> ScheduleReport:  # fmt: skip
+    """The verdict on a schedule's last due tick, from its rows (oldest first)."""
+    zone = defn.zone
+    nxt = next_due(defn, state) if enabled else None
+    report = ScheduleReport(defn, enabled, version, "", False, nxt, rows)
+    if not enabled:
+        report.verdict = "disabled (enabled = false)"
+        return report
+    due = last_due_tick(defn, state, rows, now)
+    row = next((r for r in reversed(rows) if due is not None and abs(r["tick_at"] - due) < 1e-3), None)
+    if due is None:
+        report.verdict = "has not been due yet"
+    elif row is None:
+        report.verdict = f"no record of the {when(due, zone, now)} tick: watchd was not running then"
+    else:
+        tick = when(due, zone, now)
+        state_, summary = row["state"], row["summary"] or ""
+        report.fired = state_ in RAN
+        if state_ == "started":
+            report.verdict = f"running the {tick} tick since {when(row['started_at'], zone, now)}"
+        elif state_ == "done":
+            report.verdict = f"ran the {tick} tick: done in {span(row['ended_at'] - row['started_at'])} — {summary}"
+        elif state_ == "failed":
+            report.verdict = f"ran the {tick} tick: FAILED — {summary}"
+        else:
+            report.verdict = f"skipped the {tick} tick ({row['reason']}): {summary}"
+    if nxt is not None:
+        report.verdict += f"; next due {when(nxt, zone, now)}, {time_until(nxt, now)}"
+    return report
+
+
+def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
+    known = all_schedules(loaded)
+    if name not in known:
+        hint = f"known schedules: {', '.join(sorted(known))}" if known else "add a [schedule.<name>] to the config"
+        raise WatchdError(f"no schedule named {name!r}", hint=hint + " (`watchd schedules` lists them)")
+    defn, enabled = known[name]
+    conn = open_state(loaded.state_dir)
+    try:
+        version, state = read_states(conn, now).get(name, (None, State(since=now)))
+        rows = read_ticks(conn, name)
+    finally:
+        if conn is not None:
+            conn.close()
+    return explain(defn, enabled, version, state, rows, now)
+
+
+def schedule_status(loaded: Loaded, conn: sqlite3.Connection | None, now: float) -> list[dict[str, Any]]:
+    """`status`: each schedule's next due tick and how its last run ended."""
+    try:
+        states = read_states(conn, now)
+    except sqlite3.Error:  # a state db no daemon with the cron layer has opened yet
+        conn, states = None, {}
+    out = []
+    for name, (defn, enabled) in all_schedules(loaded).items():
+        state = states.get(name, (None, State(since=now)))[1]
+        rows = read_ticks(conn, name, 1)
+        last = rows[-1] if rows else None
+        out.append({
+            "name": name, "timing": defn.timing, "does": defn.what, "enabled": enabled,
+            "next_due": iso(next_due(defn, state)) if enabled else None,
+            "last_tick": iso(last["tick_at"]) if last else None,
+            "last_outcome": last["state"] if last else None, "last_summary": last["summary"] if last else None,
+        })  # fmt: skip
+    return out
+
+
+def render(report: ScheduleReport, console: Console, now: float) -> None:
+    d = report.defn
+    version = f", version {report.version}" if report.version else ""
+    console.print(Text(f"schedule {d.name}: {d.timing} in {d.zone} — {d.what}{version}"))
+    console.print(Text(f"verdict: {report.verdict}", style="bold"))
+    if not report.rows:
+        console.print("no ticks recorded")
+        return
+    table = Table("tick", "outcome", "detail", box=None)
+    # Runs of skips with one reason are one line: a 3-day outage is not 864 lines.
+    for (state, reason), group in groupby(report.rows, key=lambda r: (r["state"], r["reason"])):
+        items = list(group)
+        if state != "skipped":
+            for r in items:
+                table.add_row(Text(when(r["tick_at"], d.zone, now)), Text(_outcome(r)), Text(r["summary"] or ""))
+            continue
+        count = sum(_count(r) for r in items)
+        first, last = items[0]["tick_at"], items[-1]["tick_at"]
+        tick = when(last, d.zone, now) if count == 1 else f"{when(first, d.zone, now)} … {when(last, d.zone, now)}"
+        label = f"skipped ({reason})" + (f" ×{count}" if count > 1 else "")
+        table.add_row(Text(tick), Text(label), Text(items[-1]["summary"] or ""))
+    console.print(table)
+
+
+def _count(row: dict[str, Any]) -> int:
+    data = msgspec.json.decode(row["data"]) if row["data"] else {}
+    return int(data.get("count", 1)) if isinstance(data, dict) else 1
+
+
+def _outcome(r: dict[str, Any]) -> str:
+    if r["state"] == "started":
+        return "running"
+    late = r["started_at"] - r["tick_at"] if r["started_at"] else 0.0
+    took = f" in {span(r['ended_at'] - r['started_at'])}" if r["ended_at"] and r["started_at"] else ""
+    return f"{r['state']}{took}" + (f" ({span(late)} late)" if late >= 60 else "")
