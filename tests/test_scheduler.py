@@ -19,6 +19,7 @@ from fakes import FakeWebhook
 from watchd import config
 from watchd.daemon import build_targets
 from watchd.dispatch import Dispatcher
+from watchd.explain_schedule import explain_from_db
 from watchd.model import iso
 from watchd.notify import http_client
 from watchd.scheduler import Scheduler, claim
@@ -221,6 +222,8 @@ async def test_a_run_longer_than_its_period(make: Any, overlap: str) -> None:
         (skip,) = h.of(".skipped")
         assert skip["reason"] == "overlap" and "09:59:00Z is still going" in skip["detail"]
         assert len(slot.active) == 1
+        verdict = explain_from_db(h.loaded, "slow", ts("2026-03-02T10:00:01")).verdict
+        assert verdict.startswith("skipped the 10:00 UTC tick (overlap): ") and "still going" in verdict
     elif overlap == "allow":
         assert states == [("started", None), ("started", None)] and len(slot.active) == 2
     else:
@@ -354,6 +357,8 @@ async def test_a_tick_in_a_dst_gap_is_skipped_with_dst_gap_skip(make: Any) -> No
     (skip,) = h.of(".skipped")
     assert skip["reason"] == "dst_gap" and "02:30 does not exist" in skip["detail"]
     assert h.of(".started") == []
+    verdict = explain_from_db(h.loaded, "early", ts("2026-03-29T01:00:00")).verdict
+    assert verdict.startswith("skipped the ") and "(dst_gap)" in verdict and "02:30 does not exist" in verdict
     assert h.sched.next_wake() == ts("2026-03-30T00:30:00")
 
 

@@ -158,6 +158,9 @@ def explain(defn: Definition, enabled: bool, version: int | None, state: State, 
         report.verdict = "disabled (enabled = false)"
         return report
     due = last_due_tick(defn, state, rows, now)
+    recorded = [r["tick_at"] for r in rows if r["tick_at"] <= now]
+    if recorded and (due is None or max(recorded) > due + 1e-3):
+        due = max(recorded)  # a tick the cron walk does not yield, e.g. one skipped in a DST gap
     row = next((r for r in reversed(rows) if due is not None and abs(r["tick_at"] - due) < 1e-3), None)
     if due is None:
         report.verdict = "has not been due yet"
