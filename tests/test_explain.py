@@ -313,10 +313,10 @@ def test_waiting_for_an_exhausted_budget(world: Any) -> None:
     w = world(URGENT.replace('"notify.phone"', '"agent.triage"'))
     (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
     hid = fire.handoff_id("agent.triage")
-    w.store.finish(hid, "retrying", w.now, "budget_exhausted: agent.triage spent 200000 of 200000 tokens today",
+    w.store.finish(hid, "pending", w.now, "budget_exhausted: agent.triage spent 200000 of 200000 tokens today",
                    w.now + 3600)  # fmt: skip
     assert w.verdict("urgent-mail").endswith(
-        f"(handoff {hid} retrying for agent.triage, budget exhausted: waits until 13:01 UTC)"
+        f"(handoff {hid} pending for agent.triage, budget exhausted: waits until 13:01 UTC)"
     )
 
 
