@@ -103,6 +103,7 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
                    what="the emitted event")  # fmt: skip
         runs = d.cli("runs", "--json")
         status = d.cli("status", "--json")
+        explained = d.cli("explain", wid, "--json")
         d.term()
 
     sizes = [len(c["messages"]) for c in fake.calls]
@@ -117,6 +118,9 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
     assert d.query("SELECT steps, outcome FROM agent_runs") == [(3, "done")]
     (run,) = json.loads(runs.stdout)
     assert run["outcome"] == "done" and run["steps"] == 3 and run["tokens"]["total"] > 0 and run["cost_usd"] > 0
+    (follow_up,) = [w for w in json.loads(status.stdout)["watches"] if w["id"] == wid]  # listed while it lives
+    assert follow_up["file"].startswith("agent.triage (handoff ") and follow_up["mode"] == "live"
+    assert explained.returncode == 0 and json.loads(explained.stdout)["watch"] == wid
     today = json.loads(status.stdout)["tokens_today"]
     (agent,) = today["agents"]
     assert agent["agent"] == "agent.triage" and agent["tokens"] == run["tokens"]["total"]

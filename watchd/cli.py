@@ -471,7 +471,9 @@ def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None
         else:
             explain_schedule.render(sreport, out, now)
         return
+    from watchd.agents.ledger import active_watch_defs
     from watchd.jobs.builtin_watches import all_watches
+    from watchd.store import db_path
 
     if (watch is None) == (event_id is None):
         raise WatchdError("give one WATCH id or --event ID (or --schedule NAME)",
@@ -480,12 +482,15 @@ def explain_cmd(config_path: str | None, watch: str | None, event_id: str | None
         raise WatchdError("--since and --key apply to a WATCH, not to --event")
     loaded = load(config_path)
     defs = all_watches(loaded)  # the files' watches and the built-in ones
-    if watch is not None and not any(d.watch.id == watch for d in defs):
+    if watch is not None and not any(d.watch.id == watch for d in defs) and not db_path(loaded.state_dir).exists():
         raise ex.suggest(watch, (d.watch.id for d in defs))
     if since:
         ex.parse_since(since)
     conn = ex.open_db(loaded.state_dir)
     try:
+        defs += active_watch_defs(conn, time.time())  # and follow-up watches agents created
+        if watch is not None and not any(d.watch.id == watch for d in defs):
+            raise ex.suggest(watch, (d.watch.id for d in defs))
         if watch is not None:
             report: ex.WatchReport | ex.EventReport = ex.explain_from_db(
                 conn, defs, loaded.zone(), watch, now=time.time(), since=since, key=key

@@ -99,7 +99,7 @@ class WatchInfo:
     @staticmethod
     def of(d: WatchDef, default_zone: str) -> WatchInfo:
         w = d.watch
-        kind, file = str(w.__struct_config__.tag), f"{d.file}:{d.line}"
+        kind, file = str(w.__struct_config__.tag), (f"{d.file}:{d.line}" if d.line else d.file)
         if isinstance(w, MatchWatch):
             return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.on.subject, w.on.where)
         if isinstance(w, AbsentWatch):

@@ -12,7 +12,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from watchd.agents.ledger import budget_lines, budget_report
+from watchd.agents.ledger import active_watch_defs, budget_lines, budget_report
 from watchd.config import AbsentWatch, Loaded
 from watchd.engine import Engine
 from watchd.explain_schedule import schedule_status
@@ -84,6 +84,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
     engine = Engine(loaded.zone())
     if conn is not None:
         with conn:
+            defs += active_watch_defs(conn, now)  # follow-up watches agents created, until they expire
             engine = engine_view(conn, defs, loaded.zone(), now)
             report["last_canary"] = last_canary(conn)
             report["schedules"] = schedule_status(loaded, conn, now)
@@ -112,7 +113,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "last_fired": iso(last_fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
                 "would_fire_today": would_fire_today.get(w.id, 0),
-                "file": f"{d.file}:{d.line}",
+                "file": f"{d.file}:{d.line}" if d.line else d.file,  # built-in and agent-made watches have no line
             }
         )
     return report

@@ -215,7 +215,7 @@ def active_watch_defs(conn: sqlite3.Connection, now: float) -> list[WatchDef]:
     for definition, agent, handoff_id in rows:
         watch = _watch.decode(definition)
         digest = hashlib.sha256(definition.encode()).hexdigest()[:16]
-        defs.append(WatchDef(watch, f"agent.{agent} (handoff {handoff_id})", 0, digest))
+        defs.append(WatchDef(watch, f"{agent} (handoff {handoff_id})", 0, digest))
     return defs
 
 
