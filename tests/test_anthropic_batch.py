@@ -91,3 +91,20 @@ async def test_a_budget_wait_through_the_dispatcher_is_pending_until_midnight_an
     assert two["state"] == "pending" and two["attempt"] == 1
     assert two["next_attempt_at"] == pytest.approx(next_reset(NOW))
     assert len(fake.calls) == 1
+
+
+async def test_requests_out_in_a_batch_reserve_their_tokens_until_settled(fake: FakeAnthropic, store: Store) -> None:
+    r = runner(fake, store, batch=True, daily_token_budget=2_000)  # one worst-case request fits, not two
+    fake.auto_end_batches = False
+    await r.deliver(handoff("h_one"))
+    enqueue(store, "h_one")
+    assert await r.poll_batches() == 0
+    await r.deliver(handoff("h_two"))
+    enqueue(store, "h_two")
+    assert await r.poll_batches() == 0  # h_one's results are not in: its worst case still counts
+    assert [[q["custom_id"] for q in b.requests] for b in fake.batches.values()] == [["h_one"]]
+    fake.turns(done())
+    fake.end_batch()
+    assert await r.poll_batches() == 1  # h_one settled with its real (small) usage: h_two now fits
+    assert await r.poll_batches() == 0
+    assert [[q["custom_id"] for q in b.requests] for b in fake.batches.values()] == [["h_one"], ["h_two"]]

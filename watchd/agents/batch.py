@@ -69,6 +69,13 @@ async def _submit(runner: AnthropicRunner) -> None:
     if not items:
         return
     agent_left, global_left = await runner.daily_left()
+    # Requests already out in a batch have not been counted yet: reserve their worst case, so two
+    # polls before results arrive cannot overshoot a daily budget.
+    for agent, params in await store.run(ledger.submitted_items, store.conn):
+        need = estimate_tokens(params) + int(params["max_tokens"])
+        global_left = None if global_left is None else global_left - need
+        if agent == runner.name:
+            agent_left -= need
     left = agent_left if global_left is None else min(agent_left, global_left)
     take: list[tuple[str, dict[str, Any]]] = []
     for hid, params in items:  # the worst case of each request must fit today's budgets

@@ -245,6 +245,12 @@ def queued_items(conn: sqlite3.Connection, agent: str) -> list[tuple[str, dict[s
     return [(hid, msgspec.json.decode(params)) for hid, params in rows]
 
 
+def submitted_items(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+    """(agent, params) of every request in a batch whose results have not been settled yet."""
+    rows = conn.execute("SELECT agent, params FROM agent_batches WHERE state = 'submitted'")
+    return [(agent, msgspec.json.decode(params)) for agent, params in rows]
+
+
 def mark_submitted(conn: sqlite3.Connection, handoff_ids: list[str], batch_id: str, now: float) -> None:
     with tx(conn):
         conn.executemany("UPDATE agent_batches SET state = 'submitted', batch_id = ?, updated_at = ? "
