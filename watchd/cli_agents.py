@@ -15,7 +15,7 @@ from watchd.agents import ledger
 from watchd.agents.ledger import Run
 from watchd.cli import CONFIG_OPTION, cli, dump_json, load, out
 from watchd.model import iso
-from watchd.store import connect, db_path
+from watchd.store import open_readonly
 
 
 def run_json(r: Run) -> dict[str, Any]:
@@ -42,10 +42,9 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
       watchd runs --json | jq '[.[].cost_usd] | add'
     """
     loaded = load(config_path)
-    path = db_path(loaded.state_dir)
     found: list[Run] = []
-    if path.exists():
-        conn = connect(path, readonly=True)
+    conn = open_readonly(loaded.state_dir)
+    if conn is not None:
         with contextlib.closing(conn), contextlib.suppress(sqlite3.OperationalError):  # no runs table yet
             found = ledger.list_runs(conn, limit)
     if as_json:

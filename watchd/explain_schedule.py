@@ -34,7 +34,7 @@ from watchd.errors import WatchdError
 from watchd.explain import iso_local, span, time_until, when
 from watchd.model import iso
 from watchd.schedule import ticks_between
-from watchd.store import connect, db_path
+from watchd.store import open_readonly
 from watchd.ticks import GRACE_S, Definition, State, define, next_tick_after
 
 TIMELINE_LIMIT = 50
@@ -55,10 +55,9 @@ def all_schedules(loaded: Loaded) -> dict[str, tuple[Definition, bool]]:
 
 def open_state(state_dir: Path) -> sqlite3.Connection | None:
     """The state db read-only, or None when watchd has not run (or predates the cron layer)."""
-    path = db_path(state_dir)
-    if not path.exists():
+    conn = open_readonly(state_dir)
+    if conn is None:
         return None
-    conn = connect(path, readonly=True)
     try:
         conn.execute("SELECT 1 FROM schedule_ticks LIMIT 1")
     except sqlite3.Error:

@@ -31,6 +31,7 @@ from watchd.jobs import JobContext, JobResult, builtin
 from watchd.model import iso
 from watchd.proc import run_in_group, signal_name
 from watchd.schedule import format_duration
+from watchd.store import Transaction
 from watchd.ticks import Definition, Run, Skip, State, define, next_run_at, overlap_action, plan, tick_key
 from watchd.walltimer import WallTimer
 
@@ -57,8 +58,7 @@ RETRY_S = 5.0  # after a failed wake-up (the state db busy)
 def sync_definitions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, tuple[int, State]]:
     """Version (a counter bumped when a schedule's content hash changes) and State of each schedule."""
     out: dict[str, tuple[int, State]] = {}
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with Transaction(conn):
         for name, digest in digests.items():
             row = conn.execute("SELECT digest, version, since FROM schedules WHERE name = ?", (name,)).fetchone()
             if row and row[0] == digest:
@@ -71,10 +71,6 @@ def sync_definitions(conn: sqlite3.Connection, digests: dict[str, str], now: flo
                     (name, digest, version, since),
                 )
             out[name] = (version, State(since))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return {name: (v, refresh(conn, name, st)) for name, (v, st) in out.items()}
 
 
@@ -94,8 +90,7 @@ def claim(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
     """INSERT OR IGNORE each (key, schedule, version, tick_at, state, reason, started_at, summary, data)
     in one transaction; True where this call inserted it, i.e. owns the tick."""
     owned: list[bool] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with Transaction(conn):
         for r in rows:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO schedule_ticks (key, schedule, version, tick_at, state, reason, started_at, "
@@ -103,24 +98,19 @@ def claim(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
                 r,
             )
             owned.append(cur.rowcount == 1)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return owned
 
 
 def finish(conn: sqlite3.Connection, key: str, name: str, ok: bool, ended_at: float, reason: str | None,
            summary: str, data: bytes) -> None:  # fmt: skip
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute(
-        "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ? WHERE key = ?",
-        ("done" if ok else "failed", reason, ended_at, summary, data.decode(), key),
-    )
-    if reason != "interrupted":  # `every` counts from a run that ended, not one cut off by a restart
-        conn.execute("UPDATE schedules SET completed_at = MAX(COALESCE(completed_at, 0), ?) WHERE name = ?",
-                     (ended_at, name))  # fmt: skip
-    conn.execute("COMMIT")
+    with Transaction(conn):
+        conn.execute(
+            "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ? WHERE key = ?",
+            ("done" if ok else "failed", reason, ended_at, summary, data.decode(), key),
+        )
+        if reason != "interrupted":  # `every` counts from a run that ended, not one cut off by a restart
+            conn.execute("UPDATE schedules SET completed_at = MAX(COALESCE(completed_at, 0), ?) WHERE name = ?",
+                         (ended_at, name))  # fmt: skip
 
 
 def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, float, float]]:

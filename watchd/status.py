@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,7 +19,7 @@ from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
 from watchd.model import iso
-from watchd.store import connect, db_path, engine_view, read_handoffs
+from watchd.store import engine_view, open_readonly, read_handoffs
 
 HANDOFF_FIELDS = (
     "id",
@@ -42,13 +41,8 @@ HANDOFF_FIELDS = (
 )
 
 
-def _open(loaded: Loaded) -> sqlite3.Connection | None:
-    path = db_path(loaded.state_dir)
-    return connect(path, readonly=True) if path.exists() else None
-
-
 def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[str, Any]]:
-    conn = _open(loaded)
+    conn = open_readonly(loaded.state_dir)
     if conn is None:
         return []
     with conn:
@@ -78,7 +72,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
         "schedules": schedule_status(loaded, None, now),
     }
     defs = all_watches(loaded)  # the built-in watches are shown like the files' ones
-    conn = _open(loaded)
+    conn = open_readonly(loaded.state_dir)
     last_fired: dict[str, float] = {}
     would_fire_today: dict[str, int] = {}
     engine = Engine(loaded.zone())

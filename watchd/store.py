@@ -384,11 +384,13 @@ class Store:
                 self.set_meta("decisions_kept_from", repr(cutoff))
         return removed
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.conn)
+    def _tx(self) -> Transaction:
+        return Transaction(self.conn)
 
 
-class _Transaction:
+class Transaction:
+    """`with Transaction(conn):` one IMMEDIATE transaction, rolled back if the block raises."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
@@ -446,6 +448,12 @@ def transitions_of(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, li
 # ---- dead letters (`watchd dlq`): short write transactions from the CLI, beside the running daemon ----
 
 
+def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
+    """The state db read-only (safe beside a running daemon), or None when watchd has not run yet."""
+    path = db_path(state_dir)
+    return connect(path, readonly=True) if path.exists() else None
+
+
 def connect_existing(path: Path) -> sqlite3.Connection:
     """A read-write connection to a state file that must already exist (WAL: the daemon may be running)."""
     if not path.exists():
@@ -473,7 +481,7 @@ def replay_dead(conn: sqlite3.Connection, ref: str, now: float) -> dict[str, Any
     The same id keeps delivery deduplicated downstream. A running dispatcher sees it within its
     poll interval; a stopped one on start.
     """
-    with _Transaction(conn):
+    with Transaction(conn):
         row = find_handoff(conn, ref)
         if row["state"] not in ("dead", "dropped"):
             raise WatchdError(
@@ -493,7 +501,7 @@ def replay_dead(conn: sqlite3.Connection, ref: str, now: float) -> dict[str, Any
 
 def drop_dead(conn: sqlite3.Connection, ref: str, now: float) -> dict[str, Any]:
     """Give up on a dead handoff for good: `dropped` is terminal and leaves the dead-letter list."""
-    with _Transaction(conn):
+    with Transaction(conn):
         row = find_handoff(conn, ref)
         if row["state"] != "dead":
             raise WatchdError(

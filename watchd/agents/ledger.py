@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,19 +20,9 @@ import msgspec
 from watchd.agents.envelope import Usage, day_start, next_reset
 from watchd.config import AnthropicAgent, Config, Watch, WatchDef
 from watchd.model import Handoff, encode, iso, stable_hash
+from watchd.store import Transaction
 
 _watch = msgspec.json.Decoder(Watch)
-
-
-@contextlib.contextmanager
-def tx(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # ---- runs and steps ----------------------------------------------------------------------------------------
@@ -93,7 +83,7 @@ def last_run(conn: sqlite3.Connection, handoff_id: str) -> Run | None:
 
 def new_run(conn: sqlite3.Connection, handoff_id: str, agent: str, model: str, now: float) -> Run:
     """A run continues the handoff's transcript (if an earlier run stopped at a limit) with a fresh envelope."""
-    with tx(conn):
+    with Transaction(conn):
         (count,) = conn.execute("SELECT COUNT(*) FROM agent_runs WHERE handoff_id = ?", (handoff_id,)).fetchone()
         run_id = "r_" + stable_hash(handoff_id, "run", count)
         conn.execute("INSERT INTO agent_runs (id, handoff_id, agent, model, started_at) VALUES (?, ?, ?, ?, ?)",
@@ -115,7 +105,7 @@ def steps_of(conn: sqlite3.Connection, handoff_id: str) -> list[Step]:
 def record_step(conn: sqlite3.Connection, run: Run, n: int, *, at: float, model: str, request: list[dict[str, Any]],
                 response: list[dict[str, Any]], usage: Usage, cost: float, latency_s: float) -> None:  # fmt: skip
     """The model call of step n, and the run's counters, in one transaction."""
-    with tx(conn):
+    with Transaction(conn):
         conn.execute(
             "INSERT INTO agent_steps (handoff_id, n, run_id, agent, at, model, request, response, usage, tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -134,7 +124,7 @@ def record_step(conn: sqlite3.Connection, run: Run, n: int, *, at: float, model:
 def record_tool_result(conn: sqlite3.Connection, handoff_id: str, n: int, tool_use_id: str, result: dict[str, Any],
                        effect: Callable[[sqlite3.Connection], None] | None = None) -> None:  # fmt: skip
     """A tool's result — and its effect, when the effect is itself a write here — in one transaction."""
-    with tx(conn):
+    with Transaction(conn):
         if effect is not None:
             effect(conn)
         (raw,) = conn.execute("SELECT tool_results FROM agent_steps WHERE handoff_id = ? AND n = ?",
@@ -230,7 +220,7 @@ def next_watch_expiry(conn: sqlite3.Connection, now: float) -> float | None:
 def queue_batch_item(conn: sqlite3.Connection, handoff_id: str, agent: str, params: dict[str, Any],
                      now: float) -> str:  # fmt: skip
     """Queue a request (again, after a failed batch); returns its state: queued, submitted or done."""
-    with tx(conn):
+    with Transaction(conn):
         row = conn.execute("SELECT state FROM agent_batches WHERE handoff_id = ?", (handoff_id,)).fetchone()
         if row is not None and row[0] in ("queued", "submitted", "done"):
             return str(row[0])
@@ -252,7 +242,7 @@ def submitted_items(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]
 
 
 def mark_submitted(conn: sqlite3.Connection, handoff_ids: list[str], batch_id: str, now: float) -> None:
-    with tx(conn):
+    with Transaction(conn):
         conn.executemany("UPDATE agent_batches SET state = 'submitted', batch_id = ?, updated_at = ? "
                          "WHERE handoff_id = ?", [(batch_id, now, hid) for hid in handoff_ids])  # fmt: skip
 

@@ -211,12 +211,9 @@ async def run(ctx: JobContext) -> JobResult:
     writes = [(META_LAST, json.dumps(last))]
     if ok:  # only a good canary sets the baseline the release canary compares with
         writes.append((META_FINGERPRINT, json.dumps(await fingerprint(ctx.loaded))))
-    await ctx.store.run(_set_meta, ctx.store.conn, writes)
+    for k, v in writes:
+        await ctx.store.run(ctx.store.set_meta, k, v)
     return JobResult(ok, summary, data)
-
-
-def _set_meta(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
-    conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", items)
 
 
 async def run_and_report(ctx: JobContext, trigger: str, extra: dict[str, Any] | None = None) -> JobResult:
