@@ -279,21 +279,22 @@ class Store:
 
     def recover_in_flight(self, now: float) -> int:
         """A handoff that was being delivered when watchd died is retried, with the same id."""
-        with self._tx():
-            ids = [r[0] for r in self.conn.execute("SELECT id FROM handoffs WHERE state = 'delivering'")]
-            for hid in ids:
-                self._transition(hid, "retrying", now, "watchd restarted during delivery", next_attempt_at=now)
-        return len(ids)
+        ids = [r[0] for r in self.conn.execute("SELECT id FROM handoffs WHERE state = 'delivering'")]
+        return self._requeue(ids, now, "watchd restarted during delivery")
 
     def requeue_stuck(self, ids: Iterable[str], now: float) -> int:
         """Deliveries still `delivering` long past their lease (an outcome that was never recorded)
-        are retried now, with the same id; one that finished meanwhile is left alone."""
+        are retried now, with the same id."""
+        return self._requeue(ids, now, "stuck in delivery past its lease")
+
+    def _requeue(self, ids: Iterable[str], now: float, detail: str) -> int:
+        """`delivering` → `retrying`, due now; one that finished meanwhile is left alone."""
         n = 0
         with self._tx():
             for hid in ids:
                 row = self.conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
                 if row and row[0] == "delivering":
-                    self._transition(hid, "retrying", now, "stuck in delivery past its lease", next_attempt_at=now)
+                    self._transition(hid, "retrying", now, detail, next_attempt_at=now)
                     n += 1
         return n
 
