@@ -415,12 +415,12 @@ def test_backup_and_restore_commands_beside_a_running_daemon(daemon_factory: Cal
 
 
 def test_restore_while_the_state_dir_is_locked_is_refused(setup: tuple[config.Loaded, Store]) -> None:
-    from watchd.daemon import _lock_state_dir
+    from watchd.daemon import lock_state_dir
 
     loaded, _ = setup
     archive = Path(make_backup(loaded, T0).data["path"])
     (loaded.state_dir / "watchd.pid").write_text("4242")
-    fd = _lock_state_dir(loaded.state_dir, loaded.state_dir / "watchd.pid")
+    fd = lock_state_dir(loaded.state_dir, loaded.state_dir / "watchd.pid")
     try:
         with pytest.raises(DaemonRunning) as exc:
             restore(loaded, archive, watches=False, now=T0)

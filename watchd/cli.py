@@ -148,7 +148,7 @@ async def _refused(urls: str | list[str]) -> None:
     )
 
 
-async def _publish(loaded: Loaded, events: list[Any]) -> list[bus.PubAckInfo]:
+async def publish_events(loaded: Loaded, events: list[Any]) -> list[bus.PubAckInfo]:
     from watchd.daemon import nats_url
 
     await _refused(nats_url(loaded))
@@ -188,7 +188,7 @@ def emit(config_path: str | None, subject: str, fields: tuple[str, ...], json_da
     if len(encode(event)) > (limit := 256 * 1024):
         raise EventRejected(f"event is over the {limit}-byte limit")
     loaded = load(config_path)
-    ack = asyncio.run(_publish(loaded, [event]))[0]
+    ack = asyncio.run(publish_events(loaded, [event]))[0]
     note = " (duplicate: already stored)" if ack.duplicate else ""
     out.print(f"{event.id} {subject} seq {ack.seq}{note}")
 
@@ -236,7 +236,7 @@ def _try_publish(loaded: Loaded | None, event: Any) -> None:
     if loaded is None:
         return
     try:
-        asyncio.run(_publish(loaded, [event]))
+        asyncio.run(publish_events(loaded, [event]))
     except WatchdError as exc:
         err.print(f"warning: could not publish {event.subject}: {exc.message}", markup=False)
 

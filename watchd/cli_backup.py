@@ -12,7 +12,7 @@ import click
 from rich.text import Text
 
 from watchd import config
-from watchd.cli import CONFIG_OPTION, _publish, cli, dump_json, err, fail, out
+from watchd.cli import CONFIG_OPTION, cli, dump_json, err, fail, out, publish_events
 from watchd.config import Loaded
 from watchd.errors import WatchdError
 from watchd.model import make_event
@@ -62,7 +62,7 @@ def _load_without_watches(config_path: str | None) -> Loaded:
     """The config alone: a watch file with a mistake must not stop a backup (it is backed up as it
     is) nor a restore (which may be how it gets fixed)."""
     loaded = config.load(config.find_config(config_path), watches=False)
-    loaded.watch_files = config._watch_files(loaded.config, loaded.base_dir, [])
+    loaded.watch_files = config.watch_files_of(loaded.config, loaded.base_dir, [])
     return loaded
 
 
@@ -78,7 +78,7 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
         raise WatchdError(f"no watchd state at {db} to back up", hint=hint)
 
     async def emit(subject: str, data: dict[str, Any]) -> None:
-        await _publish(loaded, [make_event(subject, data, source="watchd")])
+        await publish_events(loaded, [make_event(subject, data, source="watchd")])
 
     store = Store(db)
     try:

@@ -523,7 +523,7 @@ def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems
         probs.at(path, exc.message)
 
 
-def _watch_files(config: Config, base: Path, problems: list[str]) -> list[Path]:
+def watch_files_of(config: Config, base: Path, problems: list[str]) -> list[Path]:
     files: list[Path] = []
     for entry in config.watches:
         p = resolve_path(base, entry)
@@ -547,7 +547,7 @@ def load(config_path: Path | None, *, watches: bool = True) -> Loaded:
     config, _ = _load_config(config_path, problems, warnings)
     base = config_path.parent if config_path else Path.cwd()
     config.notify.setdefault("console", ConsoleNotifier())
-    files = _watch_files(config, base, problems) if watches else []
+    files = watch_files_of(config, base, problems) if watches else []
     loaded = Loaded(config, config_path, base, [], files, warnings)
     seen: dict[str, str] = {}
     for path in files:

@@ -140,7 +140,7 @@ class Daemon:
     async def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pid_file = self.state_dir / "watchd.pid"
-        lock_fd = _lock_state_dir(self.state_dir, pid_file)  # held until exit; released by any death
+        lock_fd = lock_state_dir(self.state_dir, pid_file)  # held until exit; released by any death
         pid_file.write_text(str(os.getpid()))
         try:
             await self._start()
@@ -506,7 +506,7 @@ def kept_for_explain(decisions: list[Decision], events: dict[int, Event]) -> lis
     return kept
 
 
-def _lock_state_dir(state_dir: Path, pid_file: Path) -> int:
+def lock_state_dir(state_dir: Path, pid_file: Path) -> int:
     """One daemon per state_dir. A second one would take the first's nats-server for a leftover
     (and stop it), then run a second engine on the same SQLite and stream."""
     fd = os.open(state_dir / "watchd.lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children

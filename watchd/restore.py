@@ -43,7 +43,7 @@ class Restored:
 def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float) -> Restored:
     """Prove `archive`, then put its database in place of the current one (kept aside, never
     deleted), and with `watches` its watch files where they came from. Refuses while a daemon runs."""
-    from watchd.daemon import _lock_state_dir
+    from watchd.daemon import lock_state_dir
 
     state_dir = loaded.state_dir.absolute()
     if not archive.is_file():
@@ -58,7 +58,7 @@ def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float) -> Rest
             raise BackupInvalid(f"{archive.name} did not verify: {exc.message}", hint=hint) from None
         pid_file = state_dir / "watchd.pid"
         try:
-            lock_fd = _lock_state_dir(state_dir, pid_file)
+            lock_fd = lock_state_dir(state_dir, pid_file)
         except WatchdError:
             pid = pid_file.read_text().strip() if pid_file.exists() else "?"
             raise DaemonRunning(
