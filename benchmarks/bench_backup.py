@@ -39,20 +39,37 @@ def build_state(root: Path, rows: int) -> config.Loaded:
     store.conn.executemany(
         "INSERT INTO decisions (at, watch, key, verdict, reason, event_id, seq) VALUES (?,?,?,?,?,?,?)",
         (
-            (t0 + i * 2.5, f"w{i % 100}", f"host{i % 37}", VERDICTS[i % 5],
-             f"data.level > 3 was false (level {rnd.randint(0, 9)})", f"01JD{i:022d}", i)
+            (
+                t0 + i * 2.5,
+                f"w{i % 100}",
+                f"host{i % 37}",
+                VERDICTS[i % 5],
+                f"data.level > 3 was false (level {rnd.randint(0, 9)})",
+                f"01JD{i:022d}",
+                i,
+            )
             for i in range(rows)
         ),
-    )  # fmt: skip
+    )
     store.conn.execute("COMMIT")
     handoffs = [
-        Handoff(id=f"h_{i:08x}", watch=f"w{i % 100}", watch_version=1, kind="match", key=None,
-                target="notify.console", trigger="watch", reason="matched", fired_at="2026-11-01T00:00:00Z")
+        Handoff(
+            id=f"h_{i:08x}",
+            watch=f"w{i % 100}",
+            watch_version=1,
+            kind="match",
+            key=None,
+            target="notify.console",
+            trigger="watch",
+            reason="matched",
+            fired_at="2026-11-01T00:00:00Z",
+        )
         for i in range(1000)
-    ]  # fmt: skip
+    ]
     decisions: list[Decision] = []
-    store.commit_step(last_seq=rows, clock=t0, changes=([], [], set()), decisions=decisions, handoffs=handoffs,
-                      subjects={}, now=t0)  # fmt: skip
+    store.commit_step(
+        last_seq=rows, clock=t0, changes=([], [], set()), decisions=decisions, handoffs=handoffs, subjects={}, now=t0
+    )
     store.close()
     return loaded
 
@@ -67,14 +84,18 @@ def main() -> None:
         started = time.perf_counter()
         loaded = build_state(root, args.rows)
         db = db_path(loaded.state_dir)
-        print(f"state: {args.rows:,} decisions, db {db.stat().st_size / 1e6:.1f} MB "
-              f"(built in {time.perf_counter() - started:.1f}s)")  # fmt: skip
+        print(
+            f"state: {args.rows:,} decisions, db {db.stat().st_size / 1e6:.1f} MB "
+            f"(built in {time.perf_counter() - started:.1f}s)"
+        )
 
         result = make_backup(loaded, time.time())
         assert result.ok, result.summary
         archive = Path(result.data["path"])
-        print(f"backup + verification (the job): {result.data['duration_s']:.2f} s, "
-              f"archive {archive.stat().st_size / 1e6:.1f} MB")  # fmt: skip
+        print(
+            f"backup + verification (the job): {result.data['duration_s']:.2f} s, "
+            f"archive {archive.stat().st_size / 1e6:.1f} MB"
+        )
 
         started = time.perf_counter()
         snapshot(db, root / "copy.db")
@@ -82,8 +103,10 @@ def main() -> None:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=root) as out:
             verify_archive(archive, Path(out))
-        print(f"  of which the proof alone (extract + sha256 + integrity_check + counts): "
-              f"{time.perf_counter() - started:.2f} s")  # fmt: skip
+        print(
+            f"  of which the proof alone (extract + sha256 + integrity_check + counts): "
+            f"{time.perf_counter() - started:.2f} s"
+        )
 
 
 if __name__ == "__main__":

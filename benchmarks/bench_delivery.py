@@ -147,8 +147,9 @@ def wait(pred: Any, timeout_s: float, what: str) -> Any:
     raise TimeoutError(what)
 
 
-async def publish_paced(js: Any, subject: str, rate: float, seconds: float, label: str,
-                        start: int = 0) -> dict[str, float]:  # fmt: skip
+async def publish_paced(
+    js: Any, subject: str, rate: float, seconds: float, label: str, start: int = 0
+) -> dict[str, float]:
     sent: dict[str, float] = {}
     interval = 1 / rate
     next_at = time.perf_counter()
@@ -168,8 +169,9 @@ async def publish_burst(js: Any, subject: str, n: int) -> float:
 
 
 def latencies_ms(sent: dict[str, float], fake: FakeThread, label: str, timeout_s: float = 30) -> list[float]:
-    got = wait(lambda: (a := fake.arrivals(label + " ")) and len(a) >= len(sent) and a, timeout_s,
-               f"all {label} messages")  # fmt: skip
+    got = wait(
+        lambda: (a := fake.arrivals(label + " ")) and len(a) >= len(sent) and a, timeout_s, f"all {label} messages"
+    )
     return [(got[text] - at) * 1000 for text, at in sent.items()]
 
 
@@ -210,7 +212,7 @@ async def run(args: argparse.Namespace, root: Path, fast: FakeThread, slow: Fake
         f'[http]\nlisten = "127.0.0.1:{http_port}"\n{notifiers}'
     )
     db = root / "state" / "watchd.db"
-    cmd = [sys.executable, "-m", "watchd.cli", "run", "--config", str(root / "config.toml")]
+    cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
     log = open(root / "daemon.log", "wb")  # noqa: SIM115
     daemon = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     nc = None
@@ -224,16 +226,22 @@ async def run(args: argparse.Namespace, root: Path, fast: FakeThread, slow: Fake
         await asyncio.to_thread(
             wait, lambda: outbox(db, "queued").get("pending", 0) >= args.queued, 60, "queued handoffs committed"
         )
-        print(f"queued: {args.queued} events published in {took:.2f}s; {args.queued} handoffs pending, "
-              f"released in {release - time.time():.0f}s (quiet hours end {q_end} UTC)")  # fmt: skip
+        print(
+            f"queued: {args.queued} events published in {took:.2f}s; {args.queued} handoffs pending, "
+            f"released in {release - time.time():.0f}s (quiet hours end {q_end} UTC)"
+        )
         arrived = await asyncio.to_thread(
-            wait, lambda: len(a := fast.arrivals("(held during quiet hours) queued ")) >= args.queued and a,
-            release - time.time() + 120, "queued messages",
-        )  # fmt: skip
+            wait,
+            lambda: len(a := fast.arrivals("(held during quiet hours) queued ")) >= args.queued and a,
+            release - time.time() + 120,
+            "queued messages",
+        )
         first, last = min(arrived.values()), max(arrived.values())
-        print(f"queued drain: release → first message {(first - release) * 1000:.0f} ms, release → last "
-              f"{last - release:.2f}s: {args.queued / (last - release):,.0f} messages/s "
-              f"(first → last {args.queued / (last - first):,.0f}/s)")  # fmt: skip
+        print(
+            f"queued drain: release → first message {(first - release) * 1000:.0f} ms, release → last "
+            f"{last - release:.2f}s: {args.queued / (last - release):,.0f} messages/s "
+            f"(first → last {args.queued / (last - first):,.0f}/s)"
+        )
         print(f"  outbox after: {outbox(db, 'queued')}")
 
         # 1. latency, one target
@@ -260,8 +268,10 @@ async def run(args: argparse.Namespace, root: Path, fast: FakeThread, slow: Fake
             wait, lambda: len(a := fast.arrivals("burst ")) >= args.queued and a, 120, "burst messages"
         )
         first, last = min(arrived.values()), max(arrived.values())
-        print(f"burst: {args.queued} events published in {took:.2f}s; first → last message {last - first:.2f}s: "
-              f"{args.queued / (last - first):,.0f} messages/s")  # fmt: skip
+        print(
+            f"burst: {args.queued} events published in {took:.2f}s; first → last message {last - first:.2f}s: "
+            f"{args.queued / (last - first):,.0f} messages/s"
+        )
     finally:
         if nc is not None:
             await nc.close()

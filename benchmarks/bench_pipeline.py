@@ -153,10 +153,11 @@ def main() -> None:
         )
         server = subprocess.Popen(
             [str(bus.nats_server_binary()), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", str(nats_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         nats_pid = server.pid
-        cmd = [sys.executable, "-m", "watchd.cli", "run", "--config", str(root / "config.toml")]
+        cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
         daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_seq(http_port, 0, timeout_s=30)  # streams and the durable consumer exist now

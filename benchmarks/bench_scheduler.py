@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from watchd import config
+from watchd.cron.runner import Scheduler
+from watchd.cron.walltimer import WallTimer
 from watchd.model import iso
-from watchd.scheduler import Scheduler
 from watchd.store import Store, db_path
-from watchd.walltimer import WallTimer
 
 OFF = "[schedule.heartbeat]\nenabled = false\n[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n"
 
@@ -78,8 +78,10 @@ async def lateness(root: Path, n: int, rounds: int) -> None:
         store.close()
     for tick, values in sorted(late.items())[:rounds]:
         ms = [v * 1000 for v in values]
-        print(f"  tick {tick}: {len(ms)} runs started; lateness p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
-              f"max {max(ms):.1f} ms, mean {statistics.fmean(ms):.1f} ms")
+        print(
+            f"  tick {tick}: {len(ms)} runs started; lateness p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
+            f"max {max(ms):.1f} ms, mean {statistics.fmean(ms):.1f} ms"
+        )
 
 
 async def idle(root: Path, n: int, seconds: float, exact: bool) -> None:
@@ -105,9 +107,11 @@ async def idle(root: Path, n: int, seconds: float, exact: bool) -> None:
     per_min = 60 / seconds
     kind = "timerfd" if exact else "chunked sleeps (fallback)"
     # The benchmark's own asyncio.sleep ends with one wake-up of the process: counted, not subtracted.
-    print(f"idle, {kind}: {n} schedules, {seconds:.0f}s: runner loop iterations {(after[0] - before[0]) * per_min:.1f}"
-          f"/min, process voluntary context switches {(after[1] - before[1]) * per_min:.1f}/min, "
-          f"CPU {(after[2] - before[2]) * 1000 * per_min:.1f} ms/min")
+    print(
+        f"idle, {kind}: {n} schedules, {seconds:.0f}s: runner loop iterations {(after[0] - before[0]) * per_min:.1f}"
+        f"/min, process voluntary context switches {(after[1] - before[1]) * per_min:.1f}/min, "
+        f"CPU {(after[2] - before[2]) * 1000 * per_min:.1f} ms/min"
+    )
 
 
 async def main() -> None:

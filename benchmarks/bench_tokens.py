@@ -109,8 +109,17 @@ def simulate_day(seed: int) -> tuple[list[Event], list[Condition]]:
     senders = ["alice@example.org", "news@shop.example", "bob@partner.example", "ops@bigcustomer.com"]
     for _ in range(1400):
         t = DAY0 + rnd.uniform(0, 86400)
-        ev("mail.received", t, {"from": rnd.choice(senders), "urgent": False, "subject": "weekly update " * 3,
-                                "size": rnd.randint(2_000, 90_000)}, "imap")  # fmt: skip
+        ev(
+            "mail.received",
+            t,
+            {
+                "from": rnd.choice(senders),
+                "urgent": False,
+                "subject": "weekly update " * 3,
+                "size": rnd.randint(2_000, 90_000),
+            },
+            "imap",
+        )
     silent_from, silent_to = DAY0 + 14 * 3600 + 7 * 60, DAY0 + 14 * 3600 + 41 * 60  # the laptop sleeps
     t = DAY0
     while t < DAY0 + 86400:
@@ -125,8 +134,16 @@ def simulate_day(seed: int) -> tuple[list[Event], list[Condition]]:
         ev("auth.failed", t, {"user": f"typo{rnd.randint(0, 10_000)}", "ip": "10.0.0.9"}, "sshd")
     for _ in range(3100):
         t = DAY0 + rnd.uniform(0, 86400)
-        ev("github.push", t, {"repo": rnd.choice(["site", "infra", "notes"]), "commits": rnd.randint(1, 5),
-                              "message": "fix typo in docs and bump deps"}, "github")  # fmt: skip
+        ev(
+            "github.push",
+            t,
+            {
+                "repo": rnd.choice(["site", "infra", "notes"]),
+                "commits": rnd.randint(1, 5),
+                "message": "fix typo in docs and bump deps",
+            },
+            "github",
+        )
     for i in range(24 * 12 * 1):  # disk gauges every 5 minutes per volume
         for vol in ("root", "nas", "backup"):
             ev("disk.usage", DAY0 + i * 300 + 7, {"volume": vol, "pct": rnd.randint(40, 80)}, "node")
@@ -231,12 +248,23 @@ async def main(seed: int) -> None:
                 while i < len(events) and events[i].ts <= at:
                     batch.append(events[i])
                     i += 1
-                polls.append(Handoff(
-                    id=f"h_poll_{int(at)}", watch="poll", watch_version=1, kind="schedule", key=None,
-                    target="agent.ops", trigger="schedule", reason="the 30-minute check-in", fired_at=iso(at) or "",
-                    evidence=[{"id": e.id, "subject": e.subject, "time": iso(e.ts), "source": e.source, "data": e.data}
-                              for e in batch],
-                ))  # fmt: skip
+                polls.append(
+                    Handoff(
+                        id=f"h_poll_{int(at)}",
+                        watch="poll",
+                        watch_version=1,
+                        kind="schedule",
+                        key=None,
+                        target="agent.ops",
+                        trigger="schedule",
+                        reason="the 30-minute check-in",
+                        fired_at=iso(at) or "",
+                        evidence=[
+                            {"id": e.id, "subject": e.subject, "time": iso(e.ts), "source": e.source, "data": e.data}
+                            for e in batch
+                        ],
+                    )
+                )
                 # The poll sees every condition that became true by now (generously: the model never misses one).
                 poll_wakes.append((at, {c.name for c in conditions if c.at <= at}))
                 at += POLL_S
@@ -250,14 +278,20 @@ async def main(seed: int) -> None:
     def late_text(late: list[float | None]) -> str:
         seen = [x for x in late if x is not None]
         missed = len(late) - len(seen)
-        return (f"missed {missed}, lateness median {sorted(seen)[len(seen) // 2] / 60:.1f} min, "
-                f"max {max(seen) / 60:.1f} min" if seen else f"missed {missed}")  # fmt: skip
+        return (
+            f"missed {missed}, lateness median {sorted(seen)[len(seen) // 2] / 60:.1f} min, "
+            f"max {max(seen) / 60:.1f} min"
+            if seen
+            else f"missed {missed}"
+        )
 
     print(f"simulated day: {len(events):,} events from 6 sources, {len(conditions)} real conditions")
     print(f"engine over the day: {engine_s * 1000:.0f} ms, {len(fires)} fires")
     for name, b, late in (("watch-driven", watch_bill, watch_late), ("poll every 30m", poll_bill, poll_late)):
-        print(f"{name:>15}: {b.wakes:3d} wake-ups, {b.input_tokens:>10,} input tokens, {b.output_tokens:>7,} output "
-              f"tokens, ${b.cost_usd:.4f}; {late_text(late)}")  # fmt: skip
+        print(
+            f"{name:>15}: {b.wakes:3d} wake-ups, {b.input_tokens:>10,} input tokens, {b.output_tokens:>7,} output "
+            f"tokens, ${b.cost_usd:.4f}; {late_text(late)}"
+        )
     ratio = poll_bill.input_tokens / max(1, watch_bill.input_tokens)
     later = sum(1 for w, p in zip(watch_late, poll_late, strict=True) if w is None or (p is not None and w > p))
     print(f"input tokens: {ratio:.1f}x fewer with watches; conditions watches noticed later than polling: {later}")

@@ -23,11 +23,23 @@ NOW = 1_795_000_000.0  # 2026-11-18, a fixed virtual instant
 
 def handoff(hid: str = "h_0123456789abcdef", **kw: Any) -> Handoff:
     base: dict[str, Any] = {
-        "id": hid, "watch": "urgent-mail", "watch_version": 1, "kind": "match", "key": None, "target": "agent.triage",
-        "trigger": "watch", "reason": "urgent mail from bigcustomer", "fired_at": "2026-11-18T07:00:00Z",
-        "evidence": [{"id": "e1", "subject": "mail.received", "data": {"from": "ceo@bigcustomer.com",
-                                                                     "subject": "Invoice overdue"}}],
-    }  # fmt: skip
+        "id": hid,
+        "watch": "urgent-mail",
+        "watch_version": 1,
+        "kind": "match",
+        "key": None,
+        "target": "agent.triage",
+        "trigger": "watch",
+        "reason": "urgent mail from bigcustomer",
+        "fired_at": "2026-11-18T07:00:00Z",
+        "evidence": [
+            {
+                "id": "e1",
+                "subject": "mail.received",
+                "data": {"from": "ceo@bigcustomer.com", "subject": "Invoice overdue"},
+            }
+        ],
+    }
     base.update(kw)
     return msgspec.convert(base, Handoff)
 
@@ -61,13 +73,30 @@ async def closing_runners() -> AsyncIterator[None]:
         await _made.pop().close()
 
 
-def runner(fake: FakeAnthropic, store: Store, *, clock: Clock | None = None, budget: int | None = None,
-           prices: dict[str, Price] | None = None, **kw: Any) -> AnthropicRunner:  # fmt: skip
-    fields: dict[str, Any] = {"model": "claude-haiku-4-5", "api_key": fake.api_key, "base_url": fake.url,
-                              "instructions": "You triage mail.", "tools": ["notify.phone"], **kw}  # fmt: skip
+def runner(
+    fake: FakeAnthropic,
+    store: Store,
+    *,
+    clock: Clock | None = None,
+    budget: int | None = None,
+    prices: dict[str, Price] | None = None,
+    **kw: Any,
+) -> AnthropicRunner:
+    fields: dict[str, Any] = {
+        "model": "claude-haiku-4-5",
+        "api_key": fake.api_key,
+        "base_url": fake.url,
+        "instructions": "You triage mail.",
+        "tools": ["notify.phone"],
+        **kw,
+    }
     agent = msgspec.convert(fields, AnthropicAgent)
-    config = Config(notify={"phone": ConsoleNotifier()}, agent={"triage": agent},
-                    budget=BudgetConfig(daily_tokens=budget), prices=prices or {})  # fmt: skip
+    config = Config(
+        notify={"phone": ConsoleNotifier()},
+        agent={"triage": agent},
+        budget=BudgetConfig(daily_tokens=budget),
+        prices=prices or {},
+    )
     made = AnthropicRunner(agent, name="agent.triage", config=config, store=store, clock=clock or Clock())
     _made.append(made)
     return made

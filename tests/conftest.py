@@ -105,8 +105,14 @@ def _reap_when_done(pid: int) -> None:
 class DaemonProc:
     """`watchd run` as a real subprocess on a temp config: embedded NATS and HTTP on free ports."""
 
-    def __init__(self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "",
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        watches: dict[str, str] | None = None,
+        *,
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.nats_port = free_port()
@@ -173,9 +179,13 @@ class DaemonProc:
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watchd.cli", "run", "--config", str(self.config_path)],
-                cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            )  # fmt: skip
+                [sys.executable, "-m", "watchd", "run", "--config", str(self.config_path)],
+                cwd=self.root,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
         if wait:
             self.wait_ready(timeout_s)
         return self
@@ -247,9 +257,14 @@ class DaemonProc:
     def cli(self, *args: str, timeout_s: float = 30.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """`watchd CMD --config <this config> ARGS…`, from the temp dir."""
         return subprocess.run(
-            [sys.executable, "-m", "watchd.cli", args[0], "--config", str(self.config_path), *args[1:]],
-            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout_s, input=input,
-        )  # fmt: skip
+            [sys.executable, "-m", "watchd", args[0], "--config", str(self.config_path), *args[1:]],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            input=input,
+        )
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if not self.db_path.exists():

@@ -64,8 +64,16 @@ def tool_use(name: str, args: dict[str, Any], *more: tuple[str, dict[str, Any]],
 
 
 def api_error(status: int, message: str | None = None) -> Reply:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-             413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}  # fmt: skip
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        500: "api_error",
+        529: "overloaded_error",
+    }
     kind = kinds.get(status, "api_error")
     return Reply(status, json={"type": "error", "error": {"type": kind, "message": message or kind.replace("_", " ")}})
 
@@ -129,7 +137,7 @@ class FakeAnthropic(FakeServer):
 
     async def respond(self, req: Request) -> Reply:
         # The SDK sends the key as x-api-key, or (newer versions) as a bearer token.
-        if self.api_key not in (req.headers.get("x-api-key"), req.headers.get("Authorization", "")[len("Bearer "):]):
+        if self.api_key not in (req.headers.get("x-api-key"), req.headers.get("Authorization", "")[len("Bearer ") :]):
             return api_error(401, "invalid x-api-key")
         if req.path == MESSAGES and req.method == "POST":
             if not isinstance(req.json, dict):
@@ -140,8 +148,9 @@ class FakeAnthropic(FakeServer):
             model = req.path.rsplit("/", 1)[1]
             if self.models is not None and model not in self.models:
                 return api_error(404, f"model: {model}")
-            return Reply(json={"type": "model", "id": model, "display_name": model,
-                               "created_at": "2025-10-01T00:00:00Z"})  # fmt: skip
+            return Reply(
+                json={"type": "model", "id": model, "display_name": model, "created_at": "2025-10-01T00:00:00Z"}
+            )
         if req.path == BATCHES and req.method == "POST":
             return self._create_batch(req.json)
         if req.path.startswith(BATCHES + "/"):
@@ -176,10 +185,15 @@ class FakeAnthropic(FakeServer):
     def message(self, body: dict[str, Any], turn: Turn) -> dict[str, Any]:
         has_tool = any(b.get("type") == "tool_use" for b in turn.content)
         return {
-            "id": f"msg_{next(self._msg_ids):06d}", "type": "message", "role": "assistant", "model": body.get("model"),
-            "content": turn.content, "stop_reason": turn.stop_reason or ("tool_use" if has_tool else "end_turn"),
-            "stop_sequence": None, "usage": turn.usage or self.usage(body, turn),
-        }  # fmt: skip
+            "id": f"msg_{next(self._msg_ids):06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": turn.content,
+            "stop_reason": turn.stop_reason or ("tool_use" if has_tool else "end_turn"),
+            "stop_sequence": None,
+            "usage": turn.usage or self.usage(body, turn),
+        }
 
     def usage(self, body: dict[str, Any], turn: Turn) -> dict[str, int]:
         """Input tokens ≈ len/4. The prefix up to the last cache breakpoint is a cache read as far as an
@@ -191,8 +205,12 @@ class FakeAnthropic(FakeServer):
         whole = len(prefixes[-1]) if prefixes else 0
         read = tokens("x" * hit) if hit else 0
         write = tokens("x" * (whole - hit)) if whole > hit else 0
-        return {"input_tokens": tokens(rest), "output_tokens": tokens(json.dumps(turn.content)),
-                "cache_creation_input_tokens": write, "cache_read_input_tokens": read}  # fmt: skip
+        return {
+            "input_tokens": tokens(rest),
+            "output_tokens": tokens(json.dumps(turn.content)),
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
+        }
 
     # -- batches --
 
@@ -222,13 +240,23 @@ class FakeAnthropic(FakeServer):
         ok = sum(1 for r in b.results if r["result"]["type"] == "succeeded")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.created))
         return {
-            "id": b.id, "type": "message_batch", "processing_status": "ended" if b.ended else "in_progress",
-            "request_counts": {"processing": 0 if b.ended else n, "succeeded": ok, "errored": len(b.results) - ok,
-                               "canceled": 0, "expired": 0},
-            "created_at": created, "expires_at": created, "ended_at": created if b.ended else None,
-            "archived_at": None, "cancel_initiated_at": None,
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": "ended" if b.ended else "in_progress",
+            "request_counts": {
+                "processing": 0 if b.ended else n,
+                "succeeded": ok,
+                "errored": len(b.results) - ok,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": created,
+            "expires_at": created,
+            "ended_at": created if b.ended else None,
+            "archived_at": None,
+            "cancel_initiated_at": None,
             "results_url": f"{self.url}{BATCHES}/{b.id}/results" if b.ended else None,
-        }  # fmt: skip
+        }
 
     # -- on a thread of its own --
 

@@ -119,15 +119,17 @@ class FakeServer:
         """Queue replies for the next requests to `path` (default: the delivery path)."""
         self._scripts.setdefault(path or self.default_path, deque()).extend(replies)
 
-    def fail(self, status: int = 500, times: int = 1, *, path: str | None = None,
-             headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def fail(
+        self, status: int = 500, times: int = 1, *, path: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         """The next `times` requests get `status`, with the service's error body for it."""
         reply = self.error_reply(status)
         reply.headers.update(headers or {})
         self.script(*[reply] * times, path=path)
 
-    def rate_limit(self, retry_after: float = 7, times: int = 1, *, path: str | None = None,
-                   http_date: bool = False) -> None:  # fmt: skip
+    def rate_limit(
+        self, retry_after: float = 7, times: int = 1, *, path: str | None = None, http_date: bool = False
+    ) -> None:
         """429 with the service's retry-after (a `Retry-After` header, as seconds or an HTTP-date)."""
         reply = self.rate_limit_reply(retry_after)
         if http_date:
@@ -168,8 +170,9 @@ class FakeServer:
         if body:
             with contextlib.suppress(msgspec.DecodeError):
                 decoded = msgspec.json.decode(body)
-        req = Request(request.method, request.path, dict(request.query), CIMultiDict(request.headers), body, decoded,
-                      time.time())  # fmt: skip
+        req = Request(
+            request.method, request.path, dict(request.query), CIMultiDict(request.headers), body, decoded, time.time()
+        )
         self.requests.append(req)
         queue = self._scripts.get(request.path)
         reply = queue.popleft() if queue else await self.respond(req)
@@ -189,8 +192,9 @@ class FakeServer:
 class FakeTelegram(FakeServer):
     """The Bot API: `/bot<token>/sendMessage` and `/bot<token>/getMe`. Use `url` as api_base."""
 
-    def __init__(self, token: str = "123456:TEST-token", chats: set[str] | None = None,
-                 username: str = "watchd_test_bot") -> None:  # fmt: skip
+    def __init__(
+        self, token: str = "123456:TEST-token", chats: set[str] | None = None, username: str = "watchd_test_bot"
+    ) -> None:
         super().__init__()
         self.token = token
         self.chats = chats  # None: every chat exists
@@ -205,16 +209,26 @@ class FakeTelegram(FakeServer):
 
     def error_reply(self, status: int) -> Reply:
         descriptions = {
-            400: "Bad Request: chat not found", 401: "Unauthorized", 403: "Forbidden: bot was blocked by the user",
-            404: "Not Found", 500: "Internal Server Error",
-        }  # fmt: skip
+            400: "Bad Request: chat not found",
+            401: "Unauthorized",
+            403: "Forbidden: bot was blocked by the user",
+            404: "Not Found",
+            500: "Internal Server Error",
+        }
         description = descriptions.get(status, f"Error {status}")
         return Reply(status, json={"ok": False, "error_code": status, "description": description})
 
     def rate_limit_reply(self, retry_after: float) -> Reply:
         n = int(retry_after)
-        return Reply(429, json={"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {n}",
-                                "parameters": {"retry_after": n}})  # fmt: skip
+        return Reply(
+            429,
+            json={
+                "ok": False,
+                "error_code": 429,
+                "description": f"Too Many Requests: retry after {n}",
+                "parameters": {"retry_after": n},
+            },
+        )
 
     @staticmethod
     def bad_request(description: str) -> Reply:
@@ -228,8 +242,17 @@ class FakeTelegram(FakeServer):
         method = req.path[len(prefix) :]
         params: dict[str, Any] = req.json if isinstance(req.json, dict) else {}
         if method == "getMe":
-            return Reply(json={"ok": True, "result": {"id": int(self.token.split(":")[0] or 0), "is_bot": True,
-                                                      "first_name": "watchd", "username": self.username}})  # fmt: skip
+            return Reply(
+                json={
+                    "ok": True,
+                    "result": {
+                        "id": int(self.token.split(":")[0] or 0),
+                        "is_bot": True,
+                        "first_name": "watchd",
+                        "username": self.username,
+                    },
+                }
+            )
         if method != "sendMessage":
             return self.error_reply(404)
         text, chat_id = params.get("text"), params.get("chat_id")
@@ -240,16 +263,30 @@ class FakeTelegram(FakeServer):
         if self.chats is not None and str(chat_id) not in self.chats:
             return self.error_reply(400)
         self.messages.append(params)
-        return Reply(json={"ok": True, "result": {"message_id": next(self._ids), "chat": {"id": chat_id},
-                                                  "date": int(time.time()), "text": text}})  # fmt: skip
+        return Reply(
+            json={
+                "ok": True,
+                "result": {
+                    "message_id": next(self._ids),
+                    "chat": {"id": chat_id},
+                    "date": int(time.time()),
+                    "text": text,
+                },
+            }
+        )
 
 
 class FakeSlack(FakeServer):
     """An incoming webhook at `webhook_url` and the Web API under `api_base` (`chat.postMessage`,
     `auth.test`, bearer token checked). `mode` picks which one the scripting helpers act on."""
 
-    def __init__(self, mode: str = "webhook", token: str = "xoxb-test-token", hook_secret: str = "XXXXtesthook",
-                 channels: set[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mode: str = "webhook",
+        token: str = "xoxb-test-token",
+        hook_secret: str = "XXXXtesthook",
+        channels: set[str] | None = None,
+    ) -> None:
         super().__init__()
         assert mode in ("webhook", "api")
         self.mode = mode
@@ -268,19 +305,28 @@ class FakeSlack(FakeServer):
     def api_base(self) -> str:
         return self.url + "/api"
 
-    def slack_error(self, error: str, times: int = 1, *, path: str | None = None,
-                    headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def slack_error(
+        self, error: str, times: int = 1, *, path: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         """The Web API's HTTP 200 `{"ok": false, "error": error}`."""
-        self.script(*[Reply(200, json={"ok": False, "error": error}, headers=dict(headers or {}))] * times,
-                    path=path or "/api/chat.postMessage")  # fmt: skip
+        self.script(
+            *[Reply(200, json={"ok": False, "error": error}, headers=dict(headers or {}))] * times,
+            path=path or "/api/chat.postMessage",
+        )
 
     def error_reply(self, status: int) -> Reply:
         if self.mode == "api":
             if status == 401:  # the Web API says it in the body, with HTTP 200
                 return Reply(200, json={"ok": False, "error": "invalid_auth"})
             return Reply(status, json={"ok": False, "error": "fatal_error" if status >= 500 else "invalid_request"})
-        code = {400: "invalid_payload", 401: "invalid_token", 403: "invalid_token", 404: "no_service",
-                410: "channel_is_archived", 500: "rollup_error"}.get(status, "error")  # fmt: skip
+        code = {
+            400: "invalid_payload",
+            401: "invalid_token",
+            403: "invalid_token",
+            404: "no_service",
+            410: "channel_is_archived",
+            500: "rollup_error",
+        }.get(status, "error")
         return Reply(status, text=code)
 
     def reject_auth(self, times: int = 1, *, path: str | None = None) -> None:
@@ -319,12 +365,21 @@ class FakeSlack(FakeServer):
         if not req.path.startswith("/api/"):
             return Reply(404, text="not found")
         if req.headers.get("Authorization") != f"Bearer {self.token}":
-            return Reply(json={"ok": False, "error": "not_authed" if "Authorization" not in req.headers
-                               else "invalid_auth"})  # fmt: skip
+            return Reply(
+                json={"ok": False, "error": "not_authed" if "Authorization" not in req.headers else "invalid_auth"}
+            )
         method = req.path[len("/api/") :]
         if method == "auth.test":
-            return Reply(json={"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "watchd",
-                               "team_id": "T0000", "user_id": "U0000"})  # fmt: skip
+            return Reply(
+                json={
+                    "ok": True,
+                    "url": "https://test.slack.com/",
+                    "team": "Test",
+                    "user": "watchd",
+                    "team_id": "T0000",
+                    "user_id": "U0000",
+                }
+            )
         if method != "chat.postMessage":
             return Reply(json={"ok": False, "error": "unknown_method"})
         channel = payload.get("channel")

@@ -26,10 +26,18 @@ PY = sys.executable
 
 def handoff(**kw: object) -> Handoff:
     base: dict[str, object] = {
-        "id": "h_abc123", "watch": "disk-full", "watch_version": 2, "kind": "match", "key": "host1",
-        "target": "agent.fixer", "trigger": "watch", "reason": "disk over 90%", "fired_at": "2026-11-22T02:00:00Z",
-        "evidence": [{"id": "e1", "subject": "disk.usage", "data": {"pct": 93}}], "attempt": 3,
-    }  # fmt: skip
+        "id": "h_abc123",
+        "watch": "disk-full",
+        "watch_version": 2,
+        "kind": "match",
+        "key": "host1",
+        "target": "agent.fixer",
+        "trigger": "watch",
+        "reason": "disk over 90%",
+        "fired_at": "2026-11-22T02:00:00Z",
+        "evidence": [{"id": "e1", "subject": "disk.usage", "data": {"pct": 93}}],
+        "attempt": 3,
+    }
     base.update(kw)
     return msgspec.convert(base, Handoff)
 
@@ -54,9 +62,11 @@ async def test_exit_0_is_done_and_the_handoff_arrives_on_stdin_with_its_env(tmp_
     assert got["handoff"]["id"] == "h_abc123" and got["handoff"]["evidence"][0]["data"] == {"pct": 93}
     assert got["handoff"]["reason"] == "disk over 90%"
     assert got["env"] == {
-        "WATCHD_HANDOFF_ID": "h_abc123", "WATCHD_WATCH": "disk-full", "WATCHD_TARGET": "agent.fixer",
+        "WATCHD_HANDOFF_ID": "h_abc123",
+        "WATCHD_WATCH": "disk-full",
+        "WATCHD_TARGET": "agent.fixer",
         "WATCHD_ATTEMPT": "3",
-    }  # fmt: skip
+    }
 
 
 async def test_reject_exit_code_is_dead_with_the_agents_words() -> None:

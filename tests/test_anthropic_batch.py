@@ -34,7 +34,8 @@ async def test_batch_handoffs_are_queued_submitted_together_and_settled_with_the
     fake.auto_end_batches = False
     for hid in ("h_one", "h_two"):
         assert await r.deliver(handoff(hid)) == Delivered(
-            "queued for the Message Batches API (collected by the heartbeat)", state="accepted")  # fmt: skip
+            "queued for the Message Batches API (collected by the heartbeat)", state="accepted"
+        )
     enqueue(store, "h_one", "h_two")
     assert fake.calls == []  # nothing was sent yet
     assert await r.poll_batches() == 0

@@ -60,13 +60,19 @@ class Script:
     def __call__(self, body: dict[str, Any]) -> Turn:
         n = len(body["messages"])
         if n == 1:
-            return tool_use("emit", {"subject": "triage.started", "data": {"mail": "m1"}},
-                            ("notify", {"to": "notify.console", "message": "looking into the CEO's mail"}))  # fmt: skip
+            return tool_use(
+                "emit",
+                {"subject": "triage.started", "data": {"mail": "m1"}},
+                ("notify", {"to": "notify.console", "message": "looking into the CEO's mail"}),
+            )
         if n == 3:
             self.step2_started = True
             slow, self.slow_once = self.slow_once, False
-            return tool_use("watch", {"kind": "absent", "subject": "mail.reply", "within": "2d",
-                                      "where": 'data.thread == "m1"'}, delay_s=30 if slow else 0)  # fmt: skip
+            return tool_use(
+                "watch",
+                {"kind": "absent", "subject": "mail.reply", "within": "2d", "where": 'data.thread == "m1"'},
+                delay_s=30 if slow else 0,
+            )
         return tool_use("done", {"status": "escalated", "summary": "told the user, watching for a reply"})
 
 
@@ -77,8 +83,9 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
     script = Script()
     fake.model = script
     with fake.threaded():
-        d = daemon_factory(WATCHES, extra_config=agent_config(fake.url),
-                           env={"WATCHD_TEST_ANTHROPIC_KEY": fake.api_key}).start()  # fmt: skip
+        d = daemon_factory(
+            WATCHES, extra_config=agent_config(fake.url), env={"WATCHD_TEST_ANTHROPIC_KEY": fake.api_key}
+        ).start()
         d.publish(make_event("mail.received", {"from": "ceo@bigcustomer.com"}, id="mail-1"))
         wait_until(lambda: script.step2_started, timeout_s=15, what="step 2's model call in flight")
         # Step 1 is checkpointed with both tool results before step 2 was asked.
@@ -94,13 +101,16 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
         try:
             wait_until(agent_state, timeout_s=30, what="the resumed run to finish")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; calls {[len(c['messages']) for c in fake.calls]}; "
-                                 f"handoffs {d.query('SELECT target, state, last_error FROM handoffs')}\n"
-                                 f"{d.stderr()[-4000:]}") from None  # fmt: skip
+            raise AssertionError(
+                f"{exc}; calls {[len(c['messages']) for c in fake.calls]}; "
+                f"handoffs {d.query('SELECT target, state, last_error FROM handoffs')}\n"
+                f"{d.stderr()[-4000:]}"
+            ) from None
         (wid,) = d.query("SELECT id FROM agent_watches")[0]
         wait_until(lambda: d.query("SELECT 1 FROM watch_meta WHERE watch = ?", (wid,)), what="the follow-up watch")
-        wait_until(lambda: d.query("SELECT count FROM subjects WHERE subject = 'triage.started'"),
-                   what="the emitted event")  # fmt: skip
+        wait_until(
+            lambda: d.query("SELECT count FROM subjects WHERE subject = 'triage.started'"), what="the emitted event"
+        )
         runs = d.cli("runs", "--json")
         status = d.cli("status", "--json")
         explained = d.cli("explain", wid, "--json")

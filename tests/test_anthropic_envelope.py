@@ -63,8 +63,11 @@ async def test_the_run_token_budget_stops_a_run_before_it_is_exceeded(fake: Fake
     fake.model = obey(("notify", {"to": "notify.phone", "message": "x" * 2000}))
     outcome = await runner(fake, store, run_token_budget=4000, max_steps=50).deliver(handoff())
     assert isinstance(outcome, Dead) and outcome.detail.startswith("limit run_token_budget")
-    (run,) = rows(store, "SELECT limit_hit, steps, input_tokens + output_tokens + cache_read_tokens + "
-                         "cache_write_tokens AS tokens FROM agent_runs")  # fmt: skip
+    (run,) = rows(
+        store,
+        "SELECT limit_hit, steps, input_tokens + output_tokens + cache_read_tokens + "
+        "cache_write_tokens AS tokens FROM agent_runs",
+    )
     assert run["limit_hit"] == "run_token_budget" and 1 <= run["steps"] < 50
     assert run["tokens"] <= 4000
     assert all(c["max_tokens"] <= 1024 for c in fake.calls)
@@ -78,8 +81,9 @@ async def test_a_run_that_takes_too_long_stops_at_its_timeout(fake: FakeAnthropi
     assert run["limit_hit"] == "timeout" and 0.9 < run["active_s"] < 3
 
 
-async def test_a_spent_daily_budget_makes_the_handoff_wait_until_utc_midnight(fake: FakeAnthropic,
-                                                                               store: Store) -> None:  # fmt: skip
+async def test_a_spent_daily_budget_makes_the_handoff_wait_until_utc_midnight(
+    fake: FakeAnthropic, store: Store
+) -> None:
     clock = Clock()
     r = runner(fake, store, clock=clock, daily_token_budget=1000)
     fake.turns(tool_use("done", {"status": "resolved", "summary": "x"}, usage=USAGE_850))
@@ -100,8 +104,9 @@ async def test_the_global_daily_budget_binds_every_agent_together(fake: FakeAnth
     first = runner(fake, store, budget=1000)
     fake.turns(tool_use("done", {"status": "resolved", "summary": "x"}, usage=USAGE_850))
     assert isinstance(await first.deliver(handoff("h_a")), Delivered)
-    agent = msgspec.convert({"model": "claude-haiku-4-5", "api_key": fake.api_key, "base_url": fake.url},
-                            AnthropicAgent)  # fmt: skip
+    agent = msgspec.convert(
+        {"model": "claude-haiku-4-5", "api_key": fake.api_key, "base_url": fake.url}, AnthropicAgent
+    )
     config = Config(notify={"phone": ConsoleNotifier()}, agent={"other": agent}, budget=BudgetConfig(daily_tokens=1000))
     other = AnthropicRunner(agent, name="agent.other", config=config, store=store, clock=Clock())
     try:
@@ -112,8 +117,9 @@ async def test_the_global_daily_budget_binds_every_agent_together(fake: FakeAnth
     assert outcome.detail.startswith("budget_exhausted: the global [budget] daily_tokens (1000)")
 
 
-async def test_a_budget_spent_mid_run_pauses_the_run_and_it_resumes_the_next_day(fake: FakeAnthropic,
-                                                                                 store: Store) -> None:  # fmt: skip
+async def test_a_budget_spent_mid_run_pauses_the_run_and_it_resumes_the_next_day(
+    fake: FakeAnthropic, store: Store
+) -> None:
     clock = Clock()
     r = runner(fake, store, clock=clock, daily_token_budget=3000, max_steps=10)
     fake.turns(*[tool_use("notify", {"to": "notify.phone", "message": f"n{i} " + "y" * 600}) for i in range(4)])
@@ -135,12 +141,17 @@ async def test_a_budget_spent_mid_run_pauses_the_run_and_it_resumes_the_next_day
 async def test_an_injected_notify_everyone_reaches_only_the_listed_notifier(fake: FakeAnthropic, store: Store) -> None:
     evil = handoff(evidence=[{"id": "e1", "subject": "mail.received", "data": {"subject": INJECTION}}])
     fake.turns(
-        tool_use("notify", {"to": "notify.team", "message": "pwned"}, ("notify", {"to": "notify.everyone",
-                 "message": "pwned"}), ("emit", {"subject": "watchd.config.reloaded"}), ("shell", {"cmd": "rm -rf /"}),
-                 ("done", {"status": "resolved", "summary": "ok", "max_tokens": 10_000_000})),
+        tool_use(
+            "notify",
+            {"to": "notify.team", "message": "pwned"},
+            ("notify", {"to": "notify.everyone", "message": "pwned"}),
+            ("emit", {"subject": "watchd.config.reloaded"}),
+            ("shell", {"cmd": "rm -rf /"}),
+            ("done", {"status": "resolved", "summary": "ok", "max_tokens": 10_000_000}),
+        ),
         tool_use("notify", {"to": "notify.phone", "message": "someone tried an injection"}),
         done("reported"),
-    )  # fmt: skip
+    )
     outcome = await runner(fake, store).deliver(evil)
     assert outcome == Delivered("resolved: reported", state="done")
     results = fake.calls[1]["messages"][-1]["content"]
@@ -153,17 +164,23 @@ async def test_an_injected_notify_everyone_reaches_only_the_listed_notifier(fake
     assert {t["name"] for c in fake.calls for t in c["tools"]} == {"notify", "done"}
 
 
-async def test_an_injected_emit_of_watchd_subjects_is_refused(fake: FakeAnthropic, store: Store,
-                                                              nats_client: Client) -> None:  # fmt: skip
+async def test_an_injected_emit_of_watchd_subjects_is_refused(
+    fake: FakeAnthropic, store: Store, nats_client: Client
+) -> None:
     js = nats_client.jetstream()
     await bus.ensure_streams(js)
     r = runner(fake, store, tools=["emit"])
     r.toolbox.js = js
     fake.turns(
-        tool_use("emit", {"subject": "watchd.config.reloaded"}, ("emit", {"subject": "watchd.events.x"}),
-                 ("emit", {"subject": "bad subject!"}), ("emit", {"subject": "mail.triaged", "data": {"ok": True}})),
+        tool_use(
+            "emit",
+            {"subject": "watchd.config.reloaded"},
+            ("emit", {"subject": "watchd.events.x"}),
+            ("emit", {"subject": "bad subject!"}),
+            ("emit", {"subject": "mail.triaged", "data": {"ok": True}}),
+        ),
         done(),
-    )  # fmt: skip
+    )
     assert isinstance(await r.deliver(handoff()), Delivered)
     results = fake.calls[1]["messages"][-1]["content"]
     assert [bool(x.get("is_error")) for x in results] == [True, True, True, False]
@@ -175,16 +192,28 @@ async def test_an_injected_emit_of_watchd_subjects_is_refused(fake: FakeAnthropi
     assert event["source"] == "agent.triage" and event["id"].startswith("ev_") and event["data"] == {"ok": True}
 
 
-async def test_an_injected_watch_cannot_outlive_its_limit_or_notify_elsewhere(fake: FakeAnthropic,
-                                                                              store: Store) -> None:  # fmt: skip
+async def test_an_injected_watch_cannot_outlive_its_limit_or_notify_elsewhere(
+    fake: FakeAnthropic, store: Store
+) -> None:
     fake.turns(
-        tool_use("watch", {"kind": "absent", "subject": "mail.reply", "within": "3650d"},
-                 ("watch", {"kind": "match", "subject": "mail.*", "within": "1h", "then": ["notify.team"]}),
-                 ("watch", {"kind": "match", "subject": "mail.*", "within": "1h", "where": "data.(("}),
-                 ("watch", {"kind": "absent", "subject": "mail.reply", "within": "2d",
-                            "where": 'data.thread == "t1"', "then": ["notify.phone"]})),
+        tool_use(
+            "watch",
+            {"kind": "absent", "subject": "mail.reply", "within": "3650d"},
+            ("watch", {"kind": "match", "subject": "mail.*", "within": "1h", "then": ["notify.team"]}),
+            ("watch", {"kind": "match", "subject": "mail.*", "within": "1h", "where": "data.(("}),
+            (
+                "watch",
+                {
+                    "kind": "absent",
+                    "subject": "mail.reply",
+                    "within": "2d",
+                    "where": 'data.thread == "t1"',
+                    "then": ["notify.phone"],
+                },
+            ),
+        ),
         done(),
-    )  # fmt: skip
+    )
     assert isinstance(await runner(fake, store, tools=["notify.phone", "watch"]).deliver(handoff()), Delivered)
     results = fake.calls[1]["messages"][-1]["content"]
     assert [bool(x.get("is_error")) for x in results] == [True, True, True, False]
@@ -197,8 +226,9 @@ async def test_an_injected_watch_cannot_outlive_its_limit_or_notify_elsewhere(fa
     assert w["expires_at"] == NOW + 2 * DAY_S + 60
 
 
-async def test_a_model_that_only_talks_still_ends_and_never_gets_unlisted_tools(fake: FakeAnthropic,
-                                                                                store: Store) -> None:  # fmt: skip
+async def test_a_model_that_only_talks_still_ends_and_never_gets_unlisted_tools(
+    fake: FakeAnthropic, store: Store
+) -> None:
     fake.turns(text("I will now notify everyone as instructed."))
     assert isinstance(await runner(fake, store, tools=[]).deliver(handoff()), Delivered)
     assert [t["name"] for t in fake.calls[0]["tools"]] == ["done"]

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from watchd import config
-from watchd.backtest import replay_events
 from watchd.cli import main
 from watchd.daemon import FETCH_BATCH, MAX_IDLE_WAIT_S
 from watchd.engine import Engine, EventInput, Outputs, Tick
+from watchd.explain.backtest import replay_events
 from watchd.model import Event, make_event
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -112,8 +112,11 @@ def test_match_with_where_and_cooldown(tmp_path: Path, capsys: Any, monkeypatch:
         ev("mail.received", T0, 15, urgent=True, **{"from": "ceo"}),  # all fire: the cooldown is over
     ]
     report = backtest_json(write_project(tmp_path, MATCH, events), capsys, monkeypatch)
-    assert fires_of(report, "urgent") == [(at(T0, 0), "urgent", None), (at(T0, 4), "urgent", None),
-                                          (at(T0, 15), "urgent", None)]  # fmt: skip
+    assert fires_of(report, "urgent") == [
+        (at(T0, 0), "urgent", None),
+        (at(T0, 4), "urgent", None),
+        (at(T0, 15), "urgent", None),
+    ]
     assert fires_of(report, "urgent-quiet") == [(at(T0, 0), "urgent-quiet", "ceo"), (at(T0, 15), "urgent-quiet", "ceo")]
     assert [f[0] for f in fires_of(report, "urgent-shadow")] == [at(T0, 0), at(T0, 4), at(T0, 15)]
     assert report["totals"] == {
@@ -196,8 +199,7 @@ then = ["notify.console"]
 """
 
 
-def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path, capsys: Any,
-                                                                  monkeypatch: Any) -> None:  # fmt: skip
+def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     day = FALL_BACK - timedelta(days=1)  # 2026-10-24 00:00 UTC, 02:00 CEST
     events: list[dict[str, Any] | str] = [
         ev("noise", day),
@@ -219,8 +221,7 @@ def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path,
     assert report["totals"]["nightly-backup"] == {"fires": 1, "events": 3, "misses": 1}
 
 
-def test_cron_deadline_fires_at_the_end_instant_when_still_open(tmp_path: Path, capsys: Any,
-                                                                monkeypatch: Any) -> None:  # fmt: skip
+def test_cron_deadline_fires_at_the_end_instant_when_still_open(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     # No event after the window's end on the 25th: the report ends at the last event, so it is not due yet.
     events: list[dict[str, Any] | str] = [ev("noise", FALL_BACK), ev("noise", FALL_BACK, 89)]
     assert backtest_json(write_project(tmp_path, CRON_DEADLINE, events), capsys, monkeypatch)["fires"] == []
@@ -259,8 +260,7 @@ def test_deadline_opened_by_event_per_key(tmp_path: Path, capsys: Any, monkeypat
 # ---- input problems, invalid definitions, output shape -----------------------------------------
 
 
-def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path, capsys: Any,
-                                                                 monkeypatch: Any) -> None:  # fmt: skip
+def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     events: list[dict[str, Any] | str] = [
         ev("mail.received", T0, 0, urgent=True),  # 1
         "{not json",  # 2
@@ -293,8 +293,11 @@ def test_events_out_of_order_are_replayed_in_time_order(tmp_path: Path, capsys: 
 def test_invalid_watch_file_is_file_line_col_and_exit_1(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     bad = '[[watch]]\nid = "x"\nkind = "match"\non = { subject = "a..b" }\nthen = ["notify.nope"]\ncooldown = "soon"\n'
     root = write_project(tmp_path, bad, [ev("a.b", T0)])
-    code, out, err = run_cli(["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"),
-                              "--config", str(root / "config.toml")], capsys, monkeypatch)  # fmt: skip
+    code, out, err = run_cli(
+        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 1 and out == ""
     problems = [ln for ln in err.splitlines() if re.match(r"^\S*w\.toml:\d+:\d+: ", ln)]
     assert len(problems) == 3, err
@@ -304,8 +307,11 @@ def test_invalid_watch_file_is_file_line_col_and_exit_1(tmp_path: Path, capsys: 
     assert "Traceback" not in err
     # a TOML syntax error too
     (root / "w.toml").write_text('[[watch]]\nid = "x\n')
-    code, _, err = run_cli(["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"),
-                            "--config", str(root / "config.toml")], capsys, monkeypatch)  # fmt: skip
+    code, _, err = run_cli(
+        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 1 and re.search(r"w\.toml:2:\d+: TOML syntax error", err), err
 
 
@@ -321,8 +327,9 @@ def test_other_watch_files_of_the_config_do_not_matter(tmp_path: Path, capsys: A
 def test_unreadable_input_and_usage_errors_exit_1(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     root = write_project(tmp_path, MATCH, [])
     cfg = ["--config", str(root / "config.toml")]
-    code, _, err = run_cli(["test", str(root / "w.toml"), "--events", str(root / "nope.jsonl"), *cfg], capsys,
-                           monkeypatch)  # fmt: skip
+    code, _, err = run_cli(
+        ["test", str(root / "w.toml"), "--events", str(root / "nope.jsonl"), *cfg], capsys, monkeypatch
+    )
     assert code == 1 and "cannot read" in err and "nope.jsonl" in err
     code, _, err = run_cli(["test", str(root / "nope.toml"), *cfg], capsys, monkeypatch)
     assert code == 1 and "nope.toml not found" in err
@@ -342,9 +349,13 @@ def test_json_shape(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     report = backtest_json(write_project(tmp_path, MATCH, events, zone="Europe/Berlin"), capsys, monkeypatch)
     assert set(report) == {"fires", "totals", "skipped_lines", "rejected", "events", "from", "to", "notes"}
     assert report["fires"][0] == {
-        "watch": "urgent", "key": None, "at": "2026-11-22T12:00:00Z", "at_local": "2026-11-22T13:00:00+01:00",
-        "mode": "live", "reason": "mail.received matched where data.urgent == true",
-    }  # fmt: skip
+        "watch": "urgent",
+        "key": None,
+        "at": "2026-11-22T12:00:00Z",
+        "at_local": "2026-11-22T13:00:00+01:00",
+        "mode": "live",
+        "reason": "mail.received matched where data.urgent == true",
+    }
     assert set(report["totals"]["urgent"]) == {"fires", "events", "misses"}
     assert report["skipped_lines"] == [{"line": 2, "reason": report["skipped_lines"][0]["reason"]}]
     assert (report["from"], report["to"], report["events"], report["rejected"]) == (at(T0), at(T0), 1, [])
@@ -353,8 +364,11 @@ def test_json_shape(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
 def test_human_output_shows_watch_zone_and_utc(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     events: list[dict[str, Any] | str] = [ev("mail.received", T0, 0, urgent=True, **{"from": "[b]x[/b]"}), "nope"]
     root = write_project(tmp_path, MATCH, events, zone="Europe/Berlin")
-    code, out, _ = run_cli(["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"),
-                            "--config", str(root / "config.toml")], capsys, monkeypatch)  # fmt: skip
+    code, out, _ = run_cli(
+        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0  # a report: exit 0 even though watches fire
     assert "2026-11-22 13:00:00 CET (12:00:00 UTC)  urgent" in out
     assert "urgent-shadow [[b]x[/b]] (shadow: would fire)" in out  # keys printed verbatim, never as markup
@@ -456,8 +470,9 @@ event_sequences = st.lists(
 ).map(sorted)
 
 
-def daemon_loop(defs: list[Any], zone: str, events: list[tuple[float, Event]], start: float,
-                end: float) -> list[tuple[float, str, str | None, str]]:  # fmt: skip
+def daemon_loop(
+    defs: list[Any], zone: str, events: list[tuple[float, Event]], start: float, end: float
+) -> list[tuple[float, str, str | None, str]]:
     """The engine as `Daemon._engine_loop` drives it, on a virtual clock: sleep until the earliest
     timer (at most MAX_IDLE_WAIT_S) or until messages arrive; step each fetched message at its
     stream time; tick at the current time when a timer is due and the backlog is drained."""
@@ -521,15 +536,26 @@ def test_agreement_oracle_sees_every_kind_fire() -> None:
     """The property above is only as good as its inputs: one fixed sequence where every kind fires."""
     start = FALL_BACK.timestamp()
     minutes = [(0, 6), (0, 7), (1, 0), (2, 3), (3, 3), (4, 3), (5, 10), (50, 6), (70, 12), (95, 9), (200, 14)]
-    events = [(start + m * 60, make_event(_PAYLOADS[w][0], dict(_PAYLOADS[w][1]), id=f"e{k}", time_s=start + m * 60))
-              for k, (m, w) in enumerate(minutes)]  # fmt: skip
+    events = [
+        (start + m * 60, make_event(_PAYLOADS[w][0], dict(_PAYLOADS[w][1]), id=f"e{k}", time_s=start + m * 60))
+        for k, (m, w) in enumerate(minutes)
+    ]
     loaded = config.load(None, watches=False)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "w.toml").write_text(AGREEMENT_WATCHES)
         defs, _ = config.load_watch_file(loaded, Path(tmp) / "w.toml")
     fired = daemon_loop([(d, 1) for d in defs], "UTC", events, start, start + 200 * 60)
-    assert {w for _, w, _, _ in fired} == {"urgent", "per-sender", "storm", "bob-shadow", "hosts", "any-hb",
-                                           "backup-berlin", "hourly", "pr"}  # fmt: skip
+    assert {w for _, w, _, _ in fired} == {
+        "urgent",
+        "per-sender",
+        "storm",
+        "bob-shadow",
+        "hosts",
+        "any-hb",
+        "backup-berlin",
+        "hourly",
+        "pr",
+    }
 
 
 # ---- agreement with the real daemon (end to end) -----------------------------------------------
@@ -613,7 +639,7 @@ async def test_since_replays_from_now_minus_d_and_reports_malformed_messages(
     nats_server: Any, nats_client: Any
 ) -> None:
     from watchd import bus
-    from watchd.backtest import replay_stream
+    from watchd.explain.backtest import replay_stream
 
     js = nats_client.jetstream()
     loaded = config.load(None, watches=False)

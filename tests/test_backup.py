@@ -26,9 +26,9 @@ from watchd.cli import cli
 from watchd.engine import Decision, KeyState, WatchMeta
 from watchd.jobs import JobContext, builtin
 from watchd.jobs.backup import BackupInvalid, backup_line, make_backup, read_manifest, verify_archive
+from watchd.jobs.restore import DaemonRunning, restore
 from watchd.model import Handoff
 from watchd.redact import redact_config
-from watchd.restore import DaemonRunning, restore
 from watchd.status import collect
 from watchd.store import Store, db_path
 
@@ -63,9 +63,17 @@ def fill(store: Store, start: int, n: int) -> None:
         Decision(float(start + i), "nightly", None, "matched", f"event {start + i}", f"e{start + i}", start + i)
         for i in range(n)
     ]
-    handoff = Handoff(id=f"h_{start}", watch="nightly", watch_version=1, kind="match", key=None,
-                      target="notify.phone", trigger="watch", reason="matched",
-                      fired_at="2026-11-18T00:00:00Z")  # fmt: skip
+    handoff = Handoff(
+        id=f"h_{start}",
+        watch="nightly",
+        watch_version=1,
+        kind="match",
+        key=None,
+        target="notify.phone",
+        trigger="watch",
+        reason="matched",
+        fired_at="2026-11-18T00:00:00Z",
+    )
     rows: list[tuple[str, str | None, KeyState | None]] = [
         ("nightly", f"k{start}", KeyState(last_seen=float(start), hits=[float(start)]))
     ]
@@ -75,8 +83,15 @@ def fill(store: Store, start: int, n: int) -> None:
         set[str](),
     )
     subjects = {"backup.done": (float(start), "exec", n)}
-    store.commit_step(last_seq=start + n, clock=float(start + n), changes=changes, decisions=decisions,
-                      handoffs=[handoff], subjects=subjects, now=float(start))  # fmt: skip
+    store.commit_step(
+        last_seq=start + n,
+        clock=float(start + n),
+        changes=changes,
+        decisions=decisions,
+        handoffs=[handoff],
+        subjects=subjects,
+        now=float(start),
+    )
     store.finish(handoff.id, "delivered", float(start) + 0.5, None)
 
 
@@ -202,8 +217,13 @@ def test_redaction_covers_every_literal_form_and_leaves_the_rest() -> None:
     )
     out, paths = redact_config(text)
     assert out is not None
-    for secret in ("hunter2-hunter2", "literal-http-token-123", "multi-line-secret-value", "sk-ant-literal-key-000",
-                   "inline-password-9"):  # fmt: skip
+    for secret in (
+        "hunter2-hunter2",
+        "literal-http-token-123",
+        "multi-line-secret-value",
+        "sk-ant-literal-key-000",
+        "inline-password-9",
+    ):
         assert secret not in out
     assert paths == ["agent.a.api_key", "http.token", "nats.url", "notify.hook.secret", "source.gh.extra.password"]
     assert "nats://***@nats.example:4222" in out and 'secret = "env:GH_SECRET"' in out
@@ -237,8 +257,11 @@ def test_a_damaged_backup_fails_verification_with_the_reason(
     elif damage == "db_bytes":  # bytes of the database changed, the manifest as it was
         repack(archive, lambda f: f.update({"watchd.db": overwrite(f["watchd.db"], 8192, b"\0" * 4096)}))
     elif damage == "db_pages":  # pages overwritten, with checksums that agree: the database check must catch it
-        repack(archive, lambda f: f.update({"watchd.db": overwrite(f["watchd.db"], 4096, b"\xa5" * 8192)}),
-               fix_checksums=True)  # fmt: skip
+        repack(
+            archive,
+            lambda f: f.update({"watchd.db": overwrite(f["watchd.db"], 4096, b"\xa5" * 8192)}),
+            fix_checksums=True,
+        )
     elif damage == "db_rows":  # a sound database that is not the snapshot
         repack(archive, with_db("DELETE FROM decisions WHERE id = 50"), fix_checksums=True)
     else:
@@ -268,7 +291,9 @@ def test_a_backup_that_does_not_verify_is_set_aside_and_never_counts(setup: tupl
     folder = Path(good.data["path"]).parent
     # The good one is still there (keep = 1 prunes only after a verified backup), the bad one beside it.
     assert sorted(p.name for p in folder.glob("watchd-*")) == [
-        "watchd-20261118T110640Z.tar.gz", "watchd-20261119T110640Z.tar.gz.failed"]  # fmt: skip
+        "watchd-20261118T110640Z.tar.gz",
+        "watchd-20261119T110640Z.tar.gz.failed",
+    ]
     last = collect(loaded, None, T0 + DAY)["last_backup"]
     assert last["verified"] is False and last["path"].endswith(".failed")
     assert last["last_verified"]["path"] == good.data["path"]
@@ -290,8 +315,12 @@ def test_keeps_n_verified_backups(setup: tuple[config.Loaded, Store]) -> None:
     assert Path(twin.data["path"]).name == "watchd-20261121T110640Z-1.tar.gz"
     assert not paths[2].exists() and paths[3].exists()
     last = collect(loaded, None, T0 + 3 * DAY)["last_backup"]
-    assert last == {"at": "2026-11-21T11:06:40Z", "verified": True, "path": twin.data["path"],
-                    "size_bytes": Path(twin.data["path"]).stat().st_size}  # fmt: skip
+    assert last == {
+        "at": "2026-11-21T11:06:40Z",
+        "verified": True,
+        "path": twin.data["path"],
+        "size_bytes": Path(twin.data["path"]).stat().st_size,
+    }
     assert backup_line(last).startswith("last backup: 2026-11-21T11:06:40Z, verified, ")
 
 
@@ -384,9 +413,13 @@ def test_restore_refuses_a_damaged_backup_and_changes_nothing(setup: tuple[confi
 
 
 def test_backup_and_restore_commands_beside_a_running_daemon(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"jobs.toml": '[[watch]]\nid = "backup-ok"\nkind = "match"\n'
-                                     'on = { subject = "watchd.job.backup.done", where = "data.verified" }\n'
-                                     'then = ["notify.console"]\n'})  # fmt: skip
+    d = daemon_factory(
+        {
+            "jobs.toml": '[[watch]]\nid = "backup-ok"\nkind = "match"\n'
+            'on = { subject = "watchd.job.backup.done", where = "data.verified" }\n'
+            'then = ["notify.console"]\n'
+        }
+    )
     d.start()
     r = d.cli("backup", "--json")
     assert r.returncode == 0, r.stderr

@@ -65,8 +65,12 @@ async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
         assert status["last_canary"]["ok"] is True
         builtin = {w["id"]: w for w in status["watches"] if w["file"].startswith("<built-in>")}
         # (the default nightly backup schedule brings watchd-backup-missing, an absent watch: 26 h)
-        assert set(builtin) == {"watchd-canary", "watchd-canary-failed", "watchd-backup-failed",
-                                "watchd-backup-missing"}  # fmt: skip
+        assert set(builtin) == {
+            "watchd-canary",
+            "watchd-canary-failed",
+            "watchd-backup-failed",
+            "watchd-backup-missing",
+        }
         missing = builtin["watchd-backup-missing"]
         assert (missing["kind"], missing["state"], missing["next_due"] is not None) == ("absent", "ok", True)
         assert builtin["watchd-canary"]["last_fired"] is not None
@@ -148,8 +152,9 @@ def test_release_canary_runs_on_a_change_and_not_on_an_unchanged_restart(
     conn.close()
     baseline = json.loads(d.meta("canary.fingerprint") or "{}")
     d.write_config(agent + 'probe = ["sh", "-c", "echo model gone; exit 3"]\n')
-    restart(f"release canary: watchd 0.0.1 → {__version__}, the config, agent.claw version 'claw 1.0' → "
-            "'claw 1.1' changed")  # fmt: skip
+    restart(
+        f"release canary: watchd 0.0.1 → {__version__}, the config, agent.claw version 'claw 1.0' → 'claw 1.1' changed"
+    )
     wait_until(lambda: "watchd canary failed" in d.stdout(), what="the alert on the console")
     assert "agent.claw: probe sh failed with exit 3: model gone" in d.stdout()
     assert canaries() == 2 and "release canary: canary failed" in d.stderr()
@@ -168,8 +173,12 @@ def test_fingerprint_changes_in_words() -> None:
     old = {"watchd": "0.1.0", "config": "aaa", "agents": {"agent.a": "1", "agent.b": "2"}}
     assert changes(old, dict(old)) == []
     new = {"watchd": "0.2.0", "config": "bbb", "agents": {"agent.a": "1", "agent.c": "3"}}
-    assert changes(old, new) == ["watchd 0.1.0 → 0.2.0", "the config", "agent.b version '2' → '(none)'",
-                                 "agent.c version '(none)' → '3'"]  # fmt: skip
+    assert changes(old, new) == [
+        "watchd 0.1.0 → 0.2.0",
+        "the config",
+        "agent.b version '2' → '(none)'",
+        "agent.c version '(none)' → '3'",
+    ]
 
 
 def test_alert_targets_are_validated_and_builtin_ids_reserved(tmp_path: Path) -> None:
@@ -190,8 +199,13 @@ def test_alert_targets_are_validated_and_builtin_ids_reserved(tmp_path: Path) ->
     loaded = config.load(cfg)
     assert alert_targets(loaded) == ["notify.console"]  # no notifier but consoles: the console
     defs = {d.watch.id: d for d in all_watches(loaded)}
-    assert list(defs) == ["mine", "watchd-canary", "watchd-canary-failed", "watchd-backup-failed",
-                          "watchd-backup-missing"]  # fmt: skip
+    assert list(defs) == [
+        "mine",
+        "watchd-canary",
+        "watchd-canary-failed",
+        "watchd-backup-failed",
+        "watchd-backup-missing",
+    ]
     missing = defs["watchd-backup-missing"].watch
     assert isinstance(missing, AbsentWatch) and missing.for_ == "7d2h"  # a weekly backup: a week and 2 h
     assert defs["watchd-canary-failed"].watch.then == ["notify.console"] and defs["mine"].file.endswith("w.toml")
@@ -202,8 +216,9 @@ def test_alert_targets_are_validated_and_builtin_ids_reserved(tmp_path: Path) ->
 
 
 async def test_probes_of_command_agents_and_odd_targets(tmp_path: Path) -> None:
-    ready = CommandRunner(CommandAgent(command=["cat"], probe=["./probe.sh", "--quick"]), name="agent.a",
-                          base_dir=tmp_path)  # fmt: skip
+    ready = CommandRunner(
+        CommandAgent(command=["cat"], probe=["./probe.sh", "--quick"]), name="agent.a", base_dir=tmp_path
+    )
     script = tmp_path / "probe.sh"
     script.write_text('#!/bin/sh\necho "checking $1"\necho ready\n')
     script.chmod(0o700)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from watchd.clauses import explain_false, split_top
+from watchd.explain.clauses import explain_false, split_top
 from watchd.model import make_event
 
 

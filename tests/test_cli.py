@@ -25,8 +25,9 @@ then = ["notify.console"]
 
 def sys_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "watchd.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "watchd", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 def _one_clear_error(stderr: str, starts: str) -> None:
@@ -88,7 +89,7 @@ on = { subject = "x", where = "data.a ==" }
 [[watch]]
 id = "bad-kind"
 kind = "sometimes"
-""")  # fmt: skip
+""")
     r = sys_run(["validate", "--config", str(config)], cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -146,8 +147,10 @@ def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., DaemonProc]) ->
     def events() -> dict[str, dict[str, object]]:
         return {h["evidence"][0]["subject"]: h["evidence"][0] for h in d.handoffs("subs")}
 
-    got = wait_until(lambda: (e := events()) and {"sub.backup.started", "sub.backup.failed"} <= set(e) and e,
-                     what="started and failed events")  # fmt: skip
+    got = wait_until(
+        lambda: (e := events()) and {"sub.backup.started", "sub.backup.failed"} <= set(e) and e,
+        what="started and failed events",
+    )
     assert got["sub.backup.started"]["data"] == {"command": ["sh", "-c", "echo hello; echo world >&2; exit 3"]}
     failed = got["sub.backup.failed"]["data"]
     assert isinstance(failed, dict)

@@ -112,8 +112,12 @@ def test_kill9_during_publishing_loses_nothing_and_doubles_nothing(
         ids += [e.id for e in burst]
         before = int(d.meta("last_seq") or 0)
         d.start(wait=False)
-        wait_until(lambda b=before: int(d.meta("last_seq") or 0) > b, timeout_s=15, step_s=0.002,
-                   what="the first backlog batch to commit")  # fmt: skip
+        wait_until(
+            lambda b=before: int(d.meta("last_seq") or 0) > b,
+            timeout_s=15,
+            step_s=0.002,
+            what="the first backlog batch to commit",
+        )
         time.sleep(rng.uniform(0.0, 0.03))
         old_nats.append(d.nats_pid() or 0)
         d.kill9()

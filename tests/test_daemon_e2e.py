@@ -70,14 +70,18 @@ def test_emit_fires_console_handoff_and_status_and_check(daemon_factory: Callabl
 
 
 def test_absent_overdue_fires_once_on_restart_saying_late(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"hb.toml": """
+    d = daemon_factory(
+        {
+            "hb.toml": """
 [[watch]]
 id = "hb"
 kind = "absent"
 expect = { subject = "hb.*" }
 for = "3s"
 then = ["notify.console"]
-"""}).start()  # fmt: skip
+"""
+        }
+    ).start()
     d.publish(make_event("hb.laptop", {"n": 1}))
     wait_until(lambda: d.decisions("hb", "matched"), what="heartbeat seen")
     assert d.term() == 0
@@ -101,16 +105,18 @@ then = ["notify.console"]
 def test_reload_invalid_keeps_old_then_valid_bumps_version_and_sighup(
     daemon_factory: Callable[..., DaemonProc],
 ) -> None:
-    d = daemon_factory({
-        "jobs.toml": MATCH_JOBS,
-        "meta.toml": """
+    d = daemon_factory(
+        {
+            "jobs.toml": MATCH_JOBS,
+            "meta.toml": """
 [[watch]]
 id = "config-invalid"
 kind = "match"
 on = { subject = "watchd.config.invalid" }
 then = ["notify.console"]
 """,
-    }).start()  # fmt: skip
+        }
+    ).start()
 
     # 1. an invalid change: the old definition keeps firing, the problem is logged as file:line and
     # watchd.config.invalid is emitted (and watched).
@@ -192,8 +198,14 @@ def _flood(d: DaemonProc) -> None:
 def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..., DaemonProc]) -> None:
     d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
     nats_pid = d.nats_pid()
-    second = subprocess.run([sys.executable, "-m", "watchd.cli", "run", "--config", str(d.config_path)],
-                            cwd=d.root, env=d.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, "-m", "watchd", "run", "--config", str(d.config_path)],
+        cwd=d.root,
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert second.returncode == 1
     assert f"error: another watchd (pid {d.pid}) is already running" in second.stderr, second.stderr
     # the first one is untouched: same nats-server, still firing

@@ -277,8 +277,9 @@ async def test_a_receiver_down_for_a_while_gets_each_handoff_exactly_once_when_b
         assert len(hook.failed) >= 6  # each was refused at least twice while the receiver was down
         assert sorted(hook.handoff_ids) == sorted(ids)  # accepted exactly once each
         for h in handoffs:
-            attempts = [r.headers["X-Watchd-Attempt"] for r in hook.requests_to() if r.headers[
-                "X-Watchd-Handoff-Id"] == h["id"]]  # fmt: skip
+            attempts = [
+                r.headers["X-Watchd-Attempt"] for r in hook.requests_to() if r.headers["X-Watchd-Handoff-Id"] == h["id"]
+            ]
             assert attempts == [str(i) for i in range(1, h["attempt"] + 1)] and h["attempt"] >= 3
             assert transitions(d, h["id"]) == (
                 ["pending"] + ["delivering", "retrying"] * (h["attempt"] - 1) + ["delivering", "delivered"]

@@ -47,8 +47,9 @@ def states(d: DaemonProc) -> dict[str, str]:
 
 
 def transitions(d: DaemonProc, hid: str) -> list[tuple[str, str | None]]:
-    return [(s, det) for s, det in d.query("SELECT state, detail FROM transitions WHERE handoff_id = ? ORDER BY id",
-                                           (hid,))]  # fmt: skip
+    return [
+        (s, det) for s, det in d.query("SELECT state, detail FROM transitions WHERE handoff_id = ? ORDER BY id", (hid,))
+    ]
 
 
 def test_list_replay_and_drop_dead_letters_through_the_daemon(
@@ -79,9 +80,11 @@ def test_list_replay_and_drop_dead_letters_through_the_daemon(
     assert log.read_text() == f"{ids['a']} 1\n"
     assert [h["id"] for h in d.handoffs("job-failed") if h["key"] == "a"] == [ids["a"]]
     assert transitions(d, ids["a"])[-4:] == [
-        ("dead", "rejected by agent: not ready: no flag"), ("retrying", "replayed by user"),
-        ("delivering", None), ("done", "exit 0 (no output)"),
-    ]  # fmt: skip
+        ("dead", "rejected by agent: not ready: no flag"),
+        ("retrying", "replayed by user"),
+        ("delivering", None),
+        ("done", "exit 0 (no output)"),
+    ]
 
     # Drop the other one, by a prefix of its id: terminal, and off the list.
     r = d.cli("dlq", "drop", ids["b"][:10])
@@ -93,8 +96,10 @@ def test_list_replay_and_drop_dead_letters_through_the_daemon(
         d, ("dlq", "list", "--json"), ("dlq", "list"), ("dlq", "replay", "h_nope"), ("dlq", "drop", ids["a"])
     )
     assert json.loads(listed_out.stdout) == [] and table.stdout.strip() == "no dead letters"
-    for r, starts in ((unknown, "error: no handoff with id 'h_nope'"),
-                      (not_dead, f"error: handoff {ids['a']} is done, not dead")):  # fmt: skip
+    for r, starts in (
+        (unknown, "error: no handoff with id 'h_nope'"),
+        (not_dead, f"error: handoff {ids['a']} is done, not dead"),
+    ):
         assert r.returncode == 1 and r.stderr.startswith(starts), r.stderr
         assert "watchd dlq list" in r.stderr and "Traceback" not in r.stderr
 
@@ -112,8 +117,17 @@ def test_replay_and_drop_in_the_store(tmp_path: Path) -> None:
     from watchd.model import Handoff
 
     store = Store(tmp_path / "w.db")
-    h = Handoff(id="h_0123456789", watch="w", watch_version=1, kind="match", key=None, target="agent.x",
-                trigger="watch", reason="r", fired_at="2026-11-22T00:00:00Z")  # fmt: skip
+    h = Handoff(
+        id="h_0123456789",
+        watch="w",
+        watch_version=1,
+        kind="match",
+        key=None,
+        target="agent.x",
+        trigger="watch",
+        reason="r",
+        fired_at="2026-11-22T00:00:00Z",
+    )
     store.commit_step(last_seq=1, clock=1.0, changes=([], [], set()), decisions=[], handoffs=[h], subjects={}, now=1.0)
     for _ in range(3):
         (claimed,) = store.claim_due(100.0)

@@ -29,7 +29,7 @@ from cronsim import CronSim
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchd.schedule import parse_cron, skipped_in_gap, ticks_between
+from watchd.cron.schedule import parse_cron, skipped_in_gap, ticks_between
 
 YEARS = range(2026, 2031)
 PATTERNS = ["30 2 * * *", "0 1 * * *", "15 3 * * *", "0 * * * *", "*/15 * * * *", "0 0 1 * *"]
@@ -63,11 +63,14 @@ class Pattern:
     def of(expr: str) -> Pattern:
         f = expr.split()
         return Pattern(
-            _field(f[0], 0, 59), _field(f[1], 0, 23), _field(f[2], 1, 31), _field(f[3], 1, 12),
+            _field(f[0], 0, 59),
+            _field(f[1], 0, 23),
+            _field(f[2], 1, 31),
+            _field(f[3], 1, 12),
             frozenset(d % 7 for d in _field(f[4], 0, 7)),
             day_and=f[2].startswith("*") or f[4].startswith("*"),
             wildcard=f[0].startswith("*") or f[1].startswith("*"),
-        )  # fmt: skip
+        )
 
     def match(self, w: datetime) -> bool:
         if w.minute not in self.minutes or w.hour not in self.hours or w.month not in self.months:

@@ -18,13 +18,13 @@ import msgspec
 import pytest
 from rich.console import Console
 
-from watchd import explain as ex
 from watchd.config import Watch, WatchDef
 from watchd.daemon import kept_for_explain
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
 from watchd.errors import WatchdError
-from watchd.explain_render import render_watch
+from watchd.explain import watch as ex
+from watchd.explain.render import render_watch
 from watchd.model import Event, make_event
 from watchd.store import Store
 
@@ -58,24 +58,44 @@ class World:
         self.fires: list[Fire] = []
         self._commit(Outputs(), {})
 
-    def _commit(self, out: Outputs, subjects: dict[str, tuple[float, str, int]],
-                events: dict[int, Event] | None = None) -> None:  # fmt: skip
+    def _commit(
+        self, out: Outputs, subjects: dict[str, tuple[float, str, int]], events: dict[int, Event] | None = None
+    ) -> None:
         self.fires += out.fires
         watches = {d.watch.id: d.watch for d in self.defs}
         holds: dict[str, float] = {}
         handoffs = [
-            h for f in out.fires
-            for h in handoffs_from_fire(f, watches[f.watch].message, quiet=watches[f.watch].quiet,
-                                        urgent=watches[f.watch].urgent, zone=self.zone, holds=holds)
-        ]  # fmt: skip
+            h
+            for f in out.fires
+            for h in handoffs_from_fire(
+                f,
+                watches[f.watch].message,
+                quiet=watches[f.watch].quiet,
+                urgent=watches[f.watch].urgent,
+                zone=self.zone,
+                holds=holds,
+            )
+        ]
         self.store.commit_step(
-            last_seq=self.seq, clock=self.engine.clock, changes=self.engine.take_changes(),
-            decisions=kept_for_explain(out.decisions, events or {}), handoffs=handoffs, subjects=subjects, now=self.now,
+            last_seq=self.seq,
+            clock=self.engine.clock,
+            changes=self.engine.take_changes(),
+            decisions=kept_for_explain(out.decisions, events or {}),
+            handoffs=handoffs,
+            subjects=subjects,
+            now=self.now,
             holds=holds,
-        )  # fmt: skip
+        )
 
-    def emit(self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0,
-             id: str | None = None, source: str = "test") -> list[Fire]:  # fmt: skip
+    def emit(
+        self,
+        subject: str,
+        data: dict[str, Any] | None = None,
+        *,
+        after: float = 0.0,
+        id: str | None = None,
+        source: str = "test",
+    ) -> list[Fire]:
         self.now += after
         self.seq += 1
         event = make_event(subject, data or {}, id=id or f"e{self.seq}", time_s=self.now, source=source)
@@ -264,7 +284,7 @@ def test_where_false_with_alternatives_shows_each(world: Any) -> None:
     w.emit("mail.received", {"urgent": False, "from": "news@example.org"}, after=60)
     assert w.explain("urgent-mail").timeline[-1].reason == (
         'where false: data.urgent || data.from == "boss@example.org" — no alternative held: '
-        'data.urgent (data.urgent = false) | '
+        "data.urgent (data.urgent = false) | "
         'data.from == "boss@example.org" (data.from = "news@example.org")'
     )
 
@@ -313,8 +333,9 @@ def test_waiting_for_an_exhausted_budget(world: Any) -> None:
     w = world(URGENT.replace('"notify.phone"', '"agent.triage"'))
     (fire,) = w.emit("mail.received", {"urgent": True}, after=60)
     hid = fire.handoff_id("agent.triage")
-    w.store.finish(hid, "pending", w.now, "budget_exhausted: agent.triage spent 200000 of 200000 tokens today",
-                   w.now + 3600)  # fmt: skip
+    w.store.finish(
+        hid, "pending", w.now, "budget_exhausted: agent.triage spent 200000 of 200000 tokens today", w.now + 3600
+    )
     assert w.verdict("urgent-mail").endswith(
         f"(handoff {hid} pending for agent.triage, budget exhausted: waits until 13:01 UTC)"
     )
@@ -488,8 +509,9 @@ def test_event_rejected_says_why(world: Any) -> None:
     w = world(URGENT)
     # what the daemon records for a malformed message on the stream
     rejected = Decision(w.now, "", None, "rejected", "event is not valid JSON: truncated", "bad1", 7)
-    w.store.commit_step(last_seq=7, clock=w.now, changes=([], [], set()), decisions=[rejected], handoffs=[],
-                        subjects={}, now=w.now)  # fmt: skip
+    w.store.commit_step(
+        last_seq=7, clock=w.now, changes=([], [], set()), decisions=[rejected], handoffs=[], subjects={}, now=w.now
+    )
     report = w.event("bad1")
     assert report.rejected
     assert report.verdict == "rejected: event is not valid JSON: truncated (at 12:00 UTC)"
@@ -500,13 +522,30 @@ def test_json_shape(world: Any) -> None:
     for _ in range(5):
         w.emit("auth.failed", {"user": "bob"}, after=10)
     data = w.explain("login-storm").to_json()
-    assert set(data) == {"watch", "kind", "mode", "enabled", "file", "verdict", "fired", "timeline", "handoffs",
-                         "next_due", "note"}  # fmt: skip
+    assert set(data) == {
+        "watch",
+        "kind",
+        "mode",
+        "enabled",
+        "file",
+        "verdict",
+        "fired",
+        "timeline",
+        "handoffs",
+        "next_due",
+        "note",
+    }
     assert (data["watch"], data["kind"], data["mode"], data["fired"]) == ("login-storm", "match", "live", True)
     assert data["verdict"].startswith("fired once since 12:00:10 UTC; last at 12:00:50 UTC for key bob")
     entry = data["timeline"][-1]
-    assert entry == {"at": "2026-11-22T12:00:50Z", "at_local": "2026-11-22T12:00:50Z", "verdict": "fired",
-                     "key": "bob", "reason": "5 × auth.failed within 10m", "event_id": "e5"}  # fmt: skip
+    assert entry == {
+        "at": "2026-11-22T12:00:50Z",
+        "at_local": "2026-11-22T12:00:50Z",
+        "verdict": "fired",
+        "key": "bob",
+        "reason": "5 × auth.failed within 10m",
+        "event_id": "e5",
+    }
     assert set(data["handoffs"][0]) == {"id", "key", "target", "state", "attempt", "last_error", "fired_at"}
     assert data["next_due"] is None
     json.dumps(data)
@@ -548,8 +587,14 @@ def test_cli_explain_beside_a_live_writer_and_after(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "watchd.cli", "explain", *args, "--config", str(cfg)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "watchd", "explain", *args, "--config", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     live = run("urgent-mail")  # the store is still open: a daemon would be writing
     assert live.returncode == 0, live.stderr
@@ -559,9 +604,12 @@ def test_cli_explain_beside_a_live_writer_and_after(tmp_path: Path) -> None:
     assert data["fired"] is True and data["timeline"][0]["event_id"] == "m1"
     event = run("--event", "m1")
     assert event.returncode == 0 and "candidate for 1 watch: urgent-mail fired" in event.stdout
-    for args, first in [((), "give one WATCH id or --event ID"), (("urgent-mial",), "no watch named 'urgent-mial'"),
-                        (("urgent-mail", "--event", "m1"), "give one WATCH id"),
-                        (("urgent-mail", "--since", "soon"), "bad --since")]:  # fmt: skip
+    for args, first in [
+        ((), "give one WATCH id or --event ID"),
+        (("urgent-mial",), "no watch named 'urgent-mial'"),
+        (("urgent-mail", "--event", "m1"), "give one WATCH id"),
+        (("urgent-mail", "--since", "soon"), "bad --since"),
+    ]:
         r = run(*args)
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert r.stderr.startswith(f"error: {first}"), r.stderr

@@ -44,18 +44,35 @@ class Rig:
         def wake() -> None:
             self.wakes += 1
 
-        return JobContext(name="heartbeat", loaded=self.loaded, store=self.store, clock=lambda: self.now, emit=emit,
-                          targets=self.targets, wake_dispatcher=wake)  # fmt: skip
+        return JobContext(
+            name="heartbeat",
+            loaded=self.loaded,
+            store=self.store,
+            clock=lambda: self.now,
+            emit=emit,
+            targets=self.targets,
+            wake_dispatcher=wake,
+        )
 
     async def beat(self) -> JobResult:
         return await heartbeat.run(self.ctx())
 
     def handoff(self, hid: str, target: str = "notify.hook", at: float | None = None) -> None:
-        h = Handoff(id=hid, watch="w", watch_version=1, kind="match", key=None, target=target, trigger="watch",
-                    reason="test", fired_at="2027-01-15T08:00:00Z")  # fmt: skip
+        h = Handoff(
+            id=hid,
+            watch="w",
+            watch_version=1,
+            kind="match",
+            key=None,
+            target=target,
+            trigger="watch",
+            reason="test",
+            fired_at="2027-01-15T08:00:00Z",
+        )
         at = self.now if at is None else at
-        self.store.commit_step(last_seq=None, clock=at, changes=([], [], set()), decisions=[], handoffs=[h],
-                               subjects={}, now=at)  # fmt: skip
+        self.store.commit_step(
+            last_seq=None, clock=at, changes=([], [], set()), decisions=[], handoffs=[h], subjects={}, now=at
+        )
 
     def states(self) -> dict[str, str]:
         return dict(self.store.conn.execute("SELECT id, state FROM handoffs").fetchall())
@@ -66,8 +83,10 @@ def make_rig(tmp_path: Path, extra: str = "", watches: str | None = None) -> Rig
     if watches:
         (tmp_path / "watches" / "w.toml").write_text(watches)
     path = tmp_path / "config.toml"
-    path.write_text(f'state_dir = "state"\ntimezone = "UTC"\n{extra}\n'
-                    '[notify.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n')  # fmt: skip
+    path.write_text(
+        f'state_dir = "state"\ntimezone = "UTC"\n{extra}\n'
+        '[notify.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
+    )
     loaded = config.load(path)
     return Rig(loaded, Store(db_path(loaded.state_dir)))
 
@@ -101,9 +120,15 @@ async def test_nothing_pending_creates_nothing_and_reports_zeros(rig: Rig) -> No
         result = await rig.beat()
         assert result.ok and result.summary == "nothing pending", result
         assert {k: v for k, v in result.data.items() if isinstance(v, int)} == {
-            "due_retries": 0, "stuck_deliveries": 0, "overdue_timers": 0, "silent_sources": 0, "dead_letters": 0,
-            "dead_letters_new": 0, "batch_polls": 1, "batch_results": 0,
-        }  # fmt: skip
+            "due_retries": 0,
+            "stuck_deliveries": 0,
+            "overdue_timers": 0,
+            "silent_sources": 0,
+            "dead_letters": 0,
+            "dead_letters_new": 0,
+            "batch_polls": 1,
+            "batch_results": 0,
+        }
         assert "ping" not in result.data
         rig.now += 300
     assert rig.wakes == 0 and rig.states() == {} and agent.polls == 2
@@ -126,8 +151,13 @@ async def test_redrives_a_stuck_delivery_and_a_due_retry_and_counts_new_dead_let
     result = await rig.beat()
     assert result.data["stuck_deliveries"] == 1 and result.data["due_retries"] == 1
     assert result.data["dead_letters"] == 1 and result.data["dead_letters_new"] == 1
-    assert rig.states() == {"h_stuck": "retrying", "h_busy": "delivering", "h_retry": "retrying",
-                            "h_later": "retrying", "h_dead": "dead"}  # fmt: skip
+    assert rig.states() == {
+        "h_stuck": "retrying",
+        "h_busy": "delivering",
+        "h_retry": "retrying",
+        "h_later": "retrying",
+        "h_dead": "dead",
+    }
     assert rig.wakes == 1
     assert result.summary == "re-drove 1 due retry; re-drove 1 stuck delivery; 1 new dead letter (watchd dlq list)"
     (due,) = store.conn.execute("SELECT next_attempt_at FROM handoffs WHERE id = 'h_stuck'").fetchone()
@@ -161,10 +191,17 @@ async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher
             await r.store.run(r.store.claim_due, r.now - 1200)
             await asyncio.sleep(0.3)
             assert hook.handoff_ids == ["h_first"]
-            result = await heartbeat.run(JobContext(
-                name="heartbeat", loaded=r.loaded, store=r.store, clock=lambda: r.now, emit=_no_emit,
-                targets=r.targets, wake_dispatcher=dispatcher.wake,
-            ))  # fmt: skip
+            result = await heartbeat.run(
+                JobContext(
+                    name="heartbeat",
+                    loaded=r.loaded,
+                    store=r.store,
+                    clock=lambda: r.now,
+                    emit=_no_emit,
+                    targets=r.targets,
+                    wake_dispatcher=dispatcher.wake,
+                )
+            )
             assert result.data["stuck_deliveries"] == 1
             await _until(lambda: hook.handoff_ids == ["h_first", "h_lost"], timeout_s=1.5)  # woken, not polled
         finally:
@@ -187,9 +224,15 @@ async def test_silent_sources_and_overdue_timers(tmp_path: Path) -> None:
         # The engine's state as the daemon left it at T0: the absent watch's timer is due at T0 + 10m.
         engine = Engine("UTC")
         engine.load([(d, 1) for d in r.loaded.watches], T0)
-        r.store.commit_step(last_seq=None, clock=T0, changes=engine.take_changes(), decisions=[], handoffs=[],
-                            subjects={"github.push": (T0, "http", 1), "other.thing": (T0 - 600, "mail", 1)},
-                            now=T0)  # fmt: skip
+        r.store.commit_step(
+            last_seq=None,
+            clock=T0,
+            changes=engine.take_changes(),
+            decisions=[],
+            handoffs=[],
+            subjects={"github.push": (T0, "http", 1), "other.thing": (T0 - 600, "mail", 1)},
+            now=T0,
+        )
         first = await r.beat()
         assert first.summary == "nothing pending", first.summary
         r.now = T0 + 45 * 60  # mail (known by the events' source) has said nothing for 55m > 30m

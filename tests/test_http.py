@@ -29,8 +29,9 @@ then = ["notify.console"]
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     root: Path = tmp_path_factory.mktemp("http")
-    d = DaemonProc(root, WATCHES, extra_config='token = "env:WATCHD_TEST_HTTP_TOKEN"',
-                   env={"WATCHD_TEST_HTTP_TOKEN": TOKEN})  # fmt: skip
+    d = DaemonProc(
+        root, WATCHES, extra_config='token = "env:WATCHD_TEST_HTTP_TOKEN"', env={"WATCHD_TEST_HTTP_TOKEN": TOKEN}
+    )
     d.start()
     try:
         yield d
@@ -38,8 +39,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
         d.cleanup()
 
 
-def request(d: DaemonProc, method: str, path: str, body: bytes | None = None, *,
-            token: str | None = TOKEN, headers: dict[str, str] | None = None) -> tuple[int, Any, str]:  # fmt: skip
+def request(
+    d: DaemonProc,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    token: str | None = TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, str]:
     """(status, parsed JSON or text, content type)."""
     hdrs = dict(headers or {})
     if token is not None:
@@ -58,8 +66,10 @@ def test_post_event_is_published_and_fires(daemon: DaemonProc) -> None:
     status, body, _ = request(daemon, "POST", "/events/hook.deploy", b'{"env": "prod", "n": 3}')
     assert status == 202, body
     assert body["duplicate"] is False and body["seq"] >= 1 and body["id"]
-    (h,) = wait_until(lambda: [h for h in daemon.handoffs("hooks") if h["evidence"][0]["id"] == body["id"]],
-                      what="the posted event to fire")  # fmt: skip
+    (h,) = wait_until(
+        lambda: [h for h in daemon.handoffs("hooks") if h["evidence"][0]["id"] == body["id"]],
+        what="the posted event to fire",
+    )
     ev = h["evidence"][0]
     assert ev["subject"] == "hook.deploy" and ev["data"] == {"env": "prod", "n": 3}
 
@@ -71,8 +81,10 @@ def test_idempotency_key_stores_once(daemon: DaemonProc) -> None:
     assert first[0] == second[0] == via_query[0] == 202
     assert first[1] == {"id": "idem-1", "seq": first[1]["seq"], "duplicate": False}
     assert second[1] == via_query[1] == {"id": "idem-1", "seq": first[1]["seq"], "duplicate": True}
-    wait_until(lambda: daemon.decisions("hooks", "fired") and int(daemon.meta("last_seq") or 0) >= first[1]["seq"],
-               what="the event to be consumed")  # fmt: skip
+    wait_until(
+        lambda: daemon.decisions("hooks", "fired") and int(daemon.meta("last_seq") or 0) >= first[1]["seq"],
+        what="the event to be consumed",
+    )
     assert [d["event_id"] for d in daemon.decisions("hooks", "fired")].count("idem-1") == 1
     assert len([h for h in daemon.handoffs("hooks") if h["evidence"][0]["id"] == "idem-1"]) == 1
 
@@ -130,8 +142,9 @@ def test_bearer_token_is_required(daemon: DaemonProc) -> None:
         status, payload, _ = request(daemon, "POST", "/events/hook.auth", b"{}", token=token)
         assert status == 401 and "bearer token" in payload["error"]
         assert request(daemon, "GET", "/ping/hook.auth", token=token)[0] == 401
-    status, payload, _ = request(daemon, "POST", "/events/hook.auth", b"{}", headers={"Authorization": TOKEN},
-                                 token=None)  # fmt: skip
+    status, payload, _ = request(
+        daemon, "POST", "/events/hook.auth", b"{}", headers={"Authorization": TOKEN}, token=None
+    )
     assert status == 401  # the scheme is required
     assert daemon.stream_last_seq() == before
     assert request(daemon, "POST", "/events/hook.auth", b"{}")[0] == 202
@@ -142,8 +155,10 @@ def test_ping_with_get_and_post(daemon: DaemonProc) -> None:
     assert status == 202 and got["duplicate"] is False
     status, posted, _ = request(daemon, "POST", "/ping/hook.ping.laptop", b'{"host": "x1"}')
     assert status == 202 and posted["seq"] > got["seq"]
-    wait_until(lambda: {got["id"], posted["id"]} <= {h["evidence"][0]["id"] for h in daemon.handoffs("hooks")},
-               what="both pings to fire")  # fmt: skip
+    wait_until(
+        lambda: {got["id"], posted["id"]} <= {h["evidence"][0]["id"] for h in daemon.handoffs("hooks")},
+        what="both pings to fire",
+    )
     data = {h["evidence"][0]["id"]: h["evidence"][0]["data"] for h in daemon.handoffs("hooks")}
     assert data[got["id"]] == {} and data[posted["id"]] == {"host": "x1"}
 

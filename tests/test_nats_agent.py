@@ -37,8 +37,17 @@ SUBJECT = "watchd.handoffs.agent.claw"
 
 
 def handoff(hid: str, key: str | None = None, target: str = TARGET) -> Handoff:
-    return Handoff(id=hid, watch="deploy", watch_version=1, kind="match", key=key, target=target, trigger="watch",
-                   reason="deploy requested", fired_at="2026-11-22T02:00:00Z")  # fmt: skip
+    return Handoff(
+        id=hid,
+        watch="deploy",
+        watch_version=1,
+        kind="match",
+        key=key,
+        target=target,
+        trigger="watch",
+        reason="deploy requested",
+        fired_at="2026-11-22T02:00:00Z",
+    )
 
 
 def runner(nc: Client, ack_timeout_s: float = 5.0) -> NatsRunner:
@@ -163,14 +172,27 @@ async def test_build_targets_makes_a_nats_runner_with_the_connection(js_ready: C
 async def test_late_replies_are_recorded_in_the_outbox(js_ready: Client, tmp_path: Path) -> None:
     js = js_ready.jetstream()
     store = Store(tmp_path / "w.db")
-    states = {"h_acc": "accepted", "h_retry": "retrying", "h_dead": "dead", "h_dropped": "dropped",
-              "h_twice": "accepted", "h_busy": "delivering"}  # fmt: skip
+    states = {
+        "h_acc": "accepted",
+        "h_retry": "retrying",
+        "h_dead": "dead",
+        "h_dropped": "dropped",
+        "h_twice": "accepted",
+        "h_busy": "delivering",
+    }
     hs = [handoff(h) for h in states]
     store.commit_step(last_seq=1, clock=1.0, changes=([], [], set()), decisions=[], handoffs=hs, subjects={}, now=1.0)
     for hid, state in states.items():
         store.finish(hid, state, 2.0, None)
-    for hid, status in [("h_acc", "done"), ("h_retry", "accepted"), ("h_dead", "done"), ("h_dropped", "done"),
-                        ("h_twice", "rejected"), ("h_twice", "done"), ("h_busy", "done")]:  # fmt: skip
+    for hid, status in [
+        ("h_acc", "done"),
+        ("h_retry", "accepted"),
+        ("h_dead", "done"),
+        ("h_dropped", "done"),
+        ("h_twice", "rejected"),
+        ("h_twice", "done"),
+        ("h_busy", "done"),
+    ]:
         await send_reply(js, hid, status, f"{status} later", 1)
     stop = asyncio.Event()
     task = asyncio.create_task(follow_replies(js, store, stop, clock=lambda: 3.0, fetch_wait_s=0.2))
@@ -178,8 +200,14 @@ async def test_late_replies_are_recorded_in_the_outbox(js_ready: Client, tmp_pat
     async def now() -> dict[str, str]:  # through the store's own thread, which the follower writes on
         return {h["id"]: h["state"] for h in await store.run(read_handoffs, store.conn)}
 
-    expected = {"h_acc": "done", "h_retry": "accepted", "h_dead": "done", "h_dropped": "dropped", "h_twice": "done",
-                "h_busy": "delivering"}  # fmt: skip
+    expected = {
+        "h_acc": "done",
+        "h_retry": "accepted",
+        "h_dead": "done",
+        "h_dropped": "dropped",
+        "h_twice": "done",
+        "h_busy": "delivering",
+    }
     await until(lambda: _equal(now(), expected), 5, "late replies recorded")
     await store.run(store.finish, "h_busy", "accepted", 4.0, "accepted by a worker")  # the delivery ends ...
     await until(lambda: _equal(now(), {**expected, "h_busy": "done"}), 5, "... and the reply held back lands")
@@ -229,9 +257,25 @@ class WorkerProc:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "watchd.cli", "worker", self.target, "--config", str(self.config_path),
-               "--state-dir", str(self.state_dir), "--ack-wait", "1s", *extra, "--",
-               sys.executable, str(self.script), str(self.log), *self.args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "watchd",
+            "worker",
+            self.target,
+            "--config",
+            str(self.config_path),
+            "--state-dir",
+            str(self.state_dir),
+            "--ack-wait",
+            "1s",
+            *extra,
+            "--",
+            sys.executable,
+            str(self.script),
+            str(self.log),
+            *self.args,
+        ]
         with open(self.stderr_path, "ab") as err:
             p = subprocess.Popen(cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         self.procs.append(p)
@@ -381,8 +425,12 @@ def test_worker_help_has_an_example_and_bad_input_is_one_line(tmp_path: Path) ->
         (["agent.claw", "--", "no-such-program-xyz"], "error: command not found: no-such-program-xyz"),
     ]
     for args, message in cases:
-        p = subprocess.run([sys.executable, "-m", "watchd.cli", "worker", "--config", str(cfg), *args],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "watchd", "worker", "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
@@ -413,8 +461,9 @@ def test_a_handoff_reaches_a_remote_worker_and_is_done_exactly_once(
             return hs[0] if hs and hs[0]["state"] == "done" else None
 
         h = wait_until(done, 20, "the handoff to be done by the remote worker")
-        transitions = [s for (s,) in d.query("SELECT state FROM transitions WHERE handoff_id = ? ORDER BY id",
-                                             (h["id"],))]  # fmt: skip
+        transitions = [
+            s for (s,) in d.query("SELECT state FROM transitions WHERE handoff_id = ? ORDER BY id", (h["id"],))
+        ]
         assert transitions == ["pending", "delivering", "accepted", "done"]
         assert len(d.handoffs("deploy")) == 1 and h["attempt"] == 1
         assert w.runs() == [[h["id"], "shop", h["id"], "1"]]

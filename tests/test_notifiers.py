@@ -60,16 +60,26 @@ def test_template_is_filled_once_so_event_data_cannot_inject_placeholders() -> N
 
 def make_handoff(**kw: Any) -> Handoff:
     base: dict[str, Any] = dict(
-        id="h_3f2a9c", watch="nightly-backup", watch_version=3, kind="deadline", key=None,
-        target="notify.phone", trigger="watch",
+        id="h_3f2a9c",
+        watch="nightly-backup",
+        watch_version=3,
+        kind="deadline",
+        key=None,
+        target="notify.phone",
+        trigger="watch",
         reason="no backup.done with data.exit_code == 0 between 01:00 and 03:00 Europe/Berlin",
-        fired_at="2026-11-22T02:00:00Z", window=Window("2026-11-22T00:00:00Z", "2026-11-22T02:00:00Z"),
+        fired_at="2026-11-22T02:00:00Z",
+        window=Window("2026-11-22T00:00:00Z", "2026-11-22T02:00:00Z"),
         evidence=[
             {"id": "e1", "subject": "backup.started", "time": "2026-11-22T00:10:00Z", "data": {}},
-            {"id": "e2", "subject": "backup.done", "time": "2026-11-22T01:13:00Z",
-             "data": {"exit_code": 2, "host": {"name": "nas"}, "ok": False}},
+            {
+                "id": "e2",
+                "subject": "backup.done",
+                "time": "2026-11-22T01:13:00Z",
+                "data": {"exit_code": 2, "host": {"name": "nas"}, "ok": False},
+            },
         ],
-    )  # fmt: skip
+    )
     base.update(kw)
     return Handoff(**base)
 
@@ -92,8 +102,11 @@ async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str 
     notifier somewhere other than the fake (a closed port)."""
     if kind == "telegram":
         async with FakeTelegram(token=f"123456:{secret}AAbbCC") as tg:
-            n = TelegramNotifier(TelegramConfig(token=tg.token, chat_id="42", api_base=base or tg.api_base),
-                                 name="notify.phone", timeout_s=timeout_s)  # fmt: skip
+            n = TelegramNotifier(
+                TelegramConfig(token=tg.token, chat_id="42", api_base=base or tg.api_base),
+                name="notify.phone",
+                timeout_s=timeout_s,
+            )
             yield Rig(tg, n, lambda: tg.messages)
     elif kind == "slack-webhook":
         async with FakeSlack("webhook", hook_secret=f"{secret}hookXX") as sl:
@@ -102,8 +115,11 @@ async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str 
             yield Rig(sl, n2, lambda: sl.messages)
     elif kind == "slack-api":
         async with FakeSlack("api", token=f"xoxb-{secret}tok") as sl:
-            n3 = SlackNotifier(SlackConfig(token=sl.token, channel="#alerts", api_base=(base + "/api") if base
-                                           else sl.api_base), name="notify.team", timeout_s=timeout_s)  # fmt: skip
+            n3 = SlackNotifier(
+                SlackConfig(token=sl.token, channel="#alerts", api_base=(base + "/api") if base else sl.api_base),
+                name="notify.team",
+                timeout_s=timeout_s,
+            )
             yield Rig(sl, n3, lambda: sl.messages)
     elif kind == "webhook":
         async with FakeWebhook(secret=f"{secret}hmac-key") as wh:
@@ -184,9 +200,12 @@ async def test_secrets_never_leak(kind: str, caplog: pytest.LogCaptureFixture) -
             texts.append((await r.notifier.deliver(make_handoff())).detail)
         # Servers and proxies that echo the request path (with the token in it) into their error page:
         path = r.fake.default_path
-        r.fake.script(Reply(404, text="Cannot POST", echo=True), Reply(502, text="bad gateway for", echo=True),
-                      Reply(200, json={"ok": False, "error_code": 400, "description": f"bad {path}",
-                                       "error": f"e {path}"}), path=path)  # fmt: skip
+        r.fake.script(
+            Reply(404, text="Cannot POST", echo=True),
+            Reply(502, text="bad gateway for", echo=True),
+            Reply(200, json={"ok": False, "error_code": 400, "description": f"bad {path}", "error": f"e {path}"}),
+            path=path,
+        )
         for _ in range(3):
             texts.append((await r.notifier.deliver(make_handoff())).detail)
         r.fake.stall(5)
@@ -258,15 +277,17 @@ async def test_telegram_errors_say_what_to_fix(monkeypatch: pytest.MonkeyPatch) 
         out = await n.deliver(make_handoff())
         assert out == Dead("notify.phone: Telegram rejected the bot token (401): check token / WATCHD_TEST_TG_TOKEN")
 
-        wrong = TelegramNotifier(TelegramConfig(token="999:wrong", chat_id="42", api_base=tg.api_base),
-                                 name="notify.phone")  # fmt: skip
+        wrong = TelegramNotifier(
+            TelegramConfig(token="999:wrong", chat_id="42", api_base=tg.api_base), name="notify.phone"
+        )
         out = await wrong.deliver(make_handoff())
         assert isinstance(out, Dead) and "(401)" in out.detail and "check token" in out.detail
         ok, detail = await wrong.probe()
         assert not ok and "rejected the bot token" in detail
 
-        other_chat = TelegramNotifier(TelegramConfig(token="env:WATCHD_TEST_TG_TOKEN", chat_id="7",
-                                                     api_base=tg.api_base), name="notify.phone")  # fmt: skip
+        other_chat = TelegramNotifier(
+            TelegramConfig(token="env:WATCHD_TEST_TG_TOKEN", chat_id="7", api_base=tg.api_base), name="notify.phone"
+        )
         out = await other_chat.deliver(make_handoff())
         assert isinstance(out, Dead) and "chat not found" in out.detail and "check chat_id" in out.detail
 
@@ -473,12 +494,25 @@ def test_render_default_and_message() -> None:
 
 def test_render_template_fields() -> None:
     h = make_handoff(key="nas")
-    t = ("{watch}|{key}|{reason}|{deadline}|{count}|{fired_at}|{event.data.exit_code}|{event.data.host.name}|"
-         "{event.data.ok}|{event.data.host}|{window.start}|{evidence.0.subject}|{event.subject}")  # fmt: skip
+    t = (
+        "{watch}|{key}|{reason}|{deadline}|{count}|{fired_at}|{event.data.exit_code}|{event.data.host.name}|"
+        "{event.data.ok}|{event.data.host}|{window.start}|{evidence.0.subject}|{event.subject}"
+    )
     assert render_template(t, h).split("|") == [
-        "nightly-backup", "nas", h.reason, "2026-11-22T02:00:00Z", "2", "2026-11-22T02:00:00Z", "2", "nas",
-        "false", '{"name":"nas"}', "2026-11-22T00:00:00Z", "backup.started", "backup.done",
-    ]  # fmt: skip
+        "nightly-backup",
+        "nas",
+        h.reason,
+        "2026-11-22T02:00:00Z",
+        "2",
+        "2026-11-22T02:00:00Z",
+        "2",
+        "nas",
+        "false",
+        '{"name":"nas"}',
+        "2026-11-22T00:00:00Z",
+        "backup.started",
+        "backup.done",
+    ]
 
 
 def test_render_template_missing_and_attacks() -> None:

@@ -169,30 +169,38 @@ def test_agents_are_held_unless_urgent_notifiers_always() -> None:
 
 
 def fire(at: float, targets: list[str]) -> Fire:
-    return Fire(watch="w", version=1, kind="match", key=None, logical="e1", fired_at=at, reason="it happened",
-                targets=targets)  # fmt: skip
+    return Fire(
+        watch="w", version=1, kind="match", key=None, logical="e1", fired_at=at, reason="it happened", targets=targets
+    )
 
 
 def test_handoffs_inside_the_window_are_held_and_marked_late() -> None:
     at = ts("2026-06-10T23:30:00+02:00")
     holds: dict[str, float] = {}
     quiet = Quiet(from_="22:00", to="07:00")
-    made = handoffs_from_fire(fire(at, ["notify.phone", "agent.a"]), "disk {reason}", quiet=quiet, zone=BERLIN,
-                              holds=holds)  # fmt: skip
+    made = handoffs_from_fire(
+        fire(at, ["notify.phone", "agent.a"]), "disk {reason}", quiet=quiet, zone=BERLIN, holds=holds
+    )
     release = ts("2026-06-11T07:00:00+02:00")
     assert holds == {made[0].id: release, made[1].id: release}
     assert made[0].message == QUIET_PREFIX + "disk it happened"
     # urgent wakes the agent at once; the notifier still waits, and without a template the default is marked
     holds.clear()
-    made = handoffs_from_fire(fire(at, ["notify.phone", "agent.a"]), None, quiet=quiet, urgent=True, zone=BERLIN,
-                              holds=holds)  # fmt: skip
+    made = handoffs_from_fire(
+        fire(at, ["notify.phone", "agent.a"]), None, quiet=quiet, urgent=True, zone=BERLIN, holds=holds
+    )
     assert holds == {made[0].id: release}
     assert made[0].message is not None and made[0].message.startswith(QUIET_PREFIX + "🔔 w fired")
     assert made[1].message is None
     # the watch's own zone wins over the default; outside the window nothing is held
     holds.clear()
-    made = handoffs_from_fire(fire(at, ["notify.phone"]), None, quiet=Quiet(from_="22:00", to="07:00",
-                              timezone="UTC"), zone=BERLIN, holds=holds)  # fmt: skip
+    made = handoffs_from_fire(
+        fire(at, ["notify.phone"]),
+        None,
+        quiet=Quiet(from_="22:00", to="07:00", timezone="UTC"),
+        zone=BERLIN,
+        holds=holds,
+    )
     assert holds == {} and made[0].message is None
 
 
@@ -200,10 +208,12 @@ def test_the_store_schedules_a_held_handoff_for_the_release(tmp_path: Path) -> N
     store = Store(tmp_path / "w.db")
     at = ts("2026-06-10T23:30:00+02:00")
     holds: dict[str, float] = {}
-    (h,) = handoffs_from_fire(fire(at, ["notify.phone"]), None, quiet=Quiet(from_="22:00", to="07:00"), zone=BERLIN,
-                              holds=holds)  # fmt: skip
-    store.commit_step(last_seq=1, clock=at, changes=([], [], set()), decisions=[], handoffs=[h], subjects={},
-                      now=at, holds=holds)  # fmt: skip
+    (h,) = handoffs_from_fire(
+        fire(at, ["notify.phone"]), None, quiet=Quiet(from_="22:00", to="07:00"), zone=BERLIN, holds=holds
+    )
+    store.commit_step(
+        last_seq=1, clock=at, changes=([], [], set()), decisions=[], handoffs=[h], subjects={}, now=at, holds=holds
+    )
     release = holds[h.id]
     assert store.next_attempt_at() == release
     assert store.claim_due(release - 1) == []

@@ -12,8 +12,7 @@ from cronsim import CronSim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watchd.errors import WatchdError
-from watchd.schedule import (
+from watchd.cron.schedule import (
     CronSpec,
     ScheduleError,
     Tick,
@@ -28,6 +27,7 @@ from watchd.schedule import (
     skipped_in_gap,
     ticks_between,
 )
+from watchd.errors import WatchdError
 
 
 def Z(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> datetime:
@@ -116,10 +116,18 @@ def test_wildcard_jobs_follow_real_time() -> None:
 
 @pytest.mark.parametrize(
     ("expr", "real_time"),
-    [("*/15 * * * *", True), ("0 * * * *", True), ("0 */2 * * *", True), ("* 2 * * *", True),
-     ("30 2 * * *", False), ("0 1,13 * * *", False), ("0-59 2 * * *", False), ("@daily", False),
-     ("@hourly", True)],
-)  # fmt: skip
+    [
+        ("*/15 * * * *", True),
+        ("0 * * * *", True),
+        ("0 */2 * * *", True),
+        ("* 2 * * *", True),
+        ("30 2 * * *", False),
+        ("0 1,13 * * *", False),
+        ("0-59 2 * * *", False),
+        ("@daily", False),
+        ("@hourly", True),
+    ],
+)
 def test_wildcard_rule_is_debians(expr: str, real_time: bool) -> None:
     assert parse_cron(expr, "UTC").follows_real_time is real_time
 
@@ -314,10 +322,20 @@ def test_on_time_tick_runs_under_every_policy() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("500ms", 0.5),
-     ("1w", 604800), ("1w2d3h4m5s6ms", 604800 + 2 * 86400 + 3 * 3600 + 245.006), ("0s", 0),
-     (" 5m ", 300), ("1.5h", 5400)],
-)  # fmt: skip
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1w", 604800),
+        ("1w2d3h4m5s6ms", 604800 + 2 * 86400 + 3 * 3600 + 245.006),
+        ("0s", 0),
+        (" 5m ", 300),
+        ("1.5h", 5400),
+    ],
+)
 def test_parse_duration_good(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -330,9 +348,16 @@ def test_parse_duration_bad(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(5400, "1h30m"), (0.5, "500ms"), (90, "1m30s"), (86400, "1d"), (0, "0s"), (694861.5, "8d1h1m1s500ms"),
-     (-60, "-1m")],
-)  # fmt: skip
+    [
+        (5400, "1h30m"),
+        (0.5, "500ms"),
+        (90, "1m30s"),
+        (86400, "1d"),
+        (0, "0s"),
+        (694861.5, "8d1h1m1s500ms"),
+        (-60, "-1m"),
+    ],
+)
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     if seconds >= 0 and seconds < 7 * 86400:
@@ -341,12 +366,36 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 # ---- property: ticks strictly increase and agree with next_tick (and with cronsim)
 
-PROPERTY_ZONES = [BERLIN, NY, LORD_HOWE, "Antarctica/Troll", "Pacific/Chatham", "America/Havana",
-                  "Africa/Casablanca", "America/Santiago", "UTC", "Asia/Kolkata"]  # fmt: skip
+PROPERTY_ZONES = [
+    BERLIN,
+    NY,
+    LORD_HOWE,
+    "Antarctica/Troll",
+    "Pacific/Chatham",
+    "America/Havana",
+    "Africa/Casablanca",
+    "America/Santiago",
+    "UTC",
+    "Asia/Kolkata",
+]
 # instants near this year's transitions in those zones, where the interesting cases are
-NEAR = [Z(2026, 3, 29, 1), Z(2026, 10, 25, 1), Z(2026, 3, 8, 7), Z(2026, 11, 1, 6), Z(2026, 10, 3, 15, 30),
-        Z(2026, 4, 4, 15), Z(2026, 4, 4, 14), Z(2026, 9, 26, 14), Z(2026, 3, 8, 5), Z(2026, 11, 1, 5),
-        Z(2026, 2, 15, 2), Z(2026, 3, 22, 2), Z(2026, 4, 5, 3), Z(2026, 9, 6, 4), Z(2026, 3, 1)]  # fmt: skip
+NEAR = [
+    Z(2026, 3, 29, 1),
+    Z(2026, 10, 25, 1),
+    Z(2026, 3, 8, 7),
+    Z(2026, 11, 1, 6),
+    Z(2026, 10, 3, 15, 30),
+    Z(2026, 4, 4, 15),
+    Z(2026, 4, 4, 14),
+    Z(2026, 9, 26, 14),
+    Z(2026, 3, 8, 5),
+    Z(2026, 11, 1, 5),
+    Z(2026, 2, 15, 2),
+    Z(2026, 3, 22, 2),
+    Z(2026, 4, 5, 3),
+    Z(2026, 9, 6, 4),
+    Z(2026, 3, 1),
+]
 
 cron_exprs = st.builds(
     lambda *f: " ".join(f),

@@ -17,17 +17,17 @@ import pytest
 from fakes import FakeWebhook
 
 from watchd import config
+from watchd.cron.runner import Scheduler, claim
+from watchd.cron.ticks import jitter_offset, tick_key
+from watchd.cron.walltimer import WallTimer
 from watchd.daemon import build_targets
 from watchd.dispatch import Dispatcher
-from watchd.explain_schedule import explain_from_db
+from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
 from watchd.notify import http_client
-from watchd.scheduler import Scheduler, claim
 from watchd.store import Store, db_path
-from watchd.ticks import jitter_offset, tick_key
-from watchd.walltimer import WallTimer
 
-OFF = '[schedule.heartbeat]\nenabled = false\n[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n'
+OFF = "[schedule.heartbeat]\nenabled = false\n[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n"
 
 
 def ts(text: str) -> float:
@@ -51,8 +51,9 @@ class Harness:
     def __init__(self, root: Path, schedules: str, clock: Clock, *, extra: str = "") -> None:
         root.mkdir(parents=True, exist_ok=True)
         path = root / "config.toml"
-        path.write_text(f'state_dir = "state"\ntimezone = "UTC"\n{extra}\n[notify.console]\ntype = "console"\n'
-                        f"{OFF}{schedules}")  # fmt: skip
+        path.write_text(
+            f'state_dir = "state"\ntimezone = "UTC"\n{extra}\n[notify.console]\ntype = "console"\n{OFF}{schedules}'
+        )
         self.loaded = config.load(path)
         self.clock = clock
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -138,9 +139,12 @@ async def test_an_on_time_tick_runs_once_and_the_next_is_the_next_tick(make: Any
 
 @pytest.mark.parametrize(
     ("missed", "runs", "skipped"),
-    [("skip", [], {"missed": 31}), ("coalesce", ["2026-03-02T17:45:00Z"], {"coalesced": 30}),
-     ("replay", [f"2026-03-02T{h:02d}:{m:02d}:00Z" for h in range(10, 18) for m in (0, 15, 30, 45)][1:], {})],
-)  # fmt: skip
+    [
+        ("skip", [], {"missed": 31}),
+        ("coalesce", ["2026-03-02T17:45:00Z"], {"coalesced": 30}),
+        ("replay", [f"2026-03-02T{h:02d}:{m:02d}:00Z" for h in range(10, 18) for m in (0, 15, 30, 45)][1:], {}),
+    ],
+)
 async def test_an_8_hour_suspend_is_one_decision_by_the_missed_policy(
     make: Any, missed: str, runs: list[str], skipped: dict[str, int]
 ) -> None:
@@ -183,11 +187,16 @@ async def test_every_counts_from_the_last_completion_and_coalesces_a_suspend(mak
 
 @pytest.mark.parametrize(
     ("missed", "runs", "reasons"),
-    [("skip", [], {"missed": 4, "max_lateness": 8}), ("coalesce", ["2026-03-05T06:00:00Z"],
-      {"coalesced": 3, "max_lateness": 8}),
-     ("replay", ["2026-03-04T12:00:00Z", "2026-03-04T18:00:00Z", "2026-03-05T00:00:00Z", "2026-03-05T06:00:00Z"],
-      {"max_lateness": 8})],
-)  # fmt: skip
+    [
+        ("skip", [], {"missed": 4, "max_lateness": 8}),
+        ("coalesce", ["2026-03-05T06:00:00Z"], {"coalesced": 3, "max_lateness": 8}),
+        (
+            "replay",
+            ["2026-03-04T12:00:00Z", "2026-03-04T18:00:00Z", "2026-03-05T00:00:00Z", "2026-03-05T06:00:00Z"],
+            {"max_lateness": 8},
+        ),
+    ],
+)
 async def test_a_3_day_outage_with_max_lateness(
     make: Any, missed: str, runs: list[str], reasons: dict[str, int]
 ) -> None:
@@ -237,8 +246,10 @@ async def test_a_restart_in_the_middle_of_a_run_fails_it_and_never_runs_that_tic
     h = await make(f'[schedule.slow]\ncron = "0 * * * *"\nmissed = "coalesce"\n{ECHO}\n', "2026-03-02T09:59:59")
     # A watchd claimed the 10:00 tick and died during its run (the real thing: tests/test_scheduler_e2e.py).
     key = tick_key("slow", 1, ts("2026-03-02T10:00:00"))
-    claim(h.store.conn, [(key, "slow", 1, ts("2026-03-02T10:00:00"), "started", None, ts("2026-03-02T10:00:00"),
-                          None, None)])  # fmt: skip
+    claim(
+        h.store.conn,
+        [(key, "slow", 1, ts("2026-03-02T10:00:00"), "started", None, ts("2026-03-02T10:00:00"), None, None)],
+    )
     h.restart()
     h.clock.set("2026-03-02T12:30:00")
     await h.sched.start()
@@ -248,8 +259,11 @@ async def test_a_restart_in_the_middle_of_a_run_fails_it_and_never_runs_that_tic
     # 11:00 and 12:00 were missed: coalesced into one run for 12:00; 10:00 never runs again.
     assert [d["tick"] for d in h.of(".started")] == ["2026-03-02T12:00:00Z"]
     rows = h.rows("slow")
-    assert [(r["state"], r["reason"]) for r in rows] == [("failed", "interrupted"), ("skipped", "coalesced"),
-                                                         ("done", None)]  # fmt: skip
+    assert [(r["state"], r["reason"]) for r in rows] == [
+        ("failed", "interrupted"),
+        ("skipped", "coalesced"),
+        ("done", None),
+    ]
     assert rows[0]["summary"] == "interrupted by restart"
 
 
@@ -275,8 +289,11 @@ async def test_two_schedulers_on_one_state_file_run_a_tick_once(make: Any, tmp_p
 async def test_then_hands_off_through_the_outbox_to_a_notifier_once(make: Any) -> None:
     async with FakeWebhook() as hook:
         extra = f'[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n'
-        h = await make('[schedule.digest]\ncron = "0 7 * * *"\ntimezone = "Europe/Berlin"\nthen = ["notify.hook"]\n',
-                       "2026-03-02T05:59:00", extra=extra)  # fmt: skip
+        h = await make(
+            '[schedule.digest]\ncron = "0 7 * * *"\ntimezone = "Europe/Berlin"\nthen = ["notify.hook"]\n',
+            "2026-03-02T05:59:00",
+            extra=extra,
+        )
         dispatcher = Dispatcher(h.store, build_targets(h.loaded), clock=time.time)
         h.sched.wake_dispatcher = dispatcher.wake
         stop = asyncio.Event()
@@ -395,8 +412,9 @@ async def test_default_schedules_ship_and_can_be_replaced_or_turned_off(tmp_path
     path = tmp_path / "c.toml"
     path.write_text('state_dir = "s"\ntimezone = "Europe/Berlin"\n')
     assert sorted(config.effective_schedules(config.load(path).config)) == ["backup", "canary", "heartbeat"]
-    path.write_text('state_dir = "s"\n[schedule.backup]\nenabled = false\n[schedule.canary]\ncron = "0 5 * * *"\n'
-                    'job = "canary"\n')  # fmt: skip
+    path.write_text(
+        'state_dir = "s"\n[schedule.backup]\nenabled = false\n[schedule.canary]\ncron = "0 5 * * *"\njob = "canary"\n'
+    )
     got = config.effective_schedules(config.load(path).config)
     assert sorted(got) == ["canary", "heartbeat"] and got["canary"].cron == "0 5 * * *"
 

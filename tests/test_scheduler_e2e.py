@@ -17,10 +17,7 @@ from conftest import DaemonProc, wait_until
 def test_a_restart_in_the_middle_of_a_run(daemon_factory: Callable[..., DaemonProc], tmp_path: Path) -> None:
     pids = tmp_path / "run.pids"
     at = datetime.fromtimestamp(time.time() + 4, UTC).isoformat(timespec="milliseconds")
-    schedule = (
-        f'[schedule.once]\nat = "{at}"\n'
-        f'run = ["sh", "-c", "echo $$ >> {pids}; exec sleep 60"]\n'
-    )
+    schedule = f'[schedule.once]\nat = "{at}"\nrun = ["sh", "-c", "echo $$ >> {pids}; exec sleep 60"]\n'
     d = daemon_factory(extra_config=schedule).start()
     try:
         wait_until(lambda: pids.exists() and pids.read_text().strip(), 10, "the run to start")
@@ -32,8 +29,11 @@ def test_a_restart_in_the_middle_of_a_run(daemon_factory: Callable[..., DaemonPr
         rows = wait_until(lambda: d.query(sql), 10, "the interrupted run to be failed")
         assert rows == [(key, "failed", "interrupted", "interrupted by restart")]
         # The failure is an event like any other (the engine records every subject it consumes).
-        wait_until(lambda: d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.failed'"), 10,
-                   "watchd.schedule.once.failed on the stream")  # fmt: skip
+        wait_until(
+            lambda: d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.failed'"),
+            10,
+            "watchd.schedule.once.failed on the stream",
+        )
         assert d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.started'")
         time.sleep(0.5)
         assert len(pids.read_text().split()) == 1  # the tick was not run again

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from watchd.config import Schedule
-from watchd.ticks import GRACE_S, State, define, next_run_at, overlap_action, plan, upcoming
+from watchd.cron.ticks import GRACE_S, State, define, next_run_at, overlap_action, plan, upcoming
 
 
 def ts(text: str) -> float:
@@ -18,7 +18,8 @@ def test_an_at_that_had_passed_when_the_schedule_was_set_up_is_skipped_once() ->
     d = define("once", Schedule(at="2026-03-02T09:00", run=["x"], missed="replay"), "UTC")
     due = plan(d, State(since=ts("2026-03-02T10:00:00")), ts("2026-03-02T10:00:01"))
     assert due.runs == [] and [(k.reason, k.detail) for k in due.skips] == [
-        ("missed", "missed: 2026-03-02T09:00 had already passed when the schedule was set up")]
+        ("missed", "missed: 2026-03-02T09:00 had already passed when the schedule was set up")
+    ]
     handled = State(since=ts("2026-03-02T10:00:00"), last_tick=ts("2026-03-02T09:00:00"))
     assert plan(d, handled, ts("2026-03-02T11:00:00")).skips == [] and next_run_at(d, handled, 0) is None
 
@@ -40,8 +41,9 @@ def test_every_after_the_clock_was_set_back_counts_from_now() -> None:
 @pytest.mark.parametrize(("missed", "runs", "skips"), [("skip", 0, [("missed", 6)]), ("replay", 1, [("coalesced", 5)])])
 def test_every_after_an_hour_asleep(missed: str, runs: int, skips: list[tuple[str, int]]) -> None:
     d = define("e", Schedule(every="10m", run=["x"], missed=missed), "UTC")  # type: ignore[arg-type]
-    state = State(since=ts("2026-03-02T08:00:00"), last_tick=ts("2026-03-02T09:00:00"),
-                  completed_at=ts("2026-03-02T09:00:00"))  # fmt: skip
+    state = State(
+        since=ts("2026-03-02T08:00:00"), last_tick=ts("2026-03-02T09:00:00"), completed_at=ts("2026-03-02T09:00:00")
+    )
     due = plan(d, state, ts("2026-03-02T10:05:00"))
     assert len(due.runs) == runs and [(k.reason, k.count) for k in due.skips] == skips
 

@@ -45,9 +45,13 @@ def test_shadow_records_would_fires_then_promotion_hands_off_only_new_fires(
     assert [e["id"] for e in h["evidence"]] == [fresh.id]
     assert h["watch_version"] == 2
     d.publish(make_event("disk.usage", {"percent": 10}))  # a miss after it: everything before is processed
-    wait_until(lambda: d.decisions("disk-full", "where_false")[-1:] and
-               d.decisions("disk-full", "where_false")[-1]["reason"].endswith("(data.percent = 10)"),
-               what="the later miss")  # fmt: skip
+    wait_until(
+        lambda: (
+            d.decisions("disk-full", "where_false")[-1:]
+            and d.decisions("disk-full", "where_false")[-1]["reason"].endswith("(data.percent = 10)")
+        ),
+        what="the later miss",
+    )
     assert len(d.handoffs("disk-full")) == 1
     status = json.loads(d.cli("status", "--json").stdout)
     assert (status["watches"][0]["mode"], status["watches"][0]["would_fire_today"]) == ("live", 3)

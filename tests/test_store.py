@@ -10,13 +10,29 @@ from watchd.store import Store, read_handoffs
 
 
 def handoff(hid: str) -> Handoff:
-    return Handoff(id=hid, watch="w", watch_version=1, kind="match", key=None, target="notify.console",
-                   trigger="watch", reason="r", fired_at="2026-11-22T00:00:00Z")  # fmt: skip
+    return Handoff(
+        id=hid,
+        watch="w",
+        watch_version=1,
+        kind="match",
+        key=None,
+        target="notify.console",
+        trigger="watch",
+        reason="r",
+        fired_at="2026-11-22T00:00:00Z",
+    )
 
 
 def commit(store: Store, *, seq: int, decisions: list[Decision], handoffs: list[Handoff]) -> list[str]:
-    return store.commit_step(last_seq=seq, clock=float(seq), changes=([], [], set()), decisions=decisions,
-                             handoffs=handoffs, subjects={}, now=float(seq))  # fmt: skip
+    return store.commit_step(
+        last_seq=seq,
+        clock=float(seq),
+        changes=([], [], set()),
+        decisions=decisions,
+        handoffs=handoffs,
+        subjects={},
+        now=float(seq),
+    )
 
 
 def test_same_handoff_id_is_stored_once(tmp_path: Path) -> None:

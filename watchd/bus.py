@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,8 +32,10 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from watchd.errors import EventRejected, NatsUnavailable
+from watchd.errors import EventRejected, NatsUnavailable, WatchdError
+from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, split_listen, url_host
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
+from watchd.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,6 @@ def nats_server_binary() -> Path:
     if found:
         return Path(found).resolve()
     raise NatsUnavailable("cannot find the nats-server binary", hint=_INSTALL_HINT)
-
-
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^@/\s]+@", re.IGNORECASE)
-
-
-def redact_url(text: str) -> str:
-    """Text with the user:password of every URL in it replaced by ***, safe to show and log."""
-    return _USERINFO.sub(r"\1***@", text)
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    try:
-        return host.strip("[]") or "0.0.0.0", int(port)
-    except ValueError:
-        raise NatsUnavailable(
-            f"bad [nats] listen {listen!r}", hint='use "host:port", e.g. "127.0.0.1:4222"'
-        ) from None
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -116,15 +99,17 @@ class EmbeddedNats:
     def __init__(
         self,
         store_dir: Path,
-        listen: str = "127.0.0.1:4222",
+        listen: str = NATS_LISTEN,
         sync: str = "always",
         log_file: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).expanduser()
         self.listen = listen
-        self.host, self.port = _split_listen(listen)
-        # Where clients reach a server that listens on every interface: loopback.
-        self.connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        try:
+            self.host, self.port = split_listen(listen, setting="[nats] listen")
+        except WatchdError as exc:
+            raise NatsUnavailable(exc.message, exc.hint) from None
+        self.connect_host = client_host(self.host)
         # Durability: "always" makes JetStream fsync every write before it acks. nats-server's default
         # (sync every 2 minutes) loses acknowledged messages on power loss (Jepsen, NATS 2.12.1, 2025),
         # and a laptop is exactly where power is lost. Events arrive at human rates, so the cost is nil.
@@ -140,8 +125,7 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
-        return f"nats://{host}:{self.port}"
+        return f"nats://{url_host(self.connect_host)}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -165,7 +149,7 @@ class EmbeddedNats:
                 "# written by watchd on every start; edits are overwritten",
                 'server_name: "watchd"',
                 f"listen: {q(f'{self.host}:{self.port}')}",
-                "max_payload: 1MB  # events are capped at 256 KiB at the edge; headroom for handoffs",
+                f"max_payload: {NATS_MAX_PAYLOAD}",
                 f"pid_file: {q(str(self.pid_file))}",
                 f"log_file: {q(str(self.log_file))}",
                 "logfile_size_limit: 10MB",
@@ -243,10 +227,15 @@ class EmbeddedNats:
             # server last, after draining. umask 077 keeps the store and log files 0600 (SPEC §7).
             # stderr goes to the log too: config errors are printed before the log file is opened.
             self._proc = await asyncio.create_subprocess_exec(
-                str(binary), "-c", str(self.conf_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd,
-                start_new_session=True, umask=0o077,
-            )  # fmt: skip
+                str(binary),
+                "-c",
+                str(self.conf_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,
+                umask=0o077,
+            )
         finally:
             os.close(fd)
         self._started_at = time.monotonic()
@@ -318,8 +307,10 @@ class EmbeddedNats:
                 delay = self.restart_delay_s  # it ran fine for a while: this is a fresh failure
             log.error(
                 "embedded nats-server exited unexpectedly (code %s); restarting in %.1fs. Log tail:\n%s",
-                self.returncode, delay, self._log_tail(1024),
-            )  # fmt: skip
+                self.returncode,
+                delay,
+                self._log_tail(1024),
+            )
             if await _wait_or_timeout(stop, delay):
                 return
             delay = min(delay * 2, self.max_restart_delay_s)
@@ -364,12 +355,19 @@ async def connect(urls: str | Sequence[str], name: str = "watchd", timeout_s: fl
     try:
         await asyncio.wait_for(
             nc.connect(
-                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=1,
-                max_reconnect_attempts=-1, ping_interval=20, max_outstanding_pings=3,
-                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                servers=servers,
+                name=name,
+                connect_timeout=2,
+                reconnect_time_wait=1,
+                max_reconnect_attempts=-1,
+                ping_interval=20,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
             ),
             timeout_s,
-        )  # fmt: skip
+        )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         last = nc.last_error or exc
         with contextlib.suppress(Exception):
@@ -405,19 +403,30 @@ async def ensure_streams(
     # source (say, a spool flushed after a laptop slept overnight); a re-send after that is stored again.
     window = min(duplicate_window_s, events_max_age_s)
     events = StreamConfig(
-        name=EVENTS_STREAM, subjects=[EVENTS_PREFIX + ">"], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=events_max_age_s,
-        max_bytes=events_max_bytes, duplicate_window=window, allow_direct=True,
-    )  # fmt: skip
+        name=EVENTS_STREAM,
+        subjects=[EVENTS_PREFIX + ">"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=events_max_age_s,
+        max_bytes=events_max_bytes,
+        duplicate_window=window,
+        allow_direct=True,
+    )
     # HANDOFFS uses limits retention, not work-queue: any number of consumers (a worker per target,
     # a tap, `explain`) may read it independently; an ack does not delete. max_age bounds it, and
     # the SQLite outbox remains the record of each delivery. Workers' replies (agents/nats.py) are
     # stored beside the handoffs they answer, so a reply sent while watchd was down is not lost.
     handoffs = StreamConfig(
-        name=HANDOFFS_STREAM, subjects=[HANDOFFS_PREFIX + ">", REPLIES_PREFIX + ">"], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=handoffs_max_age_s,
-        duplicate_window=min(duplicate_window_s, handoffs_max_age_s), allow_direct=True,
-    )  # fmt: skip
+        name=HANDOFFS_STREAM,
+        subjects=[HANDOFFS_PREFIX + ">", REPLIES_PREFIX + ">"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=handoffs_max_age_s,
+        duplicate_window=min(duplicate_window_s, handoffs_max_age_s),
+        allow_direct=True,
+    )
     for cfg in (events, handoffs):
         try:
             try:
@@ -524,8 +533,7 @@ class EventConsumer:
         except nats.js.errors.APIError as exc:
             raise NatsUnavailable(
                 f"cannot create consumer {self.durable} on stream {self.stream}: {exc.description}",
-                hint="if its config changed incompatibly, delete it: nats consumer rm "
-                f"{self.stream} {self.durable}",
+                hint=f"if its config changed incompatibly, delete it: nats consumer rm {self.stream} {self.durable}",
             ) from None
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 

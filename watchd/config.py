@@ -15,8 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from watchd import expr
+from watchd.cron.schedule import ScheduleError, at_instant, dst_gap_warning, parse_cron, parse_duration
 from watchd.errors import ConfigError, WatchdError
-from watchd.schedule import ScheduleError, at_instant, dst_gap_warning, parse_cron, parse_duration
+from watchd.limits import (
+    HTTP_LISTEN,
+    MAX_EVENT_BYTES,
+    MAX_HTTP_BODY_BYTES,
+    NATS_LISTEN,
+    client_host,
+    split_listen,
+    url_host,
+)
 from watchd.tomlpos import PathPart, index_positions, locate, parse_msgspec_path
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -93,20 +102,20 @@ Watch = MatchWatch | AbsentWatch | DeadlineWatch
 
 class NatsConfig(_Strict, kw_only=True):
     url: str | list[str] = "embedded"
-    listen: str = "127.0.0.1:4222"
+    listen: str = NATS_LISTEN
     # JetStream fsync interval for the embedded server. "always" because a personal machine is
     # where power is lost, and the server's 2-minute default loses acknowledged writes then.
     sync: str = "always"
 
 
 class HttpConfig(_Strict, kw_only=True):
-    listen: str = "127.0.0.1:8787"
+    listen: str = HTTP_LISTEN
     token: str | None = None
-    max_body: int = 256 * 1024
+    max_body: int = MAX_HTTP_BODY_BYTES
 
 
 class EngineConfig(_Strict, kw_only=True):
-    max_event_bytes: int = 256 * 1024
+    max_event_bytes: int = MAX_EVENT_BYTES
     decisions_keep_days: float = 30
     decisions_keep_rows: int = 1_000_000
 
@@ -288,6 +297,14 @@ class Loaded:
     def zone(self) -> str:
         return self.config.timezone or system_zone()
 
+    def nats_url(self) -> str | list[str]:
+        """Where clients reach NATS: the embedded server's listener, or the configured URL(s)."""
+        url = self.config.nats.url
+        if url != "embedded":
+            return url
+        host, port = split_listen(self.config.nats.listen, setting="[nats] listen")
+        return f"nats://{url_host(client_host(host))}:{port}"
+
 
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -448,8 +465,10 @@ def _check_config(config: Config, probs: _Problems) -> None:
             _check_at(sched.at, sched.timezone or config.timezone or "UTC", (*path, "at"), probs)
         for i, target in enumerate(sched.then or []):
             if target not in targets:
-                probs.at((*path, "then", i), f"unknown target {target!r}: define [notify.x] or [agent.x] "
-                         f"(known: {', '.join(sorted(targets))})")  # fmt: skip
+                probs.at(
+                    (*path, "then", i),
+                    f"unknown target {target!r}: define [notify.x] or [agent.x] (known: {', '.join(sorted(targets))})",
+                )
         if sched.timezone and not _zone_ok(sched.timezone):
             probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
         elif sched.cron:
@@ -474,8 +493,11 @@ def _check_config(config: Config, probs: _Problems) -> None:
     known = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent}
     for i, target in enumerate(config.alert or []):
         if target not in known:
-            probs.at(("alert", i), f"unknown target {target!r} in alert: use a [notify.x] or [agent.x] name "
-                     f"(known: {', '.join(sorted(known))})")  # fmt: skip
+            probs.at(
+                ("alert", i),
+                f"unknown target {target!r} in alert: use a [notify.x] or [agent.x] name "
+                f"(known: {', '.join(sorted(known))})",
+            )
 
 
 def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: _Problems) -> None:
@@ -489,8 +511,11 @@ def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: _P
         kind, _, target = tool.partition(".")
         if tool in ("emit", "watch", "done") or (kind == "notify" and target in notifiers):
             continue
-        hint = f"a notifier that is not defined (known: {', '.join(sorted(notifiers))})" if kind == "notify" else (
-            'use "notify.<name>", "emit" or "watch"')
+        hint = (
+            f"a notifier that is not defined (known: {', '.join(sorted(notifiers))})"
+            if kind == "notify"
+            else ('use "notify.<name>", "emit" or "watch"')
+        )
         probs.at((*here, "tools", i), f"unknown tool {tool!r}: {hint}")
 
 
@@ -605,8 +630,11 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets
     if not WATCH_ID_RE.match(w.id):
         probs.at((*here, "id"), f"watch id {w.id!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
     elif w.id.startswith("watchd-"):
-        probs.at((*here, "id"), f"watch id {w.id!r}: ids starting with watchd- belong to the built-in watches "
-                 "(watchd-canary, watchd-canary-failed, watchd-backup-failed, …): pick another id")  # fmt: skip
+        probs.at(
+            (*here, "id"),
+            f"watch id {w.id!r}: ids starting with watchd- belong to the built-in watches "
+            "(watchd-canary, watchd-canary-failed, watchd-backup-failed, …): pick another id",
+        )
     for i, target in enumerate(w.then):
         if target not in targets:
             known = ", ".join(sorted(targets)) or "none"

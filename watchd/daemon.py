@@ -24,16 +24,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, config, http, sdnotify
+from watchd import bus, config, sdnotify
+from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.ledger import active_watch_defs
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
-from watchd.clauses import describe_misses
 from watchd.config import Loaded
+from watchd.cron.runner import Scheduler
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
 from watchd.errors import ConfigError, EventRejected, WatchdError
+from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
 from watchd.model import Event, Handoff, decode_event, make_event
@@ -42,7 +44,7 @@ from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
 from watchd.notify.telegram import TelegramNotifier
 from watchd.notify.webhook import WebhookNotifier
-from watchd.scheduler import Scheduler
+from watchd.redact import redact_url
 from watchd.store import Store, db_path
 
 log = logging.getLogger("watchd")
@@ -54,13 +56,14 @@ STOP_DEADLINE_S = 10.0
 RETENTION_EVERY_S = 3600.0
 
 
-def nats_url(loaded: Loaded) -> str | list[str]:
-    url = loaded.config.nats.url
-    return f"nats://{loaded.config.nats.listen}" if url == "embedded" else url
-
-
-def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamContext | None = None,
-                  store: Store | None = None, on_watch: Callable[[], None] | None = None) -> dict[str, Target]:
+def build_targets(
+    loaded: Loaded,
+    *,
+    nc: Client | None = None,
+    js: JetStreamContext | None = None,
+    store: Store | None = None,
+    on_watch: Callable[[], None] | None = None,
+) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
     unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
     type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
@@ -100,8 +103,9 @@ def build_targets(loaded: Loaded, *, nc: Client | None = None, js: JetStreamCont
             from watchd.agents.anthropic import AnthropicRunner
 
             try:
-                targets[target] = AnthropicRunner(agent, name=target, config=loaded.config, store=store, js=js,
-                                                  on_watch=on_watch)  # fmt: skip
+                targets[target] = AnthropicRunner(
+                    agent, name=target, config=loaded.config, store=store, js=js, on_watch=on_watch
+                )
             except WatchdError as exc:
                 log.error("%s", exc.message)
                 targets[target] = http_client.Misconfigured(target, exc.message)
@@ -145,7 +149,7 @@ class Daemon:
         try:
             await self._start()
             sdnotify.notify("READY=1\nSTATUS=watching")
-            shown = bus.redact_url(str(nats_url(self.loaded)))
+            shown = redact_url(str(self.loaded.nats_url()))
             log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
             self._spawn("release-canary", lambda: release_canary(self))
             await self.stop.wait()
@@ -168,17 +172,20 @@ class Daemon:
             )
             await self.embedded.start()
             self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.stop) if self.embedded else _noop())
-        self.nc = await bus.connect(nats_url(self.loaded))
+        self.nc = await bus.connect(self.loaded.nats_url())
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)
-        targets = build_targets(self.loaded, nc=self.nc, js=self.js, store=self.store,
-                                on_watch=self._agent_watches_changed.set)  # fmt: skip
+        targets = build_targets(
+            self.loaded, nc=self.nc, js=self.js, store=self.store, on_watch=self._agent_watches_changed.set
+        )
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock)
         store = self.store
         changed = self._agent_watches_changed
-        self._spawn("agent-watches",
-                    lambda: follow_watches(store, lambda: self._install(self.loaded), changed, self.stop, self.clock))
+        self._spawn(
+            "agent-watches",
+            lambda: follow_watches(store, lambda: self._install(self.loaded), changed, self.stop, self.clock),
+        )
         agents = self.loaded.config.agent.values()
         heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
         if any(isinstance(a, config.AnthropicAgent) and a.batch for a in agents) and not heartbeat:
@@ -195,8 +202,17 @@ class Daemon:
         await consumer.start()
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
-        self.scheduler = Scheduler(self.store, self.loaded, emit=self.emit, clock=self.clock, targets=targets,
-                                   wake_dispatcher=self.dispatcher.wake, nc=self.nc, js=self.js, in_daemon=True)
+        self.scheduler = Scheduler(
+            self.store,
+            self.loaded,
+            emit=self.emit,
+            clock=self.clock,
+            targets=targets,
+            wake_dispatcher=self.dispatcher.wake,
+            nc=self.nc,
+            js=self.js,
+            in_daemon=True,
+        )
         self._spawn("scheduler", lambda: self.scheduler.run(self.stop) if self.scheduler else _noop())
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
@@ -230,8 +246,9 @@ class Daemon:
             return
         log.warning(
             "resuming the event stream after seq %d, the last committed (the consumer had delivered up to %d)",
-            self.last_seq, delivered,
-        )  # fmt: skip
+            self.last_seq,
+            delivered,
+        )
         await self.js.delete_consumer(consumer.stream, consumer.durable)
         consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
         consumer.config.opt_start_seq = self.last_seq + 1
@@ -399,8 +416,9 @@ class Daemon:
         out.decisions = kept_for_explain(out.decisions, events)
         await self._commit(out, last_seq=top, subjects=subjects)
 
-    async def _commit(self, out: Outputs, *, last_seq: int | None,
-                      subjects: dict[str, tuple[float, str, int]] | None = None) -> None:  # fmt: skip
+    async def _commit(
+        self, out: Outputs, *, last_seq: int | None, subjects: dict[str, tuple[float, str, int]] | None = None
+    ) -> None:
         assert self.store is not None
         handoffs: list[Handoff] = []
         holds: dict[str, float] = {}  # quiet hours: handoff id -> not before
@@ -416,11 +434,16 @@ class Daemon:
         store = self.store
         new = await store.run(
             lambda: store.commit_step(
-                last_seq=last_seq, clock=self.engine.clock, changes=self.engine.take_changes(),
-                decisions=out.decisions, handoffs=handoffs, subjects=subjects or {}, now=self.clock(),
+                last_seq=last_seq,
+                clock=self.engine.clock,
+                changes=self.engine.take_changes(),
+                decisions=out.decisions,
+                handoffs=handoffs,
+                subjects=subjects or {},
+                now=self.clock(),
                 holds=holds,
             )
-        )  # fmt: skip
+        )
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
         for fire in out.fires:
@@ -455,10 +478,15 @@ class Daemon:
         engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3
         nats_ok = self.nc is not None and self.nc.is_connected
         return {
-            "ok": engine_ok and nats_ok, "engine": engine_ok, "nats": nats_ok, "pid": os.getpid(),
-            "uptime_s": round(now - self.started_at, 1), "watches": len(self.loaded.watches),
-            "last_seq": self.last_seq, "events": self.events_seen,
-        }  # fmt: skip
+            "ok": engine_ok and nats_ok,
+            "engine": engine_ok,
+            "nats": nats_ok,
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 1),
+            "watches": len(self.loaded.watches),
+            "last_seq": self.last_seq,
+            "events": self.events_seen,
+        }
 
 
 MISSES = frozenset({"where_false", "where_error", "key_error"})

@@ -75,10 +75,18 @@ def handoffs_from_fire(
     handoffs = []
     for target in fire.targets:
         h = Handoff(
-            id=fire.handoff_id(target), watch=fire.watch, watch_version=fire.version, kind=fire.kind, key=fire.key,
-            target=target, trigger=fire.trigger, reason=fire.reason, fired_at=iso(fire.fired_at) or "",
-            window=window, evidence=fire.evidence,
-        )  # fmt: skip
+            id=fire.handoff_id(target),
+            watch=fire.watch,
+            watch_version=fire.version,
+            kind=fire.kind,
+            key=fire.key,
+            target=target,
+            trigger=fire.trigger,
+            reason=fire.reason,
+            fired_at=iso(fire.fired_at) or "",
+            window=window,
+            evidence=fire.evidence,
+        )
         if template:
             h.message = render_template(template, h)
         if quiet is not None:
@@ -100,8 +108,9 @@ def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, targets: dict[str, Target], *, clock: Callable[[], float] = time.time,
-                 per_target: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, targets: dict[str, Target], *, clock: Callable[[], float] = time.time, per_target: int = 4
+    ) -> None:
         self.store = store
         self.targets = targets
         self.clock = clock
@@ -155,8 +164,9 @@ class Dispatcher:
     async def _deliver_one(self, h: Handoff) -> None:
         target = self.targets.get(h.target)
         if target is None:
-            await self.store.run(self.store.finish, h.id, "dead", self.clock(),
-                                 f"no target named {h.target} in the config")  # fmt: skip
+            await self.store.run(
+                self.store.finish, h.id, "dead", self.clock(), f"no target named {h.target} in the config"
+            )
             return
         try:
             outcome = await target.deliver(h)

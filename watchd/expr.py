@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+from types import ModuleType
 from typing import Any
-
-import cel
 
 from watchd.errors import WatchdError
 from watchd.model import Event
@@ -15,6 +14,14 @@ VARIABLES = frozenset({"data", "subject", "time", "source", "id"})
 # Macro binders (`tags.exists(t, t == "x")`) are listed among a program's references; they are
 # local to the macro, not variables the event must provide.
 _BINDER = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+
+
+@functools.cache
+def _cel() -> ModuleType:
+    """The CEL binding, loaded on first use: commands that compile no expression never pay for it."""
+    import cel
+
+    return cel
 
 
 class ExprError(WatchdError):
@@ -39,7 +46,7 @@ class Expr:
 def compile_expr(source: str) -> Expr:
     """Compile once; identical sources across watches share one program."""
     try:
-        program = cel.compile(source)
+        program = _cel().compile(source)
     except (ValueError, RuntimeError) as exc:
         first = str(exc).split("\n", 1)[0].replace("Failed to parse expression", "syntax error in")
         raise ExprError(first) from None
@@ -57,7 +64,7 @@ def event_context(event: Event, variables: frozenset[str] = VARIABLES) -> Any:
     against ≈0.3 µs per predicate), so only the variables some candidate reads are converted.
     """
     values = {"data": event.data, "subject": event.subject, "time": event.time, "source": event.source, "id": event.id}
-    return cel.Context({name: values[name] for name in variables})
+    return _cel().Context({name: values[name] for name in variables})
 
 
 def describe_error(exc: Exception) -> str:

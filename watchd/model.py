@@ -12,9 +12,9 @@ from typing import Any, Literal
 import msgspec
 
 from watchd.errors import EventRejected
+from watchd.limits import MAX_EVENT_BYTES
 
 SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-MAX_EVENT_BYTES = 256 * 1024
 EVENTS_PREFIX = "watchd.events."
 HANDOFFS_PREFIX = "watchd.handoffs."
 REPLIES_PREFIX = "watchd.replies."  # workers answer a handoff on watchd.replies.<handoff id>

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from watchd.schedule import first_instant_at
+from watchd.cron.schedule import first_instant_at
 
 QUIET_PREFIX = "(held during quiet hours) "
 

@@ -14,8 +14,6 @@ import tomllib
 from collections.abc import Iterator
 from typing import Any
 
-from watchd.bus import redact_url
-
 REDACTED = "<redacted>"
 _SECRET_KEY_RE = re.compile(r"^(token|secret|password|passwd|api_?key|webhook_url|.+_(token|secret|password|api_key))$")
 _REFERENCE_RE = re.compile(r"^(env|file|cred):")
@@ -24,6 +22,14 @@ _ASSIGNMENT_RE = re.compile(
     r"(?P<value>\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*')",
     re.MULTILINE,
 )
+
+
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^@/\s]+@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Text with the user:password of every URL in it replaced by ***, safe to show and log."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def redact_config(text: str) -> tuple[str | None, list[str]]:

@@ -14,7 +14,7 @@ from rich.table import Table
 from watchd.agents.ledger import active_watch_defs, budget_lines, budget_report
 from watchd.config import AbsentWatch, Loaded
 from watchd.engine import Engine
-from watchd.explain_schedule import schedule_status
+from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
@@ -88,12 +88,15 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             ):
                 last_fired[watch] = at
             # Shadow mode's daily count: how often the watch would have handed off since local midnight.
-            midnight = datetime.fromtimestamp(now, ZoneInfo(loaded.zone())).replace(hour=0, minute=0, second=0,
-                                                                                   microsecond=0)  # fmt: skip
-            would_fire_today = dict(conn.execute(
-                "SELECT watch, COUNT(*) FROM decisions WHERE verdict = 'would_fire' AND at >= ? GROUP BY watch",
-                (midnight.timestamp(),),
-            ).fetchall())  # fmt: skip
+            midnight = datetime.fromtimestamp(now, ZoneInfo(loaded.zone())).replace(
+                hour=0, minute=0, second=0, microsecond=0
+            )
+            would_fire_today = dict(
+                conn.execute(
+                    "SELECT watch, COUNT(*) FROM decisions WHERE verdict = 'would_fire' AND at >= ? GROUP BY watch",
+                    (midnight.timestamp(),),
+                ).fetchall()
+            )
             report["handoffs"] = dict(conn.execute("SELECT state, COUNT(*) FROM handoffs GROUP BY state").fetchall())
             report["dead_letters"] = report["handoffs"].get("dead", 0)
     for d in defs:

@@ -220,8 +220,10 @@ class Store:
                     if h.id not in fresh:
                         (first_at,) = c.execute("SELECT fired_at FROM handoffs WHERE id = ?", (h.id,)).fetchone()
                         reason = f"duplicate fire key: {h.id} to {h.target} was already handed off at {first_at}"
-                        c.execute("INSERT INTO decisions (at, watch, key, verdict, reason) VALUES (?,?,?,?,?)",
-                                  (now, h.watch, h.key, "suppressed", reason))  # fmt: skip
+                        c.execute(
+                            "INSERT INTO decisions (at, watch, key, verdict, reason) VALUES (?,?,?,?,?)",
+                            (now, h.watch, h.key, "suppressed", reason),
+                        )
             if subjects:
                 c.executemany(
                     "INSERT INTO subjects VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "

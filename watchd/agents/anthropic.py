@@ -36,7 +36,7 @@ import anthropic
 from nats.js import JetStreamContext
 
 from watchd.agents import batch, ledger
-from watchd.agents.envelope import (  # fmt: skip
+from watchd.agents.envelope import (
     MIN_OUTPUT_TOKENS,
     Usage,
     allowance,
@@ -52,10 +52,10 @@ from watchd.agents.envelope import (  # fmt: skip
 from watchd.agents.ledger import Run, Step
 from watchd.agents.tools import Toolbox, ToolUnavailable, content_blocks, done_of, text_of
 from watchd.config import AnthropicAgent, Config
+from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff, iso
 from watchd.notify.http_client import resolve, scrub
-from watchd.schedule import format_duration, parse_duration
 from watchd.store import Store
 
 log = logging.getLogger("watchd.agents.anthropic")
@@ -102,9 +102,17 @@ def _retry_after_s(headers: Any) -> float | None:
 
 
 class AnthropicRunner:
-    def __init__(self, cfg: AnthropicAgent, *, name: str, config: Config, store: Store,
-                 js: JetStreamContext | None = None, on_watch: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: AnthropicAgent,
+        *,
+        name: str,
+        config: Config,
+        store: Store,
+        js: JetStreamContext | None = None,
+        on_watch: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.config = config
@@ -115,8 +123,9 @@ class AnthropicRunner:
         self.request_timeout_s = REQUEST_TIMEOUT_S
         self._api_key = resolve(name, cfg.api_key, "api_key") or ""
         # max_retries=0: every failure comes back here to be classified, and the dispatcher backs off.
-        self.client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=cfg.base_url, max_retries=0,
-                                               timeout=REQUEST_TIMEOUT_S)  # fmt: skip
+        self.client = anthropic.AsyncAnthropic(
+            api_key=self._api_key, base_url=cfg.base_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
+        )
         self.toolbox = Toolbox(cfg, agent=name, js=js)
         self.tools = self.toolbox.specs()
         self.system = system_blocks(cfg.instructions, cfg.cache_ttl)
@@ -208,8 +217,13 @@ class AnthropicRunner:
 
     def params(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         cache = self.cfg.max_steps > 1 and not self.cfg.batch  # a one-call run never reads its conversation back
-        return {"model": model, "max_tokens": max_tokens, "system": self.system, "tools": self.tools,
-                "messages": with_breakpoint(messages, self.cfg.cache_ttl) if cache else messages}  # fmt: skip
+        return {
+            "model": model,
+            "max_tokens": max_tokens,
+            "system": self.system,
+            "tools": self.tools,
+            "messages": with_breakpoint(messages, self.cfg.cache_ttl) if cache else messages,
+        }
 
     async def _drive(self, h: Handoff, run: Run, steps: list[Step]) -> Outcome:
         started = time.monotonic()
@@ -232,8 +246,16 @@ class AnthropicRunner:
             with contextlib.suppress(Exception):
                 await self.store.run(partial(ledger.note_run, self.store.conn, run.id, active_s=spent))
         if isinstance(outcome, Retry):  # the run stays open: say why it paused
-            await self.store.run(partial(ledger.note_run, self.store.conn, run.id, active_s=0, detail=outcome.detail,
-                                         limit_hit=_limit_of(outcome.detail)))  # fmt: skip
+            await self.store.run(
+                partial(
+                    ledger.note_run,
+                    self.store.conn,
+                    run.id,
+                    active_s=0,
+                    detail=outcome.detail,
+                    limit_hit=_limit_of(outcome.detail),
+                )
+            )
         return outcome
 
     async def _limit(self, run: Run, limit: str, why: str) -> Outcome:
@@ -261,8 +283,9 @@ class AnthropicRunner:
             if last is not None:
                 for block in last.pending_tools():
                     out = await self.toolbox.run(h, last.n, block, self.clock())
-                    await self.store.run(ledger.record_tool_result, conn, h.id, last.n, block["id"], out.block,
-                                         out.effect)  # fmt: skip
+                    await self.store.run(
+                        ledger.record_tool_result, conn, h.id, last.n, block["id"], out.block, out.effect
+                    )
                     last.tool_results[block["id"]] = out.block
                     if out.watch_added and self.on_watch is not None:
                         self.on_watch()
@@ -270,8 +293,11 @@ class AnthropicRunner:
                     return await self._finish(run, last)
             if run.steps >= self.cfg.max_steps:
                 return await self._limit(run, "max_steps", f"{self.cfg.max_steps} model calls")
-            turn = (handoff_turn(h, max_evidence=evidence_cap) if last is None
-                    else [last.tool_results[b["id"]] for b in last.tool_uses()])  # fmt: skip
+            turn = (
+                handoff_turn(h, max_evidence=evidence_cap)
+                if last is None
+                else [last.tool_results[b["id"]] for b in last.tool_uses()]
+            )
             asked = [*messages, {"role": "user", "content": turn}]
             params = self.params(model, asked, self.cfg.max_tokens)
             need = estimate_tokens(params)
@@ -301,8 +327,21 @@ class AnthropicRunner:
             n = (last.n + 1) if last else 1
             price = price_for(model, self.config.prices)
             cost = cost_usd(usage, price, cache_ttl=self.cfg.cache_ttl)
-            await self.store.run(partial(ledger.record_step, conn, run, n, at=self.clock(), model=model, request=turn,
-                                         response=content, usage=usage, cost=cost, latency_s=latency))  # fmt: skip
+            await self.store.run(
+                partial(
+                    ledger.record_step,
+                    conn,
+                    run,
+                    n,
+                    at=self.clock(),
+                    model=model,
+                    request=turn,
+                    response=content,
+                    usage=usage,
+                    cost=cost,
+                    latency_s=latency,
+                )
+            )
             run.steps += 1
             run.input_tokens += usage.input
             run.output_tokens += usage.output

@@ -125,8 +125,21 @@ async def _settle(runner: AnthropicRunner, hid: str, result: Any) -> int:
         run = await store.run(ledger.new_run, conn, hid, runner.name, msg.model, now)
         turn = handoff_turn(h)
         content = content_blocks(msg.content)
-        await store.run(partial(ledger.record_step, conn, run, 1, at=now, model=msg.model, request=turn,
-                                response=content, usage=usage, cost=cost, latency_s=0.0))  # fmt: skip
+        await store.run(
+            partial(
+                ledger.record_step,
+                conn,
+                run,
+                1,
+                at=now,
+                model=msg.model,
+                request=turn,
+                response=content,
+                usage=usage,
+                cost=cost,
+                latency_s=0.0,
+            )
+        )
         steps = [Step(1, run.id, msg.model, turn, content, {})]
     assert run is not None
     step = steps[0]

@@ -16,10 +16,10 @@ from pathlib import Path
 import msgspec
 
 from watchd.config import CommandAgent
+from watchd.cron.proc import KILL_GRACE_S, TAIL_BYTES, run_in_group, signal_name
+from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff
-from watchd.proc import KILL_GRACE_S, TAIL_BYTES, run_in_group, signal_name
-from watchd.schedule import format_duration, parse_duration
 
 __all__ = ["KILL_GRACE_S", "TAIL_BYTES", "CommandRunner"]
 
@@ -39,8 +39,9 @@ def _resolve(argv: list[str], base_dir: Path | None) -> list[str]:
 
 
 class CommandRunner:
-    def __init__(self, cfg: CommandAgent, *, name: str, base_dir: Path | None = None,
-                 kill_grace_s: float = KILL_GRACE_S) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: CommandAgent, *, name: str, base_dir: Path | None = None, kill_grace_s: float = KILL_GRACE_S
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.timeout_s = parse_duration(cfg.timeout)
@@ -65,9 +66,12 @@ class CommandRunner:
             return Dead(f"{self.name}: `command` is empty")
         try:
             done = await run_in_group(
-                self.argv, stdin=msgspec.json.encode(handoff) + b"\n", env=self._env(handoff),
-                timeout_s=self.timeout_s, kill_grace_s=self.kill_grace_s,
-            )  # fmt: skip
+                self.argv,
+                stdin=msgspec.json.encode(handoff) + b"\n",
+                env=self._env(handoff),
+                timeout_s=self.timeout_s,
+                kill_grace_s=self.kill_grace_s,
+            )
         except FileNotFoundError:
             return Dead(
                 f"{self.name}: command not found: {self.argv[0]} (check `command` in [{self.name}]: "

@@ -65,16 +65,25 @@ class Usage:
     @staticmethod
     def of(usage: Any) -> Usage:
         """From the API's usage object (or its dict form); absent cache fields count as 0."""
+
         def get(key: str) -> int:
             value = usage.get(key) if isinstance(usage, dict) else getattr(usage, key, None)
             return int(value or 0)
 
-        return Usage(get("input_tokens"), get("output_tokens"), get("cache_read_input_tokens"),
-                     get("cache_creation_input_tokens"))  # fmt: skip
+        return Usage(
+            get("input_tokens"),
+            get("output_tokens"),
+            get("cache_read_input_tokens"),
+            get("cache_creation_input_tokens"),
+        )
 
     def to_json(self) -> dict[str, int]:
-        return {"input_tokens": self.input, "output_tokens": self.output, "cache_read_input_tokens": self.cache_read,
-                "cache_creation_input_tokens": self.cache_write}  # fmt: skip
+        return {
+            "input_tokens": self.input,
+            "output_tokens": self.output,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation_input_tokens": self.cache_write,
+        }
 
 
 def price_for(model: str, prices: dict[str, Price]) -> Price:
@@ -91,8 +100,9 @@ def price_for(model: str, prices: dict[str, Price]) -> Price:
 def cost_usd(usage: Usage, price: Price, *, cache_ttl: str = "5m", batch: bool = False) -> float:
     write = price.cache_write if price.cache_write is not None else price.input * CACHE_WRITE_FACTOR[cache_ttl]
     read = price.cache_read if price.cache_read is not None else price.input * CACHE_READ_FACTOR
-    dollars = (usage.input * price.input + usage.output * price.output + usage.cache_write * write
-               + usage.cache_read * read) / 1e6  # fmt: skip
+    dollars = (
+        usage.input * price.input + usage.output * price.output + usage.cache_write * write + usage.cache_read * read
+    ) / 1e6
     return dollars * (BATCH_FACTOR if batch else 1.0)
 
 
@@ -148,9 +158,15 @@ def handoff_turn(h: Handoff, *, max_evidence: int | None = None) -> list[dict[st
     evidence = h.evidence if max_evidence is None else h.evidence[-max_evidence:] if max_evidence else []
     dropped = len(h.evidence) - len(evidence)
     about = {
-        "handoff_id": h.id, "watch": h.watch, "kind": h.kind, "key": h.key, "fired_at": h.fired_at,
-        "window": msgspec.to_builtins(h.window), "attempt": h.attempt, "trigger": h.trigger,
-    }  # fmt: skip
+        "handoff_id": h.id,
+        "watch": h.watch,
+        "kind": h.kind,
+        "key": h.key,
+        "fired_at": h.fired_at,
+        "window": msgspec.to_builtins(h.window),
+        "attempt": h.attempt,
+        "trigger": h.trigger,
+    }
     head = (
         f"watchd handed this to you.\nWhy: {_inert(h.reason)}\nHandoff: {_inert(about)}\n"
         + (f"Message: {_inert(h.message)}\n" if h.message else "")

@@ -53,8 +53,10 @@ class Run:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
 
-_RUN_COLUMNS = ("id, handoff_id, agent, model, started_at, ended_at, outcome, limit_hit, detail, steps, input_tokens, "
-                "output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_s, active_s")  # fmt: skip
+_RUN_COLUMNS = (
+    "id, handoff_id, agent, model, started_at, ended_at, outcome, limit_hit, detail, steps, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_s, active_s"
+)
 
 
 @dataclass
@@ -86,8 +88,10 @@ def new_run(conn: sqlite3.Connection, handoff_id: str, agent: str, model: str, n
     with Transaction(conn):
         (count,) = conn.execute("SELECT COUNT(*) FROM agent_runs WHERE handoff_id = ?", (handoff_id,)).fetchone()
         run_id = "r_" + stable_hash(handoff_id, "run", count)
-        conn.execute("INSERT INTO agent_runs (id, handoff_id, agent, model, started_at) VALUES (?, ?, ?, ?, ?)",
-                     (run_id, handoff_id, agent, model, now))  # fmt: skip
+        conn.execute(
+            "INSERT INTO agent_runs (id, handoff_id, agent, model, started_at) VALUES (?, ?, ?, ?, ?)",
+            (run_id, handoff_id, agent, model, now),
+        )
     run = last_run(conn, handoff_id)
     assert run is not None
     return run
@@ -98,20 +102,43 @@ def steps_of(conn: sqlite3.Connection, handoff_id: str) -> list[Step]:
         "SELECT n, run_id, model, request, response, tool_results FROM agent_steps WHERE handoff_id = ? ORDER BY n",
         (handoff_id,),
     ).fetchall()
-    return [Step(n, run, model, msgspec.json.decode(req), msgspec.json.decode(resp), msgspec.json.decode(tools))
-            for n, run, model, req, resp, tools in rows]  # fmt: skip
+    return [
+        Step(n, run, model, msgspec.json.decode(req), msgspec.json.decode(resp), msgspec.json.decode(tools))
+        for n, run, model, req, resp, tools in rows
+    ]
 
 
-def record_step(conn: sqlite3.Connection, run: Run, n: int, *, at: float, model: str, request: list[dict[str, Any]],
-                response: list[dict[str, Any]], usage: Usage, cost: float, latency_s: float) -> None:  # fmt: skip
+def record_step(
+    conn: sqlite3.Connection,
+    run: Run,
+    n: int,
+    *,
+    at: float,
+    model: str,
+    request: list[dict[str, Any]],
+    response: list[dict[str, Any]],
+    usage: Usage,
+    cost: float,
+    latency_s: float,
+) -> None:
     """The model call of step n, and the run's counters, in one transaction."""
     with Transaction(conn):
         conn.execute(
             "INSERT INTO agent_steps (handoff_id, n, run_id, agent, at, model, request, response, usage, tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run.handoff_id, n, run.id, run.agent, at, model, encode(request).decode(), encode(response).decode(),
-             encode(usage.to_json()).decode(), usage.total),
-        )  # fmt: skip
+            (
+                run.handoff_id,
+                n,
+                run.id,
+                run.agent,
+                at,
+                model,
+                encode(request).decode(),
+                encode(response).decode(),
+                encode(usage.to_json()).decode(),
+                usage.total,
+            ),
+        )
         conn.execute(
             "UPDATE agent_runs SET model = ?, steps = steps + 1, input_tokens = input_tokens + ?, "
             "output_tokens = output_tokens + ?, cache_read_tokens = cache_read_tokens + ?, "
@@ -121,28 +148,41 @@ def record_step(conn: sqlite3.Connection, run: Run, n: int, *, at: float, model:
         )
 
 
-def record_tool_result(conn: sqlite3.Connection, handoff_id: str, n: int, tool_use_id: str, result: dict[str, Any],
-                       effect: Callable[[sqlite3.Connection], None] | None = None) -> None:  # fmt: skip
+def record_tool_result(
+    conn: sqlite3.Connection,
+    handoff_id: str,
+    n: int,
+    tool_use_id: str,
+    result: dict[str, Any],
+    effect: Callable[[sqlite3.Connection], None] | None = None,
+) -> None:
     """A tool's result — and its effect, when the effect is itself a write here — in one transaction."""
     with Transaction(conn):
         if effect is not None:
             effect(conn)
-        (raw,) = conn.execute("SELECT tool_results FROM agent_steps WHERE handoff_id = ? AND n = ?",
-                              (handoff_id, n)).fetchone()  # fmt: skip
+        (raw,) = conn.execute(
+            "SELECT tool_results FROM agent_steps WHERE handoff_id = ? AND n = ?", (handoff_id, n)
+        ).fetchone()
         results = msgspec.json.decode(raw)
         results[tool_use_id] = result
-        conn.execute("UPDATE agent_steps SET tool_results = ? WHERE handoff_id = ? AND n = ?",
-                     (encode(results).decode(), handoff_id, n))  # fmt: skip
+        conn.execute(
+            "UPDATE agent_steps SET tool_results = ? WHERE handoff_id = ? AND n = ?",
+            (encode(results).decode(), handoff_id, n),
+        )
 
 
-def close_run(conn: sqlite3.Connection, run_id: str, now: float, outcome: str, detail: str,
-              limit_hit: str | None = None) -> None:  # fmt: skip
-    conn.execute("UPDATE agent_runs SET ended_at = ?, outcome = ?, detail = ?, limit_hit = ? WHERE id = ?",
-                 (now, outcome, detail, limit_hit, run_id))  # fmt: skip
+def close_run(
+    conn: sqlite3.Connection, run_id: str, now: float, outcome: str, detail: str, limit_hit: str | None = None
+) -> None:
+    conn.execute(
+        "UPDATE agent_runs SET ended_at = ?, outcome = ?, detail = ?, limit_hit = ? WHERE id = ?",
+        (now, outcome, detail, limit_hit, run_id),
+    )
 
 
-def note_run(conn: sqlite3.Connection, run_id: str, *, active_s: float, detail: str | None = None,
-             limit_hit: str | None = None) -> None:  # fmt: skip
+def note_run(
+    conn: sqlite3.Connection, run_id: str, *, active_s: float, detail: str | None = None, limit_hit: str | None = None
+) -> None:
     """Time spent in this delivery, and why an open run paused (a daily budget, a retryable error)."""
     conn.execute("UPDATE agent_runs SET active_s = active_s + ? WHERE id = ?", (active_s, run_id))
     if detail is not None:
@@ -162,8 +202,9 @@ def tokens_by_agent(conn: sqlite3.Connection, since: float) -> dict[str, int]:
 
 
 def list_runs(conn: sqlite3.Connection, limit: int) -> list[Run]:
-    rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM agent_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
-                        (limit,)).fetchall()  # fmt: skip
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM agent_runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
+    ).fetchall()
     return [Run(*r) for r in rows]
 
 
@@ -178,21 +219,46 @@ def enqueue_handoff(h: Handoff, now: float) -> Callable[[sqlite3.Connection], No
             "INSERT OR IGNORE INTO handoffs (id, watch, watch_version, kind, key, target, trigger, reason, fired_at, "
             "window, evidence, message, attempt, state, created_at, updated_at, next_attempt_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (h.id, h.watch, h.watch_version, h.kind, h.key, h.target, h.trigger, h.reason, h.fired_at,
-             encode(h.window).decode(), encode(h.evidence).decode(), h.message, h.attempt, now, now, now),
-        )  # fmt: skip
+            (
+                h.id,
+                h.watch,
+                h.watch_version,
+                h.kind,
+                h.key,
+                h.target,
+                h.trigger,
+                h.reason,
+                h.fired_at,
+                encode(h.window).decode(),
+                encode(h.evidence).decode(),
+                h.message,
+                h.attempt,
+                now,
+                now,
+                now,
+            ),
+        )
         if cur.rowcount:
-            conn.execute("INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?, ?, 'pending', ?)",
-                         (h.id, now, f"from {h.trigger}"))  # fmt: skip
+            conn.execute(
+                "INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?, ?, 'pending', ?)",
+                (h.id, now, f"from {h.trigger}"),
+            )
 
     return write
 
 
-def add_watch(watch: Watch, agent: str, handoff_id: str, now: float, expires_at: float,
-              ) -> Callable[[sqlite3.Connection], None]:  # fmt: skip
+def add_watch(
+    watch: Watch,
+    agent: str,
+    handoff_id: str,
+    now: float,
+    expires_at: float,
+) -> Callable[[sqlite3.Connection], None]:
     def write(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT OR IGNORE INTO agent_watches VALUES (?, ?, ?, ?, ?, ?)",
-                     (watch.id, agent, handoff_id, encode(watch).decode(), now, expires_at))  # fmt: skip
+        conn.execute(
+            "INSERT OR IGNORE INTO agent_watches VALUES (?, ?, ?, ?, ?, ?)",
+            (watch.id, agent, handoff_id, encode(watch).decode(), now, expires_at),
+        )
 
     return write
 
@@ -200,8 +266,9 @@ def add_watch(watch: Watch, agent: str, handoff_id: str, now: float, expires_at:
 def active_watch_defs(conn: sqlite3.Connection, now: float) -> list[WatchDef]:
     """Follow-up watches agents created that have not expired, as definitions for the engine."""
     defs = []
-    rows = conn.execute("SELECT definition, agent, handoff_id FROM agent_watches WHERE expires_at > ? ORDER BY "
-                        "created_at", (now,))  # fmt: skip
+    rows = conn.execute(
+        "SELECT definition, agent, handoff_id FROM agent_watches WHERE expires_at > ? ORDER BY created_at", (now,)
+    )
     for definition, agent, handoff_id in rows:
         watch = _watch.decode(definition)
         digest = hashlib.sha256(definition.encode()).hexdigest()[:16]
@@ -217,21 +284,23 @@ def next_watch_expiry(conn: sqlite3.Connection, now: float) -> float | None:
 # ---- the batch queue --------------------------------------------------------------------------------------
 
 
-def queue_batch_item(conn: sqlite3.Connection, handoff_id: str, agent: str, params: dict[str, Any],
-                     now: float) -> str:  # fmt: skip
+def queue_batch_item(conn: sqlite3.Connection, handoff_id: str, agent: str, params: dict[str, Any], now: float) -> str:
     """Queue a request (again, after a failed batch); returns its state: queued, submitted or done."""
     with Transaction(conn):
         row = conn.execute("SELECT state FROM agent_batches WHERE handoff_id = ?", (handoff_id,)).fetchone()
         if row is not None and row[0] in ("queued", "submitted", "done"):
             return str(row[0])
-        conn.execute("INSERT OR REPLACE INTO agent_batches VALUES (?, ?, NULL, 'queued', ?, ?, ?)",
-                     (handoff_id, agent, encode(params).decode(), now, now))  # fmt: skip
+        conn.execute(
+            "INSERT OR REPLACE INTO agent_batches VALUES (?, ?, NULL, 'queued', ?, ?, ?)",
+            (handoff_id, agent, encode(params).decode(), now, now),
+        )
     return "queued"
 
 
 def queued_items(conn: sqlite3.Connection, agent: str) -> list[tuple[str, dict[str, Any]]]:
-    rows = conn.execute("SELECT handoff_id, params FROM agent_batches WHERE agent = ? AND state = 'queued' "
-                        "ORDER BY queued_at", (agent,))  # fmt: skip
+    rows = conn.execute(
+        "SELECT handoff_id, params FROM agent_batches WHERE agent = ? AND state = 'queued' ORDER BY queued_at", (agent,)
+    )
     return [(hid, msgspec.json.decode(params)) for hid, params in rows]
 
 
@@ -243,13 +312,14 @@ def submitted_items(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]
 
 def mark_submitted(conn: sqlite3.Connection, handoff_ids: list[str], batch_id: str, now: float) -> None:
     with Transaction(conn):
-        conn.executemany("UPDATE agent_batches SET state = 'submitted', batch_id = ?, updated_at = ? "
-                         "WHERE handoff_id = ?", [(batch_id, now, hid) for hid in handoff_ids])  # fmt: skip
+        conn.executemany(
+            "UPDATE agent_batches SET state = 'submitted', batch_id = ?, updated_at = ? WHERE handoff_id = ?",
+            [(batch_id, now, hid) for hid in handoff_ids],
+        )
 
 
 def open_batches(conn: sqlite3.Connection, agent: str) -> list[str]:
-    rows = conn.execute("SELECT DISTINCT batch_id FROM agent_batches WHERE agent = ? AND state = 'submitted'",
-                        (agent,))  # fmt: skip
+    rows = conn.execute("SELECT DISTINCT batch_id FROM agent_batches WHERE agent = ? AND state = 'submitted'", (agent,))
     return [r[0] for r in rows]
 
 
@@ -269,17 +339,30 @@ def budget_report(config: Config, conn: sqlite3.Connection | None, now: float) -
     if conn is not None:
         with contextlib.suppress(sqlite3.OperationalError):  # a state file from before these tables
             used = tokens_by_agent(conn, since)
-            waiting = dict(conn.execute(
-                "SELECT target, COUNT(*) FROM handoffs WHERE state = 'pending' "
-                "AND last_error LIKE 'budget_exhausted:%' GROUP BY target").fetchall())  # fmt: skip
+            waiting = dict(
+                conn.execute(
+                    "SELECT target, COUNT(*) FROM handoffs WHERE state = 'pending' "
+                    "AND last_error LIKE 'budget_exhausted:%' GROUP BY target"
+                ).fetchall()
+            )
     agents = [
-        {"agent": f"agent.{name}", "tokens": used.get(f"agent.{name}", 0), "daily_token_budget": a.daily_token_budget,
-         "budget_exhausted": waiting.get(f"agent.{name}", 0)}
-        for name, a in sorted(config.agent.items()) if isinstance(a, AnthropicAgent)
-    ]  # fmt: skip
-    return {"day": iso(since), "resets_at": iso(next_reset(now)), "tokens": sum(used.values()),
-            "daily_tokens": config.budget.daily_tokens, "budget_exhausted": sum(waiting.values()),
-            "agents": agents}  # fmt: skip
+        {
+            "agent": f"agent.{name}",
+            "tokens": used.get(f"agent.{name}", 0),
+            "daily_token_budget": a.daily_token_budget,
+            "budget_exhausted": waiting.get(f"agent.{name}", 0),
+        }
+        for name, a in sorted(config.agent.items())
+        if isinstance(a, AnthropicAgent)
+    ]
+    return {
+        "day": iso(since),
+        "resets_at": iso(next_reset(now)),
+        "tokens": sum(used.values()),
+        "daily_tokens": config.budget.daily_tokens,
+        "budget_exhausted": sum(waiting.values()),
+        "agents": agents,
+    }
 
 
 def budget_lines(report: dict[str, Any]) -> list[str]:

@@ -48,10 +48,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from watchd import bus
 from watchd.config import NatsAgent
+from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import EventRejected, NatsUnavailable
 from watchd.model import HANDOFFS_PREFIX, REPLIES_PREFIX, Handoff, encode
-from watchd.schedule import format_duration, parse_duration
 from watchd.store import Store
 
 log = logging.getLogger("watchd.agents.nats")
@@ -134,8 +134,9 @@ async def send_reply(js: JetStreamContext, handoff_id: str, status: Status, deta
 class NatsRunner:
     """Delivers a handoff to the workers of one target and waits for the first reply."""
 
-    def __init__(self, cfg: NatsAgent, *, name: str, js: JetStreamContext, nc: Client,
-                 ack_timeout_s: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: NatsAgent, *, name: str, js: JetStreamContext, nc: Client, ack_timeout_s: float | None = None
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.js = js
@@ -221,14 +222,25 @@ _SETTLE_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-async def follow_replies(js: JetStreamContext, store: Store, stop: asyncio.Event, *,
-                         clock: Callable[[], float] = time.time, fetch_wait_s: float = 5.0) -> None:  # fmt: skip
+async def follow_replies(
+    js: JetStreamContext,
+    store: Store,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], float] = time.time,
+    fetch_wait_s: float = 5.0,
+) -> None:
     """Record workers' replies that arrive when no delivery waits for them: `accepted → done`, a
     rejection after acceptance, a worker that answered only after watchd moved on to retrying."""
     config = ConsumerConfig(
-        durable_name=REPLIES_DURABLE, name=REPLIES_DURABLE, filter_subject=REPLIES_PREFIX + ">",
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=-1,
-    )  # fmt: skip
+        durable_name=REPLIES_DURABLE,
+        name=REPLIES_DURABLE,
+        filter_subject=REPLIES_PREFIX + ">",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_deliver=-1,
+    )
     try:
         await js.add_consumer(bus.HANDOFFS_STREAM, config)
         sub = await js.pull_subscribe_bind(durable=REPLIES_DURABLE, stream=bus.HANDOFFS_STREAM)

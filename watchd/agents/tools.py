@@ -28,9 +28,9 @@ from watchd import bus, expr
 from watchd.agents import ledger
 from watchd.agents.ledger import Step
 from watchd.config import AbsentWatch, AnthropicAgent, MatchWatch, Pattern, Watch
+from watchd.cron.schedule import parse_duration
 from watchd.errors import WatchdError
 from watchd.model import Handoff, check_subject, iso, make_event, stable_hash
-from watchd.schedule import parse_duration
 from watchd.store import Store
 
 log = logging.getLogger("watchd.agents.tools")
@@ -128,39 +128,60 @@ class Toolbox:
         every = {
             "notify": {
                 "description": "Send a message to the user through one of the listed notifiers.",
-                "input_schema": {"type": "object", "additionalProperties": False, "required": ["to", "message"],
-                                 "properties": {"to": {"type": "string", "enum": self.notifiers},
-                                                "message": {"type": "string", "maxLength": 4000}}},
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["to", "message"],
+                    "properties": {
+                        "to": {"type": "string", "enum": self.notifiers},
+                        "message": {"type": "string", "maxLength": 4000},
+                    },
+                },
             },
             "emit": {
                 "description": "Publish a follow-up event (a dot-separated subject, not under watchd.).",
-                "input_schema": {"type": "object", "additionalProperties": False, "required": ["subject"],
-                                 "properties": {"subject": {"type": "string"}, "data": {"type": "object"}}},
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["subject"],
+                    "properties": {"subject": {"type": "string"}, "data": {"type": "object"}},
+                },
             },
             "watch": {
                 "description": (
                     "Create a temporary follow-up watch. kind=absent: fire if no event matching subject/where "
                     "arrives within `within` (e.g. '2d': 'tell me if there is no reply in 2 days'). kind=match: "
                     "fire on each matching event during `within`. `where` is a CEL expression over the event, "
-                    "e.g. data.thread == \"abc\". It wakes you again unless `then` names one of your notifiers."
+                    'e.g. data.thread == "abc". It wakes you again unless `then` names one of your notifiers.'
                 ),
-                "input_schema": {"type": "object", "additionalProperties": False,
-                                 "required": ["kind", "subject", "within"],
-                                 "properties": {"kind": {"type": "string", "enum": ["absent", "match"]},
-                                                "subject": {"type": "string"}, "within": {"type": "string"},
-                                                "where": {"type": "string"}, "key": {"type": "string"},
-                                                "message": {"type": "string"},
-                                                "then": {"type": "array", "items": {"type": "string",
-                                                         "enum": [self.agent, *self.notifiers]}}}},
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["kind", "subject", "within"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["absent", "match"]},
+                        "subject": {"type": "string"},
+                        "within": {"type": "string"},
+                        "where": {"type": "string"},
+                        "key": {"type": "string"},
+                        "message": {"type": "string"},
+                        "then": {"type": "array", "items": {"type": "string", "enum": [self.agent, *self.notifiers]}},
+                    },
+                },
             },
             "done": {
                 "description": "Finish: a status and a short summary of what you found and did.",
-                "input_schema": {"type": "object", "additionalProperties": False, "required": ["status", "summary"],
-                                 "properties": {"status": {"type": "string",
-                                                           "enum": ["resolved", "escalated", "ignored", "failed"]},
-                                                "summary": {"type": "string", "maxLength": 4000}}},
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["status", "summary"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["resolved", "escalated", "ignored", "failed"]},
+                        "summary": {"type": "string", "maxLength": 4000},
+                    },
+                },
             },
-        }  # fmt: skip
+        }
         return [{"name": name, **every[name]} for name in ("notify", "emit", "watch", "done") if name in self.allowed]
 
     async def run(self, h: Handoff, n: int, block: dict[str, Any], now: float) -> ToolOutcome:
@@ -190,13 +211,23 @@ class Toolbox:
     def _notify(self, h: Handoff, args: NotifyArgs, tid: str, key: str, now: float) -> ToolOutcome:
         if args.to not in self.notifiers:
             allowed = ", ".join(self.notifiers)
-            return ToolOutcome(_result(tid, f"refused: {args.to!r} is not one of this agent's notifiers ({allowed})",
-                                       error=True))  # fmt: skip
+            return ToolOutcome(
+                _result(tid, f"refused: {args.to!r} is not one of this agent's notifiers ({allowed})", error=True)
+            )
         note = Handoff(
-            id="h_" + stable_hash(key, args.to), watch=h.watch, watch_version=h.watch_version, kind=h.kind, key=h.key,
-            target=args.to, trigger="agent", reason=f"{self.agent} on handoff {h.id}", fired_at=iso(now) or "",
-            window=h.window, evidence=h.evidence, message=f"[{self.agent}] {args.message}",
-        )  # fmt: skip
+            id="h_" + stable_hash(key, args.to),
+            watch=h.watch,
+            watch_version=h.watch_version,
+            kind=h.kind,
+            key=h.key,
+            target=args.to,
+            trigger="agent",
+            reason=f"{self.agent} on handoff {h.id}",
+            fired_at=iso(now) or "",
+            window=h.window,
+            evidence=h.evidence,
+            message=f"[{self.agent}] {args.message}",
+        )
         return ToolOutcome(_result(tid, f"queued for {args.to} (handoff {note.id})"), ledger.enqueue_handoff(note, now))
 
     async def _emit(self, args: EmitArgs, tid: str, key: str, now: float) -> ToolOutcome:
@@ -226,14 +257,22 @@ class Toolbox:
         then = args.then or [self.agent]
         refused = [t for t in then if t != self.agent and t not in self.notifiers]
         if refused:
-            return ToolOutcome(_result(tid, f"refused: `then` may name only {self.agent} or this agent's notifiers, "
-                                            f"not {', '.join(refused)}", error=True))  # fmt: skip
+            return ToolOutcome(
+                _result(
+                    tid,
+                    f"refused: `then` may name only {self.agent} or this agent's notifiers, not {', '.join(refused)}",
+                    error=True,
+                )
+            )
         slug = re.sub(r"[^a-z0-9_-]", "-", self.agent.removeprefix("agent.").lower())
         pattern = Pattern(subject=args.subject, where=args.where, key=args.key)
         common: dict[str, Any] = {
-            "id": f"agent-{slug}-{key[:12]}", "description": f"follow-up by {self.agent} for handoff {h.id}",
-            "then": then, "message": args.message, "mode": self.cfg.watch_mode,
-        }  # fmt: skip
+            "id": f"agent-{slug}-{key[:12]}",
+            "description": f"follow-up by {self.agent} for handoff {h.id}",
+            "then": then,
+            "message": args.message,
+            "mode": self.cfg.watch_mode,
+        }
         watch: Watch
         if args.kind == "absent":
             watch = AbsentWatch(expect=pattern, for_=args.within, **common)
@@ -246,8 +285,13 @@ class Toolbox:
         return ToolOutcome(_result(tid, text), effect, watch_added=True)
 
 
-async def follow_watches(store: Store, reinstall: Callable[[], Awaitable[None]], changed: asyncio.Event,
-                         stop: asyncio.Event, clock: Callable[[], float]) -> None:  # fmt: skip
+async def follow_watches(
+    store: Store,
+    reinstall: Callable[[], Awaitable[None]],
+    changed: asyncio.Event,
+    stop: asyncio.Event,
+    clock: Callable[[], float],
+) -> None:
     """Re-install the engine's definitions when an agent adds a follow-up watch (`changed`) and when one
     expires: the daemon sleeps until the next expiry, nothing polls."""
     while not stop.is_set():

@@ -58,6 +58,8 @@ _NEWEST = {
     "subjects": "MAX(last_at)",
     "watch_versions": "MAX(updated_at)",
 }
+
+
 class BackupInvalid(WatchdError):
     """A backup that cannot be made, read or proven; the message says what is wrong with it."""
 

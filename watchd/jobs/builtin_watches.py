@@ -34,7 +34,7 @@ from watchd.config import (
     WatchDef,
     effective_schedules,
 )
-from watchd.schedule import ScheduleError, format_duration, next_tick, parse_cron, parse_duration
+from watchd.cron.schedule import ScheduleError, format_duration, next_tick, parse_cron, parse_duration
 
 BUILTIN_FILE = "<built-in>"
 CANARY_WATCH = "watchd-canary"

@@ -38,12 +38,12 @@ from nats.aio.client import Client
 
 from watchd import __version__, bus
 from watchd.config import Loaded
+from watchd.cron.proc import run_in_group
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
 from watchd.jobs.builtin_watches import CANARY_WATCH, PING_SUBJECT
 from watchd.model import Handoff, encode, iso, make_event, new_id
-from watchd.proc import run_in_group
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
@@ -104,10 +104,14 @@ async def check_path(ctx: JobContext, timeout_s: float = PATH_TIMEOUT_S) -> dict
     except WatchdError as exc:
         return {"ok": False, "detail": f"cannot publish the canary event: {exc.message}"}
     except TimeoutError:
-        return {"ok": False, "nonce": nonce, "detail": (
-            f"no answer within {timeout_s:g}s: the event did not make it through NATS → engine → handoff → "
-            f"delivery (see `watchd explain {CANARY_WATCH}` and `watchd handoffs`)"
-        )}  # fmt: skip
+        return {
+            "ok": False,
+            "nonce": nonce,
+            "detail": (
+                f"no answer within {timeout_s:g}s: the event did not make it through NATS → engine → handoff → "
+                f"delivery (see `watchd explain {CANARY_WATCH}` and `watchd handoffs`)"
+            ),
+        }
     except nats.errors.Error as exc:
         return {"ok": False, "detail": f"lost NATS while waiting for the answer ({type(exc).__name__})"}
     finally:
@@ -115,8 +119,13 @@ async def check_path(ctx: JobContext, timeout_s: float = PATH_TIMEOUT_S) -> dict
             await sub.unsubscribe()
     latency_ms = round((loop.time() - started) * 1000)
     handoff = _decode(msg.data).get("handoff")
-    return {"ok": True, "nonce": nonce, "handoff": handoff, "latency_ms": latency_ms,
-            "detail": f"NATS → engine → handoff → delivery in {latency_ms} ms"}  # fmt: skip
+    return {
+        "ok": True,
+        "nonce": nonce,
+        "handoff": handoff,
+        "latency_ms": latency_ms,
+        "detail": f"NATS → engine → handoff → delivery in {latency_ms} ms",
+    }
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
@@ -242,9 +251,17 @@ async def release_canary(daemon: Daemon) -> None:
             return
         log.info("release canary: %s changed since the last good canary; running it now", ", ".join(changed))
         ctx = JobContext(
-            name="canary", loaded=daemon.loaded, store=store, clock=daemon.clock, emit=daemon.emit, nc=daemon.nc,
-            js=daemon.js, targets=dispatcher.targets, wake_dispatcher=dispatcher.wake, in_daemon=True,
-        )  # fmt: skip
+            name="canary",
+            loaded=daemon.loaded,
+            store=store,
+            clock=daemon.clock,
+            emit=daemon.emit,
+            nc=daemon.nc,
+            js=daemon.js,
+            targets=dispatcher.targets,
+            wake_dispatcher=dispatcher.wake,
+            in_daemon=True,
+        )
         result = await run_and_report(ctx, "release", {"changed": changed})
         (log.info if result.ok else log.error)("release canary: %s", result.summary)
     except Exception:  # the canary reports trouble; it must never take the daemon down

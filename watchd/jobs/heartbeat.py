@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watchd.config import Loaded, NatsAgent, resolve_secret
+from watchd.cron.schedule import ScheduleError, format_duration, parse_duration
 from watchd.dispatch import Delivered
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
@@ -34,7 +35,6 @@ from watchd.jobs.builtin_watches import all_watches, enabled_schedules
 from watchd.model import iso
 from watchd.notify import http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
-from watchd.schedule import ScheduleError, format_duration, parse_duration
 from watchd.store import engine_view
 
 log = logging.getLogger("watchd.jobs.heartbeat")
@@ -104,8 +104,9 @@ def subject_pattern(template: str) -> re.Pattern[str]:
     return re.compile(".+".join(re.escape(p) for p in parts))
 
 
-def silent_sources(loaded: Loaded, heard: list[tuple[str, float, str | None]], since: float,
-                   now: float) -> list[dict[str, Any]]:  # fmt: skip
+def silent_sources(
+    loaded: Loaded, heard: list[tuple[str, float, str | None]], since: float, now: float
+) -> list[dict[str, Any]]:
     """Sources with `expect_every` that published nothing for longer. A source is recognised by its
     subject template, or else by its name as the events' source; one never heard from is silent
     counting from `since` (the first heartbeat)."""
@@ -122,8 +123,9 @@ def silent_sources(loaded: Loaded, heard: list[tuple[str, float, str | None]], s
         last = max(times, default=None)
         quiet_for = now - (last if last is not None else since)
         if quiet_for > every:
-            silent.append({"source": name, "last_at": iso(last), "silent_s": round(quiet_for),
-                           "expect_every": src.expect_every})  # fmt: skip
+            silent.append(
+                {"source": name, "last_at": iso(last), "silent_s": round(quiet_for), "expect_every": src.expect_every}
+            )
     return silent
 
 
@@ -168,8 +170,9 @@ async def ping(raw: str) -> tuple[bool, str]:
     resp = await http_client.send("GET", url, name="heartbeat", service=SERVICE, secrets=secrets)
     if not isinstance(resp, Response):
         return False, resp.detail
-    outcome = http_client.classify(resp, name="heartbeat", service=SERVICE, hints={0: "check ping_url"},
-                                   secrets=secrets)  # fmt: skip
+    outcome = http_client.classify(
+        resp, name="heartbeat", service=SERVICE, hints={0: "check ping_url"}, secrets=secrets
+    )
     if isinstance(outcome, Delivered):
         return True, f"{SERVICE} at {http_client.host_of(url)} answered {resp.status}"
     return False, outcome.detail
@@ -202,10 +205,17 @@ async def run(ctx: JobContext) -> JobResult:
         done.append(f"{results} batch {_plural(results, 'result', 'results')} collected")
     done.extend(problems)
     data: dict[str, Any] = {
-        "due_retries": snap.due_retries, "stuck_deliveries": stuck, "overdue_timers": len(snap.overdue),
-        "overdue": snap.overdue, "silent_sources": len(silent), "silent": silent, "dead_letters": snap.dead_total,
-        "dead_letters_new": snap.dead_new, "batch_polls": polled, "batch_results": results,
-    }  # fmt: skip
+        "due_retries": snap.due_retries,
+        "stuck_deliveries": stuck,
+        "overdue_timers": len(snap.overdue),
+        "overdue": snap.overdue,
+        "silent_sources": len(silent),
+        "silent": silent,
+        "dead_letters": snap.dead_total,
+        "dead_letters_new": snap.dead_new,
+        "batch_polls": polled,
+        "batch_results": results,
+    }
     ok = True
     raw_url = ping_url(loaded)
     if raw_url is not None:

@@ -196,8 +196,17 @@ async def send(
     """
     secrets = list(secrets)
     try:
-        result = await _send(method, url, name=name, service=service, secrets=secrets, timeout_s=timeout_s,
-                             json=json, data=data, headers=headers)  # fmt: skip
+        result = await _send(
+            method,
+            url,
+            name=name,
+            service=service,
+            secrets=secrets,
+            timeout_s=timeout_s,
+            json=json,
+            data=data,
+            headers=headers,
+        )
     except Exception as exc:  # a last resort: the type only, since an exception's text may hold the URL
         log.warning("%s: unexpected %s while calling %s", name, type(exc).__name__, service)
         return Retry(f"{name}: {service} request failed unexpectedly ({type(exc).__name__})")
@@ -226,9 +235,13 @@ async def _send(
     try:
         session = get_session()
         async with session.request(
-            method, url, data=body, headers=hdrs, allow_redirects=False,
+            method,
+            url,
+            data=body,
+            headers=hdrs,
+            allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as resp:  # fmt: skip
+        ) as resp:
             raw = bytearray()
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 raw += chunk
@@ -285,8 +298,12 @@ def classify(
         return Retry(scrub(f"{name}: {service} failed{why}", secrets), retry_after_s)
     if 300 <= status < 400:
         return Dead(scrub(f"{name}: {service} redirected the request{why}: check the URL", secrets))
-    generic = {400: "rejected the request", 401: "rejected the credentials", 403: "refused the request",
-               404: "does not know this endpoint"}  # fmt: skip
+    generic = {
+        400: "rejected the request",
+        401: "rejected the credentials",
+        403: "refused the request",
+        404: "does not know this endpoint",
+    }
     what = generic.get(status, "rejected the request")
     hint = hints.get(status) or hints.get(0, "")
     detail = f"{name}: {service} {what}{why}" + (f": {hint}" if hint else "")

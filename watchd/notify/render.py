@@ -29,13 +29,21 @@ def template_context(handoff: Handoff) -> dict[str, Any]:
     """The names a message template can use, as plain data."""
     window = handoff.window
     ctx: dict[str, Any] = {
-        "id": handoff.id, "watch": handoff.watch, "version": handoff.watch_version, "kind": handoff.kind,
-        "key": handoff.key, "target": handoff.target, "trigger": handoff.trigger, "reason": handoff.reason,
-        "fired_at": handoff.fired_at, "attempt": handoff.attempt, "count": len(handoff.evidence),
+        "id": handoff.id,
+        "watch": handoff.watch,
+        "version": handoff.watch_version,
+        "kind": handoff.kind,
+        "key": handoff.key,
+        "target": handoff.target,
+        "trigger": handoff.trigger,
+        "reason": handoff.reason,
+        "fired_at": handoff.fired_at,
+        "attempt": handoff.attempt,
+        "count": len(handoff.evidence),
         "deadline": window.end if window else None,
         "window": {"start": window.start, "end": window.end} if window else None,
         "evidence": list(handoff.evidence),
-    }  # fmt: skip
+    }
     if handoff.evidence:
         ctx["event"] = handoff.evidence[-1]  # the latest: evidence is kept in arrival order
     return ctx

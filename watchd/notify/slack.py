@@ -30,12 +30,39 @@ MAX_FALLBACK_TEXT = 3000  # the top-level text is the notification preview; Slac
 
 # chat.postMessage error codes (https://api.slack.com/methods/chat.postMessage#errors) that a retry
 # can cure; every other code is a request or configuration problem and dead-letters with its name.
-RETRY_ERRORS = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-                          "request_timeout", "team_added_to_org"})  # fmt: skip
-AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-                         "no_permission", "not_allowed_token_type", "ekm_access_denied"})  # fmt: skip
-CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived", "restricted_action",
-                            "cannot_reply_to_message", "team_access_not_granted"})  # fmt: skip
+RETRY_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+    }
+)
+AUTH_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "not_allowed_token_type",
+        "ekm_access_denied",
+    }
+)
+CHANNEL_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "restricted_action",
+        "cannot_reply_to_message",
+        "team_access_not_granted",
+    }
+)
 
 
 def escape(text: str) -> str:
@@ -106,8 +133,9 @@ class SlackNotifier:
             self._api_base = ""
             self._secrets = http_client.url_secrets(self._webhook_url)
         else:
-            raise WatchdError(f"{name}: Slack needs webhook_url, or token and channel",
-                              hint='webhook_url = "env:SLACK_WEBHOOK_URL"')  # fmt: skip
+            raise WatchdError(
+                f"{name}: Slack needs webhook_url, or token and channel", hint='webhook_url = "env:SLACK_WEBHOOK_URL"'
+            )
 
     def __repr__(self) -> str:
         return f"SlackNotifier({self.name!r}, mode={self.mode!r})"
@@ -121,9 +149,14 @@ class SlackNotifier:
             outcome = resp if not isinstance(resp, Response) else self._classify_api(resp)
         else:
             resp = await http_client.send(
-                "POST", self._webhook_url, name=self.name, service=SERVICE, secrets=self._secrets,
-                timeout_s=self.timeout_s, json=payload,
-            )  # fmt: skip
+                "POST",
+                self._webhook_url,
+                name=self.name,
+                service=SERVICE,
+                secrets=self._secrets,
+                timeout_s=self.timeout_s,
+                json=payload,
+            )
             outcome = resp if not isinstance(resp, Response) else self._classify_webhook(resp)
         if not isinstance(outcome, Delivered):
             log.info("%s: %s", self.name, outcome.detail)
@@ -136,8 +169,9 @@ class SlackNotifier:
             from watchd.notify.webhook import reachable  # a connect check, shared with the webhook notifier
 
             host = URL(self._webhook_url).host
-            ok, detail = await reachable(self.name, self._webhook_url, "the Slack webhook host", self._secrets,
-                                         self.timeout_s)  # fmt: skip
+            ok, detail = await reachable(
+                self.name, self._webhook_url, "the Slack webhook host", self._secrets, self.timeout_s
+            )
             note = "" if host == "hooks.slack.com" else f"; its host is {host}, not hooks.slack.com"
             return ok, f"{detail} (the webhook itself is not checked without posting{note})" if ok else detail
         resp = await self._api("auth.test", {})
@@ -151,9 +185,15 @@ class SlackNotifier:
 
     async def _api(self, method: str, payload: dict[str, Any]) -> Response | Retry | Dead:
         return await http_client.send(
-            "POST", f"{self._api_base}/{method}", name=self.name, service=SERVICE, secrets=self._secrets,
-            timeout_s=self.timeout_s, json=payload, headers={"Authorization": f"Bearer {self._token}"},
-        )  # fmt: skip
+            "POST",
+            f"{self._api_base}/{method}",
+            name=self.name,
+            service=SERVICE,
+            secrets=self._secrets,
+            timeout_s=self.timeout_s,
+            json=payload,
+            headers={"Authorization": f"Bearer {self._token}"},
+        )
 
     def _classify_api(self, resp: Response) -> Outcome:
         body: dict[str, Any] = resp.data if isinstance(resp.data, dict) else {}
@@ -172,8 +212,10 @@ class SlackNotifier:
         if error in AUTH_ERRORS:
             return Dead(f"{self.name}: Slack rejected the token ({error}): check {self._ref}")
         if error in CHANNEL_ERRORS:
-            return Dead(f"{self.name}: Slack cannot post to {self.channel} ({error}): "
-                        "check channel and invite the bot to it (/invite @bot)")  # fmt: skip
+            return Dead(
+                f"{self.name}: Slack cannot post to {self.channel} ({error}): "
+                "check channel and invite the bot to it (/invite @bot)"
+            )
         if error == "missing_scope":
             return Dead(f"{self.name}: the Slack token lacks a scope (missing_scope): add chat:write to the app")
         if not body and resp.body:
@@ -190,8 +232,14 @@ class SlackNotifier:
             410: "the webhook's channel is archived: unarchive it or make a new webhook",
             0: f"check {self._ref}",
         }
-        outcome = http_client.classify(resp, name=self.name, service=SERVICE, hints=hints, secrets=self._secrets,
-                                       reason="" if 200 <= resp.status < 300 else code)  # fmt: skip
+        outcome = http_client.classify(
+            resp,
+            name=self.name,
+            service=SERVICE,
+            hints=hints,
+            secrets=self._secrets,
+            reason="" if 200 <= resp.status < 300 else code,
+        )
         if isinstance(outcome, Delivered):
             return Delivered("Slack webhook accepted it")
         return outcome

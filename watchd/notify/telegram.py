@@ -27,8 +27,9 @@ SERVICE = "Telegram"
 class TelegramNotifier:
     """A chat message per handoff. `name` is the target name (`notify.phone`) used in every detail."""
 
-    def __init__(self, cfg: TelegramConfig, *, name: str = "notify.telegram",
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: TelegramConfig, *, name: str = "notify.telegram", timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.chat_id = str(cfg.chat_id).strip()
@@ -51,9 +52,14 @@ class TelegramNotifier:
 
     async def _call(self, method: str, payload: dict[str, Any] | None = None) -> Response | Retry | Dead:
         return await http_client.send(
-            "POST", f"{self._api_base}/bot{self._token}/{method}", name=self.name, service=SERVICE,
-            secrets=self._secrets, timeout_s=self.timeout_s, json=payload if payload is not None else {},
-        )  # fmt: skip
+            "POST",
+            f"{self._api_base}/bot{self._token}/{method}",
+            name=self.name,
+            service=SERVICE,
+            secrets=self._secrets,
+            timeout_s=self.timeout_s,
+            json=payload if payload is not None else {},
+        )
 
     async def deliver(self, handoff: Handoff) -> Outcome:
         text = truncate(render(handoff), MAX_TEXT, utf16=True)
@@ -94,8 +100,10 @@ class TelegramNotifier:
             retry_after = parse_retry_after(str(params["retry_after"]))
         if isinstance(params.get("migrate_to_chat_id"), int):
             # The group was upgraded to a supergroup: its id changed and the old one is gone for good.
-            return Dead(f"{self.name}: the Telegram group became a supergroup ({status}): "
-                        f"set chat_id = \"{params['migrate_to_chat_id']}\"")  # fmt: skip
+            return Dead(
+                f"{self.name}: the Telegram group became a supergroup ({status}): "
+                f'set chat_id = "{params["migrate_to_chat_id"]}"'
+            )
         if 200 <= status < 300:
             return Dead(f"{self.name}: Telegram answered without ok=true ({status}): check api_base")
         hints = {
@@ -109,6 +117,11 @@ class TelegramNotifier:
         if status == 404 and not description.lower().startswith("bad request"):
             return Dead(f"{self.name}: Telegram does not know this bot token (404): {hints[404]}")
         return http_client.classify(
-            replace(resp, status=status), name=self.name, service=SERVICE, hints=hints, secrets=self._secrets,
-            reason=description, retry_after_s=retry_after,
-        )  # fmt: skip
+            replace(resp, status=status),
+            name=self.name,
+            service=SERVICE,
+            hints=hints,
+            secrets=self._secrets,
+            reason=description,
+            retry_after_s=retry_after,
+        )

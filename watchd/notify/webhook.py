@@ -40,8 +40,9 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-async def reachable(name: str, url: str, service: str, secrets: Sequence[str | None],
-                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool, str]:  # fmt: skip
+async def reachable(
+    name: str, url: str, service: str, secrets: Sequence[str | None], timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[bool, str]:
     """Whether the URL's host resolves and accepts a connection (with a valid TLS certificate for
     https), without sending a request. Behind a proxy the host is not checked: only the proxy would
     reach it. Details name the host only: the URL may hold credentials."""
@@ -84,8 +85,9 @@ class WebhookNotifier:
     scrubbed like a secret too; only its host is ever shown.
     """
 
-    def __init__(self, cfg: WebhookConfig, *, name: str = "notify.webhook",
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: WebhookConfig, *, name: str = "notify.webhook", timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.header = cfg.header
@@ -110,9 +112,15 @@ class WebhookNotifier:
         if self._secret:
             headers[self.header] = sign(self._secret, body)
         resp = await http_client.send(
-            "POST", self._url, name=self.name, service=SERVICE, secrets=self._secrets, timeout_s=self.timeout_s,
-            data=body, headers=headers,
-        )  # fmt: skip
+            "POST",
+            self._url,
+            name=self.name,
+            service=SERVICE,
+            secrets=self._secrets,
+            timeout_s=self.timeout_s,
+            data=body,
+            headers=headers,
+        )
         outcome = resp if not isinstance(resp, Response) else self._classify(resp)
         if not isinstance(outcome, Delivered):
             log.info("%s: %s", self.name, outcome.detail)
@@ -131,8 +139,9 @@ class WebhookNotifier:
             404: "check url",
             0: "check url and what the receiver expects",
         }
-        outcome = http_client.classify(resp, name=self.name, service=SERVICE, hints=hints, secrets=self._secrets,
-                                       reason=reason)  # fmt: skip
+        outcome = http_client.classify(
+            resp, name=self.name, service=SERVICE, hints=hints, secrets=self._secrets, reason=reason
+        )
         if isinstance(outcome, Delivered):
             return Delivered(f"webhook receiver answered {resp.status}")
         return outcome

@@ -21,9 +21,9 @@ import msgspec
 
 from watchd import expr
 from watchd.config import AbsentWatch, DeadlineWatch, MatchWatch, Pattern, Watch, WatchDef
+from watchd.cron.schedule import CronSpec, format_duration, next_tick, parse_cron, parse_duration
+from watchd.engine.index import SubjectIndex
 from watchd.model import Event, iso, stable_hash
-from watchd.schedule import CronSpec, format_duration, next_tick, parse_cron, parse_duration
-from watchd.subjects import SubjectIndex
 
 EVIDENCE_KEEP = 5
 # A pure clock gap (watchd was down) longer than this many deadline windows is summarised, not

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from watchd.config import Loaded, effective_schedules
+from watchd.cron.proc import run_in_group, signal_name
+from watchd.cron.schedule import format_duration
+from watchd.cron.ticks import Definition, Run, Skip, State, define, next_run_at, overlap_action, plan, tick_key
+from watchd.cron.walltimer import WallTimer
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Fire
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult, builtin
 from watchd.model import iso
-from watchd.proc import run_in_group, signal_name
-from watchd.schedule import format_duration
 from watchd.store import Transaction
-from watchd.ticks import Definition, Run, Skip, State, define, next_run_at, overlap_action, plan, tick_key
-from watchd.walltimer import WallTimer
 
 if TYPE_CHECKING:
     import sqlite3
@@ -101,16 +101,25 @@ def claim(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
     return owned
 
 
-def finish(conn: sqlite3.Connection, key: str, name: str, ok: bool, ended_at: float, reason: str | None,
-           summary: str, data: bytes) -> None:  # fmt: skip
+def finish(
+    conn: sqlite3.Connection,
+    key: str,
+    name: str,
+    ok: bool,
+    ended_at: float,
+    reason: str | None,
+    summary: str,
+    data: bytes,
+) -> None:
     with Transaction(conn):
         conn.execute(
             "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ? WHERE key = ?",
             ("done" if ok else "failed", reason, ended_at, summary, data.decode(), key),
         )
         if reason != "interrupted":  # `every` counts from a run that ended, not one cut off by a restart
-            conn.execute("UPDATE schedules SET completed_at = MAX(COALESCE(completed_at, 0), ?) WHERE name = ?",
-                         (ended_at, name))  # fmt: skip
+            conn.execute(
+                "UPDATE schedules SET completed_at = MAX(COALESCE(completed_at, 0), ?) WHERE name = ?", (ended_at, name)
+            )
 
 
 def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, float, float]]:
@@ -149,10 +158,20 @@ class _Slot:
 
 
 class Scheduler:
-    def __init__(self, store: Store, loaded: Loaded, *, emit: Emit, clock: Callable[[], float] = time.time,
-                 targets: dict[str, Target] | None = None, wake_dispatcher: Callable[[], None] = lambda: None,
-                 nc: Client | None = None, js: JetStreamContext | None = None, timer: WallTimer | None = None,
-                 in_daemon: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        loaded: Loaded,
+        *,
+        emit: Emit,
+        clock: Callable[[], float] = time.time,
+        targets: dict[str, Target] | None = None,
+        wake_dispatcher: Callable[[], None] = lambda: None,
+        nc: Client | None = None,
+        js: JetStreamContext | None = None,
+        timer: WallTimer | None = None,
+        in_daemon: bool = False,
+    ) -> None:
         self.store = store
         self.loaded = loaded
         self.emit = emit
@@ -175,8 +194,13 @@ class Scheduler:
         store, now = self.store, self.clock()
         for key, name, tick_at, started in await store.run(recover_interrupted, store.conn, now):
             log.warning("schedule %s: the run for %s was interrupted by a restart", name, iso(tick_at))
-            info = {"schedule": name, "tick": iso(tick_at), "key": key, "reason": "interrupted by restart",
-                    "duration_s": round(now - started, 3)}  # fmt: skip
+            info = {
+                "schedule": name,
+                "tick": iso(tick_at),
+                "key": key,
+                "reason": "interrupted by restart",
+                "duration_s": round(now - started, 3),
+            }
             await self.emit(f"watchd.schedule.{name}.failed", info)
         await self.install(self.loaded)
 
@@ -184,8 +208,9 @@ class Scheduler:
         """(Re)load the schedules: a changed one gets a new version; runs under way carry on."""
         self.loaded = loaded
         defs = {n: define(n, s, loaded.zone()) for n, s in effective_schedules(loaded.config).items()}
-        synced = await self.store.run(sync_definitions, self.store.conn, {n: d.digest for n, d in defs.items()},
-                                      self.clock())  # fmt: skip
+        synced = await self.store.run(
+            sync_definitions, self.store.conn, {n: d.digest for n, d in defs.items()}, self.clock()
+        )
         slots: dict[str, _Slot] = {}
         for name, defn in defs.items():
             version, state = synced[name]
@@ -254,8 +279,9 @@ class Scheduler:
             if action == "skip":
                 busy = ", ".join(sorted(iso(t) or "" for t in slot.active.values()))
                 why = f"the run for {busy} is still going (overlap=forbid)"
-                d.skips = sorted([*d.skips, *(Skip(r.tick_at, "overlap", why) for r in d.runs)],
-                                 key=lambda k: k.tick_at)  # fmt: skip
+                d.skips = sorted(
+                    [*d.skips, *(Skip(r.tick_at, "overlap", why) for r in d.runs)], key=lambda k: k.tick_at
+                )
                 d.runs = []
             ticks = [r.tick_at for r in d.runs] + [k.tick_at for k in d.skips]
             if ticks:
@@ -294,8 +320,14 @@ class Scheduler:
         for reason, group in by_reason.items():
             count = sum(k.count for k in group)
             log.info("schedule %s: skipped %d tick(s): %s", name, count, group[-1].detail)
-            data: dict[str, Any] = {"schedule": name, "reason": reason, "count": count, "tick": iso(group[-1].tick_at),
-                                    "first_tick": iso(group[0].tick_at), "detail": group[-1].detail}  # fmt: skip
+            data: dict[str, Any] = {
+                "schedule": name,
+                "reason": reason,
+                "count": count,
+                "tick": iso(group[-1].tick_at),
+                "first_tick": iso(group[0].tick_at),
+                "detail": group[-1].detail,
+            }
             await self.emit(f"watchd.schedule.{name}.skipped", data)
 
     def _replace(self, slot: _Slot, tick_at: float) -> None:
@@ -334,8 +366,13 @@ class Scheduler:
     async def _run_one(self, slot: _Slot, r: Run, key: str) -> None:
         defn, name = slot.defn, slot.defn.name
         started = self.clock()
-        info: dict[str, Any] = {"schedule": name, "version": slot.version, "tick": iso(r.tick_at), "key": key,
-                                "lateness_s": round(started - r.tick_at - defn.jitter_s, 3)}  # fmt: skip
+        info: dict[str, Any] = {
+            "schedule": name,
+            "version": slot.version,
+            "tick": iso(r.tick_at),
+            "key": key,
+            "lateness_s": round(started - r.tick_at - defn.jitter_s, 3),
+        }
         if r.backfill_from is not None:
             info["backfill_from"] = iso(r.backfill_from)
         published = asyncio.ensure_future(self.emit(f"watchd.schedule.{name}.started", info))  # beside the job
@@ -354,8 +391,16 @@ class Scheduler:
             raise
         await self._record(slot, key, info, started, result, reason, published)
 
-    async def _record(self, slot: _Slot, key: str, info: dict[str, Any], started: float, result: JobResult,
-                      reason: str | None, published: asyncio.Future[None]) -> None:  # fmt: skip
+    async def _record(
+        self,
+        slot: _Slot,
+        key: str,
+        info: dict[str, Any],
+        started: float,
+        result: JobResult,
+        reason: str | None,
+        published: asyncio.Future[None],
+    ) -> None:
         name, ended = slot.defn.name, self.clock()
         outcome = "done" if result.ok else "failed"
         data = msgspec.json.encode(result.data)
@@ -398,9 +443,19 @@ class Scheduler:
             job = builtin(name)
         except (KeyError, ImportError):
             return JobResult(False, f"job {name} is not available in this watchd")
-        ctx = JobContext(name=name, loaded=self.loaded, store=self.store, clock=self.clock, emit=self.emit,
-                         timeout_s=defn.timeout_s, nc=self.nc, js=self.js, targets=self.targets,
-                         wake_dispatcher=self.wake_dispatcher, in_daemon=self.in_daemon)  # fmt: skip
+        ctx = JobContext(
+            name=name,
+            loaded=self.loaded,
+            store=self.store,
+            clock=self.clock,
+            emit=self.emit,
+            timeout_s=defn.timeout_s,
+            nc=self.nc,
+            js=self.js,
+            targets=self.targets,
+            wake_dispatcher=self.wake_dispatcher,
+            in_daemon=self.in_daemon,
+        )
         try:
             async with asyncio.timeout(defn.timeout_s):
                 return await job(ctx)
@@ -443,12 +498,28 @@ class Scheduler:
         if result is not None:
             reason += f"; {'done' if result.ok else 'failed'}: {result.summary}"
             data.update(ok=result.ok, summary=result.summary, result=result.data)
-        evidence = {"id": key, "subject": f"watchd.schedule.{defn.name}.tick", "time": iso(r.tick_at),
-                    "source": "watchd", "data": data}  # fmt: skip
+        evidence = {
+            "id": key,
+            "subject": f"watchd.schedule.{defn.name}.tick",
+            "time": iso(r.tick_at),
+            "source": "watchd",
+            "data": data,
+        }
         window = (r.backfill_from, r.tick_at) if r.backfill_from is not None else None
-        fire = Fire(watch=f"schedule:{defn.name}", version=slot.version, kind="schedule", key=None, logical=key,
-                    fired_at=now, reason=reason, targets=list(defn.schedule.then or []), window=window,
-                    evidence=[evidence], late_s=max(0.0, now - r.tick_at), trigger="schedule")  # fmt: skip
+        fire = Fire(
+            watch=f"schedule:{defn.name}",
+            version=slot.version,
+            kind="schedule",
+            key=None,
+            logical=key,
+            fired_at=now,
+            reason=reason,
+            targets=list(defn.schedule.then or []),
+            window=window,
+            evidence=[evidence],
+            late_s=max(0.0, now - r.tick_at),
+            trigger="schedule",
+        )
         handoffs = handoffs_from_fire(fire)
         if await self.store.run(self.store.add_handoffs, handoffs, now):
             self.wake_dispatcher()

@@ -62,8 +62,9 @@ from watchd import bus
 from watchd.config import WatchDef
 from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
-from watchd.explain import WatchInfo, iso_local
-from watchd.model import EVENTS_PREFIX, MAX_EVENT_BYTES, Event, decode_event, iso
+from watchd.explain.watch import WatchInfo, iso_local
+from watchd.limits import MAX_EVENT_BYTES
+from watchd.model import EVENTS_PREFIX, Event, decode_event, iso
 
 FIRE_VERDICTS = frozenset({"fired", "would_fire"})
 MISS_VERDICTS = frozenset({"where_false", "where_error", "key_error"})
@@ -83,8 +84,14 @@ class WouldFire:
     mode: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"watch": self.watch, "key": self.key, "at": iso(self.at), "at_local": iso_local(self.at, self.zone),
-                "mode": self.mode, "reason": self.reason}  # fmt: skip
+        return {
+            "watch": self.watch,
+            "key": self.key,
+            "at": iso(self.at),
+            "at_local": iso_local(self.at, self.zone),
+            "mode": self.mode,
+            "reason": self.reason,
+        }
 
 
 @dataclass(slots=True)

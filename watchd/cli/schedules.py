@@ -17,13 +17,13 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from watchd.cli import CONFIG_OPTION, cli, dump_json, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
+from watchd.cron.schedule import first_instant_at, format_duration
+from watchd.cron.ticks import upcoming
 from watchd.errors import WatchdError
-from watchd.explain import iso_local, when
-from watchd.explain_schedule import all_schedules, open_state, read_states, read_ticks
+from watchd.explain.schedule import all_schedules, open_state, read_states, read_ticks
+from watchd.explain.watch import iso_local, when
 from watchd.model import iso
-from watchd.schedule import first_instant_at, format_duration
-from watchd.ticks import upcoming
 
 
 def parse_from(text: str, zone: str) -> float:
@@ -31,8 +31,10 @@ def parse_from(text: str, zone: str) -> float:
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise WatchdError(f"bad --from {text!r}", hint='use a date-time like "2026-03-29T00:00" (in the config\'s '
-                          'zone) or "2026-03-29T00:00Z"') from None  # fmt: skip
+        raise WatchdError(
+            f"bad --from {text!r}",
+            hint='use a date-time like "2026-03-29T00:00" (in the config\'s zone) or "2026-03-29T00:00Z"',
+        ) from None
     if dt.tzinfo is None:
         return first_instant_at(dt, zone).timestamp()
     return dt.timestamp()
@@ -57,18 +59,38 @@ def upcoming_ticks(loaded: Any, start: float, count: int, now: float) -> tuple[l
             if defn.jitter_s:
                 later = f"runs {format_duration(round(defn.jitter_s))} later (jitter)"
                 note = f"{note}; {later}" if note else later
-            ticks.append({"schedule": name, "at_utc": iso(at), "at_local": iso_local(at, defn.zone), "note": note,
-                          "_at": at, "_zone": defn.zone})  # fmt: skip
+            ticks.append(
+                {
+                    "schedule": name,
+                    "at_utc": iso(at),
+                    "at_local": iso_local(at, defn.zone),
+                    "note": note,
+                    "_at": at,
+                    "_zone": defn.zone,
+                }
+            )
     ticks.sort(key=lambda t: (t["_at"], t["schedule"]))
     return ticks, disabled
 
 
-@cli.command(name="schedules")
+@click.command(name="schedules")
 @CONFIG_OPTION
-@click.option("--next", "count", default=3, show_default=True, type=click.IntRange(1, 1000), metavar="N",
-              help="ticks shown per schedule")  # fmt: skip
-@click.option("--from", "from_", metavar="TIME", help="as of this instant instead of now: a local date-time in the "
-              "config's zone (2026-10-25T00:00) or one with an offset or Z")  # fmt: skip
+@click.option(
+    "--next",
+    "count",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="ticks shown per schedule",
+)
+@click.option(
+    "--from",
+    "from_",
+    metavar="TIME",
+    help="as of this instant instead of now: a local date-time in the "
+    "config's zone (2026-10-25T00:00) or one with an offset or Z",
+)
 @click.option("--json", "as_json", is_flag=True, help="an array of ticks: schedule, at_utc, at_local, note")
 def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_json: bool) -> None:
     """Upcoming ticks of every schedule in local and UTC time, with DST notes; and each one's last run.
@@ -92,8 +114,9 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
     table.add_column("note")
     for t in ticks:
         local = datetime.fromtimestamp(t["_at"], ZoneInfo(t["_zone"]))
-        table.add_row(Text(t["schedule"]), Text(f"{local:%a %Y-%m-%d %H:%M %Z}"), Text(t["at_utc"]),
-                      Text(t["note"] or ""))  # fmt: skip
+        table.add_row(
+            Text(t["schedule"]), Text(f"{local:%a %Y-%m-%d %H:%M %Z}"), Text(t["at_utc"]), Text(t["note"] or "")
+        )
     out.print(table if ticks else "no upcoming ticks")
     if disabled:
         out.print(Text(f"disabled: {', '.join(sorted(disabled))}"))
@@ -106,11 +129,16 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
             rows = read_ticks(conn, name, 1)
             if rows:
                 r = rows[-1]
-                lines.append(f"  {name}: {r['state']} for the {when(r['tick_at'], defn.zone, now)} tick"
-                             + (f" — {r['summary']}" if r["summary"] else ""))  # fmt: skip
+                lines.append(
+                    f"  {name}: {r['state']} for the {when(r['tick_at'], defn.zone, now)} tick"
+                    + (f" — {r['summary']}" if r["summary"] else "")
+                )
     finally:
         conn.close()
     if lines:
         out.print("last runs:")
         for line in lines:
             out.print(Text(line))
+
+
+COMMANDS = (schedules_cmd,)

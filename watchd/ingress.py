@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -13,26 +12,13 @@ from aiohttp import web
 from watchd import bus
 from watchd.config import resolve_secret
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
+from watchd.limits import is_loopback, split_listen
 from watchd.model import encode, make_event
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
 
 log = logging.getLogger("watchd.http")
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -94,18 +80,22 @@ class Ingress:
     async def metrics(self, request: web.Request) -> web.Response:
         h = self.daemon.health()
         lines = [
-            "# TYPE watchd_events_total counter", f"watchd_events_total {h['events']}",
-            "# TYPE watchd_last_seq gauge", f"watchd_last_seq {h['last_seq']}",
-            "# TYPE watchd_watches gauge", f"watchd_watches {h['watches']}",
-            "# TYPE watchd_up gauge", f"watchd_up {1 if h['ok'] else 0}",
-        ]  # fmt: skip
+            "# TYPE watchd_events_total counter",
+            f"watchd_events_total {h['events']}",
+            "# TYPE watchd_last_seq gauge",
+            f"watchd_last_seq {h['last_seq']}",
+            "# TYPE watchd_watches gauge",
+            f"watchd_watches {h['watches']}",
+            "# TYPE watchd_up gauge",
+            f"watchd_up {1 if h['ok'] else 0}",
+        ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
 async def start(daemon: Daemon) -> web.AppRunner:
     """Bind the listener; the daemon reports ready to systemd only after this succeeded."""
     cfg = daemon.loaded.config.http
-    host, port = split_listen(cfg.listen)
+    host, port = split_listen(cfg.listen, setting="[http] listen")
     ingress = Ingress(daemon)
     if not is_loopback(host) and ingress.token is None:
         raise WatchdError(
@@ -113,13 +103,15 @@ async def start(daemon: Daemon) -> web.AppRunner:
             hint='set [http] token = "env:WATCHD_HTTP_TOKEN" before exposing the listener',
         )
     app = web.Application(client_max_size=cfg.max_body + 1024)
-    app.add_routes([
-        web.post("/events/{subject}", ingress.events),
-        web.get("/ping/{subject}", ingress.events),
-        web.post("/ping/{subject}", ingress.events),
-        web.get("/healthz", ingress.healthz),
-        web.get("/metrics", ingress.metrics),
-    ])  # fmt: skip
+    app.add_routes(
+        [
+            web.post("/events/{subject}", ingress.events),
+            web.get("/ping/{subject}", ingress.events),
+            web.post("/ping/{subject}", ingress.events),
+            web.get("/healthz", ingress.healthz),
+            web.get("/metrics", ingress.metrics),
+        ]
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -5,31 +5,44 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from watchd.agents import ledger
-from watchd.agents.ledger import Run
-from watchd.cli import CONFIG_OPTION, cli, dump_json, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
 from watchd.model import iso
-from watchd.store import open_readonly
+
+if TYPE_CHECKING:
+    from watchd.agents.ledger import Run
 
 
 def run_json(r: Run) -> dict[str, Any]:
     return {
-        "id": r.id, "handoff_id": r.handoff_id, "agent": r.agent, "model": r.model,
-        "started_at": iso(r.started_at), "ended_at": iso(r.ended_at), "outcome": r.outcome or "running",
-        "limit": r.limit_hit, "detail": r.detail, "steps": r.steps,
-        "tokens": {"input": r.input_tokens, "output": r.output_tokens, "cache_read": r.cache_read_tokens,
-                   "cache_write": r.cache_write_tokens, "total": r.tokens},
-        "cost_usd": round(r.cost_usd, 6), "latency_s": round(r.latency_s, 3),
-    }  # fmt: skip
+        "id": r.id,
+        "handoff_id": r.handoff_id,
+        "agent": r.agent,
+        "model": r.model,
+        "started_at": iso(r.started_at),
+        "ended_at": iso(r.ended_at),
+        "outcome": r.outcome or "running",
+        "limit": r.limit_hit,
+        "detail": r.detail,
+        "steps": r.steps,
+        "tokens": {
+            "input": r.input_tokens,
+            "output": r.output_tokens,
+            "cache_read": r.cache_read_tokens,
+            "cache_write": r.cache_write_tokens,
+            "total": r.tokens,
+        },
+        "cost_usd": round(r.cost_usd, 6),
+        "latency_s": round(r.latency_s, 3),
+    }
 
 
-@cli.command()
+@click.command()
 @CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1), help="the latest N runs")
 @click.option("--json", "as_json", is_flag=True, help="an array of run objects (documented in the README)")
@@ -41,6 +54,9 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
       watchd runs --limit 5
       watchd runs --json | jq '[.[].cost_usd] | add'
     """
+    from watchd.agents import ledger
+    from watchd.store import open_readonly
+
     loaded = load(config_path)
     found: list[Run] = []
     conn = open_readonly(loaded.state_dir)
@@ -53,17 +69,42 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
     if not found:
         out.print("no agent runs recorded")
         return
-    table = Table("started (UTC)", "agent", "handoff", "model", "outcome", "steps", "in", "out", "cache r/w", "cost",
-                  box=None, pad_edge=False)  # fmt: skip
+    table = Table(
+        "started (UTC)",
+        "agent",
+        "handoff",
+        "model",
+        "outcome",
+        "steps",
+        "in",
+        "out",
+        "cache r/w",
+        "cost",
+        box=None,
+        pad_edge=False,
+    )
     for r in found:
         outcome = r.outcome or ("waiting" if r.limit_hit else "running")
         if r.limit_hit:
             outcome += f" ({r.limit_hit})"
         started = time.strftime("%m-%d %H:%M:%S", time.gmtime(r.started_at))
         cache = f"{r.cache_read_tokens:,}/{r.cache_write_tokens:,}"
-        cells = (started, r.agent, r.handoff_id, r.model, outcome, str(r.steps), f"{r.input_tokens:,}",
-                 f"{r.output_tokens:,}", cache, f"${r.cost_usd:.4f}")  # fmt: skip
+        cells = (
+            started,
+            r.agent,
+            r.handoff_id,
+            r.model,
+            outcome,
+            str(r.steps),
+            f"{r.input_tokens:,}",
+            f"{r.output_tokens:,}",
+            cache,
+            f"${r.cost_usd:.4f}",
+        )
         table.add_row(*(Text(c) for c in cells))
     out.print(table)
     total = sum(r.cost_usd for r in found)
     out.print(Text(f"{len(found)} runs, {sum(r.tokens for r in found):,} tokens, ${total:.4f} estimated"))
+
+
+COMMANDS = (runs,)

@@ -30,12 +30,12 @@ from rich.table import Table
 from rich.text import Text
 
 from watchd.config import DEFAULT_SCHEDULES, Loaded
+from watchd.cron.schedule import ticks_between
+from watchd.cron.ticks import GRACE_S, Definition, State, define, next_tick_after
 from watchd.errors import WatchdError
-from watchd.explain import iso_local, span, time_until, when
+from watchd.explain.watch import iso_local, span, time_until, when
 from watchd.model import iso
-from watchd.schedule import ticks_between
 from watchd.store import open_readonly
-from watchd.ticks import GRACE_S, Definition, State, define, next_tick_after
 
 TIMELINE_LIMIT = 50
 RAN = frozenset({"started", "done", "failed"})
@@ -129,26 +129,41 @@ class ScheduleReport:
             data = msgspec.json.decode(r["data"]) if r["data"] else {}
             started, ended = r["started_at"], r["ended_at"]
             ran = r["state"] in RAN
-            out.append({
-                "tick": iso(r["tick_at"]), "tick_local": iso_local(r["tick_at"], zone), "state": r["state"],
-                "reason": r["reason"], "summary": r["summary"], "started_at": iso(started) if ran else None,
-                "ended_at": iso(ended), "duration_s": round(ended - started, 3) if ran and ended and started else None,
-                "lateness_s": round(started - r["tick_at"] - self.defn.jitter_s, 3) if ran and started else None,
-                "count": data.get("count", 1) if isinstance(data, dict) and r["state"] == "skipped" else None,
-            })  # fmt: skip
+            out.append(
+                {
+                    "tick": iso(r["tick_at"]),
+                    "tick_local": iso_local(r["tick_at"], zone),
+                    "state": r["state"],
+                    "reason": r["reason"],
+                    "summary": r["summary"],
+                    "started_at": iso(started) if ran else None,
+                    "ended_at": iso(ended),
+                    "duration_s": round(ended - started, 3) if ran and ended and started else None,
+                    "lateness_s": round(started - r["tick_at"] - self.defn.jitter_s, 3) if ran and started else None,
+                    "count": data.get("count", 1) if isinstance(data, dict) and r["state"] == "skipped" else None,
+                }
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
         d = self.defn
         return {
-            "schedule": d.name, "enabled": self.enabled, "timing": d.timing, "zone": d.zone, "does": d.what,
-            "version": self.version, "verdict": self.verdict, "fired": self.fired,
-            "next_due": iso(self.next_due) if self.enabled else None, "timeline": self.timeline(),
-        }  # fmt: skip
+            "schedule": d.name,
+            "enabled": self.enabled,
+            "timing": d.timing,
+            "zone": d.zone,
+            "does": d.what,
+            "version": self.version,
+            "verdict": self.verdict,
+            "fired": self.fired,
+            "next_due": iso(self.next_due) if self.enabled else None,
+            "timeline": self.timeline(),
+        }
 
 
-def explain(defn: Definition, enabled: bool, version: int | None, state: State, rows: list[dict[str, Any]],
-            now: float) -> ScheduleReport:  # fmt: skip
+def explain(
+    defn: Definition, enabled: bool, version: int | None, state: State, rows: list[dict[str, Any]], now: float
+) -> ScheduleReport:
     """The verdict on a schedule's last due tick, from its rows (oldest first)."""
     zone = defn.zone
     nxt = next_due(defn, state) if enabled else None
@@ -209,12 +224,18 @@ def schedule_status(loaded: Loaded, conn: sqlite3.Connection | None, now: float)
         state = states.get(name, (None, State(since=now)))[1]
         rows = read_ticks(conn, name, 1)
         last = rows[-1] if rows else None
-        out.append({
-            "name": name, "timing": defn.timing, "does": defn.what, "enabled": enabled,
-            "next_due": iso(next_due(defn, state)) if enabled else None,
-            "last_tick": iso(last["tick_at"]) if last else None,
-            "last_outcome": last["state"] if last else None, "last_summary": last["summary"] if last else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "timing": defn.timing,
+                "does": defn.what,
+                "enabled": enabled,
+                "next_due": iso(next_due(defn, state)) if enabled else None,
+                "last_tick": iso(last["tick_at"]) if last else None,
+                "last_outcome": last["state"] if last else None,
+                "last_summary": last["summary"] if last else None,
+            }
+        )
     return out
 
 

@@ -40,10 +40,10 @@ from watchd import bus
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import Status, handoff_subject, last_reply, send_reply, worker_durable
 from watchd.config import CommandAgent
+from watchd.cron.schedule import format_duration
 from watchd.dispatch import MAX_ATTEMPTS, Dead, Delivered, Outcome, backoff_s
 from watchd.errors import NatsUnavailable, WatchdError
 from watchd.model import SUBJECT_RE, Handoff
-from watchd.schedule import format_duration
 
 log = logging.getLogger("watchd.worker")
 
@@ -127,10 +127,15 @@ class Worker:
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         opts = self.opts
         config = ConsumerConfig(
-            durable_name=opts.durable, name=opts.durable, filter_subject=handoff_subject(opts.target),
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=opts.ack_wait_s,
-            max_deliver=-1, max_ack_pending=max(1000, opts.concurrency),
-        )  # fmt: skip
+            durable_name=opts.durable,
+            name=opts.durable,
+            filter_subject=handoff_subject(opts.target),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=opts.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=max(1000, opts.concurrency),
+        )
         try:
             await self.js.add_consumer(bus.HANDOFFS_STREAM, config)
         except nats.js.errors.NotFoundError:
@@ -148,8 +153,9 @@ class Worker:
         """Fetch while there is a free slot, until `stop`; then let running handoffs finish within the
         grace period (or until `force`), and stop the rest: their commands are killed, they are nak'd."""
         sub = await self.subscribe()
-        log.info("worker for %s ready: consumer %s, %d at a time", self.opts.target, self.opts.durable,
-                 self.opts.concurrency)  # fmt: skip
+        log.info(
+            "worker for %s ready: consumer %s, %d at a time", self.opts.target, self.opts.durable, self.opts.concurrency
+        )
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -179,8 +185,9 @@ class Worker:
     async def _drain(self, force: asyncio.Event) -> None:
         if not self._tasks:
             return
-        log.info("stopping: waiting up to %s for %d running handoff(s)", format_duration(self.opts.grace_s),
-                 len(self._tasks))  # fmt: skip
+        log.info(
+            "stopping: waiting up to %s for %d running handoff(s)", format_duration(self.opts.grace_s), len(self._tasks)
+        )
         forced = asyncio.ensure_future(force.wait())
         deadline = time.monotonic() + self.opts.grace_s
         while self._tasks and not force.is_set() and (left := deadline - time.monotonic()) > 0:

@@ -62,7 +62,7 @@ class _Tail(asyncio.Protocol):
 
 
 def signal_name(code: int) -> str:
-    """"SIGKILL" for an exit code of -9."""
+    """ "SIGKILL" for an exit code of -9."""
     try:
         return signal.Signals(-code).name
     except ValueError:
@@ -83,9 +83,13 @@ async def run_in_group(
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=write_fd, stderr=write_fd, env=dict(env) if env is not None else None, start_new_session=True,
-        )  # fmt: skip
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
     except BaseException:
         os.close(read_fd)
         raise

@@ -28,8 +28,7 @@ from typing import Literal
 import msgspec
 
 from watchd.config import Schedule
-from watchd.model import iso, stable_hash
-from watchd.schedule import (
+from watchd.cron.schedule import (
     DEFAULT_GRACE_S,
     HORIZON,
     CronSpec,
@@ -43,6 +42,7 @@ from watchd.schedule import (
     skipped_in_gap,
     ticks_between,
 )
+from watchd.model import iso, stable_hash
 
 GRACE_S = DEFAULT_GRACE_S
 Kind = Literal["cron", "every", "at"]
@@ -91,11 +91,18 @@ def define(name: str, sched: Schedule, default_zone: str) -> Definition:
     at = at_instant(sched.at, zone).timestamp() if sched.at and not (cron or every_s) else None
     kind: Kind = "cron" if cron else "every" if every_s is not None else "at"
     return Definition(
-        name, sched, zone, digest, kind, cron, every_s, at,
+        name,
+        sched,
+        zone,
+        digest,
+        kind,
+        cron,
+        every_s,
+        at,
         max_lateness_s=parse_duration(sched.max_lateness) if sched.max_lateness else None,
         jitter_s=jitter_offset(name, parse_duration(sched.jitter)) if sched.jitter else 0.0,
         timeout_s=parse_duration(sched.timeout),
-    )  # fmt: skip
+    )
 
 
 def jitter_offset(name: str, jitter_s: float) -> float:

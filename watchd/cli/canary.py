@@ -6,24 +6,22 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.text import Text
 
-from watchd import bus
-from watchd.cli import CONFIG_OPTION, _http_get, _refused, cli, dump_json, err, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, http_get, load, out, refuse_if_down
 from watchd.config import Loaded
+from watchd.cron.schedule import parse_duration
 from watchd.errors import DaemonNotRunning, WatchdError
-from watchd.jobs import JobContext, JobResult
-from watchd.jobs import canary as canary_job
 from watchd.model import make_event
-from watchd.notify import http_client
-from watchd.schedule import parse_duration
-from watchd.store import Store, db_path
+
+if TYPE_CHECKING:
+    from watchd.jobs import JobResult
 
 
-@cli.command()
+@click.command()
 @CONFIG_OPTION
 @click.option("--timeout", default="30s", show_default=True, metavar="D", help="how long the event may take")
 @click.option("--json", "as_json", is_flag=True, help='{"ok", "summary", "path", "probes", "failing", …}')
@@ -44,7 +42,7 @@ def canary(config_path: str | None, timeout: str, as_json: bool) -> None:
     timeout_s = parse_duration(timeout)
     loaded = load(config_path)
     try:
-        _http_get(loaded, "/healthz", timeout_s=2)
+        http_get(loaded, "/healthz", timeout_s=2)
     except DaemonNotRunning as exc:
         raise DaemonNotRunning(
             f"the canary sends its event through the running daemon, and none answers ({exc.message})",
@@ -71,11 +69,17 @@ def _without_name(probe: dict[str, Any]) -> str:
 
 
 async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]:
-    """The job with the CLI's own NATS connection and freshly built targets (the probes run here)."""
-    from watchd.daemon import build_targets, nats_url
+    from watchd import bus
+    from watchd.jobs import JobContext
+    from watchd.jobs import canary as canary_job
+    from watchd.notify import http_client
+    from watchd.store import Store, db_path
 
-    url = nats_url(loaded)
-    await _refused(url)
+    """The job with the CLI's own NATS connection and freshly built targets (the probes run here)."""
+    from watchd.daemon import build_targets
+
+    url = loaded.nats_url()
+    await refuse_if_down(url)
     nc = await bus.connect(url, name="watchd-canary", timeout_s=3)
     js = nc.jetstream()
     notes: list[str] = []
@@ -89,8 +93,17 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
     store = Store(db_path(loaded.state_dir))
     targets = build_targets(loaded, nc=nc, js=js)
     try:
-        ctx = JobContext(name="canary", loaded=loaded, store=store, clock=time.time, emit=emit, timeout_s=timeout_s,
-                         nc=nc, js=js, targets=targets)  # fmt: skip
+        ctx = JobContext(
+            name="canary",
+            loaded=loaded,
+            store=store,
+            clock=time.time,
+            emit=emit,
+            timeout_s=timeout_s,
+            nc=nc,
+            js=js,
+            targets=targets,
+        )
         result = await canary_job.run_and_report(ctx, "manual")
     finally:
         for target in targets.values():
@@ -102,3 +115,6 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
         store.close()
         await nc.close()
     return result, "; ".join(notes) or None
+
+
+COMMANDS = (canary,)

@@ -12,7 +12,7 @@ import click
 from rich.text import Text
 
 from watchd import config
-from watchd.cli import CONFIG_OPTION, cli, dump_json, err, fail, out, publish_events
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, out, publish_events
 from watchd.config import Loaded
 from watchd.errors import WatchdError
 from watchd.model import make_event
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # starts without them.
 
 
-@cli.command()
+@click.command()
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help='{"ok", "summary", "data", "published"}; data is the event\'s')
 def backup(config_path: str | None, as_json: bool) -> None:
@@ -94,11 +94,15 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
     return result, subject, None
 
 
-@cli.command()
+@click.command()
 @CONFIG_OPTION
 @click.argument("file", metavar="FILE")
-@click.option("--watches", "with_watches", is_flag=True,
-              help="also put the backup's watch files back where they were (replaced ones are kept)")  # fmt: skip
+@click.option(
+    "--watches",
+    "with_watches",
+    is_flag=True,
+    help="also put the backup's watch files back where they were (replaced ones are kept)",
+)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -> None:
     """Put a backup back: prove FILE, keep the current database aside, and move the backup's in place.
@@ -113,8 +117,8 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
       watchd restore ~/.local/state/watchd/backups/watchd-20261122T013000Z.tar.gz
       systemctl --user start watchd
     """
-    from watchd import restore as restoring
     from watchd.jobs import backup as backup_job
+    from watchd.jobs import restore as restoring
 
     loaded = _load_without_watches(config_path)
     archive = Path(file).expanduser()
@@ -130,8 +134,12 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
     done = restoring.restore(loaded, archive, watches=with_watches, now=time.time())
     m = done.manifest
     rows = sum(t.rows for t in m.tables.values())
-    out.print(Text(f"verified {archive.name}: made {m.created_at} by watchd {m.watchd_version}, "
-                   f"{rows} rows in {len(m.tables)} tables, integrity ok, checksums match"))  # fmt: skip
+    out.print(
+        Text(
+            f"verified {archive.name}: made {m.created_at} by watchd {m.watchd_version}, "
+            f"{rows} rows in {len(m.tables)} tables, integrity ok, checksums match"
+        )
+    )
     if done.previous is not None:
         out.print(Text(f"kept the replaced database as {done.previous}"))
     out.print(Text(f"restored the database to {done.db}"))
@@ -140,5 +148,15 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
     watch_members = [x for x in m.members if x.name.startswith(("files/", "external/"))]
     if watch_members and not with_watches:
         out.print(Text(f"the backup's {len(watch_members)} watch files were not restored (add --watches for that)"))
-    out.print(Text(f"start watchd again: it resumes the event stream after seq {m.stream_seq}, "
-                   "replaying the events the stream still holds since the backup"))  # fmt: skip
+    out.print(
+        Text(
+            f"start watchd again: it resumes the event stream after seq {m.stream_seq}, "
+            "replaying the events the stream still holds since the backup"
+        )
+    )
+
+
+COMMANDS = (
+    backup,
+    restore,
+)

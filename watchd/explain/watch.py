@@ -61,12 +61,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from watchd.config import AbsentWatch, DeadlineWatch, MatchWatch, WatchDef
+from watchd.cron.schedule import format_duration, parse_duration
 from watchd.engine import Decision, Engine, KeyState
+from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
 from watchd.model import iso
-from watchd.schedule import format_duration, parse_duration
 from watchd.store import engine_view
-from watchd.subjects import subject_matches
 
 TIMELINE_LIMIT = 50
 READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
@@ -103,13 +103,31 @@ class WatchInfo:
         if isinstance(w, MatchWatch):
             return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.on.subject, w.on.where)
         if isinstance(w, AbsentWatch):
-            return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.expect.subject, w.expect.where,
-                             for_s=parse_duration(w.for_))  # fmt: skip
+            return WatchInfo(
+                w.id,
+                kind,
+                w.mode,
+                w.enabled,
+                file,
+                default_zone,
+                w.expect.subject,
+                w.expect.where,
+                for_s=parse_duration(w.for_),
+            )
         assert isinstance(w, DeadlineWatch)
         return WatchInfo(
-            w.id, kind, w.mode, w.enabled, file, w.opens.timezone or default_zone, w.expect.subject, w.expect.where,
-            opens_subject=w.opens.subject, opens_where=w.opens.where, scheduled=w.opens.cron is not None,
-        )  # fmt: skip
+            w.id,
+            kind,
+            w.mode,
+            w.enabled,
+            file,
+            w.opens.timezone or default_zone,
+            w.expect.subject,
+            w.expect.where,
+            opens_subject=w.opens.subject,
+            opens_where=w.opens.where,
+            scheduled=w.opens.cron is not None,
+        )
 
     @property
     def trigger_subject(self) -> str:
@@ -131,8 +149,15 @@ class HandoffRow:
     next_attempt_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "key": self.key, "target": self.target, "state": self.state, "attempt": self.attempt,
-                "last_error": self.last_error, "fired_at": self.fired_at}  # fmt: skip
+        return {
+            "id": self.id,
+            "key": self.key,
+            "target": self.target,
+            "state": self.state,
+            "attempt": self.attempt,
+            "last_error": self.last_error,
+            "fired_at": self.fired_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -178,17 +203,28 @@ class WatchReport:
     def to_json(self) -> dict[str, Any]:
         z = self.info.zone
         return {
-            "watch": self.info.id, "kind": self.info.kind, "mode": self.info.mode, "enabled": self.info.enabled,
-            "file": self.info.file, "verdict": self.verdict, "fired": self.fired,
+            "watch": self.info.id,
+            "kind": self.info.kind,
+            "mode": self.info.mode,
+            "enabled": self.info.enabled,
+            "file": self.info.file,
+            "verdict": self.verdict,
+            "fired": self.fired,
             "timeline": [
-                {"at": iso(d.at), "at_local": iso_local(d.at, z), "verdict": d.verdict, "key": d.key,
-                 "reason": d.reason, "event_id": d.event_id}
+                {
+                    "at": iso(d.at),
+                    "at_local": iso_local(d.at, z),
+                    "verdict": d.verdict,
+                    "key": d.key,
+                    "reason": d.reason,
+                    "event_id": d.event_id,
+                }
                 for d in self.timeline
             ],
             "handoffs": [h.to_json() for h in self.handoffs],
             "next_due": iso(self.next_due),
             "note": self.note,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -206,14 +242,22 @@ class EventReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "event": self.event_id, "verdict": self.verdict, "rejected": self.rejected,
+            "event": self.event_id,
+            "verdict": self.verdict,
+            "rejected": self.rejected,
             "decisions": [
-                {"at": iso(d.at), "at_local": iso_local(d.at, self.zone(d.watch)), "watch": d.watch,
-                 "verdict": d.verdict, "key": d.key, "reason": d.reason}
+                {
+                    "at": iso(d.at),
+                    "at_local": iso_local(d.at, self.zone(d.watch)),
+                    "watch": d.watch,
+                    "verdict": d.verdict,
+                    "key": d.key,
+                    "reason": d.reason,
+                }
                 for d in self.decisions
             ],
             "handoffs": [h.to_json() for h in self.handoffs],
-        }  # fmt: skip
+        }
 
 
 # ---- time in words ---------------------------------------------------------------------------
@@ -325,10 +369,13 @@ def explain_watch(
     """The report for one watch. `decisions` in any order (filtered here by since/key too);
     `totals` (verdict → count in range) when the reader capped the rows it read."""
     rows = sorted(
-        (d for d in decisions if d.watch == info.id and (since is None or d.at >= since)
-         and (key is None or d.key == key)),
+        (
+            d
+            for d in decisions
+            if d.watch == info.id and (since is None or d.at >= since) and (key is None or d.key == key)
+        ),
         key=lambda d: d.at,
-    )  # fmt: skip
+    )
     hs = [h for h in handoffs if (key is None or h.key == key) and (since is None or h.created_at >= since)]
     counts = Counter(totals) if totals is not None else Counter()
     if totals is None:
@@ -416,8 +463,9 @@ def _verdict(
         return f"waiting: deadline {t(end)}{_for_key(k)}, {time_until(end, now)}{more}"
 
     # 5. an absent watch with a silence timer running
-    running = sorted((st.last_seen + info.for_s, k, st) for k, st in keyed.items()
-                     if not st.silent and st.last_seen is not None)  # fmt: skip
+    running = sorted(
+        (st.last_seen + info.for_s, k, st) for k, st in keyed.items() if not st.silent and st.last_seen is not None
+    )
     if info.kind == "absent" and running:
         due, k, st = running[0]
         never = st.last_seen == state.activated_at and not st.evidence
@@ -589,8 +637,18 @@ def explain_from_db(
     info = WatchInfo.of(d, default_zone)
     decisions, totals, handoffs = read_watch_rows(conn, watch_id, since_ts, key)
     state = WatchState.of(engine_view(conn, defs, default_zone, now), watch_id)
-    report = explain_watch(info, decisions, handoffs, state, read_heard(conn), now=now, since=since_ts,
-                           since_text=since, key=key, totals=totals)  # fmt: skip
+    report = explain_watch(
+        info,
+        decisions,
+        handoffs,
+        state,
+        read_heard(conn),
+        now=now,
+        since=since_ts,
+        since_text=since,
+        key=key,
+        totals=totals,
+    )
     row = conn.execute("SELECT v FROM meta WHERE k = 'decisions_kept_from'").fetchone()
     if since_ts is not None and row and since_ts < float(row[0]):
         report.note = (
@@ -601,15 +659,21 @@ def explain_from_db(
 
 
 def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: str, event_id: str) -> EventReport:
-    rows = [_decision(r) for r in conn.execute(
-        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ? ORDER BY at, id", [event_id]
-    )]  # fmt: skip
+    rows = [
+        _decision(r)
+        for r in conn.execute(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ? ORDER BY at, id", [event_id]
+        )
+    ]
     watches = sorted({d.watch for d in rows if d.verdict == "fired"})
     handoffs: list[HandoffRow] = []
     for w in watches:
-        handoffs += [HandoffRow(*r) for r in conn.execute(
-            f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE watch = ? ORDER BY created_at, rowid", [w]
-        )]  # fmt: skip
+        handoffs += [
+            HandoffRow(*r)
+            for r in conn.execute(
+                f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE watch = ? ORDER BY created_at, rowid", [w]
+            )
+        ]
     zones = {d.watch.id: WatchInfo.of(d, default_zone).zone for d in defs}
     return explain_event(event_id, rows, handoffs, zones, default_zone)
 

@@ -1,0 +1,5 @@
+"""`python -m watchd`: the command line."""
+
+from watchd.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Deliveries: handoffs and the dead-letter queue."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from watchd.cli.common import CONFIG_OPTION, dump_json, http_get, load, one_line, out
+from watchd.errors import DaemonNotRunning
+
+
+@click.command()
+@CONFIG_OPTION
+@click.option("--state", "state", help="only handoffs in this state (pending, delivering, delivered, retrying, dead…)")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="an array of handoff objects (SPEC section 4) plus state")
+def handoffs(config_path: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List handoffs, newest first.
+
+    \b
+    Example:
+      watchd handoffs --state dead
+    """
+    from watchd.status import list_handoffs
+
+    loaded = load(config_path)
+    rows = list_handoffs(loaded, state, limit)
+    if as_json:
+        dump_json(rows)
+        return
+    if not rows:
+        out.print("no handoffs" + (f" in state {state}" if state else ""))
+        return
+    table = Table("fired", "watch", "key", "target", "state", "attempt", "reason", box=None)
+    for h in rows:
+        # Text, not str: keys and reasons come from event data, and rich would parse "[/]" as markup
+        cells = (h["fired_at"], h["watch"], h["key"] or "", h["target"], h["state"], str(h["attempt"]), h["reason"])
+        table.add_row(*(Text(c) for c in cells))
+    out.print(table)
+
+
+@click.group(invoke_without_command=True)
+@CONFIG_OPTION
+@click.pass_context
+def dlq(ctx: click.Context, config_path: str | None) -> None:
+    """Dead letters: list them, send one again (same id), or drop one for good.
+
+    \b
+    Examples:
+      watchd dlq list
+      watchd dlq replay h_3f2a…      # a unique prefix of the id is enough
+      watchd dlq drop h_3f2a…
+    """
+    ctx.obj = {"config_path": config_path}
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(dlq_list, config_path=config_path)
+
+
+def _dlq_config(ctx: click.Context, config_path: str | None) -> str | None:
+    """`--config` after the subcommand wins; before it (`watchd dlq --config P list`) works too."""
+    return config_path or (ctx.obj or {}).get("config_path")
+
+
+@dlq.command(name="list")
+@CONFIG_OPTION
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="an array of handoff objects, as `watchd handoffs --json`")
+@click.pass_context
+def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_json: bool = False) -> None:
+    """List dead handoffs, newest first, with why they died.
+
+    \b
+    Example:
+      watchd dlq list --json | jq -r '.[].id'
+    """
+    from watchd.status import list_handoffs
+
+    rows = list_handoffs(load(_dlq_config(ctx, config_path)), "dead", limit)
+    if as_json:
+        dump_json(rows)
+        return
+    if not rows:
+        out.print("no dead letters")
+        return
+    # Two lines each rather than a table: the id (what `replay` and `drop` take) and the error are
+    # never cut to fit a narrow terminal. Text, not markup: errors quote agents' output.
+    for h in rows:
+        n = h["attempt"]
+        head = f"{h['id']}  {h['watch']} → {h['target']}  {n} attempt{'s' if n != 1 else ''}  died {h['updated_at']}"
+        out.print(Text(head))
+        out.print(Text("    " + one_line(h["last_error"], 200), style="dim"))
+
+
+def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> tuple[dict[str, Any], bool]:
+    from watchd.store import connect_existing, db_path, drop_dead, replay_dead
+
+    loaded = load(_dlq_config(ctx, config_path))
+    conn = connect_existing(db_path(loaded.state_dir))
+    try:
+        row = (replay_dead if action == "replay" else drop_dead)(conn, ref, time.time())
+    finally:
+        conn.close()
+    try:
+        running = bool(http_get(loaded, "/healthz", timeout_s=1).get("pid"))
+    except DaemonNotRunning:
+        running = False
+    return row, running
+
+
+@dlq.command(name="replay")
+@CONFIG_OPTION
+@click.argument("handoff_id", metavar="ID")
+@click.pass_context
+def dlq_replay(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
+    """Deliver a dead handoff again, with the same id, from attempt 1.
+
+    \b
+    Example:
+      watchd dlq replay h_3f2a9c
+    """
+    row, running = _dlq_write(ctx, config_path, "replay", handoff_id)
+    when = "the running daemon sends it within a few seconds" if running else "it is sent when watchd starts"
+    out.print(Text(f"replaying {row['id']} ({row['watch']} → {row['target']}): {when}"))
+
+
+@dlq.command(name="drop")
+@CONFIG_OPTION
+@click.argument("handoff_id", metavar="ID")
+@click.pass_context
+def dlq_drop(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
+    """Give up on a dead handoff for good (state `dropped`; `replay` can still revive it).
+
+    \b
+    Example:
+      watchd dlq drop h_3f2a9c
+    """
+    row, _ = _dlq_write(ctx, config_path, "drop", handoff_id)
+    out.print(Text(f"dropped {row['id']} ({row['watch']} → {row['target']})"))
