@@ -3,7 +3,7 @@
 A watch's `quiet = {from, to, timezone}` is a daily wall-clock window in a zone, over midnight
 when `from` is later than `to` (22:00–07:00). Each day's window is the span of *instants* from
 the first time the clock reads `from` to the first time it next reads `to`. So around DST, as the
-fixed-time cron defaults in `schedule.py` do: a wall time the clock skips (spring forward) counts
+fixed-time cron defaults in `cron/schedule.py` do: a wall time the clock skips (spring forward) counts
 as the transition instant, and one it shows twice (fall back) counts at its first occurrence —
 a window ending at 02:30 on a fall-back night ends at the first 02:30, and a window starting at
 02:30 does not reopen-and-close as the clock repeats the hour.

@@ -100,7 +100,7 @@ def explain_cmd(
 @click.argument("file", metavar="FILE")
 @click.option("--since", metavar="D", help="replay the recorded EVENTS stream from now − D (default 7d)")
 @click.option("--events", "events_path", metavar="FILE.jsonl", help="replay events from a file, one JSON event a line")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in watchd/backtest.py)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in the README)")
 def backtest_cmd(config_path: str | None, file: str, since: str | None, events_path: str | None, as_json: bool) -> None:
     """Backtest the watches in FILE against history: every would-be fire, with reasons.
 
