@@ -18,9 +18,10 @@ from pathlib import Path
 
 from watchd import config
 from watchd.engine import Decision
-from watchd.jobs.backup import make_backup, snapshot, verify_archive
+from watchd.jobs.backup import make_backup, verify_archive
 from watchd.model import Handoff
 from watchd.store import Store, db_path
+from watchd.store.snapshot import snapshot
 
 VERDICTS = ["matched", "where_false", "fired", "suppressed", "counted"]
 

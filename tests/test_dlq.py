@@ -13,8 +13,9 @@ from pathlib import Path
 from conftest import DaemonProc, wait_until
 
 from watchd.model import make_event
-from watchd.store import Store, connect_existing, drop_dead, replay_dead
-from watchd.store import read_handoffs as stored
+from watchd.store import Store, connect_existing
+from watchd.store.outbox import drop_dead, replay_dead
+from watchd.store.outbox import read_handoffs as stored
 
 WATCH = """
 [[watch]]
@@ -135,16 +136,16 @@ def test_replay_and_drop_in_the_store(tmp_path: Path) -> None:
     store.claim_due(100.0)
     store.finish(h.id, "dead", 4.0, "gave up")
     row = stored(store.conn)[0]
-    assert (row["state"], row["attempt"]) == ("dead", 4)
+    assert (row.state, row.attempt) == ("dead", 4)
     conn = connect_existing(tmp_path / "w.db")  # as the CLI does, beside the daemon's connection
     replay_dead(conn, "h_01234", 10.0)
     row = stored(store.conn)[0]
-    assert (row["state"], row["attempt"], row["next_attempt_at"], row["last_error"]) == ("retrying", 1, 10.0, "gave up")
+    assert (row.state, row.attempt, row.next_attempt_at, row.last_error) == ("retrying", 1, 10.0, "gave up")
     (again,) = store.claim_due(10.0)
     assert again.id == h.id and again.attempt == 1
     store.finish(h.id, "dead", 11.0, "still broken")
     drop_dead(conn, h.id, 12.0)
-    assert stored(store.conn)[0]["state"] == "dropped"
+    assert stored(store.conn)[0].state == "dropped"
     assert store.claim_due(1e12) == [] and store.next_attempt_at() is None
     conn.close()
     store.close()

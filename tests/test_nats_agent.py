@@ -30,7 +30,8 @@ from watchd.config import NatsAgent
 from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.model import Handoff, encode, make_event
-from watchd.store import Store, read_handoffs
+from watchd.store import Store
+from watchd.store.outbox import read_handoffs
 
 TARGET = "agent.claw"
 SUBJECT = "watchd.handoffs.agent.claw"
@@ -198,7 +199,7 @@ async def test_late_replies_are_recorded_in_the_outbox(js_ready: Client, tmp_pat
     task = asyncio.create_task(follow_replies(js, store, stop, clock=lambda: 3.0, fetch_wait_s=0.2))
 
     async def now() -> dict[str, str]:  # through the store's own thread, which the follower writes on
-        return {h["id"]: h["state"] for h in await store.run(read_handoffs, store.conn)}
+        return {h.id: h.state for h in await store.call(read_handoffs)}
 
     expected = {
         "h_acc": "done",

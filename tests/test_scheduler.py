@@ -17,7 +17,7 @@ import pytest
 from fakes import FakeWebhook
 
 from watchd import config
-from watchd.cron.runner import Scheduler, claim
+from watchd.cron.runner import Scheduler
 from watchd.cron.ticks import jitter_offset, tick_key
 from watchd.cron.walltimer import WallTimer
 from watchd.daemon import build_targets
@@ -26,6 +26,7 @@ from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
 from watchd.notify import http_client
 from watchd.store import Store, db_path
+from watchd.store.schedules import TickClaim, claim
 
 OFF = "[schedule.heartbeat]\nenabled = false\n[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n"
 
@@ -248,7 +249,7 @@ async def test_a_restart_in_the_middle_of_a_run_fails_it_and_never_runs_that_tic
     key = tick_key("slow", 1, ts("2026-03-02T10:00:00"))
     claim(
         h.store.conn,
-        [(key, "slow", 1, ts("2026-03-02T10:00:00"), "started", None, ts("2026-03-02T10:00:00"), None, None)],
+        [TickClaim(key, "slow", 1, ts("2026-03-02T10:00:00"), "started", None, ts("2026-03-02T10:00:00"), None, None)],
     )
     h.restart()
     h.clock.set("2026-03-02T12:30:00")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from watchd.engine import Decision
 from watchd.model import Handoff
-from watchd.store import Store, read_handoffs
+from watchd.store import Store
+from watchd.store.outbox import read_handoffs
 
 
 def handoff(hid: str) -> Handoff:
@@ -39,7 +40,7 @@ def test_same_handoff_id_is_stored_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "w.db")
     assert commit(store, seq=1, decisions=[], handoffs=[handoff("h_1")]) == ["h_1"]
     assert commit(store, seq=2, decisions=[], handoffs=[handoff("h_1"), handoff("h_2")]) == ["h_2"]
-    assert [r["id"] for r in read_handoffs(store.conn)] == ["h_2", "h_1"]
+    assert [r.id for r in read_handoffs(store.conn)] == ["h_2", "h_1"]
     assert store.last_seq() == 2
     store.close()
 

@@ -27,7 +27,6 @@ from nats.js.api import DeliverPolicy
 from watchd import bus, config, sdnotify
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
-from watchd.agents.ledger import active_watch_defs
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
 from watchd.config import Loaded
@@ -46,6 +45,7 @@ from watchd.notify.telegram import TelegramNotifier
 from watchd.notify.webhook import WebhookNotifier
 from watchd.redact import redact_url
 from watchd.store import Store, db_path
+from watchd.store.agent_watches import active_watch_defs
 
 log = logging.getLogger("watchd")
 
@@ -165,7 +165,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
-        self.store = Store(db_path(self.state_dir))
+        self.store = await Store.open(db_path(self.state_dir))
         if self.loaded.config.nats.url == "embedded":
             self.embedded = bus.EmbeddedNats(
                 self.state_dir / "nats", self.loaded.config.nats.listen, self.loaded.config.nats.sync
@@ -298,7 +298,7 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
         log.info("watchd stopped")
 
     # ---- definitions ----
@@ -308,7 +308,7 @@ class Daemon:
         store = self.store
         now = self.clock()
         # the files' watches, the built-in ones, and follow-up watches agents created (until they expire)
-        defs = all_watches(loaded) + await store.run(active_watch_defs, store.conn, now)
+        defs = all_watches(loaded) + await store.call(active_watch_defs, now)
         digests = {d.watch.id: d.digest for d in defs}
         versions = await store.run(store.assign_versions, digests, now)
         async with self._lock:

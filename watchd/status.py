@@ -11,7 +11,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from watchd.agents.ledger import active_watch_defs, budget_lines, budget_report
+from watchd.agents.budget import budget_lines, budget_report
 from watchd.config import AbsentWatch, Loaded
 from watchd.engine import Engine
 from watchd.explain.schedule import schedule_status
@@ -19,7 +19,11 @@ from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
 from watchd.model import iso
-from watchd.store import engine_view, open_readonly, read_handoffs
+from watchd.store import open_readonly
+from watchd.store.agent_watches import active_watch_defs
+from watchd.store.decisions import last_fired, would_fire_since
+from watchd.store.engine_state import engine_view
+from watchd.store.outbox import count_by_state, read_handoffs
 
 HANDOFF_FIELDS = (
     "id",
@@ -46,15 +50,14 @@ def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[st
     if conn is None:
         return []
     with conn:
-        rows = read_handoffs(conn, state, limit)
+        stored = read_handoffs(conn, state, limit)
     result = []
-    for r in rows:
-        item = {k: r[k] for k in HANDOFF_FIELDS}
-        item["window"] = msgspec.json.decode(r["window"]) if r["window"] else None
-        item["evidence"] = msgspec.json.decode(r["evidence"])
-        item["updated_at"] = iso(r["updated_at"])
+    for h in stored:
+        item = {k: getattr(h, k) for k in HANDOFF_FIELDS}
+        item["window"] = msgspec.to_builtins(h.window)
+        item["updated_at"] = iso(h.updated_at)
         # When it is next tried (a retry's backoff, quiet hours); null once it no longer waits.
-        item["next_attempt_at"] = iso(r["next_attempt_at"]) if r["state"] in ("pending", "retrying") else None
+        item["next_attempt_at"] = iso(h.next_attempt_at) if h.state in ("pending", "retrying") else None
         result.append(item)
     return result
 
@@ -73,7 +76,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
     }
     defs = all_watches(loaded)  # the built-in watches are shown like the files' ones
     conn = open_readonly(loaded.state_dir)
-    last_fired: dict[str, float] = {}
+    fired: dict[str, float] = {}
     would_fire_today: dict[str, int] = {}
     engine = Engine(loaded.zone())
     if conn is not None:
@@ -83,21 +86,13 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             report["last_canary"] = last_canary(conn)
             report["schedules"] = schedule_status(loaded, conn, now)
             report["tokens_today"] = budget_report(loaded.config, conn, now)
-            for watch, at in conn.execute(
-                "SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch"
-            ):
-                last_fired[watch] = at
+            fired = last_fired(conn)
             # Shadow mode's daily count: how often the watch would have handed off since local midnight.
             midnight = datetime.fromtimestamp(now, ZoneInfo(loaded.zone())).replace(
                 hour=0, minute=0, second=0, microsecond=0
             )
-            would_fire_today = dict(
-                conn.execute(
-                    "SELECT watch, COUNT(*) FROM decisions WHERE verdict = 'would_fire' AND at >= ? GROUP BY watch",
-                    (midnight.timestamp(),),
-                ).fetchall()
-            )
-            report["handoffs"] = dict(conn.execute("SELECT state, COUNT(*) FROM handoffs GROUP BY state").fetchall())
+            would_fire_today = would_fire_since(conn, midnight.timestamp())
+            report["handoffs"] = count_by_state(conn)
             report["dead_letters"] = report["handoffs"].get("dead", 0)
     for d in defs:
         w = d.watch
@@ -107,7 +102,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "kind": w.__struct_config__.tag,
                 "mode": w.mode,
                 "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
-                "last_fired": iso(last_fired.get(w.id)),
+                "last_fired": iso(fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
                 "would_fire_today": would_fire_today.get(w.id, 0),
                 "file": f"{d.file}:{d.line}" if d.line else d.file,  # built-in and agent-made watches have no line

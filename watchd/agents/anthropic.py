@@ -2,7 +2,7 @@
 
 A run is a loop of steps. A step is one Messages API call plus the tools it asked for; the call's answer
 is written to SQLite as soon as it returns and each tool's result as soon as the tool ran, so a crash or
-a restart resumes after the last completed thing (ledger.py), and tool effects carry the handoff's key
+a restart resumes after the last completed thing (store/runs.py), and tool effects carry the handoff's key
 (tools.py). The envelope is enforced here, never left to the prompt:
 
 - `max_steps` model calls per run, `max_tokens` per call, `timeout` of time spent running (a run paused
@@ -29,13 +29,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import anthropic
 from nats.js import JetStreamContext
 
-from watchd.agents import batch, ledger
+from watchd.agents import batch
 from watchd.agents.envelope import (
     MIN_OUTPUT_TOKENS,
     Usage,
@@ -49,14 +48,14 @@ from watchd.agents.envelope import (
     system_blocks,
     with_breakpoint,
 )
-from watchd.agents.ledger import Run, Step
 from watchd.agents.tools import Toolbox, ToolUnavailable, content_blocks, done_of, text_of
 from watchd.config import AnthropicAgent, Config
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff, iso
 from watchd.notify.http_client import resolve, scrub
-from watchd.store import Store
+from watchd.store import Store, runs
+from watchd.store.runs import Run, Step
 
 log = logging.getLogger("watchd.agents.anthropic")
 
@@ -138,11 +137,10 @@ class AnthropicRunner:
     async def deliver(self, h: Handoff) -> Outcome:
         if self.cfg.batch:
             return await batch.enqueue(self, h)
-        conn = self.store.conn
-        run = await self.store.run(ledger.last_run, conn, h.id)
+        run = await self.store.call(runs.last_run, h.id)
         if run is not None and run.outcome == "done":  # finished before (a retry after a crash): never again
             return Delivered(run.detail or "done", state="done")
-        steps = await self.store.run(ledger.steps_of, conn, h.id)
+        steps = await self.store.call(runs.steps_of, h.id)
         if run is None or run.ended_at is not None:
             first = self.params(self.cfg.model, [{"role": "user", "content": handoff_turn(h)}], self.cfg.max_tokens)
             need = estimate_tokens(first) + MIN_OUTPUT_TOKENS
@@ -152,7 +150,7 @@ class AnthropicRunner:
             wait = await self.budget_wait(need)
             if wait is not None:
                 return wait
-            run = await self.store.run(ledger.new_run, conn, h.id, self.name, self.cfg.model, self.clock())
+            run = await self.store.call(runs.new_run, h.id, self.name, self.cfg.model, self.clock())
         return await self._drive(h, run, steps)
 
     async def probe(self) -> tuple[bool, str]:
@@ -176,9 +174,8 @@ class AnthropicRunner:
 
     async def tokens_today(self) -> tuple[int, int]:
         since = day_start(self.clock())
-        conn = self.store.conn
-        agent = await self.store.run(ledger.tokens_since, conn, since, self.name)
-        everyone = await self.store.run(ledger.tokens_since, conn, since)
+        agent = await self.store.call(runs.tokens_since, since, self.name)
+        everyone = await self.store.call(runs.tokens_since, since)
         return agent + _in_flight[self.name], everyone + _in_flight[GLOBAL]
 
     async def daily_left(self) -> tuple[int, int | None]:
@@ -238,29 +235,22 @@ class AnthropicRunner:
         except _Stop as stop:
             outcome = stop.outcome
             if isinstance(outcome, Dead):
-                await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "error", outcome.detail)
+                await self.store.call(runs.close_run, run.id, self.clock(), "error", outcome.detail)
         except ToolUnavailable as exc:
             outcome = Retry(f"{self.name}: {exc.message}")
         finally:
             spent = time.monotonic() - started
             with contextlib.suppress(Exception):
-                await self.store.run(partial(ledger.note_run, self.store.conn, run.id, active_s=spent))
+                await self.store.call(runs.note_run, run.id, active_s=spent)
         if isinstance(outcome, Retry):  # the run stays open: say why it paused
-            await self.store.run(
-                partial(
-                    ledger.note_run,
-                    self.store.conn,
-                    run.id,
-                    active_s=0,
-                    detail=outcome.detail,
-                    limit_hit=_limit_of(outcome.detail),
-                )
+            await self.store.call(
+                runs.note_run, run.id, active_s=0, detail=outcome.detail, limit_hit=_limit_of(outcome.detail)
             )
         return outcome
 
     async def _limit(self, run: Run, limit: str, why: str) -> Outcome:
         detail = f"limit {limit}: {why}; stopped after {run.steps} steps and {run.tokens} tokens (transcript kept)"
-        await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "limit", detail, limit)
+        await self.store.call(runs.close_run, run.id, self.clock(), "limit", detail, limit)
         log.warning("%s: run %s stopped: %s", self.name, run.id, detail)
         return Dead(detail)
 
@@ -268,11 +258,10 @@ class AnthropicRunner:
         done = done_of(last)
         status, summary = (done.status, done.summary) if done else ("resolved", text_of(last.response) or "done")
         detail = f"{status}: {summary}"[:1000]
-        await self.store.run(ledger.close_run, self.store.conn, run.id, self.clock(), "done", detail)
+        await self.store.call(runs.close_run, run.id, self.clock(), "done", detail)
         return Delivered(detail, state="done")
 
     async def _loop(self, h: Handoff, run: Run, steps: list[Step]) -> Outcome:
-        conn = self.store.conn
         messages: list[dict[str, Any]] = []
         for s in steps:
             messages += [{"role": "user", "content": s.request}, {"role": "assistant", "content": s.response}]
@@ -283,9 +272,7 @@ class AnthropicRunner:
             if last is not None:
                 for block in last.pending_tools():
                     out = await self.toolbox.run(h, last.n, block, self.clock())
-                    await self.store.run(
-                        ledger.record_tool_result, conn, h.id, last.n, block["id"], out.block, out.effect
-                    )
+                    await self.store.call(runs.record_tool_result, h.id, last.n, block["id"], out.block, out.effect)
                     last.tool_results[block["id"]] = out.block
                     if out.watch_added and self.on_watch is not None:
                         self.on_watch()
@@ -327,20 +314,17 @@ class AnthropicRunner:
             n = (last.n + 1) if last else 1
             price = price_for(model, self.config.prices)
             cost = cost_usd(usage, price, cache_ttl=self.cfg.cache_ttl)
-            await self.store.run(
-                partial(
-                    ledger.record_step,
-                    conn,
-                    run,
-                    n,
-                    at=self.clock(),
-                    model=model,
-                    request=turn,
-                    response=content,
-                    usage=usage,
-                    cost=cost,
-                    latency_s=latency,
-                )
+            await self.store.call(
+                runs.record_step,
+                run,
+                n,
+                at=self.clock(),
+                model=model,
+                request=turn,
+                response=content,
+                usage=usage,
+                cost=cost,
+                latency_s=latency,
             )
             run.steps += 1
             run.input_tokens += usage.input

@@ -14,18 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 
-from watchd.agents import ledger
 from watchd.agents.envelope import Usage, cost_usd, estimate_tokens, handoff_turn, price_for
-from watchd.agents.ledger import Step
 from watchd.agents.tools import content_blocks, done_of, text_of
 from watchd.dispatch import Delivered, Outcome
 from watchd.model import Handoff
-from watchd.store import find_handoff, row_to_handoff
+from watchd.store import batches, outbox, runs
+from watchd.store.runs import Step
 
 if TYPE_CHECKING:
     from watchd.agents.anthropic import AnthropicRunner
@@ -38,9 +36,8 @@ RETRYABLE = frozenset({"api_error", "overloaded_error", "rate_limit_error", "tim
 
 
 async def enqueue(runner: AnthropicRunner, h: Handoff) -> Outcome:
-    store = runner.store
     params = runner.params(runner.cfg.model, [{"role": "user", "content": handoff_turn(h)}], runner.cfg.max_tokens)
-    state = await store.run(ledger.queue_batch_item, store.conn, h.id, runner.name, params, runner.clock())
+    state = await runner.store.call(batches.queue_batch_item, h.id, runner.name, params, runner.clock())
     if state == "done":
         return Delivered("answered in an earlier batch", state="done")
     return Delivered(f"{state} for the Message Batches API (collected by the heartbeat)", state="accepted")
@@ -49,7 +46,7 @@ async def enqueue(runner: AnthropicRunner, h: Handoff) -> Outcome:
 async def poll(runner: AnthropicRunner) -> int:
     await _submit(runner)
     settled = 0
-    for batch_id in await runner.store.run(ledger.open_batches, runner.store.conn, runner.name):
+    for batch_id in await runner.store.call(batches.open_batches, runner.name):
         try:
             batch = await runner.client.messages.batches.retrieve(batch_id)
             if batch.processing_status != "ended":
@@ -65,13 +62,13 @@ async def poll(runner: AnthropicRunner) -> int:
 
 async def _submit(runner: AnthropicRunner) -> None:
     store = runner.store
-    items = await store.run(ledger.queued_items, store.conn, runner.name)
+    items = await store.call(batches.queued_items, runner.name)
     if not items:
         return
     agent_left, global_left = await runner.daily_left()
     # Requests already out in a batch have not been counted yet: reserve their worst case, so two
     # polls before results arrive cannot overshoot a daily budget.
-    for agent, params in await store.run(ledger.submitted_items, store.conn):
+    for agent, params in await store.call(batches.submitted_items):
         need = estimate_tokens(params) + int(params["max_tokens"])
         global_left = None if global_left is None else global_left - need
         if agent == runner.name:
@@ -94,68 +91,64 @@ async def _submit(runner: AnthropicRunner) -> None:
     except anthropic.APIError as exc:
         log.warning("%s: batch submission failed (%s); retried at the next poll", runner.name, type(exc).__name__)
         return
-    await store.run(ledger.mark_submitted, store.conn, [hid for hid, _ in take], batch.id, runner.clock())
+    await store.call(batches.mark_submitted, [hid for hid, _ in take], batch.id, runner.clock())
     log.info("%s: submitted batch %s with %d requests", runner.name, batch.id, len(take))
 
 
 async def _settle(runner: AnthropicRunner, hid: str, result: Any) -> int:
-    store, conn = runner.store, runner.store.conn
+    store = runner.store
     now = runner.clock()
-    try:
-        h = row_to_handoff(await store.run(find_handoff, conn, hid))
-    except Exception:  # the handoff is gone (a fresh state store): nothing to settle
-        await store.run(ledger.set_batch_item, conn, hid, "done", now)
+    h = await store.call(outbox.get_handoff, hid)
+    if h is None:  # the handoff is gone (a fresh state store): nothing to settle
+        await store.call(batches.set_batch_item, hid, "done", now)
         return 0
     if result.type != "succeeded":
         error = getattr(getattr(result, "error", None), "error", None)
         kind = str(getattr(error, "type", result.type))
         if result.type in ("expired", "canceled") or kind in RETRYABLE:
-            await store.run(ledger.set_batch_item, conn, hid, "queued", now)  # into the next batch
+            await store.call(batches.set_batch_item, hid, "queued", now)  # into the next batch
             return 0
         detail = f"{runner.name}: batch request failed: {kind}: {getattr(error, 'message', '')}"[:500]
-        await store.run(ledger.set_batch_item, conn, hid, "failed", now)
+        await store.call(batches.set_batch_item, hid, "failed", now)
         await store.run(store.settle, hid, "dead", now, detail, ("accepted",))
         return 1
-    steps = await store.run(ledger.steps_of, conn, hid)
-    run = await store.run(ledger.last_run, conn, hid)
+    steps = await store.call(runs.steps_of, hid)
+    run = await store.call(runs.last_run, hid)
     if not steps:
         msg = result.message
         usage = Usage.of(msg.usage)
         cost = cost_usd(usage, price_for(msg.model, runner.config.prices), cache_ttl=runner.cfg.cache_ttl, batch=True)
-        run = await store.run(ledger.new_run, conn, hid, runner.name, msg.model, now)
+        run = await store.call(runs.new_run, hid, runner.name, msg.model, now)
         turn = handoff_turn(h)
         content = content_blocks(msg.content)
-        await store.run(
-            partial(
-                ledger.record_step,
-                conn,
-                run,
-                1,
-                at=now,
-                model=msg.model,
-                request=turn,
-                response=content,
-                usage=usage,
-                cost=cost,
-                latency_s=0.0,
-            )
+        await store.call(
+            runs.record_step,
+            run,
+            1,
+            at=now,
+            model=msg.model,
+            request=turn,
+            response=content,
+            usage=usage,
+            cost=cost,
+            latency_s=0.0,
         )
         steps = [Step(1, run.id, msg.model, turn, content, {})]
     assert run is not None
     step = steps[0]
     for block in step.pending_tools():
         out = await runner.toolbox.run(h, step.n, block, now)
-        await store.run(ledger.record_tool_result, conn, hid, step.n, block["id"], out.block, out.effect)
+        await store.call(runs.record_tool_result, hid, step.n, block["id"], out.block, out.effect)
         step.tool_results[block["id"]] = out.block
         if out.watch_added and runner.on_watch is not None:
             runner.on_watch()
     done = done_of(step)
     detail = (f"{done.status}: {done.summary}" if done else f"resolved: {text_of(step.response) or 'done'}")[:1000]
-    await store.run(ledger.close_run, conn, run.id, now, "done", detail)
+    await store.call(runs.close_run, run.id, now, "done", detail)
     was = await store.run(store.settle, hid, "done", now, detail, ("accepted",))
     if was == "delivering":  # the dispatcher has not recorded `accepted` yet: settle at the next poll
         return 0
-    await store.run(ledger.set_batch_item, conn, hid, "done", now)
+    await store.call(batches.set_batch_item, hid, "done", now)
     return 1
 
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -25,13 +24,15 @@ import msgspec
 from nats.js import JetStreamContext
 
 from watchd import bus, expr
-from watchd.agents import ledger
-from watchd.agents.ledger import Step
 from watchd.config import AbsentWatch, AnthropicAgent, MatchWatch, Pattern, Watch
 from watchd.cron.schedule import parse_duration
 from watchd.errors import WatchdError
 from watchd.model import Handoff, check_subject, iso, make_event, stable_hash
 from watchd.store import Store
+from watchd.store.agent_watches import add_watch, next_watch_expiry
+from watchd.store.db import Write
+from watchd.store.outbox import enqueue_handoff
+from watchd.store.runs import Step
 
 log = logging.getLogger("watchd.agents.tools")
 
@@ -76,7 +77,7 @@ class ToolUnavailable(WatchdError):
 @dataclass
 class ToolOutcome:
     block: dict[str, Any]  # the tool_result for the model
-    effect: Callable[[sqlite3.Connection], None] | None = None  # written with the result, in one transaction
+    effect: Write | None = None  # written with the result, in one transaction
     done: DoneArgs | None = None
     watch_added: bool = False
 
@@ -228,7 +229,7 @@ class Toolbox:
             evidence=h.evidence,
             message=f"[{self.agent}] {args.message}",
         )
-        return ToolOutcome(_result(tid, f"queued for {args.to} (handoff {note.id})"), ledger.enqueue_handoff(note, now))
+        return ToolOutcome(_result(tid, f"queued for {args.to} (handoff {note.id})"), enqueue_handoff(note, now))
 
     async def _emit(self, args: EmitArgs, tid: str, key: str, now: float) -> ToolOutcome:
         if args.subject.lower().startswith("watchd."):
@@ -281,7 +282,7 @@ class Toolbox:
             watch = MatchWatch(on=pattern, **common)
             expires = now + within_s
         text = f"watch {watch.id} ({self.cfg.watch_mode}) until {iso(expires)}"
-        effect = ledger.add_watch(watch, self.agent, h.id, now, expires)
+        effect = add_watch(watch, self.agent, h.id, now, expires)
         return ToolOutcome(_result(tid, text), effect, watch_added=True)
 
 
@@ -296,7 +297,7 @@ async def follow_watches(
     expires: the daemon sleeps until the next expiry, nothing polls."""
     while not stop.is_set():
         try:
-            nxt = await store.run(ledger.next_watch_expiry, store.conn, clock())
+            nxt = await store.call(next_watch_expiry, clock())
         except Exception:  # a background task logs and continues
             log.exception("reading follow-up watches failed")
             nxt = clock() + 60

@@ -15,7 +15,7 @@ from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
 from watchd.model import iso
 
 if TYPE_CHECKING:
-    from watchd.agents.ledger import Run
+    from watchd.store.runs import Run
 
 
 def run_json(r: Run) -> dict[str, Any]:
@@ -54,15 +54,15 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
       watchd runs --limit 5
       watchd runs --json | jq '[.[].cost_usd] | add'
     """
-    from watchd.agents import ledger
     from watchd.store import open_readonly
+    from watchd.store.runs import list_runs
 
     loaded = load(config_path)
     found: list[Run] = []
     conn = open_readonly(loaded.state_dir)
     if conn is not None:
         with contextlib.closing(conn), contextlib.suppress(sqlite3.OperationalError):  # no runs table yet
-            found = ledger.list_runs(conn, limit)
+            found = list_runs(conn, limit)
     if as_json:
         dump_json([run_json(r) for r in found])
         return

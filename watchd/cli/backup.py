@@ -80,7 +80,7 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
     async def emit(subject: str, data: dict[str, Any]) -> None:
         await publish_events(loaded, [make_event(subject, data, source="watchd")])
 
-    store = Store(db)
+    store = await Store.open(db)
     try:
         ctx = JobContext(name="backup", loaded=loaded, store=store, clock=time.time, emit=emit)
         result = await builtin("backup")(ctx)

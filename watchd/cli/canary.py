@@ -90,7 +90,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
         except WatchdError as exc:  # the result is still shown; only the event is lost
             notes.append(f"could not publish {subject}: {exc.message}")
 
-    store = Store(db_path(loaded.state_dir))
+    store = await Store.open(db_path(loaded.state_dir))
     targets = build_targets(loaded, nc=nc, js=js)
     try:
         ctx = JobContext(

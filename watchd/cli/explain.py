@@ -54,9 +54,9 @@ def explain_cmd(
         else:
             explain_schedule.render(sreport, out, now)
         return
-    from watchd.agents.ledger import active_watch_defs
     from watchd.jobs.builtin_watches import all_watches
     from watchd.store import db_path
+    from watchd.store.agent_watches import active_watch_defs
 
     if (watch is None) == (event_id is None):
         raise WatchdError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, http_get, load, one_line, out
 from watchd.errors import DaemonNotRunning
+
+if TYPE_CHECKING:
+    from watchd.model import Handoff
 
 
 @click.command()
@@ -95,20 +98,21 @@ def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_j
         out.print(Text("    " + one_line(h["last_error"], 200), style="dim"))
 
 
-def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> tuple[dict[str, Any], bool]:
-    from watchd.store import connect_existing, db_path, drop_dead, replay_dead
+def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> tuple[Handoff, bool]:
+    from watchd.store import connect_existing, db_path
+    from watchd.store.outbox import drop_dead, replay_dead
 
     loaded = load(_dlq_config(ctx, config_path))
     conn = connect_existing(db_path(loaded.state_dir))
     try:
-        row = (replay_dead if action == "replay" else drop_dead)(conn, ref, time.time())
+        h = (replay_dead if action == "replay" else drop_dead)(conn, ref, time.time())
     finally:
         conn.close()
     try:
         running = bool(http_get(loaded, "/healthz", timeout_s=1).get("pid"))
     except DaemonNotRunning:
         running = False
-    return row, running
+    return h, running
 
 
 @dlq.command(name="replay")
@@ -122,9 +126,9 @@ def dlq_replay(ctx: click.Context, config_path: str | None, handoff_id: str) -> 
     Example:
       watchd dlq replay h_3f2a9c
     """
-    row, running = _dlq_write(ctx, config_path, "replay", handoff_id)
+    h, running = _dlq_write(ctx, config_path, "replay", handoff_id)
     when = "the running daemon sends it within a few seconds" if running else "it is sent when watchd starts"
-    out.print(Text(f"replaying {row['id']} ({row['watch']} → {row['target']}): {when}"))
+    out.print(Text(f"replaying {h.id} ({h.watch} → {h.target}): {when}"))
 
 
 @dlq.command(name="drop")
@@ -138,5 +142,5 @@ def dlq_drop(ctx: click.Context, config_path: str | None, handoff_id: str) -> No
     Example:
       watchd dlq drop h_3f2a9c
     """
-    row, _ = _dlq_write(ctx, config_path, "drop", handoff_id)
-    out.print(Text(f"dropped {row['id']} ({row['watch']} → {row['target']})"))
+    h, _ = _dlq_write(ctx, config_path, "drop", handoff_id)
+    out.print(Text(f"dropped {h.id} ({h.watch} → {h.target})"))

@@ -40,11 +40,11 @@ def parse_from(text: str, zone: str) -> float:
     return dt.timestamp()
 
 
-def upcoming_ticks(loaded: Any, start: float, count: int, now: float) -> tuple[list[dict[str, Any]], list[str]]:
+def upcoming_ticks(loaded: Any, start: float, count: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The next `count` ticks of each enabled schedule after `start`, soonest first; and the disabled."""
     conn = open_state(loaded.state_dir)
     try:
-        states = read_states(conn, now)
+        states = read_states(conn)
     finally:
         if conn is not None:
             conn.close()
@@ -104,7 +104,7 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
     loaded = load(config_path)
     now = time.time()
     start = parse_from(from_, loaded.zone()) if from_ else now
-    ticks, disabled = upcoming_ticks(loaded, start, count, now)
+    ticks, disabled = upcoming_ticks(loaded, start, count)
     if as_json:
         dump_json([{k: v for k, v in t.items() if not k.startswith("_")} for t in ticks])
         return
@@ -130,8 +130,8 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
             if rows:
                 r = rows[-1]
                 lines.append(
-                    f"  {name}: {r['state']} for the {when(r['tick_at'], defn.zone, now)} tick"
-                    + (f" — {r['summary']}" if r["summary"] else "")
+                    f"  {name}: {r.state} for the {when(r.tick_at, defn.zone, now)} tick"
+                    + (f" — {r.summary}" if r.summary else "")
                 )
     finally:
         conn.close()

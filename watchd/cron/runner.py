@@ -33,11 +33,10 @@ from watchd.engine import Fire
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult, builtin
 from watchd.model import iso
-from watchd.store import Transaction
+from watchd.store import schedules
+from watchd.store.schedules import TickClaim
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
@@ -50,99 +49,6 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 KEEP_TICKS_S = 30 * 86400.0  # schedule_ticks rows kept for `explain --schedule`
 STOP_GRACE_S = 3.0  # on stop, how long interrupted runs get to record themselves
 RETRY_S = 5.0  # after a failed wake-up (the state db busy)
-
-
-# ---- the state db (run on the store's writer thread) ----------------------------------------------
-
-
-def sync_definitions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, tuple[int, State]]:
-    """Version (a counter bumped when a schedule's content hash changes) and State of each schedule."""
-    out: dict[str, tuple[int, State]] = {}
-    with Transaction(conn):
-        for name, digest in digests.items():
-            row = conn.execute("SELECT digest, version, since FROM schedules WHERE name = ?", (name,)).fetchone()
-            if row and row[0] == digest:
-                version, since = int(row[1]), float(row[2])
-            else:
-                version, since = (int(row[1]) + 1 if row else 1), now
-                conn.execute(
-                    "INSERT INTO schedules (name, digest, version, since) VALUES (?, ?, ?, ?) ON CONFLICT(name) "
-                    "DO UPDATE SET digest = excluded.digest, version = excluded.version, since = excluded.since",
-                    (name, digest, version, since),
-                )
-            out[name] = (version, State(since))
-    return {name: (v, refresh(conn, name, st)) for name, (v, st) in out.items()}
-
-
-def refresh(conn: sqlite3.Connection, name: str, state: State) -> State:
-    """The last tick handled and the last completion, as stored (another process may have moved them)."""
-    (last,) = conn.execute("SELECT MAX(tick_at) FROM schedule_ticks WHERE schedule = ?", (name,)).fetchone()
-    row = conn.execute("SELECT completed_at FROM schedules WHERE name = ?", (name,)).fetchone()
-    done = row[0] if row else None
-    return State(
-        state.since,
-        max(x for x in (last, state.last_tick) if x is not None) if (last or state.last_tick) is not None else None,
-        max(x for x in (done, state.completed_at) if x is not None) if (done or state.completed_at) else None,
-    )
-
-
-def claim(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
-    """INSERT OR IGNORE each (key, schedule, version, tick_at, state, reason, started_at, summary, data)
-    in one transaction; True where this call inserted it, i.e. owns the tick."""
-    owned: list[bool] = []
-    with Transaction(conn):
-        for r in rows:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO schedule_ticks (key, schedule, version, tick_at, state, reason, started_at, "
-                "summary, data) VALUES (?,?,?,?,?,?,?,?,?)",
-                r,
-            )
-            owned.append(cur.rowcount == 1)
-    return owned
-
-
-def finish(
-    conn: sqlite3.Connection,
-    key: str,
-    name: str,
-    ok: bool,
-    ended_at: float,
-    reason: str | None,
-    summary: str,
-    data: bytes,
-) -> None:
-    with Transaction(conn):
-        conn.execute(
-            "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ? WHERE key = ?",
-            ("done" if ok else "failed", reason, ended_at, summary, data.decode(), key),
-        )
-        if reason != "interrupted":  # `every` counts from a run that ended, not one cut off by a restart
-            conn.execute(
-                "UPDATE schedules SET completed_at = MAX(COALESCE(completed_at, 0), ?) WHERE name = ?", (ended_at, name)
-            )
-
-
-def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, float, float]]:
-    """Runs left `started` by a watchd that died: failed, "interrupted by restart"."""
-    rows = conn.execute("SELECT key, schedule, tick_at, started_at FROM schedule_ticks WHERE state = 'started'")
-    found = [(str(k), str(s), float(t), float(st or now)) for k, s, t, st in rows.fetchall()]
-    if found:
-        conn.execute(
-            "UPDATE schedule_ticks SET state = 'failed', reason = 'interrupted', ended_at = ?, "
-            "summary = 'interrupted by restart' WHERE state = 'started'",
-            (now,),
-        )
-    return found
-
-
-def prune(conn: sqlite3.Connection, before: float) -> int:
-    """Old rows go, except each schedule's latest (it says which tick was handled last)."""
-    cur = conn.execute(
-        "DELETE FROM schedule_ticks WHERE tick_at < ? AND state != 'started' AND tick_at < "
-        "(SELECT MAX(t.tick_at) FROM schedule_ticks t WHERE t.schedule = schedule_ticks.schedule)",
-        (before,),
-    )
-    return int(cur.rowcount)
 
 
 # ---- the runner -----------------------------------------------------------------------------------
@@ -192,7 +98,7 @@ class Scheduler:
     async def start(self) -> None:
         """At start-up: runs a dead watchd left `started` are failed, then the schedules load."""
         store, now = self.store, self.clock()
-        for key, name, tick_at, started in await store.run(recover_interrupted, store.conn, now):
+        for key, name, tick_at, started in await store.call(schedules.recover_interrupted, now):
             log.warning("schedule %s: the run for %s was interrupted by a restart", name, iso(tick_at))
             info = {
                 "schedule": name,
@@ -208,9 +114,7 @@ class Scheduler:
         """(Re)load the schedules: a changed one gets a new version; runs under way carry on."""
         self.loaded = loaded
         defs = {n: define(n, s, loaded.zone()) for n, s in effective_schedules(loaded.config).items()}
-        synced = await self.store.run(
-            sync_definitions, self.store.conn, {n: d.digest for n, d in defs.items()}, self.clock()
-        )
+        synced = await self.store.call(schedules.sync_definitions, {n: d.digest for n, d in defs.items()}, self.clock())
         slots: dict[str, _Slot] = {}
         for name, defn in defs.items():
             version, state = synced[name]
@@ -268,9 +172,8 @@ class Scheduler:
         due = [s for s in self.slots.values() if s.next_at is not None and s.next_at <= now]
         if not due:
             return
-        conn = self.store.conn
-        fresh = await self.store.run(lambda: [refresh(conn, s.defn.name, s.state) for s in due])
-        rows: list[tuple[Any, ...]] = []
+        fresh = await self.store.call(schedules.refresh, [(s.defn.name, s.state) for s in due])
+        rows: list[TickClaim] = []
         batches: list[tuple[_Slot, list[Run], bool, list[Skip]]] = []
         for slot, state in zip(due, fresh, strict=True):
             slot.state = state
@@ -289,12 +192,12 @@ class Scheduler:
             name, v = slot.defn.name, slot.version
             for k in d.skips:
                 data = msgspec.json.encode({"count": k.count, "wall": k.wall or None}).decode()
-                rows.append((k.key(name, v), name, v, k.tick_at, "skipped", k.reason, now, k.detail, data))
+                rows.append(TickClaim(k.key(name, v), name, v, k.tick_at, "skipped", k.reason, now, k.detail, data))
             if d.runs:  # the first run is claimed now; the rest of a replay just before each runs
                 t = d.runs[0].tick_at
-                rows.append((tick_key(name, v, t), name, v, t, "started", None, now, None, None))
+                rows.append(TickClaim(tick_key(name, v, t), name, v, t, "started", None, now, None, None))
             batches.append((slot, d.runs, action == "replace", d.skips))
-        owned = iter(await self.store.run(claim, conn, rows))
+        owned = iter(await self.store.call(schedules.claim, rows))
         mine: list[tuple[_Slot, list[Skip]]] = []
         for slot, runs, replacing, skips in batches:
             mine.append((slot, [k for k in skips if next(owned)]))
@@ -309,7 +212,7 @@ class Scheduler:
                 await self._emit_skips(slot, skipped)
         if now - self._pruned_at > 3600:
             self._pruned_at = now
-            await self.store.run(prune, conn, now - KEEP_TICKS_S)
+            await self.store.call(schedules.prune, now - KEEP_TICKS_S)
 
     async def _emit_skips(self, slot: _Slot, skips: list[Skip]) -> None:
         """One event per reason, however many ticks: waking after a 3-day outage says so once."""
@@ -347,8 +250,9 @@ class Scheduler:
             for i, r in enumerate(runs):
                 key = tick_key(slot.defn.name, slot.version, r.tick_at)
                 if i:  # the first was claimed by the wake-up that planned it
-                    row = (key, slot.defn.name, slot.version, r.tick_at, "started", None, self.clock(), None, None)
-                    if not (await self.store.run(claim, self.store.conn, [row]))[0]:
+                    name, v, now = slot.defn.name, slot.version, self.clock()
+                    row = TickClaim(key, name, v, r.tick_at, "started", None, now, None, None)
+                    if not (await self.store.call(schedules.claim, [row]))[0]:
                         continue  # another process has it
                 slot.active[me] = r.tick_at
                 await self._run_one(slot, r, key)
@@ -404,7 +308,7 @@ class Scheduler:
         name, ended = slot.defn.name, self.clock()
         outcome = "done" if result.ok else "failed"
         data = msgspec.json.encode(result.data)
-        await self.store.run(finish, self.store.conn, key, name, result.ok, ended, reason, result.summary, data)
+        await self.store.call(schedules.finish, key, name, result.ok, ended, reason, result.summary, data)
         if reason != "interrupted":
             current = self._current(slot)
             current.state = replace(current.state, completed_at=max(ended, current.state.completed_at or 0.0))

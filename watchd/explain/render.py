@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from watchd.explain.watch import UTC_NAMES, EventReport, HandoffRow, WatchReport, time_until, when
+from watchd.explain.watch import UTC_NAMES, EventReport, WatchReport, time_until, when
+from watchd.store.outbox import HandoffRow
 
 
 def _local_and_utc(ts: float, zone: str) -> tuple[str, str]:

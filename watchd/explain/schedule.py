@@ -36,6 +36,8 @@ from watchd.errors import WatchdError
 from watchd.explain.watch import iso_local, span, time_until, when
 from watchd.model import iso
 from watchd.store import open_readonly
+from watchd.store.db import check_readable
+from watchd.store.schedules import TickRow, stored_states, ticks_of
 
 TIMELINE_LIMIT = 50
 RAN = frozenset({"started", "done", "failed"})
@@ -59,41 +61,28 @@ def open_state(state_dir: Path) -> sqlite3.Connection | None:
     if conn is None:
         return None
     try:
-        conn.execute("SELECT 1 FROM schedule_ticks LIMIT 1")
+        check_readable(conn, "schedule_ticks")
     except sqlite3.Error:
         conn.close()
         return None
     return conn
 
 
-def read_states(conn: sqlite3.Connection | None, now: float) -> dict[str, tuple[int, State]]:
-    if conn is None:
-        return {}
-    last = dict(conn.execute("SELECT schedule, MAX(tick_at) FROM schedule_ticks GROUP BY schedule").fetchall())
-    rows = conn.execute("SELECT name, version, since, completed_at FROM schedules").fetchall()
-    return {name: (version, State(since, last.get(name), done)) for name, version, since, done in rows}
+def read_states(conn: sqlite3.Connection | None) -> dict[str, tuple[int, State]]:
+    return stored_states(conn) if conn is not None else {}
 
 
-def read_ticks(conn: sqlite3.Connection | None, name: str, limit: int = TIMELINE_LIMIT) -> list[dict[str, Any]]:
-    if conn is None:
-        return []
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = conn.execute(
-            "SELECT * FROM schedule_ticks WHERE schedule = ? ORDER BY tick_at DESC, started_at DESC LIMIT ?",
-            (name, limit),
-        ).fetchall()
-    finally:
-        conn.row_factory = None
-    return [dict(r) for r in reversed(rows)]
+def read_ticks(conn: sqlite3.Connection | None, name: str, limit: int = TIMELINE_LIMIT) -> list[TickRow]:
+    """The schedule's latest ticks, oldest first (none without a state db)."""
+    return ticks_of(conn, name, limit) if conn is not None else []
 
 
-def last_due_tick(defn: Definition, state: State, rows: list[dict[str, Any]], now: float) -> float | None:
+def last_due_tick(defn: Definition, state: State, rows: list[TickRow], now: float) -> float | None:
     """The latest tick at or before `now` (jitter aside)."""
     if defn.kind == "at":
         return defn.at if defn.at is not None and defn.at <= now else None
     if defn.kind == "every":  # its points move with each completion: the rows are the record
-        return rows[-1]["tick_at"] if rows else None
+        return rows[-1].tick_at if rows else None
     assert defn.cron is not None
     end = datetime.fromtimestamp(now, UTC)
     for window_s in (3600.0, 86400.0, 32 * 86400.0, 400 * 86400.0):  # few ticks to walk, however frequent
@@ -120,27 +109,27 @@ class ScheduleReport:
     verdict: str
     fired: bool
     next_due: float | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[TickRow] = field(default_factory=list)
 
     def timeline(self) -> list[dict[str, Any]]:
         zone = self.defn.zone
         out = []
         for r in self.rows:
-            data = msgspec.json.decode(r["data"]) if r["data"] else {}
-            started, ended = r["started_at"], r["ended_at"]
-            ran = r["state"] in RAN
+            data = msgspec.json.decode(r.data) if r.data else {}
+            started, ended = r.started_at, r.ended_at
+            ran = r.state in RAN
             out.append(
                 {
-                    "tick": iso(r["tick_at"]),
-                    "tick_local": iso_local(r["tick_at"], zone),
-                    "state": r["state"],
-                    "reason": r["reason"],
-                    "summary": r["summary"],
+                    "tick": iso(r.tick_at),
+                    "tick_local": iso_local(r.tick_at, zone),
+                    "state": r.state,
+                    "reason": r.reason,
+                    "summary": r.summary,
                     "started_at": iso(started) if ran else None,
                     "ended_at": iso(ended),
                     "duration_s": round(ended - started, 3) if ran and ended and started else None,
-                    "lateness_s": round(started - r["tick_at"] - self.defn.jitter_s, 3) if ran and started else None,
-                    "count": data.get("count", 1) if isinstance(data, dict) and r["state"] == "skipped" else None,
+                    "lateness_s": round(started - r.tick_at - self.defn.jitter_s, 3) if ran and started else None,
+                    "count": data.get("count", 1) if isinstance(data, dict) and r.state == "skipped" else None,
                 }
             )
         return out
@@ -162,7 +151,7 @@ class ScheduleReport:
 
 
 def explain(
-    defn: Definition, enabled: bool, version: int | None, state: State, rows: list[dict[str, Any]], now: float
+    defn: Definition, enabled: bool, version: int | None, state: State, rows: list[TickRow], now: float
 ) -> ScheduleReport:
     """The verdict on a schedule's last due tick, from its rows (oldest first)."""
     zone = defn.zone
@@ -172,26 +161,26 @@ def explain(
         report.verdict = "disabled (enabled = false)"
         return report
     due = last_due_tick(defn, state, rows, now)
-    recorded = [r["tick_at"] for r in rows if r["tick_at"] <= now]
+    recorded = [r.tick_at for r in rows if r.tick_at <= now]
     if recorded and (due is None or max(recorded) > due + 1e-3):
         due = max(recorded)  # a tick the cron walk does not yield, e.g. one skipped in a DST gap
-    row = next((r for r in reversed(rows) if due is not None and abs(r["tick_at"] - due) < 1e-3), None)
+    row = next((r for r in reversed(rows) if due is not None and abs(r.tick_at - due) < 1e-3), None)
     if due is None:
         report.verdict = "has not been due yet"
     elif row is None:
         report.verdict = f"no record of the {when(due, zone, now)} tick: watchd was not running then"
     else:
         tick = when(due, zone, now)
-        state_, summary = row["state"], row["summary"] or ""
+        state_, summary = row.state, row.summary or ""
         report.fired = state_ in RAN
         if state_ == "started":
-            report.verdict = f"running the {tick} tick since {when(row['started_at'], zone, now)}"
+            report.verdict = f"running the {tick} tick since {when(row.started_at or due, zone, now)}"
         elif state_ == "done":
-            report.verdict = f"ran the {tick} tick: done in {span(row['ended_at'] - row['started_at'])} — {summary}"
+            report.verdict = f"ran the {tick} tick: done in {span(_took(row))} — {summary}"
         elif state_ == "failed":
             report.verdict = f"ran the {tick} tick: FAILED — {summary}"
         else:
-            report.verdict = f"skipped the {tick} tick ({row['reason']}): {summary}"
+            report.verdict = f"skipped the {tick} tick ({row.reason}): {summary}"
     if nxt is not None:
         report.verdict += f"; next due {when(nxt, zone, now)}, {time_until(nxt, now)}"
     return report
@@ -205,7 +194,7 @@ def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
     defn, enabled = known[name]
     conn = open_state(loaded.state_dir)
     try:
-        version, state = read_states(conn, now).get(name, (None, State(since=now)))
+        version, state = read_states(conn).get(name, (None, State(since=now)))
         rows = read_ticks(conn, name)
     finally:
         if conn is not None:
@@ -216,7 +205,7 @@ def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
 def schedule_status(loaded: Loaded, conn: sqlite3.Connection | None, now: float) -> list[dict[str, Any]]:
     """`status`: each schedule's next due tick and how its last run ended."""
     try:
-        states = read_states(conn, now)
+        states = read_states(conn)
     except sqlite3.Error:  # a state db no daemon with the cron layer has opened yet
         conn, states = None, {}
     out = []
@@ -231,9 +220,9 @@ def schedule_status(loaded: Loaded, conn: sqlite3.Connection | None, now: float)
                 "does": defn.what,
                 "enabled": enabled,
                 "next_due": iso(next_due(defn, state)) if enabled else None,
-                "last_tick": iso(last["tick_at"]) if last else None,
-                "last_outcome": last["state"] if last else None,
-                "last_summary": last["summary"] if last else None,
+                "last_tick": iso(last.tick_at) if last else None,
+                "last_outcome": last.state if last else None,
+                "last_summary": last.summary if last else None,
             }
         )
     return out
@@ -249,28 +238,33 @@ def render(report: ScheduleReport, console: Console, now: float) -> None:
         return
     table = Table("tick", "outcome", "detail", box=None)
     # Runs of skips with one reason are one line: a 3-day outage is not 864 lines.
-    for (state, reason), group in groupby(report.rows, key=lambda r: (r["state"], r["reason"])):
+    for (state, reason), group in groupby(report.rows, key=lambda r: (r.state, r.reason)):
         items = list(group)
         if state != "skipped":
             for r in items:
-                table.add_row(Text(when(r["tick_at"], d.zone, now)), Text(_outcome(r)), Text(r["summary"] or ""))
+                table.add_row(Text(when(r.tick_at, d.zone, now)), Text(_outcome(r)), Text(r.summary or ""))
             continue
         count = sum(_count(r) for r in items)
-        first, last = items[0]["tick_at"], items[-1]["tick_at"]
+        first, last = items[0].tick_at, items[-1].tick_at
         tick = when(last, d.zone, now) if count == 1 else f"{when(first, d.zone, now)} … {when(last, d.zone, now)}"
         label = f"skipped ({reason})" + (f" ×{count}" if count > 1 else "")
-        table.add_row(Text(tick), Text(label), Text(items[-1]["summary"] or ""))
+        table.add_row(Text(tick), Text(label), Text(items[-1].summary or ""))
     console.print(table)
 
 
-def _count(row: dict[str, Any]) -> int:
-    data = msgspec.json.decode(row["data"]) if row["data"] else {}
+def _count(row: TickRow) -> int:
+    data = msgspec.json.decode(row.data) if row.data else {}
     return int(data.get("count", 1)) if isinstance(data, dict) else 1
 
 
-def _outcome(r: dict[str, Any]) -> str:
-    if r["state"] == "started":
+def _outcome(r: TickRow) -> str:
+    if r.state == "started":
         return "running"
-    late = r["started_at"] - r["tick_at"] if r["started_at"] else 0.0
-    took = f" in {span(r['ended_at'] - r['started_at'])}" if r["ended_at"] and r["started_at"] else ""
-    return f"{r['state']}{took}" + (f" ({span(late)} late)" if late >= 60 else "")
+    late = r.started_at - r.tick_at if r.started_at else 0.0
+    took = f" in {span(_took(r))}" if r.ended_at and r.started_at else ""
+    return f"{r.state}{took}" + (f" ({span(late)} late)" if late >= 60 else "")
+
+
+def _took(r: TickRow) -> float:
+    """How long a run that ended took."""
+    return (r.ended_at or 0.0) - (r.started_at or 0.0)

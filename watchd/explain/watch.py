@@ -66,7 +66,10 @@ from watchd.engine import Decision, Engine, KeyState
 from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
 from watchd.model import iso
-from watchd.store import engine_view
+from watchd.store.db import check_readable
+from watchd.store.decisions import decisions_kept_from, event_decisions, watch_decisions
+from watchd.store.engine_state import Heard, engine_view, heard
+from watchd.store.outbox import HandoffRow, handoff_rows
 
 TIMELINE_LIMIT = 50
 READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
@@ -133,41 +136,6 @@ class WatchInfo:
     def trigger_subject(self) -> str:
         """What has to arrive for anything to happen: the opening event for an event deadline."""
         return self.opens_subject or self.subject
-
-
-@dataclass(frozen=True)
-class HandoffRow:
-    id: str
-    key: str | None
-    target: str
-    state: str
-    attempt: int
-    last_error: str | None
-    fired_at: str  # RFC 3339 UTC, as in the handoff
-    created_at: float = 0.0
-    watch: str = ""
-    next_attempt_at: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "key": self.key,
-            "target": self.target,
-            "state": self.state,
-            "attempt": self.attempt,
-            "last_error": self.last_error,
-            "fired_at": self.fired_at,
-        }
-
-
-@dataclass(frozen=True)
-class Heard:
-    """A row of the `subjects` table: when a subject was last heard, and from which source."""
-
-    subject: str
-    last_at: float
-    last_source: str | None
-    count: int
 
 
 @dataclass
@@ -579,45 +547,17 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
         )
     try:
         conn = connect(path, readonly=True)
-        conn.execute("SELECT 1 FROM decisions LIMIT 1")
+        check_readable(conn, "decisions")
     except sqlite3.Error as exc:
         raise WatchdError(f"cannot read {path}: {exc}", hint="check the file's permissions") from None
     return conn
 
 
-def _decision(row: Sequence[Any]) -> Decision:
-    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
-
-
-_DECISION_COLUMNS = "at, watch, key, verdict, reason, event_id, seq, n"
-_HANDOFF_COLUMNS = "id, key, target, state, attempt, last_error, fired_at, created_at, watch, next_attempt_at"
-
-
 def read_watch_rows(
     conn: sqlite3.Connection, watch_id: str, since: float | None, key: str | None
 ) -> tuple[list[Decision], dict[str, int], list[HandoffRow]]:
-    where, params = "watch = ?", list[object]([watch_id])
-    if since is not None:
-        where, params = where + " AND at >= ?", [*params, since]
-    if key is not None:
-        where, params = where + " AND key = ?", [*params, key]
-    rows = conn.execute(
-        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {where} ORDER BY at DESC, id DESC LIMIT ?",
-        [*params, READ_LIMIT],
-    ).fetchall()
-    totals = dict(conn.execute(f"SELECT verdict, SUM(n) FROM decisions WHERE {where} GROUP BY verdict", params))
-    hwhere, hparams = "watch = ?", list[object]([watch_id])
-    if since is not None:
-        hwhere, hparams = hwhere + " AND created_at >= ?", [*hparams, since]
-    if key is not None:
-        hwhere, hparams = hwhere + " AND key = ?", [*hparams, key]
-    order = "ORDER BY created_at DESC, rowid DESC LIMIT 1000"
-    hrows = conn.execute(f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE {hwhere} {order}", hparams).fetchall()
-    return [_decision(r) for r in reversed(rows)], totals, [HandoffRow(*r) for r in reversed(hrows)]
-
-
-def read_heard(conn: sqlite3.Connection) -> list[Heard]:
-    return [Heard(*r) for r in conn.execute("SELECT subject, last_at, last_source, count FROM subjects")]
+    decisions, totals = watch_decisions(conn, watch_id, since, key, READ_LIMIT)
+    return decisions, totals, handoff_rows(conn, watch_id, since=since, key=key, limit=1000)
 
 
 def explain_from_db(
@@ -642,38 +582,28 @@ def explain_from_db(
         decisions,
         handoffs,
         state,
-        read_heard(conn),
+        heard(conn),
         now=now,
         since=since_ts,
         since_text=since,
         key=key,
         totals=totals,
     )
-    row = conn.execute("SELECT v FROM meta WHERE k = 'decisions_kept_from'").fetchone()
-    if since_ts is not None and row and since_ts < float(row[0]):
+    kept_from = decisions_kept_from(conn)
+    if since_ts is not None and kept_from is not None and since_ts < kept_from:
         report.note = (
-            f"--since {since} reaches past retention: decisions before {when(float(row[0]), info.zone, now)} are no "
+            f"--since {since} reaches past retention: decisions before {when(kept_from, info.zone, now)} are no "
             "longer kept ([engine] decisions_keep_days / decisions_keep_rows); showing what is available"
         )
     return report
 
 
 def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: str, event_id: str) -> EventReport:
-    rows = [
-        _decision(r)
-        for r in conn.execute(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ? ORDER BY at, id", [event_id]
-        )
-    ]
+    rows = event_decisions(conn, event_id)
     watches = sorted({d.watch for d in rows if d.verdict == "fired"})
     handoffs: list[HandoffRow] = []
     for w in watches:
-        handoffs += [
-            HandoffRow(*r)
-            for r in conn.execute(
-                f"SELECT {_HANDOFF_COLUMNS} FROM handoffs WHERE watch = ? ORDER BY created_at, rowid", [w]
-            )
-        ]
+        handoffs += handoff_rows(conn, w)
     zones = {d.watch.id: WatchInfo.of(d, default_zone).zone for d in defs}
     return explain_event(event_id, rows, handoffs, zones, default_zone)
 

@@ -40,7 +40,8 @@ from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
 from watchd.model import iso
 from watchd.redact import redact_config
-from watchd.store import db_path
+from watchd.store import connect, db_path
+from watchd.store.snapshot import TableStat, integrity_problems, snapshot, table_stats
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -50,14 +51,6 @@ FAILED = ".failed"
 # gzip level 1: a state of 1M decisions shrinks 4.4x in 0.8 s; level 6 saves 8 % more in 3 s, 9 in 7 s.
 COMPRESS_LEVEL = 1
 _ARCHIVE_RE = re.compile(r"^watchd-(\d{8}T\d{6}Z)(?:-(\d+))?\.tar\.gz$")
-# The newest record of each table, compared after a restore; other tables use MAX(rowid).
-_NEWEST = {
-    "decisions": "MAX(id)",
-    "transitions": "MAX(id)",
-    "handoffs": "MAX(updated_at)",
-    "subjects": "MAX(last_at)",
-    "watch_versions": "MAX(updated_at)",
-}
 
 
 class BackupInvalid(WatchdError):
@@ -69,11 +62,6 @@ class Member(msgspec.Struct, kw_only=True):
     sha256: str
     size: int
     source: str | None = None  # where the file came from: `restore --watches` puts it back there
-
-
-class TableStat(msgspec.Struct, kw_only=True):
-    rows: int
-    newest: int | float | str | None
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -196,44 +184,6 @@ def _pack(loaded: Loaded, db: Path, dest: Path, now: float) -> Manifest:
     return manifest
 
 
-def snapshot(db: Path, dest: Path) -> tuple[dict[str, TableStat], int]:
-    """Copy `db` to `dest` with the SQLite backup API. The counts are taken in the same read
-    transaction as the copy, so they describe exactly the snapshot, whatever the daemon writes."""
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, timeout=10)
-    try:
-        src.execute("BEGIN")
-        stats = table_stats(src)  # the first read fixes the snapshot the backup below copies
-        row = src.execute("SELECT v FROM meta WHERE k = 'last_seq'").fetchone() if "meta" in stats else None
-        target = sqlite3.connect(dest, isolation_level=None)
-        try:
-            src.backup(target)
-            # A self-contained file: no -wal beside it is needed to read it.
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
-        src.execute("COMMIT")
-    finally:
-        src.close()
-    os.chmod(dest, 0o600)
-    return stats, int(row[0]) if row else 0
-
-
-def table_stats(conn: sqlite3.Connection) -> dict[str, TableStat]:
-    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    stats: dict[str, TableStat] = {}
-    for name in names:
-        if name.startswith("sqlite_"):
-            continue
-        quoted = '"' + name.replace('"', '""') + '"'
-        rows = conn.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0]
-        try:
-            newest = conn.execute(f"SELECT {_NEWEST.get(name, 'MAX(rowid)')} FROM {quoted}").fetchone()[0]
-        except sqlite3.OperationalError:  # a WITHOUT ROWID table: the count alone
-            newest = None
-        stats[name] = TableStat(rows=rows, newest=newest)
-    return stats
-
-
 def _watch_members(loaded: Loaded) -> list[tuple[str, Path]]:
     """Archive names for the watch files: their path under the config's directory, else `external/`."""
     out: list[tuple[str, Path]] = []
@@ -286,12 +236,12 @@ def verify_archive(archive: Path, into: Path) -> Manifest:
         raise BackupInvalid(f"the archive cannot be read: it is truncated or damaged ({exc})") from None
     db = into / DB_MEMBER
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = connect(db, readonly=True)
     except sqlite3.Error as exc:
         raise BackupInvalid(f"the database does not open: {exc}") from None
     try:
-        problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-        if problems != ["ok"]:
+        problems = integrity_problems(conn)
+        if problems:
             raise BackupInvalid(f"the database fails integrity_check: {'; '.join(problems[:3])}")
         restored = table_stats(conn)
     except sqlite3.Error as exc:

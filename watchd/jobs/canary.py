@@ -44,6 +44,7 @@ from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
 from watchd.jobs.builtin_watches import CANARY_WATCH, PING_SUBJECT
 from watchd.model import Handoff, encode, iso, make_event, new_id
+from watchd.store.meta import get_meta
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
@@ -271,13 +272,13 @@ async def release_canary(daemon: Daemon) -> None:
 def last_canary(conn: sqlite3.Connection) -> dict[str, Any] | None:
     """The last canary run as `status` shows it: {at, ok, summary, failing, path_ok}."""
     try:
-        row = conn.execute("SELECT v FROM meta WHERE k = ?", (META_LAST,)).fetchone()
+        raw = get_meta(conn, META_LAST)
     except sqlite3.OperationalError:
         return None
-    if row is None:
+    if raw is None:
         return None
     with contextlib.suppress(ValueError):
-        value = json.loads(row[0])
+        value = json.loads(raw)
         if isinstance(value, dict):
             return value
     return None

@@ -35,7 +35,9 @@ from watchd.jobs.builtin_watches import all_watches, enabled_schedules
 from watchd.model import iso
 from watchd.notify import http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
-from watchd.store import engine_view
+from watchd.store.engine_state import Heard, engine_view, heard
+from watchd.store.meta import get_float, set_metas
+from watchd.store.outbox import dead_counts, delivering, due_count
 
 log = logging.getLogger("watchd.jobs.heartbeat")
 
@@ -54,7 +56,7 @@ class _Snapshot:
     delivering: list[tuple[str, str, float]]  # id, target, updated_at
     dead_total: int
     dead_new: int
-    heard: list[tuple[str, float, str | None]]  # subject, last_at, last_source
+    heard: list[Heard]
     first_at: float | None
     overdue: list[dict[str, Any]]
 
@@ -70,32 +72,18 @@ def lease_s(loaded: Loaded, target: str) -> float:
 
 
 def _snapshot(conn: sqlite3.Connection, loaded: Loaded, now: float) -> _Snapshot:
-    def meta(k: str) -> float | None:
-        row = conn.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-        return float(row[0]) if row else None
-
-    last_at = meta(META_LAST)
-    (due,) = conn.execute(
-        "SELECT COUNT(*) FROM handoffs WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?", (now,)
-    ).fetchone()
-    delivering = conn.execute("SELECT id, target, updated_at FROM handoffs WHERE state = 'delivering'").fetchall()
-    (dead_total,) = conn.execute("SELECT COUNT(*) FROM handoffs WHERE state = 'dead'").fetchone()
-    (dead_new,) = conn.execute(
-        "SELECT COUNT(*) FROM handoffs WHERE state = 'dead' AND updated_at > ?", (last_at or 0.0,)
-    ).fetchone()
-    heard = conn.execute("SELECT subject, last_at, last_source FROM subjects").fetchall()
+    """One read of the state, on the store's thread."""
+    last_at = get_float(conn, META_LAST)
+    dead_total, dead_new = dead_counts(conn, last_at or 0.0)
     engine = engine_view(conn, all_watches(loaded), loaded.zone(), now)
     overdue = []
     for wid in engine.watches:
         at = engine.watch_next_due(wid)
         if at is not None and at < now - OVERDUE_SLACK_S:
             overdue.append({"watch": wid, "due": iso(at), "late_s": round(now - at)})
-    return _Snapshot(due, delivering, dead_total, dead_new, heard, meta(META_FIRST), overdue)
-
-
-def _record(conn: sqlite3.Connection, now: float, first: bool) -> None:
-    keys = [(META_LAST, repr(now))] + ([(META_FIRST, repr(now))] if first else [])
-    conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", keys)
+    return _Snapshot(
+        due_count(conn, now), delivering(conn), dead_total, dead_new, heard(conn), get_float(conn, META_FIRST), overdue
+    )
 
 
 def subject_pattern(template: str) -> re.Pattern[str]:
@@ -104,9 +92,7 @@ def subject_pattern(template: str) -> re.Pattern[str]:
     return re.compile(".+".join(re.escape(p) for p in parts))
 
 
-def silent_sources(
-    loaded: Loaded, heard: list[tuple[str, float, str | None]], since: float, now: float
-) -> list[dict[str, Any]]:
+def silent_sources(loaded: Loaded, subjects: list[Heard], since: float, now: float) -> list[dict[str, Any]]:
     """Sources with `expect_every` that published nothing for longer. A source is recognised by its
     subject template, or else by its name as the events' source; one never heard from is silent
     counting from `since` (the first heartbeat)."""
@@ -119,7 +105,7 @@ def silent_sources(
         except ScheduleError:
             continue  # `watchd validate` reports it
         pattern = subject_pattern(src.subject) if src.subject else None
-        times = [at for subj, at, source in heard if (pattern.fullmatch(subj) if pattern else source == name)]
+        times = [h.last_at for h in subjects if (pattern.fullmatch(h.subject) if pattern else h.last_source == name)]
         last = max(times, default=None)
         quiet_for = now - (last if last is not None else since)
         if quiet_for > every:
@@ -181,14 +167,14 @@ async def ping(raw: str) -> tuple[bool, str]:
 async def run(ctx: JobContext) -> JobResult:
     store, loaded = ctx.store, ctx.loaded
     now = ctx.clock()
-    snap = await store.run(lambda: _snapshot(store.conn, loaded, now))
+    snap = await store.call(_snapshot, loaded, now)
     stuck_ids = [hid for hid, target, at in snap.delivering if now - at > lease_s(loaded, target)]
     stuck = await store.run(store.requeue_stuck, stuck_ids, now) if stuck_ids else 0
     if snap.due_retries or stuck:
         ctx.wake_dispatcher()
     silent = silent_sources(loaded, snap.heard, snap.first_at if snap.first_at is not None else now, now)
     polled, results, problems = await _poll_batches(ctx)
-    await store.run(_record, store.conn, now, snap.first_at is None)
+    await store.call(set_metas, {META_LAST: repr(now), **({META_FIRST: repr(now)} if snap.first_at is None else {})})
 
     done: list[str] = []
     if snap.due_retries:

@@ -1,0 +1,140 @@
+"""The engine's state: per-key state, per-watch meta and the clock; watch versions; the subjects heard.
+
+Commit-then-ack: `commit_step` writes engine state, decisions, new handoffs, the subjects heard and
+the last stream sequence in one transaction, so a crash either keeps all of a batch or none of it,
+and a redelivered message at or below the stored sequence is skipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from watchd.config import WatchDef
+from watchd.engine import Decision, Engine, KeyState, WatchMeta
+from watchd.model import Handoff, encode
+from watchd.store.db import Transaction
+from watchd.store.decisions import insert_decisions
+from watchd.store.meta import get_float, set_meta
+from watchd.store.outbox import fired_at, insert_handoffs
+
+# (watch, key, state or None when the key's state is gone), (watch, meta), watches removed
+Changes = tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]]
+EngineState = tuple[dict[str, dict[str | None, KeyState]], dict[str, WatchMeta], float]
+
+_key_state = msgspec.json.Decoder(KeyState)
+_watch_meta = msgspec.json.Decoder(WatchMeta)
+_key = msgspec.json.Decoder(str | None)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A row of the `subjects` table: when a subject was last heard, and from which source."""
+
+    subject: str
+    last_at: float
+    last_source: str | None
+    count: int
+
+
+def load_engine_state(conn: sqlite3.Connection) -> EngineState:
+    """(per-key state by watch, meta by watch, the engine's clock) as the last commit left them."""
+    keys: dict[str, dict[str | None, KeyState]] = {}
+    for watch, key, state in conn.execute("SELECT watch, key, state FROM key_state"):
+        keys.setdefault(watch, {})[_key.decode(key)] = _key_state.decode(state)
+    meta = {w: _watch_meta.decode(m) for w, m in conn.execute("SELECT watch, meta FROM watch_meta")}
+    return keys, meta, get_float(conn, "clock") or 0.0
+
+
+def assign_versions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, int]:
+    """Version = a counter bumped whenever a watch's content hash changes."""
+    out: dict[str, int] = {}
+    with Transaction(conn):
+        for watch, digest in digests.items():
+            row = conn.execute("SELECT digest, version FROM watch_versions WHERE watch = ?", (watch,)).fetchone()
+            if row and row[0] == digest:
+                out[watch] = row[1]
+                continue
+            version = (row[1] + 1) if row else 1
+            conn.execute(
+                "INSERT INTO watch_versions VALUES (?, ?, ?, ?) ON CONFLICT(watch) DO UPDATE SET "
+                "digest = excluded.digest, version = excluded.version, updated_at = excluded.updated_at",
+                (watch, digest, version, now),
+            )
+            out[watch] = version
+    return out
+
+
+def engine_view(conn: sqlite3.Connection, defs: list[WatchDef], zone: str, now: float) -> Engine:
+    """The engine as the stored state leaves it, read-only: for next due times and timers in
+    `status` and `explain`, whether or not the daemon runs."""
+    engine = Engine(zone)
+    engine.restore(*load_engine_state(conn))
+    versions = watch_versions(conn)
+    engine.load([(d, versions.get(d.watch.id, 1)) for d in defs], now)
+    return engine
+
+
+def commit_step(
+    conn: sqlite3.Connection,
+    *,
+    last_seq: int | None,
+    clock: float,
+    changes: Changes,
+    decisions: list[Decision],
+    handoffs: list[Handoff],
+    subjects: dict[str, tuple[float, str, int]],
+    now: float,
+    holds: Mapping[str, float] | None = None,
+) -> list[str]:
+    """One transaction for a whole batch. Returns the ids of handoffs that were new.
+
+    `holds` maps a handoff id to the instant before which it must not be delivered (quiet hours).
+    """
+    rows, metas, deleted = changes
+    with Transaction(conn):
+        for watch in deleted:
+            conn.execute("DELETE FROM key_state WHERE watch = ?", (watch,))
+            conn.execute("DELETE FROM watch_meta WHERE watch = ?", (watch,))
+        upserts = [(w, encode(k).decode(), encode(s)) for w, k, s in rows if s is not None]
+        removals = [(w, encode(k).decode()) for w, k, s in rows if s is None]
+        if upserts:
+            conn.executemany("INSERT OR REPLACE INTO key_state VALUES (?, ?, ?)", upserts)
+        if removals:
+            conn.executemany("DELETE FROM key_state WHERE watch = ? AND key = ?", removals)
+        if metas:
+            conn.executemany("INSERT OR REPLACE INTO watch_meta VALUES (?, ?)", [(w, encode(m)) for w, m in metas])
+        insert_decisions(conn, decisions)
+        new_ids = insert_handoffs(conn, handoffs, now, holds)
+        if len(new_ids) < len(handoffs):
+            # The same logical fire again (e.g. an event re-sent with its id after the broker's
+            # dedup window): its handoff id exists, so nothing is handed off twice. Say so for explain.
+            fresh = set(new_ids)
+            insert_decisions(conn, [_duplicate(conn, h, now) for h in handoffs if h.id not in fresh])
+        if subjects:
+            conn.executemany(
+                "INSERT INTO subjects VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
+                "last_at = excluded.last_at, last_source = excluded.last_source, count = count + excluded.count",
+                [(s, at, src, n) for s, (at, src, n) in subjects.items()],
+            )
+        if last_seq is not None:
+            set_meta(conn, "last_seq", str(last_seq))
+        set_meta(conn, "clock", repr(clock))
+    return new_ids
+
+
+def _duplicate(conn: sqlite3.Connection, h: Handoff, now: float) -> Decision:
+    first_at = fired_at(conn, h.id)
+    reason = f"duplicate fire key: {h.id} to {h.target} was already handed off at {first_at}"
+    return Decision(now, h.watch, h.key, "suppressed", reason)
+
+
+def watch_versions(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT watch, version FROM watch_versions").fetchall())
+
+
+def heard(conn: sqlite3.Connection) -> list[Heard]:
+    return [Heard(*r) for r in conn.execute("SELECT subject, last_at, last_source, count FROM subjects")]
