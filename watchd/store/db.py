@@ -58,7 +58,15 @@ def check_readable(conn: sqlite3.Connection, table: str) -> None:
 
 
 class Transaction:
-    """`with Transaction(conn):` one IMMEDIATE transaction, rolled back if the block raises."""
+    """`with Transaction(conn):` one IMMEDIATE transaction, committed at the end of the block and
+    rolled back if the block raises — or if COMMIT itself fails.
+
+    SQLite leaves the transaction open when COMMIT fails with SQLITE_BUSY (a rollback-journal file
+    whose readers outstay the busy timeout): without a rollback every later BEGIN would fail and the
+    writer would be stuck. Errors such as SQLITE_FULL and SQLITE_IOERR roll the transaction back
+    themselves, so a ROLLBACK is sent only while one is still open; either way the error that
+    caused it is the one raised.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -67,4 +75,15 @@ class Transaction:
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
