@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes import FakeTelegram
 
-from watchd import bus
+from watchd import bus, credentials
 from watchd.model import make_event
 
 T = TypeVar("T")
@@ -218,7 +218,9 @@ async def run(args: argparse.Namespace, root: Path, fast: FakeThread, slow: Fake
     nc = None
     try:
         await asyncio.to_thread(wait, lambda: (h := health(http_port)) and h.get("ok"), 30, "daemon ready")
-        nc = await bus.connect(f"nats://127.0.0.1:{nats_port}")
+        creds = credentials.load(root / "state")  # made by the daemon on its first start
+        assert creds is not None
+        nc = await bus.connect(creds.url(f"nats://127.0.0.1:{nats_port}", "publish"))
         js = nc.jetstream()
 
         # 3a. queued: 1,000 handoffs pending in the outbox, all released at one instant

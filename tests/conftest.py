@@ -147,7 +147,12 @@ class DaemonProc:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        """The admin URL, with the credentials the daemon made in its state dir (none before its first start)."""
+        from watchd import credentials
+
+        creds = credentials.load(self.state_dir)
+        url = f"nats://127.0.0.1:{self.nats_port}"
+        return creds.url(url, "admin") if creds is not None else url
 
     @property
     def http_url(self) -> str:

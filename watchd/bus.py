@@ -12,9 +12,10 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -33,9 +34,12 @@ from nats.js.api import (
 )
 
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
-from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, split_listen, url_host
+from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, is_loopback, split_listen, url_host
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 from watchd.redact import redact_url
+
+if TYPE_CHECKING:
+    from watchd.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,10 @@ def _busy(listen: str) -> NatsUnavailable:
 
 
 class EmbeddedNats:
-    """nats-server as a child process with JetStream under store_dir, restarted if it dies."""
+    """nats-server as a child process with JetStream under store_dir, restarted if it dies.
+
+    With `credentials` (always, in the daemon) it admits only their users, each with its role's
+    permissions (watchd/credentials.py); without, any client (tests of the server itself)."""
 
     restart_delay_s = 0.5  # first restart backoff; doubles up to max_restart_delay_s
     max_restart_delay_s = 30.0
@@ -102,9 +109,11 @@ class EmbeddedNats:
         listen: str = NATS_LISTEN,
         sync: str = "always",
         log_file: Path | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).expanduser()
         self.listen = listen
+        self.credentials = credentials
         try:
             self.host, self.port = split_listen(listen, setting="[nats] listen")
         except WatchdError as exc:
@@ -158,6 +167,7 @@ class EmbeddedNats:
                 f"  store_dir: {q(str(self.store_dir))}",
                 f"  sync_interval: {q(self.sync)}",
                 "}",
+                self.credentials.server_config() if self.credentials is not None else "",
                 "",
             ]
         )
@@ -208,6 +218,13 @@ class EmbeddedNats:
             return self.url
         self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._stopping = False
+        if not is_loopback(self.host):
+            # Passwords are required, but without TLS they and every event cross the network in clear.
+            log.warning(
+                "[nats] listen = %r reaches beyond this machine: clients need credentials, but NATS "
+                "traffic (passwords, events, handoffs) is plaintext; keep it on a trusted network or VPN",
+                self.listen,
+            )
         await asyncio.to_thread(self._kill_orphan)
         if self.port == 0:
             self.port = _free_port(self.host)
@@ -335,13 +352,27 @@ async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
     return True
 
 
-async def connect(urls: str | Sequence[str], name: str = "watchd", timeout_s: float = 5) -> Client:
-    """Connect, retrying until timeout_s; once connected, reconnect forever (the server may restart)."""
+async def connect(
+    urls: str | Sequence[str], name: str = "watchd", timeout_s: float = 5, *, inbox_prefix: str = "_INBOX"
+) -> Client:
+    """Connect, retrying until timeout_s; once connected, reconnect forever (the server may restart).
+
+    inbox_prefix: where replies to this client's requests arrive (see credentials.ADMIN_INBOX)."""
     servers = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [u.strip() for u in urls]
     shown = ", ".join(redact_url(u) for u in servers)
 
+    refused = asyncio.Event()  # the server refused the credentials: retrying will not help
+
     async def on_error(exc: Exception) -> None:
-        log.debug("nats: %s", exc)  # reconnect attempts report here; the outcome is logged below
+        text = str(exc).lower()
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text:
+            if not refused.is_set() and nc.is_reconnecting:  # once: it retries every second
+                log.warning("NATS at %s refused the credentials; retrying", shown)
+            refused.set()
+        elif "permissions violation" in text:  # this role may not do that: a real problem
+            log.warning("NATS refused: %s", str(exc).removeprefix("nats: "))
+        else:
+            log.debug("nats: %s", exc)  # reconnect attempts report here; the outcome is logged below
 
     async def on_disconnect() -> None:
         if nc.is_closed:  # nats-py reports close() as a disconnect too
@@ -349,39 +380,58 @@ async def connect(urls: str | Sequence[str], name: str = "watchd", timeout_s: fl
         log.warning("disconnected from NATS at %s; reconnecting", shown)
 
     async def on_reconnect() -> None:
+        refused.clear()
         log.info("reconnected to NATS at %s", shown)
 
     nc = Client()
     try:
-        await asyncio.wait_for(
-            nc.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=2,
-                reconnect_time_wait=1,
-                max_reconnect_attempts=-1,
-                ping_interval=20,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            ),
-            timeout_s,
+        connecting = nc.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=2,
+            reconnect_time_wait=1,
+            max_reconnect_attempts=-1,
+            ping_interval=20,
+            max_outstanding_pings=3,
+            inbox_prefix=inbox_prefix,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
         )
+        await _unless(connecting, refused, timeout_s)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         last = nc.last_error or exc
         with contextlib.suppress(Exception):
             await nc.close()
-        reason = (
-            "authorization failed"
-            if isinstance(last, nats.errors.AuthorizationError)
-            else (str(last) or type(last).__name__)
-        )
+        if refused.is_set() or isinstance(last, nats.errors.AuthorizationError):
+            raise NatsUnavailable(
+                f"NATS at {shown} refused the credentials (authorization failed)",
+                hint="the embedded NATS needs a URL with a role's credentials: `watchd nats url --role ROLE` "
+                "prints one; a URL made before the state dir was reset no longer works",
+            ) from None
+        reason = str(last) or type(last).__name__
         raise NatsUnavailable(
             f"cannot reach NATS at {shown} within {timeout_s:g}s ({redact_url(reason)})",
             hint="is `watchd run` running? Otherwise check [nats] url in the config",
         ) from None
     return nc
+
+
+async def _unless(awaitable: Awaitable[None], event: asyncio.Event, timeout_s: float) -> None:
+    """Await `awaitable` for up to timeout_s; give up (TimeoutError) as soon as `event` is set."""
+    task = asyncio.ensure_future(awaitable)
+    given_up = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({task, given_up}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise TimeoutError
+    finally:
+        given_up.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def ensure_streams(

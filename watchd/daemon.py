@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, config, sdnotify
+from watchd import bus, config, credentials, sdnotify
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
@@ -168,11 +168,15 @@ class Daemon:
         self.store = await Store.open(db_path(self.state_dir))
         if self.loaded.config.nats.url == "embedded":
             self.embedded = bus.EmbeddedNats(
-                self.state_dir / "nats", self.loaded.config.nats.listen, self.loaded.config.nats.sync
+                self.state_dir / "nats",
+                self.loaded.config.nats.listen,
+                self.loaded.config.nats.sync,
+                credentials=credentials.load_or_create(self.state_dir),
             )
             await self.embedded.start()
             self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.stop) if self.embedded else _noop())
-        self.nc = await bus.connect(self.loaded.nats_url())
+        inbox = credentials.ADMIN_INBOX if self.embedded else "_INBOX"  # an external NATS: its operator's rules
+        self.nc = await bus.connect(credentials.client_url(self.loaded, "admin"), inbox_prefix=inbox)
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)

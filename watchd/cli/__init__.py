@@ -12,7 +12,7 @@ import sys
 import click
 
 from watchd import __version__
-from watchd.cli import agents, backup, canary, events, explain, handoffs, run, schedules, worker
+from watchd.cli import agents, backup, canary, events, explain, handoffs, nats, run, schedules, worker
 from watchd.cli.common import err, fail
 from watchd.errors import ConfigError, WatchdError
 
@@ -45,6 +45,7 @@ for command in (
     *agents.COMMANDS,
     *backup.COMMANDS,
     *canary.COMMANDS,
+    *nats.COMMANDS,
     *schedules.COMMANDS,
 ):
     cli.add_command(command)

@@ -69,7 +69,7 @@ def _without_name(probe: dict[str, Any]) -> str:
 
 
 async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]:
-    from watchd import bus
+    from watchd import bus, credentials
     from watchd.jobs import JobContext
     from watchd.jobs import canary as canary_job
     from watchd.notify import http_client
@@ -78,7 +78,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
     """The job with the CLI's own NATS connection and freshly built targets (the probes run here)."""
     from watchd.daemon import build_targets
 
-    url = loaded.nats_url()
+    url = credentials.client_url(loaded, "admin")  # it probes targets and writes the store, as the daemon
     await refuse_if_down(url)
     nc = await bus.connect(url, name="watchd-canary", timeout_s=3)
     js = nc.jetstream()

@@ -80,10 +80,11 @@ async def refuse_if_down(urls: str | list[str]) -> None:
 
 
 async def publish_events(loaded: Loaded, events: list[Event]) -> list[PubAckInfo]:
-    from watchd import bus
+    from watchd import bus, credentials
 
-    await refuse_if_down(loaded.nats_url())
-    nc = await bus.connect(loaded.nats_url(), name="watchd-cli", timeout_s=3)
+    url = credentials.client_url(loaded, "publish")
+    await refuse_if_down(url)
+    nc = await bus.connect(url, name="watchd-cli", timeout_s=3)
     try:
         js = nc.jetstream()
         return [await bus.publish_event(js, e) for e in events]

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from watchd import config
+from watchd import config, credentials
 from watchd.cli.common import CONFIG_OPTION, dump_json, err, load, out, refuse_if_down
 from watchd.errors import NatsUnavailable, WatchdError
 
@@ -135,7 +135,7 @@ def backtest_cmd(config_path: str | None, file: str, since: str | None, events_p
     else:
         since = since or "7d"
         since_s = parse_since(since)
-        url = base.nats_url()
+        url = credentials.client_url(base, "read")
 
         async def replay() -> backtest.Report:
             try:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from watchd import config
+from watchd import config, credentials
 from watchd.cli.common import CONFIG_OPTION, err, load, refuse_if_down
 
 
@@ -46,6 +46,13 @@ from watchd.cli.common import CONFIG_OPTION, err, load, refuse_if_down
 @click.option(
     "--state-dir", metavar="PATH", help="where finished handoff ids are kept (default $XDG_STATE_HOME/watchd-worker)"
 )
+@click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    help="NATS URL with the worker's credentials, or env:NAME / file:PATH holding it "
+    "(default: the config's NATS, as the worker role)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def worker(
     config_path: str | None,
@@ -59,6 +66,7 @@ def worker(
     grace: str,
     durable: str | None,
     state_dir: str | None,
+    nats_url: str | None,
     verbose: bool,
 ) -> None:
     """Run COMMAND for each handoff to TARGET, an agent of type nats, from any machine that reaches NATS.
@@ -66,6 +74,8 @@ def worker(
     Like a `command` agent: the handoff JSON on stdin, WATCHD_HANDOFF_ID (the idempotency key) in the
     environment; exit 0 replies done, the reject exit code replies rejected, anything else is retried.
     Workers with the same durable share the work. SIGTERM stops after the running commands finish.
+    On another machine, give it NATS with `--nats env:WATCHD_NATS_URL` and that variable set to what
+    `watchd nats url --role worker` prints on the daemon's machine (with its host name).
 
     \b
     Example (with [agent.claw] type = "nats" in the daemon's config):
@@ -106,6 +116,6 @@ def worker(
     )
     parse_duration(opts.timeout)
     worker_mod.check_options(opts)  # before connecting: a typo is reported as such, not as "NATS is down"
-    url = loaded.nats_url()
+    url = credentials.resolve_url(nats_url) if nats_url else credentials.client_url(loaded, "worker")
     asyncio.run(refuse_if_down(url))
     asyncio.run(worker_mod.run(url, opts))

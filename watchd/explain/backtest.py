@@ -53,7 +53,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -69,6 +69,8 @@ from watchd.model import EVENTS_PREFIX, Event, decode_event, iso
 FIRE_VERDICTS = frozenset({"fired", "would_fire"})
 MISS_VERDICTS = frozenset({"where_false", "where_error", "key_error"})
 STREAM_IDLE_S = 5.0  # a replay that gets no message for this long has lost the stream: say so
+REPLAY_BATCH = 256  # messages per fetch
+REPLAY_IDLE_DELETE_S = 30.0  # the server deletes the replay's consumer once unused this long
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ async def replay_stream(
     since_text: str,
     max_bytes: int = MAX_EVENT_BYTES,
 ) -> Report:
-    """Backtest over the EVENTS stream from now − since_s to now, read by an ephemeral ordered consumer."""
+    """Backtest over the EVENTS stream from now − since_s to now, read by an ephemeral consumer."""
     report = new_report(file, f"the {bus.EVENTS_STREAM} stream", defs, default_zone)
     nc = await bus.connect(url, name="watchd-test", timeout_s=3)
     try:
@@ -318,29 +320,35 @@ async def _read_from(
     last_seq: int,
     max_bytes: int,
 ) -> None:
-    """Feed every message from `start` (or `first_seq`) to `last_seq`, the last one when the replay began."""
+    """Feed every message from `start` (or `first_seq`) to `last_seq`, the last one when the replay began.
+
+    An ephemeral pull consumer that needs no acks: the `read` role may create one on EVENTS (named
+    by the client, see watchd/credentials.py) but may not delete it; the server does, once idle."""
     if first_seq is not None:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq)
     else:  # the server's BY_START_TIME is inclusive; the time is cut to the microsecond, not rounded up
         start_dt = datetime.fromtimestamp(math.floor(start * 1e6) / 1e6, UTC)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_dt)
-    sub = await js.subscribe(EVENTS_PREFIX + ">", ordered_consumer=True, config=config)
+    config.ack_policy = AckPolicy.NONE
+    config.inactive_threshold = REPLAY_IDLE_DELETE_S
+    sub = await js.pull_subscribe(EVENTS_PREFIX + ">", stream=bus.EVENTS_STREAM, config=config)
     try:
         while True:
             try:
-                msg = await sub.next_msg(timeout=STREAM_IDLE_S)
+                msgs = await sub.fetch(REPLAY_BATCH, timeout=STREAM_IDLE_S)
             except nats.errors.TimeoutError:
                 report.notes.append(f"the stream stopped delivering before seq {last_seq}: the replay is incomplete")
                 return
-            seq = bus.seq_of(msg)
-            try:
-                event = decode_event(msg.data, max_bytes)
-            except EventRejected as exc:
-                report.rejected.append(Skipped(seq, exc.message))
-            else:
-                bt.feed(event, bus.time_of(msg), seq)
-            if seq >= last_seq:
-                return
+            for msg in msgs:
+                seq = bus.seq_of(msg)
+                try:
+                    event = decode_event(msg.data, max_bytes)
+                except EventRejected as exc:
+                    report.rejected.append(Skipped(seq, exc.message))
+                else:
+                    bt.feed(event, bus.time_of(msg), seq)
+                if seq >= last_seq:
+                    return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
