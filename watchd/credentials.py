@@ -9,7 +9,7 @@ permissions below. The user name is the role, so a URL says whom it speaks for:
 - admin: everything. The daemon, and the commands that act as it (`watchd canary`).
 - publish: store events on `watchd.events.>`, nothing else: sources, `emit`, `exec`, outside tools.
 - read: read the EVENTS and HANDOFFS streams (info, message get, ephemeral ordered consumers):
-  `watchd test --since`, `nats stream view`.
+  `watchd test --since`, `nats stream info`.
 - worker: consume `watchd.handoffs.>` with its own durables and answer on `watchd.replies.>`.
 
 So only the daemon can store a handoff: a forged one never reaches a worker. No role but admin
