@@ -41,8 +41,8 @@ def url(ctx: click.Context, config_path: str | None, role: credentials.Role) -> 
 
     \b
     Example:
-      nats --server "$(watchd nats url --role publish)" pub watchd.events.backup.done '{"exit_code": 0}'
-      export WATCHD_NATS_URL="$(watchd nats url --role worker)"
+      export NATS_URL="$(watchd nats url --role publish)"   # read by the nats CLI and most clients
+      NATS_URL="$(watchd nats url --role read)" nats stream info EVENTS
     """
     loaded = load(config_path or (ctx.obj or {}).get("config_path"))
     if loaded.config.nats.url != "embedded":
