@@ -32,7 +32,7 @@ from watchd.agents.tools import follow_watches
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
 from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
-from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
+from watchd.engine import MISSES, Decision, Engine, EventInput, Outputs, Tick, Verdict
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
@@ -408,7 +408,7 @@ class Daemon:
             try:
                 event = decode_event(msg.data, max_events)
             except EventRejected as exc:
-                out.decisions.append(Decision(at, "", None, "rejected", exc.message, _msg_id(msg), seq))
+                out.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
                 continue
             self.events_seen += 1
             events[seq] = event
@@ -493,7 +493,6 @@ class Daemon:
         }
 
 
-MISSES = frozenset({"where_false", "where_error", "key_error"})
 MISSES_KEPT_PER_BATCH = 3
 
 
@@ -503,26 +502,26 @@ def thin_misses(decisions: list[Decision]) -> list[Decision]:
     A miss (a `where` that was false) is by far the most common decision — one per candidate
     watch per event — and writing each one would cost more than deciding. The latest misses are
     enough for `explain` to show the nearest ones; the others are counted in the `n` of the oldest
-    kept row of the same watch and verdict (or of the newest one dropped, when none of that
-    verdict is kept), so explain's counts stay exact.
+    kept row of the same watch, key and verdict (or of the newest one dropped, when none of those
+    is kept), so explain's counts stay exact, for each key too.
     """
     keep = [True] * len(decisions)
     kept_per_watch: dict[str, int] = {}
-    stands_for: dict[tuple[str, str], int] = {}  # (watch, verdict) -> index of the row carrying the count
-    dropped: dict[tuple[str, str], list[int]] = {}
+    stands_for: dict[tuple[str, str | None, Verdict], int] = {}  # (watch, key, verdict) -> row carrying the count
+    dropped: dict[tuple[str, str | None, Verdict], list[int]] = {}
     for i in range(len(decisions) - 1, -1, -1):  # newest first: the latest misses are the ones kept
         d = decisions[i]
         if d.verdict not in MISSES:
             continue
-        pair = (d.watch, d.verdict)
+        group = (d.watch, d.key, d.verdict)
         if kept_per_watch.get(d.watch, 0) < MISSES_KEPT_PER_BATCH:
             kept_per_watch[d.watch] = kept_per_watch.get(d.watch, 0) + 1
-            stands_for[pair] = i
+            stands_for[group] = i
         else:
             keep[i] = False
-            dropped.setdefault(pair, []).append(i)
-    for pair, indices in dropped.items():
-        carrier = stands_for.get(pair)
+            dropped.setdefault(group, []).append(i)
+    for group, indices in dropped.items():
+        carrier = stands_for.get(group)
         if carrier is None:
             carrier = indices.pop(0)
             keep[carrier] = True

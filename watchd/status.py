@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from watchd.agents.budget import budget_lines, budget_report
-from watchd.config import AbsentWatch, Loaded
+from watchd.config import Loaded
 from watchd.engine import Engine
 from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
@@ -101,7 +101,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "id": w.id,
                 "kind": w.__struct_config__.tag,
                 "mode": w.mode,
-                "state": _watch_state(engine, w.id, w.enabled, isinstance(w, AbsentWatch)),
+                "state": _watch_state(engine, w.id, w.enabled),
                 "last_fired": iso(fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
                 "would_fire_today": would_fire_today.get(w.id, 0),
@@ -111,15 +111,12 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
     return report
 
 
-def _watch_state(engine: Engine, wid: str, enabled: bool, absent: bool) -> str:
+def _watch_state(engine: Engine, wid: str, enabled: bool) -> str:
+    """The word for its state now: "disabled", or its kind's ("silent", "window_open", "ok")."""
     if not enabled:
         return "disabled"
-    keyed = engine.keys.get(wid, {})
-    if absent and any(st.silent for st in keyed.values()):
-        return "silent"
-    if any(st.windows for st in keyed.values()):
-        return "window_open"
-    return "ok"
+    logic = engine.watches.get(wid)
+    return logic.status(engine.keys.get(wid, {})) if logic is not None else "ok"
 
 
 def _to_second(at: str | None) -> str:

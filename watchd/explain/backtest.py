@@ -18,7 +18,8 @@ inputs the daemon would have seen, so what it reports is what the daemon would h
   as in the daemon.
 - Totals per watch: `fires`; `events`, the events its patterns matched (whether or not it fired);
   `misses`, the events that reached it by subject but whose `where` was false or errored, or
-  whose `key` failed.
+  whose `key` failed. A `where` or `key` that errored adds a note per watch: how often, and what
+  the first such event met ("data.exit_code is a string '0', compared with an int").
 - A bad line of the file (not JSON, not an object, no `time`, bad subject, too large) is reported
   with its line number and reason, and skipped; the rest is used. A line without an `id` gets
   `line-N`. A malformed message in the stream is reported by its sequence, as the daemon records
@@ -60,14 +61,13 @@ from rich.text import Text
 
 from watchd import bus
 from watchd.config import WatchDef
-from watchd.engine import Decision, Engine, EventInput, Outputs, Tick
+from watchd.engine import FIRES, MISSES, Decision, Engine, EventInput, Outputs, Tick, Verdict
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
+from watchd.explain.clauses import explain_errored
 from watchd.explain.watch import WatchInfo, iso_local
 from watchd.limits import MAX_EVENT_BYTES
 from watchd.model import EVENTS_PREFIX, Event, decode_event, iso
 
-FIRE_VERDICTS = frozenset({"fired", "would_fire"})
-MISS_VERDICTS = frozenset({"where_false", "where_error", "key_error"})
 STREAM_IDLE_S = 5.0  # a replay that gets no message for this long has lost the stream: say so
 REPLAY_BATCH = 256  # messages per fetch
 REPLAY_IDLE_DELETE_S = 30.0  # the server deletes the replay's consumer once unused this long
@@ -148,6 +148,7 @@ class Backtest:
         # Versions do not matter here: no handoff is made, and the engine keeps no state across runs.
         self.engine.load([(d, 1) for d in defs], start)
         self.infos = {w.id: w for w in report.watches}
+        self.errors: dict[tuple[str, Verdict], tuple[int, Decision, Event]] = {}  # how many, and the first
         report.start = start
         report.totals = {w.id: Totals() for w in report.watches}
 
@@ -159,22 +160,30 @@ class Backtest:
     def feed(self, event: Event, at: float, seq: int) -> None:
         self.advance_to(at)
         self.report.events += 1
-        self._take(self.engine.step(EventInput(event, at, seq)), event.id)
+        self._take(self.engine.step(EventInput(event, at, seq)), event)
 
     def finish(self, end: float) -> Report:
         end = max(end, self.engine.clock)
         self.advance_to(end)
         self._take(self.engine.step(Tick(end)), None)
         self.report.end = end
+        for (wid, verdict), (n, first, event) in self.errors.items():
+            what = "where" if verdict == Verdict.WHERE_ERROR else "key"
+            detail = explain_errored(first.reason, event).removeprefix(f"{what} errored: ")
+            many = "1 event" if n == 1 else f"{n} events, the first"
+            self.report.notes.append(f"{wid}: the {what} errored on {many} ({event.id}): {detail}")
         return self.report
 
-    def _take(self, out: Outputs, event_id: str | None) -> None:
+    def _take(self, out: Outputs, event: Event | None) -> None:
         verdicts: dict[str, bool] = {}  # watch -> matched (True) or only missed (False), for this event
         for d in out.decisions:
-            if d.verdict in FIRE_VERDICTS:
+            if d.verdict in FIRES:
                 self._fired(d)
-            if event_id is not None and d.event_id == event_id and d.watch in self.report.totals:
-                verdicts[d.watch] = verdicts.get(d.watch, False) or d.verdict not in MISS_VERDICTS
+            if event is not None and d.event_id == event.id and d.watch in self.report.totals:
+                verdicts[d.watch] = verdicts.get(d.watch, False) or d.verdict not in MISSES
+                if d.verdict in (Verdict.WHERE_ERROR, Verdict.KEY_ERROR):
+                    n, first, at = self.errors.get((d.watch, d.verdict), (0, d, event))
+                    self.errors[(d.watch, d.verdict)] = (n + 1, first, at)
         for wid, matched in verdicts.items():
             t = self.report.totals[wid]
             if matched:

@@ -6,28 +6,30 @@ The thin readers at the bottom open the state database read-only (safe beside a 
 WAL readers never block the writer) and rebuild an engine view for each watch's timers.
 
 Verdict precedence for `explain WATCH` (the first that applies wins; `--since`/`--key` narrow
-what counts):
+what counts). The lines marked (kind) are worded by the watch's kind class (`watchd/engine/`),
+which also gives the next due time: explain repeats none of the engine's logic.
 
 1. `enabled = false` → "disabled (enabled = false in file:line)".
-2. An absent watch that is silent now (it fired for the current silence) → "silent since …
-   (fired at …)".
+2. (kind) An absent watch that is silent now (it fired for the current silence) → "silent since
+   … (fired at …)".
 3. The latest of fired / would_fire / suppressed decides: "suppressed by cooldown until …",
    "fired N times since …; last at … (handoff h_… delivered to notify.phone)", or "would have
    fired N times since …; last at … (shadow mode: no handoffs)".
-4. A deadline window open now → "waiting: deadline …, in 1h12m".
-5. An absent watch with a timer running → "waiting: fires at … unless SUBJECT arrives, in …".
-6. A count under way → "did not fire: count not reached — 3 of 5 in 10m (key bob)".
-7. A `where` (or `key`) that errored → "did not fire: the where errored on N events: …".
-8. A `where` that was false → "did not fire: N events on SUBJECT, none matched — last miss: …".
-9. A deadline met, or an expect that came with no window open → "did not fire: met in time …" /
-   "did not fire: no window was open — …" (plus when the next scheduled window opens).
-10. A scheduled deadline with nothing recorded → "waiting: next window opens …".
-11. Nothing recorded → "did not fire: nothing arrived on SUBJECT — last heard … from SOURCE" (or
-    "never heard since the state began"), from the `subjects` table, wildcards included.
+4. (kind) What it is waiting for: a deadline window open now → "waiting: deadline …, in 1h12m";
+   an absent watch's timer → "waiting: fires at … unless SUBJECT arrives, in …"; a count under
+   way → "did not fire: count not reached — 3 of 5 in 10m (key bob)".
+5. A `where` (or `key`) that errored → "did not fire: the where errored on N events: …".
+6. A `where` that was false → "did not fire: N events on SUBJECT, none matched — last miss: …".
+7. (kind) A deadline met, or an expect that came with no window open → "did not fire: met in
+   time …" / "did not fire: no window was open — …" (plus when the next scheduled window
+   opens); a scheduled deadline with nothing recorded → "waiting: next window opens …".
+8. Nothing recorded → "did not fire: nothing arrived on SUBJECT — last heard … from SOURCE" (or
+   "never heard since the state began"), from the `subjects` table, wildcards included.
 
-Errors outrank false `where`s (an erroring predicate is usually a bug in the watch). Misses have
-no key (the key is computed after the `where`), so `--key` leaves them out. Only the latest few
-misses per watch per batch are stored as rows; the rest are counted in a kept row's `n`, so miss
+Errors outrank false `where`s (an erroring predicate is usually a bug in the watch). A miss
+carries its key when the watch has one and it evaluates for the event, so `--key K` shows the
+near misses of K ("N events on SUBJECT for key K, none matched"). Only the latest few misses per
+watch and key per batch are stored as rows; the rest are counted in a kept row's `n`, so miss
 counts are exact while the timeline shows the nearest misses.
 
 Times are shown in the watch's zone and UTC; JSON times are RFC 3339 (`at` UTC, `at_local` with
@@ -60,9 +62,20 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from watchd.config import AbsentWatch, DeadlineWatch, MatchWatch, WatchDef
+from watchd.config import WatchDef
 from watchd.cron.schedule import format_duration, parse_duration
-from watchd.engine import Decision, Engine, KeyState
+from watchd.engine import (
+    DECISIVE,
+    Decision,
+    Engine,
+    KeyState,
+    Situation,
+    Verdict,
+    WatchLogic,
+    WatchMeta,
+    compile_watch,
+    for_key,
+)
 from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
 from watchd.model import iso
@@ -73,8 +86,6 @@ from watchd.store.outbox import HandoffRow, handoff_rows
 
 TIMELINE_LIMIT = 50
 READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
-MISSES = frozenset({"where_false", "where_error", "key_error"})
-DECISIVE = frozenset({"fired", "would_fire", "suppressed"})
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 _DELIVERED = frozenset({"delivered", "accepted", "done", "delivering"})
 
@@ -84,76 +95,48 @@ _DELIVERED = frozenset({"delivered", "accepted", "done", "delivering"})
 
 @dataclass(frozen=True)
 class WatchInfo:
-    """What explain needs of a watch definition."""
+    """What explain needs of a watch definition: its kind's logic, and where it is defined."""
 
-    id: str
-    kind: str
-    mode: str
-    enabled: bool
+    logic: WatchLogic
     file: str
-    zone: str
-    subject: str  # `on` (match) or `expect`
-    where: str | None = None
-    opens_subject: str | None = None  # deadline opened by an event
-    opens_where: str | None = None
-    scheduled: bool = False  # deadline opened by a cron
-    for_s: float = 0.0  # absent
 
     @staticmethod
-    def of(d: WatchDef, default_zone: str) -> WatchInfo:
-        w = d.watch
-        kind, file = str(w.__struct_config__.tag), (f"{d.file}:{d.line}" if d.line else d.file)
-        if isinstance(w, MatchWatch):
-            return WatchInfo(w.id, kind, w.mode, w.enabled, file, default_zone, w.on.subject, w.on.where)
-        if isinstance(w, AbsentWatch):
-            return WatchInfo(
-                w.id,
-                kind,
-                w.mode,
-                w.enabled,
-                file,
-                default_zone,
-                w.expect.subject,
-                w.expect.where,
-                for_s=parse_duration(w.for_),
-            )
-        assert isinstance(w, DeadlineWatch)
-        return WatchInfo(
-            w.id,
-            kind,
-            w.mode,
-            w.enabled,
-            file,
-            w.opens.timezone or default_zone,
-            w.expect.subject,
-            w.expect.where,
-            opens_subject=w.opens.subject,
-            opens_where=w.opens.where,
-            scheduled=w.opens.cron is not None,
-        )
+    def of(d: WatchDef, default_zone: str, logic: WatchLogic | None = None) -> WatchInfo:
+        """`logic`: the engine's, when at hand (the version does not matter to explain)."""
+        logic = logic or compile_watch(d.watch, 1, default_zone)
+        return WatchInfo(logic, f"{d.file}:{d.line}" if d.line else d.file)
 
     @property
-    def trigger_subject(self) -> str:
-        """What has to arrive for anything to happen: the opening event for an event deadline."""
-        return self.opens_subject or self.subject
+    def id(self) -> str:
+        return self.logic.id
+
+    @property
+    def kind(self) -> str:
+        return self.logic.kind
+
+    @property
+    def mode(self) -> str:
+        return self.logic.watch.mode
+
+    @property
+    def enabled(self) -> bool:
+        return self.logic.watch.enabled
+
+    @property
+    def zone(self) -> str:
+        return self.logic.zone
 
 
 @dataclass
 class WatchState:
-    """The engine's view of one watch now: per-key state, and the next scheduled window opening."""
+    """The engine's view of one watch now: its per-key state and its own (`meta`)."""
 
     keys: dict[str | None, KeyState] = field(default_factory=dict)
-    next_open: float | None = None
-    activated_at: float | None = None
+    meta: WatchMeta | None = None
 
     @staticmethod
     def of(engine: Engine, wid: str) -> WatchState:
-        meta = engine.meta.get(wid)
-        return WatchState(
-            dict(engine.keys.get(wid, {})),
-            meta.next_open if meta else None,
-            meta.activated_at if meta else None,
-        )
+        return WatchState(dict(engine.keys.get(wid, {})), engine.meta.get(wid))
 
 
 @dataclass
@@ -273,16 +256,7 @@ def _events(n: int) -> str:
     return "1 event" if n == 1 else f"{n} events"
 
 
-def _for_key(key: str | None) -> str:
-    return "" if key is None else f" for key {key}"
-
-
 # ---- the verdict -----------------------------------------------------------------------------
-
-
-def _latest(rows: Sequence[Decision], verdicts: Iterable[str]) -> Decision | None:
-    wanted = set(verdicts)
-    return next((d for d in reversed(rows) if d.verdict in wanted), None)
 
 
 def _handoff_clause(hs: list[HandoffRow], t: Callable[[float], str], now: float) -> str:
@@ -301,23 +275,6 @@ def _waiting(h: HandoffRow, t: Callable[[float], str], now: float) -> str:
     if h.state == "pending":
         return f", held for quiet hours until {t(h.next_attempt_at)}"
     return f", next try {t(h.next_attempt_at)}"
-
-
-def next_due_of(info: WatchInfo, state: WatchState, key: str | None = None) -> float | None:
-    """When the watch next needs the clock (as `Engine.watch_next_due`), for one key if given."""
-    if not info.enabled:
-        return None
-    dues: list[float] = []
-    for k, st in state.keys.items():
-        if key is not None and k != key:
-            continue
-        if info.kind == "absent" and not st.silent and st.last_seen is not None:
-            dues.append(st.last_seen + info.for_s)
-        elif info.kind == "deadline" and st.windows:
-            dues.append(min(end for _, end in st.windows))
-    if key is None and state.next_open is not None:
-        dues.append(state.next_open)
-    return min(dues, default=None)
 
 
 def explain_watch(
@@ -353,11 +310,11 @@ def explain_watch(
     return WatchReport(
         info=info,
         verdict=verdict,
-        fired=counts["fired"] > 0,
+        fired=counts[Verdict.FIRED] > 0,
         timeline=rows[-limit:] if limit else [],
         total=sum(counts.values()),
         handoffs=hs,
-        next_due=next_due_of(info, state, key),
+        next_due=info.logic.next_due(state.keys, state.meta, key),
         now=now,
     )
 
@@ -378,109 +335,73 @@ def _verdict(
     def t(ts: float) -> str:
         return when(ts, info.zone, now)
 
+    logic = info.logic
     keyed = {k: st for k, st in state.keys.items() if key is None or k == key}
+    sit = Situation(rows, keyed, state.meta, key, now, t, lambda due: time_until(due, now))
     start = since if since is not None else (rows[0].at if rows else now)
 
     # 1. switched off
     if not info.enabled:
         return f"disabled (enabled = false in {info.file})"
 
-    # 2. an absent watch in a silence it already fired for
-    silent = sorted((st.last_seen or 0.0, k) for k, st in keyed.items() if st.silent)
-    if info.kind == "absent" and silent:
-        since_at, k = silent[0]
-        text = f"silent since {t(since_at)}{_for_key(k)}"
-        fire = next((d for d in reversed(rows) if d.verdict in ("fired", "would_fire") and d.key == k), None)
-        if fire is not None:
-            shadow = "; shadow mode" if fire.verdict == "would_fire" else ""
-            text += f" ({'would have fired' if shadow else 'fired'} at {t(fire.at)}{shadow})"
-        if len(silent) > 1:
-            text += f"; {len(silent)} keys silent"
+    # 2. the state now, when it outranks the latest fire (an absent watch's silence)
+    text = logic.explain_state(sit)
+    if text is not None:
         return text
 
     # 3. the latest decisive outcome
-    last = _latest(rows, DECISIVE)
-    if last is not None and last.verdict == "suppressed" and not last.reason.startswith("cooldown until "):
-        return f"suppressed: {last.reason}{_for_key(last.key)}"
-    if last is not None and last.verdict == "suppressed":
+    last = sit.latest(*DECISIVE)
+    if last is not None and last.verdict == Verdict.SUPPRESSED and not last.reason.startswith("cooldown until "):
+        return f"suppressed: {last.reason}{for_key(last.key)}"
+    if last is not None and last.verdict == Verdict.SUPPRESSED:
         until = last.reason.removeprefix("cooldown until ")
         try:
             until_text = t(datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp())
         except ValueError:
             until_text = until
-        text = f"suppressed by cooldown until {until_text}{_for_key(last.key)}"
-        fire = next((d for d in reversed(rows) if d.verdict == "fired" and d.key == last.key), None)
+        text = f"suppressed by cooldown until {until_text}{for_key(last.key)}"
+        fire = sit.latest_for(last.key, Verdict.FIRED)
         return text + (f"; last fired at {t(fire.at)}" if fire else "")
-    if last is not None and last.verdict == "fired":
+    if last is not None and last.verdict == Verdict.FIRED:
         mine = [h for h in hs if h.fired_at == iso(last.at) and h.key == last.key]
         return (
-            f"fired {_times(counts['fired'])} since {t(start)}; last at {t(last.at)}{_for_key(last.key)}"
+            f"fired {_times(counts[Verdict.FIRED])} since {t(start)}; last at {t(last.at)}{for_key(last.key)}"
             + _handoff_clause(mine, t, now)
         )
     if last is not None:  # would_fire
         return (
-            f"would have fired {_times(counts['would_fire'])} since {t(start)}; last at {t(last.at)}"
-            f"{_for_key(last.key)} (shadow mode: no handoffs)"
+            f"would have fired {_times(counts[Verdict.WOULD_FIRE])} since {t(start)}; last at {t(last.at)}"
+            f"{for_key(last.key)} (shadow mode: no handoffs)"
         )
 
-    # 4. a deadline window open now
-    windows = sorted((end, k) for k, st in keyed.items() for _, end in st.windows)
-    if info.kind == "deadline" and windows:
-        end, k = windows[0]
-        more = f" ({len(windows)} windows open)" if len(windows) > 1 else ""
-        return f"waiting: deadline {t(end)}{_for_key(k)}, {time_until(end, now)}{more}"
+    # 4. what it is waiting for: a window, a timer, a count
+    text = logic.explain_pending(sit)
+    if text is not None:
+        return text
 
-    # 5. an absent watch with a silence timer running
-    running = sorted(
-        (st.last_seen + info.for_s, k, st) for k, st in keyed.items() if not st.silent and st.last_seen is not None
-    )
-    if info.kind == "absent" and running:
-        due, k, st = running[0]
-        never = st.last_seen == state.activated_at and not st.evidence
-        seen = "never seen since the watch started" if never else f"last seen {t(st.last_seen or 0.0)}"
-        return f"waiting: fires at {t(due)}{_for_key(k)} unless {info.subject} arrives, {time_until(due, now)} ({seen})"
-
-    # 6. a count under way
-    counted = _latest(rows, ["counted"])
-    if counted is not None:
-        return f"did not fire: count not reached — {counted.reason}" + (
-            f" (key {counted.key})" if counted.key is not None else ""
-        )
-
-    # 7. and 8. misses
-    error = _latest(rows, ["where_error", "key_error"])
+    # 5. and 6. misses
+    error = sit.latest(Verdict.WHERE_ERROR, Verdict.KEY_ERROR)
     if error is not None:
-        what = "where" if error.verdict == "where_error" else "key"
-        n = counts["where_error"] + counts["key_error"]
+        what = "where" if error.verdict == Verdict.WHERE_ERROR else "key"
+        n = counts[Verdict.WHERE_ERROR] + counts[Verdict.KEY_ERROR]
         detail = error.reason.removeprefix(f"{what} errored: ")
         return f"did not fire: the {what} errored on {_events(n)}: {detail}"
-    miss = _latest(rows, ["where_false"])
+    miss = sit.latest(Verdict.WHERE_FALSE)
     if miss is not None:
-        subject = info.subject
-        if info.opens_subject and info.opens_where and miss.reason.startswith(f"where false: {info.opens_where}"):
-            subject = info.opens_subject
         return (
-            f"did not fire: {_events(counts['where_false'])} on {subject}, none matched — "
-            f"last miss: {miss.reason} (at {t(miss.at)})"
+            f"did not fire: {_events(counts[Verdict.WHERE_FALSE])} on {logic.miss_subject(miss.reason)}"
+            f"{for_key(key)}, none matched — last miss: {miss.reason} (at {t(miss.at)})"
         )
 
-    # 9. and 10. a deadline met, an expect with no window, the next scheduled window
-    nxt = f"next window opens {t(state.next_open)}, {time_until(state.next_open, now)}" if state.next_open else None
-    if info.kind == "deadline":
-        met = _latest(rows, ["window_closed", "matched"])
-        if met is not None:
-            if met.verdict == "window_closed":
-                text = f"did not fire: met in time at {t(met.at)}{_for_key(met.key)}"
-            else:
-                text = f"did not fire: no window was open — {info.subject} at {t(met.at)} did not count"
-            return text + (f"; {nxt}" if nxt else "")
-        if nxt:
-            return f"waiting: {nxt}"
+    # 7. what its last decision means (a deadline met, or an expect with no window open)
+    text = logic.explain_settled(sit)
+    if text is not None:
+        return text
 
-    # 11. nothing recorded at all
-    subject = info.trigger_subject
+    # 8. nothing recorded at all
+    subject = logic.waits_for
     span_text = f" in the last {since_text}" if since_text else (" since " + t(since) if since is not None else "")
-    head = f"did not fire: nothing arrived on {subject}{_for_key(key)}{span_text}"
+    head = f"did not fire: nothing arrived on {subject}{for_key(key)}{span_text}"
     heard_rows = [h for h in heard if subject_matches(subject, h.subject)]
     if not heard_rows:
         return f"{head} — never heard since the state began"
@@ -500,9 +421,9 @@ def explain_event(
     """Every decision recorded for one event: which watches it was a candidate for, and how each
     judged it; or that it was rejected and why."""
     rows = sorted((d for d in decisions if d.event_id == event_id), key=lambda d: d.at)
-    fired = {(d.watch, d.key, iso(d.at)) for d in rows if d.verdict == "fired"}
+    fired = {(d.watch, d.key, iso(d.at)) for d in rows if d.verdict == Verdict.FIRED}
     hs = [h for h in handoffs if (h.watch, h.key, h.fired_at) in fired]
-    rejected = next((d for d in rows if d.verdict == "rejected"), None)
+    rejected = next((d for d in rows if d.verdict == Verdict.REJECTED), None)
     if not rows:
         verdict = (
             f"no decisions recorded for event {event_id} (not a candidate for any watch, beyond retention, "
@@ -515,7 +436,7 @@ def explain_event(
         for d in rows:
             last[d.watch] = d  # the last decision per watch says where the event left it
         n = len(last)
-        parts = [f"{w} {d.verdict}{_for_key(d.key)}" for w, d in last.items()]
+        parts = [f"{w} {d.verdict}{for_key(d.key)}" for w, d in last.items()]
         verdict = f"candidate for {n} watch{'es' if n > 1 else ''}: {', '.join(parts)}"
     return EventReport(event_id, verdict, rejected is not None, rows, hs, zones, default_zone)
 
@@ -574,9 +495,10 @@ def explain_from_db(
     if d is None:
         raise suggest(watch_id, (d.watch.id for d in defs))
     since_ts = now - parse_since(since) if since else None
-    info = WatchInfo.of(d, default_zone)
+    engine = engine_view(conn, defs, default_zone, now)
+    info = WatchInfo.of(d, default_zone, engine.watches.get(watch_id))
     decisions, totals, handoffs = read_watch_rows(conn, watch_id, since_ts, key)
-    state = WatchState.of(engine_view(conn, defs, default_zone, now), watch_id)
+    state = WatchState.of(engine, watch_id)
     report = explain_watch(
         info,
         decisions,
@@ -600,7 +522,7 @@ def explain_from_db(
 
 def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: str, event_id: str) -> EventReport:
     rows = event_decisions(conn, event_id)
-    watches = sorted({d.watch for d in rows if d.verdict == "fired"})
+    watches = sorted({d.watch for d in rows if d.verdict == Verdict.FIRED})
     handoffs: list[HandoffRow] = []
     for w in watches:
         handoffs += handoff_rows(conn, w)

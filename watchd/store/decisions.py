@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from watchd.engine import Decision
+from watchd.engine import Decision, Verdict
 from watchd.store.meta import get_float, get_meta, set_meta
 
 _COLUMNS = "at, watch, key, verdict, reason, event_id, seq, n"
@@ -68,17 +68,22 @@ def event_decisions(conn: sqlite3.Connection, event_id: str) -> list[Decision]:
 
 def last_fired(conn: sqlite3.Connection) -> dict[str, float]:
     """When each watch last fired (or would have, in shadow mode)."""
-    rows = conn.execute("SELECT watch, MAX(at) FROM decisions WHERE verdict IN ('fired', 'would_fire') GROUP BY watch")
+    rows = conn.execute(
+        "SELECT watch, MAX(at) FROM decisions WHERE verdict IN (?, ?) GROUP BY watch",
+        (Verdict.FIRED, Verdict.WOULD_FIRE),
+    )
     return dict(rows.fetchall())
 
 
 def would_fire_since(conn: sqlite3.Connection, since: float) -> dict[str, int]:
     """How often each shadow-mode watch would have handed off since `since`."""
     rows = conn.execute(
-        "SELECT watch, COUNT(*) FROM decisions WHERE verdict = 'would_fire' AND at >= ? GROUP BY watch", (since,)
+        "SELECT watch, COUNT(*) FROM decisions WHERE verdict = ? AND at >= ? GROUP BY watch",
+        (Verdict.WOULD_FIRE, since),
     )
     return dict(rows.fetchall())
 
 
 def _decision(row: Sequence[Any]) -> Decision:
-    return Decision(*row)
+    at, watch, key, verdict, *rest = row
+    return Decision(at, watch, key, Verdict(verdict), *rest)

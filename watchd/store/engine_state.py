@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from watchd.config import WatchDef
-from watchd.engine import Decision, Engine, KeyState, WatchMeta
+from watchd.engine import Decision, Engine, KeyState, Verdict, WatchMeta
 from watchd.model import Handoff, encode
 from watchd.store.db import Transaction
 from watchd.store.decisions import insert_decisions
@@ -129,7 +129,7 @@ def commit_step(
 def _duplicate(conn: sqlite3.Connection, h: Handoff, now: float) -> Decision:
     first_at = fired_at(conn, h.id)
     reason = f"duplicate fire key: {h.id} to {h.target} was already handed off at {first_at}"
-    return Decision(now, h.watch, h.key, "suppressed", reason)
+    return Decision(now, h.watch, h.key, Verdict.SUPPRESSED, reason)
 
 
 def watch_versions(conn: sqlite3.Connection) -> dict[str, int]:

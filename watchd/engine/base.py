@@ -1,0 +1,364 @@
+"""What every watch kind shares: the engine's inputs and outputs, the state it persists, and the
+base class of a kind's logic with the few operations a kind may perform on the engine's state.
+
+A kind (`match.py`, `count.py`, `absent.py`, `deadline.py`) is one class, modelled on bytewax's
+`StatefulLogic`: it reacts to an event (`on_event`, bytewax's `on_item`) and to its timers
+(`on_timer`, `on_notify`), says when it next needs the clock (`key_due`), and owns the words
+`explain` uses for it. Its per-key state is a plain `KeyState` the shell persists after each step
+(bytewax's `snapshot`), so a kind keeps nothing between steps but its compiled definition.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+from watchd import expr
+from watchd.config import Pattern, Watch
+from watchd.engine.verdict import Verdict
+from watchd.model import Event, stable_hash
+
+_FIRED, _WOULD_FIRE = Verdict.FIRED, Verdict.WOULD_FIRE  # bound once: see verdict.py
+WHERE_FALSE = "where false: "  # how a false `where` is worded: the reason starts so, then the source
+EVIDENCE_KEEP = 5  # events kept as evidence for a fire that several events lead to
+WATCH_TIMER = "\0watch"  # the timer key of a watch's own timer (a scheduled opening), beside its keys' ones
+
+
+# ---- inputs and outputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    event: Event
+    at: float  # when the stream stored it; the engine's clock for this event
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    at: float
+
+
+class Decision(msgspec.Struct, array_like=True):
+    """One thing the engine decided, kept for `explain`."""
+
+    at: float
+    watch: str
+    key: str | None
+    verdict: Verdict
+    reason: str
+    event_id: str | None = None
+    seq: int | None = None
+    n: int = 1  # how many decisions this row stands for: thinned misses are counted, not stored
+
+
+class Fire(msgspec.Struct, kw_only=True):
+    """A watch fired: one handoff per target follows (unless shadow)."""
+
+    watch: str
+    version: int
+    kind: str
+    key: str | None
+    logical: str  # the logical fire instant or triggering event: identity of this fire
+    fired_at: float
+    reason: str
+    targets: list[str]
+    window: tuple[float, float] | None = None
+    evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    late_s: float = 0.0
+    trigger: str = "watch"
+
+    def handoff_id(self, target: str) -> str:
+        return "h_" + stable_hash(self.watch, self.version, self.key, self.logical, target)
+
+
+@dataclass
+class Outputs:
+    decisions: list[Decision] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+
+
+# ---- persisted state -------------------------------------------------------------------------
+
+
+class KeyState(msgspec.Struct, omit_defaults=True):
+    """Everything the engine remembers for one (watch, key). Each kind uses its own fields; the
+    shape is what the state database holds, so it stays one struct."""
+
+    hits: list[float] = msgspec.field(default_factory=list)  # count: times inside the window
+    last_fire: float | None = None  # match, count: for cooldown
+    last_seen: float | None = None  # absent
+    silent: bool = False  # absent: already fired for the current silence
+    windows: list[tuple[float, float]] = msgspec.field(default_factory=list)  # deadline: open windows
+    evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class WatchMeta(msgspec.Struct, omit_defaults=True):
+    activated_at: float
+    next_open: float | None = None  # deadline opened by cron: the next window start
+
+
+def event_summary(event: Event) -> dict[str, Any]:
+    time = event.time.isoformat().replace("+00:00", "Z")
+    return {"id": event.id, "subject": event.subject, "time": time, "data": event.data}
+
+
+def for_key(key: str | None) -> str:
+    return "" if key is None else f" for key {key}"
+
+
+# ---- compiled patterns -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPattern:
+    subject: str
+    where: expr.Expr | None
+    key: expr.Expr | None
+
+    @property
+    def variables(self) -> frozenset[str]:
+        found: frozenset[str] = frozenset()
+        for e in (self.where, self.key):
+            if e is not None:
+                found |= e.variables
+        return found
+
+    @staticmethod
+    def of(p: Pattern) -> CompiledPattern:
+        return CompiledPattern(
+            p.subject,
+            expr.compile_expr(p.where) if p.where else None,
+            expr.compile_expr(p.key) if p.key else None,
+        )
+
+    def describe(self) -> str:
+        return self.subject + (f" with {self.where.source}" if self.where else "")
+
+
+# ---- what explain hands a kind ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Situation:
+    """One watch as `explain` sees it, for the kind to put in its own words: the decisions in
+    range (narrowed to `--key`), oldest first; the state now; and how to say an instant."""
+
+    rows: Sequence[Decision]
+    keys: Mapping[str | None, KeyState]  # narrowed to `key` when given
+    meta: WatchMeta | None
+    key: str | None
+    now: float
+    at: Callable[[float], str]  # an instant in the watch's zone (and UTC)
+    until: Callable[[float], str]  # "in 1h12m", or "overdue by …"
+
+    def latest(self, *verdicts: Verdict) -> Decision | None:
+        """The newest row with one of `verdicts`."""
+        return next((d for d in reversed(self.rows) if d.verdict in verdicts), None)
+
+    def latest_for(self, key: str | None, *verdicts: Verdict) -> Decision | None:
+        """The newest row of that key with one of `verdicts`."""
+        return next((d for d in reversed(self.rows) if d.verdict in verdicts and d.key == key), None)
+
+
+# ---- a kind's logic --------------------------------------------------------------------------
+
+Handler = Callable[["EngineState", "str | None", EventInput], None]
+
+
+class WatchLogic:
+    """One watch definition, compiled, with its kind's behaviour. Subclasses set `kind`, compile
+    the definitions they take (`of`) and override what their kind does."""
+
+    kind: ClassVar[str]  # the definition's `kind` (a count is a `match` with `count` and `window`)
+
+    def __init__(self, watch: Watch, version: int, zone: str, pattern: CompiledPattern) -> None:
+        self.id = watch.id
+        self.version = version
+        self.watch = watch
+        self.zone = zone  # the zone its times are told in
+        self.pattern = pattern  # `on` for a match, `expect` otherwise
+        self.shadow = watch.mode == "shadow"
+
+    @classmethod
+    def of(cls, watch: Watch, version: int, default_zone: str) -> WatchLogic | None:
+        """The definition compiled, when it is of this kind."""
+        raise NotImplementedError
+
+    # -- the engine's side --
+
+    def routes(self) -> Sequence[tuple[CompiledPattern, Handler]]:
+        """The patterns the watch listens to, each with what handles an event that passes it."""
+        return [(self.pattern, self.on_event)]
+
+    def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
+        """An event passed the main pattern (its `where`, and its `key` evaluated)."""
+        raise NotImplementedError
+
+    def on_load(self, s: EngineState, meta: WatchMeta, now: float) -> None:
+        """The definition was (re)installed at `now`: set up what must exist before any event."""
+
+    def on_timer(self, s: EngineState, key: str | None, due: float) -> None:
+        """A key's timer (`key_due`) came due; `s.clock` is now, `due` may be earlier (downtime)."""
+
+    def on_watch_timer(self, s: EngineState) -> None:
+        """The watch's own timer (`watch_due`) came due."""
+
+    def key_due(self, st: KeyState) -> float | None:
+        """When this key next needs the clock, if it does."""
+        return None
+
+    def watch_due(self, meta: WatchMeta) -> float | None:
+        """When the watch itself next needs the clock, apart from its keys (a scheduled opening)."""
+        return None
+
+    def next_due(
+        self, keys: Mapping[str | None, KeyState], meta: WatchMeta | None, key: str | None = None
+    ) -> float | None:
+        """The earliest instant the watch (or one key of it) needs the clock."""
+        if not self.watch.enabled:
+            return None
+        dues = [d for k, st in keys.items() if (key is None or k == key) and (d := self.key_due(st)) is not None]
+        if key is None and meta is not None and (d := self.watch_due(meta)) is not None:
+            dues.append(d)
+        return min(dues, default=None)
+
+    # -- the words `status` and `explain` use for it --
+
+    def status(self, keys: Mapping[str | None, KeyState]) -> str:
+        """One word for `watchd status`."""
+        return "ok"
+
+    @property
+    def waits_for(self) -> str:
+        """The subject that has to arrive for anything to happen."""
+        return self.pattern.subject
+
+    def miss_subject(self, reason: str) -> str:
+        """The subject of the pattern a `where false` reason is about (a deadline has two)."""
+        about = [p for p, _ in self.routes() if p.where and reason.startswith(WHERE_FALSE + p.where.source)]
+        return (
+            max(about, key=lambda p: len(p.where.source if p.where else "")).subject if about else self.pattern.subject
+        )
+
+    def explain_state(self, sit: Situation) -> str | None:
+        """A verdict the state now gives, outranking the latest fire (an absent watch's silence)."""
+        return None
+
+    def explain_pending(self, sit: Situation) -> str | None:
+        """What the watch is waiting for, when nothing decisive happened (a window, a timer, a count)."""
+        return None
+
+    def explain_settled(self, sit: Situation) -> str | None:
+        """What its last non-miss decision means, when there were no misses to report."""
+        return None
+
+
+# ---- the engine's state, and what a kind may do with it --------------------------------------
+
+
+class EngineState:
+    """The engine's plain-data state (`keys`, `meta`, `clock`) and timers, with the operations a
+    kind performs during a step: read and change a key's state, arm timers, decide, fire.
+
+    `clock` is the instant of the step under way: kinds read the time from it, never from a clock.
+    """
+
+    def __init__(self) -> None:
+        self.watches: dict[str, WatchLogic] = {}
+        self.keys: dict[str, dict[str | None, KeyState]] = {}
+        self.meta: dict[str, WatchMeta] = {}
+        self.clock = 0.0
+        self.out = Outputs()  # the step under way's outputs
+        self._timers: list[tuple[float, str, str | None]] = []  # (due, watch, key); stale entries skipped
+        self._dirty: set[tuple[str, str | None]] = set()
+        self._dirty_meta: set[str] = set()
+        self._summary: dict[str, Any] | None = None
+
+    # -- state --
+
+    def state(self, wid: str, key: str | None) -> KeyState:
+        """A key's state for changing it (created when new): it is persisted with the step."""
+        keyed = self.keys.setdefault(wid, {})
+        st = keyed.get(key)
+        if st is None:
+            st = keyed[key] = KeyState()
+        self._dirty.add((wid, key))
+        return st
+
+    def peek(self, wid: str, key: str | None) -> KeyState | None:
+        """A key's state for reading only."""
+        return self.keys.get(wid, {}).get(key)
+
+    def drop(self, wid: str, key: str | None) -> None:
+        """Forget a key (its row is deleted with the step)."""
+        self.keys.get(wid, {}).pop(key, None)
+        self._dirty.add((wid, key))
+
+    def changed_meta(self, wid: str) -> None:
+        self._dirty_meta.add(wid)
+
+    def evidence(self, event: Event) -> dict[str, Any]:
+        """The event as evidence, built once per event however many watches keep it."""
+        if self._summary is None:
+            self._summary = event_summary(event)
+        return self._summary
+
+    # -- timers --
+
+    def arm(self, logic: WatchLogic, key: str | None) -> None:
+        """(Re)arm a key's timer after its state changed; an older entry for it goes stale."""
+        st = self.peek(logic.id, key)
+        if st is not None and logic.watch.enabled and (due := logic.key_due(st)) is not None:
+            heapq.heappush(self._timers, (due, logic.id, key))
+
+    def arm_watch(self, logic: WatchLogic) -> None:
+        meta = self.meta.get(logic.id)
+        if meta is not None and logic.watch.enabled and (due := logic.watch_due(meta)) is not None:
+            heapq.heappush(self._timers, (due, logic.id, WATCH_TIMER))
+
+    # -- outputs --
+
+    def decide(self, wid: str, key: str | None, verdict: Verdict, reason: str, event: EventInput | None = None) -> None:
+        if event is None:
+            self.out.decisions.append(Decision(self.clock, wid, key, verdict, reason))
+        else:
+            self.out.decisions.append(Decision(self.clock, wid, key, verdict, reason, event.event.id, event.seq))
+
+    def fire(
+        self,
+        logic: WatchLogic,
+        key: str | None,
+        logical: str,
+        reason: str,
+        *,
+        evidence: list[dict[str, Any]],
+        window: tuple[float, float] | None = None,
+        late_s: float = 0.0,
+        event: EventInput | None = None,
+    ) -> None:
+        """Fire (or, in shadow mode, record that it would have fired)."""
+        event_id, seq = (event.event.id, event.seq) if event is not None else (None, None)
+        verdict = _WOULD_FIRE if logic.shadow else _FIRED
+        self.out.decisions.append(Decision(self.clock, logic.id, key, verdict, reason, event_id, seq))
+        if logic.shadow:
+            return
+        self.out.fires.append(
+            Fire(
+                watch=logic.id,
+                version=logic.version,
+                kind=logic.kind,
+                key=key,
+                logical=logical,
+                fired_at=self.clock,
+                reason=reason,
+                targets=list(logic.watch.then),
+                window=window,
+                evidence=evidence,
+                late_s=late_s,
+            )
+        )

@@ -1,0 +1,205 @@
+"""The step function: watches × (event | clock tick) → decisions and fires, with the timers.
+
+No I/O and no clock reads: every input carries its instant (`at`, epoch seconds; for events the
+stream's timestamp), so the same inputs always give the same outputs. That one property buys
+crash-safe replay, `explain`, backtesting (`watchd test`) and virtual-clock tests.
+
+The engine owns its state, but that state is plain data (`KeyState`, `WatchMeta`) that the shell
+persists after each step from `take_changes()`: it is `step(state, input) -> (state, outputs)`
+with the state kept in place so a step costs what the event touches, not a copy. What a watch
+does with an event or a timer is its kind's (`kinds.py`); here are only what all kinds share:
+the subject index, the `where` and `key` of each pattern, and the timer heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from watchd import expr
+from watchd.config import WatchDef
+from watchd.engine.base import (
+    WATCH_TIMER,
+    WHERE_FALSE,
+    CompiledPattern,
+    Decision,
+    EngineState,
+    EventInput,
+    Handler,
+    KeyState,
+    Outputs,
+    Tick,
+    WatchLogic,
+    WatchMeta,
+)
+from watchd.engine.index import SubjectIndex
+from watchd.engine.kinds import compile_watch
+from watchd.engine.verdict import Verdict
+
+_WHERE_FALSE, _WHERE_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR  # bound once: see verdict.py
+
+Candidate = tuple[WatchLogic, CompiledPattern, Handler]
+
+
+class Engine(EngineState):
+    def __init__(self, default_zone: str = "UTC") -> None:
+        super().__init__()
+        self.default_zone = default_zone
+        self.index: SubjectIndex[Candidate] = SubjectIndex()
+        self._deleted_watches: set[str] = set()
+        self._variables: dict[str, frozenset[str]] = {}
+
+    # -- definitions and restored state --
+
+    def restore(self, keys: dict[str, dict[str | None, KeyState]], meta: dict[str, WatchMeta], clock: float) -> None:
+        """Adopt persisted state (before `load`): the shell read it from SQLite at start."""
+        self.keys, self.meta, self.clock = keys, meta, clock
+
+    def load(self, defs: list[tuple[WatchDef, int]], now: float) -> None:
+        """Install (new) definitions with their versions, keeping the state of watches that remain."""
+        now = max(now, self.clock)
+        new: dict[str, WatchLogic] = {}
+        for d, version in defs:
+            logic = compile_watch(d.watch, version, self.default_zone)
+            old = self.watches.get(logic.id)
+            if old is not None and old.kind != logic.kind:
+                self._forget(logic.id)
+            new[logic.id] = logic
+        for gone in set(self.keys) | set(self.meta):
+            if gone not in new:
+                self._forget(gone)
+        self.watches = new
+        self.index = SubjectIndex()
+        self._variables = {}
+        for logic in new.values():
+            if not logic.watch.enabled:
+                continue
+            for pattern, handle in logic.routes():
+                self.index.add(pattern.subject, (logic, pattern, handle))
+            meta = self.meta.get(logic.id)
+            if meta is None:
+                meta = self.meta[logic.id] = WatchMeta(activated_at=now)
+                self.changed_meta(logic.id)
+            logic.on_load(self, meta, now)
+        self._rebuild_timers()
+
+    def _forget(self, watch_id: str) -> None:
+        self.keys.pop(watch_id, None)
+        self.meta.pop(watch_id, None)
+        self._deleted_watches.add(watch_id)
+
+    # -- timers --
+
+    def _rebuild_timers(self) -> None:
+        self._timers = []
+        for wid, keyed in self.keys.items():
+            if (logic := self.watches.get(wid)) is not None:
+                for k in keyed:
+                    self.arm(logic, k)
+        for wid in self.meta:
+            if (logic := self.watches.get(wid)) is not None:
+                self.arm_watch(logic)
+
+    def next_due(self) -> float | None:
+        """The earliest timer: the shell sleeps until then (nothing polls)."""
+        while self._timers:
+            due, wid, key = self._timers[0]
+            if self._timer_live(due, wid, key):
+                return due
+            heapq.heappop(self._timers)
+        return None
+
+    def watch_next_due(self, wid: str, key: str | None = None) -> float | None:
+        """When this watch (or one key of it) next needs the clock: a silence, a window's end, or
+        a scheduled opening."""
+        logic = self.watches.get(wid)
+        return None if logic is None else logic.next_due(self.keys.get(wid, {}), self.meta.get(wid), key)
+
+    def _timer_live(self, due: float, wid: str, key: str | None) -> bool:
+        logic = self.watches.get(wid)
+        if logic is None or not logic.watch.enabled:
+            return False
+        if key == WATCH_TIMER:
+            meta = self.meta.get(wid)
+            return meta is not None and logic.watch_due(meta) == due
+        st = self.peek(wid, key)
+        return st is not None and logic.key_due(st) == due
+
+    def take_changes(
+        self,
+    ) -> tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]]:
+        """What changed since the last call, for the shell to persist in the same transaction."""
+        rows = [(w, k, self.peek(w, k)) for w, k in self._dirty]
+        metas = [(w, self.meta[w]) for w in self._dirty_meta if w in self.meta]
+        deleted = self._deleted_watches
+        self._dirty, self._dirty_meta, self._deleted_watches = set(), set(), set()
+        return rows, metas, deleted
+
+    # -- stepping --
+
+    def step(self, inp: EventInput | Tick) -> Outputs:
+        out = self.out = Outputs()
+        self.clock = max(inp.at, self.clock)
+        self._advance()
+        if isinstance(inp, EventInput):
+            self._on_event(inp)
+        return out
+
+    def _advance(self) -> None:
+        """Fire every timer due at or before now, in time order."""
+        while (due := self.next_due()) is not None and due <= self.clock:
+            _, wid, key = heapq.heappop(self._timers)
+            logic = self.watches[wid]
+            if key == WATCH_TIMER:
+                logic.on_watch_timer(self)
+            else:
+                logic.on_timer(self, key, due)
+
+    def _on_event(self, inp: EventInput) -> None:
+        event = inp.event
+        candidates = self.index.candidates(event.subject)
+        if not candidates:
+            return
+        ctx: Any = None
+        self._summary = None
+        for logic, pattern, handle in candidates:
+            key: str | None = None
+            if pattern.where is not None or pattern.key is not None:
+                if ctx is None:
+                    ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
+                if pattern.where is not None:
+                    # The program straight, not `expr.test_where`: this runs for every candidate of
+                    # every event, and only a miss needs the words for why.
+                    try:
+                        held = pattern.where.program.execute(ctx)
+                    except Exception:  # the CEL binding raises several types; worded in `_missed`
+                        held = None
+                    if held is not True:
+                        self._missed(logic, pattern, ctx, held, inp)
+                        continue
+                if pattern.key is not None:
+                    key, why = expr.key_of(pattern.key, ctx)
+                    if key is None:
+                        self.decide(logic.id, None, Verdict.KEY_ERROR, f"{why} (in {pattern.key.source})", inp)
+                        continue
+            handle(self, key, inp)
+
+    def _missed(self, logic: WatchLogic, pattern: CompiledPattern, ctx: Any, held: Any, inp: EventInput) -> None:
+        """A near miss: the subject matched, the `where` did not hold (`held` is what it gave).
+        It carries its key when the watch has one (and it evaluates), so `explain --key` shows the
+        misses of that key too."""
+        assert pattern.where is not None
+        key = expr.key_of(pattern.key, ctx)[0] if pattern.key is not None else None
+        if held is False:
+            verdict, reason = _WHERE_FALSE, WHERE_FALSE + pattern.where.source
+        else:  # an error or not a boolean: evaluated again, through `expr`, for its words
+            _, why = expr.test_where(pattern.where, ctx)
+            verdict, reason = _WHERE_ERROR, f"{why} (in {pattern.where.source})"
+        self.out.decisions.append(Decision(self.clock, logic.id, key, verdict, reason, inp.event.id, inp.seq))
+
+    def _variables_for(self, subject: str, candidates: list[Candidate]) -> frozenset[str]:
+        found = self._variables.get(subject)
+        if found is None:
+            found = frozenset().union(*(pattern.variables for _, pattern, _ in candidates))
+            self._variables[subject] = found
+        return found

@@ -1,0 +1,46 @@
+"""A `match` with `count` and `window`: fire when `count` events of one key fall inside a sliding
+`window` (then count afresh), at most once a `cooldown` when one is set."""
+
+from __future__ import annotations
+
+from watchd.config import MatchWatch, Watch
+from watchd.cron.schedule import parse_duration
+from watchd.engine.base import EVIDENCE_KEEP, EngineState, EventInput, Situation, WatchLogic
+from watchd.engine.match import MatchLogic
+from watchd.engine.verdict import Verdict
+
+_COUNTED = Verdict.COUNTED  # bound once: see verdict.py
+
+
+class CountLogic(MatchLogic):
+    def __init__(self, watch: MatchWatch, version: int, default_zone: str) -> None:
+        super().__init__(watch, version, default_zone)
+        self.count = watch.count or 0
+        self.window = watch.window or ""
+        self.window_s = parse_duration(self.window)
+
+    @classmethod
+    def of(cls, watch: Watch, version: int, default_zone: str) -> WatchLogic | None:
+        return cls(watch, version, default_zone) if isinstance(watch, MatchWatch) and watch.count else None
+
+    def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
+        now = s.clock
+        st = s.state(self.id, key)
+        st.hits = [t for t in st.hits if t > now - self.window_s]
+        st.hits.append(now)
+        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.evidence(event.event)]
+        if len(st.hits) < self.count:
+            s.decide(self.id, key, _COUNTED, f"{len(st.hits)} of {self.count} in {self.window}", event)
+            return
+        reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
+        evidence = st.evidence
+        st.hits, st.evidence = [], []
+        self.fire_unless_cooling(s, key, st, reason, evidence, event)
+
+    def explain_pending(self, sit: Situation) -> str | None:
+        counted = sit.latest(Verdict.COUNTED)
+        if counted is None:
+            return None
+        return f"did not fire: count not reached — {counted.reason}" + (
+            f" (key {counted.key})" if counted.key is not None else ""
+        )
