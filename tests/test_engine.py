@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from watchd.config import Watch, WatchDef
-from watchd.engine import Engine, EventInput, Fire, KeyState, Outputs, Tick, WatchMeta
+from watchd.engine import Engine, EventInput, Fire, KeyState, Outputs, Tick, Verdict, WatchMeta, compile_watch
+from watchd.engine.kinds import KINDS
 from watchd.model import make_event
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
@@ -411,3 +412,88 @@ def test_time_never_goes_backwards() -> None:
     sim.now -= 50  # an event stamped earlier than the engine clock
     sim.emit("heartbeat.x1", {"host": "x1"})
     assert sim.engine.keys["laptop-alive"]["x1"].last_seen == T0 + 100
+
+
+def test_near_misses_carry_their_key() -> None:
+    sim = Sim(COUNT.replace('key = "data.user"', 'key = "data.user", where = "data.remote"'))
+    sim.emit("auth.failed", {"user": "bob", "remote": False})
+    sim.emit("auth.failed", {"user": "eve"})  # the where errors: still eve's
+    sim.emit("auth.failed", {"remote": False})  # no user: the miss has no key
+    sim.emit("auth.failed", {"user": "bob", "remote": True})
+    assert [(d.verdict, d.key) for d in sim.decisions] == [
+        ("where_false", "bob"),
+        ("where_error", "eve"),
+        ("where_false", None),
+        ("counted", "bob"),
+    ]
+    assert sim.decisions[1].reason == "where errored: no such field 'remote' (in data.remote)"
+
+
+def test_a_window_under_a_minute_is_told_to_the_second() -> None:
+    sim = Sim(
+        DEADLINE_CRON.replace('"0 1 * * *"', '"24 6 * * *"').replace('"2h"', '"30s"'), now=berlin(2026, 11, 22, 6, 0)
+    )
+    fires = sim.advance(3600)
+    assert [d.reason for d in sim.decisions if d.verdict == "window_opened"] == [
+        "window opened until 2026-11-22 06:24:30"
+    ]
+    assert fires[0].reason == (
+        "no backup.done with data.exit_code == 0 between 2026-11-22 06:24:00 and 2026-11-22 06:24:30 Europe/Berlin"
+    )
+    missed = Sim(
+        DEADLINE_CRON.replace('"0 1 * * *"', '"* * * * *"').replace('"2h"', '"30s"'), now=berlin(2026, 11, 22, 6, 0)
+    )
+    missed.jump(180)
+    assert [d.reason for d in missed.decisions if d.verdict == "missed_while_down"] == [
+        "window 2026-11-22 06:00:00–2026-11-22 06:00:30 passed while watchd was down",
+        "window 2026-11-22 06:01:00–2026-11-22 06:01:30 passed while watchd was down",
+    ]
+
+
+def test_verdicts_are_one_enum_whose_values_are_the_stored_words() -> None:
+    # The values are what the decisions table holds: renaming one would orphan existing rows.
+    assert {v.value for v in Verdict} == {
+        "matched",
+        "where_false",
+        "where_error",
+        "key_error",
+        "counted",
+        "suppressed",
+        "fired",
+        "would_fire",
+        "window_opened",
+        "window_closed",
+        "recovered",
+        "missed_while_down",
+        "rejected",
+    }
+    sim = Sim(MATCH + COUNT + ABSENT + DEADLINE_EVENT)
+    sim.emit("mail.received", {"from": "a@big.com", "urgent": True})
+    sim.emit("mail.received", {"from": "a@small.com", "urgent": True})
+    sim.emit("auth.failed", {"user": "bob"})
+    sim.emit("heartbeat.x1", {"host": "x1"})
+    sim.emit("github.pull_request", {"action": "opened", "number": 1})
+    sim.advance(86400)
+    assert len({d.verdict for d in sim.decisions}) == 5
+    assert all(type(d.verdict) is Verdict for d in sim.decisions)
+
+
+def test_each_kind_is_one_class_from_the_registry() -> None:
+    watches = {d.watch.id: compile_watch(d.watch, 1, "UTC") for d, _ in defs(MATCH + COUNT + ABSENT + DEADLINE_EVENT)}
+    assert {w: type(logic).__name__ for w, logic in watches.items()} == {
+        "urgent": "MatchLogic",
+        "login-storm": "CountLogic",
+        "laptop-alive": "AbsentLogic",
+        "pr-needs-review": "DeadlineLogic",
+    }
+    assert watches["login-storm"].kind == "match"  # a count is a match with count and window
+    assert set(map(type, watches.values())) == set(KINDS)  # one class per kind, each registered
+
+
+def test_next_due_per_key_comes_from_the_kind() -> None:
+    sim = Sim(ABSENT)
+    sim.emit("heartbeat.x1", {"host": "x1"})
+    sim.emit("heartbeat.x2", {"host": "x2"}, after=60)
+    assert sim.engine.watch_next_due("laptop-alive") == T0 + 900
+    assert sim.engine.watch_next_due("laptop-alive", "x2") == T0 + 960
+    assert sim.engine.watch_next_due("laptop-alive", "nope") is None

@@ -23,6 +23,7 @@ from watchd.daemon import kept_for_explain
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
 from watchd.errors import WatchdError
+from watchd.explain import backtest
 from watchd.explain import watch as ex
 from watchd.explain.render import render_watch
 from watchd.model import Event, make_event
@@ -465,6 +466,50 @@ def test_event_opened_deadline_waiting_and_opens_misses(world: Any) -> None:
     )
     w.emit("github.pull_request", {"action": "opened", "number": 7}, after=60)
     assert w.verdict("pr-needs-review") == "waiting: deadline 2026-11-23 12:01 UTC for key 7, in 1d"
+
+
+def test_key_shows_the_near_misses_of_that_key(world: Any) -> None:
+    w = world(COUNT.replace('key = "data.user"', 'key = "data.user", where = "data.remote"'))
+    w.emit("auth.failed", {"user": "bob", "remote": False}, after=30)
+    w.emit("auth.failed", {"user": "eve", "remote": False}, after=30)
+    w.emit("auth.failed", {"user": "bob", "remote": False}, after=30)
+    report = w.explain("login-storm", key="bob")
+    assert report.verdict == (
+        "did not fire: 2 events on auth.failed for key bob, none matched — last miss: "
+        "where false: data.remote (data.remote = false) (at 12:01:30 UTC)"
+    )
+    assert [(d.verdict, d.key) for d in report.timeline] == [("where_false", "bob")] * 2
+    assert w.verdict("login-storm", key="zed").startswith("did not fire: nothing arrived on auth.failed for key zed")
+
+
+def test_thinned_miss_counts_stay_exact_per_key(world: Any) -> None:
+    w = world(COUNT.replace('key = "data.user"', 'key = "data.user", where = "data.remote"'))
+    w.emit_batch("auth.failed", [{"user": "bob", "remote": False}] * 7 + [{"user": "eve", "remote": False}] * 4)
+    assert w.verdict("login-storm", key="bob").startswith("did not fire: 7 events on auth.failed for key bob, ")
+    assert w.verdict("login-storm", key="eve").startswith("did not fire: 4 events on auth.failed for key eve, ")
+    assert w.verdict("login-storm").startswith("did not fire: 11 events on auth.failed, none matched")
+
+
+def test_where_error_says_the_value_and_type_it_met(world: Any) -> None:
+    w = world(BACKUP.replace("data.exit_code == 0", "data.exit_code < 1"), now=berlin(2026, 11, 22, 0, 30))
+    w.emit("backup.done", {"exit_code": "0"}, after=60)
+    assert w.verdict("nightly-backup") == (
+        "did not fire: the where errored on 1 event: data.exit_code is a string '0', compared with an int "
+        "(in data.exit_code < 1)"
+    )
+
+
+def test_backtest_notes_what_an_erroring_where_met(tmp_path: Path) -> None:
+    lines = [
+        {"subject": "mail.received", "time": f"2026-11-22T12:0{i}:00Z", "data": {"exit_code": "0"}} for i in range(3)
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = backtest.replay_events("w.toml", defs(URGENT.replace("data.urgent", "data.exit_code > 0")), "UTC", path)
+    assert report.notes == [
+        "urgent-mail: the where errored on 3 events, the first (line-1): data.exit_code is a string '0', "
+        "compared with an int (in data.exit_code > 0)"
+    ]
 
 
 # ---- errors, --event, --json, rendering -------------------------------------------------------
