@@ -11,6 +11,7 @@ A kind (`match.py`, `count.py`, `absent.py`, `deadline.py`) is one class, modell
 from __future__ import annotations
 
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -170,7 +171,7 @@ class Situation:
 Handler = Callable[["EngineState", "str | None", EventInput], None]
 
 
-class WatchLogic:
+class WatchLogic(ABC):
     """One watch definition, compiled, with its kind's behaviour. Subclasses set `kind`, compile
     the definitions they take (`of`) and override what their kind does."""
 
@@ -185,9 +186,9 @@ class WatchLogic:
         self.shadow = watch.mode == "shadow"
 
     @classmethod
+    @abstractmethod
     def of(cls, watch: Watch, version: int, default_zone: str) -> WatchLogic | None:
         """The definition compiled, when it is of this kind."""
-        raise NotImplementedError
 
     # -- the engine's side --
 
@@ -195,18 +196,21 @@ class WatchLogic:
         """The patterns the watch listens to, each with what handles an event that passes it."""
         return [(self.pattern, self.on_event)]
 
+    @abstractmethod
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         """An event passed the main pattern (its `where`, and its `key` evaluated)."""
-        raise NotImplementedError
 
     def on_load(self, s: EngineState, meta: WatchMeta, now: float) -> None:
         """The definition was (re)installed at `now`: set up what must exist before any event."""
+        return None  # most kinds have nothing to do here
 
     def on_timer(self, s: EngineState, key: str | None, due: float) -> None:
         """A key's timer (`key_due`) came due; `s.clock` is now, `due` may be earlier (downtime)."""
+        return None  # most kinds have nothing to do here
 
     def on_watch_timer(self, s: EngineState) -> None:
         """The watch's own timer (`watch_due`) came due."""
+        return None  # most kinds have nothing to do here
 
     def key_due(self, st: KeyState) -> float | None:
         """When this key next needs the clock, if it does."""
