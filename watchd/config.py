@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -112,6 +112,8 @@ class HttpConfig(_Strict, kw_only=True):
     listen: str = HTTP_LISTEN
     token: str | None = None
     max_body: int = MAX_HTTP_BODY_BYTES
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)  # Host names a reverse proxy forwards
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None  # default: limits.default_max_connections()
 
 
 class EngineConfig(_Strict, kw_only=True):

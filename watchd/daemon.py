@@ -37,7 +37,7 @@ from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
-from watchd.model import Event, Handoff, decode_event, make_event
+from watchd.model import Event, Handoff, decode_stored_event, own_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
@@ -371,7 +371,7 @@ class Daemon:
         if self.js is None:
             return
         try:
-            await bus.publish_event(self.js, make_event(subject, data, source="watchd", time_s=self.clock()))
+            await bus.publish_event(self.js, own_event(subject, data, time_s=self.clock()))
         except WatchdError as exc:
             log.warning("could not publish %s: %s", subject, exc.message)
 
@@ -399,6 +399,7 @@ class Daemon:
         max_events = self.loaded.config.engine.max_event_bytes
         top = self.last_seq
         events: dict[int, Event] = {}
+        id_notes: dict[int, str] = {}  # events whose id watchd had to assign: their decisions say so
         for msg in msgs:
             seq = bus.seq_of(msg)
             if seq <= self.last_seq:
@@ -406,18 +407,23 @@ class Daemon:
             top = max(top, seq)
             at = bus.time_of(msg)
             try:
-                event = decode_event(msg.data, max_events)
+                event, id_note = decode_stored_event(msg.data, seq, max_events)
             except EventRejected as exc:
                 out.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
                 continue
             self.events_seen += 1
             events[seq] = event
+            if id_note:
+                id_notes[seq] = id_note
             prev = subjects.get(event.subject)
             subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
             step = self.engine.step(EventInput(event, at, seq))
             out.decisions.extend(step.decisions)
             out.fires.extend(step.fires)
         out.decisions = kept_for_explain(out.decisions, events)
+        for d in out.decisions:
+            if d.seq in id_notes:
+                d.reason = f"{d.reason} ({id_notes[d.seq]})"
         await self._commit(out, last_seq=top, subjects=subjects)
 
     async def _commit(

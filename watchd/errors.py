@@ -24,7 +24,12 @@ class ConfigError(WatchdError):
 
 
 class EventRejected(WatchdError):
-    """An event that cannot enter the stream: bad subject, not an object, too large."""
+    """An event that cannot enter the stream: bad subject, not an object, too large.
+    `reason` is a short stable word (subject, reserved, id, json, data, size) for counting."""
+
+    def __init__(self, message: str, hint: str | None = None, *, reason: str = "event") -> None:
+        super().__init__(message, hint)
+        self.reason = reason
 
 
 class NatsUnavailable(WatchdError):

@@ -1,84 +1,243 @@
-"""The HTTP listener: event ingress (`POST /events/<subject>`, `/ping/<subject>`), /healthz, /metrics."""
+"""The HTTP listener's requests: event ingress (`POST /events/<subject>`, `/ping/<subject>`),
+/healthz, /metrics.
+
+Who may call. The listener is loopback by default and trusts local programs, but a web browser on
+the same machine is not a local program: any page it opens could post to 127.0.0.1, or reach it
+through DNS rebinding under a name of its own. So every request
+- names the listener in its Host header (a loopback name or address, the configured listen host,
+  the address the connection arrived on, or one of `[http] allowed_hosts` for a reverse proxy);
+- carries no Origin but the listener's own, and no `Sec-Fetch-Site` of another site;
+- with a body, sends `Content-Type: application/json` (which a page cannot send cross-site without
+  a preflight watchd never grants), unless a bearer token already proved who it is.
+`GET /ping/<subject>` and a body-less `POST /ping/<subject>` are the one deliberate exception to
+"GET changes nothing": like Healthchecks' ping URLs, they store an event with empty data.
+
+Every refusal is JSON `{"error": "..."}` with its status, counted per reason in `Ingress.errors`
+and logged at a rate limit, never with a header value (the token) in it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from watchd import bus
 from watchd.config import resolve_secret
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
-from watchd.limits import is_loopback, split_listen
-from watchd.model import encode, make_event
+from watchd.limits import HTTP_BODY_TIMEOUT_S, default_max_connections, is_loopback, split_listen
+from watchd.listener import ConnectionLimits, ListenerSite, track_requests
+from watchd.model import Event, encode, make_event, parse_data
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
 
 log = logging.getLogger("watchd.http")
 
+Publisher = Callable[[Event], Awaitable[bus.PubAckInfo]]
+Health = Callable[[], dict[str, Any]]
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+LOG_EVERY_S = 60.0  # per reason: the first refusal is logged, then at most one line a minute
+
+# A Host header: a name or an IPv4 address, or an IPv6 address in brackets; an optional port.
+_HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+_STATUS_REASONS = {404: "not_found", 405: "method", 413: "too_large"}
+_ENDPOINTS = "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics"
+
+
+def host_name(value: str) -> str | None:
+    """The host of a Host header (`localhost:8787`, `[::1]:8787`), lowercased; None if malformed."""
+    m = _HOST_RE.fullmatch(value.strip())
+    if m is None:
+        return None
+    return (m.group("v6") or m.group("name")).lower().rstrip(".")
 
 
 class Ingress:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        cfg = daemon.loaded.config.http
-        self.token = resolve_secret(cfg.token)
-        self.max_body = cfg.max_body
+    """Answers the listener's requests. It knows no daemon: it publishes through `publish` and
+    reports `health()`, so it runs as well beside a fixture nats-server in a test."""
 
-    def _authorized(self, request: web.Request) -> bool:
+    def __init__(
+        self,
+        *,
+        publish: Publisher,
+        health: Health,
+        token: str | None = None,
+        max_body: int,
+        max_event_bytes: int,
+        listen_host: str = "127.0.0.1",
+        allowed_hosts: Iterable[str] = (),
+        body_timeout_s: float = HTTP_BODY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.publish = publish
+        self.health = health
+        self.token = token
+        self.max_body = max_body
+        self.max_event_bytes = max_event_bytes
+        self.body_timeout_s = body_timeout_s
+        self.clock = clock
+        names = {listen_host, *allowed_hosts} - _WILDCARDS
+        self.allowed_hosts = {n.strip("[]").lower().rstrip(".") for n in names}
+        self.errors: Counter[str] = Counter()  # refusals per reason, since start
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged at, count then)
+
+    # ---- refusals ----
+
+    def refused(self, reason: str, message: str) -> None:
+        """Count a refusal; log it unless one of the same reason was logged less than a minute ago."""
+        self.errors[reason] += 1
+        now = self.clock()
+        last = self._logged.get(reason)
+        if last is not None and now - last[0] < LOG_EVERY_S:
+            return
+        skipped = self.errors[reason] - 1 - (last[1] if last else 0)
+        more = f" (and {skipped} more like it since the last report)" if skipped > 0 else ""
+        log.warning("HTTP refused (%s): %s%s", reason, message, more)
+        self._logged[reason] = (now, self.errors[reason])
+
+    def error(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.refused(reason, f"{status} {message}")
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+    # ---- who may call ----
+
+    def _names_listener(self, host: str, request: web.BaseRequest) -> bool:
+        if host in self.allowed_hosts or host == "localhost" or host.endswith(".localhost") or is_loopback(host):
+            return True
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        return sockname is not None and host == str(sockname[0]).lower()  # the address it came in on
+
+    def caller_refusal(self, request: web.BaseRequest) -> web.Response | None:
+        """403 for a request a web page could have sent on someone's behalf, else None."""
+        header = request.headers.get("Host")
+        if header is not None:
+            host = host_name(header)
+            if host is None or not self._names_listener(host, request):
+                return self.error(
+                    403,
+                    "host",
+                    f"Host {header[:100]!r} does not name this listener: a proxy's public name goes in "
+                    "[http] allowed_hosts",
+                )
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or header is None or parts.netloc.lower() != header.lower():
+                refused = f"Origin {origin[:100]!r} is not this listener's: cross-site requests are refused"
+                return self.error(403, "origin", refused)
+        if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+            return self.error(403, "cross_site", "a browser request from another site is refused")
+        return None
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
         if self.token is None:
             return True
         given = request.headers.get("Authorization", "")
         return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token.encode())
 
+    @web.middleware
+    async def guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Caller checks for every route, and errors as JSON: aiohttp's own (404, 405, 413) and a
+        defect's (500, with its traceback in the log)."""
+        refusal = self.caller_refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            path = request.rel_url.raw_path[:100]
+            if exc.status == 404:
+                message = f"no endpoint at {path} (there are: {_ENDPOINTS})"
+            elif exc.status == 405:
+                message = f"{request.method} is not allowed on {path} (allowed: {exc.headers.get('Allow', 'none')})"
+            else:
+                message = exc.reason
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return self.error(exc.status, _STATUS_REASONS.get(exc.status, "http"), message, allow)
+        except Exception:
+            log.exception("internal error while handling %s %s", request.method, request.rel_url.raw_path[:100])
+            return self.error(500, "internal", "internal error")
+
+    # ---- routes ----
+
     async def events(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _error(401, "missing or wrong bearer token")
+            return self.error(401, "auth", "missing or wrong bearer token")
         too_big = f"over the {self.max_body}-byte limit"
         if (request.content_length or 0) > self.max_body:
-            return _error(413, f"body is {request.content_length} bytes, {too_big}")
+            return self.error(413, "too_large", f"body is {request.content_length} bytes, {too_big}")
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return self.error(415, "content_type", "compressed bodies are not accepted: send plain JSON")
         try:
-            body = await request.read() if request.can_read_body else b""
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await request.read() if request.can_read_body else b""
         except web.HTTPRequestEntityTooLarge:  # a chunked body past client_max_size
-            return _error(413, f"body is {too_big}")
+            return self.error(413, "too_large", f"body is {too_big}")
+        except TimeoutError:
+            return self.error(408, "slow_client", f"the body did not arrive within {self.body_timeout_s:g}s")
         if len(body) > self.max_body:
-            return _error(413, f"body is {len(body)} bytes, {too_big}")
-        data: Any = {}
+            return self.error(413, "too_large", f"body is {len(body)} bytes, {too_big}")
+        data: dict[str, Any] = {}
         if body.strip():
+            unsupported = self._content_type_problem(request)
+            if unsupported is not None:
+                return self.error(415, "content_type", unsupported)
             try:
-                data = json.loads(body)
-            except ValueError as exc:
-                return _error(400, f"body is not valid JSON: {exc}")
-        if not isinstance(data, dict):
-            return _error(400, "body must be a JSON object (the event's data)")
-        event_id = request.headers.get("Idempotency-Key") or request.query.get("id")
+                data = parse_data(body)
+            except EventRejected as exc:
+                return self.error(400, exc.reason, exc.message)
+        event_id = request.headers.get("Idempotency-Key") or request.query.get("id") or None
         try:
             event = make_event(request.match_info["subject"], data, id=event_id, source="http")
             # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
-            size, limit = len(encode(event)), self.daemon.loaded.config.engine.max_event_bytes
+            size, limit = len(encode(event)), self.max_event_bytes
             if size > limit:
-                return _error(413, f"the event would be {size} bytes, over the {limit}-byte event limit")
-            assert self.daemon.js is not None
-            ack = await bus.publish_event(self.daemon.js, event)
+                too_big = f"the event would be {size} bytes, over the {limit}-byte event limit"
+                return self.error(413, "too_large", too_big)
+            ack = await self.publish(event)
         except EventRejected as exc:
-            return _error(400, exc.message)
+            return self.error(400, exc.reason, exc.message)
         except NatsUnavailable as exc:
-            return _error(503, exc.message)
+            return self.error(503, "nats", exc.message)
         return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate}, status=202)
 
+    def _content_type_problem(self, request: web.BaseRequest) -> str | None:
+        """A body must say it is JSON: a web page cannot send that cross-site without a preflight.
+        A verified bearer token already proves the caller, so then any type is read as JSON."""
+        if self.token is not None:
+            return None
+        given = request.headers.get("Content-Type")
+        if request.content_type != "application/json":
+            return (
+                f"Content-Type {given[:100]!r} is not application/json: send the header "
+                "(curl: -H 'Content-Type: application/json')"
+                if given
+                else "a body needs Content-Type: application/json (curl: -H 'Content-Type: application/json')"
+            )
+        if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            return f"charset {request.charset!r} is not accepted: JSON bodies are UTF-8"
+        return None
+
     async def healthz(self, request: web.Request) -> web.Response:
-        health = self.daemon.health()
+        health = self.health()
         return web.json_response(health, status=200 if health["ok"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        h = self.daemon.health()
+        h = self.health()
         lines = [
             "# TYPE watchd_events_total counter",
             f"watchd_events_total {h['events']}",
@@ -91,35 +250,64 @@ class Ingress:
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body + 1024, middlewares=[track_requests, self.guard])
+        app.add_routes(
+            [
+                web.post("/events/{subject}", self.events),
+                web.get("/ping/{subject}", self.events, allow_head=False),  # HEAD must not store an event
+                web.post("/ping/{subject}", self.events),
+                web.get("/healthz", self.healthz),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+        return app
+
+
+async def serve(ingress: Ingress, host: str, port: int, limits: ConnectionLimits) -> tuple[web.AppRunner, int]:
+    """Bind the listener; (its runner, the bound port). Raises OSError when the port is taken."""
+    runner = web.AppRunner(ingress.app(), access_log=None)
+    await runner.setup()
+    site = ListenerSite(runner, host, port, limits, ingress.refused)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, site.port
+
 
 async def start(daemon: Daemon) -> web.AppRunner:
     """Bind the listener; the daemon reports ready to systemd only after this succeeded."""
     cfg = daemon.loaded.config.http
     host, port = split_listen(cfg.listen, setting="[http] listen")
-    ingress = Ingress(daemon)
-    if not is_loopback(host) and ingress.token is None:
+    token = resolve_secret(cfg.token)
+    if not is_loopback(host) and token is None:
         raise WatchdError(
             f"[http] listen = {cfg.listen!r} is not loopback but no token is set",
             hint='set [http] token = "env:WATCHD_HTTP_TOKEN" before exposing the listener',
         )
-    app = web.Application(client_max_size=cfg.max_body + 1024)
-    app.add_routes(
-        [
-            web.post("/events/{subject}", ingress.events),
-            web.get("/ping/{subject}", ingress.events),
-            web.post("/ping/{subject}", ingress.events),
-            web.get("/healthz", ingress.healthz),
-            web.get("/metrics", ingress.metrics),
-        ]
+
+    async def publish(event: Event) -> bus.PubAckInfo:
+        if daemon.js is None:
+            raise NatsUnavailable("watchd is not connected to NATS")
+        return await bus.publish_event(daemon.js, event)
+
+    ingress = Ingress(
+        publish=publish,
+        health=daemon.health,
+        token=token,
+        max_body=cfg.max_body,
+        max_event_bytes=daemon.loaded.config.engine.max_event_bytes,
+        listen_host=host,
+        allowed_hosts=cfg.allowed_hosts,
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
-        await web.TCPSite(runner, host, port).start()
+        runner, _port = await serve(ingress, host, port, limits)
     except OSError as exc:
-        await runner.cleanup()
         raise WatchdError(
             f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
         ) from None
-    log.info("HTTP listening on %s", cfg.listen)
+    log.info("HTTP listening on %s (at most %d connections)", cfg.listen, limits.max_connections)
     return runner

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
+import resource
 
 from watchd.errors import WatchdError
 
 MAX_EVENT_BYTES = 256 * 1024  # an encoded event envelope, at every edge and in the engine
 MAX_HTTP_BODY_BYTES = 256 * 1024  # a request body on the HTTP listener
 NATS_MAX_PAYLOAD = "1MB"  # the embedded server's max_payload: headroom above events for handoffs
+
+# An event's subject travels in the NATS control line (`HPUB watchd.events.<subject> <reply> …`),
+# which the server caps at 4 KiB and answers by closing the connection: the caps below keep every
+# subject and id that an edge accepts far inside it.
+MAX_SUBJECT_CHARS = 255  # an event subject, without the watchd.events. prefix
+MAX_SUBJECT_TOKENS = 16  # dot-separated tokens in a subject
+MAX_ID_CHARS = 128  # an event id: printable ASCII without spaces (it is also the Nats-Msg-Id header)
+MAX_DATA_DEPTH = 64  # nesting of an event's data: the data object itself is level 1
+
+# The HTTP listener: sockets are file descriptors, which the daemon shares with SQLite, NATS and
+# its notifiers, so the listener may hold only a share of RLIMIT_NOFILE; slow clients are cut off.
+HTTP_MAX_CONNECTIONS = 256  # default, lowered to a quarter of the open-file limit
+HTTP_HEADER_TIMEOUT_S = 10.0  # a new connection must have sent its request headers by then
+HTTP_KEEPALIVE_TIMEOUT_S = 15.0  # an idle kept-alive connection is closed after this
+HTTP_BODY_TIMEOUT_S = 30.0  # a request body must have arrived by then
 
 HTTP_LISTEN = "127.0.0.1:8787"
 NATS_LISTEN = "127.0.0.1:4222"
@@ -51,3 +67,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def default_max_connections() -> int:
+    """The listener's default connection cap: HTTP_MAX_CONNECTIONS, or a quarter of the soft
+    open-file limit when that is lower (a `ulimit -n 256` leaves the daemon 192 descriptors)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return HTTP_MAX_CONNECTIONS
+    return max(1, min(HTTP_MAX_CONNECTIONS, soft // 4))

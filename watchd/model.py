@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import time
@@ -12,9 +13,12 @@ from typing import Any, Literal
 import msgspec
 
 from watchd.errors import EventRejected
-from watchd.limits import MAX_EVENT_BYTES
+from watchd.limits import MAX_DATA_DEPTH, MAX_EVENT_BYTES, MAX_ID_CHARS, MAX_SUBJECT_CHARS, MAX_SUBJECT_TOKENS
 
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")  # check with fullmatch: `$` alone passes "a\n"
+ID_RE = re.compile(r"[!-~]+")  # printable ASCII, no space
+ASSIGNED_ID_PREFIX = "seq-"  # ids watchd gives events that reached the stream without a valid one
+_SUBJECT_HINT = "for example: backup.done or heartbeat.laptop"
 EVENTS_PREFIX = "watchd.events."
 HANDOFFS_PREFIX = "watchd.handoffs."
 REPLIES_PREFIX = "watchd.replies."  # workers answer a handoff on watchd.replies.<handoff id>
@@ -54,15 +58,115 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
         return self.time.timestamp()
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """User input quoted for a message: escaped, and cut short so a huge value cannot flood a log."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
 def check_subject(subject: str) -> str:
-    if not SUBJECT_RE.match(subject):
+    """A subject's shape and size, wherever an event is built or decoded."""
+    if len(subject) > MAX_SUBJECT_CHARS:
         raise EventRejected(
-            f"bad subject {subject!r}: use dot-separated tokens of letters, digits, '_' and '-'",
-            hint="for example: backup.done or heartbeat.laptop",
+            f"bad subject {_shown(subject)}: over {MAX_SUBJECT_CHARS} characters", hint=_SUBJECT_HINT, reason="subject"
         )
-    if subject.startswith("watchd.events") or subject.startswith("watchd.handoffs"):
-        raise EventRejected(f"bad subject {subject!r}: the watchd.events and watchd.handoffs prefixes are reserved")
+    if not SUBJECT_RE.fullmatch(subject):
+        raise EventRejected(
+            f"bad subject {_shown(subject)}: use dot-separated tokens of letters, digits, '_' and '-'",
+            hint=_SUBJECT_HINT,
+            reason="subject",
+        )
+    if subject.count(".") >= MAX_SUBJECT_TOKENS:
+        raise EventRejected(
+            f"bad subject {_shown(subject)}: over {MAX_SUBJECT_TOKENS} dot-separated tokens",
+            hint=_SUBJECT_HINT,
+            reason="subject",
+        )
     return subject
+
+
+def is_reserved(subject: str) -> bool:
+    """`watchd.…` subjects are watchd's own events (job outcomes, schedules, config, canary): only
+    watchd publishes them. Any case, so that `WATCHD.job.x` cannot pass for one either."""
+    return subject.partition(".")[0].lower() == "watchd"
+
+
+def id_problem(event_id: object) -> str | None:
+    """What is wrong with an event id, or None. Ids are printable ASCII without spaces (ULIDs,
+    UUIDs, hashes, `backup-2026-11-22`), at most MAX_ID_CHARS; `seq-…` ids are watchd's own."""
+    if not isinstance(event_id, str) or not event_id:
+        return "id is missing" if event_id in (None, "") else "id is not a string"
+    if len(event_id) > MAX_ID_CHARS:
+        return f"id is over {MAX_ID_CHARS} characters"
+    if not ID_RE.fullmatch(event_id):
+        return "id has a character outside printable ASCII, or a space"
+    if event_id.startswith(ASSIGNED_ID_PREFIX):
+        return f"id starts with {ASSIGNED_ID_PREFIX}, which watchd keeps for the ids it assigns"
+    return None
+
+
+def check_id(event_id: str) -> str:
+    problem = id_problem(event_id)
+    if problem is not None:
+        raise EventRejected(
+            f"bad event id {_shown(event_id)}: {problem}",
+            hint=f"use up to {MAX_ID_CHARS} printable ASCII characters without spaces, e.g. a UUID",
+            reason="id",
+        )
+    return event_id
+
+
+def data_problem(data: dict[str, Any]) -> str | None:
+    """What keeps `data` from crossing JSON unchanged, or None: nesting past MAX_DATA_DEPTH (which
+    recursive code downstream would pay for), or NaN/Infinity (which JSON would turn into null)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            return f"is nested deeper than {MAX_DATA_DEPTH} levels"
+        for value in node.values() if isinstance(node, dict) else node:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+            elif isinstance(value, float) and not math.isfinite(value):
+                return f"holds a number JSON cannot represent ({value})"
+    return None
+
+
+def parse_data(raw: bytes | str, what: str = "body") -> dict[str, Any]:
+    """A JSON object, strictly: valid UTF-8, no lone surrogates, no NaN/Infinity, numbers in range,
+    nesting within MAX_DATA_DEPTH. `what` names the input in the message (`body`, `--json`)."""
+    try:
+        data = msgspec.json.decode(raw)
+    except RecursionError:
+        raise EventRejected(f"{what} is nested deeper than {MAX_DATA_DEPTH} levels", reason="json") from None
+    except msgspec.DecodeError as exc:  # ValidationError (a number out of range) is a DecodeError
+        raise EventRejected(f"{what} is not valid JSON: {exc}", reason="json") from None
+    if not isinstance(data, dict):
+        raise EventRejected(f'{what} must be a JSON object (the event\'s data), e.g. {{"exit_code": 0}}', reason="json")
+    problem = data_problem(data)
+    if problem is not None:
+        raise EventRejected(f"{what} {problem}", reason="json")
+    return data
+
+
+def _build(subject: str, data: dict[str, Any] | None, id: str | None, time_s: float | None, source: str) -> Event:
+    check_subject(subject)
+    if id is not None:
+        check_id(id)
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
+        raise EventRejected("event data must be a JSON object", reason="data")
+    else:
+        problem = data_problem(data)
+        if problem is not None:
+            raise EventRejected(f"event data {problem}", reason="data")
+    now = time.time() if time_s is None else time_s
+    event = Event(id=id or new_id(now), subject=subject, time=utc_from_ts(now), source=source, data=data)
+    try:
+        encode(event)
+    except (UnicodeEncodeError, TypeError) as exc:  # a lone surrogate, a key that is not a string
+        raise EventRejected(f"event data cannot be written as JSON: {exc}", reason="data") from None
+    return event
 
 
 def make_event(
@@ -73,31 +177,91 @@ def make_event(
     time_s: float | None = None,
     source: str = "",
 ) -> Event:
-    """Build a valid event at the edge: subject checked, id and time assigned when absent."""
-    check_subject(subject)
-    if data is not None and not isinstance(data, dict):
-        raise EventRejected("event data must be a JSON object")
-    now = time.time() if time_s is None else time_s
-    return Event(id=id or new_id(now), subject=subject, time=utc_from_ts(now), source=source, data=data or {})
+    """Build an event at an outside edge (HTTP, `watchd emit`/`exec`, an agent's emit tool, a
+    source): subject, id and data checked, id and time assigned when absent. `watchd.` subjects
+    are refused here: watchd's own events are made by own_event."""
+    if is_reserved(subject):
+        raise EventRejected(
+            f"bad subject {_shown(subject)}: subjects under watchd. are watchd's own (reserved)",
+            hint="pick a subject of your own, e.g. backup.done",
+            reason="reserved",
+        )
+    return _build(subject, data, id, time_s, source)
 
 
-_event_decoder = msgspec.json.Decoder(Event)
+def own_event(
+    subject: str, data: dict[str, Any] | None = None, *, time_s: float | None = None, source: str = "watchd"
+) -> Event:
+    """One of watchd's own events (`watchd.job.backup.done`, `watchd.config.reloaded`, …): the
+    internal path that may publish under the reserved `watchd.` prefix."""
+    return _build(subject, data, None, time_s, source)
 
 
-def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
-    """Decode and check an event from the wire; raises EventRejected with the reason."""
+class _Envelope(msgspec.Struct, kw_only=True):
+    """An event as it reaches the stream. A raw NATS publisher bypasses every edge, so its id is
+    taken as anything and judged after decoding."""
+
+    id: Any = None
+    subject: str
+    time: datetime
+    source: str = ""
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _decode(raw: bytes, max_bytes: int) -> _Envelope:
     if len(raw) > max_bytes:
-        raise EventRejected(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
+        raise EventRejected(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit", reason="size")
     try:
-        event = _event_decoder.decode(raw)
+        env = _envelope_decoder.decode(raw)
+    except RecursionError:
+        raise EventRejected(f"malformed event: data nested deeper than {MAX_DATA_DEPTH} levels") from None
     except msgspec.ValidationError as exc:
         raise EventRejected(f"malformed event: {exc}") from None
     except msgspec.DecodeError as exc:
         raise EventRejected(f"event is not valid JSON: {exc}") from None
-    check_subject(event.subject)
-    if event.time.tzinfo is None:
-        event.time = event.time.replace(tzinfo=UTC)
-    return event
+    check_subject(env.subject)
+    # Counting brackets is cheap and bounds the depth from above: most events need no walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DATA_DEPTH:
+        problem = data_problem(env.data)
+        if problem is not None:
+            raise EventRejected(f"malformed event: data {problem}")
+    if env.time.tzinfo is None:
+        env.time = env.time.replace(tzinfo=UTC)
+    return env
+
+
+def _event(env: _Envelope, event_id: str) -> Event:
+    return Event(id=event_id, subject=env.subject, time=env.time, source=env.source, data=env.data)
+
+
+def decode_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """Decode and check an event; raises EventRejected with the reason (a bad id included)."""
+    env = _decode(raw, max_bytes)
+    problem = id_problem(env.id)
+    if problem is not None:
+        raise EventRejected(f"malformed event: {problem}", reason="id")
+    return _event(env, env.id)
+
+
+def assigned_id(seq: int) -> str:
+    return f"{ASSIGNED_ID_PREFIX}{seq}"
+
+
+def decode_stored_event(raw: bytes, seq: int, max_bytes: int = MAX_EVENT_BYTES) -> tuple[Event, str | None]:
+    """Decode an event the stream holds at `seq`, and a note when its id had to be assigned.
+
+    Publishers that bypass the edges may send no id, an empty one or an invalid one. The event is
+    not dropped: it gets `seq-<seq>`, stable across replays and unique in the stream (edges refuse
+    `seq-` ids), and the note says why, for the decisions about it."""
+    env = _decode(raw, max_bytes)
+    problem = id_problem(env.id)
+    if problem is None:
+        return _event(env, env.id), None
+    event_id = assigned_id(seq)
+    return _event(env, event_id), f"id {event_id} assigned by watchd: the publisher's {problem}"
 
 
 def encode(obj: Any) -> bytes:

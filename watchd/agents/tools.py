@@ -27,7 +27,7 @@ from watchd import bus, expr
 from watchd.config import AbsentWatch, AnthropicAgent, MatchWatch, Pattern, Watch
 from watchd.cron.schedule import parse_duration
 from watchd.errors import WatchdError
-from watchd.model import Handoff, check_subject, iso, make_event, stable_hash
+from watchd.model import Handoff, iso, make_event, stable_hash
 from watchd.store import Store
 from watchd.store.agent_watches import add_watch, next_watch_expiry
 from watchd.store.db import Write
@@ -232,9 +232,8 @@ class Toolbox:
         return ToolOutcome(_result(tid, f"queued for {args.to} (handoff {note.id})"), enqueue_handoff(note, now))
 
     async def _emit(self, args: EmitArgs, tid: str, key: str, now: float) -> ToolOutcome:
-        if args.subject.lower().startswith("watchd."):
-            return ToolOutcome(_result(tid, "refused: subjects under watchd. are watchd's own", error=True))
-        check_subject(args.subject)
+        # make_event refuses watchd.* subjects and checks the subject and data as every edge does;
+        # its EventRejected reaches the model as "invalid arguments: <reason>".
         event = make_event(args.subject, args.data, id="ev_" + key, time_s=now, source=self.agent)
         if len(msgspec.json.encode(event)) > MAX_EMIT_BYTES:
             return ToolOutcome(_result(tid, f"invalid arguments: the event is over {MAX_EMIT_BYTES} bytes", error=True))

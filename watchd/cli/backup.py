@@ -15,7 +15,7 @@ from watchd import config
 from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, out, publish_events
 from watchd.config import Loaded
 from watchd.errors import WatchdError
-from watchd.model import make_event
+from watchd.model import own_event
 
 if TYPE_CHECKING:
     from watchd.jobs import JobResult
@@ -78,7 +78,7 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
         raise WatchdError(f"no watchd state at {db} to back up", hint=hint)
 
     async def emit(subject: str, data: dict[str, Any]) -> None:
-        await publish_events(loaded, [make_event(subject, data, source="watchd")])
+        await publish_events(loaded, [own_event(subject, data)])
 
     store = await Store.open(db)
     try:

@@ -15,7 +15,7 @@ from watchd.cli.common import CONFIG_OPTION, dump_json, err, http_get, load, out
 from watchd.config import Loaded
 from watchd.cron.schedule import parse_duration
 from watchd.errors import DaemonNotRunning, WatchdError
-from watchd.model import make_event
+from watchd.model import own_event
 
 if TYPE_CHECKING:
     from watchd.jobs import JobResult
@@ -86,7 +86,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
 
     async def emit(subject: str, data: dict[str, Any]) -> None:
         try:
-            await bus.publish_event(js, make_event(subject, data, source="watchd"))
+            await bus.publish_event(js, own_event(subject, data))
         except WatchdError as exc:  # the result is still shown; only the event is lost
             notes.append(f"could not publish {subject}: {exc.message}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -11,11 +10,12 @@ from collections import deque
 from typing import Any
 
 import click
+import msgspec
 
 from watchd.cli.common import CONFIG_OPTION, err, load, out, publish_events
 from watchd.config import Loaded
 from watchd.errors import ConfigError, EventRejected, WatchdError
-from watchd.model import encode, make_event
+from watchd.model import encode, make_event, parse_data
 
 
 def _parse_pairs(pairs: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]:
@@ -25,9 +25,9 @@ def _parse_pairs(pairs: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise EventRejected(f"bad field {pair!r}: use key=value, e.g. exit_code=0")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
+        try:  # strictly, as the HTTP listener reads JSON: `x=NaN` stays the string "NaN"
+            value: Any = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
             value = raw
         node = data
         *parents, leaf = key.split(".")
@@ -61,14 +61,7 @@ def emit(
       watchd emit backup.done exit_code=0 duration_s=812.4
       watchd emit mail.received --json '{"from": "a@bigcustomer.com", "urgent": true}'
     """
-    base: Any = {}
-    if json_data:
-        try:
-            base = json.loads(json_data)
-        except ValueError as exc:
-            raise EventRejected(f"--json is not valid JSON: {exc}") from None
-        if not isinstance(base, dict):
-            raise EventRejected("--json must be a JSON object, e.g. '{\"exit_code\": 0}'")
+    base = parse_data(json_data, what="--json") if json_data else {}
     event = make_event(subject, _parse_pairs(fields, base), id=event_id, source=source)
     loaded = load(config_path)
     if len(encode(event)) > (limit := loaded.config.engine.max_event_bytes):
@@ -89,7 +82,7 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
     Example:
       watchd exec backup -- restic backup /home
     """
-    make_event(subject)  # check the subject before running anything
+    make_event(f"{subject}.started")  # check the subject (and its longest suffix) before running anything
     loaded: Loaded | None = None
     try:
         loaded = load(config_path)

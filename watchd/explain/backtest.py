@@ -66,7 +66,7 @@ from watchd.errors import EventRejected, NatsUnavailable, WatchdError
 from watchd.explain.clauses import explain_errored
 from watchd.explain.watch import WatchInfo, iso_local
 from watchd.limits import MAX_EVENT_BYTES
-from watchd.model import EVENTS_PREFIX, Event, decode_event, iso
+from watchd.model import EVENTS_PREFIX, Event, decode_event, decode_stored_event, iso
 
 STREAM_IDLE_S = 5.0  # a replay that gets no message for this long has lost the stream: say so
 REPLAY_BATCH = 256  # messages per fetch
@@ -351,7 +351,7 @@ async def _read_from(
             for msg in msgs:
                 seq = bus.seq_of(msg)
                 try:
-                    event = decode_event(msg.data, max_bytes)
+                    event, _id_note = decode_stored_event(msg.data, seq, max_bytes)  # the id the daemon gave it
                 except EventRejected as exc:
                     report.rejected.append(Skipped(seq, exc.message))
                 else:

@@ -43,7 +43,7 @@ from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
 from watchd.jobs.builtin_watches import CANARY_WATCH, PING_SUBJECT
-from watchd.model import Handoff, encode, iso, make_event, new_id
+from watchd.model import Handoff, encode, iso, new_id, own_event
 from watchd.store.meta import get_meta
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ async def check_path(ctx: JobContext, timeout_s: float = PATH_TIMEOUT_S) -> dict
         return {"ok": False, "detail": f"cannot subscribe on NATS ({type(exc).__name__})"}
     started = loop.time()
     try:
-        await bus.publish_event(ctx.js, make_event(PING_SUBJECT, {"nonce": nonce}, source="canary"))
+        await bus.publish_event(ctx.js, own_event(PING_SUBJECT, {"nonce": nonce}, source="canary"))
         msg = await sub.next_msg(timeout=timeout_s)
     except WatchdError as exc:
         return {"ok": False, "detail": f"cannot publish the canary event: {exc.message}"}
