@@ -127,7 +127,7 @@ class Listener:
             health=health,
             token=self.token,
             max_body=self.max_body,
-            max_event_bytes=self.max_event_bytes,
+            max_event_bytes=lambda: self.max_event_bytes,
             allowed_hosts=self.allowed_hosts,
             body_timeout_s=self.body_timeout_s,
         )
@@ -144,6 +144,12 @@ class Listener:
                 await self.nc.close()
             if self.nats is not None:
                 await self.nats.stop()
+            # Connections cut off mid-request may still be finishing: end them here, not in a GC
+            # that runs later, in another test, against a closed loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         try:
             self.call(go())

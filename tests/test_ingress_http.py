@@ -366,7 +366,7 @@ def test_the_log_rate_limit_reports_what_it_held_back(tmp_path: Path, caplog: py
         publish=no_publish,  # type: ignore[arg-type]
         health=dict,
         max_body=1024,
-        max_event_bytes=1024,
+        max_event_bytes=lambda: 1024,
         clock=lambda: now[0],
     )
     caplog.set_level(logging.WARNING, logger="watchd.http")

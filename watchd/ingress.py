@@ -73,7 +73,7 @@ class Ingress:
         health: Health,
         token: str | None = None,
         max_body: int,
-        max_event_bytes: int,
+        max_event_bytes: Callable[[], int],  # read per request: a reload may change it
         listen_host: str = "127.0.0.1",
         allowed_hosts: Iterable[str] = (),
         body_timeout_s: float = HTTP_BODY_TIMEOUT_S,
@@ -204,7 +204,7 @@ class Ingress:
         try:
             event = make_event(request.match_info["subject"], data, id=event_id, source="http")
             # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
-            size, limit = len(encode(event)), self.max_event_bytes
+            size, limit = len(encode(event)), self.max_event_bytes()
             if size > limit:
                 too_big = f"the event would be {size} bytes, over the {limit}-byte event limit"
                 return self.error(413, "too_large", too_big)
@@ -298,7 +298,7 @@ async def start(daemon: Daemon) -> web.AppRunner:
         health=daemon.health,
         token=token,
         max_body=cfg.max_body,
-        max_event_bytes=daemon.loaded.config.engine.max_event_bytes,
+        max_event_bytes=lambda: daemon.loaded.config.engine.max_event_bytes,
         listen_host=host,
         allowed_hosts=cfg.allowed_hosts,
     )
