@@ -46,16 +46,22 @@ class Errors(logging.Handler):
         self.records.append(record)
 
 
+TOKEN = "fuzz-token"
+
+
 @pytest.fixture(scope="module")
-def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Listener, Errors]]:
+def listeners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Listener, Listener, Errors]]:
+    """One listener without a token (loopback default) and one with: both rule sets are fuzzed."""
     errors = Errors()
     root = logging.getLogger()
     root.addHandler(errors)
-    lst = Listener(tmp_path_factory.mktemp("fuzz")).start()
+    open_ = Listener(tmp_path_factory.mktemp("fuzz")).start()
+    with_token = Listener(tmp_path_factory.mktemp("fuzz-token"), token=TOKEN).start()
     try:
-        yield lst, errors
+        yield open_, with_token, errors
     finally:
-        lst.stop()
+        open_.stop()
+        with_token.stop()
         root.removeHandler(errors)
 
 
@@ -73,11 +79,16 @@ subject = st.one_of(
     st.integers(200, 9000).map(lambda n: "a" * n),
     st.integers(10, 2000).map(lambda n: ".".join(["t"] * n)),
 )
+# Header bytes that are not UTF-8: aiohttp hands them on as surrogate escapes.
+raw_header_text = st.binary(max_size=20).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
 event_id = st.one_of(
     st.none(),
     st.text(string.printable, max_size=40),
     st.text(max_size=20),
     st.integers(100, 6000).map(lambda n: "k" * n),
+    raw_header_text,
     st.sampled_from(["", "seq-1", "a b", "ok-id-1", "\x00", "x\r\nX-Injected: 1"]),
 )
 
@@ -134,8 +145,16 @@ extra_headers = st.dictionaries(
             ["evil.example", "null", "http://evil.example", "cross-site", "gzip", "Bearer x", "localhost", "[::1]"]
         ),
         st.text(string.printable, max_size=30),
+        raw_header_text,
     ),
     max_size=3,
+)
+authorization = st.one_of(
+    st.none(),
+    st.just(f"Bearer {TOKEN}"),
+    st.sampled_from([f"Bearer {TOKEN}x", "Bearer", "bearer " + TOKEN, f"Bearer  {TOKEN}"]),
+    raw_header_text.map(lambda t: "Bearer " + t),
+    st.text(max_size=20),
 )
 
 
@@ -154,8 +173,11 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes, dict[str, str]]:
         if draw(st.booleans()):
             headers["Idempotency-Key"] = ident
         else:
-            path += "?id=" + quote(ident, safe="")
+            path += "?id=" + quote(ident.encode("utf-8", "surrogateescape"), safe="")
     headers.update(draw(extra_headers))
+    auth = draw(authorization)
+    if auth is not None:
+        headers["Authorization"] = auth
     return method, path, draw(body), headers
 
 
@@ -172,9 +194,12 @@ def _stored_as_sent(lst: Listener, r: Response, path: str, sent: bytes, headers:
 
 
 @FUZZ
-@given(req=requests())
-def test_no_request_makes_the_listener_fail_or_lie(listener: tuple[Listener, Errors], req: Any) -> None:
-    lst, errors = listener
+@given(req=requests(), use_token=st.booleans())
+def test_no_request_makes_the_listener_fail_or_lie(
+    listeners: tuple[Listener, Listener, Errors], req: Any, use_token: bool
+) -> None:
+    open_, with_token, errors = listeners
+    lst = with_token if use_token else open_
     method, path, sent, headers = req
     host = headers.pop("Host", lst.host)
     # A CR or LF in a header value ends the header early: the bytes then say something else than
@@ -201,10 +226,11 @@ def test_no_request_makes_the_listener_fail_or_lie(listener: tuple[Listener, Err
     assert not errors.records, [rec.getMessage() for rec in errors.records]
 
 
-def test_the_fuzzing_reached_the_stream_and_the_refusals(listener: tuple[Listener, Errors]) -> None:
+def test_the_fuzzing_reached_the_stream_and_the_refusals(listeners: tuple[Listener, Listener, Errors]) -> None:
     """Runs after the fuzz: both accepted and refused requests were exercised, none internally."""
-    lst, errors = listener
-    assert lst.ingress is not None
-    assert lst.last_seq() > 0, "no fuzzed request was ever accepted"
-    assert sum(lst.ingress.errors.values()) > 0 and lst.ingress.errors["internal"] == 0
+    *both, errors = listeners
+    for lst in both:
+        assert lst.ingress is not None
+        assert lst.last_seq() > 0, "no fuzzed request was ever accepted"
+        assert sum(lst.ingress.errors.values()) > 0 and lst.ingress.errors["internal"] == 0
     assert not errors.records

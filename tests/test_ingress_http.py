@@ -162,6 +162,14 @@ def test_a_verified_bearer_token_lets_any_content_type_through(with_token: Liste
     refused(with_token.request("POST", "/events/hook.curl", b'{"a": 1}', {"Content-Type": "text/plain"}), 401, "token")
 
 
+@pytest.mark.parametrize("header", ["Bearer \udcff\udcfe", "Bearer t\u00f6ken", "\udc80", "Bearer " + "x" * 8000])
+def test_a_token_that_is_not_ascii_or_not_utf8_is_a_401(with_token: Listener, header: str) -> None:
+    before = with_token.last_seq()
+    r = with_token.request("POST", "/events/hook.auth", b"{}", {"Authorization": header})  # raw bytes \xff\xfe
+    refused(r, 401, "missing or wrong bearer token")
+    nothing_stored(with_token, before)
+
+
 @pytest.mark.parametrize(
     "host",
     ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "attacker@127.0.0.1:{port}", "", "[::1"],

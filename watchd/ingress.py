@@ -143,7 +143,9 @@ class Ingress:
         if self.token is None:
             return True
         given = request.headers.get("Authorization", "")
-        return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token.encode())
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: compared as the bytes they were.
+        sent = given[7:].encode("utf-8", "surrogateescape")
+        return given.startswith("Bearer ") and hmac.compare_digest(sent, self.token.encode())
 
     @web.middleware
     async def guard(
