@@ -5,6 +5,7 @@ Property tests generate each class; a real daemon shows the engine's side."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from nats.aio.client import Client
 from watchd import bus
 from watchd.agents.tools import Toolbox
 from watchd.config import AnthropicAgent
-from watchd.errors import EventRejected
+from watchd.errors import EventRejected, NatsUnavailable
 from watchd.limits import MAX_DATA_DEPTH, MAX_ID_CHARS, MAX_SUBJECT_CHARS, MAX_SUBJECT_TOKENS
 from watchd.model import (
     Handoff,
@@ -339,6 +340,34 @@ def test_watchd_emit_reads_field_values_strictly(daemon_factory: Callable[..., D
     assert r.returncode == 0, r.stderr
     (h,) = wait_until(lambda: d.handoffs("raw"), what="the emitted event to fire")
     assert h["evidence"][0]["data"] == {"nan": "NaN", "inf": "Infinity", "n": 5, "ok": True}
+
+
+async def _publish_as(url: str, subject: str) -> str:
+    nc = await bus.connect(url, name="outside-tool")
+    try:
+        ack = await bus.publish_raw(nc.jetstream(), subject, envelope(id="forged-1"), "forged-1", timeout_s=1)
+        return f"stored as seq {ack.seq}"
+    except NatsUnavailable as exc:
+        return exc.message
+    finally:
+        await nc.close()
+
+
+def test_the_publish_role_cannot_forge_watchd_events_and_watchd_backup_still_can(
+    daemon_factory: Callable[..., DaemonProc],
+) -> None:
+    d = daemon_factory({"raw.toml": RAW_WATCH})
+    d.start()
+    r = d.cli("nats", "url", "--role", "publish")
+    assert r.returncode == 0, r.stderr
+    url = r.stdout.strip()
+    before = d.stream_last_seq()
+    for subject in ("watchd.events.watchd.job.backup.done", "watchd.events.watchd.job.canary.failed"):
+        assert "did not store" in asyncio.run(_publish_as(url, subject))
+    assert d.stream_last_seq() == before
+    assert asyncio.run(_publish_as(url, "watchd.events.raw.ok")).startswith("stored")
+    r = d.cli("backup", "--json")  # the command publishes watchd.job.backup.done for the daemon
+    assert r.returncode == 0 and json.loads(r.stdout)["published"] == "watchd.job.backup.done", r.stderr
 
 
 def tool_use(subject: Any, data: Any = None) -> dict[str, Any]:

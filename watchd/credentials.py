@@ -53,7 +53,9 @@ _PROTECTED = [
 # NATS authorization `permissions` per role (admin has none: everything is allowed).
 PERMISSIONS: Final[dict[Role, dict[str, Any]]] = {
     "publish": {
-        "publish": {"allow": [EVENTS_PREFIX + ">"]},
+        # watchd.* events (job outcomes, schedules, canary) are watchd's own: only the daemon and
+        # the commands that act for it (admin) publish them, so none can be forged to page or silence.
+        "publish": {"allow": [EVENTS_PREFIX + ">"], "deny": [EVENTS_PREFIX + "watchd.>"]},
         "subscribe": {"allow": ["_INBOX.>"]},  # the JetStream publish ack comes back on an inbox
     },
     "read": {

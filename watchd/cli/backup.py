@@ -78,7 +78,7 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
         raise WatchdError(f"no watchd state at {db} to back up", hint=hint)
 
     async def emit(subject: str, data: dict[str, Any]) -> None:
-        await publish_events(loaded, [own_event(subject, data)])
+        await publish_events(loaded, [own_event(subject, data)], role="admin")  # watchd.job.backup.*
 
     store = await Store.open(db)
     try:

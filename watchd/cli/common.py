@@ -24,6 +24,7 @@ from watchd.redact import redact_url
 
 if TYPE_CHECKING:
     from watchd.bus import PubAckInfo
+    from watchd.credentials import Role
     from watchd.model import Event
 
 
@@ -79,10 +80,11 @@ async def refuse_if_down(urls: str | list[str]) -> None:
     )
 
 
-async def publish_events(loaded: Loaded, events: list[Event]) -> list[PubAckInfo]:
+async def publish_events(loaded: Loaded, events: list[Event], role: Role = "publish") -> list[PubAckInfo]:
+    """Publish as `role`: "publish" for outside events, "admin" for watchd's own (watchd.*)."""
     from watchd import bus, credentials
 
-    url = credentials.client_url(loaded, "publish")
+    url = credentials.client_url(loaded, role)
     await refuse_if_down(url)
     nc = await bus.connect(url, name="watchd-cli", timeout_s=3)
     try:
