@@ -77,6 +77,9 @@ def _compile(expr: str, tz: str) -> _Compiled:
     if len(fields) != 5:
         raise ScheduleError(f"cron expression {expr!r} has {len(fields)} field(s), not 5", _CRON_HINT)
     if not croniter.is_valid(text):
+        problem = _field_problem(fields)
+        if problem:
+            raise ScheduleError(f"cron {expr!r}: {problem}")
         raise ScheduleError(f"invalid cron expression {expr!r}", _CRON_HINT)
     zone = _zone(tz)
     compiled = _Compiled(
@@ -90,6 +93,40 @@ def _compile(expr: str, tz: str) -> _Compiled:
     except CroniterBadDateError:
         raise ScheduleError(f"cron expression {expr!r} never fires", "check the day-of-month and month") from None
     return compiled
+
+
+# The five fields as Debian cron reads them: name, range, and the names it accepts for numbers.
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day-of-month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 7, _DAYS),  # 0 and 7 are both Sunday
+)
+
+
+def _field_problem(fields: list[str]) -> str | None:
+    """Which field of an invalid expression is wrong, e.g. "hour 25 is out of range 0-23"."""
+    for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
+        for part in text.split(","):
+            span, slash, step = part.partition("/")
+            if slash and not (step.isdigit() and int(step) > 0):
+                return f"{name} step {step!r} must be a whole number above 0"
+            if span in ("*", "?"):
+                continue
+            for bound in span.split("-", 1):
+                value = bound.lower()
+                if value in names or value == "l" or "#" in value:  # names; croniter's L and 5#3
+                    continue
+                if not value.isdigit():
+                    if names:
+                        return f"{name} {bound!r} is not a number or name ({low}-{high} or {names[0]}-{names[-1]})"
+                    return f"{name} {bound!r} is not a number ({low}-{high})"
+                if not low <= int(value) <= high:
+                    return f"{name} {int(value)} is out of range {low}-{high}"
+    return None
 
 
 def _zone(tz: str) -> ZoneInfo:
