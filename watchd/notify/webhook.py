@@ -1,6 +1,7 @@
 """Webhook: POST the handoff JSON to a URL, signed like GitHub's `X-Hub-Signature-256`.
 
-The receiver gets the handoff exactly as SPEC §4 shapes it, `X-Watchd-Handoff-Id` as its dedup
+The receiver gets the handoff exactly as SPEC §4 shapes it, with `message` always set (the
+watch's message, else the default text other notifiers send), `X-Watchd-Handoff-Id` as its dedup
 key (a retry repeats it), and with a secret `X-Watchd-Signature-256: sha256=<hex HMAC-SHA256 of
 the raw body>`, which it should check with a constant-time compare before parsing the body.
 """
@@ -27,6 +28,7 @@ from watchd.errors import WatchdError
 from watchd.model import Handoff
 from watchd.notify import http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+from watchd.notify.render import render
 
 log = logging.getLogger("watchd.notify.webhook")
 
@@ -107,7 +109,8 @@ class WebhookNotifier:
         return f"WebhookNotifier({self.name!r}, signed={self._secret is not None})"
 
     async def deliver(self, handoff: Handoff) -> Outcome:
-        body = msgspec.json.encode(handoff)
+        # `message` is what a person reads: the watch's template, else the text other notifiers send.
+        body = msgspec.json.encode(msgspec.structs.replace(handoff, message=render(handoff)))
         headers = {"Content-Type": "application/json", ID_HEADER: handoff.id, ATTEMPT_HEADER: str(handoff.attempt)}
         if self._secret:
             headers[self.header] = sign(self._secret, body)
