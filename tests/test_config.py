@@ -74,9 +74,11 @@ within = "2h"
 """
         },
     )
-    found = problems(path)
-    assert any(p.endswith("a.toml:10:1: Expected `str`, got `int`") for p in found), found
-    assert any(":16:27: unknown field `wehre`" in p for p in found), found
+    assert problems(path) == [  # both mistakes of the second watch, not only the first
+        "watches/a.toml:10:1: `for` must be a string, not the integer 15",
+        "watches/a.toml:11:1: `recover` must be true or false, not the string 'yes'",
+        "watches/a.toml:16:27: unknown field `wehre`: did you mean `where`?",
+    ]
 
 
 def test_cross_checks(tmp_path: Path) -> None:
@@ -148,8 +150,11 @@ every = "5 minutes"
     )
     found = "\n".join(problems(path))
     assert "config.toml:1:1: unknown time zone 'Europe/Berln'" in found
-    assert "config.toml:3:1: Object missing required field `chat_id`" in found
-    assert "config.toml:8:1: Invalid value 'slak' for `type`: use one of console, telegram, slack, webhook" in found
+    assert "config.toml:3:1: missing required field `chat_id`" in found
+    assert (
+        "config.toml:8:1: `type` must be one of console, telegram, slack, webhook, not the string 'slak': "
+        "did you mean 'slack'?" in found
+    )
     assert "config.toml:10:1: a schedule needs exactly one of cron, every or at" in found
     assert "config.toml:16:1:" in found and "5 minutes" in found
     assert "config.toml:15:1: a schedule needs something to do" in found
@@ -233,3 +238,146 @@ within = "1h"
     (warning,) = loaded.warnings
     assert "a.toml:4:11: warning: cron '30 2 * * *' in Europe/Berlin: 02:30 does not exist on" in warning
     assert "runs once at the end of the gap" in warning
+
+
+def test_every_problem_of_every_file_in_one_run_in_file_order(tmp_path: Path) -> None:
+    """A type error in one table hides neither the other tables nor the watch files it names."""
+    path = write(
+        tmp_path,
+        {},
+        """\
+watches = ["mine/"]
+timezone = "Europe/Berln"
+
+[nats]
+urll = "nats://127.0.0.1:4222"
+
+[http]
+max_body = "big"
+
+[engine]
+max_event_bytes = 1000
+bogus = 1
+
+[notify.phone]
+type = "telegram"
+token = "t"
+
+[schedule.nightly]
+cron = "0 25 * * *"
+job = "backup"
+""",
+    )
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "b.toml").write_text(
+        '[[watch]]\nid = "b"\nkind = "match"\non = { subject = "a" }\nthen = ["notify.phone"]\nmode = "liv"\n'
+    )
+    (tmp_path / "mine" / "a.toml").write_text(
+        '[[watch]]\nid = "a"\nkind = "absent"\nexpect = { subject = "hb", where = "data.x ==" }\nfor = 15\n'
+    )
+    assert problems(path) == [
+        "config.toml:2:1: unknown time zone 'Europe/Berln': use an IANA name like Europe/Berlin",
+        "config.toml:5:1: unknown field `urll`: did you mean `url`?",
+        "config.toml:8:1: `max_body` must be an integer, not the string 'big'",
+        "config.toml:12:1: unknown field `bogus`: valid ones are max_event_bytes, decisions_keep_days, "
+        "decisions_keep_rows",
+        "config.toml:14:1: missing required field `chat_id`",
+        "config.toml:19:1: cron '0 25 * * *': hour 25 is out of range 0-23",
+        "mine/a.toml:4:28: CEL where does not compile: " + problems_cel("data.x =="),
+        "mine/a.toml:5:1: `for` must be a string, not the integer 15",
+        "mine/b.toml:6:1: `mode` must be one of live, shadow, not the string 'liv': did you mean 'live'?",
+    ]
+
+
+def problems_cel(source: str) -> str:
+    from watchd import expr
+
+    with pytest.raises(expr.ExprError) as exc:
+        expr.compile_expr(source)
+    return exc.value.message
+
+
+def test_unknown_keys_suggest_the_closest_valid_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"a.toml": '[[watch]]\nid = "a"\nkind = "match"\non = { subject = "a" }\nthne = ["notify.console"]\n'},
+        'timezon = "UTC"\n[schedule.x]\ncrn = "0 3 * * *"\njob = "backup"\n[notify.c]\ntype = "consol"\n',
+    )
+    (tmp_path / "watches" / "b.toml").write_text('[[wacth]]\nid = "b"\n')
+    assert problems(path) == [
+        "config.toml:1:1: unknown field `timezon`: did you mean `timezone`?",
+        "config.toml:2:1: a schedule needs exactly one of cron, every or at",
+        "config.toml:3:1: unknown field `crn`: did you mean `cron`?",
+        "config.toml:6:1: `type` must be one of console, telegram, slack, webhook, not the string 'consol': "
+        "did you mean 'console'?",
+        "watches/a.toml:5:1: unknown field `thne`: did you mean `then`?",
+        "watches/b.toml:1:1: unknown top-level key `wacth`: did you mean `watch`? "
+        "(a watch file holds [[watch]] tables only)",
+    ]
+
+
+def test_a_missing_watch_path_is_reported_at_its_config_line(tmp_path: Path) -> None:
+    path = write(tmp_path, {}, 'state_dir = "s"\nwatches = ["watches/", "nowhere/"]\n')
+    assert problems(path) == [
+        "config.toml:2:1: watch path 'nowhere/' not found (relative paths start at the config's folder)"
+    ]
+
+
+def test_warnings_come_with_the_problems_in_file_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "a.toml": '[[watch]]\nid = "x"\nkind = "deadline"\nexpect = { subject = "a" }\n'
+            'opens = { cron = "30 2 * * *", timezone = "Europe/Berlin" }\nwithin = "1 hour"\n'
+        },
+    )
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    report = [line.replace(str(tmp_path) + "/", "") for line in exc.value.report]
+    assert [line.split(" ", 2)[:2] for line in report] == [
+        ["watches/a.toml:5:11:", "warning:"],
+        ["watches/a.toml:6:1:", "invalid"],
+    ]
+    assert exc.value.problems == [exc.value.report[1]]
+
+
+def test_an_unset_env_secret_is_a_warning_at_validate_and_an_error_at_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WATCHD_TEST_UNSET_TOKEN", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("WATCHD_TEST_SET_TOKEN", "s3cret-value-never-shown")
+    path = write(
+        tmp_path,
+        {},
+        """\
+[http]
+token = "env:WATCHD_TEST_SET_TOKEN"
+
+[notify.phone]
+type = "telegram"
+token = "env:WATCHD_TEST_UNSET_TOKEN"
+chat_id = "42"
+
+[agent.triage]
+type = "anthropic"
+model = "claude-haiku-4-5"
+""",
+    )
+    loaded = config.load(path)
+    assert [w.replace(str(tmp_path) + "/", "") for w in loaded.warnings] == [
+        "config.toml:6:1: warning: env:WATCHD_TEST_UNSET_TOKEN is not set in this shell; the daemon needs it",
+        "config.toml:9:1: warning: `api_key` defaults to env:ANTHROPIC_API_KEY, which is not set in this shell; "
+        "the daemon needs it",
+    ]
+    with pytest.raises(WatchdError) as exc:
+        config.require_env_secrets(loaded.config)
+    assert exc.value.message == (
+        "[notify.phone] token needs env:WATCHD_TEST_UNSET_TOKEN, which is not set; "
+        "[agent.triage] api_key needs env:ANTHROPIC_API_KEY, which is not set"
+    )
+    assert "s3cret-value" not in exc.value.message + str(exc.value.hint)
+    monkeypatch.setenv("WATCHD_TEST_UNSET_TOKEN", "x")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "y")
+    assert config.load(path).warnings == []
+    config.require_env_secrets(loaded.config)

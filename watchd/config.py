@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from watchd import expr
+from watchd import expr, structcheck
 from watchd.cron.schedule import ScheduleError, at_instant, dst_gap_warning, parse_cron, parse_duration
 from watchd.errors import ConfigError, WatchdError
 from watchd.limits import (
@@ -26,7 +27,7 @@ from watchd.limits import (
     split_listen,
     url_host,
 )
-from watchd.tomlpos import PathPart, index_positions, locate, parse_msgspec_path
+from watchd.tomlpos import PathPart, index_positions, locate
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -360,77 +361,81 @@ def find_config(explicit: str | None) -> Path | None:
     return xdg if xdg.is_file() else None
 
 
-class _Problems:
-    """Collects `file:line:col: message` problems for one file."""
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem (or warning) at `file:line:col`; problems sort by file, then position."""
 
-    def __init__(self, display: str, text: str) -> None:
+    file: str
+    line: int
+    col: int
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {'warning: ' if self.warning else ''}{self.message}"
+
+
+class _Problems:
+    """Collects the problems of one file, located by their data path."""
+
+    def __init__(self, display: str, text: str, found: list[Problem]) -> None:
         self.display = display
         self.positions = index_positions(text)
-        self.items: list[str] = []
-        self.warnings: list[str] = []
+        self.found = found
+        self.replaced: list[tuple[PathPart, ...]] = []  # wrong values, checked no further
 
     def at(self, path: tuple[PathPart, ...], message: str) -> None:
-        line, col = locate(self.positions, path)
-        self.items.append(f"{self.display}:{line}:{col}: {message}")
+        # A check of (or over) a value that was wrong and replaced would only report a consequence.
+        if not any(path and (r[: len(path)] == path or path[: len(r)] == r) for r in self.replaced):
+            self.found.append(Problem(self.display, *locate(self.positions, path), message))
 
     def warn(self, path: tuple[PathPart, ...], message: str) -> None:
-        line, col = locate(self.positions, path)
-        self.warnings.append(f"{self.display}:{line}:{col}: warning: {message}")
+        self.found.append(Problem(self.display, *locate(self.positions, path), message, warning=True))
 
     def line_of(self, path: tuple[PathPart, ...]) -> int:
         return locate(self.positions, path)[0]
 
 
-def _read_toml(path: Path, display: str, problems: list[str]) -> tuple[str, dict[str, Any]] | None:
+def _read_toml(path: Path, display: str, found: list[Problem]) -> tuple[str, dict[str, Any]] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{display}:1:1: cannot read file: {exc}")
+        found.append(Problem(display, 1, 1, f"cannot read file: {exc}"))
         return None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # tomllib has no structured position: its message ends "(at line L, column C)"
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        line, col = (m.group(1), m.group(2)) if m else ("1", "1")
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        problems.append(f"{display}:{line}:{col}: TOML syntax error: {msg}")
+        found.append(Problem(display, line, col, f"TOML syntax error: {msg}"))
         return None
 
 
 def _convert(value: Any, typ: Any, prefix: tuple[PathPart, ...], probs: _Problems) -> Any:
-    try:
-        return msgspec.convert(value, typ)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        where = re.search(r" - at `(\$[^`]*)`$", text)
-        path = prefix + (parse_msgspec_path(where.group(1)) if where else ())
-        message = text[: where.start()] if where else text
-        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
-        if unknown:
-            path = (*path, unknown.group(1))
-            message = f"unknown field `{unknown.group(1)}` (check its spelling, or remove it)"
-        elif message.startswith("Invalid value") and path and path[-1] in ("kind", "type"):
-            message += f" for `{path[-1]}`: " + _tag_hint(typ)
-        probs.at(path, message)
-        return None
+    """`value` as `typ`, every problem recorded; what could be built (see structcheck), or None."""
+    result, issues = structcheck.convert(value, typ, prefix)
+    for issue in issues:
+        probs.at(issue.path, issue.message)
+        if issue.replaced:
+            probs.replaced.append(issue.path)
+    return result
 
 
-def _tag_hint(typ: Any) -> str:
-    names = [t.__struct_config__.tag for t in getattr(typ, "__args__", ())]
-    return "use one of " + ", ".join(str(n) for n in names) if names else "see the documentation"
-
-
-def _load_config(path: Path | None, problems: list[str], warnings: list[str]) -> tuple[Config, str]:
+def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[str]]:
+    """The config, and the targets (`notify.x`, `agent.x`) that are defined but unusable."""
     if path is None:
-        return Config(), ""
+        return Config(), set()
     display = str(path)
-    parsed = _read_toml(path, display, problems)
+    parsed = _read_toml(path, display, found)
     if parsed is None:
-        return Config(), ""
+        return Config(), set()
     text, raw = parsed
-    probs = _Problems(display, text)
+    probs = _Problems(display, text, found)
     top = {k: v for k, v in raw.items() if k not in _NAMED_SECTIONS}
     config = _convert(top, Config, (), probs) or Config()
+    broken: set[str] = set()
     for section, typ in _NAMED_SECTIONS.items():
         entries = raw.get(section, {})
         if not isinstance(entries, dict):
@@ -441,19 +446,32 @@ def _load_config(path: Path | None, problems: list[str], warnings: list[str]) ->
             item = _convert(value, typ, (section, name), probs)
             if item is not None:
                 converted[name] = item
+            else:
+                broken.add(f"{section}.{name}")  # its own problem is reported; `then` may still name it
         setattr(config, section, converted)
-    _check_config(config, probs)
-    problems.extend(probs.items)
-    warnings.extend(probs.warnings)
-    return config, text
+    _check_config(config, probs, broken)
+    base = path.parent
+    for i, entry in enumerate(config.watches):
+        if entry != "watches/" and not resolve_path(base, entry).exists():  # the default may be absent
+            probs.at(("watches", i), f"watch path {entry!r} not found (relative paths start at the config's folder)")
+    for setting, value in secret_settings(config):
+        name = unset_env(value)
+        if name is None:
+            continue
+        if setting in probs.positions:
+            probs.warn(setting, f"env:{name} is not set in this shell; the daemon needs it")
+        else:
+            message = f"`{setting[-1]}` defaults to env:{name}, which is not set in this shell; the daemon needs it"
+            probs.warn(setting, message)
+    return config, broken
 
 
-def _check_config(config: Config, probs: _Problems) -> None:
+def _check_config(config: Config, probs: _Problems, broken: set[str]) -> None:
     if config.timezone and not _zone_ok(config.timezone):
         probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
     if config.backup.keep < 1:
         probs.at(("backup", "keep"), "`keep` must be at least 1 (the newest verified backup is always kept)")
-    targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent}
+    targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent} | broken
     for name, sched in config.schedule.items():
         path: tuple[PathPart, ...] = ("schedule", name)
         if not WATCH_ID_RE.match(name):  # it is a token of the subject watchd.schedule.<name>.done
@@ -492,13 +510,12 @@ def _check_config(config: Config, probs: _Problems) -> None:
             _check_anthropic(config, name, agent, probs)
         if isinstance(agent, CommandAgent) and not agent.command:
             probs.at(("agent", name, "command"), '`command` needs at least the program, e.g. ["my-agent", "--stdin"]')
-    known = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent}
     for i, target in enumerate(config.alert or []):
-        if target not in known:
+        if target not in targets:
             probs.at(
                 ("alert", i),
                 f"unknown target {target!r} in alert: use a [notify.x] or [agent.x] name "
-                f"(known: {', '.join(sorted(known))})",
+                f"(known: {', '.join(sorted(targets))})",
             )
 
 
@@ -550,7 +567,9 @@ def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems
         probs.at(path, exc.message)
 
 
-def watch_files_of(config: Config, base: Path, problems: list[str]) -> list[Path]:
+def watch_files_of(config: Config, base: Path) -> list[Path]:
+    """The watch files `watches` names: files as given, folders' *.toml; missing ones are skipped
+    (load reports them)."""
     files: list[Path] = []
     for entry in config.watches:
         p = resolve_path(base, entry)
@@ -558,56 +577,58 @@ def watch_files_of(config: Config, base: Path, problems: list[str]) -> list[Path
             files.extend(sorted(p.glob("*.toml")))
         elif p.is_file():
             files.append(p)
-        elif entry != "watches/":  # the default may be absent
-            problems.append(f"{entry}: watch path not found (fix `watches` in the config)")
     return files
 
 
 def load(config_path: Path | None, *, watches: bool = True) -> Loaded:
-    """Load and validate everything; raise ConfigError listing every problem.
+    """Load and validate everything; raise ConfigError listing every problem, sorted by file and line.
 
     watches=False loads the config alone (targets, zone, NATS): `watchd test FILE` then loads just
     FILE with `load_watch_file`, so a problem in another watch file does not stop a backtest.
     """
-    problems: list[str] = []
-    warnings: list[str] = []
-    config, _ = _load_config(config_path, problems, warnings)
+    found: list[Problem] = []
+    config, broken = _load_config(config_path, found)
     base = config_path.parent if config_path else Path.cwd()
     config.notify.setdefault("console", ConsoleNotifier())
-    files = watch_files_of(config, base, problems) if watches else []
-    loaded = Loaded(config, config_path, base, [], files, warnings)
+    files = watch_files_of(config, base) if watches else []
+    loaded = Loaded(config, config_path, base, [], files)
     seen: dict[str, str] = {}
     for path in files:
-        loaded.watches.extend(_load_watch_file(path, loaded, seen, problems, warnings))
-    if problems:
-        raise ConfigError(problems, hint="fix the lines above, then run `watchd validate` again")
+        loaded.watches.extend(_load_watch_file(path, loaded.targets() | broken, loaded.zone(), seen, found))
+    loaded.warnings = _raise_problems(found, "fix the lines above, then run `watchd validate` again")
     return loaded
 
 
 def load_watch_file(loaded: Loaded, path: Path) -> tuple[list[WatchDef], list[str]]:
     """One watch file checked exactly as `load` checks it (targets and zone from `loaded`'s config):
     its watches and warnings; ConfigError with `file:line:col` problems."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    defs = _load_watch_file(path, loaded, {}, problems, warnings)
-    if problems:
-        raise ConfigError(problems, hint="fix the lines above, then run it again")
-    return defs, warnings
+    found: list[Problem] = []
+    defs = _load_watch_file(path, loaded.targets(), loaded.zone(), {}, found)
+    return defs, _raise_problems(found, "fix the lines above, then run it again")
+
+
+def _raise_problems(found: list[Problem], hint: str) -> list[str]:
+    """The warnings, when there are no errors; else ConfigError with both, in file order."""
+    found.sort()
+    errors = [str(p) for p in found if not p.warning]
+    if errors:
+        raise ConfigError(errors, hint=hint, report=[str(p) for p in found])
+    return [str(p) for p in found]
 
 
 def _load_watch_file(
-    path: Path, loaded: Loaded, seen: dict[str, str], problems: list[str], warnings: list[str]
+    path: Path, targets: set[str], zone: str, seen: dict[str, str], found: list[Problem]
 ) -> list[WatchDef]:
     defs: list[WatchDef] = []
-    targets = loaded.targets()
     display = os.path.relpath(path) if not path.is_absolute() or str(path).startswith(os.getcwd()) else str(path)
-    parsed = _read_toml(path, display, problems)
+    parsed = _read_toml(path, display, found)
     if parsed is None:
         return defs
     text, raw = parsed
-    probs = _Problems(display, text)
-    for extra in set(raw) - {"watch"}:
-        probs.at((extra,), f"unknown top-level key `{extra}`: a watch file holds [[watch]] tables only")
+    probs = _Problems(display, text, found)
+    for extra in raw.keys() - {"watch"}:
+        hint = "a watch file holds [[watch]] tables only"
+        probs.at((extra,), structcheck.unknown_key(extra, ["watch"], "top-level key") + f" ({hint})")
     entries = raw.get("watch", [])
     if not isinstance(entries, list):
         probs.at(("watch",), "`watch` must be an array of tables: write [[watch]]")
@@ -616,15 +637,13 @@ def _load_watch_file(
         here: tuple[PathPart, ...] = ("watch", i)
         watch = _convert(entry, Watch, here, probs)
         if watch is not None:
-            _check_watch(watch, here, probs, targets, loaded.zone())
+            _check_watch(watch, here, probs, targets, zone)
             if watch.id in seen:
                 probs.at((*here, "id"), f"duplicate watch id {watch.id!r} (also in {seen[watch.id]})")
                 continue
             seen[watch.id] = f"{display}:{probs.line_of(here)}"
             digest = hashlib.sha256(msgspec.json.encode(watch)).hexdigest()[:16]
             defs.append(WatchDef(watch, display, probs.line_of(here), digest))
-    problems.extend(probs.items)
-    warnings.extend(probs.warnings)
     return defs
 
 
@@ -699,16 +718,62 @@ def resolve_secret(value: str | None) -> str | None:
     scheme, _, rest = value.partition(":")
     if scheme == "env":
         if rest not in os.environ:
-            raise WatchdError(f"secret env:{rest} is not set", hint=f"export {rest}=… before starting watchd")
+            raise WatchdError(f"env:{rest} is not set", hint=f"export {rest}=… before starting watchd")
         return os.environ[rest]
     if scheme in ("file", "cred"):
         if scheme == "cred":
             creds = os.environ.get("CREDENTIALS_DIRECTORY")
             if not creds:
-                raise WatchdError(f"secret cred:{rest} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+                raise WatchdError(f"cred:{rest} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
             rest = str(Path(creds) / rest)
         try:
             return Path(rest).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise WatchdError(f"cannot read secret {scheme}:{rest}: {exc.strerror}") from None
+            raise WatchdError(f"cannot read {scheme}:{rest}: {exc.strerror}") from None
     return value
+
+
+# Every setting the daemon reads through resolve_secret, by the table that holds it.
+SECRET_SETTINGS: dict[type[msgspec.Struct], tuple[str, ...]] = {
+    HttpConfig: ("token",),
+    TelegramNotifier: ("token",),
+    SlackNotifier: ("token", "webhook_url"),
+    WebhookNotifier: ("url", "secret"),
+    AnthropicAgent: ("api_key",),
+    Schedule: ("ping_url",),
+}
+
+
+def secret_settings(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Each secret setting in use and its raw value: (("notify", "phone", "token"), "env:TG_TOKEN")."""
+    tables: list[tuple[tuple[str, ...], msgspec.Struct]] = [(("http",), config.http)]
+    tables += [(("notify", name), n) for name, n in config.notify.items()]
+    tables += [(("agent", name), a) for name, a in config.agent.items()]
+    tables += [(("schedule", name), s) for name, s in config.schedule.items() if s.enabled]
+    for path, table in tables:
+        for key in SECRET_SETTINGS.get(type(table), ()):
+            value = getattr(table, key)
+            if isinstance(value, str):
+                yield (*path, key), value
+
+
+def unset_env(value: str) -> str | None:
+    """NAME, when `value` is `env:NAME` and this process has no such variable."""
+    scheme, _, name = value.partition(":")
+    return name if scheme == "env" and name not in os.environ else None
+
+
+def require_env_secrets(config: Config) -> None:
+    """Refuse to start with a secret whose environment variable is unset: naming the setting (never
+    a value), rather than dead-lettering every handoff to that target later."""
+    missing = []
+    for path, value in secret_settings(config):
+        name = unset_env(value)
+        if name is not None:
+            table = f"[{'.'.join(path[:-1])}]"
+            missing.append(f"{table} {path[-1]} needs env:{name}, which is not set")
+    if missing:
+        raise WatchdError(
+            "; ".join(missing),
+            hint="set it in watchd's environment (systemd: Environment= or EnvironmentFile=), or use file: or cred:",
+        )

@@ -16,11 +16,13 @@ class WatchdError(Exception):
 
 
 class ConfigError(WatchdError):
-    """One or more problems in config or watch files, each as `file:line:col: message`."""
+    """One or more problems in config or watch files, each as `file:line:col: message`. `report`
+    is what to show: the problems and any warnings, in file order (default: the problems)."""
 
-    def __init__(self, problems: list[str], hint: str | None = None) -> None:
+    def __init__(self, problems: list[str], hint: str | None = None, report: list[str] | None = None) -> None:
         super().__init__("\n".join(problems), hint)
         self.problems = problems
+        self.report = report if report is not None else problems
 
 
 class EventRejected(WatchdError):

@@ -1,7 +1,7 @@
 """Map a data path such as ("watch", 1, "within") back to a line and column of the TOML text.
 
-msgspec reports problems as `$.watch[1].within`; users need `watches/a.toml:14:1`. tomllib keeps
-no positions, so this walks the text once, tracking table headers, arrays of tables and keys
+Checks find problems at data paths; users need `watches/a.toml:14:1`. tomllib keeps no positions,
+so this walks the text once, tracking table headers, arrays of tables and keys
 (inline tables too), and records where each path is defined. It is a locator, not a parser:
 the text has already been parsed, so it only has to be right for valid TOML.
 """
@@ -109,11 +109,3 @@ def locate(positions: dict[tuple[PathPart, ...], Position], path: tuple[PathPart
         if pos is not None:
             return pos
     return (1, 1)
-
-
-def parse_msgspec_path(text: str) -> tuple[PathPart, ...]:
-    """`$.watch[1].expect.where` -> ("watch", 1, "expect", "where")."""
-    parts: list[PathPart] = []
-    for name, index in re.findall(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]", text):
-        parts.append(int(index) if index else name)
-    return tuple(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def _load_without_watches(config_path: str | None) -> Loaded:
     """The config alone: a watch file with a mistake must not stop a backup (it is backed up as it
     is) nor a restore (which may be how it gets fixed)."""
     loaded = config.load(config.find_config(config_path), watches=False)
-    loaded.watch_files = config.watch_files_of(loaded.config, loaded.base_dir, [])
+    loaded.watch_files = config.watch_files_of(loaded.config, loaded.base_dir)
     return loaded
 
 
@@ -120,6 +121,8 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
     from watchd.jobs import backup as backup_job
     from watchd.jobs import restore as restoring
 
+    if not yes and not sys.stdin.isatty():  # first: a script must learn how to confirm, not wait for a prompt
+        fail("restore replaces watchd's database and needs confirmation", hint=f"run it again with --yes: {_again()}")
     loaded = _load_without_watches(config_path)
     archive = Path(file).expanduser()
     if not archive.is_file():
@@ -127,8 +130,6 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
         raise WatchdError(f"backup file {file} not found", hint=hint)
     manifest = backup_job.read_manifest(archive)
     if not yes:
-        if not sys.stdin.isatty():
-            fail(f"restore replaces the database in {loaded.state_dir.absolute()}", hint="add --yes to confirm")
         prompt = f"Replace the state in {loaded.state_dir.absolute()} with the backup of {manifest.created_at}?"
         click.confirm(prompt, abort=True)
     done = restoring.restore(loaded, archive, watches=with_watches, now=time.time())
@@ -154,6 +155,11 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
             "replaying the events the stream still holds since the backup"
         )
     )
+
+
+def _again() -> str:
+    """This command line with --yes added, to copy."""
+    return " ".join(shlex.quote(a) for a in ["watchd", *sys.argv[1:], "--yes"])
 
 
 COMMANDS = (

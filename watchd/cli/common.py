@@ -43,7 +43,7 @@ CONFIG_OPTION = click.option(
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     # escape: messages quote config ("[nats] url", "[http] listen") that rich would read as markup
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
-    if hint:
+    if hint and hint not in message:  # some messages already end with their hint (config problems)
         err.print(f"[dim]hint: {escape(hint)}[/]", markup=True)
     sys.exit(code)
 

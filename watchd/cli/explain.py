@@ -125,8 +125,8 @@ def backtest_cmd(config_path: str | None, file: str, since: str | None, events_p
     if not path.is_file():
         raise WatchdError(f"watch file {file} not found", hint="give the path of a TOML file with [[watch]] tables")
     defs, warnings = config.load_watch_file(base, path)
-    for warning in warnings:
-        err.print(f"warning: {warning}", markup=False)
+    for warning in warnings:  # each already reads "file:line:col: warning: …"
+        err.print(warning, markup=False)
     if not defs:
         raise WatchdError(f"{file} defines no watches", hint="add [[watch]] tables (see watches/ for examples)")
     max_bytes = base.config.engine.max_event_bytes

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from watchd import config
 from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, http_get, load, out
 from watchd.errors import DaemonNotRunning
 
@@ -32,21 +33,25 @@ def run(config_path: str | None, verbose: bool) -> None:
     )
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    daemon.run(load(config_path))
+    loaded = load(config_path)
+    config.require_env_secrets(loaded.config)  # validate only warns: its shell is not the daemon's
+    daemon.run(loaded)
 
 
 @click.command()
 @CONFIG_OPTION
 def validate(config_path: str | None) -> None:
-    """Check the config and every watch file; problems as file:line:col; exit 1 on any.
+    """Check the config and every watch file at once; each problem as file:line:col; exit 1 on any.
+
+    Warnings (a fixed time in a DST gap, an env: secret unset in this shell) do not fail it.
 
     \b
     Example:
       watchd validate --config config.example.toml
     """
     loaded = load(config_path)
-    for warning in loaded.warnings:
-        err.print(f"warning: {warning}", markup=False)
+    for warning in loaded.warnings:  # each already reads "file:line:col: warning: …"
+        err.print(warning, markup=False)
     where = loaded.config_path or "built-in defaults"
     out.print(f"ok: {len(loaded.watches)} watches in {len(loaded.watch_files)} files ({where})")
 
