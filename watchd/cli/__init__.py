@@ -12,7 +12,7 @@ import sys
 import click
 
 from watchd import __version__
-from watchd.cli import agents, backup, canary, events, explain, handoffs, nats, run, schedules, worker
+from watchd.cli import agents, backup, canary, events, explain, handoffs, nats, run, schedules, service, worker
 from watchd.cli.common import err, fail
 from watchd.errors import ConfigError, WatchdError
 
@@ -22,11 +22,15 @@ from watchd.errors import ConfigError, WatchdError
 def cli() -> None:
     """watchd wakes your agents only when a watched condition matches.
 
+    Every command takes --config PATH and has --help with an example; the README explains the
+    config, the watch files and the JSON outputs.
+
     \b
-    Quick start:
+    Examples:
       watchd validate --config config.example.toml
       watchd run --config config.example.toml
       watchd emit backup.done exit_code=0
+      watchd service install --user
     """
 
 
@@ -47,6 +51,7 @@ for command in (
     *canary.COMMANDS,
     *nats.COMMANDS,
     *schedules.COMMANDS,
+    service.service_group,
 ):
     cli.add_command(command)
 
@@ -62,8 +67,8 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(problem, markup=False)
+        for line in exc.report:  # the problems, with any warnings among them in file order
+            err.print(line, markup=False)
         fail(f"{len(exc.problems)} problem(s) found", exc.hint)
     except WatchdError as exc:
         fail(exc.message, exc.hint)

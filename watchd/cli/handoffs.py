@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import click
 from rich.table import Table
@@ -11,6 +11,7 @@ from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, http_get, load, one_line, out
 from watchd.errors import DaemonNotRunning
+from watchd.model import HandoffState
 
 if TYPE_CHECKING:
     from watchd.model import Handoff
@@ -18,15 +19,17 @@ if TYPE_CHECKING:
 
 @click.command()
 @CONFIG_OPTION
-@click.option("--state", "state", help="only handoffs in this state (pending, delivering, delivered, retrying, dead…)")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="an array of handoff objects (SPEC section 4) plus state")
+@click.option("--state", "state", type=click.Choice(get_args(HandoffState)), help="only handoffs in this state")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="an array of handoff objects (fields in the README)")
 def handoffs(config_path: str | None, state: str | None, limit: int, as_json: bool) -> None:
-    """List handoffs, newest first.
+    """List handoffs, newest first: which watch fired, for which key, to which target, and how far
+    delivery got.
 
     \b
-    Example:
+    Examples:
       watchd handoffs --state dead
+      watchd handoffs --json --limit 10 | jq -r '.[] | "\\(.watch) \\(.state)"'
     """
     from watchd.status import list_handoffs
 
@@ -70,7 +73,7 @@ def _dlq_config(ctx: click.Context, config_path: str | None) -> str | None:
 
 @dlq.command(name="list")
 @CONFIG_OPTION
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="an array of handoff objects, as `watchd handoffs --json`")
 @click.pass_context
 def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_json: bool = False) -> None:

@@ -1,6 +1,6 @@
 """`watchd schedules`: the upcoming ticks of every schedule, in local and UTC time, with DST notes.
 
-`--json` is an array of ticks, soonest first (SPEC 5)::
+`--json` is an array of ticks, soonest first (as the README documents it)::
 
     [{"schedule": str, "at_utc": "2026-03-29T01:00:00Z", "at_local": "2026-03-29T03:00:00+02:00",
       "note": str | null}]
