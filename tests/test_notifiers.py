@@ -409,7 +409,7 @@ async def test_webhook_body_headers_and_hmac() -> None:
         assert req.headers["Content-Type"] == "application/json"
         assert req.headers["X-Watchd-Handoff-Id"] == "h_3f2a9c"
         assert req.headers["X-Watchd-Attempt"] == "2"
-        assert msgspec.json.decode(req.body, type=Handoff) == h
+        assert msgspec.json.decode(req.body, type=Handoff) == msgspec.structs.replace(h, message=render(h))
         expected = "sha256=" + hmac.new(b"signing-key", req.body, hashlib.sha256).hexdigest()
         assert req.headers["X-Watchd-Signature-256"] == expected
         assert verify("signing-key", req.body, req.headers["X-Watchd-Signature-256"])
@@ -425,6 +425,26 @@ async def test_webhook_body_headers_and_hmac() -> None:
         wh.secret, wh.header = "k2", "X-Sig"
         assert isinstance(await custom.deliver(h), Delivered)
         assert wh.requests[-1].headers["X-Sig"] == sign("k2", wh.requests[-1].body)
+
+
+async def test_webhook_body_message_is_the_text_a_person_reads() -> None:
+    async with FakeWebhook() as wh:
+        n = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook")
+        plain = make_handoff(message=None)
+        assert isinstance(await n.deliver(plain), Delivered)
+        body = msgspec.json.decode(wh.requests[-1].body)
+        assert body["message"] == render(plain) and body["message"].startswith("🔔 nightly-backup fired")
+        assert isinstance(await n.deliver(make_handoff(message="backup late on nas")), Delivered)
+        assert msgspec.json.decode(wh.requests[-1].body)["message"] == "backup late on nas"
+
+
+def test_an_unset_secret_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHD_TEST_UNSET_SECRET", raising=False)
+    with pytest.raises(WatchdError) as info:
+        WebhookNotifier(
+            WebhookConfig(url="https://hooks.example/x", secret="env:WATCHD_TEST_UNSET_SECRET"), name="notify.hook"
+        )
+    assert info.value.message == "notify.hook: secret: env:WATCHD_TEST_UNSET_SECRET is not set"
 
 
 async def test_webhook_unsigned_redirect_and_http_date() -> None:
@@ -463,9 +483,9 @@ def test_parse_retry_after() -> None:
 
 
 async def test_misconfigured_target_dead_letters() -> None:
-    m = Misconfigured("notify.phone", "notify.phone: token: secret env:X is not set")
-    assert await m.deliver(make_handoff()) == Dead("notify.phone: token: secret env:X is not set")
-    assert await m.probe() == (False, "notify.phone: token: secret env:X is not set")
+    m = Misconfigured("notify.phone", "notify.phone: token: env:X is not set")
+    assert await m.deliver(make_handoff()) == Dead("notify.phone: token: env:X is not set")
+    assert await m.probe() == (False, "notify.phone: token: env:X is not set")
 
 
 def test_scrub() -> None:
