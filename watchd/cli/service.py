@@ -80,11 +80,15 @@ def install(config_path: str | None, user_mode: bool | None, root: Path | None, 
     if before == text:
         _say(f"{path} is up to date")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.tmp")
-        partial.write_text(text, encoding="utf-8")
-        partial.chmod(0o644)
-        partial.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            partial.chmod(0o644)
+            partial.replace(path)
+        except OSError as exc:
+            hint = "the system unit needs root: sudo watchd service install --system" if where.system else None
+            raise WatchdError(f"cannot write {path}: {exc.strerror}", hint=hint) from None
         _say(f"{'updated' if before is not None else 'wrote'} {path}")
     _say(f"  ExecStart={service.exec_start(service.watchd_program(), cfg)}")
     _reload(where, root)
@@ -113,7 +117,10 @@ def uninstall(user_mode: bool | None, root: Path | None, dry_run: bool) -> None:
     usable = _systemctl_usable(where, root)
     if usable:
         _systemctl(where, "disable", "--now", service.UNIT_NAME)
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise WatchdError(f"cannot remove {path}: {exc.strerror}", hint="the system unit needs root") from None
     _say(f"removed {path}")
     if usable and _systemctl(where, "daemon-reload"):
         _say(f"reloaded systemd ({' '.join(where.systemctl)} daemon-reload)")
