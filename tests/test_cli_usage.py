@@ -200,7 +200,7 @@ def test_restore_without_yes_and_no_terminal_says_how_to_confirm_first(tmp_path:
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert r.stderr.strip().splitlines() == [
             "error: restore replaces watchd's database and needs confirmation",
-            f"hint: run it again with --yes: watchd restore {archive} --config {cfg} --yes",
+            "hint: add --yes to confirm (no terminal to ask on)",
         ]
     r = watchd("restore", "missing.tar.gz", "--yes", "--config", str(cfg), cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.startswith("error: backup file missing.tar.gz not found")

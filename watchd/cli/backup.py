@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -122,7 +121,10 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
     from watchd.jobs import restore as restoring
 
     if not yes and not sys.stdin.isatty():  # first: a script must learn how to confirm, not wait for a prompt
-        fail("restore replaces watchd's database and needs confirmation", hint=f"run it again with --yes: {_again()}")
+        fail(
+            "restore replaces watchd's database and needs confirmation",
+            hint="add --yes to confirm (no terminal to ask on)",
+        )
     loaded = _load_without_watches(config_path)
     archive = Path(file).expanduser()
     if not archive.is_file():
@@ -155,11 +157,6 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
             "replaying the events the stream still holds since the backup"
         )
     )
-
-
-def _again() -> str:
-    """This command line with --yes added, to copy."""
-    return " ".join(shlex.quote(a) for a in ["watchd", *sys.argv[1:], "--yes"])
 
 
 COMMANDS = (
