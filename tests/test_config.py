@@ -381,3 +381,14 @@ model = "claude-haiku-4-5"
     monkeypatch.setenv("ANTHROPIC_API_KEY", "y")
     assert config.load(path).warnings == []
     config.require_env_secrets(loaded.config)
+
+
+def test_an_external_nats_url_may_be_an_env_secret_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHD_TEST_NATS_URL", raising=False)
+    path = write(tmp_path, {}, '[nats]\nurl = ["nats://a.example:4222", "env:WATCHD_TEST_NATS_URL"]\n')
+    loaded = config.load(path)
+    assert [w.replace(str(tmp_path) + "/", "") for w in loaded.warnings] == [
+        "config.toml:2:1: warning: env:WATCHD_TEST_NATS_URL is not set in this shell; the daemon needs it"
+    ]
+    with pytest.raises(WatchdError, match=r"^\[nats\] url\[1\] needs env:WATCHD_TEST_NATS_URL, which is not set$"):
+        config.require_env_secrets(loaded.config)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from watchd.limits import (
     split_listen,
     url_host,
 )
-from watchd.tomlpos import PathPart, index_positions, locate
+from watchd.tomlpos import FileProblems, PathPart, Problem, read_toml
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -361,59 +360,7 @@ def find_config(explicit: str | None) -> Path | None:
     return xdg if xdg.is_file() else None
 
 
-@dataclass(frozen=True, order=True)
-class Problem:
-    """One problem (or warning) at `file:line:col`; problems sort by file, then position."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-    warning: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {'warning: ' if self.warning else ''}{self.message}"
-
-
-class _Problems:
-    """Collects the problems of one file, located by their data path."""
-
-    def __init__(self, display: str, text: str, found: list[Problem]) -> None:
-        self.display = display
-        self.positions = index_positions(text)
-        self.found = found
-        self.replaced: list[tuple[PathPart, ...]] = []  # wrong values, checked no further
-
-    def at(self, path: tuple[PathPart, ...], message: str) -> None:
-        # A check of (or over) a value that was wrong and replaced would only report a consequence.
-        if not any(path and (r[: len(path)] == path or path[: len(r)] == r) for r in self.replaced):
-            self.found.append(Problem(self.display, *locate(self.positions, path), message))
-
-    def warn(self, path: tuple[PathPart, ...], message: str) -> None:
-        self.found.append(Problem(self.display, *locate(self.positions, path), message, warning=True))
-
-    def line_of(self, path: tuple[PathPart, ...]) -> int:
-        return locate(self.positions, path)[0]
-
-
-def _read_toml(path: Path, display: str, found: list[Problem]) -> tuple[str, dict[str, Any]] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        found.append(Problem(display, 1, 1, f"cannot read file: {exc}"))
-        return None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib has no structured position: its message ends "(at line L, column C)"
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        found.append(Problem(display, line, col, f"TOML syntax error: {msg}"))
-        return None
-
-
-def _convert(value: Any, typ: Any, prefix: tuple[PathPart, ...], probs: _Problems) -> Any:
+def _convert(value: Any, typ: Any, prefix: tuple[PathPart, ...], probs: FileProblems) -> Any:
     """`value` as `typ`, every problem recorded; what could be built (see structcheck), or None."""
     result, issues = structcheck.convert(value, typ, prefix)
     for issue in issues:
@@ -428,11 +375,11 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
     if path is None:
         return Config(), set()
     display = str(path)
-    parsed = _read_toml(path, display, found)
+    parsed = read_toml(path, display, found)
     if parsed is None:
         return Config(), set()
     text, raw = parsed
-    probs = _Problems(display, text, found)
+    probs = FileProblems(display, text, found)
     top = {k: v for k, v in raw.items() if k not in _NAMED_SECTIONS}
     config = _convert(top, Config, (), probs) or Config()
     broken: set[str] = set()
@@ -458,15 +405,15 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
         name = unset_env(value)
         if name is None:
             continue
-        if setting in probs.positions:
+        if _key_path(setting) in probs.positions:  # written in the file, not a default
             probs.warn(setting, f"env:{name} is not set in this shell; the daemon needs it")
         else:
-            message = f"`{setting[-1]}` defaults to env:{name}, which is not set in this shell; the daemon needs it"
-            probs.warn(setting, message)
+            key = setting_name(setting)[1]
+            probs.warn(setting, f"`{key}` defaults to env:{name}, which is not set in this shell; the daemon needs it")
     return config, broken
 
 
-def _check_config(config: Config, probs: _Problems, broken: set[str]) -> None:
+def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None:
     if config.timezone and not _zone_ok(config.timezone):
         probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
     if config.backup.keep < 1:
@@ -519,7 +466,7 @@ def _check_config(config: Config, probs: _Problems, broken: set[str]) -> None:
             )
 
 
-def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: _Problems) -> None:
+def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: FileProblems) -> None:
     here: tuple[PathPart, ...] = ("agent", name)
     _check_duration(agent.max_watch_for, (*here, "max_watch_for"), probs)
     for key in ("max_tokens", "max_steps", "run_token_budget", "daily_token_budget"):
@@ -538,7 +485,7 @@ def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: _P
         probs.at((*here, "tools", i), f"unknown tool {tool!r}: {hint}")
 
 
-def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems, dst_gap: str = "shift") -> None:
+def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: FileProblems, dst_gap: str = "shift") -> None:
     try:
         spec = parse_cron(text, zone, dst_gap=dst_gap)  # type: ignore[arg-type]
     except ScheduleError as exc:
@@ -550,7 +497,7 @@ def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: _Proble
         probs.warn(path, warning)
 
 
-def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Problems) -> float | None:
+def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: FileProblems) -> float | None:
     if text is None:
         return None
     try:
@@ -560,7 +507,7 @@ def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: _Proble
         return None
 
 
-def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: _Problems) -> None:
+def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: FileProblems) -> None:
     try:
         at_instant(text, zone)
     except ScheduleError as exc:
@@ -621,11 +568,11 @@ def _load_watch_file(
 ) -> list[WatchDef]:
     defs: list[WatchDef] = []
     display = os.path.relpath(path) if not path.is_absolute() or str(path).startswith(os.getcwd()) else str(path)
-    parsed = _read_toml(path, display, found)
+    parsed = read_toml(path, display, found)
     if parsed is None:
         return defs
     text, raw = parsed
-    probs = _Problems(display, text, found)
+    probs = FileProblems(display, text, found)
     for extra in raw.keys() - {"watch"}:
         hint = "a watch file holds [[watch]] tables only"
         probs.at((extra,), structcheck.unknown_key(extra, ["watch"], "top-level key") + f" ({hint})")
@@ -647,7 +594,7 @@ def _load_watch_file(
     return defs
 
 
-def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets: set[str], zone: str) -> None:
+def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: FileProblems, targets: set[str], zone: str) -> None:
     if not WATCH_ID_RE.match(w.id):
         probs.at((*here, "id"), f"watch id {w.id!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
     elif w.id.startswith("watchd-"):
@@ -698,7 +645,7 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: _Problems, targets
             probs.at((*here, "quiet", "timezone"), f"unknown time zone {w.quiet.timezone!r}")
 
 
-def _check_pattern(p: Pattern, path: tuple[PathPart, ...], probs: _Problems) -> None:
+def _check_pattern(p: Pattern, path: tuple[PathPart, ...], probs: FileProblems) -> None:
     if not re.match(r"^([A-Za-z0-9_-]+|\*|>)(\.([A-Za-z0-9_-]+|\*|>))*$", p.subject) or ">." in p.subject:
         probs.at((*path, "subject"), f"bad subject pattern {p.subject!r}: dot-separated tokens, `*` or a final `>`")
     for key in ("where", "key"):
@@ -735,6 +682,7 @@ def resolve_secret(value: str | None) -> str | None:
 
 # Every setting the daemon reads through resolve_secret, by the table that holds it.
 SECRET_SETTINGS: dict[type[msgspec.Struct], tuple[str, ...]] = {
+    NatsConfig: ("url",),  # an external server's URL(s), which may carry credentials
     HttpConfig: ("token",),
     TelegramNotifier: ("token",),
     SlackNotifier: ("token", "webhook_url"),
@@ -744,9 +692,10 @@ SECRET_SETTINGS: dict[type[msgspec.Struct], tuple[str, ...]] = {
 }
 
 
-def secret_settings(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
-    """Each secret setting in use and its raw value: (("notify", "phone", "token"), "env:TG_TOKEN")."""
-    tables: list[tuple[tuple[str, ...], msgspec.Struct]] = [(("http",), config.http)]
+def secret_settings(config: Config) -> Iterator[tuple[tuple[PathPart, ...], str]]:
+    """Each secret setting in use and its raw value: (("notify", "phone", "token"), "env:TG_TOKEN");
+    a list's items each with their index: (("nats", "url", 1), "env:NATS_URL_2")."""
+    tables: list[tuple[tuple[str, ...], msgspec.Struct]] = [(("nats",), config.nats), (("http",), config.http)]
     tables += [(("notify", name), n) for name, n in config.notify.items()]
     tables += [(("agent", name), a) for name, a in config.agent.items()]
     tables += [(("schedule", name), s) for name, s in config.schedule.items() if s.enabled]
@@ -755,6 +704,21 @@ def secret_settings(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
             value = getattr(table, key)
             if isinstance(value, str):
                 yield (*path, key), value
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    yield (*path, key, i), item
+
+
+def _key_path(path: tuple[PathPart, ...]) -> tuple[PathPart, ...]:
+    """The path of the key itself: ("nats", "url", 1) -> ("nats", "url")."""
+    return path[: max(i for i, part in enumerate(path) if isinstance(part, str)) + 1]
+
+
+def setting_name(path: tuple[PathPart, ...]) -> tuple[str, str]:
+    """("notify", "phone", "token") -> ("[notify.phone]", "token"); ("nats", "url", 1) -> ("[nats]", "url[1]")."""
+    key = _key_path(path)
+    table = ".".join(str(p) for p in key[:-1])
+    return f"[{table}]", str(key[-1]) + "".join(f"[{i}]" for i in path[len(key) :])
 
 
 def unset_env(value: str) -> str | None:
@@ -770,8 +734,8 @@ def require_env_secrets(config: Config) -> None:
     for path, value in secret_settings(config):
         name = unset_env(value)
         if name is not None:
-            table = f"[{'.'.join(path[:-1])}]"
-            missing.append(f"{table} {path[-1]} needs env:{name}, which is not set")
+            table, key = setting_name(path)
+            missing.append(f"{table} {key} needs env:{name}, which is not set")
     if missing:
         raise WatchdError(
             "; ".join(missing),

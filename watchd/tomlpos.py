@@ -3,12 +3,17 @@
 Checks find problems at data paths; users need `watches/a.toml:14:1`. tomllib keeps no positions,
 so this walks the text once, tracking table headers, arrays of tables and keys
 (inline tables too), and records where each path is defined. It is a locator, not a parser:
-the text has already been parsed, so it only has to be right for valid TOML.
+the text has already been parsed, so it only has to be right for valid TOML. `FileProblems`
+collects a file's problems at the positions it finds.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 PathPart = str | int
 Position = tuple[int, int]
@@ -109,3 +114,56 @@ def locate(positions: dict[tuple[PathPart, ...], Position], path: tuple[PathPart
         if pos is not None:
             return pos
     return (1, 1)
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem (or warning) at `file:line:col`; problems sort by file, then position."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {'warning: ' if self.warning else ''}{self.message}"
+
+
+class FileProblems:
+    """Collects the problems of one file, located by their data path."""
+
+    def __init__(self, display: str, text: str, found: list[Problem]) -> None:
+        self.display = display
+        self.positions = index_positions(text)
+        self.found = found
+        self.replaced: list[tuple[PathPart, ...]] = []  # wrong values, checked no further
+
+    def at(self, path: tuple[PathPart, ...], message: str) -> None:
+        # A check of (or over) a value that was wrong and replaced would only report a consequence.
+        if not any(path and (r[: len(path)] == path or path[: len(r)] == r) for r in self.replaced):
+            self.found.append(Problem(self.display, *locate(self.positions, path), message))
+
+    def warn(self, path: tuple[PathPart, ...], message: str) -> None:
+        self.found.append(Problem(self.display, *locate(self.positions, path), message, warning=True))
+
+    def line_of(self, path: tuple[PathPart, ...]) -> int:
+        return locate(self.positions, path)[0]
+
+
+def read_toml(path: Path, display: str, found: list[Problem]) -> tuple[str, dict[str, Any]] | None:
+    """The text and data of a TOML file; None, with its problem in `found`, when it has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        found.append(Problem(display, 1, 1, f"cannot read file: {exc}"))
+        return None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib has no structured position: its message ends "(at line L, column C)"
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        found.append(Problem(display, line, col, f"TOML syntax error: {msg}"))
+        return None
