@@ -174,7 +174,7 @@ def test_an_external_url_may_be_a_secret_reference(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("WATCHD_TEST_NATS_URL", "nats://w:pw@nats.example:4222")
     assert credentials.client_url(loaded, "worker") == "nats://w:pw@nats.example:4222"
     monkeypatch.delenv("WATCHD_TEST_NATS_URL")
-    with pytest.raises(WatchdError, match="secret env:WATCHD_TEST_NATS_URL is not set"):
+    with pytest.raises(WatchdError, match="env:WATCHD_TEST_NATS_URL is not set"):
         credentials.client_url(loaded, "worker")
     cfg.write_text('[nats]\nurl = ["nats://a:4222", "nats://b:4222"]\n')
     assert credentials.client_url(config.load(cfg), "admin") == ["nats://a:4222", "nats://b:4222"]
