@@ -295,6 +295,7 @@ def test_data_at_the_depth_limit_and_unicode_are_stored_unchanged(listener: List
         ("tab\there", "outside printable ASCII"),
         ("caf\u00e9", "outside printable ASCII"),
         ("seq-12", "watchd keeps for the ids it assigns"),
+        (" ", "bad event id"),  # HTTP strips it to an empty value: refused, not replaced by a new id
     ],
 )
 def test_bad_idempotency_keys_are_refused(listener: Listener, key: str, fragment: str) -> None:

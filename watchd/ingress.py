@@ -202,7 +202,9 @@ class Ingress:
                 data = parse_data(body)
             except EventRejected as exc:
                 return self.error(400, exc.reason, exc.message)
-        event_id = request.headers.get("Idempotency-Key") or request.query.get("id") or None
+        # A key that is given but empty (HTTP strips the spaces of "Idempotency-Key:  ") is refused
+        # as a bad id rather than replaced by a new one: the sender meant a re-send to be stored once.
+        event_id = request.headers.get("Idempotency-Key", request.query.get("id"))
         try:
             event = make_event(request.match_info["subject"], data, id=event_id, source="http")
             # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
