@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fake_anthropic import FakeAnthropic, tool_use
+from support.fake_anthropic import FakeAnthropic, tool_use
 
 from watchd import config
 from watchd.agents.anthropic import AnthropicRunner

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import pid_gone, wait_until
+from support.processes import pid_gone
+from support.waiting import wait_until
 
 from watchd.agents.command import TAIL_BYTES, CommandRunner
 from watchd.config import CommandAgent, load

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from anthropic_support import NOW, closing_runners, done, handoff, open_store, rows, runner, serve_fake
-from fake_anthropic import FakeAnthropic, api_error, text, too_long, tool_use
+from support.anthropic_runs import NOW, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.fake_anthropic import FakeAnthropic, api_error, text, too_long, tool_use
 
 from watchd.config import Price, load
 from watchd.daemon import build_targets

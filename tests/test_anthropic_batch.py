@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from anthropic_support import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
-from fake_anthropic import FakeAnthropic, api_error, tool_use
+from support.anthropic_runs import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.fake_anthropic import FakeAnthropic, api_error, tool_use
 
 from watchd.agents.envelope import next_reset
 from watchd.dispatch import Delivered, Dispatcher

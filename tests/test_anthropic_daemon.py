@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import DaemonProc, become_subreaper, wait_until
-from fake_anthropic import FakeAnthropic, Turn, tool_use
+from support.fake_anthropic import FakeAnthropic, Turn, tool_use
 
 from watchd.model import make_event
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from anthropic_support import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
-from fake_anthropic import FakeAnthropic, Turn, text, tool_use
 from nats.aio.client import Client
+from support.anthropic_runs import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.fake_anthropic import FakeAnthropic, Turn, text, tool_use
 
 from watchd import bus
 from watchd.agents.anthropic import AnthropicRunner

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import DaemonProc, wait_until
-from fakes import FakeSlack, FakeTelegram
+from support.fakes import FakeSlack, FakeTelegram
 
 from watchd import __version__, config
 from watchd.agents.command import CommandRunner

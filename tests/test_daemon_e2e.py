@@ -1,6 +1,8 @@
-"""The real daemon as a subprocess: emit → fire → console handoff; status/check; absent overdue on
-restart; reload (invalid keeps the last good definitions, valid bumps the version, SIGHUP); SIGTERM;
-malformed events on the stream. No mocks: embedded nats-server, real SQLite, real HTTP."""
+"""The real daemon: emit → fire → console handoff with status/check, as a user runs them; absent
+overdue on restart; reload (invalid keeps the last good definitions, valid bumps the version, SIGHUP);
+SIGTERM; the state-dir lock; malformed events on the stream. No mocks: embedded nats-server, real
+SQLite, real HTTP. Signals, the lock and the smoke test use real processes; the rest runs the daemon
+in the test's event loop."""
 
 from __future__ import annotations
 
@@ -15,8 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from conftest import DaemonProc, pid_gone, wait_until
+from support.cli import run_cli
+from support.inprocess import InProcessDaemon
+from support.processes import DaemonProc, pid_gone
+from support.project import Project
+from support.waiting import until, wait_until
 
 from watchd import bus
 from watchd.model import make_event
@@ -30,9 +37,9 @@ then = ["notify.console"]
 """
 
 
-def test_emit_fires_console_handoff_and_status_and_check(daemon_factory: Callable[..., DaemonProc]) -> None:
+def test_emit_fires_console_handoff_and_status_and_check(process_factory: Callable[..., DaemonProc]) -> None:
     watch = MATCH_JOBS.replace('"job.*"', '"job.*", where = \'data.host != ":fire:"\'')
-    d = daemon_factory({"jobs.toml": watch}).start()
+    d = process_factory({"jobs.toml": watch}).start()
     assert d.cli("check").returncode == 0
 
     emitted = d.cli("emit", "job.done", "exit_code=0", "host=box")
@@ -42,10 +49,8 @@ def test_emit_fires_console_handoff_and_status_and_check(daemon_factory: Callabl
     # printed verbatim: no rich markup or emoji codes applied to a reason
     line = '[watchd: jobs fired] job.done matched where data.host != ":fire:" | watch jobs v1 · match | fired '
     wait_until(lambda: line in d.stdout(), what="console handoff on stdout")
-    rows = wait_until(
-        lambda: [h for h in json.loads(d.cli("handoffs", "--json").stdout) if h["state"] == "delivered"],
-        what="handoff delivered",
-    )
+    wait_until(lambda: [h for h in d.handoffs("jobs") if h["state"] == "delivered"], what="handoff delivered")
+    rows = [h for h in json.loads(d.cli("handoffs", "--json").stdout) if h["state"] == "delivered"]
     assert len(rows) == 1
     h = rows[0]
     assert (h["watch"], h["watch_version"], h["kind"], h["target"]) == ("jobs", 1, "match", "notify.console")
@@ -69,8 +74,10 @@ def test_emit_fires_console_handoff_and_status_and_check(daemon_factory: Callabl
     assert offline["daemon"]["ok"] is False and offline["watches"][0]["last_fired"] == w["last_fired"]
 
 
-def test_absent_overdue_fires_once_on_restart_saying_late(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory(
+async def test_absent_overdue_fires_once_on_restart_saying_late(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory(
         {
             "hb.toml": """
 [[watch]]
@@ -82,30 +89,32 @@ then = ["notify.console"]
 """
         }
     ).start()
-    d.publish(make_event("hb.laptop", {"n": 1}))
-    wait_until(lambda: d.decisions("hb", "matched"), what="heartbeat seen")
-    assert d.term() == 0
+    await d.publish(make_event("hb.laptop", {"n": 1}))
+    await until(lambda: d.decisions("hb", "matched"), what="heartbeat seen")
+    await d.stop()
     assert d.decisions("hb", "fired") == [], "fired before the silence was over"
     seen_at = d.decisions("hb", "matched")[0]["at"]
 
-    wait_until(lambda: time.time() > seen_at + 3 + 1.5, timeout_s=8, what="the silence to pass while down")
-    d.start()
-    (fired,) = wait_until(lambda: d.decisions("hb", "fired"), what="the overdue absent fire")
+    await d.advance(3 + 1.5)  # the silence passes while watchd is down
+    assert d.clock() > seen_at + 3 + 1.5
+    await d.start()
+    (fired,) = await until(lambda: d.decisions("hb", "fired"), what="the overdue absent fire")
     assert "late" in fired["reason"] and "watchd was not running" in fired["reason"], fired["reason"]
-    wait_until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
-    assert d.term() == 0
+    await until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
+    await d.stop()
 
-    d.start()
-    time.sleep(1.0)  # a second start must not fire it again (several engine idle rounds)
-    assert d.term() == 0
+    await d.start()
+    for _ in range(10):  # a second start must not fire it again (several engine idle rounds, a second on)
+        await d.advance(0.1)
+    await d.stop()
     assert len(d.decisions("hb", "fired")) == 1
     assert len(d.handoffs("hb")) == 1
 
 
-def test_reload_invalid_keeps_old_then_valid_bumps_version_and_sighup(
-    daemon_factory: Callable[..., DaemonProc],
+async def test_reload_invalid_keeps_old_then_valid_bumps_version(
+    daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:
-    d = daemon_factory(
+    d = await daemon_factory(
         {
             "jobs.toml": MATCH_JOBS,
             "meta.toml": """
@@ -121,39 +130,33 @@ then = ["notify.console"]
     # 1. an invalid change: the old definition keeps firing, the problem is logged as file:line and
     # watchd.config.invalid is emitted (and watched).
     d.write_watch("jobs.toml", MATCH_JOBS.replace('kind = "match"', 'kind = "match"\nwithin = "1h"'))
-    (inv,) = wait_until(lambda: d.handoffs("config-invalid"), what="watchd.config.invalid handoff")
+    (inv,) = await until(lambda: d.handoffs("config-invalid"), what="watchd.config.invalid handoff")
     problems = inv["evidence"][0]["data"]["problems"]
     assert any(re.search(r"jobs\.toml:5:\d+: unknown field `within`", p) for p in problems), problems
-    wait_until(lambda: re.search(r"reload rejected: \S*jobs\.toml:5:\d+: ", d.stderr()), what="file:line in log")
-    assert "keeping the last good definitions" in d.stderr()
+    await until(lambda: re.search(r"reload rejected: \S*jobs\.toml:5:\d+: ", d.logged()), what="file:line in log")
+    assert "keeping the last good definitions" in d.logged()
 
-    d.publish(make_event("job.a", {"n": 1}))
-    (old,) = wait_until(lambda: d.handoffs("jobs"), what="the old definition to fire")
+    await d.publish(make_event("job.a", {"n": 1}))
+    (old,) = await until(lambda: d.handoffs("jobs"), what="the old definition to fire")
     assert old["watch_version"] == 1
-    assert d.alive()
+    assert d.health()["ok"]
 
     # 2. a valid change takes effect and bumps the version
     d.write_watch("jobs.toml", MATCH_JOBS.replace('"job.*"', '"job.*", where = "data.n > 1"'))
-    wait_until(lambda: "reloaded: 2 watches" in d.stderr(), what="reload")
+    await until(lambda: "reloaded: 2 watches" in d.logged(), what="reload")
     low, high = make_event("job.b", {"n": 1}), make_event("job.c", {"n": 2})
-    d.publish(low, high)
-    wait_until(lambda: len(d.handoffs("jobs")) == 2, what="the new definition to fire")
+    await d.publish(low, high)
+    await until(lambda: len(d.handoffs("jobs")) == 2, what="the new definition to fire")
     new = d.handoffs("jobs")[1]
     assert new["watch_version"] == 2 and new["evidence"][0]["id"] == high.id
     assert [x["verdict"] for x in d.decisions("jobs") if x["event_id"] == low.id] == ["where_false"]
-
-    # 3. SIGHUP reloads too, even with nothing changed (the version stays)
-    before = d.stderr().count("reloaded:")
-    d.signal(signal.SIGHUP)
-    wait_until(lambda: d.stderr().count("reloaded:") > before, timeout_s=5, what="SIGHUP reload")
-    d.publish(make_event("job.d", {"n": 5}))
-    wait_until(lambda: len(d.handoffs("jobs")) == 3, what="fire after SIGHUP")
-    assert d.handoffs("jobs")[2]["watch_version"] == 2
-    assert d.term() == 0
+    await d.stop()
 
 
-def test_sigterm_exits_zero_quickly_and_stops_nats(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+def test_sigterm_exits_zero_quickly_and_stops_nats_and_sighup_reloads(
+    process_factory: Callable[..., DaemonProc],
+) -> None:
+    d = process_factory({"jobs.toml": MATCH_JOBS}).start()
     d.publish(make_event("job.x"))
     wait_until(lambda: d.handoffs("jobs"), what="a fire before stopping")
     # Stop while events pour in: a fetch is in flight and a batch may be in hand.
@@ -178,6 +181,15 @@ def test_sigterm_exits_zero_quickly_and_stops_nats(daemon_factory: Callable[...,
     wait_until(lambda: int(d.meta("last_seq") or 0) >= top, what="the rest of the flood")
     fired = [f["event_id"] for f in d.decisions("jobs", "fired")]
     assert len(fired) == len(set(fired)) == top
+
+    # SIGHUP reloads, even with nothing changed (the version stays)
+    before = d.stderr().count("reloaded:")
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.stderr().count("reloaded:") > before, timeout_s=5, what="SIGHUP reload")
+    after = make_event("job.d", {"n": 5})
+    d.publish(after)
+    (h,) = wait_until(lambda: [h for h in d.handoffs("jobs") if h["evidence"][0]["id"] == after.id], what="a fire")
+    assert h["watch_version"] == 1
     assert d.term() == 0
 
 
@@ -195,8 +207,8 @@ def _flood(d: DaemonProc) -> None:
         asyncio.run(go())
 
 
-def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+def test_second_daemon_on_the_same_state_dir_refuses(process_factory: Callable[..., DaemonProc]) -> None:
+    d = process_factory({"jobs.toml": MATCH_JOBS}).start()
     nats_pid = d.nats_pid()
     second = subprocess.run(
         [sys.executable, "-m", "watchd", "run", "--config", str(d.config_path)],
@@ -216,30 +228,30 @@ def test_second_daemon_on_the_same_state_dir_refuses(daemon_factory: Callable[..
     assert d.term() == 0
 
 
-def test_busy_nats_port_is_a_clear_error(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"jobs.toml": MATCH_JOBS})
+def test_busy_nats_port_is_a_clear_error(tmp_path: Path) -> None:
+    p = Project(tmp_path / "busy", {"jobs.toml": MATCH_JOBS})
     with socket.socket() as s:
-        s.bind(("127.0.0.1", d.nats_port))
+        s.bind(("127.0.0.1", p.nats_port))
         s.listen()
-        d.start(wait=False)
-        assert d.proc is not None
-        assert d.proc.wait(20) == 1
-    err = d.stderr()
-    assert f"error: 127.0.0.1:{d.nats_port} is already in use" in err and "Traceback" not in err, err
+        r = run_cli("run", "--config", str(p.config_path))  # `watchd run` in this process: it fails at start
+    assert r.returncode == 1
+    assert f"error: 127.0.0.1:{p.nats_port} is already in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_malformed_events_on_the_stream_are_rejected_not_fatal(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"jobs.toml": MATCH_JOBS}).start()
-    d.publish_raw("watchd.events.job.x", b"not json", "bad-1")
-    d.publish_raw("watchd.events.job.x", b"[1, 2, 3]", "bad-2")
+async def test_malformed_events_on_the_stream_are_rejected_not_fatal(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+    await d.publish_raw("watchd.events.job.x", b"not json", "bad-1")
+    await d.publish_raw("watchd.events.job.x", b"[1, 2, 3]", "bad-2")
     envelope = {"id": "bad-3", "subject": "bad subject!", "time": "2026-01-01T00:00:00Z", "data": {}}
-    d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-3")
+    await d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-3")
     envelope = {"id": "bad-4", "subject": "job.x", "time": "2026-01-01T00:00:00Z", "data": [1]}
-    d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-4")
+    await d.publish_raw("watchd.events.job.x", json.dumps(envelope).encode(), "bad-4")
     good = make_event("job.ok")
-    d.publish(good)
+    await d.publish(good)
 
-    (h,) = wait_until(lambda: d.handoffs("jobs"), what="the good event to fire")
+    (h,) = await until(lambda: d.handoffs("jobs"), what="the good event to fire")
     assert h["evidence"][0]["id"] == good.id
     rejected = d.decisions("", "rejected")
     assert [r["event_id"] for r in rejected] == ["bad-1", "bad-2", "bad-3", "bad-4"]
@@ -249,5 +261,6 @@ def test_malformed_events_on_the_stream_are_rejected_not_fatal(daemon_factory: C
     assert "bad subject 'bad subject!'" in reasons[2]
     assert "malformed event" in reasons[3] and "data" in reasons[3]
     assert all(r["seq"] for r in rejected)
-    assert d.wait_ready()["events"] == 1
-    assert d.term() == 0
+    health = d.health()
+    assert health["ok"] and health["events"] == 1
+    await d.stop()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conftest import DaemonProc
-from fakes import FakeTelegram
+from support.fakes import FakeTelegram
 
 from watchd.model import make_event
 

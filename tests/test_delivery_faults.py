@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import DaemonProc, become_subreaper
-from fakes import FakeTelegram, FakeWebhook, Reply, Request
+from support.fakes import FakeTelegram, FakeWebhook, Reply, Request
 
 from watchd import bus
 from watchd.model import make_event

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeServer, FakeWebhook, closed_port_url
+from support.fakes import FakeServer, FakeWebhook, closed_port_url
 
 from watchd import config
 from watchd.config import WebhookNotifier as WebhookConfig

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import msgspec
 import pytest
-from fakes import FakeServer, FakeSlack, FakeTelegram, FakeWebhook, Reply, closed_port_url
+from support.fakes import FakeServer, FakeSlack, FakeTelegram, FakeWebhook, Reply, closed_port_url
 
 from watchd.config import SlackNotifier as SlackConfig
 from watchd.config import TelegramNotifier as TelegramConfig

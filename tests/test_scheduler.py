@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeWebhook
+from support.fakes import FakeWebhook
 
 from watchd import config
 from watchd.cron.runner import Scheduler

@@ -15,7 +15,8 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO
 
 import nats.js.errors
 from aiohttp import web
@@ -63,17 +64,19 @@ def build_targets(
     js: JetStreamContext | None = None,
     store: Store | None = None,
     on_watch: Callable[[], None] | None = None,
+    console: TextIO | None = None,
 ) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
     unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
     type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
-    `store`, and call `on_watch` when they add a follow-up watch."""
+    `store`, and call `on_watch` when they add a follow-up watch. Console notifiers print to
+    `console` (default stdout)."""
     targets: dict[str, Target] = {}
     for name, notifier in loaded.config.notify.items():
         target = f"notify.{name}"
         try:
             if isinstance(notifier, config.ConsoleNotifier):
-                targets[target] = ConsoleNotifier()
+                targets[target] = ConsoleNotifier(console)
             elif isinstance(notifier, config.TelegramNotifier):
                 targets[target] = TelegramNotifier(notifier, name=target)
             elif isinstance(notifier, config.SlackNotifier):
@@ -115,9 +118,24 @@ def build_targets(
 
 
 class Daemon:
-    def __init__(self, loaded: Loaded, *, clock: Callable[[], float] = time.time) -> None:
+    """`run` is the process (`watchd run`). `start` and `shutdown` (or `async with`) run the same
+    daemon inside another event loop, as tests do: without signal handlers or systemd pings, which
+    belong to the process. `clock` is injected; `poll_s` shortens the engine's idle wait and the
+    watch-file check, so that a clock that jumps (see `wake`) or a changed file is seen at once."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        *,
+        clock: Callable[[], float] = time.time,
+        console: TextIO | None = None,
+        poll_s: float | None = None,
+    ) -> None:
         self.loaded = loaded
         self.clock = clock
+        self.console = console
+        self.idle_wait_s = MAX_IDLE_WAIT_S if poll_s is None else poll_s
+        self.reload_poll_s = RELOAD_POLL_S if poll_s is None else poll_s
         self.stop = asyncio.Event()
         self.state_dir = loaded.state_dir
         self.store: Store | None = None
@@ -138,33 +156,69 @@ class Daemon:
         self._http_runner: web.AppRunner | None = None
         self.failure: WatchdError | None = None  # why a core task stopped the daemon: exit non-zero
         self._fingerprint = self._watch_fingerprint()
+        self._pid_file = self.state_dir / "watchd.pid"
+        self._lock_fd: int | None = None
 
     # ---- life cycle ----
 
     async def run(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pid_file = self.state_dir / "watchd.pid"
-        lock_fd = lock_state_dir(self.state_dir, pid_file)  # held until exit; released by any death
-        pid_file.write_text(str(os.getpid()))
+        """The process: signals and systemd notifications, until SIGTERM or a failed core task."""
+        await self.start(process=True)
         try:
-            await self._start()
             sdnotify.notify("READY=1\nSTATUS=watching")
-            shown = redact_url(str(self.loaded.nats_url()))
-            log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
-            self._spawn("release-canary", lambda: release_canary(self))
             await self.stop.wait()
         finally:
             sdnotify.notify("STOPPING=1")
-            await self._shutdown()
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
-            os.close(lock_fd)
+            await self.shutdown()
 
-    async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+    async def start(self, *, process: bool = False) -> None:
+        """Take the state dir and start every task; returns once watchd is ready. Only the process
+        (`process`) handles signals and pings systemd's watchdog."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = lock_state_dir(self.state_dir, self._pid_file)  # held until shutdown; released by any death
+        self._pid_file.write_text(str(os.getpid()))
+        try:
+            await self._start(process=process)
+        except BaseException:
+            await self.shutdown()
+            raise
+        shown = redact_url(str(self.loaded.nats_url()))
+        log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
+        self._spawn("release-canary", lambda: release_canary(self))
+
+    async def shutdown(self) -> None:
+        """Stop every task (see _shutdown) and give up the state dir."""
+        self.stop.set()
+        try:
+            await self._shutdown()
+        finally:
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    self._pid_file.unlink()
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    def wake(self) -> None:
+        """Have the dispatcher look at the outbox now, as if its wait had run out: for a clock that
+        jumps (a test's virtual clock). The engine sees a jump within `poll_s`."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _start(self, *, process: bool) -> None:
+        if process:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         self.store = await Store.open(db_path(self.state_dir))
         if self.loaded.config.nats.url == "embedded":
             self.embedded = bus.EmbeddedNats(
@@ -181,7 +235,12 @@ class Daemon:
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)
         targets = build_targets(
-            self.loaded, nc=self.nc, js=self.js, store=self.store, on_watch=self._agent_watches_changed.set
+            self.loaded,
+            nc=self.nc,
+            js=self.js,
+            store=self.store,
+            on_watch=self._agent_watches_changed.set,
+            console=self.console,
         )
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock)
         store = self.store
@@ -221,7 +280,7 @@ class Daemon:
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
         self._http_runner = await http.start(self)
-        interval = sdnotify.watchdog_interval_s()
+        interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
 
@@ -344,7 +403,7 @@ class Daemon:
     async def _reload_loop(self) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_requested.wait(), RELOAD_POLL_S)
+                await asyncio.wait_for(self._reload_requested.wait(), self.reload_poll_s)
             fingerprint = self._watch_fingerprint()
             if self._reload_requested.is_set() or fingerprint != self._fingerprint:
                 self._reload_requested.clear()
@@ -381,7 +440,7 @@ class Daemon:
         while not self.stop.is_set():
             self.last_loop_at = self.clock()
             due = self.engine.next_due()
-            wait = MAX_IDLE_WAIT_S if due is None else min(MAX_IDLE_WAIT_S, max(0.001, due - self.clock()))
+            wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
             msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
             async with self._lock:
                 if msgs:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fakes import FakeServer, Reply, Request
+from support.fakes import FakeServer, Reply, Request
 
 MESSAGES = "/v1/messages"
 BATCHES = "/v1/messages/batches"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from fake_anthropic import FakeAnthropic, Turn, tool_use
 
+from support.fake_anthropic import FakeAnthropic, Turn, tool_use
 from watchd.agents.anthropic import AnthropicRunner
 from watchd.config import AnthropicAgent, BudgetConfig, Config, ConsoleNotifier, Price
 from watchd.model import Handoff

@@ -12,8 +12,7 @@ error) before the fake falls back to its normal behaviour:
 
 `FakeTelegram`, `FakeSlack` (incoming webhook and Web API) and `FakeWebhook` share the scripting
 API of `FakeServer` (`fail`, `rate_limit`, `stall`, `reject_auth`, `script`), which acts on the
-service's delivery path unless given another. The pytest fixtures at the end yield started fakes;
-to use them from any test module, import them into conftest.py.
+service's delivery path unless given another.
 """
 
 from __future__ import annotations
@@ -23,18 +22,17 @@ import contextlib
 import hashlib
 import hmac
 import itertools
-import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Self
 
 import msgspec
-import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+
+from support.project import free_port
 
 
 @dataclass
@@ -64,10 +62,7 @@ class Request:
 
 def closed_port_url() -> str:
     """A loopback URL on which nothing listens (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 class FakeServer:
@@ -435,30 +430,3 @@ class FakeWebhook(FakeServer):
         self.handoff_ids.append(hid)
         self.deliveries.append(req.json)
         return Reply(200, json={"received": hid, "duplicate": duplicate})
-
-
-# ---- fixtures (import them into conftest.py to share) ------------------------------------------------------
-
-
-@pytest.fixture
-async def fake_telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def fake_slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack("webhook") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def fake_slack_api() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack("api") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def fake_webhook() -> AsyncIterator[FakeWebhook]:
-    async with FakeWebhook(secret="test-signing-secret") as fake:
-        yield fake

@@ -1,0 +1,145 @@
+"""The real daemon in the test's event loop: `watchd.daemon.Daemon` on a temp project, with embedded
+NATS, real SQLite and its HTTP listener on a free port — minus the process (signals, systemd), and
+on a clock the test moves.
+
+Blocking calls must not stall the loop the daemon runs in: the command line goes through
+`asyncio.to_thread` (`InProcessDaemon.cli`), and waiting is `await until(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from support import project
+from support.cli import CliResult, run_cli
+from support.project import Project
+from watchd import config
+from watchd.bus import PubAckInfo
+from watchd.daemon import Daemon
+from watchd.model import Event
+
+# How soon the engine notices a jump of the clock and the daemon a changed watch file (the
+# daemon's own defaults are seconds). A short idle fetch costs NATS two small requests.
+POLL_S = 0.02
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # as `watchd run` logs to stderr
+
+
+class VirtualClock:
+    """Wall time a test moves forward: time.time() plus an offset that only grows. It starts at the
+    real now, so the instants NATS stamps on stored events stay comparable with it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, "time only moves forward"
+        self.offset += seconds
+
+
+class LogLines(logging.Handler):
+    """The records of the `watchd` loggers, formatted as `watchd run` prints them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class InProcessDaemon(Project):
+    """The daemon of a temp project, started and stopped in the test's event loop.
+
+    Console notifiers print into `printed()`; the log is `logged()`; `advance(s)` moves the clock and
+    wakes the loops that sleep until an instant. `stop()` then `start()` is a restart on the same
+    state. Environment variables the config refers to are set by the fixture that makes it.
+    """
+
+    def __init__(self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "") -> None:
+        super().__init__(root, watches, extra_config=extra_config)
+        self.clock = VirtualClock()
+        self.console = io.StringIO()
+        self.daemon: Daemon | None = None
+        self.log = LogLines()
+        self._logger = logging.getLogger("watchd")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self.log)
+
+    # -- life cycle --
+
+    async def start(self) -> InProcessDaemon:
+        assert self.daemon is None, "daemon already running"
+        daemon = Daemon(config.load(self.config_path), clock=self.clock, console=self.console, poll_s=POLL_S)
+        await daemon.start()
+        self.daemon = daemon
+        return self
+
+    async def stop(self) -> None:
+        """Stop as SIGTERM does; a task that failed (the process would exit 1) fails the test."""
+        daemon, self.daemon = self.daemon, None
+        assert daemon is not None, "daemon not running"
+        await daemon.shutdown()
+        assert daemon.failure is None, f"the daemon stopped on a failure: {daemon.failure.message}"
+
+    async def cleanup(self) -> None:
+        daemon, self.daemon = self.daemon, None
+        if daemon is not None:
+            await daemon.shutdown()
+        self._logger.removeHandler(self.log)
+        self._logger.setLevel(self._level)
+
+    @property
+    def running(self) -> Daemon:
+        assert self.daemon is not None, "daemon not running"
+        return self.daemon
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def health(self) -> dict[str, Any]:
+        return self.running.health()
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock on; the dispatcher looks again at once, the engine within POLL_S."""
+        self.clock.advance(seconds)
+        if self.daemon is not None:
+            self.daemon.wake()
+        await asyncio.sleep(POLL_S)
+
+    # -- what it printed and logged --
+
+    def printed(self) -> str:
+        return self.console.getvalue()
+
+    def logged(self) -> str:
+        return "\n".join(self.log.lines)
+
+    # -- the command line, in this process --
+
+    async def cli(self, *args: str) -> CliResult:
+        """`watchd CMD --config <this config> ARGS…` on a thread, while the daemon goes on."""
+        return await asyncio.to_thread(run_cli, args[0], "--config", str(self.config_path), *args[1:])
+
+    # -- publishing, from a client of its own --
+
+    async def publish(self, *events: Event) -> list[PubAckInfo]:
+        return await project.publish(self.nats_url, *events)
+
+    async def publish_raw(self, subject: str, body: bytes, msg_id: str | None = None) -> PubAckInfo:
+        return await project.publish_raw(self.nats_url, subject, body, msg_id)
+
+    async def stream_last_seq(self) -> int:
+        return await project.stream_last_seq(self.nats_url)

@@ -1,0 +1,160 @@
+"""A watchd project in a temp dir — config, watch files, state dir — and readers of its state.
+
+The config runs NATS embedded and the HTTP listener on free loopback ports, with a console notifier;
+`extra_config` adds TOML at the end. The state readers open the SQLite file read-only, as `watchd
+status` does, so they read beside a running daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from watchd import bus, credentials
+from watchd.model import Event
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Project:
+    def __init__(self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "") -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.nats_port = free_port()
+        self.http_port = free_port()
+        self.config_path = root / "config.toml"
+        self.state_dir = root / "state"
+        self.watches_dir = root / "watches"
+        self.watches_dir.mkdir(exist_ok=True)
+        self.write_config(extra_config)
+        for name, text in (watches or {}).items():
+            self.write_watch(name, text)
+
+    # -- files --
+
+    def write_config(self, extra: str = "") -> None:
+        self.config_path.write_text(
+            f'watches = ["watches/"]\nstate_dir = "state"\ntimezone = "UTC"\n'
+            f'[nats]\nurl = "embedded"\nlisten = "127.0.0.1:{self.nats_port}"\n'
+            f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n{extra}\n'
+            '[notify.console]\ntype = "console"\n'
+        )
+
+    def write_watch(self, name: str, text: str) -> Path:
+        path = self.watches_dir / name
+        path.write_text(text)
+        return path
+
+    @property
+    def nats_url(self) -> str:
+        """The admin URL, with the credentials the daemon made in its state dir (none before its first start)."""
+        creds = credentials.load(self.state_dir)
+        url = f"nats://127.0.0.1:{self.nats_port}"
+        return creds.url(url, "admin") if creds is not None else url
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "watchd.db"
+
+    @property
+    def nats_pid_file(self) -> Path:
+        return self.state_dir / "nats" / "nats-server.pid"
+
+    def nats_pid(self) -> int | None:
+        try:
+            return int(self.nats_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    # -- the state files --
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.db_path.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        finally:
+            conn.close()
+
+    def decisions(self, watch: str | None = None, verdict: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT at, watch, key, verdict, reason, event_id, seq FROM decisions WHERE 1=1"
+        params: list[Any] = []
+        if watch is not None:
+            sql += " AND watch = ?"
+            params.append(watch)
+        if verdict is not None:
+            sql += " AND verdict = ?"
+            params.append(verdict)
+        cols = ("at", "watch", "key", "verdict", "reason", "event_id", "seq")
+        return [dict(zip(cols, r, strict=True)) for r in self.query(sql + " ORDER BY id", tuple(params))]
+
+    def handoffs(self, watch: str | None = None) -> list[dict[str, Any]]:
+        cols = ("id", "watch", "watch_version", "key", "target", "reason", "state", "evidence", "attempt", "last_error")
+        sql = f"SELECT {', '.join(cols)} FROM handoffs"
+        where, params = (" WHERE watch = ?", (watch,)) if watch else ("", ())
+        rows = self.query(sql + where + " ORDER BY created_at", params)
+        out = [dict(zip(cols, r, strict=True)) for r in rows]
+        for h in out:
+            h["evidence"] = json.loads(h["evidence"])
+        return out
+
+    def transitions(self, handoff_id: str) -> list[tuple[str, str | None]]:
+        """(state, detail) of each step of a handoff's delivery, in order."""
+        sql = "SELECT state, detail FROM transitions WHERE handoff_id = ? ORDER BY id"
+        return [(state, detail) for state, detail in self.query(sql, (handoff_id,))]
+
+    def states(self, handoff_id: str) -> list[str]:
+        return [state for state, _ in self.transitions(handoff_id)]
+
+    def meta(self, key: str) -> str | None:
+        rows = self.query("SELECT v FROM meta WHERE k = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def last_seq(self) -> int:
+        """The last stream sequence the engine committed."""
+        return int(self.meta("last_seq") or 0)
+
+
+# ---- publishing straight to a project's NATS (a client of its own, as a source would be) ----------
+
+
+async def publish(url: str, *events: Event) -> list[bus.PubAckInfo]:
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        js = nc.jetstream()
+        return [await bus.publish_event(js, e) for e in events]
+    finally:
+        await nc.close()
+
+
+async def publish_raw(url: str, subject: str, body: bytes, msg_id: str | None = None) -> bus.PubAckInfo:
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        return await bus.publish_raw(nc.jetstream(), subject, body, msg_id)
+    finally:
+        await nc.close()
+
+
+async def stream_last_seq(url: str) -> int:
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        info = await nc.jetstream().stream_info(bus.EVENTS_STREAM)
+        return int(info.state.last_seq)
+    finally:
+        await nc.close()
