@@ -5,12 +5,13 @@ follow-up watch it created is loaded into the engine. Then `watchd runs` and `wa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import DaemonProc, become_subreaper, wait_until
 from support.fake_anthropic import FakeAnthropic, Turn, tool_use
+from support.processes import DaemonProc
+from support.waiting import wait_until
 
 from watchd.model import make_event
 
@@ -40,12 +41,7 @@ watch_mode = "live"
 """
 
 
-@pytest.fixture(autouse=True)
-def subreaper() -> Iterator[None]:
-    on = become_subreaper(True)
-    yield
-    if on:
-        become_subreaper(False)
+pytestmark = pytest.mark.usefixtures("subreaper")  # kill -9 leaves nats-server orphans to reap
 
 
 class Script:
@@ -77,13 +73,13 @@ class Script:
 
 
 def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
-    daemon_factory: Callable[..., DaemonProc],
+    process_factory: Callable[..., DaemonProc],
 ) -> None:
     fake = FakeAnthropic()
     script = Script()
     fake.model = script
     with fake.threaded():
-        d = daemon_factory(
+        d = process_factory(
             WATCHES, extra_config=agent_config(fake.url), env={"WATCHD_TEST_ANTHROPIC_KEY": fake.api_key}
         ).start()
         d.publish(make_event("mail.received", {"from": "ceo@bigcustomer.com"}, id="mail-1"))

@@ -1,18 +1,19 @@
-"""The command line as a user runs it (a subprocess): one-line errors and exit codes, `validate`
-positions, `emit` and `exec` with and without a running daemon."""
+"""The command line through its entry point, in this process: one-line errors and exit codes,
+`validate` positions, `emit` and `exec` with and without a running daemon (in the test's loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import DaemonProc, wait_until
+from support.cli import CliResult, run_cli
+from support.inprocess import InProcessDaemon
+from support.project import Project
+from support.waiting import until
 
 SUB_WATCH = """
 [[watch]]
@@ -23,11 +24,9 @@ then = ["notify.console"]
 """
 
 
-def sys_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "watchd", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
-    )
+def cli(p: Project, command: str, *args: str) -> CliResult:
+    """`watchd COMMAND --config <the project's config> ARGS…`."""
+    return run_cli(command, "--config", str(p.config_path), *args)
 
 
 def _one_clear_error(stderr: str, starts: str) -> None:
@@ -37,30 +36,30 @@ def _one_clear_error(stderr: str, starts: str) -> None:
     assert len(lines) <= 2 and all(ln.startswith(("error:", "hint:")) for ln in lines), stderr
 
 
-def test_emit_bad_subject_is_one_line_error(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory()
+def test_emit_bad_subject_is_one_line_error(tmp_path: Path) -> None:
+    p = Project(tmp_path)
     for subject in ("bad subject!", "a..b", "watchd.events.x", ""):
-        r = d.cli("emit", subject)
+        r = cli(p, "emit", subject)
         assert r.returncode != 0
         _one_clear_error(r.stderr, "bad subject")
-    r = d.cli("emit", "ok.subject", "novalue")
+    r = cli(p, "emit", "ok.subject", "novalue")
     assert r.returncode != 0
     _one_clear_error(r.stderr, "bad field 'novalue'")
-    r = d.cli("emit", "ok.subject", "--json", "[1]")
+    r = cli(p, "emit", "ok.subject", "--json", "[1]")
     assert r.returncode != 0
     _one_clear_error(r.stderr, "--json must be a JSON object")
-    r = d.cli("emit", "ok.subject", "--json", "{nope")
+    r = cli(p, "emit", "ok.subject", "--json", "{nope")
     assert r.returncode != 0
     _one_clear_error(r.stderr, "--json is not valid JSON")
 
 
-def test_emit_without_daemon_fails_fast_and_clearly(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory()  # configured, never started: nothing listens on its NATS port
+def test_emit_without_daemon_fails_fast_and_clearly(tmp_path: Path) -> None:
+    p = Project(tmp_path)  # configured, never started: nothing listens on its NATS port
     started = time.monotonic()
-    r = d.cli("emit", "job.done", "x=1")
+    r = cli(p, "emit", "job.done", "x=1")
     assert time.monotonic() - started < 3
     assert r.returncode == 1
-    _one_clear_error(r.stderr, f"cannot reach NATS at {d.nats_url}")
+    _one_clear_error(r.stderr, f"cannot reach NATS at {p.nats_url}")
     assert "hint: is `watchd run` running? Otherwise check [nats] url" in r.stderr  # [nats] survives rich markup
 
 
@@ -90,7 +89,7 @@ on = { subject = "x", where = "data.a ==" }
 id = "bad-kind"
 kind = "sometimes"
 """)
-    r = sys_run(["validate", "--config", str(config)], cwd=tmp_path)
+    r = run_cli("validate", "--config", str(config))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     problems = [ln for ln in lines if not ln.startswith(("error:", "hint:"))]
@@ -111,42 +110,42 @@ kind = "sometimes"
         (tmp_path / "watches" / name).unlink()
     config.write_text(config.read_text().replace("bogus = 1\n", ""))
     (tmp_path / "watches" / "ok.toml").write_text(SUB_WATCH)
-    ok = sys_run(["validate", "--config", str(config)], cwd=tmp_path)
+    ok = run_cli("validate", "--config", str(config))
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 1 watches in 1 files"), ok.stdout + ok.stderr
 
 
-def test_exec_without_daemon_runs_the_command_and_warns(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory()
+def test_exec_without_daemon_runs_the_command_and_warns(tmp_path: Path) -> None:
+    p = Project(tmp_path)
     started = time.monotonic()
-    r = d.cli("exec", "sub", "--", "false")
+    r = cli(p, "exec", "sub", "--", "false")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert "warning: could not publish sub.started" in r.stderr
     assert "warning: could not publish sub.failed" in r.stderr
-    r = d.cli("exec", "sub", "--", "sh", "-c", "echo out-line; exit 7")
+    r = cli(p, "exec", "sub", "--", "sh", "-c", "echo out-line; exit 7")
     assert r.returncode == 7 and r.stdout == "out-line\n"
-    r = d.cli("exec", "sub", "--", "no-such-command-xyz")
+    r = cli(p, "exec", "sub", "--", "no-such-command-xyz")
     assert r.returncode == 127 and "cannot run no-such-command-xyz" in r.stderr
     assert time.monotonic() - started < 6, "exec waited for an absent NATS"
 
     # A broken config does not stop the wrapped job either.
-    d.config_path.write_text(d.config_path.read_text() + "\nbogus = 1\n")
-    r = d.cli("exec", "sub", "--", "sh", "-c", "echo ran")
+    p.config_path.write_text(p.config_path.read_text() + "\nbogus = 1\n")
+    r = cli(p, "exec", "sub", "--", "sh", "-c", "echo ran")
     assert r.returncode == 0 and r.stdout == "ran\n"
     assert "warning: cannot load the config" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., DaemonProc]) -> None:
+async def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., InProcessDaemon]) -> None:
     keyed = SUB_WATCH.replace('"subs"', '"keyed"').replace('"sub.>"', '"sub.keyed", key = "data.host"')
-    d = daemon_factory({"subs.toml": SUB_WATCH, "keyed.toml": keyed}).start()
-    r = d.cli("exec", "sub.backup", "--", "sh", "-c", "echo hello; echo world >&2; exit 3")
+    d = await daemon_factory({"subs.toml": SUB_WATCH, "keyed.toml": keyed}).start()
+    r = await d.cli("exec", "sub.backup", "--", "sh", "-c", "echo hello; echo world >&2; exit 3")
     assert r.returncode == 3, r.stderr
     assert "hello" in r.stdout and "warning" not in r.stderr
 
     def events() -> dict[str, dict[str, object]]:
         return {h["evidence"][0]["subject"]: h["evidence"][0] for h in d.handoffs("subs")}
 
-    got = wait_until(
+    got = await until(
         lambda: (e := events()) and {"sub.backup.started", "sub.backup.failed"} <= set(e) and e,
         what="started and failed events",
     )
@@ -156,31 +155,31 @@ def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., DaemonProc]) ->
     assert failed["exit_code"] == 3 and failed["output_tail"] == "hello\nworld\n"
     assert isinstance(failed["duration_s"], float | int) and 0 <= failed["duration_s"] < 10
 
-    r = d.cli("exec", "sub.ok", "--", "true")
+    r = await d.cli("exec", "sub.ok", "--", "true")
     assert r.returncode == 0
-    done = wait_until(lambda: events().get("sub.ok.done"), what="the done event")
+    done = await until(lambda: events().get("sub.ok.done"), what="the done event")
     assert done["data"]["exit_code"] == 0 and done["data"]["output_tail"] == ""  # type: ignore[index]
 
     # emit: k=v values parse as JSON, a.b nests, --json merges, --id is stored once
-    r = d.cli("emit", "sub.emit", "n=5", "ok=true", "name=box", "a.b=1", "--json", '{"x": [1]}', "--id", "emit-1")
+    r = await d.cli("emit", "sub.emit", "n=5", "ok=true", "name=box", "a.b=1", "--json", '{"x": [1]}', "--id", "emit-1")
     assert r.returncode == 0 and r.stdout.startswith("emit-1 sub.emit seq ")
-    again = d.cli("emit", "sub.emit", "--id", "emit-1")
+    again = await d.cli("emit", "sub.emit", "--id", "emit-1")
     assert again.returncode == 0 and "(duplicate: already stored)" in again.stdout
-    ev = wait_until(lambda: events().get("sub.emit"), what="the emitted event")
+    ev = await until(lambda: events().get("sub.emit"), what="the emitted event")
     assert ev["data"] == {"x": [1], "n": 5, "ok": True, "name": "box", "a": {"b": 1}}
     assert ev["id"] == "emit-1"
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     assert [h["evidence"][0]["id"] for h in d.handoffs("subs")].count("emit-1") == 1
 
     # a key from event data that looks like rich markup is shown as written
-    r = d.cli("emit", "sub.keyed", "host=[/]x[i]")
+    r = await d.cli("emit", "sub.keyed", "host=[/]x[i]")
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: any(h["key"] == "[/]x[i]" for h in d.handoffs("keyed")), what="the keyed fire")
-    table = d.cli("handoffs")
+    await until(lambda: any(h["key"] == "[/]x[i]" for h in d.handoffs("keyed")), what="the keyed fire")
+    table = await d.cli("handoffs")
     assert table.returncode == 0 and "[/]x[i]" in table.stdout, table.stdout + table.stderr
 
-    listed = json.loads(d.cli("handoffs", "--json", "--state", "delivered", "--limit", "5").stdout)
+    listed = json.loads((await d.cli("handoffs", "--json", "--state", "delivered", "--limit", "5")).stdout)
     assert len(d.handoffs("subs")) == 6  # backup started+failed, ok started+done, emit, keyed
     assert len(listed) == 5 and {h["state"] for h in listed} == {"delivered"}
-    assert json.loads(d.cli("handoffs", "--json", "--state", "dead").stdout) == []
-    assert d.term() == 0
+    assert json.loads((await d.cli("handoffs", "--json", "--state", "dead")).stdout) == []
+    await d.stop()

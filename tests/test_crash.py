@@ -10,11 +10,12 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import nats.errors
 import pytest
-from conftest import DaemonProc, become_subreaper, wait_until
+from support.processes import DaemonProc
+from support.waiting import wait_until
 
 from watchd import bus
 from watchd.errors import WatchdError
@@ -37,14 +38,7 @@ then = ["notify.console"]
 }
 
 
-@pytest.fixture(autouse=True)
-def subreaper() -> Iterator[None]:
-    # A kill -9'd daemon leaves its nats-server behind; the next daemon stops it. Being its
-    # subreaper (as systemd is) lets the test reap it at once instead of whenever PID 1 gets to it.
-    on = become_subreaper(True)
-    yield
-    if on:
-        become_subreaper(False)
+pytestmark = pytest.mark.usefixtures("subreaper")  # kill -9 leaves nats-server orphans to reap
 
 
 class Publisher(threading.Thread):
@@ -88,11 +82,11 @@ class Publisher(threading.Thread):
 
 
 def test_kill9_during_publishing_loses_nothing_and_doubles_nothing(
-    daemon_factory: Callable[..., DaemonProc],
+    process_factory: Callable[..., DaemonProc],
 ) -> None:
     seed = int(os.environ.get("WATCHD_TEST_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
-    d = daemon_factory(WATCHES).start()
+    d = process_factory(WATCHES).start()
     ids = [f"ev-{seed}-{i:04d}" for i in range(N)]
     pub = Publisher(d.nats_url, list(ids), pause_s=0.15)
     pub.start()

@@ -238,6 +238,15 @@ def test_busy_nats_port_is_a_clear_error(tmp_path: Path) -> None:
     assert f"error: 127.0.0.1:{p.nats_port} is already in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_non_loopback_listener_without_token_refuses_to_start(tmp_path: Path) -> None:
+    p = Project(tmp_path / "open", {"jobs.toml": MATCH_JOBS})
+    p.config_path.write_text(p.config_path.read_text().replace(f"127.0.0.1:{p.http_port}", f"0.0.0.0:{p.http_port}"))
+    r = run_cli("run", "--config", str(p.config_path))  # `watchd run` in this process: it fails at start
+    assert r.returncode != 0
+    assert "is not loopback but no token is set" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 async def test_malformed_events_on_the_stream_are_rejected_not_fatal(
     daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:

@@ -1,17 +1,18 @@
-"""`watchd dlq`: list, replay (same id) and drop dead letters — through the real daemon, with a
-command agent that rejects until it is "fixed", while the daemon runs and while it is stopped."""
+"""`watchd dlq`: list, replay (same id) and drop dead letters — through the real daemon (in the test's
+event loop), with a command agent that rejects until it is "fixed", while the daemon runs and while it
+is stopped."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import DaemonProc, wait_until
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
+from watchd.dispatch import POLL_S
 from watchd.model import make_event
 from watchd.store import Store, connect_existing
 from watchd.store.outbox import drop_dead, replay_dead
@@ -37,33 +38,23 @@ with open(log, "a") as f:
 """
 
 
-def parallel(d: DaemonProc, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
-    """Independent CLI calls at once: each is a Python start-up."""
-    with ThreadPoolExecutor(len(commands)) as pool:
-        return list(pool.map(lambda args: d.cli(*args), commands))
-
-
-def states(d: DaemonProc) -> dict[str, str]:
+def states(d: InProcessDaemon) -> dict[str, str]:
     return {h["key"]: h["state"] for h in d.handoffs("job-failed")}
 
 
-def transitions(d: DaemonProc, hid: str) -> list[tuple[str, str | None]]:
-    return [
-        (s, det) for s, det in d.query("SELECT state, detail FROM transitions WHERE handoff_id = ? ORDER BY id", (hid,))
-    ]
-
-
-def test_list_replay_and_drop_dead_letters_through_the_daemon(
-    daemon_factory: Callable[..., DaemonProc], tmp_path: Path
+async def test_list_replay_and_drop_dead_letters_through_the_daemon(
+    daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
 ) -> None:
     script, flag, log = tmp_path / "agent.py", tmp_path / "fixed", tmp_path / "agent.log"
     script.write_text(AGENT)
     cmd = json.dumps([sys.executable, str(script), str(flag), str(log)])
-    d = daemon_factory({"w.toml": WATCH}, extra_config=f'[agent.fixer]\ntype = "command"\ncommand = {cmd}\n').start()
-    d.publish(make_event("job.failed", {"job": "a"}), make_event("job.failed", {"job": "b"}))
-    wait_until(lambda: states(d) == {"a": "dead", "b": "dead"}, 15, "both handoffs dead-lettered")
+    d = daemon_factory({"w.toml": WATCH}, extra_config=f'[agent.fixer]\ntype = "command"\ncommand = {cmd}\n')
+    await d.start()
+    await d.publish(make_event("job.failed", {"job": "a"}), make_event("job.failed", {"job": "b"}))
+    await until(lambda: states(d) == {"a": "dead", "b": "dead"}, 15, "both handoffs dead-lettered")
 
-    listed_out, table = parallel(d, ("dlq", "list", "--json"), ("dlq",))  # no subcommand: the list, as a table
+    listed_out = await d.cli("dlq", "list", "--json")
+    table = await d.cli("dlq")  # no subcommand: the list, as a table
     listed = json.loads(listed_out.stdout)
     assert {h["key"] for h in listed} == {"a", "b"}
     for h in listed:
@@ -72,15 +63,17 @@ def test_list_replay_and_drop_dead_letters_through_the_daemon(
     ids = {h["key"]: h["id"] for h in listed}
     assert ids["a"] in table.stdout and "rejected by agent: not ready: no flag" in table.stdout
 
-    # Fix the agent, replay one dead letter while the daemon runs: same id, from attempt 1.
+    # Fix the agent, replay one dead letter while the daemon runs: same id, from attempt 1. The command
+    # only writes the state file; the dispatcher finds the handoff due at its next look.
     flag.touch()
-    r = d.cli("dlq", "replay", ids["a"])
+    r = await d.cli("dlq", "replay", ids["a"])
     assert r.returncode == 0, r.stderr
     assert f"replaying {ids['a']}" in r.stdout and "running daemon" in r.stdout
-    wait_until(lambda: states(d).get("a") == "done", 10, "the replayed handoff to be done")
+    await d.advance(POLL_S)
+    await until(lambda: states(d).get("a") == "done", 10, "the replayed handoff to be done")
     assert log.read_text() == f"{ids['a']} 1\n"
     assert [h["id"] for h in d.handoffs("job-failed") if h["key"] == "a"] == [ids["a"]]
-    assert transitions(d, ids["a"])[-4:] == [
+    assert d.transitions(ids["a"])[-4:] == [
         ("dead", "rejected by agent: not ready: no flag"),
         ("retrying", "replayed by user"),
         ("delivering", None),
@@ -88,14 +81,15 @@ def test_list_replay_and_drop_dead_letters_through_the_daemon(
     ]
 
     # Drop the other one, by a prefix of its id: terminal, and off the list.
-    r = d.cli("dlq", "drop", ids["b"][:10])
+    r = await d.cli("dlq", "drop", ids["b"][:10])
     assert r.returncode == 0 and f"dropped {ids['b']}" in r.stdout, r.stderr
     assert states(d)["b"] == "dropped"
-    assert transitions(d, ids["b"])[-1] == ("dropped", "dropped by user")
+    assert d.transitions(ids["b"])[-1] == ("dropped", "dropped by user")
     # ... and clear errors: an unknown id, and a handoff that is not dead.
-    listed_out, table, unknown, not_dead = parallel(
-        d, ("dlq", "list", "--json"), ("dlq", "list"), ("dlq", "replay", "h_nope"), ("dlq", "drop", ids["a"])
-    )
+    listed_out = await d.cli("dlq", "list", "--json")
+    table = await d.cli("dlq", "list")
+    unknown = await d.cli("dlq", "replay", "h_nope")
+    not_dead = await d.cli("dlq", "drop", ids["a"])
     assert json.loads(listed_out.stdout) == [] and table.stdout.strip() == "no dead letters"
     for r, starts in (
         (unknown, "error: no handoff with id 'h_nope'"),
@@ -105,12 +99,12 @@ def test_list_replay_and_drop_dead_letters_through_the_daemon(
         assert "watchd dlq list" in r.stderr and "Traceback" not in r.stderr
 
     # With the daemon stopped, a replay (here of the dropped one) is sent when it starts.
-    assert d.term() == 0
-    r = d.cli("dlq", "replay", ids["b"])
+    await d.stop()
+    r = await d.cli("dlq", "replay", ids["b"])
     assert r.returncode == 0 and "sent when watchd starts" in r.stdout, r.stderr
     assert states(d)["b"] == "retrying"
-    d.start()
-    wait_until(lambda: states(d).get("b") == "done", 10, "the replayed handoff to be done after the start")
+    await d.start()
+    await until(lambda: states(d).get("b") == "done", 10, "the replayed handoff to be done after the start")
     assert log.read_text().splitlines() == [f"{ids['a']} 1", f"{ids['b']} 1"]
 
 

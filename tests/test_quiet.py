@@ -10,9 +10,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import DaemonProc, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
 from watchd.config import Quiet
 from watchd.dispatch import handoffs_from_fire
@@ -227,8 +228,8 @@ def test_the_store_schedules_a_held_handoff_for_the_release(tmp_path: Path) -> N
 # ---- end to end ----------------------------------------------------------------------------------
 
 
-def test_a_quiet_window_covering_now_holds_the_notifier_and_wakes_an_urgent_agent(
-    daemon_factory: Callable[..., DaemonProc], tmp_path: Path
+async def test_a_quiet_window_covering_now_holds_the_notifier_and_wakes_an_urgent_agent(
+    daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
     start, end = (now - timedelta(hours=1)), (now + timedelta(hours=2))
@@ -243,15 +244,15 @@ urgent = true
 quiet = {{ from = "{start:%H:%M}", to = "{end:%H:%M}", timezone = "UTC" }}
 """
     agent = f'[agent.fixer]\ntype = "command"\ncommand = ["sh", "-c", "touch {marker}"]\n'
-    d = daemon_factory({"w.toml": watch}, extra_config=agent).start()
-    d.publish(make_event("alarm.raised", {"level": "high"}))
-    wait_until(lambda: marker.exists(), 15, "the urgent agent to run")
-    wait_until(lambda: {h["target"]: h["state"] for h in d.handoffs()}.get("agent.fixer") == "done", 10, "done")
-    rows = {h["target"]: h for h in json.loads(d.cli("handoffs", "--json").stdout)}
+    d = await daemon_factory({"w.toml": watch}, extra_config=agent).start()
+    await d.publish(make_event("alarm.raised", {"level": "high"}))
+    await until(lambda: marker.exists(), 15, "the urgent agent to run")
+    await until(lambda: {h["target"]: h["state"] for h in d.handoffs()}.get("agent.fixer") == "done", 10, "done")
+    rows = {h["target"]: h for h in json.loads((await d.cli("handoffs", "--json")).stdout)}
     held = rows["notify.console"]
     assert held["state"] == "pending"
     expected = end.replace(second=0, microsecond=0)
     assert held["next_attempt_at"] == iso(expected.timestamp())
     assert held["message"].startswith(QUIET_PREFIX)
     assert rows["agent.fixer"]["state"] == "done" and rows["agent.fixer"]["next_attempt_at"] is None
-    assert "[watchd: late-night fired]" not in d.stdout()  # nothing printed during quiet hours
+    assert "[watchd: late-night fired]" not in d.printed()  # nothing printed during quiet hours

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import DaemonProc, wait_until
+from support.processes import DaemonProc
+from support.waiting import wait_until
 
 
-def test_a_restart_in_the_middle_of_a_run(daemon_factory: Callable[..., DaemonProc], tmp_path: Path) -> None:
+def test_a_restart_in_the_middle_of_a_run(process_factory: Callable[..., DaemonProc], tmp_path: Path) -> None:
     pids = tmp_path / "run.pids"
     at = datetime.fromtimestamp(time.time() + 4, UTC).isoformat(timespec="milliseconds")
     schedule = f'[schedule.once]\nat = "{at}"\nrun = ["sh", "-c", "echo $$ >> {pids}; exec sleep 60"]\n'
-    d = daemon_factory(extra_config=schedule).start()
+    d = process_factory(extra_config=schedule).start()
     try:
         wait_until(lambda: pids.exists() and pids.read_text().strip(), 10, "the run to start")
         ((key, state, tick_at, started_at),) = d.query("SELECT key, state, tick_at, started_at FROM schedule_ticks")

@@ -8,18 +8,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import DaemonProc
+from support.processes import DaemonProc
 
 
 def test_ready_watchdog_and_stopping_reach_the_notify_socket(
-    tmp_path: Path, daemon_factory: Callable[..., DaemonProc]
+    tmp_path: Path, process_factory: Callable[..., DaemonProc]
 ) -> None:
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     sock.settimeout(0.2)
     # WatchdogSec=1s: watchd pings at half of it.
-    d = daemon_factory(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+    d = process_factory(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
     d.start()
     received: list[str] = []
     deadline = time.monotonic() + 10

@@ -43,6 +43,8 @@ def run_cli(*args: str, env: Mapping[str, str | None] | None = None, input: str 
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         finally:
             sys.argv = argv
+            sys.stdout.flush()  # what the command wrote is still in the text wrappers' buffers
+            sys.stderr.flush()
     return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
 
