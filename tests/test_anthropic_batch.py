@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.anthropic_runs import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.anthropic_runs import NOW, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.clocks import ManualClock
 from support.fake_anthropic import FakeAnthropic, api_error, tool_use
 
 from watchd.agents.envelope import next_reset
@@ -70,7 +71,7 @@ async def test_batch_runs_cost_half(fake: FakeAnthropic, store: Store) -> None:
 async def test_a_budget_wait_through_the_dispatcher_is_pending_until_midnight_and_uses_no_attempt(
     fake: FakeAnthropic, store: Store
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     r = runner(fake, store, clock=clock, daily_token_budget=1000)
     fake.turns(tool_use("done", {"status": "resolved", "summary": "x"}, usage={"input_tokens": 990}))
     fake.model = lambda body: done()

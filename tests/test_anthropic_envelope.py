@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client
-from support.anthropic_runs import NOW, Clock, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.anthropic_runs import NOW, closing_runners, done, handoff, open_store, rows, runner, serve_fake
+from support.clocks import ManualClock
 from support.fake_anthropic import FakeAnthropic, Turn, text, tool_use
 
 from watchd import bus
@@ -84,7 +85,7 @@ async def test_a_run_that_takes_too_long_stops_at_its_timeout(fake: FakeAnthropi
 async def test_a_spent_daily_budget_makes_the_handoff_wait_until_utc_midnight(
     fake: FakeAnthropic, store: Store
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     r = runner(fake, store, clock=clock, daily_token_budget=1000)
     fake.turns(tool_use("done", {"status": "resolved", "summary": "x"}, usage=USAGE_850))
     fake.model = lambda body: done()
@@ -108,7 +109,7 @@ async def test_the_global_daily_budget_binds_every_agent_together(fake: FakeAnth
         {"model": "claude-haiku-4-5", "api_key": fake.api_key, "base_url": fake.url}, AnthropicAgent
     )
     config = Config(notify={"phone": ConsoleNotifier()}, agent={"other": agent}, budget=BudgetConfig(daily_tokens=1000))
-    other = AnthropicRunner(agent, name="agent.other", config=config, store=store, clock=Clock())
+    other = AnthropicRunner(agent, name="agent.other", config=config, store=store, clock=ManualClock(NOW))
     try:
         outcome = await other.deliver(handoff("h_b", target="agent.other"))
     finally:
@@ -120,7 +121,7 @@ async def test_the_global_daily_budget_binds_every_agent_together(fake: FakeAnth
 async def test_a_budget_spent_mid_run_pauses_the_run_and_it_resumes_the_next_day(
     fake: FakeAnthropic, store: Store
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     r = runner(fake, store, clock=clock, daily_token_budget=3000, max_steps=10)
     fake.turns(*[tool_use("notify", {"to": "notify.phone", "message": f"n{i} " + "y" * 600}) for i in range(4)])
     fake.model = lambda body: done("resumed")

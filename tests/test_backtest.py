@@ -2,14 +2,14 @@
 
 Scenarios for each watch kind with the exact fires expected; bad lines; invalid definitions; the
 JSON shape. Then the point of the feature — agreement: the backtest predicts exactly the fires of
-an engine driven by the daemon's own loop (property-based), and of the real daemon (end to end).
+an engine driven by the daemon's own loop (property-based), and of the real daemon (end to end, in the
+test's event loop, on wall-clock time: the backtest reads the stream's own timestamps).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProc, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import run_cli
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
 from watchd import config
-from watchd.cli import main
 from watchd.daemon import FETCH_BATCH, MAX_IDLE_WAIT_S
 from watchd.engine import Engine, EventInput, Outputs, Tick
 from watchd.explain.backtest import replay_events
@@ -51,24 +52,9 @@ def write_project(root: Path, watches: str, events: list[dict[str, Any] | str], 
     return root
 
 
-def run_cli(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    """`watchd ARGS…` in-process (fast): exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["watchd", *args])
-    monkeypatch.delenv("WATCHD_CONFIG", raising=False)
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def backtest_json(root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def backtest_json(root: Path) -> dict[str, Any]:
     args = ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--json"]
-    code, out, err = run_cli([*args, "--config", str(root / "config.toml")], capsys, monkeypatch)
+    code, out, err = run_cli(*args, "--config", str(root / "config.toml"))
     assert code == 0, err
     result: dict[str, Any] = json.loads(out)
     return result
@@ -102,7 +88,7 @@ mode = "shadow"
 """
 
 
-def test_match_with_where_and_cooldown(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_match_with_where_and_cooldown(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [
         ev("mail.received", T0, 0, urgent=True, **{"from": "ceo"}),
         ev("mail.received", T0, 1, urgent=False, **{"from": "ceo"}),  # where false: a miss
@@ -111,7 +97,7 @@ def test_match_with_where_and_cooldown(tmp_path: Path, capsys: Any, monkeypatch:
         ev("mail.received", T0, 4, urgent=True, **{"from": "ceo"}),  # fires; the cooldown suppresses urgent-quiet
         ev("mail.received", T0, 15, urgent=True, **{"from": "ceo"}),  # all fire: the cooldown is over
     ]
-    report = backtest_json(write_project(tmp_path, MATCH, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, MATCH, events))
     assert fires_of(report, "urgent") == [
         (at(T0, 0), "urgent", None),
         (at(T0, 4), "urgent", None),
@@ -139,12 +125,12 @@ then = ["notify.console"]
 """
 
 
-def test_count_in_window_per_key(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_count_in_window_per_key(tmp_path: Path) -> None:
     minutes = {"bob": [0, 1, 2, 5, 20, 21, 29], "alice": [3, 8, 15, 30]}
     failures = [ev("auth.failed", T0, m, user=u) for u, ms in minutes.items() for m in ms]
     failures.sort(key=lambda e: str(e["time"]))
     events: list[dict[str, Any] | str] = list(failures)
-    report = backtest_json(write_project(tmp_path, COUNT, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, COUNT, events))
     # bob: 0,1,2 → fire (the count starts again); 5 alone; 20,21,29 inside 10m → fire.
     # alice: 3,8 then 15 (3 has left the window), 30 (8 and 15 have too): never three in 10m.
     assert fires_of(report) == [(at(T0, 2), "login-storm", "bob"), (at(T0, 29), "login-storm", "bob")]
@@ -163,7 +149,7 @@ then = ["notify.console"]
 """
 
 
-def test_absent_per_key_with_recover(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_absent_per_key_with_recover(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [
         ev("hb.ping", T0, 0, host="a"),
         ev("hb.ping", T0, 0, host="b"),
@@ -173,7 +159,7 @@ def test_absent_per_key_with_recover(tmp_path: Path, capsys: Any, monkeypatch: A
         ev("hb.ping", T0, 50, host="a"),  # a silent since 20: fired at 35, recovers now
         ev("noise", T0, 60),  # the end instant: b (silent since 40) is due at 55 and fires before it
     ]
-    report = backtest_json(write_project(tmp_path, ABSENT, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, ABSENT, events))
     assert fires_of(report) == [
         (at(T0, 15), "alive", "b"),
         (at(T0, 35), "alive", "a"),
@@ -199,7 +185,7 @@ then = ["notify.console"]
 """
 
 
-def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path) -> None:
     day = FALL_BACK - timedelta(days=1)  # 2026-10-24 00:00 UTC, 02:00 CEST
     events: list[dict[str, Any] | str] = [
         ev("noise", day),
@@ -211,7 +197,7 @@ def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path,
         ev("backup.done", FALL_BACK + timedelta(days=1), 105, exit_code=0),  # 02:45 CET on the 26th: met
         ev("noise", FALL_BACK + timedelta(days=1), 12 * 60),
     ]
-    report = backtest_json(write_project(tmp_path, CRON_DEADLINE, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, CRON_DEADLINE, events))
     assert fires_of(report) == [("2026-10-25T01:30:00Z", "nightly-backup", None)]
     (fire,) = report["fires"]
     assert fire["at_local"] == "2026-10-25T02:30:00+01:00"  # the second 02:30, in CET
@@ -221,12 +207,12 @@ def test_cron_deadline_across_the_fall_back_day_opens_one_window(tmp_path: Path,
     assert report["totals"]["nightly-backup"] == {"fires": 1, "events": 3, "misses": 1}
 
 
-def test_cron_deadline_fires_at_the_end_instant_when_still_open(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_cron_deadline_fires_at_the_end_instant_when_still_open(tmp_path: Path) -> None:
     # No event after the window's end on the 25th: the report ends at the last event, so it is not due yet.
     events: list[dict[str, Any] | str] = [ev("noise", FALL_BACK), ev("noise", FALL_BACK, 89)]
-    assert backtest_json(write_project(tmp_path, CRON_DEADLINE, events), capsys, monkeypatch)["fires"] == []
+    assert backtest_json(write_project(tmp_path, CRON_DEADLINE, events))["fires"] == []
     events.append(ev("noise", FALL_BACK, 90))  # 01:30 UTC: the deadline itself
-    report = backtest_json(write_project(tmp_path, CRON_DEADLINE, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, CRON_DEADLINE, events))
     assert fires_of(report) == [("2026-10-25T01:30:00Z", "nightly-backup", None)]
 
 
@@ -241,7 +227,7 @@ then = ["notify.console"]
 """
 
 
-def test_deadline_opened_by_event_per_key(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_deadline_opened_by_event_per_key(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [
         ev("pr.opened", T0, 0, n=1),
         ev("pr.opened", T0, 10, n=2),
@@ -251,7 +237,7 @@ def test_deadline_opened_by_event_per_key(tmp_path: Path, capsys: Any, monkeypat
         ev("pr.review", T0, 75, n=2),  # 2 was due at 70: too late
         ev("noise", T0, 120),
     ]
-    report = backtest_json(write_project(tmp_path, EVENT_DEADLINE, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, EVENT_DEADLINE, events))
     assert fires_of(report) == [(at(T0, 70), "pr-review", "2"), (at(T0, 110), "pr-review", "3")]
     assert report["fires"][0]["reason"] == "no pr.review for key 2 within 1h of pr.opened"
     assert report["totals"]["pr-review"] == {"fires": 2, "events": 6, "misses": 0}
@@ -260,7 +246,7 @@ def test_deadline_opened_by_event_per_key(tmp_path: Path, capsys: Any, monkeypat
 # ---- input problems, invalid definitions, output shape -----------------------------------------
 
 
-def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [
         ev("mail.received", T0, 0, urgent=True),  # 1
         "{not json",  # 2
@@ -271,7 +257,7 @@ def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path,
         json.dumps({**ev("mail.received", T0, 2), "data": [1]}),  # 7: data not an object
         ev("mail.received", T0, 3, urgent=True),  # 8
     ]
-    report = backtest_json(write_project(tmp_path, MATCH, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, MATCH, events))
     assert fires_of(report, "urgent") == [(at(T0, 0), "urgent", None), (at(T0, 3), "urgent", None)]
     assert [s["line"] for s in report["skipped_lines"]] == [2, 3, 5, 6, 7]
     reasons = [s["reason"] for s in report["skipped_lines"]]
@@ -283,20 +269,18 @@ def test_bad_lines_are_reported_with_numbers_and_good_lines_used(tmp_path: Path,
     assert report["events"] == 2
 
 
-def test_events_out_of_order_are_replayed_in_time_order(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_events_out_of_order_are_replayed_in_time_order(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [ev("hb.x", T0, 20, host="a"), ev("hb.x", T0, 0, host="a")]
-    report = backtest_json(write_project(tmp_path, ABSENT, events), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, ABSENT, events))
     assert fires_of(report) == [(at(T0, 15), "alive", "a"), (at(T0, 20), "alive", "a")]
     assert any("time order" in n for n in report["notes"])
 
 
-def test_invalid_watch_file_is_file_line_col_and_exit_1(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_invalid_watch_file_is_file_line_col_and_exit_1(tmp_path: Path) -> None:
     bad = '[[watch]]\nid = "x"\nkind = "match"\non = { subject = "a..b" }\nthen = ["notify.nope"]\ncooldown = "soon"\n'
     root = write_project(tmp_path, bad, [ev("a.b", T0)])
     code, out, err = run_cli(
-        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
-        capsys,
-        monkeypatch,
+        "test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")
     )
     assert code == 1 and out == ""
     problems = [ln for ln in err.splitlines() if re.match(r"^\S*w\.toml:\d+:\d+: ", ln)]
@@ -308,45 +292,41 @@ def test_invalid_watch_file_is_file_line_col_and_exit_1(tmp_path: Path, capsys: 
     # a TOML syntax error too
     (root / "w.toml").write_text('[[watch]]\nid = "x\n')
     code, _, err = run_cli(
-        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
-        capsys,
-        monkeypatch,
+        "test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")
     )
     assert code == 1 and re.search(r"w\.toml:2:\d+: TOML syntax error", err), err
 
 
-def test_other_watch_files_of_the_config_do_not_matter(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_other_watch_files_of_the_config_do_not_matter(tmp_path: Path) -> None:
     root = write_project(tmp_path, COUNT, [ev("auth.failed", T0, user="bob")])
     (root / "watches").mkdir()
     (root / "watches" / "broken.toml").write_text("[[watch]]\nid = 1\n")
     with pytest.raises(Exception, match="broken"):
         config.load(root / "config.toml")
-    assert backtest_json(root, capsys, monkeypatch)["totals"]["login-storm"]["events"] == 1
+    assert backtest_json(root)["totals"]["login-storm"]["events"] == 1
 
 
-def test_unreadable_input_and_usage_errors_exit_1(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_unreadable_input_and_usage_errors_exit_1(tmp_path: Path) -> None:
     root = write_project(tmp_path, MATCH, [])
     cfg = ["--config", str(root / "config.toml")]
-    code, _, err = run_cli(
-        ["test", str(root / "w.toml"), "--events", str(root / "nope.jsonl"), *cfg], capsys, monkeypatch
-    )
+    code, _, err = run_cli("test", str(root / "w.toml"), "--events", str(root / "nope.jsonl"), *cfg)
     assert code == 1 and "cannot read" in err and "nope.jsonl" in err
-    code, _, err = run_cli(["test", str(root / "nope.toml"), *cfg], capsys, monkeypatch)
+    code, _, err = run_cli("test", str(root / "nope.toml"), *cfg)
     assert code == 1 and "nope.toml not found" in err
-    code, _, err = run_cli(["test", str(root / "w.toml"), "--since", "1d", "--events", "x", *cfg], capsys, monkeypatch)
+    code, _, err = run_cli("test", str(root / "w.toml"), "--since", "1d", "--events", "x", *cfg)
     assert code == 1 and "not both" in err
-    code, _, err = run_cli(["test", str(root / "w.toml"), "--since", "soon", *cfg], capsys, monkeypatch)
+    code, _, err = run_cli("test", str(root / "w.toml"), "--since", "soon", *cfg)
     assert code == 1 and "bad --since" in err
     # NATS not reachable (nothing listens on port 1): one clear line, fast, and what to do instead
     started = time.monotonic()
-    code, _, err = run_cli(["test", str(root / "w.toml"), *cfg], capsys, monkeypatch)
+    code, _, err = run_cli("test", str(root / "w.toml"), *cfg)
     assert code == 1 and "cannot reach NATS" in err and "--events" in err and "Traceback" not in err
     assert time.monotonic() - started < 3
 
 
-def test_json_shape(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_json_shape(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [ev("mail.received", T0, 0, urgent=True), "nope"]
-    report = backtest_json(write_project(tmp_path, MATCH, events, zone="Europe/Berlin"), capsys, monkeypatch)
+    report = backtest_json(write_project(tmp_path, MATCH, events, zone="Europe/Berlin"))
     assert set(report) == {"fires", "totals", "skipped_lines", "rejected", "events", "from", "to", "notes"}
     assert report["fires"][0] == {
         "watch": "urgent",
@@ -361,13 +341,11 @@ def test_json_shape(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     assert (report["from"], report["to"], report["events"], report["rejected"]) == (at(T0), at(T0), 1, [])
 
 
-def test_human_output_shows_watch_zone_and_utc(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+def test_human_output_shows_watch_zone_and_utc(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [ev("mail.received", T0, 0, urgent=True, **{"from": "[b]x[/b]"}), "nope"]
     root = write_project(tmp_path, MATCH, events, zone="Europe/Berlin")
     code, out, _ = run_cli(
-        ["test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")],
-        capsys,
-        monkeypatch,
+        "test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")
     )
     assert code == 0  # a report: exit 0 even though watches fire
     assert "2026-11-22 13:00:00 CET (12:00:00 UTC)  urgent" in out
@@ -593,9 +571,9 @@ then = ["notify.console"]
 """
 
 
-def test_backtest_predicts_the_real_daemons_fires(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"w.toml": E2E_WATCHES}).start()
-    d.publish(
+async def test_backtest_predicts_the_real_daemons_fires(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory({"w.toml": E2E_WATCHES}).start()
+    await d.publish(
         make_event("mail.received", {"urgent": True}),
         make_event("mail.received", {"urgent": False}),
         make_event("auth.failed", {"user": "bob"}),
@@ -613,13 +591,13 @@ def test_backtest_predicts_the_real_daemons_fires(daemon_factory: Callable[..., 
 
     # a and b fall silent and pr 2 misses its deadline; then a comes back (a recovery) and falls
     # silent again. After that nothing is pending: b is silent, every window is closed.
-    wait_until(lambda: fired()[("hosts", "a")] == 1 and fired()[("pr", "2")] == 1, what="silences and deadline")
-    d.publish(make_event("hb.ping", {"host": "a"}))
-    wait_until(lambda: fired()[("hosts", "a")] == 3, what="recovery and second silence")
+    await until(lambda: fired()[("hosts", "a")] == 1 and fired()[("pr", "2")] == 1, what="silences and deadline")
+    await d.publish(make_event("hb.ping", {"host": "a"}))
+    await until(lambda: fired()[("hosts", "a")] == 3, what="recovery and second silence")
     expected = Counter({("urgent", None): 1, ("storm", "bob"): 1, ("hosts", "a"): 3, ("hosts", "b"): 1, ("pr", "2"): 1})
     assert fired() == expected
 
-    r = d.cli("test", str(d.watches_dir / "w.toml"), "--since", "1h", "--json")
+    r = await d.cli("test", str(d.watches_dir / "w.toml"), "--since", "1h", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert Counter((f["watch"], f["key"]) for f in report["fires"]) == fired()

@@ -19,7 +19,8 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
-from conftest import DaemonProc, wait_until
+from support.inprocess import InProcessDaemon
+from support.waiting import until, wait_until
 
 from watchd import config
 from watchd.cli import cli
@@ -412,7 +413,9 @@ def test_restore_refuses_a_damaged_backup_and_changes_nothing(setup: tuple[confi
     assert not list(loaded.state_dir.glob("watchd-pre-restore-*"))
 
 
-def test_backup_and_restore_commands_beside_a_running_daemon(daemon_factory: Callable[..., DaemonProc]) -> None:
+async def test_backup_and_restore_commands_beside_a_running_daemon(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
     d = daemon_factory(
         {
             "jobs.toml": '[[watch]]\nid = "backup-ok"\nkind = "match"\n'
@@ -420,22 +423,22 @@ def test_backup_and_restore_commands_beside_a_running_daemon(daemon_factory: Cal
             'then = ["notify.console"]\n'
         }
     )
-    d.start()
-    r = d.cli("backup", "--json")
+    await d.start()
+    r = await d.cli("backup", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["ok"] and report["published"] == "watchd.job.backup.done"
     archive = report["data"]["path"]
     # The running daemon took the outcome like any event: the watch on it fired.
-    wait_until(lambda: d.handoffs("backup-ok"), 10, "the backup-ok handoff")
+    await until(lambda: d.handoffs("backup-ok"), 10, "the backup-ok handoff")
 
-    r = d.cli("restore", archive, "--yes")
+    r = await d.cli("restore", archive, "--yes")
     assert r.returncode == 1
     assert f"watchd (pid {d.pid}) is running" in r.stderr and "stop it first: systemctl --user stop watchd" in r.stderr
     assert "Traceback" not in r.stderr and not list(d.state_dir.glob("watchd-pre-restore-*"))
 
-    assert d.term() == 0
-    runner = CliRunner()  # in-process from here: the same commands, without a second start-up each
+    await d.stop()
+    runner = CliRunner()
     res = runner.invoke(cli, ["restore", archive, "--config", str(d.config_path)])
     assert res.exit_code == 1 and "add --yes to confirm" in res.stderr  # no terminal to confirm on
     res = runner.invoke(cli, ["restore", archive, "--yes", "--config", str(d.config_path)])

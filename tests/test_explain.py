@@ -4,9 +4,6 @@ persisted with the real store (as the daemon commits a batch), then read back as
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import tomllib
 from datetime import UTC, datetime
@@ -17,6 +14,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 from rich.console import Console
+from support.cli import CliResult, run_cli
 
 from watchd.config import Watch, WatchDef
 from watchd.daemon import kept_for_explain
@@ -629,17 +627,9 @@ def test_cli_explain_beside_a_live_writer_and_after(tmp_path: Path) -> None:
     cfg.write_text('watches = ["watches/"]\nstate_dir = "state"\ntimezone = "UTC"\n')
     w = World(tmp_path, text, now=time.time() - 600)
     w.emit("mail.received", {"urgent": True}, after=60, id="m1")
-    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "watchd", "explain", *args, "--config", str(cfg)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    def run(*args: str) -> CliResult:
+        return run_cli("explain", *args, "--config", str(cfg))
 
     live = run("urgent-mail")  # the store is still open: a daemon would be writing
     assert live.returncode == 0, live.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -14,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.clocks import ManualClock
 from support.fakes import FakeWebhook
+from support.scheduling import ECHO, Harness, ts
 
 from watchd import config
-from watchd.cron.runner import Scheduler
 from watchd.cron.ticks import jitter_offset, tick_key
 from watchd.cron.walltimer import WallTimer
 from watchd.daemon import build_targets
@@ -25,83 +25,7 @@ from watchd.dispatch import Dispatcher
 from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
 from watchd.notify import http_client
-from watchd.store import Store, db_path
 from watchd.store.schedules import TickClaim, claim
-
-OFF = "[schedule.heartbeat]\nenabled = false\n[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n"
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-
-
-class Clock:
-    def __init__(self, at: str) -> None:
-        self.t = ts(at)
-
-    def __call__(self) -> float:
-        return self.t
-
-    def set(self, at: str) -> None:
-        self.t = ts(at)
-
-
-class Harness:
-    """A Scheduler on a real state file, with a virtual clock and recorded events."""
-
-    def __init__(self, root: Path, schedules: str, clock: Clock, *, extra: str = "") -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / "config.toml"
-        path.write_text(
-            f'state_dir = "state"\ntimezone = "UTC"\n{extra}\n[notify.console]\ntype = "console"\n{OFF}{schedules}'
-        )
-        self.loaded = config.load(path)
-        self.clock = clock
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.store = Store(db_path(self.loaded.state_dir))
-        self.sched = Scheduler(self.store, self.loaded, emit=self.emit, clock=clock)
-
-    async def emit(self, subject: str, data: dict[str, Any]) -> None:
-        self.events.append((subject, data))
-
-    def subjects(self) -> list[str]:
-        return [s for s, _ in self.events]
-
-    def of(self, suffix: str) -> list[dict[str, Any]]:
-        return [d for s, d in self.events if s.endswith(suffix)]
-
-    def rows(self, name: str) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(db_path(self.loaded.state_dir))
-        conn.row_factory = sqlite3.Row
-        try:
-            sql = "SELECT * FROM schedule_ticks WHERE schedule = ? ORDER BY tick_at"
-            return [dict(r) for r in conn.execute(sql, (name,))]
-        finally:
-            conn.close()
-
-    async def step(self, at: str | None = None) -> None:
-        if at:
-            self.clock.set(at)
-        await self.sched.step()
-        await self.sched.idle()
-
-    def restart(self) -> Harness:
-        """A new scheduler on the same state file (the old one's store is closed): a daemon restart."""
-        self.store.close()
-        self.store = Store(db_path(self.loaded.state_dir))
-        self.sched = Scheduler(self.store, self.loaded, emit=self.emit, clock=self.clock)
-        return self
-
-    def twin(self) -> Harness:
-        """A second process on the same config and state file, sharing the clock."""
-        other = Harness.__new__(Harness)
-        other.loaded, other.clock, other.events = self.loaded, self.clock, []
-        other.store = Store(db_path(self.loaded.state_dir))
-        other.sched = Scheduler(other.store, self.loaded, emit=other.emit, clock=self.clock)
-        return other
-
-    def close(self) -> None:
-        self.store.close()
 
 
 @pytest.fixture
@@ -109,7 +33,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Harness] = []
 
     async def factory(schedules: str, at: str, name: str = "h", **kw: Any) -> Harness:
-        h = Harness(tmp_path / name, schedules, Clock(at), **kw)
+        h = Harness(tmp_path / name, schedules, ManualClock(at), **kw)
         made.append(h)
         await h.sched.start()
         return h
@@ -118,9 +42,6 @@ async def make(tmp_path: Path) -> AsyncIterator[Any]:
     for h in made:
         await h.sched.stop_runs("test over")
         h.close()
-
-
-ECHO = f'run = ["{sys.executable}", "-c", "print(\'ran\')"]'
 
 
 async def test_an_on_time_tick_runs_once_and_the_next_is_the_next_tick(make: Any) -> None:
@@ -441,7 +362,7 @@ async def test_wall_timer_wakes_at_a_wall_clock_instant_or_on_an_event() -> None
 
 async def test_the_loop_sleeps_until_the_tick_and_runs_it_on_time(tmp_path: Path) -> None:
     at = datetime.fromtimestamp(time.time() + 0.4, UTC).isoformat()
-    h = Harness(tmp_path / "loop", f'[schedule.soon]\nat = "{at}"\n{ECHO}\n', Clock("2026-01-01T00:00:00"))
+    h = Harness(tmp_path / "loop", f'[schedule.soon]\nat = "{at}"\n{ECHO}\n', ManualClock("2026-01-01T00:00:00"))
     h.sched.clock = h.clock = time.time  # type: ignore[assignment]
     stop = asyncio.Event()
     task = asyncio.create_task(h.sched.run(stop))

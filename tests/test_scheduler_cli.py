@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_scheduler import ECHO, OFF, Clock, Harness, ts
+from support.cli import run_cli
+from support.clocks import ManualClock
+from support.scheduling import ECHO, OFF, Harness, ts
 
 from watchd import config
 from watchd.cli import cli
@@ -97,7 +98,7 @@ def test_schedules_text_shows_local_and_utc_and_the_last_runs(tmp_path: Path) ->
 
 async def test_explain_schedule_json_and_text(tmp_path: Path) -> None:
     body = f'[schedule.q]\ncron = "0 */6 * * *"\nmissed = "skip"\n{ECHO}\n'
-    h = Harness(tmp_path, body, Clock("2026-03-02T05:59:00"))
+    h = Harness(tmp_path, body, ManualClock("2026-03-02T05:59:00"))
     try:
         await h.sched.start()
         await h.step("2026-03-02T06:00:00")
@@ -119,7 +120,7 @@ async def test_explain_schedule_json_and_text(tmp_path: Path) -> None:
 
 
 async def test_status_json_has_the_schedules(tmp_path: Path) -> None:
-    h = Harness(tmp_path, f'[schedule.q]\ncron = "0 * * * *"\n{ECHO}\n', Clock("2026-03-02T09:59:00"))
+    h = Harness(tmp_path, f'[schedule.q]\ncron = "0 * * * *"\n{ECHO}\n', ManualClock("2026-03-02T09:59:00"))
     try:
         await h.sched.start()
         await h.step("2026-03-02T10:00:00")
@@ -147,9 +148,7 @@ def test_bad_from_and_unknown_schedule_are_one_line_errors(tmp_path: Path) -> No
         (["explain", "--schedule", "nope"], "error: no schedule named 'nope'", "hint: known schedules: backup"),
         (["explain", "x", "--schedule", "backup"], "error: --schedule takes no WATCH", "hint: e.g."),
     ]:
-        r = subprocess.run(
-            [sys.executable, "-m", "watchd", *args, "--config", cfg], capture_output=True, text=True, timeout=30
-        )
+        r = run_cli(*args, "--config", cfg)
         lines = r.stderr.splitlines()
         assert r.returncode == 1 and lines[0].startswith(first) and lines[1].startswith(hint), r.stderr
 

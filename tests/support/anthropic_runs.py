@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from support.clocks import ManualClock
 from support.fake_anthropic import FakeAnthropic, Turn, tool_use
 from watchd.agents.anthropic import AnthropicRunner
 from watchd.config import AnthropicAgent, BudgetConfig, Config, ConsoleNotifier, Price
@@ -55,14 +56,6 @@ def open_store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-class Clock:
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 _made: list[AnthropicRunner] = []
 
 
@@ -77,7 +70,7 @@ def runner(
     fake: FakeAnthropic,
     store: Store,
     *,
-    clock: Clock | None = None,
+    clock: ManualClock | None = None,
     budget: int | None = None,
     prices: dict[str, Price] | None = None,
     **kw: Any,
@@ -97,7 +90,7 @@ def runner(
         budget=BudgetConfig(daily_tokens=budget),
         prices=prices or {},
     )
-    made = AnthropicRunner(agent, name="agent.triage", config=config, store=store, clock=clock or Clock())
+    made = AnthropicRunner(agent, name="agent.triage", config=config, store=store, clock=clock or ManualClock(NOW))
     _made.append(made)
     return made
 

@@ -14,16 +14,17 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from click.testing import CliRunner
 
 _one_at_a_time = threading.Lock()
 
 
-@dataclass(frozen=True)
-class CliResult:
+class CliResult(NamedTuple):
+    """What a command did; unpacks as (returncode, stdout, stderr)."""
+
     returncode: int
     stdout: str
     stderr: str

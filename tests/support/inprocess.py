@@ -12,12 +12,13 @@ import asyncio
 import io
 import logging
 import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from support import project
 from support.cli import CliResult, run_cli
+from support.clocks import VirtualClock
 from support.project import Project
 from watchd import config
 from watchd.bus import PubAckInfo
@@ -31,23 +32,9 @@ POLL_S = 0.02
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # as `watchd run` logs to stderr
 
 
-class VirtualClock:
-    """Wall time a test moves forward: time.time() plus an offset that only grows. It starts at the
-    real now, so the instants NATS stamps on stored events stay comparable with it."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0, "time only moves forward"
-        self.offset += seconds
-
-
 class LogLines(logging.Handler):
-    """The records of the `watchd` loggers, formatted as `watchd run` prints them."""
+    """Log records as `watchd run` prints them to stderr; on the root logger, so that the libraries'
+    warnings are in it too."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -72,10 +59,9 @@ class InProcessDaemon(Project):
         self.console = io.StringIO()
         self.daemon: Daemon | None = None
         self.log = LogLines()
-        self._logger = logging.getLogger("watchd")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.INFO)
-        self._logger.addHandler(self.log)
+        self._level = logging.getLogger("watchd").level
+        logging.getLogger("watchd").setLevel(logging.INFO)  # as `watchd run` does
+        logging.getLogger().addHandler(self.log)
 
     # -- life cycle --
 
@@ -97,8 +83,8 @@ class InProcessDaemon(Project):
         daemon, self.daemon = self.daemon, None
         if daemon is not None:
             await daemon.shutdown()
-        self._logger.removeHandler(self.log)
-        self._logger.setLevel(self._level)
+        logging.getLogger().removeHandler(self.log)
+        logging.getLogger("watchd").setLevel(self._level)
 
     @property
     def running(self) -> Daemon:
@@ -118,6 +104,19 @@ class InProcessDaemon(Project):
         if self.daemon is not None:
             self.daemon.wake()
         await asyncio.sleep(POLL_S)
+
+    async def advance_until(
+        self, pred: Callable[[], Any], *, step_s: float = 1.0, limit_s: float = 3600.0, what: str = "condition"
+    ) -> Any:
+        """Move the clock `step_s` at a time, letting the loops run, until pred returns something
+        truthy (returned); fail when `limit_s` of virtual time has passed without it."""
+        moved = 0.0
+        while not (value := pred()):
+            if moved >= limit_s:
+                raise AssertionError(f"{limit_s:g}s of virtual time passed without {what}")
+            await self.advance(step_s)
+            moved += step_s
+        return value
 
     # -- what it printed and logged --
 

@@ -1,0 +1,41 @@
+"""Clocks to inject where watchd takes `clock`: one that stands still until the test moves it, and
+one that runs with wall time and jumps when the test says so."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def utc(text: str) -> float:
+    """An instant from an ISO date-time; one without an offset is read as UTC."""
+    at = datetime.fromisoformat(text)
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+class ManualClock:
+    """A virtual instant that moves only when the test moves it: `clock.t = …`, `+=`, or `set(iso)`."""
+
+    def __init__(self, at: float | str) -> None:
+        self.t = utc(at) if isinstance(at, str) else at
+
+    def __call__(self) -> float:
+        return self.t
+
+    def set(self, at: str) -> None:
+        self.t = utc(at)
+
+
+class VirtualClock:
+    """Wall time a test moves forward: time.time() plus an offset that only grows. It starts at the
+    real now, so the instants NATS stamps on stored events stay comparable with it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, "time only moves forward"
+        self.offset += seconds
