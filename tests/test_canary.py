@@ -1,21 +1,22 @@
-"""The canary end to end: a real daemon, real NATS, fake Telegram and Slack on loopback. The path
+"""The canary end to end: the real daemon (in the test's event loop), real NATS, fake Telegram and Slack
+on loopback, `watchd canary` as a process. The path
 passes, a broken notifier fails it and the built-in watch alerts elsewhere, and the release canary
 runs on a change of watchd, the config or an agent, never on an unchanged restart."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import DaemonProc, wait_until
+from support.cli import run_cli
 from support.fakes import FakeSlack, FakeTelegram
+from support.inprocess import InProcessDaemon
+from support.project import Project
+from support.waiting import until
 
 from watchd import __version__, config
 from watchd.agents.command import CommandRunner
@@ -27,29 +28,19 @@ from watchd.jobs.canary import canary_line, changes, probe_targets
 TG_TOKEN = "424242:canary-SECRET-token"
 
 
-async def wait_for(cond: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
-    daemon_factory: Callable[..., DaemonProc],
+    daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:
     async with FakeTelegram(token=TG_TOKEN) as tg, FakeSlack("webhook") as sl:
-        d: DaemonProc = daemon_factory(
+        d = daemon_factory(
             extra_config=f'[notify.phone]\ntype = "telegram"\ntoken = "env:TG_TOKEN"\nchat_id = "42"\n'
             f'api_base = "{tg.url}"\n[notify.team]\ntype = "slack"\nwebhook_url = "env:SLACK_URL"\n',
             env={"TG_TOKEN": TG_TOKEN, "SLACK_URL": sl.webhook_url},
         )
         d.config_path.write_text('alert = ["notify.team"]\n' + d.config_path.read_text())
-        await asyncio.to_thread(d.start)
+        await d.start()
 
-        passed = await asyncio.to_thread(d.cli, "canary", "--json")
+        passed = await d.cli_process("canary", "--json")
         assert passed.returncode == 0, passed.stdout + passed.stderr
         report = json.loads(passed.stdout)
         assert report["ok"] and report["path"]["ok"] and report["failing"] == [] and report["trigger"] == "manual"
@@ -61,7 +52,7 @@ async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
         assert tg.messages == [] and sl.messages == []  # probes send nobody anything
         assert [r.path for r in tg.requests] == [f"/bot{TG_TOKEN}/getMe"]
 
-        status = json.loads((await asyncio.to_thread(d.cli, "status", "--json")).stdout)
+        status = json.loads((await d.cli("status", "--json")).stdout)
         assert status["last_canary"]["ok"] is True
         builtin = {w["id"]: w for w in status["watches"] if w["file"].startswith("<built-in>")}
         # (the default nightly backup schedule brings watchd-backup-missing, an absent watch: 26 h)
@@ -76,7 +67,7 @@ async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
         assert builtin["watchd-canary"]["last_fired"] is not None
 
         await tg.stop()  # Telegram goes away
-        failed = await asyncio.to_thread(d.cli, "canary")
+        failed = await d.cli_process("canary")
         assert failed.returncode == 1, failed.stdout + failed.stderr
         lines = failed.stdout.splitlines()
         assert lines[0].startswith("ok     path: NATS → engine → handoff → delivery in ")
@@ -89,23 +80,21 @@ async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
         assert lines[4] == "canary failed: notify.phone: cannot connect to Telegram at 127.0.0.1: connection refused"
 
         # The failed job event fires the built-in watch, which alerts through the working notifier.
-        (alert,) = await wait_for(lambda: sl.messages)
+        (alert,) = await until(lambda: sl.messages, what="the alert")
         assert "watchd canary failed: canary failed: notify.phone: cannot connect" in alert["text"]
-        status_out, explain_out = await asyncio.gather(
-            asyncio.to_thread(d.cli, "status", "--json"),
-            asyncio.to_thread(d.cli, "explain", "watchd-canary-failed", "--json"),
-        )
+        status_out = await d.cli("status", "--json")
+        explain_out = await d.cli("explain", "watchd-canary-failed", "--json")
         last = json.loads(status_out.stdout)["last_canary"]
         assert (last["ok"], last["failing"], last["path_ok"]) == (False, ["notify.phone"], True)
         assert json.loads(explain_out.stdout)["fired"] is True
-        await asyncio.to_thread(d.term)
-        for out in (passed.stdout, failed.stdout, status_out.stdout, explain_out.stdout, d.stdout(), d.stderr()):
+        await d.stop()
+        for out in (passed.stdout, failed.stdout, status_out.stdout, explain_out.stdout, d.printed(), d.logged()):
             assert "SECRET" not in out and "testhook" not in out  # the bot token, the Slack webhook's path
 
 
-def test_canary_needs_the_daemon(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory()
-    r = d.cli("canary")
+def test_canary_needs_the_daemon(tmp_path: Path) -> None:
+    p = Project(tmp_path)
+    r = run_cli("canary", "--config", str(p.config_path))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "running daemon" in r.stderr and "watchd run" in r.stderr
 
@@ -113,8 +102,8 @@ def test_canary_needs_the_daemon(daemon_factory: Callable[..., DaemonProc]) -> N
 AGENT_VERSION = '#!/bin/sh\ncat "$(dirname "$0")/version.txt"\n'
 
 
-def test_release_canary_runs_on_a_change_and_not_on_an_unchanged_restart(
-    daemon_factory: Callable[..., DaemonProc],
+async def test_release_canary_runs_on_a_change_and_not_on_an_unchanged_restart(
+    daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:
     agent = '[agent.claw]\ntype = "command"\ncommand = ["cat"]\nversion = ["./agent-version.sh"]\n'
     d = daemon_factory(extra_config=agent)
@@ -123,41 +112,41 @@ def test_release_canary_runs_on_a_change_and_not_on_an_unchanged_restart(
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     (d.root / "version.txt").write_text("claw 1.0\n")
 
-    def restart(expect: str) -> None:
-        if d.alive():
-            d.term()
-        mark = len(d.stderr())
-        d.start()
-        wait_until(lambda: expect in d.stderr()[mark:], what=expect)
+    async def restart(expect: str) -> None:
+        if d.daemon is not None:
+            await d.stop()
+        mark = len(d.logged())
+        await d.start()
+        await until(lambda: expect in d.logged()[mark:], what=expect)
 
     def canaries() -> int:
         return len(d.handoffs("watchd-canary"))
 
-    restart("no good canary recorded yet")  # nothing to compare with: no canary at the first start
-    assert d.cli("canary").returncode == 0  # the first good canary sets the baseline
+    await restart("no good canary recorded yet")  # nothing to compare with: no canary at the first start
+    assert (await d.cli_process("canary")).returncode == 0  # the first good canary sets the baseline
     fingerprint = json.loads(d.meta("canary.fingerprint") or "{}")
     assert fingerprint["watchd"] == __version__ and fingerprint["agents"] == {"agent.claw": "claw 1.0"}
 
-    restart("release canary: nothing changed")
+    await restart("release canary: nothing changed")
     assert canaries() == 1
 
     # The agent was upgraded, the last good canary was by an older watchd, and the new config gives the
     # agent a probe that fails: the release canary runs at once, fails, and the built-in watch alerts
     # (on the console, the only notifier). The baseline stays, so the next start tries again.
     (d.root / "version.txt").write_text("claw 1.1\n")
-    d.term()
+    await d.stop()
     conn = sqlite3.connect(d.db_path)
     with conn:
         conn.execute("UPDATE meta SET v = json_set(v, '$.watchd', '0.0.1') WHERE k = 'canary.fingerprint'")
     conn.close()
     baseline = json.loads(d.meta("canary.fingerprint") or "{}")
     d.write_config(agent + 'probe = ["sh", "-c", "echo model gone; exit 3"]\n')
-    restart(
+    await restart(
         f"release canary: watchd 0.0.1 → {__version__}, the config, agent.claw version 'claw 1.0' → 'claw 1.1' changed"
     )
-    wait_until(lambda: "watchd canary failed" in d.stdout(), what="the alert on the console")
-    assert "agent.claw: probe sh failed with exit 3: model gone" in d.stdout()
-    assert canaries() == 2 and "release canary: canary failed" in d.stderr()
+    await until(lambda: "watchd canary failed" in d.printed(), what="the alert on the console")
+    assert "agent.claw: probe sh failed with exit 3: model gone" in d.printed()
+    assert canaries() == 2 and "release canary: canary failed" in d.logged()
     assert json.loads(d.meta("canary.last") or "{}")["failing"] == ["agent.claw"]
     assert json.loads(d.meta("canary.fingerprint") or "{}") == baseline
 

@@ -1,6 +1,6 @@
 """The `nats` agent and `watchd worker`, against a real nats-server: the runner with a tiny in-test
 worker, `watchd worker` as a real subprocess (including a kill after the work was done), and one
-handoff through the real daemon to a worker and back."""
+handoff through the real daemon (in the test's event loop) to such a worker and back."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
-from conftest import DaemonProc, wait_until
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from support.cli import run_cli
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
 from watchd.agents.nats import NatsRunner, Reply, follow_replies, last_reply, reply_subject, send_reply
 from watchd.bus import HANDOFFS_STREAM, EmbeddedNats, ensure_streams
@@ -53,18 +55,6 @@ def handoff(hid: str, key: str | None = None, target: str = TARGET) -> Handoff:
 
 def runner(nc: Client, ack_timeout_s: float = 5.0) -> NatsRunner:
     return NatsRunner(NatsAgent(), name=TARGET, js=nc.jetstream(), nc=nc, ack_timeout_s=ack_timeout_s)
-
-
-async def until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def stored_handoffs(nc: Client, subject: str = SUBJECT) -> int:
@@ -426,12 +416,7 @@ def test_worker_help_has_an_example_and_bad_input_is_one_line(tmp_path: Path) ->
         (["agent.claw", "--", "no-such-program-xyz"], "error: command not found: no-such-program-xyz"),
     ]
     for args, message in cases:
-        p = subprocess.run(
-            [sys.executable, "-m", "watchd", "worker", "--config", str(cfg), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        p = run_cli("worker", "--config", str(cfg), *args)
         assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
@@ -446,30 +431,27 @@ then = ["agent.remote"]
 """
 
 
-def test_a_handoff_reaches_a_remote_worker_and_is_done_exactly_once(
-    daemon_factory: Callable[..., DaemonProc], tmp_path: Path
+async def test_a_handoff_reaches_a_remote_worker_and_is_done_exactly_once(
+    daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
 ) -> None:
     d = daemon_factory({"deploy.toml": WATCH}, extra_config='[agent.remote]\ntype = "nats"\nack_timeout = "15s"\n')
-    d.start()
+    await d.start()
     w = WorkerProc(tmp_path, d.config_path, "agent.remote", "0")
     try:
         w.start()
-        d.publish(make_event("deploy.requested", {"app": "shop"}, id="ev-1"))
-        d.publish(make_event("deploy.requested", {"app": "shop"}, id="ev-1"))  # a re-sent event: stored once
+        await d.publish(make_event("deploy.requested", {"app": "shop"}, id="ev-1"))
+        await d.publish(make_event("deploy.requested", {"app": "shop"}, id="ev-1"))  # a re-sent event: stored once
 
         def done() -> dict[str, Any] | None:
             hs = d.handoffs("deploy")
             return hs[0] if hs and hs[0]["state"] == "done" else None
 
-        h = wait_until(done, 20, "the handoff to be done by the remote worker")
-        transitions = [
-            s for (s,) in d.query("SELECT state FROM transitions WHERE handoff_id = ? ORDER BY id", (h["id"],))
-        ]
-        assert transitions == ["pending", "delivering", "accepted", "done"]
+        h = await until(done, 20, "the handoff to be done by the remote worker")
+        assert d.states(h["id"]) == ["pending", "delivering", "accepted", "done"]
         assert len(d.handoffs("deploy")) == 1 and h["attempt"] == 1
         assert w.runs() == [[h["id"], "shop", h["id"], "1"]]
-        listed = json.loads(d.cli("handoffs", "--json").stdout)
+        listed = json.loads((await d.cli("handoffs", "--json")).stdout)
         assert [(x["id"], x["state"]) for x in listed] == [(h["id"], "done")]
-        assert d.term() == 0  # the replies consumer stops with the daemon
+        await d.stop()  # the replies consumer stops with the daemon
     finally:
         w.cleanup()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from support import project
-from support.cli import CliResult, run_cli
+from support.cli import CliResult, run_cli, run_process
 from support.clocks import VirtualClock
 from support.project import Project
 from watchd import config
@@ -131,6 +131,12 @@ class InProcessDaemon(Project):
     async def cli(self, *args: str) -> CliResult:
         """`watchd CMD --config <this config> ARGS…` on a thread, while the daemon goes on."""
         return await asyncio.to_thread(run_cli, args[0], "--config", str(self.config_path), *args[1:])
+
+    async def cli_process(self, *args: str) -> CliResult:
+        """The same, as a child process: for commands that would share this process's HTTP client
+        session with the daemon (`canary` probes the notifiers and closes the session after)."""
+        config = ("--config", str(self.config_path))
+        return await asyncio.to_thread(run_process, args[0], *config, *args[1:], cwd=self.root)
 
     # -- publishing, from a client of its own --
 
