@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from support.project import free_port
+from support.waiting import until
 
 from watchd.bus import (
     EVENTS_STREAM,
@@ -29,20 +31,6 @@ from watchd.bus import (
 )
 from watchd.errors import NatsUnavailable
 from watchd.model import HANDOFFS_PREFIX, decode_event, make_event
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _until(pred: object, timeout_s: float = 5.0) -> None:
-    assert callable(pred)
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def test_binary_is_located() -> None:
@@ -107,7 +95,7 @@ async def test_left_over_server_from_a_killed_watchd_is_replaced(tmp_path: Path)
     try:
         await second.start()  # same store and port: the orphan is stopped, not reported as "busy"
         assert second.pid != orphan
-        await _until(lambda: first.returncode is not None)
+        await until(lambda: first.returncode is not None)
     finally:
         await second.stop()
         await first.stop()
@@ -221,11 +209,11 @@ async def test_supervise_restarts_a_killed_server_and_data_survives(
     old_pid = nats_server.pid
     assert old_pid is not None
     os.kill(old_pid, signal.SIGKILL)
-    await _until(lambda: nats_server.restarts == 1)
+    await until(lambda: nats_server.restarts == 1)
     assert nats_server.pid not in (None, old_pid)
 
     # The same client reconnects by itself and sees the stored events; publishing goes on.
-    await _until(lambda: nats_client.is_connected)
+    await until(lambda: nats_client.is_connected)
     assert (await js.stream_info(EVENTS_STREAM)).state.messages == 3
     ack = await publish_event(js, make_event("job.done", {"i": 3}))
     assert ack.seq == 4
@@ -252,7 +240,7 @@ async def test_supervise_returns_when_stop_is_called(nats_server: EmbeddedNats) 
 
 
 async def test_connect_to_closed_port_fails_fast_without_credentials() -> None:
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(NatsUnavailable) as err:
         await connect(f"nats://alice:s3cret@127.0.0.1:{port}", timeout_s=0.5)

@@ -12,14 +12,12 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.cli import run_cli
+from support.cli import run_cli, run_process
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc, pid_gone
 from support.project import Project
@@ -210,14 +208,7 @@ def _flood(d: DaemonProc) -> None:
 def test_second_daemon_on_the_same_state_dir_refuses(process_factory: Callable[..., DaemonProc]) -> None:
     d = process_factory({"jobs.toml": MATCH_JOBS}).start()
     nats_pid = d.nats_pid()
-    second = subprocess.run(
-        [sys.executable, "-m", "watchd", "run", "--config", str(d.config_path)],
-        cwd=d.root,
-        env=d.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    second = run_process("run", "--config", str(d.config_path), cwd=d.root, env=d.env)
     assert second.returncode == 1
     assert f"error: another watchd (pid {d.pid}) is already running" in second.stderr, second.stderr
     # the first one is untouched: same nats-server, still firing

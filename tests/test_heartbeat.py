@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.fakes import FakeServer, FakeWebhook, closed_port_url
+from support.waiting import until
 
 from watchd import config
 from watchd.config import WebhookNotifier as WebhookConfig
@@ -185,7 +186,7 @@ async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher
         try:
             r.now = time.time()
             await r.store.run(r.handoff, "h_first")  # on the store's own thread, as the daemon writes
-            await _until(lambda: hook.handoff_ids == ["h_first"])  # the dispatcher is past its start-up recovery
+            await until(lambda: hook.handoff_ids == ["h_first"])  # the dispatcher is past its start-up recovery
             # A delivery whose outcome was lost 20 minutes ago: nothing but the heartbeat will move it.
             await r.store.run(r.handoff, "h_lost", "notify.hook", r.now - 1200)
             await r.store.run(r.store.claim_due, r.now - 1200)
@@ -203,7 +204,7 @@ async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher
                 )
             )
             assert result.data["stuck_deliveries"] == 1
-            await _until(lambda: hook.handoff_ids == ["h_first", "h_lost"], timeout_s=1.5)  # woken, not polled
+            await until(lambda: hook.handoff_ids == ["h_first", "h_lost"], timeout_s=1.5)  # woken, not polled
         finally:
             stop.set()
             await task
@@ -283,12 +284,3 @@ async def test_dead_mans_switch_is_pinged_and_its_url_never_shown(
 
 async def _no_emit(subject: str, data: dict[str, Any]) -> None:
     raise AssertionError(subject)
-
-
-async def _until(cond: Any, timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
