@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
+from support.handoffs import make_handoff
 from support.processes import pid_gone
 from support.waiting import wait_until
 
@@ -30,17 +30,14 @@ def handoff(**kw: object) -> Handoff:
         "id": "h_abc123",
         "watch": "disk-full",
         "watch_version": 2,
-        "kind": "match",
         "key": "host1",
         "target": "agent.fixer",
-        "trigger": "watch",
         "reason": "disk over 90%",
         "fired_at": "2026-11-22T02:00:00Z",
         "evidence": [{"id": "e1", "subject": "disk.usage", "data": {"pct": 93}}],
         "attempt": 3,
     }
-    base.update(kw)
-    return msgspec.convert(base, Handoff)
+    return make_handoff(**{**base, **kw})
 
 
 def runner(*command: str, timeout: str = "10s", **kw: object) -> CommandRunner:

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
+from support.handoffs import make_handoff
 from support.inprocess import InProcessDaemon
 from support.waiting import until, wait_until
 
@@ -28,7 +29,6 @@ from watchd.engine import Decision, KeyState, WatchMeta
 from watchd.jobs import JobContext, builtin
 from watchd.jobs.backup import BackupInvalid, backup_line, make_backup, read_manifest, verify_archive
 from watchd.jobs.restore import DaemonRunning, restore
-from watchd.model import Handoff
 from watchd.redact import redact_config
 from watchd.status import collect
 from watchd.store import Store, db_path
@@ -64,16 +64,8 @@ def fill(store: Store, start: int, n: int) -> None:
         Decision(float(start + i), "nightly", None, "matched", f"event {start + i}", f"e{start + i}", start + i)
         for i in range(n)
     ]
-    handoff = Handoff(
-        id=f"h_{start}",
-        watch="nightly",
-        watch_version=1,
-        kind="match",
-        key=None,
-        target="notify.phone",
-        trigger="watch",
-        reason="matched",
-        fired_at="2026-11-18T00:00:00Z",
+    handoff = make_handoff(
+        id=f"h_{start}", watch="nightly", target="notify.phone", reason="matched", fired_at="2026-11-18T00:00:00Z"
     )
     rows: list[tuple[str, str | None, KeyState | None]] = [
         ("nightly", f"k{start}", KeyState(last_seen=float(start), hits=[float(start)]))

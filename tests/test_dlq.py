@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from support.handoffs import make_handoff
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 
@@ -109,20 +110,8 @@ async def test_list_replay_and_drop_dead_letters_through_the_daemon(
 
 
 def test_replay_and_drop_in_the_store(tmp_path: Path) -> None:
-    from watchd.model import Handoff
-
     store = Store(tmp_path / "w.db")
-    h = Handoff(
-        id="h_0123456789",
-        watch="w",
-        watch_version=1,
-        kind="match",
-        key=None,
-        target="agent.x",
-        trigger="watch",
-        reason="r",
-        fired_at="2026-11-22T00:00:00Z",
-    )
+    h = make_handoff(target="agent.x")
     store.commit_step(last_seq=1, clock=1.0, changes=([], [], set()), decisions=[], handoffs=[h], subjects={}, now=1.0)
     for _ in range(3):
         (claimed,) = store.claim_due(100.0)

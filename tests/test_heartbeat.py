@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.fakes import FakeServer, FakeWebhook, closed_port_url
+from support.handoffs import make_handoff
 from support.waiting import until
 
 from watchd import config
@@ -59,17 +60,7 @@ class Rig:
         return await heartbeat.run(self.ctx())
 
     def handoff(self, hid: str, target: str = "notify.hook", at: float | None = None) -> None:
-        h = Handoff(
-            id=hid,
-            watch="w",
-            watch_version=1,
-            kind="match",
-            key=None,
-            target=target,
-            trigger="watch",
-            reason="test",
-            fired_at="2027-01-15T08:00:00Z",
-        )
+        h = make_handoff(id=hid, target=target, reason="test", fired_at="2027-01-15T08:00:00Z")
         at = self.now if at is None else at
         self.store.commit_step(
             last_seq=None, clock=at, changes=([], [], set()), decisions=[], handoffs=[h], subjects={}, now=at

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support.cli import run_cli
+from support.handoffs import make_handoff
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 
@@ -40,16 +41,8 @@ SUBJECT = "watchd.handoffs.agent.claw"
 
 
 def handoff(hid: str, key: str | None = None, target: str = TARGET) -> Handoff:
-    return Handoff(
-        id=hid,
-        watch="deploy",
-        watch_version=1,
-        kind="match",
-        key=key,
-        target=target,
-        trigger="watch",
-        reason="deploy requested",
-        fired_at="2026-11-22T02:00:00Z",
+    return make_handoff(
+        id=hid, watch="deploy", key=key, target=target, reason="deploy requested", fired_at="2026-11-22T02:00:00Z"
     )
 
 

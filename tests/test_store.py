@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from support.handoffs import make_handoff
 
 from watchd.engine import Decision
 from watchd.model import Handoff
@@ -16,17 +17,7 @@ from watchd.store.outbox import read_handoffs
 
 
 def handoff(hid: str) -> Handoff:
-    return Handoff(
-        id=hid,
-        watch="w",
-        watch_version=1,
-        kind="match",
-        key=None,
-        target="notify.console",
-        trigger="watch",
-        reason="r",
-        fired_at="2026-11-22T00:00:00Z",
-    )
+    return make_handoff(id=hid)
 
 
 def commit(store: Store, *, seq: int, decisions: list[Decision], handoffs: list[Handoff]) -> list[str]:

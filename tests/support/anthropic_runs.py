@@ -14,6 +14,7 @@ import msgspec
 
 from support.clocks import ManualClock
 from support.fake_anthropic import FakeAnthropic, Turn, tool_use
+from support.handoffs import make_handoff
 from watchd.agents.anthropic import AnthropicRunner
 from watchd.config import AnthropicAgent, BudgetConfig, Config, ConsoleNotifier, Price
 from watchd.model import Handoff
@@ -26,11 +27,7 @@ def handoff(hid: str = "h_0123456789abcdef", **kw: Any) -> Handoff:
     base: dict[str, Any] = {
         "id": hid,
         "watch": "urgent-mail",
-        "watch_version": 1,
-        "kind": "match",
-        "key": None,
         "target": "agent.triage",
-        "trigger": "watch",
         "reason": "urgent mail from bigcustomer",
         "fired_at": "2026-11-18T07:00:00Z",
         "evidence": [
@@ -41,8 +38,7 @@ def handoff(hid: str = "h_0123456789abcdef", **kw: Any) -> Handoff:
             }
         ],
     }
-    base.update(kw)
-    return msgspec.convert(base, Handoff)
+    return make_handoff(**{**base, **kw})
 
 
 async def serve_fake() -> AsyncIterator[FakeAnthropic]:
