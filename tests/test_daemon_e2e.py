@@ -38,9 +38,9 @@ then = ["notify.console"]
 def test_emit_fires_console_handoff_and_status_and_check(process_factory: Callable[..., DaemonProc]) -> None:
     watch = MATCH_JOBS.replace('"job.*"', '"job.*", where = \'data.host != ":fire:"\'')
     d = process_factory({"jobs.toml": watch}).start()
-    assert d.cli("check").returncode == 0
+    assert d.cli_process("check").returncode == 0
 
-    emitted = d.cli("emit", "job.done", "exit_code=0", "host=box")
+    emitted = d.cli_process("emit", "job.done", "exit_code=0", "host=box")
     assert emitted.returncode == 0, emitted.stderr
     event_id = emitted.stdout.split()[0]
 
@@ -48,7 +48,7 @@ def test_emit_fires_console_handoff_and_status_and_check(process_factory: Callab
     line = '[watchd: jobs fired] job.done matched where data.host != ":fire:" | watch jobs v1 · match | fired '
     wait_until(lambda: line in d.stdout(), what="console handoff on stdout")
     wait_until(lambda: [h for h in d.handoffs("jobs") if h["state"] == "delivered"], what="handoff delivered")
-    rows = [h for h in json.loads(d.cli("handoffs", "--json").stdout) if h["state"] == "delivered"]
+    rows = [h for h in json.loads(d.cli_process("handoffs", "--json").stdout) if h["state"] == "delivered"]
     assert len(rows) == 1
     h = rows[0]
     assert (h["watch"], h["watch_version"], h["kind"], h["target"]) == ("jobs", 1, "match", "notify.console")
@@ -56,7 +56,7 @@ def test_emit_fires_console_handoff_and_status_and_check(process_factory: Callab
     assert [e["id"] for e in h["evidence"]] == [event_id]
     assert h["evidence"][0]["data"] == {"exit_code": 0, "host": "box"}
 
-    status = json.loads(d.cli("status", "--json").stdout)
+    status = json.loads(d.cli_process("status", "--json").stdout)
     assert status["daemon"]["ok"] is True and status["daemon"]["pid"] == d.pid
     (w,) = [w for w in status["watches"] if not w["file"].startswith("<built-in>")]  # the file's one watch
     assert (w["id"], w["kind"], w["mode"], w["state"]) == ("jobs", "match", "live", "ok")
@@ -64,11 +64,11 @@ def test_emit_fires_console_handoff_and_status_and_check(process_factory: Callab
     assert status["handoffs"] == {"delivered": 1}
 
     assert d.term() == 0
-    stopped = d.cli("check")
+    stopped = d.cli_process("check")
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
     assert "no watchd answering" in stopped.stderr
     # status still works from the state files alone
-    offline = json.loads(d.cli("status", "--json").stdout)
+    offline = json.loads(d.cli_process("status", "--json").stdout)
     assert offline["daemon"]["ok"] is False and offline["watches"][0]["last_fired"] == w["last_fired"]
 
 

@@ -250,6 +250,7 @@ async def test_a_receiver_down_for_a_while_gets_each_handoff_exactly_once_when_b
         async with publisher(d.nats_url) as emit:
             for n in range(3):
                 await emit("job.failed", {"n": n})
+        await until(lambda: len(d.handoffs("jobs")) == 3, what="three handoffs")  # all first tried at one instant
 
         def settled() -> list[dict[str, Any]] | None:
             hs = d.handoffs("jobs")

@@ -178,9 +178,14 @@ async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher
             r.now = time.time()
             await r.store.run(r.handoff, "h_first")  # on the store's own thread, as the daemon writes
             await until(lambda: hook.handoff_ids == ["h_first"])  # the dispatcher is past its start-up recovery
+
             # A delivery whose outcome was lost 20 minutes ago: nothing but the heartbeat will move it.
-            await r.store.run(r.handoff, "h_lost", "notify.hook", r.now - 1200)
-            await r.store.run(r.store.claim_due, r.now - 1200)
+            # Made and claimed in one go on the store's thread, so the dispatcher cannot claim it first.
+            def lost() -> None:
+                r.handoff("h_lost", "notify.hook", r.now - 1200)
+                r.store.claim_due(r.now - 1200)
+
+            await r.store.run(lost)
             await asyncio.sleep(0.3)
             assert hook.handoff_ids == ["h_first"]
             result = await heartbeat.run(

@@ -20,6 +20,7 @@ from support import project
 from support.cli import CliResult, run_cli, run_process
 from support.clocks import VirtualClock
 from support.project import Project
+from support.waiting import until
 from watchd import config
 from watchd.bus import PubAckInfo
 from watchd.daemon import Daemon
@@ -105,18 +106,29 @@ class InProcessDaemon(Project):
             self.daemon.wake()
         await asyncio.sleep(POLL_S)
 
+    def outbox_busy(self) -> bool:
+        """A delivery is under way, or a handoff is due at the daemon's now."""
+        sql = (
+            "SELECT 1 FROM handoffs WHERE state = 'delivering'"
+            " OR (state IN ('pending', 'retrying') AND next_attempt_at <= ?) LIMIT 1"
+        )
+        return bool(self.query(sql, (self.clock(),)))
+
     async def advance_until(
         self, pred: Callable[[], Any], *, step_s: float = 1.0, limit_s: float = 3600.0, what: str = "condition"
     ) -> Any:
-        """Move the clock `step_s` at a time, letting the loops run, until pred returns something
-        truthy (returned); fail when `limit_s` of virtual time has passed without it."""
+        """Move the clock `step_s` at a time until pred returns something truthy (returned). Before each
+        step the outbox settles (nothing delivering, nothing due), so however slow the machine, every
+        delivery happens at the virtual instant it was due. Fails after `limit_s` of virtual time."""
         moved = 0.0
-        while not (value := pred()):
+        while True:
+            await until(lambda: not self.outbox_busy(), what="the outbox to settle")
+            if value := pred():
+                return value
             if moved >= limit_s:
                 raise AssertionError(f"{limit_s:g}s of virtual time passed without {what}")
             await self.advance(step_s)
             moved += step_s
-        return value
 
     # -- what it printed and logged --
 

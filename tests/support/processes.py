@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from support import project
-from support.cli import CliResult, run_process
+from support.cli import CliResult, run_cli, run_process
 from support.project import Project
 from support.waiting import wait_until
 from watchd.bus import PubAckInfo
@@ -82,7 +82,7 @@ class DaemonProc(Project):
 
     # -- life cycle --
 
-    def start(self, wait: bool = True, timeout_s: float = 15.0) -> DaemonProc:
+    def start(self, wait: bool = True, timeout_s: float = 30.0) -> DaemonProc:
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
@@ -116,7 +116,7 @@ class DaemonProc(Project):
         except (OSError, ValueError):
             return None
 
-    def wait_ready(self, timeout_s: float = 15.0) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if not self.alive():
                 code = self.proc and self.proc.returncode
@@ -159,10 +159,14 @@ class DaemonProc(Project):
                 if str(self.state_dir).encode() in cmdline or b"state/nats" in cmdline:
                     os.kill(pid, signal.SIGKILL)
 
-    # -- the command line, as a user runs it --
+    # -- the command line --
 
-    def cli(self, *args: str, timeout_s: float = 30.0) -> CliResult:
-        """`watchd CMD --config <this config> ARGS…` as a child process, from the project dir."""
+    def cli(self, *args: str) -> CliResult:
+        """`watchd CMD --config <this config> ARGS…` in this process (it talks to the daemon process)."""
+        return run_cli(args[0], "--config", str(self.config_path), *args[1:])
+
+    def cli_process(self, *args: str, timeout_s: float = 30.0) -> CliResult:
+        """The same as a child process from the project dir, as a user runs it."""
         config = ("--config", str(self.config_path))
         return run_process(args[0], *config, *args[1:], cwd=self.root, env=self.env, timeout_s=timeout_s)
 

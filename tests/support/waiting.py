@@ -2,6 +2,7 @@
 
 Both poll `pred` until it returns something truthy and return that, or fail naming `what`. `until`
 also awaits a `pred` that returns an awaitable, so a condition can ask NATS or the store's thread.
+The default timeout is generous (a shared, busy machine); a test whose point is speed gives its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", step_s: float = 0.05) -> Any:
+def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition", step_s: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = pred()
@@ -24,7 +25,7 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "co
         time.sleep(step_s)
 
 
-async def until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", step_s: float = 0.01) -> Any:
+async def until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition", step_s: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = pred()
