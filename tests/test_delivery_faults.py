@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support.clocks import VirtualClock
 from support.fakes import FakeTelegram, FakeWebhook, Reply, Request
-from support.inprocess import InProcessDaemon, VirtualClock
+from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
 
