@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 import nats.js.errors
@@ -118,10 +117,10 @@ def build_targets(
 
 
 class Daemon:
-    """`run` is the process (`watchd run`). `start` and `shutdown` (or `async with`) run the same
-    daemon inside another event loop, as tests do: without signal handlers or systemd pings, which
-    belong to the process. `clock` is injected; `poll_s` shortens the engine's idle wait and the
-    watch-file check, so that a clock that jumps (see `wake`) or a changed file is seen at once."""
+    """`run` is the process (`watchd run`). `start` and `shutdown` run the same daemon inside another
+    event loop, as tests do: without signal handlers or systemd pings, which belong to the process.
+    `clock` is injected; `poll_s` shortens the engine's idle wait and the watch-file check, so that
+    a clock that jumps (see `wake`) or a changed file is seen at once."""
 
     def __init__(
         self,
@@ -197,15 +196,6 @@ class Daemon:
                     self._pid_file.unlink()
                 os.close(self._lock_fd)
                 self._lock_fd = None
-
-    async def __aenter__(self) -> Daemon:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.shutdown()
 
     def wake(self) -> None:
         """Have the dispatcher look at the outbox now, as if its wait had run out: for a clock that
