@@ -83,7 +83,7 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
             WATCHES, extra_config=agent_config(fake.url), env={"WATCHD_TEST_ANTHROPIC_KEY": fake.api_key}
         ).start()
         d.publish(make_event("mail.received", {"from": "ceo@bigcustomer.com"}, id="mail-1"))
-        wait_until(lambda: script.step2_started, timeout_s=15, what="step 2's model call in flight")
+        wait_until(lambda: script.step2_started, timeout_s=60, what="step 2's model call in flight")
         # Step 1 is checkpointed with both tool results before step 2 was asked.
         (results,) = wait_until(lambda: d.query("SELECT tool_results FROM agent_steps WHERE n = 1"), what="step 1")
         assert len(json.loads(results[0])) == 2

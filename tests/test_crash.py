@@ -108,7 +108,7 @@ def test_kill9_during_publishing_loses_nothing_and_doubles_nothing(
         d.start(wait=False)
         wait_until(
             lambda b=before: int(d.meta("last_seq") or 0) > b,
-            timeout_s=15,
+            timeout_s=60,
             step_s=0.002,
             what="the first backlog batch to commit",
         )

@@ -23,13 +23,13 @@ def test_a_restart_in_the_middle_of_a_run(process_factory: Callable[..., DaemonP
     d.write_config(f'[schedule.once]\nat = "{at}"\nrun = ["sh", "-c", "echo $$ >> {pids}; exec sleep 60"]\n')
     d.signal(signal.SIGHUP)
     try:
-        wait_until(lambda: pids.exists() and pids.read_text().strip(), 10, "the run to start")
+        wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the run to start")
         ((key, state, tick_at, started_at),) = d.query("SELECT key, state, tick_at, started_at FROM schedule_ticks")
         assert state == "started" and 0 <= started_at - tick_at < 1.0  # woke for the tick, on time
         d.kill9()
         d.start()
         sql = "SELECT key, state, reason, summary FROM schedule_ticks WHERE state != 'started'"
-        rows = wait_until(lambda: d.query(sql), 10, "the interrupted run to be failed")
+        rows = wait_until(lambda: d.query(sql), 30, "the interrupted run to be failed")
         assert rows == [(key, "failed", "interrupted", "interrupted by restart")]
         # The failure is an event like any other (the engine records every subject it consumes).
         wait_until(

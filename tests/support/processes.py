@@ -82,7 +82,7 @@ class DaemonProc(Project):
 
     # -- life cycle --
 
-    def start(self, wait: bool = True, timeout_s: float = 30.0) -> DaemonProc:
+    def start(self, wait: bool = True, timeout_s: float = 60.0) -> DaemonProc:
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
@@ -116,7 +116,7 @@ class DaemonProc(Project):
         except (OSError, ValueError):
             return None
 
-    def wait_ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if not self.alive():
                 code = self.proc and self.proc.returncode
