@@ -89,14 +89,3 @@ def subreaper() -> Iterator[None]:
     yield
     if on:
         become_subreaper(False)
-
-
-# Tests of real processes wait on them in wall time. Under pytest-xdist (`--dist loadgroup`) they
-# share one worker, so they never compete with each other for the machine.
-REAL_PROCESS_FIXTURES = frozenset({"process_factory", "remote"})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if REAL_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("real-processes"))

@@ -1,14 +1,15 @@
 """The real daemon: emit → fire → console handoff with status/check, as a user runs them; absent
 overdue on restart; reload (invalid keeps the last good definitions, valid bumps the version, SIGHUP);
 SIGTERM; the state-dir lock; malformed events on the stream. No mocks: embedded nats-server, real
-SQLite, real HTTP. Signals, the lock and the smoke test use real processes; the rest runs the daemon
-in the test's event loop."""
+SQLite, real HTTP. Signals, the lock between processes and the smoke test use real processes; the
+rest runs the daemon in the test's event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -17,13 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from support.cli import run_cli, run_process
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc, pid_gone
 from support.project import Project
 from support.waiting import until, wait_until
 
-from watchd import bus
+from watchd import bus, config
+from watchd.daemon import Daemon
+from watchd.errors import WatchdError
 from watchd.model import make_event
 
 MATCH_JOBS = """
@@ -217,6 +221,28 @@ def test_second_daemon_on_the_same_state_dir_refuses(process_factory: Callable[.
     d.publish(make_event("job.x"))
     wait_until(lambda: d.handoffs("jobs"), what="the first daemon to keep firing")
     assert d.term() == 0
+
+
+async def test_in_process_the_daemon_leaves_signals_alone_and_holds_the_state_dir_until_shutdown(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    d = await daemon_factory({"jobs.toml": MATCH_JOBS}).start()
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # signals belong to the process
+    assert (d.state_dir / "watchd.pid").read_text() == str(os.getpid())
+
+    second = Daemon(config.load(d.config_path))
+    with pytest.raises(WatchdError) as refused:
+        await second.start()
+    assert refused.value.message.startswith(f"another watchd (pid {os.getpid()}) is already running")
+    await d.publish(make_event("job.x"))
+    await until(lambda: d.handoffs("jobs"), what="the first daemon to keep firing")
+
+    await d.stop()
+    assert not (d.state_dir / "watchd.pid").exists()
+    await d.start()  # the state dir is free again: a restart in the same process
+    assert d.health()["ok"]
+    await d.stop()
 
 
 def test_busy_nats_port_is_a_clear_error(tmp_path: Path) -> None:

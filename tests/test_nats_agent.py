@@ -424,7 +424,6 @@ then = ["agent.remote"]
 """
 
 
-@pytest.mark.xdist_group("real-processes")  # a `watchd worker` process
 async def test_a_handoff_reaches_a_remote_worker_and_is_done_exactly_once(
     daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
 ) -> None:
