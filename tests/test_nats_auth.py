@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProc, wait_until
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
+from support.cli import run_cli
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
 from watchd import config, credentials
 from watchd.agents.nats import REPLIES_DURABLE, last_reply, send_reply
@@ -320,8 +322,8 @@ with open(sys.argv[1], "a") as f:
 """
 
 
-def nats_url(d: DaemonProc, role: str) -> str:
-    r = d.cli("nats", "url", "--role", role)
+async def nats_url(d: InProcessDaemon, role: str) -> str:
+    r = await d.cli("nats", "url", "--role", role)
     assert r.returncode == 0 and r.stdout.count("\n") == 1, r.stderr
     return r.stdout.strip()
 
@@ -335,98 +337,98 @@ async def publish_with(url: str, *subjects: str) -> None:
         await nc.close()
 
 
-def test_the_daemon_admits_only_its_roles_with_stable_credentials(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"backups.toml": MATCH}).start()
+async def test_the_daemon_admits_only_its_roles_with_stable_credentials(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"backups.toml": MATCH}).start()
     path = credentials.credentials_path(d.state_dir)
     assert path.stat().st_mode & 0o777 == 0o600
     before = path.read_bytes()
     with pytest.raises(NatsUnavailable, match="refused the credentials"):
-        asyncio.run(connect(f"nats://127.0.0.1:{d.nats_port}", timeout_s=2))
-    publish = nats_url(d, "publish")
+        await connect(f"nats://127.0.0.1:{d.nats_port}", timeout_s=2)
+    publish = await nats_url(d, "publish")
     assert publish.startswith("nats://publish:") and publish.endswith(f"@127.0.0.1:{d.nats_port}")
-    asyncio.run(publish_with(publish, "backup.done"))  # a plain nats-py client with the URL
-    wait_until(lambda: len(d.handoffs("backups")) == 1, what="the event published with the URL to fire")
+    await publish_with(publish, "backup.done")  # a plain nats-py client with the URL
+    await until(lambda: len(d.handoffs("backups")) == 1, what="the event published with the URL to fire")
 
-    assert d.term() == 0
-    d.start()
+    await d.stop()
+    await d.start()
     assert path.read_bytes() == before  # the same credentials after a restart: old URLs keep working
-    asyncio.run(publish_with(publish, "backup.done"))
-    r = d.cli("emit", "backup.done")  # the CLI as the publish role
+    await publish_with(publish, "backup.done")
+    r = await d.cli("emit", "backup.done")  # the CLI as the publish role
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: len(d.handoffs("backups")) == 3, what="three fires")
+    await until(lambda: len(d.handoffs("backups")) == 3, what="three fires")
 
-    r = d.cli("test", str(d.watches_dir / "backups.toml"), "--since", "1h", "--json")  # as the read role
+    r = await d.cli("test", str(d.watches_dir / "backups.toml"), "--since", "1h", "--json")  # as the read role
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["totals"]["backups"]["fires"] == 3
 
-    r = d.cli("backup", "--json")
+    r = await d.cli("backup", "--json")
     assert r.returncode == 0, r.stderr
     with tarfile.open(json.loads(r.stdout)["data"]["path"], "r:gz") as tar:
         archived = b"".join(tar.extractfile(m).read() for m in tar if m.isfile())  # type: ignore[union-attr]
-    status = d.cli("status", "--json").stdout
+    status = (await d.cli("status", "--json")).stdout
     creds = credentials.load(d.state_dir)
     assert creds is not None
     for role in ROLES:
         secret = creds.password(role)
         assert secret.encode() not in archived
-        assert secret not in d.stderr() and secret not in d.stdout() and secret not in status
+        assert secret not in d.logged() and secret not in d.printed() and secret not in status
         assert secret not in (d.state_dir / "nats" / "nats-server.log").read_text()
-    assert d.term() == 0
+    await d.stop()
 
 
-def test_a_forged_handoff_is_refused_and_never_run(daemon_factory: Callable[..., DaemonProc], tmp_path: Path) -> None:
+async def test_a_forged_handoff_is_refused_and_never_run(
+    daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
     d = daemon_factory({"deploy.toml": DEPLOY}, extra_config='[agent.remote]\ntype = "nats"\nack_timeout = "15s"\n')
-    d.start()
+    await d.start()
     # The worker as on another machine: its own config, NATS from --nats env:NAME.
     (tmp_path / "agent.py").write_text(AGENT)
     worker_config = tmp_path / "worker.toml"
     worker_config.write_text('state_dir = "worker-state"\n[agent.remote]\ntype = "nats"\n')
     ran = tmp_path / "ran.log"
-    env = {**os.environ, "WATCHD_TEST_NATS_URL": nats_url(d, "worker")}
+    env = {**os.environ, "WATCHD_TEST_NATS_URL": await nats_url(d, "worker")}
     cmd = [sys.executable, "-m", "watchd", "worker", "agent.remote", "--config", str(worker_config)]
     cmd += ["--nats", "env:WATCHD_TEST_NATS_URL", "--state-dir", str(tmp_path / "ws"), "--"]
     cmd += [sys.executable, str(tmp_path / "agent.py"), str(ran)]
     with open(tmp_path / "worker.stderr", "wb") as err:
         worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     try:
-
-        async def forge() -> list[bool]:
-            verdicts = []
-            for role in ("publish", "worker", "read"):
-                nc = await connect(nats_url(d, role), name=f"forger-{role}")
-                try:
-                    verdicts.append(await refused(nc, HANDOFF, encode(FORGED)))
-                    js = nc.jetstream()
-                    with pytest.raises(NatsUnavailable):  # and through JetStream: never stored
-                        await publish_raw(js, HANDOFF, encode(FORGED), "h_forged", timeout_s=0.5)
-                finally:
-                    await nc.close()
-            return verdicts
-
-        assert asyncio.run(forge()) == [True, True, True]
-        r = d.cli("emit", "deploy.requested", "app=shop")
+        verdicts = []
+        for role in ("publish", "worker", "read"):
+            nc = await connect(await nats_url(d, role), name=f"forger-{role}")
+            try:
+                verdicts.append(await refused(nc, HANDOFF, encode(FORGED)))
+                js = nc.jetstream()
+                with pytest.raises(NatsUnavailable):  # and through JetStream: never stored
+                    await publish_raw(js, HANDOFF, encode(FORGED), "h_forged", timeout_s=0.5)
+            finally:
+                await nc.close()
+        assert verdicts == [True, True, True]
+        r = await d.cli("emit", "deploy.requested", "app=shop")
         assert r.returncode == 0, r.stderr
 
         def done() -> str | None:
             hs = d.handoffs("deploy")
             return hs[0]["id"] if hs and hs[0]["state"] == "done" else None
 
-        real = wait_until(done, 20, "the real handoff to be done by the worker")
+        real = await until(done, 30, "the real handoff to be done by the worker")
         # The worker takes handoffs in stream order: a stored forgery would have run first.
         assert ran.read_text().split() == [real]
-        assert d.alive()
+        assert d.health()["ok"]
     finally:
         worker.terminate()
-        worker.wait(10)
-    assert d.term() == 0
+        await asyncio.to_thread(worker.wait, 10)
+    await d.stop()
 
 
 def test_nats_url_serves_the_embedded_server_only(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text('state_dir = "state"\n[nats]\nurl = "nats://elsewhere:4222"\n')
-    run = [sys.executable, "-m", "watchd", "nats", "url", "--config", str(cfg)]
-    r = subprocess.run([*run, "--role", "publish"], capture_output=True, text=True, timeout=30)
+    run = ("nats", "url", "--config", str(cfg))
+    r = run_cli(*run, "--role", "publish")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("error: [nats] url names an external NATS server") and "Traceback" not in r.stderr
-    r = subprocess.run([*run, "--role", "root"], capture_output=True, text=True, timeout=30)
+    r = run_cli(*run, "--role", "root")
     assert r.returncode == 2 and "'root' is not one of" in r.stderr
