@@ -26,6 +26,9 @@ def test_a_restart_in_the_middle_of_a_run(process_factory: Callable[..., DaemonP
         wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the run to start")
         ((key, state, tick_at, started_at),) = d.query("SELECT key, state, tick_at, started_at FROM schedule_ticks")
         assert state == "started" and 0 <= started_at - tick_at < 1.0  # woke for the tick, on time
+        # The started event is published as the run begins; the kill lands after it, mid-run.
+        started = "SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.started'"
+        wait_until(lambda: d.query(started), 30, "watchd.schedule.once.started on the stream")
         d.kill9()
         d.start()
         sql = "SELECT key, state, reason, summary FROM schedule_ticks WHERE state != 'started'"
@@ -37,7 +40,7 @@ def test_a_restart_in_the_middle_of_a_run(process_factory: Callable[..., DaemonP
             10,
             "watchd.schedule.once.failed on the stream",
         )
-        assert d.query("SELECT 1 FROM subjects WHERE subject = 'watchd.schedule.once.started'")
+        assert d.query(started)
         time.sleep(0.5)
         assert len(pids.read_text().split()) == 1  # the tick was not run again
         assert d.term() == 0
