@@ -5,7 +5,6 @@ Property tests generate each class; a real daemon shows the engine's side."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -18,10 +17,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import DaemonProc, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
+from support.inprocess import InProcessDaemon
+from support.waiting import until
 
 from watchd import bus
 from watchd.agents.tools import Toolbox
@@ -276,23 +276,22 @@ then = ["notify.console"]
 """
 
 
-def test_events_without_valid_ids_each_fire_and_their_decisions_say_why(
-    daemon_factory: Callable[..., DaemonProc],
+async def test_events_without_valid_ids_each_fire_and_their_decisions_say_why(
+    daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:
     """Four distinct events with an empty id fired four times but left one handoff (three dropped
     silently): each now gets `seq-<stream seq>`, and so its own handoff."""
-    d = daemon_factory({"raw.toml": RAW_WATCH})
-    d.start()
+    d = await daemon_factory({"raw.toml": RAW_WATCH}).start()
     bodies = [envelope(id="", data={"n": n}) for n in range(4)]
     bodies += [envelope(data={"n": 4}), envelope(id="k" * 5000, data={"n": 5}), envelope(id="a\x01", data={"n": 6})]
-    acks = [d.publish_raw("watchd.events.raw.x", body) for body in bodies]
-    handoffs = wait_until(lambda: len(d.handoffs("raw")) == len(bodies) and d.handoffs("raw"), what="7 handoffs")
+    acks = [await d.publish_raw("watchd.events.raw.x", body) for body in bodies]
+    handoffs = await until(lambda: len(d.handoffs("raw")) == len(bodies) and d.handoffs("raw"), what="7 handoffs")
     assert sorted(h["evidence"][0]["data"]["n"] for h in handoffs) == list(range(7))
     assert sorted(h["evidence"][0]["id"] for h in handoffs) == sorted(f"seq-{a.seq}" for a in acks)
     fired = d.decisions("raw", "fired")
     assert len(fired) == 7 and all("assigned by watchd: the publisher's id" in f["reason"] for f in fired)
     assert {f["event_id"] for f in fired} == {f"seq-{a.seq}" for a in acks}
-    r = d.cli("explain", "--event", f"seq-{acks[0].seq}")
+    r = await d.cli("explain", "--event", f"seq-{acks[0].seq}")
     assert r.returncode == 0 and "id is missing" in r.stdout, r.stdout + r.stderr
 
 
@@ -333,12 +332,11 @@ def test_watchd_emit_refuses_with_one_line_before_connecting(tmp_path: Path, arg
     assert len(lines) <= 2 and len(lines[0]) < 300
 
 
-def test_watchd_emit_reads_field_values_strictly(daemon_factory: Callable[..., DaemonProc]) -> None:
-    d = daemon_factory({"raw.toml": RAW_WATCH})
-    d.start()
-    r = d.cli("emit", "raw.fields", "nan=NaN", "inf=Infinity", "n=5", "ok=true", "--id", "fields-1")
+async def test_watchd_emit_reads_field_values_strictly(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory({"raw.toml": RAW_WATCH}).start()
+    r = await d.cli("emit", "raw.fields", "nan=NaN", "inf=Infinity", "n=5", "ok=true", "--id", "fields-1")
     assert r.returncode == 0, r.stderr
-    (h,) = wait_until(lambda: d.handoffs("raw"), what="the emitted event to fire")
+    (h,) = await until(lambda: d.handoffs("raw"), what="the emitted event to fire")
     assert h["evidence"][0]["data"] == {"nan": "NaN", "inf": "Infinity", "n": 5, "ok": True}
 
 
@@ -353,20 +351,19 @@ async def _publish_as(url: str, subject: str) -> str:
         await nc.close()
 
 
-def test_the_publish_role_cannot_forge_watchd_events_and_watchd_backup_still_can(
-    daemon_factory: Callable[..., DaemonProc],
+async def test_the_publish_role_cannot_forge_watchd_events_and_watchd_backup_still_can(
+    daemon_factory: Callable[..., InProcessDaemon],
 ) -> None:
-    d = daemon_factory({"raw.toml": RAW_WATCH})
-    d.start()
-    r = d.cli("nats", "url", "--role", "publish")
+    d = await daemon_factory({"raw.toml": RAW_WATCH}).start()
+    r = await d.cli("nats", "url", "--role", "publish")
     assert r.returncode == 0, r.stderr
     url = r.stdout.strip()
-    before = d.stream_last_seq()
+    before = await d.stream_last_seq()
     for subject in ("watchd.events.watchd.job.backup.done", "watchd.events.watchd.job.canary.failed"):
-        assert "did not store" in asyncio.run(_publish_as(url, subject))
-    assert d.stream_last_seq() == before
-    assert asyncio.run(_publish_as(url, "watchd.events.raw.ok")).startswith("stored")
-    r = d.cli("backup", "--json")  # the command publishes watchd.job.backup.done for the daemon
+        assert "did not store" in await _publish_as(url, subject)
+    assert await d.stream_last_seq() == before
+    assert (await _publish_as(url, "watchd.events.raw.ok")).startswith("stored")
+    r = await d.cli("backup", "--json")  # the command publishes watchd.job.backup.done for the daemon
     assert r.returncode == 0 and json.loads(r.stdout)["published"] == "watchd.job.backup.done", r.stderr
 
 

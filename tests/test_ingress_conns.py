@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProc, wait_until
-from ingress_harness import Listener, build_request, exchange, parse_response
+from support.ingress_harness import Listener, build_request, exchange, parse_response
+from support.processes import DaemonProc
+from support.waiting import wait_until
 
 from watchd.listener import ConnectionLimits
 

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingress_harness import Listener, Response, build_request, exchange
+from support.ingress_harness import Listener, Response, build_request, exchange
 
 from watchd.model import id_problem
 

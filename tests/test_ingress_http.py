@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingress_harness import Listener, Response
+from support.ingress_harness import Listener, Response
 
 from watchd.ingress import LOG_EVERY_S, Ingress
 
