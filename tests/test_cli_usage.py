@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from watchd import config
-from watchd.cli import cli
+from watchd.cli import COMMANDS, cli
 from watchd.jobs.backup import make_backup
 from watchd.store import Store, db_path
 
@@ -52,7 +52,10 @@ def write_config(root: Path, extra: str = "") -> Path:
 
 def all_commands(group: click.Group, path: tuple[str, ...] = ("watchd",)) -> Iterator[tuple[str, click.Command]]:
     yield " ".join(path), group
-    for name, command in group.commands.items():
+    with click.Context(group) as ctx:
+        commands = [(name, group.get_command(ctx, name)) for name in group.list_commands(ctx)]
+    for name, command in commands:
+        assert command is not None, name
         if isinstance(command, click.Group):
             yield from all_commands(command, (*path, name))
         else:
@@ -71,6 +74,29 @@ def test_every_help_has_an_example_and_cites_no_document_users_lack() -> None:
         assert "SPEC" not in text, f"{name} --help cites SPEC:\n{text}"
         seen.append(name)
     assert {"watchd", "watchd dlq", "watchd dlq replay", "watchd service", "watchd service install"} <= set(seen)
+
+
+def test_the_listing_says_what_each_command_says_of_itself() -> None:
+    # `watchd --help` lists commands from a table so it need not import them; the table must not drift
+    with click.Context(cli) as ctx:
+        for name in cli.list_commands(ctx):
+            command = cli.get_command(ctx, name)
+            assert command is not None and command.help, name
+            assert COMMANDS[name][1] == " ".join(command.help.split("\n\n")[0].split()), name
+
+
+HEAVY = ("cel", "nats", "aiohttp", "anthropic", "msgspec", "croniter", "rich", "watchd.config", "watchd.bus")
+
+
+def test_help_and_import_load_no_heavy_module() -> None:
+    # what `watchd --help` costs at start is what it imports; a test of imports, not of time
+    probe = (
+        "import sys; from watchd.cli import cli; cli.main(['--help'], standalone_mode=False); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_help_as_a_user_types_it(tmp_path: Path) -> None:

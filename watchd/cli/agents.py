@@ -105,6 +105,3 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
     out.print(table)
     total = sum(r.cost_usd for r in found)
     out.print(Text(f"{len(found)} runs, {sum(r.tokens for r in found):,} tokens, ${total:.4f} estimated"))
-
-
-COMMANDS = (runs,)

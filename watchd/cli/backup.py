@@ -157,9 +157,3 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
             "replaying the events the stream still holds since the backup"
         )
     )
-
-
-COMMANDS = (
-    backup,
-    restore,
-)

@@ -115,6 +115,3 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
         store.close()
         await nc.close()
     return result, "; ".join(notes) or None
-
-
-COMMANDS = (canary,)

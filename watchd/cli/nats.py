@@ -53,6 +53,3 @@ def url(ctx: click.Context, config_path: str | None, role: credentials.Role) -> 
     base = loaded.nats_url()
     assert isinstance(base, str)
     click.echo(credentials.load_or_create(loaded.state_dir).url(base, role))
-
-
-COMMANDS = (nats,)

@@ -139,6 +139,3 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
         out.print("last runs:")
         for line in lines:
             out.print(Text(line))
-
-
-COMMANDS = (schedules_cmd,)
