@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from support.cli import CliResult, run_cli
 from support.inprocess import InProcessDaemon
-from support.project import Project
+from support.project import Project, free_port
 from support.waiting import until
 
 SUB_WATCH = """
@@ -168,6 +170,7 @@ async def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., InProcess
     ev = await until(lambda: events().get("sub.emit"), what="the emitted event")
     assert ev["data"] == {"x": [1], "n": 5, "ok": True, "name": "box", "a": {"b": 1}}
     assert ev["id"] == "emit-1"
+    assert (await d.stream_event(int(r.stdout.split(" seq ")[1])))["source"] == "cli"
     await asyncio.sleep(0.2)
     assert [h["evidence"][0]["id"] for h in d.handoffs("subs")].count("emit-1") == 1
 
@@ -183,3 +186,40 @@ async def test_exec_and_emit_with_daemon(daemon_factory: Callable[..., InProcess
     assert len(listed) == 5 and {h["state"] for h in listed} == {"delivered"}
     assert json.loads((await d.cli("handoffs", "--json", "--state", "dead")).stdout) == []
     await d.stop()
+
+
+HEAVY = ("nats", "aiohttp", "cel", "croniter", "rich", "watchd.bus")
+
+
+async def test_emit_goes_through_the_running_daemon_without_loading_a_nats_client(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"subs.toml": SUB_WATCH}).start()
+    probe = (
+        "import sys\nfrom watchd.cli import main\n"
+        f"sys.argv = ['watchd', 'emit', 'sub.light', 'n=1', '--source', 'probe', '--config', {str(d.config_path)!r}]\n"
+        f"main()\nprint([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+    seq = int(done.stdout.splitlines()[0].split(" seq ")[1].split()[0])
+    stored = await d.stream_event(seq)
+    assert stored["subject"] == "sub.light" and stored["source"] == "probe" and stored["data"] == {"n": 1}
+
+
+async def test_emit_falls_back_to_nats_when_no_daemon_answers_over_http(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"subs.toml": SUB_WATCH}).start()
+    # the same deployment seen through a config whose [http] listen points where nothing listens
+    elsewhere = d.config_path.with_name("elsewhere.toml")
+    listen = f"127.0.0.1:{d.http_port}"
+    elsewhere.write_text(d.config_path.read_text().replace(listen, f"127.0.0.1:{free_port()}"))
+    r = await asyncio.to_thread(run_cli, "emit", "sub.fallback", "--id", "fb-1", "--config", str(elsewhere))
+    assert r.returncode == 0 and r.stdout.startswith("fb-1 sub.fallback seq "), r.stderr
+    await until(
+        lambda: any(h["evidence"][0]["id"] == "fb-1" for h in d.handoffs("subs")), what="the event published to NATS"
+    )

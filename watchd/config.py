@@ -14,8 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from watchd import expr, structcheck
-from watchd.cron.schedule import ScheduleError, at_instant, dst_gap_warning, parse_cron, parse_duration
+from watchd import structcheck
 from watchd.errors import ConfigError, WatchdError
 from watchd.limits import (
     HTTP_LISTEN,
@@ -485,7 +484,13 @@ def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: Fi
         probs.at((*here, "tools", i), f"unknown tool {tool!r}: {hint}")
 
 
+# The schedule maths (croniter) and CEL load only when a config has something for them to check,
+# so a command that needs the config alone (`watchd emit`) starts at once.
+
+
 def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: FileProblems, dst_gap: str = "shift") -> None:
+    from watchd.cron.schedule import ScheduleError, dst_gap_warning, parse_cron
+
     try:
         spec = parse_cron(text, zone, dst_gap=dst_gap)  # type: ignore[arg-type]
     except ScheduleError as exc:
@@ -500,6 +505,8 @@ def _check_cron(text: str, zone: str, path: tuple[PathPart, ...], probs: FilePro
 def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: FileProblems) -> float | None:
     if text is None:
         return None
+    from watchd.cron.schedule import ScheduleError, parse_duration
+
     try:
         return parse_duration(text)
     except ScheduleError as exc:
@@ -508,6 +515,8 @@ def _check_duration(text: str | None, path: tuple[PathPart, ...], probs: FilePro
 
 
 def _check_at(text: str, zone: str, path: tuple[PathPart, ...], probs: FileProblems) -> None:
+    from watchd.cron.schedule import ScheduleError, at_instant
+
     try:
         at_instant(text, zone)
     except ScheduleError as exc:
@@ -646,6 +655,8 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: FileProblems, targ
 
 
 def _check_pattern(p: Pattern, path: tuple[PathPart, ...], probs: FileProblems) -> None:
+    from watchd import expr
+
     if not re.match(r"^([A-Za-z0-9_-]+|\*|>)(\.([A-Za-z0-9_-]+|\*|>))*$", p.subject) or ">." in p.subject:
         probs.at((*path, "subject"), f"bad subject pattern {p.subject!r}: dot-separated tokens, `*` or a final `>`")
     for key in ("where", "key"):

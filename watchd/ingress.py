@@ -40,6 +40,7 @@ from watchd.model import Event, encode, make_event, parse_data
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
 
+SOURCE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 log = logging.getLogger("watchd.http")
 
 Publisher = Callable[[Event], Awaitable[bus.PubAckInfo]]
@@ -205,8 +206,11 @@ class Ingress:
         # A key that is given but empty (HTTP strips the spaces of "Idempotency-Key:  ") is refused
         # as a bad id rather than replaced by a new one: the sender meant a re-send to be stored once.
         event_id = request.headers.get("Idempotency-Key", request.query.get("id"))
+        source = request.query.get("source", "http")  # `watchd emit` says "cli" (or its --source)
+        if not SOURCE_RE.fullmatch(source):
+            return self.error(400, "source", "bad source: 1 to 64 of letters, digits and . _ - : /")
         try:
-            event = make_event(request.match_info["subject"], data, id=event_id, source="http")
+            event = make_event(request.match_info["subject"], data, id=event_id, source=source)
             # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
             size, limit = len(encode(event)), self.max_event_bytes()
             if size > limit:

@@ -160,3 +160,6 @@ class InProcessDaemon(Project):
 
     async def stream_last_seq(self) -> int:
         return await project.stream_last_seq(self.nats_url)
+
+    async def stream_event(self, seq: int) -> dict[str, Any]:
+        return await project.stream_event(self.nats_url, seq)

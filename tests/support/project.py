@@ -158,3 +158,14 @@ async def stream_last_seq(url: str) -> int:
         return int(info.state.last_seq)
     finally:
         await nc.close()
+
+
+async def stream_event(url: str, seq: int) -> dict[str, Any]:
+    """The envelope stored at `seq` in the event stream, as JSON."""
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        msg = await nc.jetstream().get_msg(bus.EVENTS_STREAM, seq)
+        found: dict[str, Any] = json.loads(msg.data or b"{}")
+        return found
+    finally:
+        await nc.close()

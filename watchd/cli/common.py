@@ -4,7 +4,6 @@ way to the running daemon (its HTTP listener) and to NATS."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import urllib.error
 import urllib.parse
@@ -16,10 +15,11 @@ import msgspec
 from rich.console import Console
 from rich.markup import escape
 
-from watchd import config
+from watchd.cli.daemon_http import http_get as http_get
+from watchd.cli.options import CONFIG_OPTION as CONFIG_OPTION
+from watchd.cli.options import load as load
 from watchd.config import Loaded
-from watchd.errors import DaemonNotRunning, NatsUnavailable
-from watchd.limits import client_host, split_listen, url_host
+from watchd.errors import NatsUnavailable
 from watchd.redact import redact_url
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    metavar="PATH",
-    envvar=None,
-    help="config file (default: $WATCHD_CONFIG, ./watchd.toml, $XDG_CONFIG_HOME/watchd/config.toml)",
-)
-
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     # escape: messages quote config ("[nats] url", "[http] listen") that rich would read as markup
@@ -46,10 +38,6 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     if hint and hint not in message:  # some messages already end with their hint (config problems)
         err.print(f"[dim]hint: {escape(hint)}[/]", markup=True)
     sys.exit(code)
-
-
-def load(config_path: str | None) -> Loaded:
-    return config.load(config.find_config(config_path))
 
 
 def dump_json(obj: Any) -> None:
@@ -92,23 +80,6 @@ async def publish_events(loaded: Loaded, events: list[Event], role: Role = "publ
         return [await bus.publish_event(js, e) for e in events]
     finally:
         await nc.close()
-
-
-def http_get(loaded: Loaded, path: str, timeout_s: float = 3) -> dict[str, Any]:
-    host, port = split_listen(loaded.config.http.listen, setting="[http] listen")
-    url = f"http://{url_host(client_host(host))}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
-    except urllib.error.HTTPError as exc:
-        result = json.loads(exc.read() or b"{}")
-        return result
-    except (OSError, ValueError) as exc:
-        raise DaemonNotRunning(
-            f"no watchd answering on {loaded.config.http.listen} ({getattr(exc, 'reason', exc)})",
-            hint="start it with `watchd run`, or check [http] listen",
-        ) from None
 
 
 def one_line(text: str | None, limit: int = 100) -> str:

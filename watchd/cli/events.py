@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ from typing import Any
 import click
 import msgspec
 
-from watchd.cli.common import CONFIG_OPTION, err, load, out, publish_events
+from watchd.cli.daemon_http import post_event
+from watchd.cli.options import CONFIG_OPTION, load, load_config_only
 from watchd.config import Loaded
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.model import encode, make_event, parse_data
@@ -63,12 +63,23 @@ def emit(
     """
     base = parse_data(json_data, what="--json") if json_data else {}
     event = make_event(subject, _parse_pairs(fields, base), id=event_id, source=source)
-    loaded = load(config_path)
+    loaded = load_config_only(config_path)
     if len(encode(event)) > (limit := loaded.config.engine.max_event_bytes):
         raise EventRejected(f"event is over the {limit}-byte limit ([engine] max_event_bytes)")
-    ack = asyncio.run(publish_events(loaded, [event]))[0]
-    note = " (duplicate: already stored)" if ack.duplicate else ""
-    out.print(f"{event.id} {subject} seq {ack.seq}{note}")
+    # The running daemon's listener first: a POST costs milliseconds, a NATS client most of a second
+    # to import. Without a daemon to answer, publish to NATS directly.
+    answer = post_event(loaded, event)
+    if answer is not None:
+        seq, duplicate = answer["seq"], answer["duplicate"]
+    else:
+        import asyncio
+
+        from watchd.cli.common import publish_events
+
+        ack = asyncio.run(publish_events(loaded, [event]))[0]
+        seq, duplicate = ack.seq, ack.duplicate
+    note = " (duplicate: already stored)" if duplicate else ""
+    click.echo(f"{event.id} {subject} seq {seq}{note}")
 
 
 @click.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -82,6 +93,8 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
     Example:
       watchd exec backup -- restic backup /home
     """
+    from watchd.cli.common import err  # rich and NATS: exec runs long anyway
+
     make_event(f"{subject}.started")  # check the subject (and its longest suffix) before running anything
     loaded: Loaded | None = None
     try:
@@ -111,6 +124,10 @@ def exec_(config_path: str | None, subject: str, command: tuple[str, ...]) -> No
 
 def _try_publish(loaded: Loaded | None, event: Any) -> None:
     """exec must not fail the wrapped job because watchd is down: warn and go on."""
+    import asyncio
+
+    from watchd.cli.common import err, publish_events
+
     if loaded is None:
         return
     try:
