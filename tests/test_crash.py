@@ -161,8 +161,8 @@ def test_kill9_during_publishing_loses_nothing_and_doubles_nothing(
     assert printed == {h["id"] for h in handoffs}
     assert d.term() == 0
 
-    # The durable was recreated at a start sequence; a fresh state store (watchd.db removed) must
-    # still bind to it, and carries on from where it is rather than replaying the stream.
+    # A fresh state store (watchd.db removed) binds to the same durable and replays the stream for
+    # the engine's state only: nothing already decided is handed off again.
     for f in d.state_dir.glob("watchd.db*"):
         f.unlink()
     d.start()

@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import nats.js.errors
 from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, config, credentials, sdnotify
+from watchd import bus, cluster, config, credentials, sdnotify
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
@@ -251,7 +250,7 @@ class Daemon:
             js, store = self.js, self.store
             self._spawn("nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock))
         consumer = bus.EventConsumer(self.js)
-        await self._resume_from_store(consumer)
+        await self._catch_up(consumer)
         await consumer.start()
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
@@ -274,37 +273,41 @@ class Daemon:
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
 
-    async def _resume_from_store(self, consumer: bus.EventConsumer) -> None:
-        """Make the durable deliver from SQLite's cursor (last_seq + 1), not from its ack floor.
-
-        Messages fetched by a watchd that died before committing them stay "pending" on the server
-        until ack_wait, while a new fetch already returns the messages after them; with AckPolicy.ALL
-        the first ack of a later message would then ack, and lose, the uncommitted ones. SQLite
-        holds the truth (commit, then ack), so when the durable has delivered anything past it, it is
-        recreated to start at last_seq + 1. A durable at rest (or an empty store) is left alone.
-        """
+    async def _catch_up(self, consumer: bus.EventConsumer) -> None:
+        """Read from the stream what lies past this instance's commit cursor, before consuming the
+        durable, which is never deleted or recreated (another instance may be bound to it; see
+        watchd/cluster.py). A durable bound again keeps its own start position: the server refuses
+        to change it."""
         assert self.js is not None
-        try:
-            info = await consumer.info()
-        except nats.js.errors.NotFoundError:
+        info = await cluster.durable_info(consumer)
+        if info is None:
+            if self.last_seq:  # a new durable on an old stream: from where this store left off
+                consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                consumer.config.opt_start_seq = self.last_seq + 1
             return
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        pending = info.num_ack_pending or 0
-        # At rest, or a fresh state store on an old stream (carry on from where the durable is).
-        if not pending and (delivered == self.last_seq or self.last_seq == 0):
-            # Bind with the durable's own start position: the server refuses to update it.
-            consumer.config.deliver_policy = info.config.deliver_policy
-            consumer.config.opt_start_seq = info.config.opt_start_seq
-            consumer.config.opt_start_time = info.config.opt_start_time
-            return
-        log.warning(
-            "resuming the event stream after seq %d, the last committed (the consumer had delivered up to %d)",
-            self.last_seq,
-            delivered,
-        )
-        await self.js.delete_consumer(consumer.stream, consumer.durable)
-        consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        consumer.config.opt_start_seq = self.last_seq + 1
+        consumer.config.deliver_policy = info.config.deliver_policy
+        consumer.config.opt_start_seq = info.config.opt_start_seq
+        consumer.config.opt_start_time = info.config.opt_start_time
+        plan = cluster.plan_catch_up(self.last_seq, info)
+        if plan.replays:
+            log.info(
+                "catching up: replaying events %d..%d, decided by another instance, for their state",
+                plan.position + 1,
+                plan.replay_to,
+            )
+            async for msgs in cluster.read_range(self.js, plan.position, plan.replay_to):
+                async with self._lock:
+                    await self._consume(msgs, replay=True)
+            self.last_seq = max(self.last_seq, plan.replay_to)
+        if plan.decides:
+            log.warning(
+                "resuming the event stream after seq %d: events up to %d were delivered but never acknowledged",
+                plan.replay_to,
+                plan.decide_to,
+            )
+            async for msgs in cluster.read_range(self.js, plan.replay_to, plan.decide_to):
+                async with self._lock:
+                    await self._consume(msgs)
 
     def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def guarded() -> None:
@@ -442,7 +445,9 @@ class Daemon:
                 if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
                     await self._commit(self.engine.step(Tick(self.clock())), last_seq=None)
 
-    async def _consume(self, msgs: list[Msg]) -> None:
+    async def _consume(self, msgs: list[Msg], *, replay: bool = False) -> None:
+        """Step the engine through a batch and commit. `replay`: events another instance already
+        decided, stepped for their state only: nothing they decide is recorded or handed off again."""
         out = Outputs()
         subjects: dict[str, tuple[float, str, int]] = {}
         max_events = self.loaded.config.engine.max_event_bytes
@@ -469,6 +474,8 @@ class Daemon:
             step = self.engine.step(EventInput(event, at, seq))
             out.decisions.extend(step.decisions)
             out.fires.extend(step.fires)
+        if replay:
+            out = Outputs()
         out.decisions = kept_for_explain(out.decisions, events)
         for d in out.decisions:
             if d.seq in id_notes:

@@ -54,8 +54,10 @@ class InProcessDaemon(Project):
     state. Environment variables the config refers to are set by the fixture that makes it.
     """
 
-    def __init__(self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "") -> None:
-        super().__init__(root, watches, extra_config=extra_config)
+    def __init__(
+        self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "", nats_url: str | None = None
+    ) -> None:
+        super().__init__(root, watches, extra_config=extra_config, nats_url=nats_url)
         self.clock = VirtualClock()
         self.console = io.StringIO()
         self.daemon: Daemon | None = None

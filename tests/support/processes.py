@@ -65,9 +65,10 @@ class DaemonProc(Project):
         watches: dict[str, str] | None = None,
         *,
         extra_config: str = "",
+        nats_url: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(root, watches, extra_config=extra_config)
+        super().__init__(root, watches, extra_config=extra_config, nats_url=nats_url)
         self.stdout_path = root / "daemon.stdout"
         self.stderr_path = root / "daemon.stderr"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -1,7 +1,8 @@
 """A watchd project in a temp dir — config, watch files, state dir — and readers of its state.
 
-The config runs NATS embedded and the HTTP listener on free loopback ports, with a console notifier;
-`extra_config` adds TOML at the end. The state readers open the SQLite file read-only, as `watchd
+The config runs NATS embedded (or, with `nats_url`, on a server the test started: several projects on
+one NATS are instances of one deployment) and the HTTP listener on free loopback ports, with a
+console notifier; `extra_config` adds TOML at the end. The state readers open the SQLite file read-only, as `watchd
 status` does, so they read beside a running daemon.
 """
 
@@ -24,8 +25,11 @@ def free_port() -> int:
 
 
 class Project:
-    def __init__(self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "") -> None:
+    def __init__(
+        self, root: Path, watches: dict[str, str] | None = None, *, extra_config: str = "", nats_url: str | None = None
+    ) -> None:
         self.root = root
+        self.external_nats = nats_url
         root.mkdir(parents=True, exist_ok=True)
         self.nats_port = free_port()
         self.http_port = free_port()
@@ -40,9 +44,11 @@ class Project:
     # -- files --
 
     def write_config(self, extra: str = "") -> None:
+        embedded = f'url = "embedded"\nlisten = "127.0.0.1:{self.nats_port}"'
+        nats = f'url = "{self.external_nats}"' if self.external_nats else embedded
         self.config_path.write_text(
             f'watches = ["watches/"]\nstate_dir = "state"\ntimezone = "UTC"\n'
-            f'[nats]\nurl = "embedded"\nlisten = "127.0.0.1:{self.nats_port}"\n'
+            f"[nats]\n{nats}\n"
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n{extra}\n'
             '[notify.console]\ntype = "console"\n'
         )
@@ -55,6 +61,8 @@ class Project:
     @property
     def nats_url(self) -> str:
         """The admin URL, with the credentials the daemon made in its state dir (none before its first start)."""
+        if self.external_nats:
+            return self.external_nats
         creds = credentials.load(self.state_dir)
         url = f"nats://127.0.0.1:{self.nats_port}"
         return creds.url(url, "admin") if creds is not None else url
