@@ -20,6 +20,7 @@ from watchd.limits import (
     HTTP_LISTEN,
     MAX_EVENT_BYTES,
     MAX_HTTP_BODY_BYTES,
+    MAX_WATCH_COUNT,
     NATS_LISTEN,
     client_host,
     split_listen,
@@ -623,6 +624,8 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: FileProblems, targ
             probs.at(here, "`count` and `window` go together: fire when count matches fall inside window")
         if w.count is not None and w.count < 1:
             probs.at((*here, "count"), "`count` must be at least 1")
+        elif w.count is not None and w.count > MAX_WATCH_COUNT:
+            probs.at((*here, "count"), f"`count` must be at most {MAX_WATCH_COUNT:,}: count over a shorter window")
         for key in ("window", "cooldown"):
             _check_duration(getattr(w, key), (*here, key), probs)
     elif isinstance(w, AbsentWatch):

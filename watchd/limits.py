@@ -18,6 +18,9 @@ MAX_SUBJECT_CHARS = 255  # an event subject, without the watchd.events. prefix
 MAX_SUBJECT_TOKENS = 16  # dot-separated tokens in a subject
 MAX_ID_CHARS = 128  # an event id: printable ASCII without spaces (it is also the Nats-Msg-Id header)
 MAX_DATA_DEPTH = 64  # nesting of an event's data: the data object itself is level 1
+# A count watch keeps the instant of every event inside its window, per key, and writes that list
+# with each step: the count bounds what one event costs to store.
+MAX_WATCH_COUNT = 10_000
 
 # The HTTP listener: sockets are file descriptors, which the daemon shares with SQLite, NATS and
 # its notifiers, so the listener may hold only a share of RLIMIT_NOFILE; slow clients are cut off.

@@ -505,6 +505,11 @@ def plan_missed(
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
 _DURATION_HINT = "use a number and a unit (w, d, h, m, s, ms), largest first: 90s, 15m, 2h, 1d, 1h30m, 500ms, 1w"
+# The longest duration anything takes: ten years. Instants are added to durations everywhere
+# (deadlines, silences, cooldowns), and beyond year 9999 a datetime cannot hold them, so an
+# unbounded duration that validates would fail only when an event arrives.
+MAX_DURATION_S = 3660 * 86400.0
+MAX_DURATION = "3660d"
 
 
 def parse_duration(text: str) -> float:
@@ -525,6 +530,10 @@ def parse_duration(text: str) -> float:
             raise ScheduleError(f"invalid duration {text!r}: units out of order or repeated", _DURATION_HINT)
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos, last_rank = m.end(), rank
+    if not total <= MAX_DURATION_S:  # also an overflow to inf
+        raise ScheduleError(
+            f"duration {text!r} is longer than 10 years", f"use at most {MAX_DURATION} (or disable what it times)"
+        )
     return total
 
 
