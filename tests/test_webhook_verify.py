@@ -9,7 +9,8 @@ import pytest
 from multidict import CIMultiDict
 
 from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
-from watchd.sources.verify import Rejected, Verifier
+from watchd.errors import RequestRefused
+from watchd.sources.verify import Verifier
 
 # GitHub, "Validating webhook deliveries": this secret and payload give this signature.
 GITHUB_SECRET = b"It's a Secret to Everybody"
@@ -31,7 +32,7 @@ SLACK_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c
 def reason(verifier: Verifier, headers: dict[str, str], body: bytes, now_s: float = 0.0, **query: str) -> str | None:
     try:
         verifier.check(CIMultiDict(headers), query, body, now_s)
-    except Rejected as exc:
+    except RequestRefused as exc:
         assert exc.status == 401
         return exc.reason
     return None
@@ -89,7 +90,7 @@ def test_messages_never_carry_the_secret_or_the_signature() -> None:
         (Verifier("github", GITHUB_SECRET), {"X-Hub-Signature-256": "sha256=" + "0" * 64}),
         (Verifier("token", b"s3cret"), {"Authorization": "Bearer s3cre"}),
     ]:
-        with pytest.raises(Rejected) as caught:
+        with pytest.raises(RequestRefused) as caught:
             verifier.check(CIMultiDict(headers), {}, GITHUB_BODY, 0.0)
         assert "s3cre" not in caught.value.message and "0" * 16 not in caught.value.message
         assert "Secret" not in caught.value.message

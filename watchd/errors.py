@@ -40,3 +40,14 @@ class NatsUnavailable(WatchdError):
 
 class DaemonNotRunning(WatchdError):
     """A command that needs the daemon found none."""
+
+
+class RequestRefused(WatchdError):
+    """An HTTP request the listener refuses: the status to answer and a short stable `reason` word
+    (signature, stale, token, too_large, content_type, json, template, …) for the counters. The
+    message names what is wrong, never a header's value or a secret."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from watchd import bus
 from watchd.config import resolve_secret
-from watchd.errors import EventRejected, NatsUnavailable, WatchdError
+from watchd.errors import EventRejected, NatsUnavailable, RequestRefused, WatchdError
 from watchd.limits import HTTP_BODY_TIMEOUT_S, default_max_connections, is_loopback, split_listen
 from watchd.listener import ConnectionLimits, ListenerSite, track_requests
 from watchd.model import Event, encode, make_event, parse_data
@@ -180,48 +180,61 @@ class Ingress:
     async def events(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self.error(401, "auth", "missing or wrong bearer token")
-        too_big = f"over the {self.max_body}-byte limit"
-        if (request.content_length or 0) > self.max_body:
-            return self.error(413, "too_large", f"body is {request.content_length} bytes, {too_big}")
+        try:
+            body = await self.read_body(request, self.max_body)
+            data: dict[str, Any] = {}
+            if body.strip():
+                unsupported = self._content_type_problem(request)
+                if unsupported is not None:
+                    raise RequestRefused(415, "content_type", unsupported)
+                data = parse_data(body)
+            # A key that is given but empty (HTTP strips the spaces of "Idempotency-Key:  ") is refused
+            # as a bad id rather than replaced by a new one: the sender meant a re-send to be stored once.
+            event_id = request.headers.get("Idempotency-Key", request.query.get("id"))
+            source = request.query.get("source", "http")  # `watchd emit` says "cli" (or its --source)
+            if not SOURCE_RE.fullmatch(source):
+                raise RequestRefused(400, "source", "bad source: 1 to 64 of letters, digits and . _ - : /")
+            event = make_event(request.match_info["subject"], data, id=event_id, source=source)
+            ack = await self.store(event)
+        except RequestRefused as exc:
+            return self.error(exc.status, exc.reason, exc.message)
+        except EventRejected as exc:
+            return self.error(400, exc.reason, exc.message)
+        return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate}, status=202)
+
+    async def read_body(self, request: web.BaseRequest, max_body: int) -> bytes:
+        """The whole body, within `max_body` bytes and the body deadline, uncompressed; else
+        RequestRefused (413, 415, 408)."""
+        too_big = f"over the {max_body}-byte limit"
+        if (request.content_length or 0) > max_body:
+            raise RequestRefused(413, "too_large", f"body is {request.content_length} bytes, {too_big}")
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-            return self.error(415, "content_type", "compressed bodies are not accepted: send plain JSON")
+            raise RequestRefused(415, "content_type", "compressed bodies are not accepted: send plain JSON")
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await request.read() if request.can_read_body else b""
         except web.HTTPRequestEntityTooLarge:  # a chunked body past client_max_size
-            return self.error(413, "too_large", f"body is {too_big}")
+            raise RequestRefused(413, "too_large", f"body is {too_big}") from None
         except TimeoutError:
-            return self.error(408, "slow_client", f"the body did not arrive within {self.body_timeout_s:g}s")
-        if len(body) > self.max_body:
-            return self.error(413, "too_large", f"body is {len(body)} bytes, {too_big}")
-        data: dict[str, Any] = {}
-        if body.strip():
-            unsupported = self._content_type_problem(request)
-            if unsupported is not None:
-                return self.error(415, "content_type", unsupported)
-            try:
-                data = parse_data(body)
-            except EventRejected as exc:
-                return self.error(400, exc.reason, exc.message)
-        # A key that is given but empty (HTTP strips the spaces of "Idempotency-Key:  ") is refused
-        # as a bad id rather than replaced by a new one: the sender meant a re-send to be stored once.
-        event_id = request.headers.get("Idempotency-Key", request.query.get("id"))
-        source = request.query.get("source", "http")  # `watchd emit` says "cli" (or its --source)
-        if not SOURCE_RE.fullmatch(source):
-            return self.error(400, "source", "bad source: 1 to 64 of letters, digits and . _ - : /")
+            raise RequestRefused(
+                408, "slow_client", f"the body did not arrive within {self.body_timeout_s:g}s"
+            ) from None
+        if len(body) > max_body:
+            raise RequestRefused(413, "too_large", f"body is {len(body)} bytes, {too_big}")
+        return body
+
+    async def store(self, event: Event) -> bus.PubAckInfo:
+        """Publish an event built at this edge, or RequestRefused (413 over the event limit, 503
+        without NATS)."""
+        # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
+        size, limit = len(encode(event)), self.max_event_bytes()
+        if size > limit:
+            too_big = f"the event would be {size} bytes, over the {limit}-byte event limit"
+            raise RequestRefused(413, "too_large", too_big)
         try:
-            event = make_event(request.match_info["subject"], data, id=event_id, source=source)
-            # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
-            size, limit = len(encode(event)), self.max_event_bytes()
-            if size > limit:
-                too_big = f"the event would be {size} bytes, over the {limit}-byte event limit"
-                return self.error(413, "too_large", too_big)
-            ack = await self.publish(event)
-        except EventRejected as exc:
-            return self.error(400, exc.reason, exc.message)
+            return await self.publish(event)
         except NatsUnavailable as exc:
-            return self.error(503, "nats", exc.message)
-        return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate}, status=202)
+            raise RequestRefused(503, "nats", exc.message) from None
 
     def _content_type_problem(self, request: web.BaseRequest) -> str | None:
         """A body must say it is JSON: a web page cannot send that cross-site without a preflight.

@@ -8,7 +8,7 @@
 - `hmac-sha256`: the same HMAC as GitHub's, in a configurable header behind a configurable prefix.
 - `token`: `Authorization: Bearer <secret>` or `?token=<secret>`.
 
-Every comparison is constant-time (hmac.compare_digest). A failure is a `Rejected` with a short
+Every comparison is constant-time (hmac.compare_digest). A failure is a `RequestRefused` (401) with a short
 reason word for counting and a message that names the header but never a header's value or the
 secret.
 """
@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from watchd.errors import RequestRefused
+
 Scheme = Literal["github", "slack", "hmac-sha256", "token", "none"]
 
 SLACK_TOLERANCE_S = 300.0  # Slack: "more than five minutes from local time … could be a replay attack"
@@ -29,16 +31,6 @@ SLACK_SIGNATURE = "X-Slack-Signature"
 SLACK_TIMESTAMP = "X-Slack-Request-Timestamp"
 HMAC_HEADER = "X-Signature"
 HMAC_PREFIX = "sha256="
-
-
-class Rejected(Exception):
-    """A request a webhook refuses: its HTTP status, a reason word for the counters, a message."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 def hmac_hex(secret: bytes, message: bytes) -> str:
@@ -52,9 +44,9 @@ def _raw(value: str) -> bytes:
 
 def _signed(header: str, given: str | None, expected: str, fix: str) -> None:
     if given is None:
-        raise Rejected(401, "signature", f"the request has no {header} header: {fix}")
+        raise RequestRefused(401, "signature", f"the request has no {header} header: {fix}")
     if not hmac.compare_digest(_raw(given), expected.encode()):
-        raise Rejected(401, "signature", f"{header} does not match the body: {fix}")
+        raise RequestRefused(401, "signature", f"{header} does not match the body: {fix}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +60,7 @@ class Verifier:
     tolerance_s: float = SLACK_TOLERANCE_S
 
     def check(self, headers: Mapping[str, str], query: Mapping[str, str], body: bytes, now_s: float) -> None:
-        """Raise Rejected unless the request proves it comes from the secret's holder."""
+        """Raise RequestRefused unless the request proves it comes from the secret's holder."""
         if self.scheme == "github":
             fix = "the webhook's secret in GitHub and in watchd must be the same"
             _signed(GITHUB_HEADER, headers.get(GITHUB_HEADER), "sha256=" + hmac_hex(self.secret, body), fix)
@@ -84,13 +76,13 @@ class Verifier:
         stamp = headers.get(SLACK_TIMESTAMP)
         fix = "the app's signing secret in Slack and in watchd must be the same"
         if stamp is None:
-            raise Rejected(401, "signature", f"the request has no {SLACK_TIMESTAMP} header: {fix}")
+            raise RequestRefused(401, "signature", f"the request has no {SLACK_TIMESTAMP} header: {fix}")
         try:
             sent_s = int(stamp.strip())
         except ValueError:
-            raise Rejected(401, "signature", f"{SLACK_TIMESTAMP} is not a number of seconds") from None
+            raise RequestRefused(401, "signature", f"{SLACK_TIMESTAMP} is not a number of seconds") from None
         if abs(now_s - sent_s) > self.tolerance_s:
-            raise Rejected(
+            raise RequestRefused(
                 401,
                 "stale",
                 f"{SLACK_TIMESTAMP} is {abs(now_s - sent_s):.0f}s from now, over {self.tolerance_s:g}s: "
@@ -106,7 +98,7 @@ class Verifier:
         elif "token" in query:
             given = _raw(query["token"])
         else:
-            raise Rejected(401, "token", "the request has no Authorization: Bearer token and no ?token=")
+            raise RequestRefused(401, "token", "the request has no Authorization: Bearer token and no ?token=")
         # Digests of both: equal lengths, so not even the token's length shows in the timing.
         if not hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(self.secret).digest()):
-            raise Rejected(401, "token", "wrong token")
+            raise RequestRefused(401, "token", "wrong token")
