@@ -256,7 +256,7 @@ urll = "nats://127.0.0.1:4222"
 max_body = "big"
 
 [engine]
-max_event_bytes = 1000
+max_event_bytes = 4096
 bogus = 1
 
 [notify.phone]

@@ -158,7 +158,8 @@ def test_bad_from_and_unknown_schedule_are_one_line_errors(tmp_path: Path) -> No
     [
         ('[schedule."Bad Name"]\nevery = "5m"\nrun = ["x"]\n', "schedule name 'Bad Name' must match"),
         ('[schedule.s]\nevery = "5m"\nthen = ["notify.nope"]\n', "unknown target 'notify.nope'"),
-        ('[schedule.s]\nevery = "0s"\nrun = ["x"]\n', "`every` must be longer than 0s"),
+        ('[schedule.s]\nevery = "0s"\nrun = ["x"]\n', "`every` must be at least 1s, not '0s'"),
+        ('[schedule.s]\nevery = "1ms"\nrun = ["x"]\n', "`every` must be at least 1s, not '1ms'"),
         ('[schedule.s]\nat = "next tuesday"\nrun = ["x"]\n', "invalid at time 'next tuesday'"),
         ('[schedule.s]\nevery = "5m"\nrun = []\n', "`run` needs at least the program"),
     ],

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
 from watchd.errors import RequestRefused
+from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
 from watchd.sources.verify import Verifier
 
 # GitHub, "Validating webhook deliveries": this secret and payload give this signature.

@@ -36,6 +36,7 @@ from nats.js.api import (
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
 from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, is_loopback, split_listen, url_host
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
+from watchd.opsettings import sync_interval
 from watchd.redact import redact_url
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class EmbeddedNats:
                 "logfile_max_num: 3",
                 "jetstream {",
                 f"  store_dir: {q(str(self.store_dir))}",
-                f"  sync_interval: {q(self.sync)}",
+                f"  sync_interval: {q(sync_interval(self.sync))}",
                 "}",
                 self.credentials.server_config() if self.credentials is not None else "",
                 "",

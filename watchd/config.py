@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from watchd import structcheck
+from watchd import opsettings, structcheck
 from watchd.errors import ConfigError, WatchdError
 from watchd.limits import (
     HTTP_LISTEN,
@@ -29,6 +29,12 @@ from watchd.limits import (
 from watchd.tomlpos import FileProblems, PathPart, Problem, read_toml
 
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _range(low: float, high: float) -> msgspec.Meta:
+    """Bounds of a number setting, checked by `validate` with file:line (structcheck): a value outside
+    them fails or hurts at run time (a negative size, a count no window can hold)."""
+    return msgspec.Meta(ge=low, le=high)
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -111,19 +117,21 @@ class NatsConfig(_Strict, kw_only=True):
 class HttpConfig(_Strict, kw_only=True):
     listen: str = HTTP_LISTEN
     token: str | None = None
-    max_body: int = MAX_HTTP_BODY_BYTES
+    max_body: Annotated[int, _range(1, 16 * 1024 * 1024)] = MAX_HTTP_BODY_BYTES
     allowed_hosts: list[str] = msgspec.field(default_factory=list)  # Host names a reverse proxy forwards
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None  # default: limits.default_max_connections()
+    max_connections: Annotated[int, _range(1, 65_536)] | None = None  # default: limits.default_max_connections()
 
 
 class EngineConfig(_Strict, kw_only=True):
-    max_event_bytes: int = MAX_EVENT_BYTES
-    decisions_keep_days: float = 30
-    decisions_keep_rows: int = 1_000_000
+    # At most half the embedded server's max_payload: a handoff carries its evidence events.
+    max_event_bytes: Annotated[int, _range(1024, 512 * 1024)] = MAX_EVENT_BYTES
+    decisions_keep_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30
+    decisions_keep_rows: Annotated[int, _range(1, 10**9)] = 1_000_000
 
 
 class BackupConfig(_Strict, kw_only=True):
-    keep: int = 7  # verified backups kept; older ones are removed only after a new one verified
+    # verified backups kept; older ones are removed only after a new one verified
+    keep: Annotated[int, _range(1, 1000)] = 7
     dir: str = ""  # default: <state_dir>/backups
 
 
@@ -164,10 +172,10 @@ class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
     instructions: str = ""
     api_key: str = "env:ANTHROPIC_API_KEY"
     base_url: str | None = None
-    max_tokens: int = 1024
-    max_steps: int = 4
-    run_token_budget: int = 20_000
-    daily_token_budget: int = 200_000
+    max_tokens: Annotated[int, _range(1, 1_000_000)] = 1024
+    max_steps: Annotated[int, _range(1, 1000)] = 4
+    run_token_budget: Annotated[int, _range(1, 10**9)] = 20_000
+    daily_token_budget: Annotated[int, _range(1, 10**10)] = 200_000
     tools: list[str] = msgspec.field(default_factory=list)  # "notify.<name>", "emit", "watch" ("done" is always on)
     batch: bool = False
     fallback_model: str | None = None  # a larger-context model for a prompt that is too long
@@ -178,7 +186,7 @@ class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
 
 class CommandAgent(_AgentBase, tag="command", kw_only=True):
     command: list[str]
-    reject_exit_code: int = 75
+    reject_exit_code: Annotated[int, _range(1, 255)] = 75
 
 
 class NatsAgent(_AgentBase, tag="nats", kw_only=True):
@@ -235,16 +243,17 @@ def effective_schedules(config: Config) -> dict[str, Schedule]:
 
 
 class BudgetConfig(_Strict, kw_only=True):
-    daily_tokens: int | None = None  # all agents together per UTC day; None: only the per-agent budgets
+    # all agents together per UTC day; None: only the per-agent budgets
+    daily_tokens: Annotated[int, _range(1, 10**12)] | None = None
 
 
 class Price(_Strict, kw_only=True):
     """US dollars per million tokens; cache prices default to the API's multiples of `input`."""
 
-    input: float
-    output: float
-    cache_write: float | None = None
-    cache_read: float | None = None
+    input: Annotated[float, _range(0, 10_000)]
+    output: Annotated[float, _range(0, 10_000)]
+    cache_write: Annotated[float, _range(0, 10_000)] | None = None
+    cache_read: Annotated[float, _range(0, 10_000)] | None = None
 
 
 class Config(_Strict, kw_only=True):
@@ -416,8 +425,8 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
 def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None:
     if config.timezone and not _zone_ok(config.timezone):
         probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
-    if config.backup.keep < 1:
-        probs.at(("backup", "keep"), "`keep` must be at least 1 (the newest verified backup is always kept)")
+    opsettings.check(config, probs)
+    inherited = _inherited_zone(config.timezone or "UTC")
     targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent} | broken
     for name, sched in config.schedule.items():
         path: tuple[PathPart, ...] = ("schedule", name)
@@ -429,7 +438,7 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
         if len(kinds) != 1:
             probs.at(path, "a schedule needs exactly one of cron, every or at")
         if sched.at:
-            _check_at(sched.at, sched.timezone or config.timezone or "UTC", (*path, "at"), probs)
+            _check_at(sched.at, sched.timezone or inherited, (*path, "at"), probs)
         for i, target in enumerate(sched.then or []):
             if target not in targets:
                 probs.at(
@@ -439,7 +448,7 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
         if sched.timezone and not _zone_ok(sched.timezone):
             probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
         elif sched.cron:
-            _check_cron(sched.cron, sched.timezone or config.timezone or "UTC", (*path, "cron"), probs, sched.dst_gap)
+            _check_cron(sched.cron, sched.timezone or inherited, (*path, "cron"), probs, sched.dst_gap)
         for key in ("max_lateness", "jitter", "timeout"):
             _check_duration(getattr(sched, key), (*path, key), probs)
         if not (sched.job or sched.run or sched.then):
@@ -447,8 +456,11 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
         if sched.run is not None and not sched.run:
             probs.at((*path, "run"), '`run` needs at least the program, e.g. ["restic", "backup", "/home"]')
         every_s = _check_duration(sched.every, (*path, "every"), probs)
-        if every_s is not None and every_s <= 0:
-            probs.at((*path, "every"), "`every` must be longer than 0s")
+        if every_s is not None and every_s < opsettings.MIN_EVERY_S:
+            probs.at(
+                (*path, "every"),
+                f"`every` must be at least 1s, not {sched.every!r}: use cron for fixed times, a source for fast events",
+            )
     for name, agent in config.agent.items():
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
         if isinstance(agent, NatsAgent):
@@ -469,9 +481,6 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
 def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: FileProblems) -> None:
     here: tuple[PathPart, ...] = ("agent", name)
     _check_duration(agent.max_watch_for, (*here, "max_watch_for"), probs)
-    for key in ("max_tokens", "max_steps", "run_token_budget", "daily_token_budget"):
-        if getattr(agent, key) < 1:
-            probs.at((*here, key), f"`{key}` must be at least 1")
     notifiers = set(config.notify) | {"console"}
     for i, tool in enumerate(agent.tools):
         kind, _, target = tool.partition(".")
@@ -483,6 +492,12 @@ def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: Fi
             else ('use "notify.<name>", "emit" or "watch"')
         )
         probs.at((*here, "tools", i), f"unknown tool {tool!r}: {hint}")
+
+
+def _inherited_zone(zone: str) -> str:
+    """The zone to check inheriting schedules and watches in: a bad top-level `timezone` is reported
+    once, at its own line, and must not hide (or stand in for) their own cron or `at` errors."""
+    return zone if _zone_ok(zone) else "UTC"
 
 
 # The schedule maths (croniter) and CEL load only when a config has something for them to check,
@@ -551,7 +566,8 @@ def load(config_path: Path | None, *, watches: bool = True) -> Loaded:
     loaded = Loaded(config, config_path, base, [], files)
     seen: dict[str, str] = {}
     for path in files:
-        loaded.watches.extend(_load_watch_file(path, loaded.targets() | broken, loaded.zone(), seen, found))
+        zone = _inherited_zone(loaded.zone())
+        loaded.watches.extend(_load_watch_file(path, loaded.targets() | broken, zone, seen, found))
     loaded.warnings = _raise_problems(found, "fix the lines above, then run `watchd validate` again")
     return loaded
 
@@ -560,7 +576,7 @@ def load_watch_file(loaded: Loaded, path: Path) -> tuple[list[WatchDef], list[st
     """One watch file checked exactly as `load` checks it (targets and zone from `loaded`'s config):
     its watches and warnings; ConfigError with `file:line:col` problems."""
     found: list[Problem] = []
-    defs = _load_watch_file(path, loaded.targets(), loaded.zone(), {}, found)
+    defs = _load_watch_file(path, loaded.targets(), _inherited_zone(loaded.zone()), {}, found)
     return defs, _raise_problems(found, "fix the lines above, then run it again")
 
 

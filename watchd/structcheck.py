@@ -82,8 +82,35 @@ def _check(value: Any, t: mi.Type, path: DataPath, issues: list[Issue]) -> Any:
         issues.append(Issue(path, _not_a_choice(path, value, [str(v) for v in t.values])))
         return _INVALID
     if _fits(value, t):
-        return value
+        out_of_range = _out_of_range(value, t)
+        if out_of_range is None:
+            return value
+        issues.append(Issue(path, f"{_label(path)} {out_of_range}, not {_describe_value(value)}"))
+        return _INVALID
     return _wrong_type(value, t, path, issues)
+
+
+def _out_of_range(value: Any, t: mi.Type) -> str | None:
+    """What a number breaks of its type's bounds (msgspec.Meta ge/gt/le/lt), in words; None if fine.
+    TOML's nan and inf are never a setting's value: a bounded number must be finite."""
+    if not isinstance(t, mi.IntType | mi.FloatType):
+        return None
+    low = t.ge if t.ge is not None else t.gt
+    high = t.le if t.le is not None else t.lt
+    if low is None and high is None:
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return "must be a finite number"
+    too_low = low is not None and (value < low if t.ge is not None else value <= low)
+    too_high = high is not None and (value > high if t.le is not None else value >= high)
+    if not (too_low or too_high):
+        return None
+    words = []
+    if low is not None:
+        words.append(f"at least {low:,}" if t.ge is not None else f"more than {low:,}")
+    if high is not None:
+        words.append(f"at most {high:,}" if t.le is not None else f"less than {high:,}")
+    return "must be " + " and ".join(words)
 
 
 def _usable(value: Any, t: mi.Type, path: DataPath, issues: list[Issue]) -> Any:
@@ -197,6 +224,8 @@ def _same_kind(value: Any, t: mi.Type) -> bool:
         return isinstance(value, dict)
     if isinstance(t, mi.LiteralType):
         return isinstance(value, str)
+    if isinstance(t, mi.IntType | mi.FloatType):
+        return _fits(value, t)  # a number out of bounds: say so, not "must be an integer"
     return False
 
 
