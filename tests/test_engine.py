@@ -466,6 +466,7 @@ def test_verdicts_are_one_enum_whose_values_are_the_stored_words() -> None:
         "recovered",
         "missed_while_down",
         "rejected",
+        "failed",
     }
     sim = Sim(MATCH + COUNT + ABSENT + DEADLINE_EVENT)
     sim.emit("mail.received", {"from": "a@big.com", "urgent": True})

@@ -23,20 +23,20 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, cluster, config, credentials, sdnotify
+from watchd import bus, cluster, config, credentials, sdnotify, stepping
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
-from watchd.dispatch import Dispatcher, Target, handoffs_from_fire
-from watchd.engine import MISSES, Decision, Engine, EventInput, Outputs, Tick, Verdict
+from watchd.dispatch import Dispatcher, Target
+from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, failed_reason
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
-from watchd.model import Event, Handoff, decode_stored_event, own_event
+from watchd.model import Event, decode_stored_event, own_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
@@ -146,6 +146,7 @@ class Daemon:
         self.last_seq = 0
         self.last_loop_at = 0.0
         self.events_seen = 0
+        self.failures = stepping.FailureLog(clock)
         self.started_at = clock()
         self._lock = asyncio.Lock()
         self._reload_requested = asyncio.Event()
@@ -375,7 +376,7 @@ class Daemon:
             self.engine.default_zone = loaded.zone()
             self.engine.load([(d, versions[d.watch.id]) for d in defs], now)
             self.loaded = loaded
-            await self._commit(Outputs(), last_seq=None)
+            await self._commit(stepping.Batch(), last_seq=None)
         if self.scheduler is not None and not first:
             await self.scheduler.install(loaded)  # a changed schedule gets a new version
 
@@ -443,12 +444,14 @@ class Daemon:
                 # Only once the backlog is drained does the clock jump to the present, so events
                 # stored while watchd was down are judged at the time they arrived.
                 if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
-                    await self._commit(self.engine.step(Tick(self.clock())), last_seq=None)
+                    await self._tick()
 
     async def _consume(self, msgs: list[Msg], *, replay: bool = False) -> None:
         """Step the engine through a batch and commit. `replay`: events another instance already
-        decided, stepped for their state only: nothing they decide is recorded or handed off again."""
-        out = Outputs()
+        decided, stepped for their state only: nothing they decide is recorded or handed off again.
+        An event whose handling raises is recorded as failed and committed with the rest (see
+        watchd/stepping.py), so it is never replayed."""
+        batch = stepping.Batch()
         subjects: dict[str, tuple[float, str, int]] = {}
         max_events = self.loaded.config.engine.max_event_bytes
         top = self.last_seq
@@ -463,7 +466,10 @@ class Daemon:
             try:
                 event, id_note = decode_stored_event(msg.data, seq, max_events)
             except EventRejected as exc:
-                out.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
+                batch.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
+                continue
+            except Exception as exc:  # a value the decoder never met: this event's failure, not the daemon's
+                batch.fail(Decision(at, "", None, Verdict.FAILED, failed_reason(exc), _msg_id(msg), seq), exc)
                 continue
             self.events_seen += 1
             events[seq] = event
@@ -471,48 +477,46 @@ class Daemon:
                 id_notes[seq] = id_note
             prev = subjects.get(event.subject)
             subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
-            step = self.engine.step(EventInput(event, at, seq))
-            out.decisions.extend(step.decisions)
-            out.fires.extend(step.fires)
+            stepping.take(self.engine, EventInput(event, at, seq), batch)
         if replay:
-            out = Outputs()
-        out.decisions = kept_for_explain(out.decisions, events)
-        for d in out.decisions:
+            batch = stepping.Batch()
+        batch.decisions = kept_for_explain(batch.decisions, events)
+        for d in batch.decisions:
             if d.seq in id_notes:
                 d.reason = f"{d.reason} ({id_notes[d.seq]})"
-        await self._commit(out, last_seq=top, subjects=subjects)
+        await self._commit(batch, last_seq=top, subjects=subjects)
+
+    async def _tick(self) -> None:
+        """Let the engine's clock reach the present: the timers due fire."""
+        batch = stepping.Batch()
+        stepping.take(self.engine, Tick(self.clock()), batch)
+        await self._commit(batch, last_seq=None)
 
     async def _commit(
-        self, out: Outputs, *, last_seq: int | None, subjects: dict[str, tuple[float, str, int]] | None = None
+        self,
+        batch: stepping.Batch,
+        *,
+        last_seq: int | None,
+        subjects: dict[str, tuple[float, str, int]] | None = None,
     ) -> None:
         assert self.store is not None
-        handoffs: list[Handoff] = []
-        holds: dict[str, float] = {}  # quiet hours: handoff id -> not before
-        zone = self.engine.default_zone
-        for fire in out.fires:
-            # The engine holds the definitions it fired from: no lookup table to rebuild per batch.
-            cw = self.engine.watches.get(fire.watch)
-            if cw is None:
-                handoffs.extend(handoffs_from_fire(fire))
-                continue
-            w = cw.watch
-            handoffs.extend(handoffs_from_fire(fire, w.message, quiet=w.quiet, urgent=w.urgent, zone=zone, holds=holds))
+        self.failures.report(batch.errors)
         store = self.store
         new = await store.run(
             lambda: store.commit_step(
                 last_seq=last_seq,
                 clock=self.engine.clock,
                 changes=self.engine.take_changes(),
-                decisions=out.decisions,
-                handoffs=handoffs,
+                decisions=batch.decisions,
+                handoffs=batch.handoffs,
                 subjects=subjects or {},
                 now=self.clock(),
-                holds=holds,
+                holds=batch.holds,
             )
         )
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
-        for fire in out.fires:
+        for fire in batch.fires:
             log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
         if new and self.dispatcher:
             self.dispatcher.wake()

@@ -13,6 +13,8 @@ from watchd.engine.base import (
     Tick,
     WatchLogic,
     WatchMeta,
+    failed_reason,
+    failure,
     for_key,
 )
 from watchd.engine.core import Engine
@@ -36,5 +38,7 @@ __all__ = [
     "WatchLogic",
     "WatchMeta",
     "compile_watch",
+    "failed_reason",
+    "failure",
     "for_key",
 ]

@@ -81,6 +81,24 @@ class Fire(msgspec.Struct, kw_only=True):
 class Outputs:
     decisions: list[Decision] = field(default_factory=list)
     fires: list[Fire] = field(default_factory=list)
+    # Each `failed` decision with the exception behind it: the shell logs the traceback.
+    errors: list[tuple[Decision, Exception]] = field(default_factory=list)
+
+
+FAILED_REASON_CHARS = 500  # an exception's words kept in a `failed` decision
+
+
+def failed_reason(exc: Exception) -> str:
+    return f"processing failed: {type(exc).__name__}: {exc}"[:FAILED_REASON_CHARS]
+
+
+def failure(at: float, watch: str, key: str | None, exc: Exception, event: EventInput | None = None) -> Decision:
+    """The `failed` decision for an input whose handling raised `exc` (for `watch`, or "" when
+    no one watch is to blame)."""
+    reason = failed_reason(exc)
+    if event is None:
+        return Decision(at, watch, key, Verdict.FAILED, reason)
+    return Decision(at, watch, key, Verdict.FAILED, reason, event.event.id, event.seq)
 
 
 # ---- persisted state -------------------------------------------------------------------------
@@ -326,6 +344,12 @@ class EngineState:
             heapq.heappush(self._timers, (due, logic.id, WATCH_TIMER))
 
     # -- outputs --
+
+    def failed(self, wid: str, key: str | None, exc: Exception, event: EventInput | None = None) -> None:
+        """A kind's handling of this input raised: recorded for that watch, and the step goes on."""
+        d = failure(self.clock, wid, key, exc, event)
+        self.out.decisions.append(d)
+        self.out.errors.append((d, exc))
 
     def decide(self, wid: str, key: str | None, verdict: Verdict, reason: str, event: EventInput | None = None) -> None:
         if event is None:

@@ -13,6 +13,7 @@ the subject index, the `where` and `key` of each pattern, and the timer heap.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from typing import Any
 
@@ -150,10 +151,13 @@ class Engine(EngineState):
         while (due := self.next_due()) is not None and due <= self.clock:
             _, wid, key = heapq.heappop(self._timers)
             logic = self.watches[wid]
-            if key == WATCH_TIMER:
-                logic.on_watch_timer(self)
-            else:
-                logic.on_timer(self, key, due)
+            try:
+                if key == WATCH_TIMER:
+                    logic.on_watch_timer(self)
+                else:
+                    logic.on_timer(self, key, due)
+            except Exception as exc:  # confined to this timer, which is not armed again in this step
+                self.failed(wid, None if key == WATCH_TIMER else key, exc)
 
     def _on_event(self, inp: EventInput) -> None:
         event = inp.event
@@ -164,25 +168,30 @@ class Engine(EngineState):
         self._summary = None
         for logic, pattern, handle in candidates:
             key: str | None = None
-            if pattern.where is not None or pattern.key is not None:
-                if ctx is None:
-                    ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
-                if pattern.where is not None:
-                    # The program straight, not `expr.test_where`: this runs for every candidate of
-                    # every event, and only a miss needs the words for why.
-                    try:
-                        held = pattern.where.program.execute(ctx)
-                    except Exception:  # the CEL binding raises several types; worded in `_missed`
-                        held = None
-                    if held is not True:
-                        self._missed(logic, pattern, ctx, held, inp)
-                        continue
-                if pattern.key is not None:
-                    key, why = expr.key_of(pattern.key, ctx)
-                    if key is None:
-                        self.decide(logic.id, None, Verdict.KEY_ERROR, f"{why} (in {pattern.key.source})", inp)
-                        continue
-            handle(self, key, inp)
+            try:
+                if pattern.where is not None or pattern.key is not None:
+                    if ctx is None:
+                        ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
+                    if pattern.where is not None:
+                        # The program straight, not `expr.test_where`: this runs for every candidate
+                        # of every event, and only a miss needs the words for why.
+                        try:
+                            held = pattern.where.program.execute(ctx)
+                        except Exception:  # the CEL binding raises several types; worded in `_missed`
+                            held = None
+                        if held is not True:
+                            self._missed(logic, pattern, ctx, held, inp)
+                            continue
+                    if pattern.key is not None:
+                        key, why = expr.key_of(pattern.key, ctx)
+                        if key is None:
+                            self.decide(logic.id, None, Verdict.KEY_ERROR, f"{why} (in {pattern.key.source})", inp)
+                            continue
+                handle(self, key, inp)
+            except Exception as exc:  # confined to this watch and event: the other watches still judge it
+                self.failed(logic.id, key, exc, inp)
+                with contextlib.suppress(Exception):  # what the handler changed before it raised keeps its timer
+                    self.arm(logic, key)
 
     def _missed(self, logic: WatchLogic, pattern: CompiledPattern, ctx: Any, held: Any, inp: EventInput) -> None:
         """A near miss: the subject matched, the `where` did not hold (`held` is what it gave).

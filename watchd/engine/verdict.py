@@ -21,6 +21,7 @@ class Verdict(enum.StrEnum):
     RECOVERED = "recovered"  # an absent watch heard again after the silence it fired for
     MISSED_WHILE_DOWN = "missed_while_down"  # a deadline window that opened and passed while watchd was down
     REJECTED = "rejected"  # not an event at all (bad JSON, too large): recorded by the daemon, no watch
+    FAILED = "failed"  # handling the input raised: confined to it (and to the watch, when one is named)
 
 
 # On Python 3.11 reading a member off the class (`Verdict.FIRED`) costs ~0.3 µs, ten times a

@@ -12,6 +12,8 @@ which also gives the next due time: explain repeats none of the engine's logic.
 1. `enabled = false` → "disabled (enabled = false in file:line)".
 2. (kind) An absent watch that is silent now (it fired for the current silence) → "silent since
    … (fired at …)".
+3a. Handling an event or timer raised (a `failed` decision), later than its latest decisive
+   outcome → "failed on event ID at …: processing failed: …".
 3. The latest of fired / would_fire / suppressed decides: "suppressed by cooldown until …",
    "fired N times since …; last at … (handoff h_… delivered to notify.phone)", or "would have
    fired N times since …; last at … (shadow mode: no handoffs)".
@@ -349,8 +351,14 @@ def _verdict(
     if text is not None:
         return text
 
-    # 3. the latest decisive outcome
+    # 3. the latest decisive outcome, unless handling an input failed since
     last = sit.latest(*DECISIVE)
+    failed = sit.latest(Verdict.FAILED)
+    if failed is not None and (last is None or failed.at >= last.at):
+        on = f"event {failed.event_id}" if failed.event_id else "a timer"
+        n = counts[Verdict.FAILED]
+        more = f" ({_times(n)} since {t(start)})" if n > 1 else ""
+        return f"failed on {on}{for_key(failed.key)} at {t(failed.at)}{more}: {failed.reason}"
     if last is not None and last.verdict == Verdict.SUPPRESSED and not last.reason.startswith("cooldown until "):
         return f"suppressed: {last.reason}{for_key(last.key)}"
     if last is not None and last.verdict == Verdict.SUPPRESSED:
@@ -424,6 +432,7 @@ def explain_event(
     fired = {(d.watch, d.key, iso(d.at)) for d in rows if d.verdict == Verdict.FIRED}
     hs = [h for h in handoffs if (h.watch, h.key, h.fired_at) in fired]
     rejected = next((d for d in rows if d.verdict == Verdict.REJECTED), None)
+    failed = next((d for d in rows if d.verdict == Verdict.FAILED and not d.watch), None)
     if not rows:
         verdict = (
             f"no decisions recorded for event {event_id} (not a candidate for any watch, beyond retention, "
@@ -431,6 +440,8 @@ def explain_event(
         )
     elif rejected is not None:
         verdict = f"rejected: {rejected.reason} (at {when(rejected.at, default_zone, rejected.at)})"
+    elif failed is not None:
+        verdict = f"failed: {failed.reason} (at {when(failed.at, default_zone, failed.at)}); the stream went on"
     else:
         last: dict[str, Decision] = {}
         for d in rows:

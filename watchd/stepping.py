@@ -1,0 +1,109 @@
+"""The engine's steps as the daemon takes them: each input's decisions, fires and handoffs
+gathered for one commit, with a failure confined to the input (and watch) that caused it.
+
+An input whose handling raises — a bug, or a value no check foresaw — must stop neither the
+daemon nor the stream. Left uncommitted, the event would be replayed at every restart and fail
+again, for ever. So a failure becomes a `failed` decision for that event (`explain --event` shows
+it), committed with the rest of its batch, and the stream moves on. The engine confines a watch's
+failure to that watch (`EngineState.failed`); here the rest of one input's handling is confined:
+decoding what the stream holds, the step, and the handoffs of each fire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from watchd.dispatch import handoffs_from_fire
+from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick, failure
+from watchd.model import Handoff
+
+log = logging.getLogger("watchd")
+
+FAILURES_LOGGED_PER_MINUTE = 5  # with their traceback; the rest are counted, and all are decisions
+
+
+@dataclass
+class Batch:
+    """What a run of steps decided, for one commit."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+    handoffs: list[Handoff] = field(default_factory=list)
+    holds: dict[str, float] = field(default_factory=dict)  # quiet hours: handoff id -> not before
+    errors: list[tuple[Decision, Exception]] = field(default_factory=list)
+
+    def fail(self, d: Decision, exc: Exception) -> None:
+        self.decisions.append(d)
+        self.errors.append((d, exc))
+
+    @staticmethod
+    def of(out: Outputs, engine: Engine) -> Batch:
+        """A batch from outputs already in hand (no step of its own)."""
+        batch = Batch()
+        batch.add(out, engine)
+        return batch
+
+    def add(self, out: Outputs, engine: Engine) -> None:
+        """A step's outputs, with the handoffs of each fire (one fire's failure is its watch's)."""
+        self.decisions.extend(out.decisions)
+        self.errors.extend(out.errors)
+        for fire in out.fires:
+            try:
+                handoffs = _handoffs(engine, fire, self.holds)
+            except Exception as exc:
+                self.fail(failure(fire.fired_at, fire.watch, fire.key, exc), exc)
+                continue
+            self.fires.append(fire)
+            self.handoffs.extend(handoffs)
+
+
+def take(engine: Engine, inp: EventInput | Tick, batch: Batch) -> None:
+    """Step `engine` with `inp` into `batch`. Should the step itself raise (beyond any one watch,
+    which the engine confines), its partial outputs are dropped for one `failed` decision."""
+    try:
+        out = engine.step(inp)
+    except Exception as exc:
+        event = inp if isinstance(inp, EventInput) else None
+        batch.fail(failure(inp.at, "", None, exc, event), exc)
+        return
+    batch.add(out, engine)
+
+
+def _handoffs(engine: Engine, fire: Fire, holds: dict[str, float]) -> list[Handoff]:
+    # The engine holds the definitions it fired from: no lookup table to rebuild per batch.
+    logic = engine.watches.get(fire.watch)
+    if logic is None:
+        return handoffs_from_fire(fire)
+    w = logic.watch
+    zone = engine.default_zone
+    return handoffs_from_fire(fire, w.message, quiet=w.quiet, urgent=w.urgent, zone=zone, holds=holds)
+
+
+class FailureLog:
+    """Logs failures with their traceback, a few a minute: a flood of bad events must not flood
+    the log too (each one is a decision all the same)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.minute = 0.0
+        self.logged = 0
+        self.unlogged = 0
+        self.total = 0
+
+    def report(self, errors: list[tuple[Decision, Exception]]) -> None:
+        for d, exc in errors:
+            self.total += 1
+            now = self.clock()
+            if now - self.minute >= 60:
+                if self.unlogged:
+                    log.error("%d more processing failures in the last minute (see `watchd explain`)", self.unlogged)
+                self.minute, self.logged, self.unlogged = now, 0, 0
+            if self.logged >= FAILURES_LOGGED_PER_MINUTE:
+                self.unlogged += 1
+                continue
+            self.logged += 1
+            where = f"watch {d.watch}" if d.watch else "the engine"
+            what = f"event {d.event_id} (seq {d.seq})" if d.event_id else "a timer"
+            log.error("%s failed on %s: recorded as failed, going on", where, what, exc_info=exc)
