@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from multidict import CIMultiDict
+from support.webhooks import (
+    GITHUB_BODY,
+    GITHUB_SECRET,
+    GITHUB_SIGNATURE,
+    SLACK_BODY,
+    SLACK_SECRET,
+    SLACK_SIGNATURE,
+    SLACK_TIMESTAMP,
+)
 
 from watchd.errors import RequestRefused
 from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
-from watchd.sources.verify import Verifier
-
-# GitHub, "Validating webhook deliveries": this secret and payload give this signature.
-GITHUB_SECRET = b"It's a Secret to Everybody"
-GITHUB_BODY = b"Hello, World!"
-GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-
-# Slack, "Verifying requests from Slack": the v0 base string example.
-SLACK_SECRET = b"8f742231b10e8888abcd99yyyzzz85a5"
-SLACK_TIMESTAMP = 1531420618
-SLACK_BODY = (
-    b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V"
-    b"&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text="
-    b"&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
-    b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
-)
-SLACK_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+from watchd.sources.verify import Scheme, Verifier
+from watchd.sources.webhook import parse_size, webhook_problems
 
 
 def reason(verifier: Verifier, headers: dict[str, str], body: bytes, now_s: float = 0.0, **query: str) -> str | None:
@@ -142,3 +137,65 @@ def test_a_missing_field_says_which(template: str, request_fields: RequestFields
 def test_bad_templates_are_refused_when_compiled(template: str, says: str) -> None:
     with pytest.raises(TemplateError, match=says):
         compile_template(template)
+
+
+@dataclass
+class Settings:
+    path: str = "/hooks/github"
+    subject: str = "github.{header:X-GitHub-Event}"
+    verify: Scheme = "github"
+    secret: str | None = "env:GITHUB_WEBHOOK_SECRET"
+    id: str | None = None
+    header: str | None = None
+    prefix: str | None = None
+    max_body: int | str | None = None
+
+
+def problems(listen_host: str = "127.0.0.1", **settings: Any) -> dict[str, str]:
+    return dict(webhook_problems("github", Settings(**settings), listen_host))
+
+
+def test_settings_that_can_run_have_no_problems() -> None:
+    assert problems() == {}
+    assert problems(verify="none", secret=None, path="/hooks/local") == {}
+    assert problems(verify="hmac-sha256", header="X-Shop-Hmac", prefix="", max_body="1MiB") == {}
+    assert problems(listen_host="0.0.0.0", verify="token") == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "says"),
+    [
+        ({"path": "hooks/github"}, "path", "starts with /"),
+        ({"path": "/events/github"}, "path", "the listener's own"),
+        ({"path": "/healthz"}, "path", "the listener's own"),
+        ({"subject": "github.{headers:X}"}, "subject", "unknown template field"),
+        ({"subject": "github..{header:X}"}, "subject", "cannot make a subject"),
+        ({"subject": "watchd.{header:X}"}, "subject", "watchd's own"),
+        ({"id": "{json:}"}, "id", "names nothing"),
+        ({"secret": None}, "secret", 'verify = "github" needs a secret'),
+        ({"header": "X-Sig"}, "header", 'hmac-sha256" only'),
+        ({"verify": "hmac-sha256", "header": "X Sig"}, "header", "not a header name"),
+        ({"max_body": "1GB"}, "max_body", "bad size"),
+        ({"max_body": 5_000_000}, "max_body", "from 1 byte"),
+    ],
+)
+def test_each_bad_setting_is_named(settings: dict[str, Any], key: str, says: str) -> None:
+    found = problems(**settings)
+    assert key in found and says in found[key], found
+
+
+def test_unsigned_webhook_is_refused_on_a_listener_others_can_reach() -> None:
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        assert "not loopback" in problems(listen_host=host, verify="none", secret=None)["verify"]
+    assert problems(listen_host="::1", verify="none", secret=None) == {}
+
+
+def test_sizes() -> None:
+    assert [parse_size(v) for v in (512, "512", "2KiB", "1MiB", "500kB", "1 MB")] == [
+        512,
+        512,
+        2048,
+        1048576,
+        500_000,
+        1_000_000,
+    ]

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -39,6 +39,7 @@ from watchd.model import Event, encode, make_event, parse_data
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
+    from watchd.sources.webhook import WebhookRoute
 
 SOURCE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 log = logging.getLogger("watchd.http")
@@ -90,24 +91,33 @@ class Ingress:
         names = {listen_host, *allowed_hosts} - _WILDCARDS
         self.allowed_hosts = {n.strip("[]").lower().rstrip(".") for n in names}
         self.errors: Counter[str] = Counter()  # refusals per reason, since start
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged at, count then)
+        # Webhook sources by path: replaced as a whole on reload (routes of a built aiohttp app
+        # cannot change), and looked up before the app's own routes.
+        self.webhooks: Mapping[str, WebhookRoute] = {}
+        self._seen: Counter[str] = Counter()  # refusals per reason/about, for the log's rate limit
+        self._logged: dict[str, tuple[float, int]] = {}  # reason/about -> (last logged at, count then)
 
     # ---- refusals ----
 
-    def refused(self, reason: str, message: str) -> None:
-        """Count a refusal; log it unless one of the same reason was logged less than a minute ago."""
+    def refused(self, reason: str, message: str, *, about: str = "") -> None:
+        """Count a refusal; log it unless one of the same reason (and the same `about`: a webhook
+        source, so one noisy sender does not hide another's) was logged less than a minute ago."""
         self.errors[reason] += 1
+        key = f"{reason}/{about}"
+        self._seen[key] += 1
         now = self.clock()
-        last = self._logged.get(reason)
+        last = self._logged.get(key)
         if last is not None and now - last[0] < LOG_EVERY_S:
             return
-        skipped = self.errors[reason] - 1 - (last[1] if last else 0)
+        skipped = self._seen[key] - 1 - (last[1] if last else 0)
         more = f" (and {skipped} more like it since the last report)" if skipped > 0 else ""
         log.warning("HTTP refused (%s): %s%s", reason, message, more)
-        self._logged[reason] = (now, self.errors[reason])
+        self._logged[key] = (now, self._seen[key])
 
-    def error(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-        self.refused(reason, f"{status} {message}")
+    def error(
+        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None, *, about: str = ""
+    ) -> web.Response:
+        self.refused(reason, f"{status} {message}", about=about)
         return web.json_response({"error": message}, status=status, headers=headers)
 
     # ---- who may call ----
@@ -158,13 +168,17 @@ class Ingress:
         if refusal is not None:
             return refusal
         try:
+            webhook = self.webhooks.get(request.path)
+            if webhook is not None:
+                return await webhook.handle(request, self)
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             path = request.rel_url.raw_path[:100]
             if exc.status == 404:
-                message = f"no endpoint at {path} (there are: {_ENDPOINTS})"
+                hooks = "".join(f", POST {p}" for p in sorted(self.webhooks)[:10])
+                message = f"no endpoint at {path} (there are: {_ENDPOINTS}{hooks})"
             elif exc.status == 405:
                 message = f"{request.method} is not allowed on {path} (allowed: {exc.headers.get('Allow', 'none')})"
             else:
@@ -210,18 +224,22 @@ class Ingress:
             raise RequestRefused(413, "too_large", f"body is {request.content_length} bytes, {too_big}")
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise RequestRefused(415, "content_type", "compressed bodies are not accepted: send plain JSON")
+        # Read here, not by request.read(): a chunked body is cut off at this route's limit, which
+        # may differ from the application's client_max_size.
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.body_timeout_s):
-                body = await request.read() if request.can_read_body else b""
-        except web.HTTPRequestEntityTooLarge:  # a chunked body past client_max_size
-            raise RequestRefused(413, "too_large", f"body is {too_big}") from None
+                while request.can_read_body and (chunk := await request.content.readany()):
+                    size += len(chunk)
+                    if size > max_body:
+                        raise RequestRefused(413, "too_large", f"body is {too_big}")
+                    chunks.append(chunk)
         except TimeoutError:
             raise RequestRefused(
                 408, "slow_client", f"the body did not arrive within {self.body_timeout_s:g}s"
             ) from None
-        if len(body) > max_body:
-            raise RequestRefused(413, "too_large", f"body is {len(body)} bytes, {too_big}")
-        return body
+        return b"".join(chunks)
 
     async def store(self, event: Event) -> bus.PubAckInfo:
         """Publish an event built at this edge, or RequestRefused (413 over the event limit, 503

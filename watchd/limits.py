@@ -10,6 +10,7 @@ from watchd.errors import WatchdError
 MAX_EVENT_BYTES = 256 * 1024  # an encoded event envelope, at every edge and in the engine
 MAX_HTTP_BODY_BYTES = 256 * 1024  # a request body on the HTTP listener
 NATS_MAX_PAYLOAD = "1MB"  # the embedded server's max_payload: headroom above events for handoffs
+NATS_MAX_PAYLOAD_BYTES = 1024 * 1024  # the same: nats-server reads "MB" in its config as 1024²
 
 # An event's subject travels in the NATS control line (`HPUB watchd.events.<subject> <reply> …`),
 # which the server caps at 4 KiB and answers by closing the connection: the caps below keep every
