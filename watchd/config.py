@@ -120,6 +120,7 @@ class HttpConfig(_Strict, kw_only=True):
     max_body: Annotated[int, _range(1, 16 * 1024 * 1024)] = MAX_HTTP_BODY_BYTES
     allowed_hosts: list[str] = msgspec.field(default_factory=list)  # Host names a reverse proxy forwards
     max_connections: Annotated[int, _range(1, 65_536)] | None = None  # default: limits.default_max_connections()
+    dashboard: Literal["on", "read-only", "off"] = "on"  # the web pages at /; "read-only" offers no actions
 
 
 class EngineConfig(_Strict, kw_only=True):

@@ -53,7 +53,7 @@ LOG_EVERY_S = 60.0  # per reason: the first refusal is logged, then at most one 
 _HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _STATUS_REASONS = {404: "not_found", 405: "method", 413: "too_large"}
-_ENDPOINTS = "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics"
+_ENDPOINTS = "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics, GET / (dashboard)"
 
 
 def host_name(value: str) -> str | None:
@@ -289,8 +289,9 @@ class Ingress:
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
-    def app(self) -> web.Application:
+    def app(self, extra: Iterable[web.RouteDef] = ()) -> web.Application:
         app = web.Application(client_max_size=self.max_body + 1024, middlewares=[track_requests, self.guard])
+        app.add_routes(list(extra))  # the dashboard's pages
         app.add_routes(
             [
                 web.post("/events/{subject}", self.events),
@@ -303,9 +304,11 @@ class Ingress:
         return app
 
 
-async def serve(ingress: Ingress, host: str, port: int, limits: ConnectionLimits) -> tuple[web.AppRunner, int]:
+async def serve(
+    ingress: Ingress, host: str, port: int, limits: ConnectionLimits, extra: Iterable[web.RouteDef] = ()
+) -> tuple[web.AppRunner, int]:
     """Bind the listener; (its runner, the bound port). Raises OSError when the port is taken."""
-    runner = web.AppRunner(ingress.app(), access_log=None)
+    runner = web.AppRunner(ingress.app(extra), access_log=None)
     await runner.setup()
     site = ListenerSite(runner, host, port, limits, ingress.refused)
     try:
@@ -343,10 +346,46 @@ async def start(daemon: Daemon) -> web.AppRunner:
     )
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
-        runner, _port = await serve(ingress, host, port, limits)
+        runner, _port = await serve(ingress, host, port, limits, dashboard_routes(daemon, token))
     except OSError as exc:
         raise WatchdError(
             f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
         ) from None
     log.info("HTTP listening on %s (at most %d connections)", cfg.listen, limits.max_connections)
     return runner
+
+
+class DaemonActions:
+    """What the dashboard may change, done as the command line does it, on the daemon's writer thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def dlq(self, action: str, ref: str) -> str:
+        from watchd.store.outbox import drop_dead, replay_dead
+
+        store = self.daemon.store
+        if store is None:
+            raise WatchdError("watchd is still starting", hint="try again in a moment")
+        change = replay_dead if action == "replay" else drop_dead
+        h = await store.call(change, ref, self.daemon.clock())
+        self.daemon.wake()
+        return f"{'replaying' if action == 'replay' else 'dropped'} {h.id} ({h.watch} → {h.target})"
+
+
+def dashboard_routes(daemon: Daemon, token: str | None) -> list[web.RouteDef]:
+    mode = daemon.loaded.config.http.dashboard
+    if mode == "off":
+        return []
+    from watchd.web.access import Access
+    from watchd.web.app import Dashboard
+
+    dashboard = Dashboard(
+        loaded=lambda: daemon.loaded,
+        clock=daemon.clock,
+        health=daemon.health,
+        access=Access(token),
+        actions=DaemonActions(daemon),
+        read_only=mode == "read-only",
+    )
+    return dashboard.routes()

@@ -5,41 +5,17 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
-from watchd.model import iso
+from watchd.store.runs import run_json
 
 if TYPE_CHECKING:
     from watchd.store.runs import Run
-
-
-def run_json(r: Run) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "handoff_id": r.handoff_id,
-        "agent": r.agent,
-        "model": r.model,
-        "started_at": iso(r.started_at),
-        "ended_at": iso(r.ended_at),
-        "outcome": r.outcome or "running",
-        "limit": r.limit_hit,
-        "detail": r.detail,
-        "steps": r.steps,
-        "tokens": {
-            "input": r.input_tokens,
-            "output": r.output_tokens,
-            "cache_read": r.cache_read_tokens,
-            "cache_write": r.cache_write_tokens,
-            "total": r.tokens,
-        },
-        "cost_usd": round(r.cost_usd, 6),
-        "latency_s": round(r.latency_s, 3),
-    }
 
 
 @click.command()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -18,12 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
-from watchd.cron.schedule import first_instant_at, format_duration
-from watchd.cron.ticks import upcoming
+from watchd.cron.schedule import first_instant_at
 from watchd.errors import WatchdError
-from watchd.explain.schedule import all_schedules, open_state, read_states, read_ticks
-from watchd.explain.watch import iso_local, when
-from watchd.model import iso
+from watchd.explain.schedule import all_schedules, open_state, read_ticks, upcoming_ticks
+from watchd.explain.watch import when
 
 
 def parse_from(text: str, zone: str) -> float:
@@ -38,39 +35,6 @@ def parse_from(text: str, zone: str) -> float:
     if dt.tzinfo is None:
         return first_instant_at(dt, zone).timestamp()
     return dt.timestamp()
-
-
-def upcoming_ticks(loaded: Any, start: float, count: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The next `count` ticks of each enabled schedule after `start`, soonest first; and the disabled."""
-    conn = open_state(loaded.state_dir)
-    try:
-        states = read_states(conn)
-    finally:
-        if conn is not None:
-            conn.close()
-    ticks: list[dict[str, Any]] = []
-    disabled: list[str] = []
-    for name, (defn, enabled) in all_schedules(loaded).items():
-        if not enabled:
-            disabled.append(name)
-            continue
-        state = states.get(name, (None, None))[1]
-        for at, note in upcoming(defn, state, start, count):
-            if defn.jitter_s:
-                later = f"runs {format_duration(round(defn.jitter_s))} later (jitter)"
-                note = f"{note}; {later}" if note else later
-            ticks.append(
-                {
-                    "schedule": name,
-                    "at_utc": iso(at),
-                    "at_local": iso_local(at, defn.zone),
-                    "note": note,
-                    "_at": at,
-                    "_zone": defn.zone,
-                }
-            )
-    ticks.sort(key=lambda t: (t["_at"], t["schedule"]))
-    return ticks, disabled
 
 
 @click.command(name="schedules")

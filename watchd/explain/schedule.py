@@ -30,8 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from watchd.config import DEFAULT_SCHEDULES, Loaded
-from watchd.cron.schedule import ticks_between
-from watchd.cron.ticks import GRACE_S, Definition, State, define, next_tick_after
+from watchd.cron.schedule import format_duration, ticks_between
+from watchd.cron.ticks import GRACE_S, Definition, State, define, next_tick_after, upcoming
 from watchd.errors import WatchdError
 from watchd.explain.watch import iso_local, span, time_until, when
 from watchd.model import iso
@@ -268,3 +268,36 @@ def _outcome(r: TickRow) -> str:
 def _took(r: TickRow) -> float:
     """How long a run that ended took."""
     return (r.ended_at or 0.0) - (r.started_at or 0.0)
+
+
+def upcoming_ticks(loaded: Loaded, start: float, count: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The next `count` ticks of each enabled schedule after `start`, soonest first; and the disabled."""
+    conn = open_state(loaded.state_dir)
+    try:
+        states = read_states(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    ticks: list[dict[str, Any]] = []
+    disabled: list[str] = []
+    for name, (defn, enabled) in all_schedules(loaded).items():
+        if not enabled:
+            disabled.append(name)
+            continue
+        state = states.get(name, (None, None))[1]
+        for at, note in upcoming(defn, state, start, count):
+            if defn.jitter_s:
+                later = f"runs {format_duration(round(defn.jitter_s))} later (jitter)"
+                note = f"{note}; {later}" if note else later
+            ticks.append(
+                {
+                    "schedule": name,
+                    "at_utc": iso(at),
+                    "at_local": iso_local(at, defn.zone),
+                    "note": note,
+                    "_at": at,
+                    "_zone": defn.zone,
+                }
+            )
+    ticks.sort(key=lambda t: (t["_at"], t["schedule"]))
+    return ticks, disabled

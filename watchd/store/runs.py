@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from watchd.model import encode, stable_hash
+from watchd.model import encode, iso, stable_hash
 from watchd.store.db import Transaction, Write
 
 if TYPE_CHECKING:
@@ -198,3 +198,27 @@ def list_runs(conn: sqlite3.Connection, limit: int) -> list[Run]:
         f"SELECT {_RUN_COLUMNS} FROM agent_runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
     ).fetchall()
     return [Run(*r) for r in rows]
+
+
+def run_json(r: Run) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "handoff_id": r.handoff_id,
+        "agent": r.agent,
+        "model": r.model,
+        "started_at": iso(r.started_at),
+        "ended_at": iso(r.ended_at),
+        "outcome": r.outcome or "running",
+        "limit": r.limit_hit,
+        "detail": r.detail,
+        "steps": r.steps,
+        "tokens": {
+            "input": r.input_tokens,
+            "output": r.output_tokens,
+            "cache_read": r.cache_read_tokens,
+            "cache_write": r.cache_write_tokens,
+            "total": r.tokens,
+        },
+        "cost_usd": round(r.cost_usd, 6),
+        "latency_s": round(r.latency_s, 3),
+    }

@@ -1,0 +1,99 @@
+"""What each page shows, gathered by the functions `status`, `explain`, `schedules`, `handoffs`
+and `runs` use, from the state database opened read-only (WAL readers never block the daemon).
+Synchronous: the pages call these on a worker thread."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from watchd import status
+from watchd.config import Loaded
+from watchd.errors import WatchdError
+from watchd.explain import schedule as explain_schedule
+from watchd.explain import watch as explain_watch
+from watchd.jobs.backup import last_backup
+from watchd.jobs.builtin_watches import all_watches
+from watchd.jobs.canary import last_canary
+from watchd.store import open_readonly
+from watchd.store.agent_watches import active_watch_defs
+from watchd.store.runs import list_runs, run_json, steps_of
+from watchd.web import timeline
+
+
+def overview(loaded: Loaded, health: dict[str, Any], now: float) -> dict[str, Any]:
+    return status.collect(loaded, health, now)
+
+
+@dataclass
+class WatchPage:
+    report: dict[str, Any]  # explain --json
+    svg: str
+    waiting: str
+
+
+def watch_page(loaded: Loaded, watch_id: str, now: float, key: str | None = None) -> WatchPage:
+    """Raises WatchdError (with a did-you-mean) for a watch that does not exist."""
+    defs = all_watches(loaded)
+    conn = open_readonly(loaded.state_dir)
+    if conn is None:
+        if not any(d.watch.id == watch_id for d in defs):
+            raise explain_watch.suggest(watch_id, (d.watch.id for d in defs))
+        raise WatchdError("watchd has not recorded anything yet", hint="wait for the first event or tick")
+    with conn:
+        defs += active_watch_defs(conn, now)
+        report = explain_watch.explain_from_db(conn, defs, loaded.zone(), watch_id, now=now, key=key)
+    marks = [timeline.Mark(d.at, str(d.verdict), d.key, d.reason) for d in report.timeline]
+    svg = timeline.render(marks, now, report.next_due, report.info.zone, report.verdict)
+    return WatchPage(report.to_json(), svg, report.verdict)
+
+
+def schedules_page(loaded: Loaded, now: float, count: int = 3) -> dict[str, Any]:
+    conn = open_readonly(loaded.state_dir)
+    try:
+        rows = explain_schedule.schedule_status(loaded, conn, now)
+    finally:
+        if conn is not None:
+            conn.close()
+    ticks, disabled = explain_schedule.upcoming_ticks(loaded, now, count)
+    for t in ticks:  # the private sort keys are not for display
+        t.pop("_at", None)
+        t.pop("_zone", None)
+    return {"schedules": rows, "upcoming": ticks, "disabled": disabled}
+
+
+def schedule_detail(loaded: Loaded, name: str, now: float) -> dict[str, Any]:
+    return explain_schedule.explain_from_db(loaded, name, now).to_json()
+
+
+def handoffs_page(loaded: Loaded, state: str | None, limit: int = 100) -> list[dict[str, Any]]:
+    return status.list_handoffs(loaded, state, limit)
+
+
+def runs_page(loaded: Loaded, limit: int = 50) -> list[dict[str, Any]]:
+    conn = open_readonly(loaded.state_dir)
+    if conn is None:
+        return []
+    with conn:
+        return [run_json(r) for r in list_runs(conn, limit)]
+
+
+def run_detail(loaded: Loaded, run_id: str) -> dict[str, Any] | None:
+    conn = open_readonly(loaded.state_dir)
+    if conn is None:
+        return None
+    with conn:
+        run = next((r for r in list_runs(conn, 10_000) if r.id == run_id), None)
+        if run is None:
+            return None
+        steps = [asdict(s) for s in steps_of(conn, run.handoff_id) if s.run_id == run.id]
+    return {"run": run_json(run), "steps": steps}
+
+
+def maintenance(loaded: Loaded) -> dict[str, Any]:
+    conn = open_readonly(loaded.state_dir)
+    canary = None
+    if conn is not None:
+        with conn:
+            canary = last_canary(conn)
+    return {"backup": last_backup(loaded), "canary": canary}
