@@ -392,3 +392,21 @@ def test_an_external_nats_url_may_be_an_env_secret_too(tmp_path: Path, monkeypat
     ]
     with pytest.raises(WatchdError, match=r"^\[nats\] url\[1\] needs env:WATCHD_TEST_NATS_URL, which is not set$"):
         config.require_env_secrets(loaded.config)
+
+
+def test_repeat_is_a_bounded_duration(tmp_path: Path) -> None:
+    watch = '[[watch]]\nid = "{id}"\nkind = "match"\non = {{ subject = "a" }}\nrepeat = "{repeat}"\n'
+    path = write(
+        tmp_path,
+        {
+            "a.toml": watch.format(id="often", repeat="10s")
+            + watch.format(id="never", repeat="90d")
+            + watch.format(id="garbled", repeat="hourly")
+            + watch.format(id="fine", repeat="1h"),
+        },
+    )
+    found = problems(path)
+    assert len(found) == 3
+    assert found[0].startswith("watches/a.toml:5:") and "repeat = '10s' is out of range: use 1m to 30d" in found[0]
+    assert found[1].startswith("watches/a.toml:10:") and "'90d' is out of range" in found[1]
+    assert found[2].startswith("watches/a.toml:15:")

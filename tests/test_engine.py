@@ -2,69 +2,15 @@
 
 from __future__ import annotations
 
-import tomllib
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
+from support.engine_sim import T0, Sim, defs
 
-from watchd.config import Watch, WatchDef
-from watchd.engine import Engine, EventInput, Fire, KeyState, Outputs, Tick, Verdict, WatchMeta, compile_watch
+from watchd.engine import Engine, KeyState, Tick, Verdict, WatchMeta, compile_watch
 from watchd.engine.kinds import KINDS
-from watchd.model import make_event
-
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
-
-
-def defs(text: str) -> list[tuple[WatchDef, int]]:
-    raw = tomllib.loads(text)
-    return [(WatchDef(msgspec.convert(w, Watch), "t.toml", 1, str(i)), 1) for i, w in enumerate(raw["watch"])]
-
-
-class Sim:
-    """A virtual clock around one engine: emit events and advance time, collect outputs."""
-
-    def __init__(self, text: str, now: float = T0, zone: str = "UTC") -> None:
-        self.engine = Engine(zone)
-        self.now = now
-        self.seq = 0
-        self.engine.load(defs(text), now)
-        self.fires: list[Fire] = []
-        self.decisions: list[Any] = []
-
-    def _take(self, out: Outputs) -> list[Fire]:
-        self.fires.extend(out.fires)
-        self.decisions.extend(out.decisions)
-        return out.fires
-
-    def emit(
-        self, subject: str, data: dict[str, Any] | None = None, *, after: float = 0.0, id: str | None = None
-    ) -> list[Fire]:
-        self.now += after
-        self.seq += 1
-        event = make_event(subject, data or {}, id=id or f"e{self.seq}", time_s=self.now)
-        return self._take(self.engine.step(EventInput(event, self.now, self.seq)))
-
-    def advance(self, seconds: float) -> list[Fire]:
-        """Let time pass with watchd running: it wakes at each due timer, as the daemon does."""
-        target = self.now + seconds
-        fires: list[Fire] = []
-        while (due := self.engine.next_due()) is not None and due <= target:
-            self.now = max(self.now, due)
-            fires += self._take(self.engine.step(Tick(self.now)))
-        self.now = target
-        return fires + self._take(self.engine.step(Tick(self.now)))
-
-    def jump(self, seconds: float) -> list[Fire]:
-        """Time passes with watchd down: one tick at the end."""
-        self.now += seconds
-        return self._take(self.engine.step(Tick(self.now)))
-
-    def verdicts(self, watch: str) -> list[str]:
-        return [d.verdict for d in self.decisions if d.watch == watch]
-
 
 MATCH = """
 [[watch]]
@@ -467,6 +413,14 @@ def test_verdicts_are_one_enum_whose_values_are_the_stored_words() -> None:
         "missed_while_down",
         "rejected",
         "failed",
+        "acked",
+        "snoozed",
+        "muted",
+        "unmuted",
+        "held",
+        "snooze_ended",
+        "mute_ended",
+        "resolved",
     }
     sim = Sim(MATCH + COUNT + ABSENT + DEADLINE_EVENT)
     sim.emit("mail.received", {"from": "a@big.com", "urgent": True})

@@ -28,6 +28,7 @@ from watchd.limits import (
 )
 from watchd.tomlpos import FileProblems, PathPart, Problem, read_toml
 
+REPEAT_MIN_S, REPEAT_MAX_S = 60.0, 30 * 86400.0  # the bounds of a watch's `repeat`
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -78,6 +79,7 @@ class _WatchBase(_Strict, tag_field="kind", kw_only=True):
     enabled: bool = True
     quiet: Quiet | None = None
     urgent: bool = False
+    repeat: str | None = None  # hand off again this often while the incident is open and not acked
 
 
 class MatchWatch(_WatchBase, tag="match", kw_only=True):
@@ -664,6 +666,8 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: FileProblems, targ
             patterns.append(("opens", opens_pattern))
     for name, pattern in patterns:
         _check_pattern(pattern, (*here, name), probs)
+    if w.repeat is not None:
+        _check_repeat(w.repeat, (*here, "repeat"), probs)
     if w.quiet:
         for key, value in (("from", w.quiet.from_), ("to", w.quiet.to)):
             if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
@@ -672,6 +676,15 @@ def _check_watch(w: Watch, here: tuple[PathPart, ...], probs: FileProblems, targ
             probs.at((*here, "quiet"), f"quiet `from` and `to` are both {w.quiet.to}: that window is empty")
         if w.quiet.timezone and not _zone_ok(w.quiet.timezone):
             probs.at((*here, "quiet", "timezone"), f"unknown time zone {w.quiet.timezone!r}")
+
+
+def _check_repeat(text: str, path: tuple[PathPart, ...], probs: FileProblems) -> None:
+    """A repeat is a reminder: under a minute it floods the chat, over REPEAT_MAX it never comes."""
+    repeat_s = _check_duration(text, path, probs)
+    if repeat_s is None:
+        return
+    if not REPEAT_MIN_S <= repeat_s <= REPEAT_MAX_S:
+        probs.at(path, f'repeat = {text!r} is out of range: use 1m to 30d (e.g. repeat = "1h")')
 
 
 def _check_pattern(p: Pattern, path: tuple[PathPart, ...], probs: FileProblems) -> None:

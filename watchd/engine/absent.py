@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from watchd.config import AbsentWatch, Watch
 from watchd.cron.schedule import format_duration, parse_duration
+from watchd.engine import answers
 from watchd.engine.base import (
     CompiledPattern,
     EngineState,
@@ -26,6 +27,7 @@ _MATCHED = Verdict.MATCHED  # bound once: see verdict.py
 
 class AbsentLogic(WatchLogic):
     kind = "absent"
+    resolves = True  # a silence ends when the events resume
 
     def __init__(self, watch: AbsentWatch, version: int, default_zone: str) -> None:
         super().__init__(watch, version, default_zone, CompiledPattern.of(watch.expect))
@@ -48,11 +50,14 @@ class AbsentLogic(WatchLogic):
         st = s.state(self.id, key)
         now, ev = s.clock, event.event
         s.decide(self.id, key, _MATCHED, "seen: timer re-armed", event)
-        if st.silent and self.recover and st.last_seen is not None:
+        if st.silent and st.last_seen is not None:
             silence = format_duration(now - st.last_seen)
             reason = f"{self.pattern.subject}{for_key(key)} resumed after {silence} of silence"
-            s.decide(self.id, key, Verdict.RECOVERED, reason, event)
-            s.fire(self, key, "recover:" + ev.id, reason, evidence=[s.evidence(ev)], event=event)
+            answers.resolve(s, self, key, reason, event)
+            if self.recover:
+                s.decide(self.id, key, Verdict.RECOVERED, reason, event)
+                evidence = [s.evidence(ev)]
+                s.fire(self, key, "recover:" + ev.id, reason, evidence=evidence, event=event, opens_incident=False)
         st.silent = False
         st.last_seen = now
         st.evidence = [s.evidence(ev)]

@@ -14,12 +14,15 @@ import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from watchd import expr
 from watchd.config import Pattern, Watch
+from watchd.cron.schedule import parse_duration
 from watchd.engine.verdict import Verdict
 from watchd.model import Event, stable_hash
 
@@ -114,11 +117,30 @@ class KeyState(msgspec.Struct, omit_defaults=True):
     silent: bool = False  # absent: already fired for the current silence
     windows: list[tuple[float, float]] = msgspec.field(default_factory=list)  # deadline: open windows
     evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # The open incident (answers.py): the fire that opened it, until it is acked or over.
+    incident: str | None = None  # the opening fire's logical instant: the incident's identity
+    incident_at: float | None = None
+    incident_reason: str = ""
+    incident_evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    repeats: int = 0  # repeats handed off so far
+    next_repeat: float | None = None  # when `repeat` hands it off again
+    held: bool = False  # a snooze held back a fire or repeat of it: judged again when the snooze ends
+
+
+class Hold(msgspec.Struct, omit_defaults=True):
+    """A snooze or mute someone set on a watch (one key, or every key when `key` is None)."""
+
+    action: str  # "snooze" | "mute"
+    until: float
+    by: str  # who: "telegram:42", "slack:U1", "cli:alice"
+    at: float
+    key: str | None = None  # None: every key of the watch
 
 
 class WatchMeta(msgspec.Struct, omit_defaults=True):
     activated_at: float
     next_open: float | None = None  # deadline opened by cron: the next window start
+    holds: list[Hold] = msgspec.field(default_factory=list)  # snoozes and mutes, until they end
 
 
 def event_summary(event: Event) -> dict[str, Any]:
@@ -194,6 +216,7 @@ class WatchLogic(ABC):
     the definitions they take (`of`) and override what their kind does."""
 
     kind: ClassVar[str]  # the definition's `kind` (a count is a `match` with `count` and `window`)
+    resolves: ClassVar[bool] = False  # its incidents end by themselves, seen in state it keeps anyway
 
     def __init__(self, watch: Watch, version: int, zone: str, pattern: CompiledPattern) -> None:
         self.id = watch.id
@@ -202,6 +225,12 @@ class WatchLogic(ABC):
         self.zone = zone  # the zone its times are told in
         self.pattern = pattern  # `on` for a match, `expect` otherwise
         self.shadow = watch.mode == "shadow"
+        self.repeat_s = parse_duration(watch.repeat) if watch.repeat else 0.0
+        # Whether a fire opens an incident kept in the key's state: needed to repeat it, or to judge
+        # it again when a snooze ends. An absent watch keeps its keys anyway, so it always does;
+        # the others only with `repeat` (or while a snooze holds one), so a match stays stateless
+        # and a missed deadline's key is still forgotten.
+        self.tracks_incidents = bool(self.repeat_s) or self.resolves
 
     @classmethod
     @abstractmethod
@@ -238,14 +267,29 @@ class WatchLogic(ABC):
         """When the watch itself next needs the clock, apart from its keys (a scheduled opening)."""
         return None
 
+    def timer_due(self, st: KeyState) -> float | None:
+        """When this key next needs the clock: its kind's timer, or its incident's next repeat."""
+        due = self.key_due(st)
+        if st.next_repeat is None:
+            return due
+        return st.next_repeat if due is None else min(due, st.next_repeat)
+
+    def watch_timer_due(self, meta: WatchMeta) -> float | None:
+        """When the watch itself next needs the clock: its kind's timer, or the end of a hold."""
+        due = self.watch_due(meta)
+        if not meta.holds:
+            return due
+        ends = min(h.until for h in meta.holds)
+        return ends if due is None else min(due, ends)
+
     def next_due(
         self, keys: Mapping[str | None, KeyState], meta: WatchMeta | None, key: str | None = None
     ) -> float | None:
         """The earliest instant the watch (or one key of it) needs the clock."""
         if not self.watch.enabled:
             return None
-        dues = [d for k, st in keys.items() if (key is None or k == key) and (d := self.key_due(st)) is not None]
-        if key is None and meta is not None and (d := self.watch_due(meta)) is not None:
+        dues = [d for k, st in keys.items() if (key is None or k == key) and (d := self.timer_due(st)) is not None]
+        if key is None and meta is not None and (d := self.watch_timer_due(meta)) is not None:
             dues.append(d)
         return min(dues, default=None)
 
@@ -317,8 +361,21 @@ class EngineState:
         return self.keys.get(wid, {}).get(key)
 
     def drop(self, wid: str, key: str | None) -> None:
-        """Forget a key (its row is deleted with the step)."""
-        self.keys.get(wid, {}).pop(key, None)
+        """Forget a key (its row is deleted with the step), unless an incident of it is still open:
+        then only its kind's fields go, so the incident can repeat, be acked or be judged again."""
+        st = self.keys.get(wid, {}).get(key)
+        if st is not None and st.incident is not None:
+            self.keys[wid][key] = KeyState(
+                incident=st.incident,
+                incident_at=st.incident_at,
+                incident_reason=st.incident_reason,
+                incident_evidence=st.incident_evidence,
+                repeats=st.repeats,
+                next_repeat=st.next_repeat,
+                held=st.held,
+            )
+        else:
+            self.keys.get(wid, {}).pop(key, None)
         self._dirty.add((wid, key))
 
     def changed_meta(self, wid: str) -> None:
@@ -335,13 +392,26 @@ class EngineState:
     def arm(self, logic: WatchLogic, key: str | None) -> None:
         """(Re)arm a key's timer after its state changed; an older entry for it goes stale."""
         st = self.peek(logic.id, key)
-        if st is not None and logic.watch.enabled and (due := logic.key_due(st)) is not None:
+        if st is not None and logic.watch.enabled and (due := logic.timer_due(st)) is not None:
             heapq.heappush(self._timers, (due, logic.id, key))
 
     def arm_watch(self, logic: WatchLogic) -> None:
         meta = self.meta.get(logic.id)
-        if meta is not None and logic.watch.enabled and (due := logic.watch_due(meta)) is not None:
+        if meta is not None and logic.watch.enabled and (due := logic.watch_timer_due(meta)) is not None:
             heapq.heappush(self._timers, (due, logic.id, WATCH_TIMER))
+
+    # -- holds (snooze, mute) --
+
+    def hold_on(self, wid: str, key: str | None) -> Hold | None:
+        """The snooze or mute covering this key now, if any: a mute outranks a snooze."""
+        meta = self.meta.get(wid)
+        if meta is None or not meta.holds:
+            return None
+        found: Hold | None = None
+        for h in meta.holds:
+            if (h.key is None or h.key == key) and h.until > self.clock and (found is None or h.action == "mute"):
+                found = h
+        return found
 
     # -- outputs --
 
@@ -368,11 +438,24 @@ class EngineState:
         window: tuple[float, float] | None = None,
         late_s: float = 0.0,
         event: EventInput | None = None,
+        opens_incident: bool = True,
     ) -> None:
-        """Fire (or, in shadow mode, record that it would have fired)."""
+        """Fire (or, in shadow mode, record that it would have fired). A mute swallows the fire (kept
+        as `muted`); a snooze holds it, to be judged again when the snooze ends. `opens_incident`
+        is false for a fire that reports an incident's end (an absent watch's recovery)."""
         event_id, seq = (event.event.id, event.seq) if event is not None else (None, None)
+        hold = self.hold_on(logic.id, key)
+        if hold is not None:
+            verdict = Verdict.MUTED if hold.action == "mute" else Verdict.HELD
+            said = f"{reason} ({hold_words(hold, logic.zone)})"
+            self.out.decisions.append(Decision(self.clock, logic.id, key, verdict, said, event_id, seq))
+            if hold.action == "snooze" and opens_incident:
+                self.open_incident(logic, key, logical, reason, evidence, held=True)
+            return
         verdict = _WOULD_FIRE if logic.shadow else _FIRED
         self.out.decisions.append(Decision(self.clock, logic.id, key, verdict, reason, event_id, seq))
+        if opens_incident and logic.tracks_incidents:
+            self.open_incident(logic, key, logical, reason, evidence, held=False)
         if logic.shadow:
             return
         self.out.fires.append(
@@ -390,3 +473,55 @@ class EngineState:
                 late_s=late_s,
             )
         )
+
+    def open_incident(
+        self,
+        logic: WatchLogic,
+        key: str | None,
+        logical: str,
+        reason: str,
+        evidence: list[dict[str, Any]],
+        *,
+        held: bool,
+    ) -> None:
+        """A fire opens an incident (a newer one replaces the one before): it repeats every
+        `repeat` until acked or over; a held one waits for its snooze to end."""
+        st = self.state(logic.id, key)
+        st.incident, st.incident_at, st.incident_reason = logical, self.clock, reason
+        st.incident_evidence = evidence[-EVIDENCE_KEEP:]
+        st.repeats, st.held = 0, held
+        st.next_repeat = self.clock + logic.repeat_s if logic.repeat_s and not held else None
+        self.arm(logic, key)
+
+    def close_incident(self, st: KeyState) -> None:
+        """The incident is acked or over: no more repeats, nothing held for it."""
+        st.incident = st.incident_at = st.next_repeat = None
+        st.incident_reason, st.incident_evidence, st.repeats, st.held = "", [], 0, False
+
+
+# ---- words for answers -------------------------------------------------------------------------
+
+
+def who(by: str) -> str:
+    """Who answered, in words: "telegram:42" → "telegram user 42", "cli:alice" → "alice (command line)"."""
+    via, _, name = by.partition(":")
+    if via in ("telegram", "slack") and name:
+        return f"{via} user {name}"
+    if via == "cli" and name:
+        return f"{name} (command line)"
+    if via == "http" and name:
+        return f"{name} (HTTP API)"
+    return by or "someone"
+
+
+def local_time(ts: float, zone: str) -> str:
+    """An instant as a wall time in the watch's zone, with the zone: "2026-11-22 14:00 Europe/Berlin"."""
+    dt = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    return f"{dt:%Y-%m-%d %H:%M}" + (f":{dt:%S}" if dt.second else "") + f" {zone}"
+
+
+def hold_words(hold: Hold, zone: str) -> str:
+    """ "muted by telegram user 42 until 2026-11-22 14:00 Europe/Berlin" (and the key it covers)."""
+    done = "muted" if hold.action == "mute" else "snoozed"
+    scope = "" if hold.key is None else f" for key {hold.key}"
+    return f"{done}{scope} by {who(hold.by)} until {local_time(hold.until, zone)}"

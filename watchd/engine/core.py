@@ -19,6 +19,8 @@ from typing import Any
 
 from watchd import expr
 from watchd.config import WatchDef
+from watchd.engine import answers
+from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.engine.base import (
     WATCH_TIMER,
     WHERE_FALSE,
@@ -122,9 +124,9 @@ class Engine(EngineState):
             return False
         if key == WATCH_TIMER:
             meta = self.meta.get(wid)
-            return meta is not None and logic.watch_due(meta) == due
+            return meta is not None and logic.watch_timer_due(meta) == due
         st = self.peek(wid, key)
-        return st is not None and logic.key_due(st) == due
+        return st is not None and logic.timer_due(st) == due
 
     def take_changes(
         self,
@@ -153,14 +155,45 @@ class Engine(EngineState):
             logic = self.watches[wid]
             try:
                 if key == WATCH_TIMER:
-                    logic.on_watch_timer(self)
+                    self._on_watch_timer(logic)
                 else:
-                    logic.on_timer(self, key, due)
+                    self._on_key_timer(logic, key)
             except Exception as exc:  # confined to this timer, which is not armed again in this step
                 self.failed(wid, None if key == WATCH_TIMER else key, exc)
 
+    def _on_watch_timer(self, logic: WatchLogic) -> None:
+        """Holds that ran out end first, so a fire of the kind's own timer sees the watch as it is now."""
+        meta = self.meta[logic.id]
+        if any(h.until <= self.clock for h in meta.holds):
+            answers.end_holds(self, logic)
+        if (due := logic.watch_due(meta)) is not None and due <= self.clock:
+            logic.on_watch_timer(self)
+        self.arm_watch(logic)
+
+    def _on_key_timer(self, logic: WatchLogic, key: str | None) -> None:
+        """The kind's timer and the incident's repeat, whichever is due first first: a new fire
+        replaces the incident a repeat would have been for."""
+        st = self.peek(logic.id, key)
+        if st is None:
+            return
+        due = logic.key_due(st)
+        if due is not None and due <= self.clock and (st.next_repeat is None or due <= st.next_repeat):
+            logic.on_timer(self, key, due)
+        st = self.peek(logic.id, key)
+        if st is not None and st.next_repeat is not None and st.next_repeat <= self.clock:
+            answers.repeat(self, logic, key)
+        st = self.peek(logic.id, key)
+        if st is not None and (due := logic.key_due(st)) is not None and due <= self.clock:
+            logic.on_timer(self, key, due)
+        self.arm(logic, key)
+
     def _on_event(self, inp: EventInput) -> None:
         event = inp.event
+        if event.subject == ANSWER_SUBJECT:
+            try:
+                answers.on_answer(self, inp)  # and watches may still watch it, like any event
+            except Exception as exc:  # confined to this answer, as a kind's failure is to its watch
+                self.failed(str(event.data.get("watch", "")), None, exc, inp)
         candidates = self.index.candidates(event.subject)
         if not candidates:
             return

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from watchd.config import DeadlineWatch, Watch
 from watchd.cron.schedule import format_duration, next_tick, parse_cron, parse_duration
+from watchd.engine import answers
 from watchd.engine.base import (
     EVIDENCE_KEEP,
     CompiledPattern,
@@ -111,8 +112,15 @@ class DeadlineLogic(WatchLogic):
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         """`expect` arrived: it closes the windows of its key that are open now."""
         known = s.peek(self.id, key)
+        if known is not None and known.incident is not None:
+            # The expected event came late: the missed deadline's incident is over (no more repeats).
+            # Without `repeat` a missed deadline keeps no incident, so its keys do not pile up.
+            answers.resolve(s, self, key, f"{event.event.subject} arrived late", event)
+            known = s.peek(self.id, key)
         if known is None or not known.windows:
             s.decide(self.id, key, Verdict.MATCHED, "no window open: does not count", event)
+            if known is not None and known == KeyState():
+                s.drop(self.id, key)  # kept only for the incident that is now over
             return
         now = s.clock
         st = s.state(self.id, key)

@@ -22,6 +22,15 @@ class Verdict(enum.StrEnum):
     MISSED_WHILE_DOWN = "missed_while_down"  # a deadline window that opened and passed while watchd was down
     REJECTED = "rejected"  # not an event at all (bad JSON, too large): recorded by the daemon, no watch
     FAILED = "failed"  # handling the input raised: confined to it (and to the watch, when one is named)
+    # Answers to an incident (SPEC section 8), each recorded with who gave it and until when.
+    ACKED = "acked"  # someone acknowledged the incident: its repeats stop
+    SNOOZED = "snoozed"  # someone held the watch (or a key) for a while: fires wait, then are judged again
+    MUTED = "muted"  # someone silenced the watch (or a key); also a fire that the silence swallowed
+    UNMUTED = "unmuted"  # someone ended a snooze or mute early
+    HELD = "held"  # a fire or repeat that a snooze holds back until it ends
+    SNOOZE_ENDED = "snooze_ended"
+    MUTE_ENDED = "mute_ended"
+    RESOLVED = "resolved"  # the incident is over by itself (the silence ended, the expected event came late)
 
 
 # On Python 3.11 reading a member off the class (`Verdict.FIRED`) costs ~0.3 µs, ten times a
