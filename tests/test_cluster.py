@@ -5,14 +5,20 @@ daemons with their own state dirs on it, in the test's event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 
 from watchd import bus
 from watchd.bus import EmbeddedNats
+from watchd.errors import WatchdError
 from watchd.model import make_event
 
 WATCHES = {
@@ -66,3 +72,79 @@ async def test_a_restart_never_recreates_the_durable_another_instance_uses(
     assert sorted(handed_off(a, b)) == [e.id for e in first], "an event was handed off twice or never"
     assert await durable_created(nats_server.url) == created, "the shared durable was recreated"
     assert a.running.failure is None and b.running.failure is None
+
+
+# ---- one deployment: one instance decides, the others stand by ----------------------------------
+
+FAST = '[cluster]\ntakeover = "2s"\n'
+
+
+async def test_a_second_instance_stands_by_and_nothing_is_handed_off_twice(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=FAST).start()
+    b = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=FAST).start()
+    assert a.running.active and not b.running.active
+    line = await until(
+        lambda: [ln for ln in b.logged().splitlines() if "standing by: cluster" in ln], what="b's standby line"
+    )
+    assert f"pid {os.getpid()}, state_dir {a.state_dir}" in line[0] and "since 20" in line[0], line
+
+    events = [make_event("job.run", id=f"ev-{n:03d}") for n in range(40)]
+    await a.publish(*events)
+    await until(lambda: len(handed_off(a, b)) >= 40, what="40 handoffs")
+    await asyncio.sleep(0.3)  # anything b would decide, it would have by now
+    assert sorted(handed_off(a, b)) == [e.id for e in events]
+    assert not b.handoffs("jobs") and b.last_seq() == 0
+
+    # status on either instance names the holder and both members.
+    report = json.loads((await b.cli("status", "--json")).stdout)["daemon"]["cluster"]
+    assert report["role"] == "standby" and report["lease"]["state_dir"] == str(a.state_dir)
+    assert report["lease"]["since"] is not None
+    await until(lambda: len(b.running.lease.members) == 2 if b.running.lease else False, what="b to see both members")
+    report = json.loads((await b.cli("status", "--json")).stdout)["daemon"]["cluster"]
+    assert {m["state_dir"] for m in report["members"]} == {str(a.state_dir), str(b.state_dir)}
+    text = (await a.cli("status")).stdout
+    assert "cluster watchd: this instance holds the lease" in text, text
+
+    # a stops cleanly: b takes over at once, catches up on what a decided (for its state only) and
+    # hands off what comes next, once.
+    await a.stop()
+    await until(lambda: b.running.active, timeout_s=5, what="b to take over")
+    more = [make_event("job.run", id=f"more-{n:03d}") for n in range(10)]
+    await b.publish(*more)
+    await until(lambda: len(handed_off(a, b)) >= 50, what="50 handoffs")
+    await until(lambda: b.last_seq() >= 50, what="b to commit")
+    assert sorted(handed_off(a, b)) == sorted(e.id for e in events + more)
+    assert sorted(handed_off(b)) == [e.id for e in more]
+
+
+async def test_an_instance_with_other_watches_refuses_to_join(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=FAST).start()
+    other = {"jobs.toml": WATCHES["jobs.toml"].replace('"job.*"', '"job.>"')}
+    b = daemon_factory(other, nats_url=nats_server.url, extra_config=FAST)
+    with pytest.raises(WatchdError) as refused:
+        await b.start()
+    assert f"cluster 'watchd': watchd on {socket.gethostname()} (pid {os.getpid()}, state_dir {a.state_dir})" in (
+        refused.value.message
+    )
+    assert "other watch definitions" in refused.value.message
+    # Another cluster name is another deployment: it joins (and decides on its own).
+    c = daemon_factory(other, nats_url=nats_server.url, extra_config='[cluster]\nname = "other"\ntakeover = "2s"\n')
+    assert (await c.start()).running.active
+
+
+async def test_an_instance_pointed_at_an_embedded_nats_refuses_to_join(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    a = await daemon_factory(WATCHES).start()
+    assert a.running.active and a.running.lease is not None and a.running.lease.embedded
+    b = daemon_factory(WATCHES, nats_url=a.nats_url)
+    with pytest.raises(WatchdError) as refused:
+        await b.start()
+    message = refused.value.message
+    assert "its NATS is the embedded single-node server of watchd on" in message
+    assert f"state_dir {a.state_dir}" in message and "cannot be shared" in message
+    assert "[nats] url" in (refused.value.hint or "")

@@ -410,3 +410,15 @@ def test_repeat_is_a_bounded_duration(tmp_path: Path) -> None:
     assert found[0].startswith("watches/a.toml:5:") and "repeat = '10s' is out of range: use 1m to 30d" in found[0]
     assert found[1].startswith("watches/a.toml:10:") and "'90d' is out of range" in found[1]
     assert found[2].startswith("watches/a.toml:15:")
+
+
+def test_cluster_settings_are_checked_where_they_are_written(tmp_path: Path) -> None:
+    path = write(tmp_path, {}, '[cluster]\nname = "my team"\ntakeover = "0.5s"\n')
+    found = problems(path)
+    assert found[0].startswith("config.toml:2:") and "cluster name 'my team' must match" in found[0], found
+    assert found[1].startswith("config.toml:3:") and "`takeover` must be at least 1s" in found[1], found
+    path.write_text('[cluster]\ntakeover = "soon"\n')
+    (line,) = problems(path)
+    assert line.startswith("config.toml:2:") and "invalid duration 'soon'" in line
+    path.write_text('[cluster]\nname = "team-a"\ntakeover = "30s"\n')
+    assert config.load(path).config.cluster.name == "team-a"

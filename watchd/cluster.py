@@ -1,4 +1,14 @@
-"""More than one machine (SPEC section 9): where the engine resumes on the shared event stream.
+"""More than one machine (SPEC section 9): the deployment's lease, its members, and where the
+engine resumes on the shared event stream.
+
+Instances on one NATS with the same `[cluster] name` are one deployment. Only the holder of the
+lease `engine` in the deployment's KV bucket decides or hands off (engine, scheduler, dispatcher);
+the others stand by. The lease is taken by create (no one holds it) and renewed by update with the
+expected revision, so two instances can never both hold it; the bucket's TTL lets it lapse when its
+holder dies, and a standby takes it within `[cluster] takeover`. The holder stops deciding by its
+own clock before the lease can lapse on the server (fencing), and stops for good if another
+instance took it. The embedded single-node NATS cannot be shared: its instance records the lease as
+embedded, and an instance that finds such a record refuses to join.
 
 The engine's durable consumer is shared by every instance of a deployment and is never deleted or
 recreated: another live instance may be bound to it. What an instance needs past its own commit
@@ -13,11 +23,19 @@ cursor it reads straight from the stream (an ephemeral consumer, no acks), in tw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -25,7 +43,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from watchd import bus
-from watchd.model import EVENTS_PREFIX
+from watchd.config import ClusterConfig, WatchDef
+from watchd.errors import NatsUnavailable, WatchdError
+from watchd.model import EVENTS_PREFIX, iso
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +117,289 @@ async def durable_info(consumer: bus.EventConsumer) -> ConsumerInfo | None:
         return await consumer.info()
     except nats.js.errors.NotFoundError:
         return None
+
+
+# ---- the lease -----------------------------------------------------------------------------------
+
+LEASE_KEY = "lease.engine"
+MEMBER_PREFIX = "member."
+TICK_PREFIX = "tick."
+TICKS_TTL_S = 7 * 86400.0  # a tick claim outlives any catch-up a schedule does after an outage
+# Fractions of `takeover`: the lease lapses on the server TTL after its last renewal, a standby
+# looks every POLL; so a dead holder is replaced within TTL + POLL (+ the server's expiry sweep).
+TTL_SHARE = 0.7
+RENEW_SHARE = TTL_SHARE / 4
+POLL_SHARE = 0.1
+FENCE_SHARE = 0.8  # of the TTL: the holder stops deciding this long after its last good renewal
+
+
+class Member(msgspec.Struct, kw_only=True):
+    """What an instance says about itself: in its member key, and in the lease while it holds it."""
+
+    instance: str
+    host: str
+    pid: int
+    state_dir: str
+    started: float
+    watches: str  # digest of the watch definitions: one deployment decides with one set
+    embedded: bool = False
+    since: float | None = None  # in the lease: when this holder took it
+
+    def describe(self) -> str:
+        return f"watchd on {self.host} (pid {self.pid}, state_dir {self.state_dir})"
+
+
+def watches_digest(defs: list[WatchDef]) -> str:
+    """One digest of the watch definitions (ids and content), whatever the order of files."""
+    text = "\n".join(sorted(f"{d.watch.id}={d.digest}" for d in defs))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bucket_names(name: str) -> tuple[str, str]:
+    """The deployment's buckets: leases and members (TTL `takeover`), tick claims (TTL a week)."""
+    return f"watchd-cluster-{name}", f"watchd-ticks-{name}"
+
+
+async def _bucket(js: JetStreamContext, bucket: str, ttl_s: float) -> Any:
+    """Bind to the bucket, creating it or bringing its TTL to `ttl_s` (the stream's max_age)."""
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # another instance made it meanwhile
+            return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1)
+        kv = await js.key_value(bucket)
+    stream = f"KV_{bucket}"
+    info = await js.stream_info(stream)
+    if abs((info.config.max_age or 0) - ttl_s) > 0.001:
+        cfg = info.config
+        cfg.max_age = ttl_s
+        cfg.duplicate_window = min(cfg.duplicate_window or ttl_s, ttl_s)
+        await js.update_stream(cfg)
+    return kv
+
+
+class Lease:
+    """This instance in its deployment: its member key, and the engine lease it holds or waits for.
+
+    `embedded`: the NATS is this instance's own single-node server, so the lease is trivially its
+    own; it is still recorded (as embedded), so that an instance pointed at that server refuses."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        config: ClusterConfig,
+        takeover_s: float,
+        *,
+        state_dir: str,
+        watches: str,
+        embedded: bool,
+    ) -> None:
+        self.js = js
+        self.name = config.name
+        self.takeover_s = takeover_s
+        self.ttl_s = takeover_s * TTL_SHARE
+        self.embedded = embedded
+        self.bucket, self.ticks_bucket = bucket_names(config.name)
+        self.me = Member(
+            instance=uuid.uuid4().hex[:12],
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            state_dir=state_dir,
+            started=time.time(),
+            watches=watches,
+            embedded=embedded,
+        )
+        self.holder: Member | None = None  # who holds the lease, as last read
+        self.members: dict[str, Member] = {}
+        self._kv: Any = None
+        self._ticks: Any = None
+        self._revision = 0  # of the lease, while this instance holds it
+        self._valid_until = 0.0  # monotonic: the holder decides until then without a renewal
+        self._lost = False
+        self._announced: str | None = None  # the holder last named in the standby line
+
+    # -- joining --
+
+    async def open(self) -> None:
+        try:
+            self._kv = await _bucket(self.js, self.bucket, self.ttl_s)
+            self._ticks = await _bucket(self.js, self.ticks_bucket, TICKS_TTL_S)
+        except nats.js.errors.APIError as exc:
+            raise NatsUnavailable(
+                f"cannot set up the cluster buckets of [cluster] name = {self.name!r}: {exc.description}",
+                hint="the NATS user needs JetStream rights for KV buckets (streams KV_watchd-*)",
+            ) from None
+
+    async def join(self) -> bool:
+        """Refuse a deployment this instance cannot join safely; then take the lease if no one
+        holds it (True) or stand by (False). An embedded instance takes it in any case."""
+        holder = await self._read_holder()
+        if holder is not None and holder.instance != self.me.instance and not self.embedded:
+            if holder.embedded:
+                raise WatchdError(
+                    f"cannot join cluster {self.name!r}: its NATS is the embedded single-node server of "
+                    f"{holder.describe()}, which cannot be shared",
+                    hint='run a NATS server or cluster of your own and set [nats] url = "nats://..." on every instance',
+                )
+            if holder.watches != self.me.watches:
+                raise WatchdError(
+                    f"cannot join cluster {self.name!r}: {holder.describe()} holds it with other watch "
+                    "definitions than this config's",
+                    hint="give every instance the same watch files, or this one another [cluster] name",
+                )
+        await self._put_member()
+        return await self.try_take()
+
+    async def try_take(self) -> bool:
+        record = msgspec.structs.replace(self.me, since=time.time())
+        sent = time.monotonic()
+        try:
+            if self.embedded:
+                self._revision = await self._kv.put(LEASE_KEY, msgspec.json.encode(record))
+            else:
+                self._revision = await self._kv.create(LEASE_KEY, msgspec.json.encode(record))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self.holder = await self._read_holder()
+            return False
+        self.holder = record
+        self._valid_until = sent + self.ttl_s * FENCE_SHARE
+        return True
+
+    # -- holding --
+
+    def held(self) -> bool:
+        """True while this instance may decide: it holds the lease and renewed it recently enough
+        that it cannot have lapsed on the server."""
+        if self.embedded:
+            return self._revision > 0
+        return self._revision > 0 and not self._lost and time.monotonic() < self._valid_until
+
+    async def renew(self) -> bool:
+        """Renew the lease (False: another instance has it now: lost for good)."""
+        assert self.holder is not None
+        sent = time.monotonic()
+        value = msgspec.json.encode(self.holder)
+        try:
+            if self.embedded:
+                self._revision = await self._kv.put(LEASE_KEY, value)
+            else:
+                self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self._lost = True
+            self.holder = await self._read_holder()
+            return False
+        self._valid_until = sent + self.ttl_s * FENCE_SHARE
+        return True
+
+    async def fenced(self, stop: asyncio.Event) -> None:
+        """Wait until the lease is held again (a renewal got through) or the daemon stops."""
+        while not self.held() and not stop.is_set() and not self._lost:
+            await asyncio.sleep(min(0.05, self.ttl_s / 20))
+
+    async def keep(self, stop: asyncio.Event, on_taken: Callable[[], Any], on_lost: Callable[[str], None]) -> None:
+        """The lease's loop: renew it while held, wait for it while standing by (then `on_taken`),
+        and keep this member's key and the view of the others fresh."""
+        renew_s, poll_s = self.takeover_s * RENEW_SHARE, self.takeover_s * POLL_SHARE
+        last_member = time.monotonic()
+        while not stop.is_set():
+            try:
+                if self._revision:
+                    if not await self.renew():
+                        on_lost(f"lost the lease of cluster {self.name!r} to {_who(self.holder)}")
+                        return
+                elif await self.try_take():
+                    log.info("took the lease of cluster %r: this instance decides now", self.name)
+                    await on_taken()
+                else:
+                    self.announce()
+                if time.monotonic() - last_member >= renew_s:
+                    await self._put_member()
+                    await self._read_members()
+                    last_member = time.monotonic()
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.debug("cluster lease: %s", exc)  # NATS unreachable: fencing stops the decisions
+            wait = renew_s if self._revision else poll_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+    def announce(self) -> None:
+        """One line each time the holder changes while this instance stands by."""
+        if self.holder is not None and self.holder.instance != self._announced:
+            self._announced = self.holder.instance
+            log.info(
+                "standing by: cluster %r is held by %s since %s",
+                self.name,
+                self.holder.describe(),
+                iso(self.holder.since),
+            )
+
+    async def leave(self) -> None:
+        """On a clean stop: give the lease up at once, so a standby need not wait for it to lapse."""
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            if self._revision and not self._lost:
+                await self._kv.delete(LEASE_KEY, last=self._revision)
+            await self._kv.delete(MEMBER_PREFIX + self.me.instance)
+        self._revision = 0
+
+    # -- schedules --
+
+    async def claim_tick(self, schedule: str, tick_at: float) -> bool:
+        """Claim a schedule's tick cluster-wide (KV create): True for the one instance that runs it."""
+        key = f"{TICK_PREFIX}{schedule}.{round(tick_at * 1000)}"
+        try:
+            await self._ticks.create(key, msgspec.json.encode(self.me.instance))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    # -- what status shows --
+
+    def view(self) -> dict[str, Any]:
+        holder = self.holder
+        members = sorted(self.members.values(), key=lambda m: m.started)
+        return {
+            "name": self.name,
+            "instance": self.me.instance,
+            "role": "holder" if self.held() else "standby",
+            "embedded": self.embedded,
+            "takeover_s": self.takeover_s,
+            "lease": None if holder is None else {**_member_view(holder), "since": iso(holder.since)},
+            "members": [_member_view(m) for m in members],
+        }
+
+    async def _put_member(self) -> None:
+        await self._kv.put(MEMBER_PREFIX + self.me.instance, msgspec.json.encode(self.me))
+        self.members[self.me.instance] = self.me
+
+    async def _read_members(self) -> None:
+        # The subjects of the member keys, from the bucket's stream (a key listing would need a consumer).
+        prefix = f"$KV.{self.bucket}."
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=prefix + MEMBER_PREFIX + ">")
+        keys = [subject.removeprefix(prefix) for subject in (info.state.subjects or {})]
+        found: dict[str, Member] = {}
+        for key in keys:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+                m = msgspec.json.decode((await self._kv.get(key)).value, type=Member)
+                found[m.instance] = m
+        found[self.me.instance] = self.me
+        self.members = found
+        if not self._revision:
+            self.holder = await self._read_holder()
+
+    async def _read_holder(self) -> Member | None:
+        try:
+            entry = await self._kv.get(LEASE_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            return msgspec.json.decode(entry.value, type=Member)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+
+
+def _who(m: Member | None) -> str:
+    return m.describe() if m is not None else "another instance"
+
+
+def _member_view(m: Member) -> dict[str, Any]:
+    return {"instance": m.instance, "host": m.host, "pid": m.pid, "state_dir": m.state_dir, "started": iso(m.started)}

@@ -30,6 +30,7 @@ from watchd.tomlpos import FileProblems, PathPart, Problem, read_toml
 
 REPEAT_MIN_S, REPEAT_MAX_S = 60.0, 30 * 86400.0  # the bounds of a watch's `repeat`
 WATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # it names KV buckets
 
 
 def _range(low: float, high: float) -> msgspec.Meta:
@@ -114,6 +115,13 @@ class NatsConfig(_Strict, kw_only=True):
     # JetStream fsync interval for the embedded server. "always" because a personal machine is
     # where power is lost, and the server's 2-minute default loses acknowledged writes then.
     sync: str = "always"
+
+
+class ClusterConfig(_Strict, kw_only=True):
+    """Instances on one NATS with the same name are one deployment (SPEC section 9)."""
+
+    name: str = "watchd"
+    takeover: str = "15s"  # how soon a standby takes over from a holder that died
 
 
 class HttpConfig(_Strict, kw_only=True):
@@ -264,6 +272,7 @@ class Config(_Strict, kw_only=True):
     state_dir: str = ""
     timezone: str | None = None
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     backup: BackupConfig = msgspec.field(default_factory=BackupConfig)
@@ -428,6 +437,13 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
 def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None:
     if config.timezone and not _zone_ok(config.timezone):
         probs.at(("timezone",), f"unknown time zone {config.timezone!r}: use an IANA name like Europe/Berlin")
+    if not CLUSTER_NAME_RE.match(config.cluster.name):
+        probs.at(("cluster", "name"), f"cluster name {config.cluster.name!r} must match ^[A-Za-z0-9_-]+$")
+    # Checked only when set: the duration parser loads croniter, which a plain config need not.
+    takeover = config.cluster.takeover
+    takeover_s = _check_duration(takeover, ("cluster", "takeover"), probs) if takeover != "15s" else None
+    if takeover_s is not None and takeover_s < 1:
+        probs.at(("cluster", "takeover"), "`takeover` must be at least 1s (the lease is renewed within it)")
     opsettings.check(config, probs)
     inherited = _inherited_zone(config.timezone or "UTC")
     targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent} | broken

@@ -30,6 +30,7 @@ from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
+from watchd.cron.schedule import parse_duration
 from watchd.dispatch import Dispatcher, Target
 from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, failed_reason
 from watchd.errors import ConfigError, EventRejected, WatchdError
@@ -142,7 +143,10 @@ class Daemon:
         self.js: JetStreamContext | None = None
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
+        self.targets: dict[str, Target] = {}
         self.scheduler: Scheduler | None = None
+        self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
+        self.active = False  # holds the lease and runs what decides or hands off
         self.last_seq = 0
         self.last_loop_at = 0.0
         self.events_seen = 0
@@ -182,8 +186,8 @@ class Daemon:
             await self.shutdown()
             raise
         shown = redact_url(str(self.loaded.nats_url()))
-        log.info("watchd ready: %d watches, NATS %s", len(self.loaded.watches), shown)
-        self._spawn("release-canary", lambda: release_canary(self))
+        role = "" if self.active else " (standing by)"
+        log.info("watchd ready%s: %d watches, NATS %s", role, len(self.loaded.watches), shown)
 
     async def shutdown(self) -> None:
         """Stop every task (see _shutdown) and give up the state dir."""
@@ -233,12 +237,55 @@ class Daemon:
             console=self.console,
         )
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock)
+        self.targets = targets
         store = self.store
         changed = self._agent_watches_changed
         self._spawn(
             "agent-watches",
             lambda: follow_watches(store, lambda: self._install(self.loaded), changed, self.stop, self.clock),
         )
+        await self._join()
+        self._spawn("reload", self._reload_loop)
+        self._spawn("retention", self._retention_loop)
+        self._http_runner = await http.start(self)
+        interval = sdnotify.watchdog_interval_s() if process else None
+        if interval:
+            self._spawn("watchdog", lambda: self._watchdog(interval))
+
+    async def _join(self) -> None:
+        """Take this deployment's lease and start deciding, or stand by until it is free. An
+        instance that cannot join safely refuses here (WatchdError): start() fails with it."""
+        assert self.js is not None
+        cfg = self.loaded.config.cluster
+        self.lease = cluster.Lease(
+            self.js,
+            cfg,
+            parse_duration(cfg.takeover),
+            state_dir=str(self.state_dir),
+            watches=cluster.watches_digest(self.loaded.watches),
+            embedded=self.embedded is not None,
+        )
+        await self.lease.open()
+        if await self.lease.join():
+            await self._activate()
+        else:
+            self.lease.announce()
+        lease = self.lease
+        self._spawn("cluster-lease", lambda: lease.keep(self.stop, self._activate, self._lease_lost))
+
+    def _lease_lost(self, why: str) -> None:
+        log.error("%s; stopping (a supervisor restarts watchd, which then stands by)", why)
+        self.failure = self.failure or WatchdError(why, hint="two instances held it: see the log of both")
+        self.stop.set()
+
+    async def _activate(self) -> None:
+        """With the lease: catch up on the stream, then run what decides and hands off."""
+        if self.active:
+            return
+        assert self.js is not None and self.nc is not None and self.store is not None
+        assert self.dispatcher is not None
+        self.active = True
+        targets = self.targets
         agents = self.loaded.config.agent.values()
         heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
         if any(isinstance(a, config.AnthropicAgent) and a.batch for a in agents) and not heartbeat:
@@ -255,6 +302,7 @@ class Daemon:
         await consumer.start()
         self._spawn("engine", lambda: self._engine_loop(consumer))
         self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
+        lease = self.lease
         self.scheduler = Scheduler(
             self.store,
             self.loaded,
@@ -265,14 +313,11 @@ class Daemon:
             nc=self.nc,
             js=self.js,
             in_daemon=True,
+            # Embedded: no other instance can be there to claim a tick.
+            claim_tick=lease.claim_tick if lease is not None and not lease.embedded else None,
         )
         self._spawn("scheduler", lambda: self.scheduler.run(self.stop) if self.scheduler else _noop())
-        self._spawn("reload", self._reload_loop)
-        self._spawn("retention", self._retention_loop)
-        self._http_runner = await http.start(self)
-        interval = sdnotify.watchdog_interval_s() if process else None
-        if interval:
-            self._spawn("watchdog", lambda: self._watchdog(interval))
+        self._spawn("release-canary", lambda: release_canary(self))
 
     async def _catch_up(self, consumer: bus.EventConsumer) -> None:
         """Read from the stream what lies past this instance's commit cursor, before consuming the
@@ -342,6 +387,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.lease is not None:
+            await self.lease.leave()  # nothing decides any more: a standby may take over at once
         await http_client.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
@@ -436,6 +483,10 @@ class Daemon:
             due = self.engine.next_due()
             wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
             msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
+            if self.lease is not None and not self.lease.held():
+                await self.lease.fenced(self.stop)  # the lease may have lapsed: decide nothing until renewed
+                if not self.lease.held():
+                    return
             async with self._lock:
                 if msgs:
                     await self._consume(msgs)
@@ -545,7 +596,7 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         now = self.clock()
-        engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3
+        engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or not self.active  # a standby runs none
         nats_ok = self.nc is not None and self.nc.is_connected
         return {
             "ok": engine_ok and nats_ok,
@@ -556,6 +607,7 @@ class Daemon:
             "watches": len(self.loaded.watches),
             "last_seq": self.last_seq,
             "events": self.events_seen,
+            "cluster": self.lease.view() if self.lease is not None else None,
         }
 
 

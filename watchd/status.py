@@ -119,6 +119,27 @@ def _watch_state(engine: Engine, wid: str, enabled: bool) -> str:
     return logic.status(engine.keys.get(wid, {})) if logic is not None else "ok"
 
 
+def cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    """Who decides in this deployment, since when, and its members (SPEC section 9)."""
+    lease, name = cluster.get("lease"), cluster["name"]
+    since = _to_second(lease["since"]) if lease else "-"
+    if cluster["role"] == "holder":
+        head = f"cluster {name}: this instance holds the lease (since {since})"
+    elif lease:
+        head = f"cluster {name}: standing by; {_member(lease)} holds the lease (since {since})"
+    else:
+        head = f"cluster {name}: standing by; no instance holds the lease (a standby takes it shortly)"
+    holder = lease["instance"] if lease else None
+    members = [
+        f"  member {_member(m)}{' (holds the lease)' if m['instance'] == holder else ''}" for m in cluster["members"]
+    ]
+    return [head, *members]
+
+
+def _member(m: dict[str, Any]) -> str:
+    return f"{m['host']} pid {m['pid']} state_dir {m['state_dir']}"
+
+
 def _to_second(at: str | None) -> str:
     return re.sub(r"\.\d+Z$", "Z", at) if at else "-"
 
@@ -134,6 +155,10 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"daemon: UNHEALTHY (engine {'ok' if d.get('engine') else 'stalled'}, "
             f"NATS {'ok' if d.get('nats') else 'down'})"
         )
+    cluster = d.get("cluster")
+    if cluster and not cluster.get("embedded"):  # the embedded single-node default has no one else
+        for line in cluster_lines(cluster):
+            console.print(line, markup=False)
     table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
     builtin = [w for w in report["watches"] if w["file"].startswith(BUILTIN_FILE)]
     for w in report["watches"]:

@@ -77,6 +77,7 @@ class Scheduler:
         js: JetStreamContext | None = None,
         timer: WallTimer | None = None,
         in_daemon: bool = False,
+        claim_tick: Callable[[str, float], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.loaded = loaded
@@ -87,6 +88,7 @@ class Scheduler:
         self.nc, self.js = nc, js
         self.timer = timer or WallTimer(clock)
         self.in_daemon = in_daemon
+        self.claim_tick = claim_tick  # a tick is run once cluster-wide: by the instance that claims it
         self.slots: dict[str, _Slot] = {}
         self.wakeups = 0  # loop iterations: the idle benchmark counts them
         self._wake = asyncio.Event()
@@ -189,6 +191,9 @@ class Scheduler:
             ticks = [r.tick_at for r in d.runs] + [k.tick_at for k in d.skips]
             if ticks:
                 slot.state = replace(state, last_tick=max(ticks))
+            if self.claim_tick is not None:  # ticks another instance claimed are its to run
+                name = slot.defn.name
+                d.runs = [r for r in d.runs if await self.claim_tick(name, r.tick_at)]
             name, v = slot.defn.name, slot.version
             for k in d.skips:
                 data = msgspec.json.encode({"count": k.count, "wall": k.wall or None}).decode()
