@@ -213,7 +213,8 @@ async def test_silent_sources_and_overdue_timers(tmp_path: Path) -> None:
         '[source.gh]\ntype = "webhook"\npath = "/hooks/gh"\nsubject = "github.{header:X-GitHub-Event}"\n'
         'expect_every = "1h"\n'
         '[source.mail]\ntype = "poll"\nurl = "https://mail.example/api"\nevery = "5m"\nexpect_every = "30m"\n'
-        '[source.chatty]\ntype = "poll"\nurl = "https://x.example"\n'
+        'subject = "mail.inbox"\n'
+        '[source.chatty]\ntype = "poll"\nurl = "https://x.example"\nsubject = "chatty.page"\n'
     )
     watches = '[[watch]]\nid = "hb"\nkind = "absent"\nexpect = { subject = "hb.ping" }\nfor = "10m"\n'
     r = make_rig(tmp_path, extra, watches)

@@ -26,6 +26,9 @@ from watchd.limits import (
     split_listen,
     url_host,
 )
+from watchd.sources.checks import check_sources
+from watchd.sources.settings import SECRET_KEYS as SOURCE_SECRET_KEYS
+from watchd.sources.settings import SourceSettings
 from watchd.tomlpos import FileProblems, PathPart, Problem, read_toml
 
 REPEAT_MIN_S, REPEAT_MAX_S = 60.0, 30 * 86400.0  # the bounds of a watch's `repeat`
@@ -207,17 +210,6 @@ class NatsAgent(_AgentBase, tag="nats", kw_only=True):
 Agent = AnthropicAgent | CommandAgent | NatsAgent
 
 
-class Source(_Strict, kw_only=True):
-    type: Literal["webhook", "poll", "file", "journal", "telegram"]
-    path: str | None = None
-    subject: str | None = None
-    verify: Literal["github", "slack", "hmac-sha256", "token", "none"] = "none"
-    secret: str | None = None
-    url: str | None = None
-    every: str | None = None
-    expect_every: str | None = None
-
-
 class Schedule(_Strict, kw_only=True):
     cron: str | None = None
     every: str | None = None
@@ -280,12 +272,12 @@ class Config(_Strict, kw_only=True):
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
     notify: dict[str, Notifier] = msgspec.field(default_factory=dict)
     agent: dict[str, Agent] = msgspec.field(default_factory=dict)
-    source: dict[str, Source] = msgspec.field(default_factory=dict)
+    source: dict[str, SourceSettings] = msgspec.field(default_factory=dict)
     schedule: dict[str, Schedule] = msgspec.field(default_factory=dict)
     alert: list[str] | None = None  # targets of the built-in alert watches; default: the notifiers
 
 
-_NAMED_SECTIONS: dict[str, Any] = {"notify": Notifier, "agent": Agent, "source": Source, "schedule": Schedule}
+_NAMED_SECTIONS: dict[str, Any] = {"notify": Notifier, "agent": Agent, "source": SourceSettings, "schedule": Schedule}
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -445,6 +437,7 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
     if takeover_s is not None and takeover_s < 1:
         probs.at(("cluster", "takeover"), "`takeover` must be at least 1s (the lease is renewed within it)")
     opsettings.check(config, probs)
+    check_sources(config.source, probs)
     inherited = _inherited_zone(config.timezone or "UTC")
     targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent} | broken
     for name, sched in config.schedule.items():
@@ -749,6 +742,7 @@ SECRET_SETTINGS: dict[type[msgspec.Struct], tuple[str, ...]] = {
     WebhookNotifier: ("url", "secret"),
     AnthropicAgent: ("api_key",),
     Schedule: ("ping_url",),
+    **SOURCE_SECRET_KEYS,
 }
 
 
@@ -759,6 +753,7 @@ def secret_settings(config: Config) -> Iterator[tuple[tuple[PathPart, ...], str]
     tables += [(("notify", name), n) for name, n in config.notify.items()]
     tables += [(("agent", name), a) for name, a in config.agent.items()]
     tables += [(("schedule", name), s) for name, s in config.schedule.items() if s.enabled]
+    tables += [(("source", name), s) for name, s in config.source.items()]
     for path, table in tables:
         for key in SECRET_SETTINGS.get(type(table), ()):
             value = getattr(table, key)
@@ -767,6 +762,9 @@ def secret_settings(config: Config) -> Iterator[tuple[tuple[PathPart, ...], str]
             elif isinstance(value, list):
                 for i, item in enumerate(value):
                     yield (*path, key, i), item
+            elif isinstance(value, dict):  # a poll's headers: each value may be a secret
+                for name, item in value.items():
+                    yield (*path, key, name), item
 
 
 def _key_path(path: tuple[PathPart, ...]) -> tuple[PathPart, ...]:

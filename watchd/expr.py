@@ -67,6 +67,11 @@ def event_context(event: Event, variables: frozenset[str] = VARIABLES) -> Any:
     return _cel().Context({name: values[name] for name in variables})
 
 
+def context(values: dict[str, Any]) -> Any:
+    """A CEL activation over plain values (a poll's parsed body as `data`)."""
+    return _cel().Context(values)
+
+
 def describe_error(exc: Exception) -> str:
     """CEL runtime errors in a line: a missing field is a KeyError whose text is the field name."""
     if isinstance(exc, KeyError):

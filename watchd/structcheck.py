@@ -152,7 +152,10 @@ def _fits(value: Any, t: mi.Type) -> bool:
     return True  # a type no config uses: msgspec.convert has the last word
 
 
-def _struct(value: Any, t: mi.StructType, path: DataPath, issues: list[Issue]) -> Any:
+def _struct(
+    value: Any, t: mi.StructType, path: DataPath, issues: list[Issue], siblings: Sequence[mi.StructType] = ()
+) -> Any:
+    """`siblings`: the other members of a tagged union, so a key of another `type` is named as such."""
     if not isinstance(value, dict):
         return _wrong_type(value, t, path, issues)
     fields = {f.encode_name: f for f in t.fields}
@@ -164,7 +167,7 @@ def _struct(value: Any, t: mi.StructType, path: DataPath, issues: list[Issue]) -
         f = fields.get(key)
         if f is None:
             if t.forbid_unknown_fields:
-                issues.append(Issue((*path, key), unknown_key(key, list(fields)), replaced=False))
+                issues.append(Issue((*path, key), _unknown_field(key, t, siblings), replaced=False))
             continue
         checked = _check(item, f.type, (*path, key), issues)
         if checked is not _INVALID:
@@ -214,7 +217,21 @@ def _tagged(value: Any, structs: list[mi.StructType], path: DataPath, issues: li
     if tag not in by_tag:
         issues.append(Issue((*path, field), _not_a_choice((*path, field), tag, list(by_tag))))
         return _INVALID
-    return _struct(value, by_tag[tag], path, issues)
+    return _struct(value, by_tag[tag], path, issues, [s for s in structs if s.tag != tag])
+
+
+def _unknown_field(key: str, t: mi.StructType, siblings: Sequence[mi.StructType]) -> str:
+    """A misspelt key gets a guess; a key of another member of the union (`every` on a webhook
+    source) says whose key it is and which keys this one takes."""
+    known = [f.encode_name for f in t.fields]
+    owners = [str(s.tag) for s in siblings if any(f.encode_name == key for f in s.fields)]
+    if not owners:  # an exact key of another type outranks a guess (`every` is not a misspelt `verify`)
+        return unknown_key(key, known)
+    here = f'{t.tag_field} = "{t.tag}"'
+    return (
+        f"`{key}` is not a key of {here}: it belongs to {t.tag_field} {' and '.join(owners)}; "
+        f"{here} takes {', '.join(known)}"
+    )
 
 
 def _same_kind(value: Any, t: mi.Type) -> bool:

@@ -35,6 +35,7 @@ from watchd.jobs.builtin_watches import all_watches, enabled_schedules
 from watchd.model import iso
 from watchd.notify import http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+from watchd.sources.settings import subject_of
 from watchd.store.engine_state import Heard, engine_view, heard
 from watchd.store.meta import get_float, set_metas
 from watchd.store.outbox import dead_counts, delivering, due_count
@@ -94,7 +95,7 @@ def subject_pattern(template: str) -> re.Pattern[str]:
 
 def silent_sources(loaded: Loaded, subjects: list[Heard], since: float, now: float) -> list[dict[str, Any]]:
     """Sources with `expect_every` that published nothing for longer. A source is recognised by its
-    subject template, or else by its name as the events' source; one never heard from is silent
+    name as the events' source, or by its subject template; one never heard from is silent
     counting from `since` (the first heartbeat)."""
     silent = []
     for name, src in sorted(loaded.config.source.items()):
@@ -104,8 +105,11 @@ def silent_sources(loaded: Loaded, subjects: list[Heard], since: float, now: flo
             every = parse_duration(src.expect_every)
         except ScheduleError:
             continue  # `watchd validate` reports it
-        pattern = subject_pattern(src.subject) if src.subject else None
-        times = [h.last_at for h in subjects if (pattern.fullmatch(h.subject) if pattern else h.last_source == name)]
+        subject = subject_of(src)
+        pattern = subject_pattern(subject) if subject else None
+        # Sources publish with their name as the events' source; the subject also recognises a
+        # source that runs elsewhere under another name (or an older version that set none).
+        times = [h.last_at for h in subjects if h.last_source == name or (pattern and pattern.fullmatch(h.subject))]
         last = max(times, default=None)
         quiet_for = now - (last if last is not None else since)
         if quiet_for > every:

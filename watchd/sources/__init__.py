@@ -1,0 +1,35 @@
+"""Sources (SPEC section 8): publishers that turn something in the world into events.
+
+The registry maps each `type` to the class that runs it, as "module:Class", so that loading the
+config imports none of them (aiohttp, watchfiles, a CSS parser load only when a source runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from watchd.errors import WatchdError
+from watchd.sources.base import Source
+from watchd.sources.settings import SourceSettings, type_name
+
+REGISTRY: dict[str, str] = {
+    "webhook": "watchd.sources.pending:WebhookPending",
+    "poll": "watchd.sources.poll:PollSource",
+    "file": "watchd.sources.files:FileSource",
+    "journal": "watchd.sources.pending:JournalPending",
+    "telegram": "watchd.sources.pending:TelegramPending",
+    "slack": "watchd.sources.pending:SlackPending",
+}
+
+
+def source_class(type_: str) -> type[Source]:
+    where = REGISTRY.get(type_)
+    if where is None:
+        raise WatchdError(f"unknown source type {type_!r}", hint=f"use one of {', '.join(REGISTRY)}")
+    module, _, name = where.partition(":")
+    cls: type[Source] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def make_source(name: str, settings: SourceSettings) -> Source:
+    return source_class(type_name(settings))(name, settings)

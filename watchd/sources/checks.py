@@ -1,0 +1,125 @@
+"""`validate` checks of `[source.NAME]` tables that a schema cannot express, each at its line.
+
+Light on purpose: config loading imports this, so a type's run-time machinery (aiohttp,
+watchfiles, a CSS parser) is imported only when a setting needs it checked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from watchd.sources.settings import (
+    FileSettings,
+    PollSettings,
+    SourceSettings,
+    subject_of,
+    type_name,
+)
+from watchd.tomlpos import FileProblems, PathPart
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a token of watchd.source.<name>.silent
+Path_ = tuple[PathPart, ...]
+
+
+def check_sources(sources: dict[str, SourceSettings], probs: FileProblems) -> None:
+    for name, settings in sources.items():
+        here: Path_ = ("source", name)
+        if not NAME_RE.match(name):
+            probs.at(here, f"source name {name!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
+        if subject_of(settings) is None:
+            probs.at(here, f'a {type_name(settings)} source needs `subject`, e.g. subject = "{name}.changed"')
+        check_duration(settings.expect_every, (*here, "expect_every"), probs)
+        checker = CHECKS.get(type(settings))
+        if checker is not None:
+            checker(settings, here, probs)
+
+
+def check_duration(text: str | None, path: Path_, probs: FileProblems, minimum_s: float = 0.0) -> float | None:
+    if text is None:
+        return None
+    from watchd.cron.schedule import ScheduleError, format_duration, parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ScheduleError as exc:
+        probs.at(path, exc.message)
+        return None
+    if seconds < minimum_s:
+        probs.at(path, f"`{path[-1]}` must be at least {format_duration(minimum_s)}, not {text!r}")
+        return None
+    return seconds
+
+
+def check_plain_subject(subject: str | None, path: Path_, probs: FileProblems) -> None:
+    """A subject that is not a template: the shape every event's subject has, outside watchd.*."""
+    if subject is None:
+        return
+    from watchd.errors import EventRejected
+    from watchd.model import check_subject, is_reserved
+
+    try:
+        check_subject(subject)
+    except EventRejected as exc:
+        probs.at(path, exc.message)
+        return
+    if is_reserved(subject):
+        probs.at(path, f"subject {subject!r}: subjects under watchd. are watchd's own; pick one of your own")
+
+
+def _check_poll(s: Any, here: Path_, probs: FileProblems) -> None:
+    assert isinstance(s, PollSettings)
+    check_plain_subject(s.subject, (*here, "subject"), probs)
+    if (s.url is None) == (s.command is None):
+        probs.at(here, 'a poll source needs exactly one of url = "https://…" or command = ["program", "arg"]')
+    if s.command is not None and not s.command:
+        probs.at((*here, "command"), '`command` needs at least the program, e.g. ["check-thing", "--json"]')
+    if s.url is not None and s.url.partition(":")[0] not in ("http", "https", "env", "file", "cred"):
+        probs.at((*here, "url"), f"`url` must start with http:// or https://, not {s.url[:40]!r}")
+    if s.command is not None and (s.method != "GET" or s.headers):
+        probs.at(here, "`method` and `headers` are for a url; a command takes neither")
+    check_duration(s.every, (*here, "every"), probs, minimum_s=1.0)
+    check_duration(s.timeout, (*here, "timeout"), probs, minimum_s=0.001)
+    chosen = [k for k in ("select", "css", "regex") if getattr(s, k) is not None]
+    if len(chosen) > 1:
+        probs.at((*here, chosen[1]), f"use one of select, css or regex, not {' and '.join(chosen)}")
+    if s.select is not None:
+        from watchd import expr
+
+        try:
+            expr.compile_expr(s.select)
+        except expr.ExprError as exc:
+            probs.at((*here, "select"), f"CEL select does not compile: {exc.message}")
+    if s.regex is not None:
+        try:
+            re.compile(s.regex)
+        except re.error as exc:
+            probs.at((*here, "regex"), f"regex does not compile: {exc}")
+    if s.css is not None:
+        from watchd.sources.extract import CssError, compile_css
+
+        try:
+            compile_css(s.css)
+        except CssError as exc:
+            probs.at((*here, "css"), str(exc))
+
+
+def _check_file(s: Any, here: Path_, probs: FileProblems) -> None:
+    assert isinstance(s, FileSettings)
+    check_plain_subject(s.subject, (*here, "subject"), probs)
+    if not s.paths:
+        probs.at((*here, "paths"), 'a file source needs at least one path, e.g. paths = ["~/Scans/*.pdf"]')
+    for i, p in enumerate(s.paths):
+        if not p.strip():
+            probs.at((*here, "paths", i), "an empty path watches nothing")
+    if not s.events:
+        probs.at((*here, "events"), 'announce at least one of "created", "modified", "deleted"')
+    check_duration(s.debounce, (*here, "debounce"), probs)
+
+
+# Per type; a type's module adds its own when it has settings to check.
+CHECKS: dict[type, Callable[[Any, Path_, FileProblems], None]] = {
+    PollSettings: _check_poll,
+    FileSettings: _check_file,
+}
