@@ -142,13 +142,28 @@ def parse_data(raw: bytes | str, what: str = "body") -> dict[str, Any]:
         raise EventRejected(f"{what} is not valid JSON: {exc}", reason="json") from None
     if not isinstance(data, dict):
         raise EventRejected(f'{what} must be a JSON object (the event\'s data), e.g. {{"exit_code": 0}}', reason="json")
-    problem = data_problem(data)
-    if problem is not None:
-        raise EventRejected(f"{what} {problem}", reason="json")
+    # The decoder already refused NaN, Infinity, numbers out of range and lone surrogates: only the
+    # depth is left, and counting brackets (cheap) bounds it from above, so most bodies need no walk.
+    brackets = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    if brackets > MAX_DATA_DEPTH and too_deep(data):
+        raise EventRejected(f"{what} is nested deeper than {MAX_DATA_DEPTH} levels", reason="json")
     return data
 
 
-def _build(subject: str, data: dict[str, Any] | None, id: str | None, time_s: float | None, source: str) -> Event:
+def too_deep(data: dict[str, Any]) -> bool:
+    """Nesting past MAX_DATA_DEPTH (the data object is level 1), a level at a time over containers."""
+    level: list[Any] = [data]
+    for _ in range(MAX_DATA_DEPTH):
+        values = (v for node in level for v in (node.values() if isinstance(node, dict) else node))
+        level = [v for v in values if isinstance(v, dict | list)]
+        if not level:
+            return False
+    return True
+
+
+def _build(
+    subject: str, data: dict[str, Any] | None, id: str | None, time_s: float | None, source: str, parsed: bool = False
+) -> Event:
     check_subject(subject)
     if id is not None:
         check_id(id)
@@ -156,16 +171,17 @@ def _build(subject: str, data: dict[str, Any] | None, id: str | None, time_s: fl
         data = {}
     elif not isinstance(data, dict):
         raise EventRejected("event data must be a JSON object", reason="data")
-    else:
+    elif not parsed:
         problem = data_problem(data)
         if problem is not None:
             raise EventRejected(f"event data {problem}", reason="data")
     now = time.time() if time_s is None else time_s
     event = Event(id=id or new_id(now), subject=subject, time=utc_from_ts(now), source=source, data=data)
-    try:
-        encode(event)
-    except (UnicodeEncodeError, TypeError) as exc:  # a lone surrogate, a key that is not a string
-        raise EventRejected(f"event data cannot be written as JSON: {exc}", reason="data") from None
+    if not parsed:
+        try:
+            encode(event)
+        except (UnicodeEncodeError, TypeError) as exc:  # a lone surrogate, a key that is not a string
+            raise EventRejected(f"event data cannot be written as JSON: {exc}", reason="data") from None
     return event
 
 
@@ -176,17 +192,19 @@ def make_event(
     id: str | None = None,
     time_s: float | None = None,
     source: str = "",
+    parsed: bool = False,
 ) -> Event:
     """Build an event at an outside edge (HTTP, `watchd emit`/`exec`, an agent's emit tool, a
     source): subject, id and data checked, id and time assigned when absent. `watchd.` subjects
-    are refused here: watchd's own events are made by own_event."""
+    are refused here: watchd's own events are made by own_event. `parsed`: `data` is what
+    parse_data returned, already checked (a webhook's body: checking a large one again costs)."""
     if is_reserved(subject):
         raise EventRejected(
             f"bad subject {_shown(subject)}: subjects under watchd. are watchd's own (reserved)",
             hint="pick a subject of your own, e.g. backup.done",
             reason="reserved",
         )
-    return _build(subject, data, id, time_s, source)
+    return _build(subject, data, id, time_s, source, parsed)
 
 
 def own_event(

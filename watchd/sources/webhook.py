@@ -138,7 +138,8 @@ class WebhookRoute:
             event_id = self.id.render(fields) if self.id is not None else self._default_id(request, body, data)
         except TemplateMissing as exc:
             raise RequestRefused(400, "template", exc.message) from None
-        return make_event(subject, data, id=event_id, time_s=self.clock(), source=self.name)
+        # The data came from parse_data or a strictly decoded form: already checked.
+        return make_event(subject, data, id=event_id, time_s=self.clock(), source=self.name, parsed=True)
 
     def _default_id(self, request: web.Request, body: bytes, data: Mapping[str, Any]) -> str:
         if self.verifier.scheme == "github" and (delivery := request.headers.get("X-GitHub-Delivery")):
