@@ -18,7 +18,9 @@ from support.webhooks import (
     SLACK_TIMESTAMP,
 )
 
-from watchd.errors import RequestRefused
+from watchd.errors import EventRejected, RequestRefused
+from watchd.limits import MAX_DATA_DEPTH
+from watchd.model import parse_data
 from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
 from watchd.sources.verify import Scheme, Verifier
 from watchd.sources.webhook import parse_size, webhook_problems
@@ -199,3 +201,19 @@ def test_sizes() -> None:
         500_000,
         1_000_000,
     ]
+
+
+def test_parsed_bodies_are_held_to_the_depth_limit_exactly() -> None:
+    """A body is walked only when its brackets could pass the limit: then exactly to it, on any branch."""
+
+    def nested(levels: int) -> str:  # the object itself is level 1; the deep branch comes last
+        inner = "1"
+        for i in range(levels - 1):
+            inner = f"[{inner}]" if i % 2 else f'{{"k": {inner}}}'
+        return '{"wide": [' + ", ".join(["{}"] * 80) + '], "deep": ' + inner + "}"
+
+    assert parse_data(nested(MAX_DATA_DEPTH).encode())
+    assert parse_data(nested(MAX_DATA_DEPTH))
+    for text in (nested(MAX_DATA_DEPTH + 1), nested(MAX_DATA_DEPTH + 1).encode()):
+        with pytest.raises(EventRejected, match="nested deeper than 64 levels"):
+            parse_data(text)
