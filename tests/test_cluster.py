@@ -9,14 +9,17 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import project
 from support.inprocess import InProcessDaemon
+from support.processes import DaemonProc
 from support.waiting import until
 
-from watchd import bus
+from watchd import bus, cluster
 from watchd.bus import EmbeddedNats
 from watchd.errors import WatchdError
 from watchd.model import make_event
@@ -32,7 +35,7 @@ then = ["notify.console"]
 }
 
 
-def handed_off(*instances: InProcessDaemon) -> list[str]:
+def handed_off(*instances: project.Project) -> list[str]:
     """The event id behind every handoff of watch `jobs`, over all instances."""
     return [h["evidence"][0]["id"] for d in instances for h in d.handoffs("jobs")]
 
@@ -148,3 +151,93 @@ async def test_an_instance_pointed_at_an_embedded_nats_refuses_to_join(
     assert "its NATS is the embedded single-node server of watchd on" in message
     assert f"state_dir {a.state_dir}" in message and "cannot be shared" in message
     assert "[nats] url" in (refused.value.hint or "")
+
+
+# ---- takeover: the holder dies ---------------------------------------------------------------------
+
+TAKEOVER_S = 3.0
+
+
+def role(d: DaemonProc) -> str | None:
+    h = d.health()
+    return h["cluster"]["role"] if h and h.get("cluster") else None
+
+
+async def test_kill9_of_the_holder_the_standby_takes_over_within_takeover(
+    nats_server: EmbeddedNats, process_factory: Callable[..., DaemonProc]
+) -> None:
+    cfg = f'[cluster]\ntakeover = "{TAKEOVER_S:g}s"\n'
+    a = process_factory(WATCHES, nats_url=nats_server.url, extra_config=cfg)
+    b = process_factory(WATCHES, nats_url=nats_server.url, extra_config=cfg)
+    await asyncio.to_thread(a.start)
+    await asyncio.to_thread(b.start)
+    assert role(a) == "holder" and role(b) == "standby"
+
+    first = [make_event("job.run", id=f"a-{n:02d}") for n in range(20)]
+    await project.publish(nats_server.url, *first)
+    await until(lambda: a.last_seq() == 20 and len(a.handoffs("jobs")) == 20, what="a to decide the first 20")
+    await asyncio.sleep(0.2)  # its ack follows the commit
+    await asyncio.to_thread(a.kill9)
+    killed = time.monotonic()
+    await until(lambda: role(b) == "holder", timeout_s=TAKEOVER_S * 3, step_s=0.05, what="b to take over")
+    took_s = time.monotonic() - killed
+    assert took_s <= TAKEOVER_S + 1.0, f"took over after {took_s:.1f}s"  # + the server's expiry sweep
+    assert "took the lease of cluster 'watchd'" in b.stderr()
+
+    second = [make_event("job.run", id=f"b-{n:02d}") for n in range(20)]
+    await project.publish(nats_server.url, *second)
+    await until(lambda: len(b.handoffs("jobs")) >= 20 and b.last_seq() == 40, what="b to decide the next 20")
+    assert sorted(handed_off(a, b)) == sorted(e.id for e in first + second), "lost or doubled"
+    assert sorted(h["evidence"][0]["id"] for h in b.handoffs("jobs")) == [e.id for e in second]
+
+
+# ---- schedules: a tick runs once cluster-wide ---------------------------------------------------------
+
+
+async def ticks_started(url: str, schedule: str) -> list[str]:
+    """The `tick` of every watchd.schedule.<schedule>.started event on the stream, in order."""
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(bus.EVENTS_STREAM)).state.last_seq
+        subject = f"watchd.events.watchd.schedule.{schedule}.started"
+        return [
+            json.loads(m.data)["data"]["tick"]
+            async for batch in cluster.read_range(js, 0, last)
+            for m in batch
+            if m.subject == subject
+        ]
+    finally:
+        await nc.close()
+
+
+async def test_a_cron_tick_runs_once_across_instances_and_a_takeover(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    # missed = "replay": an instance that takes over runs every tick since it last ran one, unless claimed.
+    cfg = FAST + '[schedule.minutely]\ncron = "* * * * *"\nmissed = "replay"\nthen = ["notify.console"]\n'
+    a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=cfg).start()
+    b = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=cfg).start()
+
+    async def minutes(n: int) -> None:
+        for _ in range(n):  # both machines' clocks move together
+            await asyncio.gather(a.advance(60), b.advance(60))
+            await asyncio.sleep(0.2)
+
+    # a runs ticks, then b, then a again: a's own record ends where b began, so on its return it
+    # would run b's ticks again (missed = "replay") if a tick were not claimed cluster-wide.
+    await minutes(2)
+    await a.stop()
+    await until(lambda: b.running.active, timeout_s=5, what="b to take over")
+    await minutes(2)
+    await a.start()
+    await b.stop()
+    await until(lambda: a.running.active, timeout_s=5, what="a to take over again")
+    await minutes(2)
+    ticks = await until(lambda: _at_least(ticks_started(nats_server.url, "minutely"), 6), what="six ticks")
+    assert len(ticks) == len(set(ticks)), f"a tick ran twice: {ticks}"
+
+
+async def _at_least(ticks: Any, n: int) -> list[str] | None:
+    found: list[str] = await ticks
+    return found if len(found) >= n else None

@@ -202,10 +202,12 @@ class Daemon:
                 self._lock_fd = None
 
     def wake(self) -> None:
-        """Have the dispatcher look at the outbox now, as if its wait had run out: for a clock that
-        jumps (a test's virtual clock). The engine sees a jump within `poll_s`."""
+        """Have the dispatcher look at the outbox and the scheduler at its schedules now, as if their
+        waits had run out: for a clock that jumps (a test's virtual clock). The engine sees a jump within `poll_s`."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.scheduler is not None:
+            self.scheduler.wake()
 
     async def _start(self, *, process: bool) -> None:
         if process:
