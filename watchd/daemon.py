@@ -23,21 +23,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, cluster, config, credentials, sdnotify, stepping
+from watchd import bus, clockjump, cluster, config, credentials, sdnotify, stepping
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
-from watchd.cron.schedule import parse_duration
+from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dispatcher, Target
 from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, failed_reason
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
-from watchd.model import Event, decode_stored_event, own_event
+from watchd.model import Event, decode_stored_event, iso, own_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.slack import SlackNotifier
@@ -120,7 +120,10 @@ class Daemon:
     """`run` is the process (`watchd run`). `start` and `shutdown` run the same daemon inside another
     event loop, as tests do: without signal handlers or systemd pings, which belong to the process.
     `clock` is injected; `poll_s` shortens the engine's idle wait and the watch-file check, so that
-    a clock that jumps (see `wake`) or a changed file is seen at once."""
+    a clock that jumps (see `wake`) or a changed file is seen at once. `elapsed` counts the time
+    that passes, to tell the wall clock being set from time passing (watchd/clockjump.py): by
+    default the system's count when `clock` is the system's, else `clock` itself (an injected
+    clock that moves is then time passing, never a clock being set)."""
 
     def __init__(
         self,
@@ -129,9 +132,11 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         console: TextIO | None = None,
         poll_s: float | None = None,
+        elapsed: Callable[[], float] | None = None,
     ) -> None:
         self.loaded = loaded
         self.clock = clock
+        self.jumps = clockjump.JumpDetector(clock, elapsed or (clockjump.elapsed if clock is time.time else clock))
         self.console = console
         self.idle_wait_s = MAX_IDLE_WAIT_S if poll_s is None else poll_s
         self.reload_poll_s = RELOAD_POLL_S if poll_s is None else poll_s
@@ -230,6 +235,7 @@ class Daemon:
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js)
         await self._install(self.loaded, first=True)
+        await self._clock_behind_saved()
         targets = build_targets(
             self.loaded,
             nc=self.nc,
@@ -482,6 +488,8 @@ class Daemon:
     async def _engine_loop(self, consumer: bus.EventConsumer) -> None:
         while not self.stop.is_set():
             self.last_loop_at = self.clock()
+            if (jump := self.jumps.check()) is not None:
+                await self._clock_jumped(jump)
             due = self.engine.next_due()
             wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
             msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
@@ -498,6 +506,48 @@ class Daemon:
                 # stored while watchd was down are judged at the time they arrived.
                 if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
                     await self._tick()
+
+    async def _clock_jumped(self, jump: clockjump.Jump) -> None:
+        """The wall clock was set: say so, and when it went back, take the engine's clock back too."""
+        direction = "forward" if jump.by_s > 0 else "back"
+        log.warning(
+            "the wall clock jumped %s by %s (from %s to %s)%s",
+            direction,
+            format_duration(abs(jump.by_s)),
+            iso(jump.expected),
+            iso(jump.to),
+            "" if jump.by_s > 0 else ": the engine's clock follows it back",
+        )
+        if jump.by_s < 0:
+            await self._rewind(jump.to)
+        await self.emit(
+            "watchd.clock.jumped",
+            {"by_s": round(jump.by_s, 3), "from": iso(jump.expected), "to": iso(jump.to), "direction": direction},
+        )
+
+    async def _clock_behind_saved(self) -> None:
+        """At start: a saved engine clock ahead of the present was taken on a wall clock that ran
+        ahead and was set back while watchd was down (or by a watchd that saved it so)."""
+        now = self.clock()
+        ahead = self.engine.clock - now
+        if ahead < clockjump.JUMP_TOLERANCE_S:
+            return
+        log.warning(
+            "the engine's saved clock (%s) is %s ahead of the wall clock: the clock was set back; following it",
+            iso(self.engine.clock),
+            format_duration(ahead),
+        )
+        saved = self.engine.clock
+        await self._rewind(now)
+        await self.emit(
+            "watchd.clock.jumped",
+            {"by_s": round(-ahead, 3), "from": iso(saved), "to": iso(now), "direction": "back", "at_start": True},
+        )
+
+    async def _rewind(self, now: float) -> None:
+        async with self._lock:
+            self.engine.rewind(now)
+            await self._commit(stepping.Batch(), last_seq=None)
 
     async def _consume(self, msgs: list[Msg], *, replay: bool = False) -> None:
         """Step the engine through a batch and commit. `replay`: events another instance already
@@ -558,7 +608,7 @@ class Daemon:
         new = await store.run(
             lambda: store.commit_step(
                 last_seq=last_seq,
-                clock=self.engine.clock,
+                clock=min(self.engine.clock, self.clock()),  # never a clock ahead of the present
                 changes=self.engine.take_changes(),
                 decisions=batch.decisions,
                 handoffs=batch.handoffs,

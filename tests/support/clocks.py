@@ -27,15 +27,25 @@ class ManualClock:
 
 
 class VirtualClock:
-    """Wall time a test moves forward: time.time() plus an offset that only grows. It starts at the
-    real now, so the instants NATS stamps on stored events stay comparable with it."""
+    """Wall time a test moves forward: time.time() plus an offset. It starts at the real now, so the
+    instants NATS stamps on stored events stay comparable with it. `advance` is time passing (a
+    suspend too); `set_by` is the wall clock being set, forward or back, while no time passes:
+    `elapsed` (the daemon's count of time passing) tells the two apart."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.passed = 0.0
 
     def __call__(self) -> float:
         return time.time() + self.offset
 
+    def elapsed(self) -> float:
+        return time.monotonic() + self.passed
+
     def advance(self, seconds: float) -> None:
         assert seconds >= 0, "time only moves forward"
+        self.offset += seconds
+        self.passed += seconds
+
+    def set_by(self, seconds: float) -> None:
         self.offset += seconds

@@ -71,3 +71,15 @@ class Sim:
         fields = {"action": action, "watch": watch, "by": by, **data}
         event = own_event(ANSWER_SUBJECT, {k: v for k, v in fields.items() if v is not None}, time_s=self.now)
         return self._take(self.engine.step(EventInput(event, self.now, self.seq)))
+
+    def tick(self, seconds: float = 0.0) -> list[Fire]:
+        """Time passes by `seconds`, then the engine looks at the clock once (timers due fire)."""
+        return self.jump(seconds)
+
+    def set_back(self, seconds: float) -> None:
+        """The wall clock is set back: the daemon takes the engine's clock back with it."""
+        self.now -= seconds
+        self.engine.rewind(self.now)
+
+    def fired(self, watch: str) -> list[Fire]:
+        return [f for f in self.fires if f.watch == watch]

@@ -70,7 +70,8 @@ class InProcessDaemon(Project):
 
     async def start(self) -> InProcessDaemon:
         assert self.daemon is None, "daemon already running"
-        daemon = Daemon(config.load(self.config_path), clock=self.clock, console=self.console, poll_s=POLL_S)
+        loaded = config.load(self.config_path)
+        daemon = Daemon(loaded, clock=self.clock, console=self.console, poll_s=POLL_S, elapsed=self.clock.elapsed)
         await daemon.start()
         self.daemon = daemon
         return self

@@ -63,6 +63,11 @@ class AbsentLogic(WatchLogic):
         st.evidence = [s.evidence(ev)]
         s.arm(self, key)
 
+    def on_rewind(self, s: EngineState, now: float) -> None:
+        for _, st in s.states(self.id):
+            if st.last_seen is not None and st.last_seen > now:
+                st.last_seen = now  # the silence counts from the return
+
     def key_due(self, st: KeyState) -> float | None:
         return None if st.silent or st.last_seen is None else st.last_seen + self.for_s
 

@@ -259,6 +259,11 @@ class WatchLogic(ABC):
         """The watch's own timer (`watch_due`) came due."""
         return None  # most kinds have nothing to do here
 
+    def on_rewind(self, s: EngineState, now: float) -> None:
+        """The clock was set back to `now`: bring the instants this watch's state holds past `now`
+        back to it (they were taken on a clock that ran ahead). What fired stays fired."""
+        return None  # a kind without state has nothing to bring back
+
     def key_due(self, st: KeyState) -> float | None:
         """When this key next needs the clock, if it does."""
         return None
@@ -355,6 +360,12 @@ class EngineState:
             st = keyed[key] = KeyState()
         self._dirty.add((wid, key))
         return st
+
+    def states(self, wid: str) -> list[tuple[str | None, KeyState]]:
+        """Every key's state of a watch, for changing them all (each is persisted with the step)."""
+        keyed = self.keys.get(wid, {})
+        self._dirty.update((wid, k) for k in keyed)
+        return list(keyed.items())
 
     def peek(self, wid: str, key: str | None) -> KeyState | None:
         """A key's state for reading only."""

@@ -138,6 +138,22 @@ class Engine(EngineState):
         self._dirty, self._dirty_meta, self._deleted_watches = set(), set(), set()
         return rows, metas, deleted
 
+    def rewind(self, now: float) -> None:
+        """The wall clock was set back to `now`, behind the engine's clock. The instants the state
+        holds past `now` were taken on a clock that ran ahead: each kind brings them back to `now`
+        (`on_rewind`), and the clock follows, so silences end and windows slide again. What fired
+        stays fired: a fire is recorded in the state, not found again by the clock."""
+        if now >= self.clock:
+            return
+        for wid, logic in self.watches.items():
+            meta = self.meta.get(wid)
+            if meta is not None and meta.activated_at > now:
+                meta.activated_at = now
+                self.changed_meta(wid)
+            logic.on_rewind(self, now)
+        self.clock = now
+        self._rebuild_timers()
+
     # -- stepping --
 
     def step(self, inp: EventInput | Tick) -> Outputs:

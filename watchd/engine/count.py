@@ -37,6 +37,13 @@ class CountLogic(MatchLogic):
         st.hits, st.evidence = [], []
         self.fire_unless_cooling(s, key, st, reason, evidence, event)
 
+    def on_rewind(self, s: EngineState, now: float) -> None:
+        super().on_rewind(s, now)
+        for _, st in s.states(self.id):
+            # Events counted on the clock that ran ahead happened, and just now as far as the
+            # clock that came back can tell: they stay counted, inside the window ending now.
+            st.hits = [min(t, now) for t in st.hits]
+
     def explain_pending(self, sit: Situation) -> str | None:
         counted = sit.latest(Verdict.COUNTED)
         if counted is None:

@@ -58,6 +58,16 @@ class DeadlineLogic(WatchLogic):
             meta.next_open = nxt.timestamp() if nxt else None
             s.changed_meta(self.id)
 
+    def on_rewind(self, s: EngineState, now: float) -> None:
+        for _, st in s.states(self.id):
+            # A window opened on the clock that ran ahead opens now, for as long as it was to last.
+            st.windows = [(start, end) if start <= now else (now, now + end - start) for start, end in st.windows]
+        meta = s.meta.get(self.id)
+        if self.opens_cron is not None and meta is not None and meta.next_open is not None and meta.next_open > now:
+            nxt = next_tick(self.opens_cron, datetime.fromtimestamp(now - 1e-6, UTC))
+            meta.next_open = nxt.timestamp() if nxt else None
+            s.changed_meta(self.id)
+
     # -- windows opening --
 
     def watch_due(self, meta: WatchMeta) -> float | None:

@@ -32,6 +32,11 @@ class MatchLogic(WatchLogic):
             return
         self.fire_unless_cooling(s, key, s.state(self.id, key), reason, [s.evidence(event.event)], event)
 
+    def on_rewind(self, s: EngineState, now: float) -> None:
+        for _, st in s.states(self.id):
+            if st.last_fire is not None and st.last_fire > now:
+                st.last_fire = now  # the cooldown runs from the return, not from a future instant
+
     def fire_unless_cooling(
         self,
         s: EngineState,
