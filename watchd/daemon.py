@@ -44,8 +44,11 @@ from watchd.notify.slack import SlackNotifier
 from watchd.notify.telegram import TelegramNotifier
 from watchd.notify.webhook import WebhookNotifier
 from watchd.redact import redact_url
+from watchd.sources.state import PositionStore
+from watchd.sources.supervise import SourceSet
 from watchd.store import Store, db_path
 from watchd.store.agent_watches import active_watch_defs
+from watchd.store.engine_state import heard
 
 log = logging.getLogger("watchd")
 
@@ -54,6 +57,7 @@ MAX_IDLE_WAIT_S = 5.0  # longest a fetch waits, so a reload or stop is noticed p
 RELOAD_POLL_S = 2.0
 STOP_DEADLINE_S = 10.0
 RETENTION_EVERY_S = 3600.0
+SOURCE_WAIT_S = 60.0  # sources read the clock at least this often (see SourceContext.max_wait_s)
 
 
 def build_targets(
@@ -140,6 +144,8 @@ class Daemon:
         self.console = console
         self.idle_wait_s = MAX_IDLE_WAIT_S if poll_s is None else poll_s
         self.reload_poll_s = RELOAD_POLL_S if poll_s is None else poll_s
+        self.source_wait_s = SOURCE_WAIT_S if poll_s is None else poll_s
+        self.sources: SourceSet | None = None
         self.stop = asyncio.Event()
         self.state_dir = loaded.state_dir
         self.store: Store | None = None
@@ -325,7 +331,31 @@ class Daemon:
             claim_tick=lease.claim_tick if lease is not None and not lease.embedded else None,
         )
         self._spawn("scheduler", lambda: self.scheduler.run(self.stop) if self.scheduler else _noop())
+        await self._start_sources()
         self._spawn("release-canary", lambda: release_canary(self))
+
+    async def _start_sources(self) -> None:
+        """Every configured source as a task of its own (see sources/supervise.py): a source that
+        fails is restarted with a backoff and never stops the daemon."""
+        assert self.store is not None and self.js is not None
+        js = self.js
+        last_heard: dict[str, float] = {}
+        for row in await self.store.call(heard):
+            if row.last_source:
+                last_heard[row.last_source] = max(row.last_at, last_heard.get(row.last_source, 0.0))
+        self.sources = SourceSet(
+            self.loaded.config.source,
+            js=js,
+            positions=PositionStore(self.state_dir / "sources"),
+            base_dir=self.loaded.base_dir,
+            clock=self.clock,
+            max_event_bytes=self.loaded.config.engine.max_event_bytes,
+            heard=last_heard,
+            max_wait_s=self.source_wait_s,
+            publish_own=lambda event: bus.publish_event(js, event),
+        )
+        sources = self.sources
+        self._spawn("sources", lambda: sources.run(self.stop))
 
     async def _catch_up(self, consumer: bus.EventConsumer) -> None:
         """Read from the stream what lies past this instance's commit cursor, before consuming the
@@ -434,6 +464,8 @@ class Daemon:
             await self._commit(stepping.Batch(), last_seq=None)
         if self.scheduler is not None and not first:
             await self.scheduler.install(loaded)  # a changed schedule gets a new version
+        if self.sources is not None and not first:
+            self.sources.update(loaded.config.source)
 
     def _watch_fingerprint(self) -> tuple[Any, ...]:
         paths: list[Path] = [p for p in [self.loaded.config_path] if p]
@@ -660,6 +692,7 @@ class Daemon:
             "last_seq": self.last_seq,
             "events": self.events_seen,
             "cluster": self.lease.view() if self.lease is not None else None,
+            "sources": self.sources.view() if self.sources is not None else [],
         }
 
 

@@ -63,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "canary:canary",
         "Send a synthetic event through the daemon and probe every notifier and agent; exit 1 on failure.",
     ),
+    "source": ("sources:source_group", "Run one source on its own, or try it without publishing."),
     "nats": ("nats:nats", "The embedded NATS server: credentials for clients outside watchd."),
     "schedules": (
         "schedules:schedules_cmd",

@@ -55,6 +55,9 @@ class SourceContext:
     clock: Callable[[], float]
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("watchd.sources"))
+    # The longest one wait lasts before the clock is read again: a clock that jumps (a test's
+    # virtual clock, a laptop's resume) is noticed within it.
+    max_wait_s: float = 60.0
 
     async def emit(self, emits: Sequence[Emit], position: Position | None = None) -> None:
         """Publish `emits`, then persist `position` (when given): the position never runs ahead of
@@ -67,6 +70,15 @@ class SourceContext:
         """Persist a position that published nothing (an ETag learnt, a snapshot refreshed)."""
         await self.outlet.save(position)
         self.position = position
+
+    async def sleep_until(self, at: float) -> bool:
+        """Wait until the clock reads `at`, or until stopped; True when stopped."""
+        while not self.stop.is_set():
+            left = at - self.clock()
+            if left <= 0:
+                return False
+            await self.sleep(min(left, self.max_wait_s))
+        return True
 
     async def sleep(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True when stopped."""

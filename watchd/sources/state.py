@@ -9,12 +9,15 @@ land once in the stream.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from watchd.errors import WatchdError
 
 log = logging.getLogger("watchd.sources")
 
@@ -25,6 +28,22 @@ class PositionStore:
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
+
+    def lock(self, name: str) -> int:
+        """Hold `<name>.lock` while the source runs (the fd; closing it releases the lock): two
+        runners of one source on one state would each persist a position over the other's."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WatchdError(
+                f"source {name} is already running on this state ({self.folder})",
+                hint="the daemon runs every configured source itself; run it standalone only on "
+                "another machine, or with --state DIR of its own",
+            ) from None
+        return fd
 
     def load(self, name: str) -> dict[str, Any]:
         path = self.path(name)
