@@ -283,3 +283,32 @@ async def test_a_clock_set_back_while_watchd_was_down_is_followed_at_start(
     await until(lambda: len(d.decisions("hb", "matched")) == 2, what="the next heartbeat")
     await d.advance(3601)
     await until(lambda: len(d.decisions("hb", "fired")) == 2, what="the silence after the clock came back")
+
+
+REPEAT = """
+[[watch]]
+id = "disk-full"
+kind = "match"
+on = { subject = "disk.full" }
+repeat = "30m"
+then = ["notify.console"]
+"""
+
+
+def test_repeats_of_an_incident_opened_on_the_clock_ahead_run_from_the_return() -> None:
+    sim = Sim(REPEAT, T0)
+    sim.tick(YEAR)
+    assert sim.emit("disk.full") != []
+    sim.set_back(YEAR)
+    assert sim.advance(29 * 60) == []
+    assert [f.reason.split(",")[0] for f in sim.advance(60)] == ["repeat 1"]
+
+
+def test_a_snooze_set_on_the_clock_ahead_lasts_as_long_from_the_return() -> None:
+    sim = Sim(REPEAT, T0)
+    sim.tick(YEAR)
+    sim.emit("disk.full")
+    sim.answer("snooze", "disk-full", duration="1h")
+    sim.set_back(YEAR)
+    assert sim.advance(59 * 60) == []
+    assert [f.reason.split(" (")[0] for f in sim.advance(60)] == ["still open after the snooze"]

@@ -147,9 +147,19 @@ class Engine(EngineState):
             return
         for wid, logic in self.watches.items():
             meta = self.meta.get(wid)
-            if meta is not None and meta.activated_at > now:
-                meta.activated_at = now
+            if meta is not None:
+                if meta.activated_at > now:
+                    meta.activated_at = now
+                for hold in meta.holds:
+                    if hold.at > now:  # a snooze or mute set on the clock ahead lasts as long from now
+                        hold.until -= hold.at - now
+                        hold.at = now
                 self.changed_meta(wid)
+            for _, st in self.states(wid):
+                if st.incident_at is not None and st.incident_at > now:  # so do its repeats
+                    if st.next_repeat is not None:
+                        st.next_repeat -= st.incident_at - now
+                    st.incident_at = now
             logic.on_rewind(self, now)
         self.clock = now
         self._rebuild_timers()
