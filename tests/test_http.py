@@ -188,6 +188,6 @@ async def test_healthz_and_metrics(daemon: InProcessDaemon) -> None:
     status, text, ctype = await request(daemon, "GET", "/metrics", token=None)
     assert status == 200 and ctype.startswith("text/plain")
     metrics = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert metrics["watchd_up"] == "1" and metrics["watchd_watches"] == "1"
-    assert int(metrics["watchd_last_seq"]) >= 0 and int(metrics["watchd_events_total"]) >= 0
-    assert "# TYPE watchd_events_total counter" in text
+    assert float(metrics["watchd_up"]) == 1 and float(metrics["watchd_watches"]) == 1
+    assert float(metrics["watchd_last_seq"]) >= 0 and float(metrics["watchd_events_total"]) >= 0
+    assert "# TYPE watchd_events_total counter" in text and "# HELP watchd_up " in text

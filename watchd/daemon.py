@@ -37,6 +37,7 @@ from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
+from watchd.metrics import Metrics
 from watchd.model import Event, decode_stored_event, iso, own_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
@@ -161,6 +162,7 @@ class Daemon:
         self.last_seq = 0
         self.last_loop_at = 0.0
         self.events_seen = 0
+        self.metrics = Metrics()
         self.failures = stepping.FailureLog(clock)
         self.started_at = clock()
         self._lock = asyncio.Lock()
@@ -250,7 +252,7 @@ class Daemon:
             on_watch=self._agent_watches_changed.set,
             console=self.console,
         )
-        self.dispatcher = Dispatcher(self.store, targets, clock=self.clock)
+        self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics)
         self.targets = targets
         store = self.store
         changed = self._agent_watches_changed
@@ -508,6 +510,7 @@ class Daemon:
 
     async def emit(self, subject: str, data: dict[str, Any]) -> None:
         """Publish one of watchd's own events; they can be watched like any other."""
+        self.metrics.own_event(subject, data)
         if self.js is None:
             return
         try:
@@ -636,6 +639,7 @@ class Daemon:
     ) -> None:
         assert self.store is not None
         self.failures.report(batch.errors)
+        self.metrics.decided(batch.decisions)
         store = self.store
         new = await store.run(
             lambda: store.commit_step(

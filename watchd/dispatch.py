@@ -13,7 +13,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from watchd.config import Quiet
 from watchd.engine import Fire
@@ -21,6 +22,9 @@ from watchd.model import Handoff, Window, iso
 from watchd.notify.render import render, render_template
 from watchd.quiet import QUIET_PREFIX, quiet_hold
 from watchd.store import Store
+
+if TYPE_CHECKING:
+    from watchd.metrics import Metrics
 
 log = logging.getLogger("watchd.dispatch")
 
@@ -109,8 +113,15 @@ def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
 
 class Dispatcher:
     def __init__(
-        self, store: Store, targets: dict[str, Target], *, clock: Callable[[], float] = time.time, per_target: int = 4
+        self,
+        store: Store,
+        targets: dict[str, Target],
+        *,
+        clock: Callable[[], float] = time.time,
+        per_target: int = 4,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.targets = targets
         self.clock = clock
@@ -174,6 +185,9 @@ class Dispatcher:
             log.exception("delivery of %s to %s failed", h.id, h.target)
             outcome = Retry(f"unexpected error: {type(exc).__name__}")
         now = self.clock()
+        if self.metrics is not None:
+            latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None
+            self.metrics.delivered(h.target, _outcome_label(outcome), latency)
         if isinstance(outcome, Delivered):
             await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
         elif isinstance(outcome, Retry) and outcome.wait:
@@ -188,3 +202,15 @@ class Dispatcher:
         else:
             delay = backoff_s(h.attempt, outcome.retry_after_s)
             await self.store.run(self.store.finish, h.id, "retrying", now, outcome.detail, now + delay)
+
+
+def _outcome_label(outcome: object) -> str:
+    return {Delivered: "delivered", Dead: "dead"}.get(type(outcome), "retry")
+
+
+def fired_ago_s(h: Handoff, now: float) -> float | None:
+    """Seconds since the handoff's watch fired (its delivery latency once delivered)."""
+    try:
+        return now - datetime.fromisoformat(h.fired_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

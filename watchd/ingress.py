@@ -35,6 +35,7 @@ from watchd.config import resolve_secret
 from watchd.errors import EventRejected, NatsUnavailable, RequestRefused, WatchdError
 from watchd.limits import HTTP_BODY_TIMEOUT_S, default_max_connections, is_loopback, split_listen
 from watchd.listener import ConnectionLimits, ListenerSite, track_requests
+from watchd.metrics import CONTENT_TYPE, Metrics, health_families, store_families
 from watchd.model import Event, encode, make_event, parse_data
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Ingress:
         allowed_hosts: Iterable[str] = (),
         body_timeout_s: float = HTTP_BODY_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.publish = publish
         self.health = health
@@ -91,6 +93,8 @@ class Ingress:
         names = {listen_host, *allowed_hosts} - _WILDCARDS
         self.allowed_hosts = {n.strip("[]").lower().rstrip(".") for n in names}
         self.errors: Counter[str] = Counter()  # refusals per reason, since start
+        self.scrape = metrics or Metrics()
+        self.scrape.add_state(lambda: health_families(self.health(), self.errors))
         # Webhook sources by path: replaced as a whole on reload (routes of a built aiohttp app
         # cannot change), and looked up before the app's own routes.
         self.webhooks: Mapping[str, WebhookRoute] = {}
@@ -276,18 +280,8 @@ class Ingress:
         return web.json_response(health, status=200 if health["ok"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        h = self.health()
-        lines = [
-            "# TYPE watchd_events_total counter",
-            f"watchd_events_total {h['events']}",
-            "# TYPE watchd_last_seq gauge",
-            f"watchd_last_seq {h['last_seq']}",
-            "# TYPE watchd_watches gauge",
-            f"watchd_watches {h['watches']}",
-            "# TYPE watchd_up gauge",
-            f"watchd_up {1 if h['ok'] else 0}",
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        body = await asyncio.to_thread(self.scrape.exposition)  # the state part reads SQLite
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     def app(self, extra: Iterable[web.RouteDef] = ()) -> web.Application:
         app = web.Application(client_max_size=self.max_body + 1024, middlewares=[track_requests, self.guard])
@@ -343,7 +337,9 @@ async def start(daemon: Daemon) -> web.AppRunner:
         max_event_bytes=lambda: daemon.loaded.config.engine.max_event_bytes,
         listen_host=host,
         allowed_hosts=cfg.allowed_hosts,
+        metrics=daemon.metrics,
     )
+    daemon.metrics.add_state(lambda: store_families(daemon.loaded))
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
         runner, _port = await serve(ingress, host, port, limits, dashboard_routes(daemon, token))

@@ -390,3 +390,8 @@ def _handoff(r: Sequence[Any], state: str | None = None) -> Handoff:
 
 def _stored(r: Sequence[Any]) -> StoredHandoff:
     return StoredHandoff(**_fields(r), created_at=r[14], updated_at=r[15], next_attempt_at=r[16], last_error=r[17])
+
+
+def count_by_target_state(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(target, state, handoffs) for every pair that has any: the `/metrics` gauge."""
+    return conn.execute("SELECT target, state, COUNT(*) FROM handoffs GROUP BY target, state").fetchall()

@@ -222,3 +222,11 @@ def run_json(r: Run) -> dict[str, Any]:
         "cost_usd": round(r.cost_usd, 6),
         "latency_s": round(r.latency_s, 3),
     }
+
+
+def totals_by_agent(conn: sqlite3.Connection) -> list[tuple[str, str, str, int, int, int, float]]:
+    """(agent, model, outcome, runs, input tokens, output tokens, cost in USD) over the kept runs."""
+    return conn.execute(
+        "SELECT agent, model, COALESCE(outcome, 'running'), COUNT(*), SUM(input_tokens + cache_read_tokens + "
+        "cache_write_tokens), SUM(output_tokens), SUM(cost_usd) FROM agent_runs GROUP BY agent, model, 3"
+    ).fetchall()

@@ -1,0 +1,204 @@
+"""`/metrics` in the Prometheus text format, through prometheus_client.
+
+Two kinds of figures. What the daemon sees happen — decisions, fires, deliveries, ticks, job
+outcomes, refusals — is counted as it happens, in a registry per daemon (tests run several in
+one process, so never the library's global one). What is a state — handoffs by target and state,
+dead letters, the last backup and canary, agent runs and their cost, the engine's position — is
+read when scraped, from the daemon and from the state database opened read-only."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from watchd.engine.verdict import FIRES
+
+if TYPE_CHECKING:
+    from watchd.config import Loaded
+    from watchd.engine.base import Decision
+
+# `_created` series double every counter for a timestamp nobody alerts on.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_SCHEDULE_EVENT = re.compile(r"watchd\.schedule\.([^.]+)\.(started|done|failed|skipped)")
+_JOB_EVENT = re.compile(r"watchd\.job\.([^.]+)\.(done|failed)")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "watchd_decisions", "Decisions the engine recorded, by watch and verdict.", ["watch", "verdict"], registry=r
+        )
+        self.fires = Counter(
+            "watchd_fires", "Watches that fired (or would have, in shadow mode).", ["watch"], registry=r
+        )
+        self.deliveries = Counter(
+            "watchd_deliveries", "Delivery attempts by target and outcome.", ["target", "outcome"], registry=r
+        )
+        self.delivery_latency = Histogram(
+            "watchd_delivery_latency_seconds",
+            "From a handoff's fire to its successful delivery.",
+            ["target"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+            registry=r,
+        )
+        self.tick_lateness = Histogram(
+            "watchd_schedule_tick_lateness_seconds",
+            "How late a schedule's tick started after its due instant (jitter excluded).",
+            ["schedule"],
+            buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.ticks_skipped = Counter(
+            "watchd_schedule_ticks_skipped",
+            "Ticks skipped or missed, by schedule and reason.",
+            ["schedule", "reason"],
+            registry=r,
+        )
+        self.job_runs = Counter("watchd_job_runs", "Job outcomes by job and outcome.", ["job", "outcome"], registry=r)
+
+    # ---- what happens ----
+
+    def decided(self, decisions: Iterable[Decision]) -> None:
+        for d in decisions:
+            self.decisions.labels(d.watch, str(d.verdict)).inc(d.n)
+            if d.verdict in FIRES:
+                self.fires.labels(d.watch).inc()
+
+    def delivered(self, target: str, outcome: str, latency_s: float | None = None) -> None:
+        self.deliveries.labels(target, outcome).inc()
+        if latency_s is not None:
+            self.delivery_latency.labels(target).observe(max(0.0, latency_s))
+
+    def own_event(self, subject: str, data: dict[str, Any]) -> None:
+        """Read the figures off watchd's own events as they are published: each tick, skip and job
+        outcome is one, so the scheduler needs no hooks of its own."""
+        if m := _SCHEDULE_EVENT.fullmatch(subject):
+            schedule, what = m.groups()
+            if what == "started" and isinstance(data.get("lateness_s"), int | float):
+                self.tick_lateness.labels(schedule).observe(max(0.0, float(data["lateness_s"])))
+            elif what == "skipped":
+                reason = str(data.get("reason") or "unknown")
+                self.ticks_skipped.labels(schedule, reason).inc(int(data.get("count") or 1))
+        elif m := _JOB_EVENT.fullmatch(subject):
+            self.job_runs.labels(*m.groups()).inc()
+
+    # ---- scraping ----
+
+    def add_state(self, read: Callable[[], Iterator[Metric]]) -> None:
+        self.registry.register(_StateCollector(read))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], Iterator[Metric]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        return self.read()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families vary with the state (targets, agents): not described up front
+
+
+def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterator[Metric]:
+    """What the daemon knows of itself: up, its parts, its position in the stream."""
+    yield _gauge("watchd_up", "1 when the engine loop runs and NATS is connected.", 1 if health.get("ok") else 0)
+    yield _gauge("watchd_engine_ok", "1 when the engine loop ran recently.", 1 if health.get("engine") else 0)
+    yield _gauge("watchd_nats_connected", "1 while connected to NATS.", 1 if health.get("nats") else 0)
+    yield _gauge("watchd_watches", "Watches loaded.", health.get("watches", 0))
+    yield _gauge("watchd_uptime_seconds", "Seconds since the daemon started.", health.get("uptime_s", 0))
+    yield _gauge("watchd_last_seq", "The last stream sequence the engine committed.", health.get("last_seq", 0))
+    if "stream_last_seq" in health:
+        yield _gauge("watchd_stream_last_seq", "The event stream's last sequence.", health["stream_last_seq"])
+        lag = max(0, int(health["stream_last_seq"]) - int(health.get("last_seq", 0)))
+        yield _gauge("watchd_engine_lag_events", "Events stored but not yet decided.", lag)
+    events = CounterMetricFamily("watchd_events", "Events the engine consumed since start.")
+    events.add_metric([], health.get("events", 0))
+    yield events
+    rejected = CounterMetricFamily(
+        "watchd_http_rejected", "Requests the listener refused, by reason.", labels=["reason"]
+    )
+    for reason, n in sorted(refusals.items()):
+        rejected.add_metric([reason], n)
+    yield rejected
+
+
+def store_families(loaded: Loaded) -> Iterator[Metric]:
+    """What the state database holds now: handoffs, dead letters, agent runs, backups, canaries."""
+    from watchd.jobs.backup import last_backup
+    from watchd.jobs.canary import last_canary
+    from watchd.store import open_readonly
+    from watchd.store.outbox import count_by_target_state
+    from watchd.store.runs import totals_by_agent
+
+    handoffs = GaugeMetricFamily("watchd_handoffs", "Handoffs by target and state.", labels=["target", "state"])
+    dead = 0
+    runs = CounterMetricFamily(
+        "watchd_agent_runs", "Agent runs kept, by agent, model and outcome.", labels=["agent", "model", "outcome"]
+    )
+    tokens = CounterMetricFamily(
+        "watchd_agent_tokens", "Tokens of the kept agent runs.", labels=["agent", "model", "direction"]
+    )
+    cost = CounterMetricFamily(
+        "watchd_agent_cost_usd", "Estimated cost of the kept agent runs, US dollars.", labels=["agent", "model"]
+    )
+    canary_at: float | None = None
+    conn = open_readonly(loaded.state_dir)
+    if conn is not None:
+        with conn:
+            try:
+                for target, state, n in count_by_target_state(conn):
+                    handoffs.add_metric([target, state], n)
+                    dead += n if state == "dead" else 0
+                spent: dict[tuple[str, str], list[float]] = {}
+                for agent, model, outcome, n, tin, tout, usd in totals_by_agent(conn):
+                    runs.add_metric([agent, model, outcome], n)
+                    acc = spent.setdefault((agent, model), [0, 0, 0.0])
+                    acc[0] += tin or 0
+                    acc[1] += tout or 0
+                    acc[2] += usd or 0.0
+                for (agent, model), totals in sorted(spent.items()):
+                    tokens.add_metric([agent, model, "input"], totals[0])
+                    tokens.add_metric([agent, model, "output"], totals[1])
+                    cost.add_metric([agent, model], totals[2])
+                canary = last_canary(conn)
+                if canary and canary.get("ok") and canary.get("at"):
+                    canary_at = _timestamp(str(canary["at"]))
+            except sqlite3.Error:
+                pass  # a state db no daemon has finished creating: report what is known
+    yield handoffs
+    yield _gauge("watchd_dead_letters", "Handoffs in the dead-letter queue.", dead)
+    yield runs
+    yield tokens
+    yield cost
+    backup = last_backup(loaded)
+    if backup and backup.get("verified") and backup.get("at"):
+        at = _timestamp(str(backup["at"]))
+        yield _gauge("watchd_last_backup_timestamp_seconds", "When the last verified backup was made.", at)
+    elif backup and backup.get("last_verified"):
+        at = _timestamp(str(backup["last_verified"]["at"]))
+        yield _gauge("watchd_last_backup_timestamp_seconds", "When the last verified backup was made.", at)
+    if canary_at is not None:
+        yield _gauge("watchd_last_canary_timestamp_seconds", "When the last good canary ran.", canary_at)
+
+
+def _timestamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
