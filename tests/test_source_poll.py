@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from support.inprocess import InProcessDaemon
-from support.project import Project
+from support.project import Project, stream_events
 from support.sites import FakeSite
 from support.waiting import until
-
-from watchd import bus
 
 
 def page(price: str) -> str:
@@ -28,23 +26,8 @@ def poll_source(url: str, **extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def stream_events(d: Project) -> list[dict[str, Any]]:
-    """Every envelope in the event stream, in order."""
-    nc = await bus.connect(d.nats_url, name="watchd-test")
-    try:
-        js = nc.jetstream()
-        last = (await js.stream_info(bus.EVENTS_STREAM)).state.last_seq
-        found = []
-        for seq in range(1, last + 1):
-            msg = await js.get_msg(bus.EVENTS_STREAM, seq)
-            found.append(json.loads(msg.data or b"{}"))
-        return found
-    finally:
-        await nc.close()
-
-
 async def from_shop(d: Project) -> list[dict[str, Any]]:
-    return [e for e in await stream_events(d) if e.get("source") == "shop"]
+    return [e for e in await stream_events(d.nats_url) if e.get("source") == "shop"]
 
 
 async def test_a_changed_price_is_announced_once_with_previous_and_current(

@@ -177,3 +177,18 @@ async def stream_event(url: str, seq: int) -> dict[str, Any]:
         return found
     finally:
         await nc.close()
+
+
+async def stream_events(url: str) -> list[dict[str, Any]]:
+    """Every envelope in the event stream, in order, as JSON."""
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(bus.EVENTS_STREAM)).state.last_seq
+        found = []
+        for seq in range(1, last + 1):
+            msg = await js.get_msg(bus.EVENTS_STREAM, seq)
+            found.append(json.loads(msg.data or b"{}"))
+        return found
+    finally:
+        await nc.close()
