@@ -157,6 +157,7 @@ class TelegramNotifier(_Strict, tag_field="type", tag="telegram", kw_only=True):
     token: str
     chat_id: str
     api_base: str = "https://api.telegram.org"
+    buttons: bool = True  # Ack / Snooze 1h / Mute 24h under each notification of a watch
 
 
 class SlackNotifier(_Strict, tag_field="type", tag="slack", kw_only=True):
@@ -164,6 +165,7 @@ class SlackNotifier(_Strict, tag_field="type", tag="slack", kw_only=True):
     token: str | None = None
     channel: str | None = None
     api_base: str = "https://slack.com/api"
+    buttons: bool = True  # Ack / Snooze 1h / Mute 24h under each notification of a watch
 
 
 class WebhookNotifier(_Strict, tag_field="type", tag="webhook", kw_only=True):

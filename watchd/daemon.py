@@ -28,11 +28,13 @@ from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
+from watchd.answers import CHAT_SUBJECT, Answers
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dispatcher, Target
 from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, failed_reason
+from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
@@ -155,6 +157,7 @@ class Daemon:
         self.js: JetStreamContext | None = None
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
+        self.answers: Answers | None = None
         self.targets: dict[str, Target] = {}
         self.scheduler: Scheduler | None = None
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
@@ -253,6 +256,13 @@ class Daemon:
             console=self.console,
         )
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics)
+        self.answers = Answers(
+            config=lambda: self.loaded.config,
+            store=self.store,
+            js=self.js,
+            watches=lambda: self.engine.watches.keys(),
+            targets=targets,
+        )
         self.targets = targets
         store = self.store
         changed = self._agent_watches_changed
@@ -429,6 +439,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.lease is not None:
             await self.lease.leave()  # nothing decides any more: a standby may take over at once
+        if self.answers is not None:
+            await self.answers.close()
         await http_client.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
@@ -595,6 +607,8 @@ class Daemon:
         top = self.last_seq
         events: dict[int, Event] = {}
         id_notes: dict[int, str] = {}  # events whose id watchd had to assign: their decisions say so
+        chat: list[tuple[Event, float, int]] = []  # button presses, relayed as answers (answers.py)
+        answered: list[Event] = []  # answers applied: their chat messages are edited once committed
         for msg in msgs:
             seq = bus.seq_of(msg)
             if seq <= self.last_seq:
@@ -616,13 +630,22 @@ class Daemon:
             prev = subjects.get(event.subject)
             subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
             stepping.take(self.engine, EventInput(event, at, seq), batch)
+            if event.subject == CHAT_SUBJECT:
+                chat.append((event, at, seq))
+            elif event.subject == ANSWER_SUBJECT:
+                answered.append(event)
         if replay:
             batch = stepping.Batch()
+            chat, answered = [], []  # another instance relayed and edited them
+        if chat and self.answers is not None:
+            batch.decisions += await self.answers.relay(chat)
         batch.decisions = kept_for_explain(batch.decisions, events)
         for d in batch.decisions:
             if d.seq in id_notes:
                 d.reason = f"{d.reason} ({id_notes[d.seq]})"
         await self._commit(batch, last_seq=top, subjects=subjects)
+        if answered and self.answers is not None:
+            self.answers.applied(answered, batch.decisions)
 
     async def _tick(self) -> None:
         """Let the engine's clock reach the present: the timers due fire."""

@@ -51,3 +51,7 @@ class RequestRefused(WatchdError):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+class UnknownTarget(WatchdError):
+    """An answer (ack, snooze, mute, unmute) names no watch and no handoff watchd knows."""

@@ -54,7 +54,10 @@ LOG_EVERY_S = 60.0  # per reason: the first refusal is logged, then at most one 
 _HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _STATUS_REASONS = {404: "not_found", 405: "method", 413: "too_large"}
-_ENDPOINTS = "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics, GET / (dashboard)"
+_ENDPOINTS = (
+    "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics, "
+    "POST /api/ack|snooze|mute|unmute, GET / (dashboard)"
+)
 
 
 def host_name(value: str) -> str | None:
@@ -342,7 +345,8 @@ async def start(daemon: Daemon) -> web.AppRunner:
     daemon.metrics.add_state(lambda: store_families(daemon.loaded))
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
-        runner, _port = await serve(ingress, host, port, limits, dashboard_routes(daemon, token))
+        extra = [*answer_routes(daemon, ingress), *dashboard_routes(daemon, token)]
+        runner, _port = await serve(ingress, host, port, limits, extra)
     except OSError as exc:
         raise WatchdError(
             f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
@@ -367,6 +371,24 @@ class DaemonActions:
         h = await store.call(change, ref, self.daemon.clock())
         self.daemon.wake()
         return f"{'replaying' if action == 'replay' else 'dropped'} {h.id} ({h.watch} → {h.target})"
+
+
+def answer_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
+    """POST /api/ack|snooze|mute|unmute (answer_api.py), vetted by this listener's token."""
+    from watchd.answer_api import AnswerApi
+
+    api = AnswerApi(
+        store=lambda: daemon.store,
+        watches=lambda: daemon.engine.watches.keys(),
+        publish=ingress.store,
+        applied=lambda: daemon.last_seq,
+        authorized=ingress._authorized,
+        read_body=ingress.read_body,
+        refuse=lambda status, reason, message: ingress.error(status, reason, message),
+        clock=daemon.clock,
+        token_set=ingress.token is not None,
+    )
+    return api.routes()
 
 
 def dashboard_routes(daemon: Daemon, token: str | None) -> list[web.RouteDef]:

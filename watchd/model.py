@@ -208,11 +208,17 @@ def make_event(
 
 
 def own_event(
-    subject: str, data: dict[str, Any] | None = None, *, time_s: float | None = None, source: str = "watchd"
+    subject: str,
+    data: dict[str, Any] | None = None,
+    *,
+    time_s: float | None = None,
+    source: str = "watchd",
+    id: str | None = None,
 ) -> Event:
     """One of watchd's own events (`watchd.job.backup.done`, `watchd.config.reloaded`, …): the
-    internal path that may publish under the reserved `watchd.` prefix."""
-    return _build(subject, data, None, time_s, source)
+    internal path that may publish under the reserved `watchd.` prefix. `id` when a re-send must
+    be stored once (an answer relayed from a chat event)."""
+    return _build(subject, data, id, time_s, source)
 
 
 class _Envelope(msgspec.Struct, kw_only=True):

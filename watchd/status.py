@@ -14,6 +14,7 @@ from rich.table import Table
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.config import Loaded
 from watchd.engine import Engine
+from watchd.engine.base import hold_words
 from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
@@ -105,10 +106,29 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "last_fired": iso(fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
                 "would_fire_today": would_fire_today.get(w.id, 0),
+                "holds": _holds(engine, w.id, now),
                 "file": f"{d.file}:{d.line}" if d.line else d.file,  # built-in and agent-made watches have no line
             }
         )
     return report
+
+
+def _holds(engine: Engine, wid: str, now: float) -> list[dict[str, Any]]:
+    """The snoozes and mutes in force (ack, snooze, mute: SPEC section 8), with who and until when."""
+    meta, logic = engine.meta.get(wid), engine.watches.get(wid)
+    if meta is None or logic is None:
+        return []
+    return [
+        {
+            "action": h.action,
+            "key": h.key,
+            "until": iso(h.until),
+            "by": h.by,
+            "text": hold_words(h, logic.zone),
+        }
+        for h in meta.holds
+        if h.until > now
+    ]
 
 
 def _watch_state(engine: Engine, wid: str, enabled: bool) -> str:
@@ -167,6 +187,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         mode = f"shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else w["mode"]
         table.add_row(w["id"], w["kind"], mode, w["state"], w["last_fired"] or "-", w["next_due"] or "-")
     console.print(table)
+    for w in report["watches"]:
+        for hold in w.get("holds", []):
+            console.print(f"{w['id']}: {hold['text']}", markup=False)
     if builtin:  # their own narrower table, so they never crowd the user's watches off an 80-column screen
         table = Table("built-in watch", "state", "last fired", "next due", box=None)
         for w in builtin:

@@ -11,7 +11,7 @@ error) before the fake falls back to its normal behaviour:
         assert tg.messages[-1]["text"].startswith("🔔")
 
 `FakeTelegram` (with the bot's side: updates, callback answers, edits), `FakeSlack` (incoming webhook
-and Web API) and `FakeWebhook` share the scripting
+and Web API, chat.update included) and `FakeWebhook` share the scripting
 API of `FakeServer` (`fail`, `rate_limit`, `stall`, `reject_auth`, `script`), which acts on the
 service's delivery path unless given another.
 """
@@ -446,6 +446,8 @@ class FakeSlack(FakeServer):
         self.hook_path = f"/services/T0000/B0000/{hook_secret}"
         self.channels = channels  # None: every channel exists and the bot is in it
         self.messages: list[dict[str, Any]] = []
+        self.posted_ts: set[str] = set()  # chat.postMessage timestamps: what chat.update may edit
+        self.updates: list[dict[str, Any]] = []  # chat.update calls that succeeded
         self._ts = itertools.count(100)
         self.default_path = self.hook_path if mode == "webhook" else "/api/chat.postMessage"
 
@@ -532,6 +534,11 @@ class FakeSlack(FakeServer):
                     "user_id": "U0000",
                 }
             )
+        if method == "chat.update":
+            if payload.get("ts") not in self.posted_ts or not payload.get("channel"):
+                return Reply(json={"ok": False, "error": "message_not_found"})
+            self.updates.append(payload)
+            return Reply(json={"ok": True, "channel": payload["channel"], "ts": payload["ts"]})
         if method != "chat.postMessage":
             return Reply(json={"ok": False, "error": "unknown_method"})
         channel = payload.get("channel")
@@ -542,6 +549,7 @@ class FakeSlack(FakeServer):
             return Reply(json={"ok": False, "error": problem})
         self.messages.append(payload)
         ts = f"{int(time.time())}.{next(self._ts):06d}"
+        self.posted_ts.add(ts)
         return Reply(json={"ok": True, "channel": "C0000", "ts": ts, "message": {"text": payload.get("text")}})
 
 

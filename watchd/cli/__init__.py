@@ -63,6 +63,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "canary:canary",
         "Send a synthetic event through the daemon and probe every notifier and agent; exit 1 on failure.",
     ),
+    "ack": ("answers:ack", "Acknowledge an incident: its repeats stop; a new incident notifies again."),
+    "snooze": ("answers:snooze", "Hold WATCH for DURATION; when it ends, what still holds fires then."),
+    "mute": (
+        "answers:mute",
+        "Silence WATCH for DURATION: its fires are recorded as muted, and nothing fires when it ends.",
+    ),
+    "unmute": ("answers:unmute", "End a snooze or mute of WATCH early (a snooze's held incidents are judged at once)."),
     "source": ("sources:source_group", "Run one source on its own, or try it without publishing."),
     "nats": ("nats:nats", "The embedded NATS server: credentials for clients outside watchd."),
     "schedules": (

@@ -66,3 +66,29 @@ def post_event(loaded: Loaded, event: Event, timeout_s: float = 3) -> dict[str, 
         raise EventRejected(message) from None
     except (OSError, ValueError):
         return None
+
+
+def post_json(loaded: Loaded, path: str, body: dict[str, Any], timeout_s: float = 15) -> tuple[int, dict[str, Any]]:
+    """POST a JSON body to the running daemon (with [http] token as bearer when one is set):
+    (status, the JSON answer). DaemonNotRunning when nothing answers."""
+    headers = {"Content-Type": "application/json"}
+    token = resolve_secret(loaded.config.http.token)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        daemon_url(loaded, path), data=msgspec.json.encode(body), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            answer = json.loads(exc.read() or b"{}")
+        except ValueError:
+            answer = {}
+        return exc.code, answer if isinstance(answer, dict) else {}
+    except (OSError, ValueError) as exc:
+        raise DaemonNotRunning(
+            f"no watchd answering on {loaded.config.http.listen} ({getattr(exc, 'reason', exc)})",
+            hint="answers are applied by the running daemon: start it with `watchd run`, or check [http] listen",
+        ) from None

@@ -10,6 +10,9 @@ what counts). The lines marked (kind) are worded by the watch's kind class (`wat
 which also gives the next due time: explain repeats none of the engine's logic.
 
 1. `enabled = false` → "disabled (enabled = false in file:line)".
+   A snooze or mute in force is said before whatever verdict follows: "muted by telegram user
+   42 until 2026-11-22 14:00 Europe/Berlin — fired 3 times since …" (answers: SPEC section 8;
+   each answer is also a decision in the timeline, with who, when and until when).
 2. (kind) An absent watch that is silent now (it fired for the current silence) → "silent since
    … (fired at …)".
 3a. Handling an event or timer raised (a `failed` decision), later than its latest decisive
@@ -78,6 +81,7 @@ from watchd.engine import (
     compile_watch,
     for_key,
 )
+from watchd.engine.base import hold_words
 from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
 from watchd.model import iso
@@ -309,6 +313,11 @@ def explain_watch(
         for d in rows:
             counts[d.verdict] += d.n
     verdict = _verdict(info, rows, hs, state, heard, counts, now=now, since=since, since_text=since_text, key=key)
+    holds = [
+        h for h in (state.meta.holds if state.meta else []) if h.until > now and (key is None or h.key in (None, key))
+    ]
+    if holds and info.enabled:  # a snooze or mute in force comes first: it is why nothing reaches anyone
+        verdict = "; ".join(hold_words(h, info.zone) for h in holds) + " — " + verdict
     return WatchReport(
         info=info,
         verdict=verdict,

@@ -17,7 +17,7 @@ from watchd.config import SlackNotifier as SlackConfig
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff
-from watchd.notify import http_client
+from watchd.notify import buttons, http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
 from watchd.notify.render import TRUNCATED, render, truncate
 
@@ -84,11 +84,11 @@ def _chunks(text: str, limit: int) -> list[str]:
     return [c for c in out if c.strip()] or ["(empty message)"]
 
 
-def build_payload(text: str, footer: str | None = None) -> dict[str, Any]:
+def build_payload(text: str, footer: str | None = None, actions: dict[str, Any] | None = None) -> dict[str, Any]:
     """`text` (the notification fallback) and `blocks`: plain-text sections of at most 3000
-    characters, at most 50 blocks in all (the last section cut with a visible marker), and a
-    context footer."""
-    room = MAX_BLOCKS - (1 if footer else 0)
+    characters, at most 50 blocks in all (the last section cut with a visible marker), a
+    context footer, and the answer buttons (`actions`)."""
+    room = MAX_BLOCKS - (1 if footer else 0) - (1 if actions else 0)
     chunks = _chunks(text, MAX_SECTION_TEXT)
     if len(chunks) > room:
         chunks = chunks[:room]
@@ -96,9 +96,15 @@ def build_payload(text: str, footer: str | None = None) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "plain_text", "text": c, "emoji": True}} for c in chunks
     ]
+    if actions:
+        blocks.append(actions)
     if footer:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(footer)[:3000]}]})
     return {"text": escape(truncate(text, MAX_FALLBACK_TEXT)), "blocks": blocks}
+
+
+def _footer(handoff: Handoff) -> str:
+    return f"watchd · {handoff.watch} v{handoff.watch_version} · {handoff.kind} · handoff {handoff.id}"
 
 
 class SlackNotifier:
@@ -108,6 +114,7 @@ class SlackNotifier:
         self.name = name
         self.timeout_s = timeout_s
         self.channel = cfg.channel
+        self.buttons = cfg.buttons
         if cfg.token and cfg.webhook_url:
             raise WatchdError(f"{name}: set either webhook_url, or token and channel, not both")
         if cfg.token:
@@ -141,8 +148,8 @@ class SlackNotifier:
         return f"SlackNotifier({self.name!r}, mode={self.mode!r})"
 
     async def deliver(self, handoff: Handoff) -> Outcome:
-        footer = f"watchd · {handoff.watch} v{handoff.watch_version} · {handoff.kind} · handoff {handoff.id}"
-        payload = build_payload(render(handoff), footer)
+        actions = buttons.slack_actions(handoff) if self.buttons else None
+        payload = build_payload(render(handoff), _footer(handoff), actions)
         if self.mode == "api":
             payload = {"channel": self.channel, **payload, "unfurl_links": False, "unfurl_media": False}
             resp = await self._api("chat.postMessage", payload)
@@ -161,6 +168,16 @@ class SlackNotifier:
         if not isinstance(outcome, Delivered):
             log.info("%s: %s", self.name, outcome.detail)
         return outcome
+
+    async def edit_answered(self, chat: str, message: str, text: str) -> str | None:
+        """`chat.update` after someone answered from the chat: the new text, and no buttons. None
+        when done, else why not. An incoming webhook cannot edit what it posted."""
+        if self.mode != "api":
+            return f"{self.name}: an incoming webhook cannot edit its messages (set token and channel for that)"
+        payload = {"channel": chat, "ts": message, **build_payload(text)}
+        resp = await self._api("chat.update", payload)
+        outcome = resp if not isinstance(resp, Response) else self._classify_api(resp)
+        return None if isinstance(outcome, Delivered) else outcome.detail
 
     async def probe(self) -> tuple[bool, str]:
         """Token mode: `auth.test`. Webhook mode: its host accepts a connection (TLS checked); the

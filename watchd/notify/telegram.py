@@ -14,7 +14,7 @@ from watchd.config import TelegramNotifier as TelegramConfig
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff
-from watchd.notify import http_client
+from watchd.notify import buttons, http_client
 from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response, first_line, parse_retry_after
 from watchd.notify.render import render, truncate
 
@@ -42,6 +42,7 @@ class TelegramNotifier:
         http_client.check_http_url(name, cfg.api_base, "api_base")
         self._token = token
         self._api_base = cfg.api_base.rstrip("/")
+        self.buttons = cfg.buttons
 
     def __repr__(self) -> str:
         return f"TelegramNotifier({self.name!r}, chat_id={self.chat_id!r})"
@@ -63,12 +64,25 @@ class TelegramNotifier:
 
     async def deliver(self, handoff: Handoff) -> Outcome:
         text = truncate(render(handoff), MAX_TEXT, utf16=True)
-        payload = {"chat_id": self.chat_id, "text": text, "disable_web_page_preview": True}
+        payload: dict[str, Any] = {"chat_id": self.chat_id, "text": text, "disable_web_page_preview": True}
+        keyboard = buttons.telegram_keyboard(handoff) if self.buttons else None
+        if keyboard is not None:
+            payload["reply_markup"] = keyboard
         resp = await self._call("sendMessage", payload)
         outcome = resp if not isinstance(resp, Response) else self._classify(resp)
         if not isinstance(outcome, Delivered):
             log.info("%s: %s", self.name, outcome.detail)
         return outcome
+
+    async def edit_answered(self, chat: str, message: str, text: str) -> str | None:
+        """`editMessageText` after someone answered from the chat: the new text, and no buttons
+        (an edit without reply_markup removes them). None when done, else why not."""
+        if not message.isdigit():
+            return f"{self.name}: {message!r} is not a Telegram message id"
+        payload = {"chat_id": chat, "message_id": int(message), "text": truncate(text, MAX_TEXT, utf16=True)}
+        resp = await self._call("editMessageText", payload)
+        outcome = resp if not isinstance(resp, Response) else self._classify(resp)
+        return None if isinstance(outcome, Delivered) else outcome.detail
 
     async def probe(self) -> tuple[bool, str]:
         """`getMe`: is the token valid and the API reachable? Sends nothing to the chat."""

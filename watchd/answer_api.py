@@ -1,0 +1,120 @@
+"""The HTTP API for answers, on the listener: `POST /api/ack`, `/api/snooze`, `/api/mute`,
+`/api/unmute`, each with a JSON body (`watchd ack|snooze|mute|unmute` post here).
+
+    {"target": "<watch id> | <handoff id or a prefix of one>",
+     "key": "<key>",            # optional: one key; else the handoff's key, or every key
+     "duration": "1h",          # snooze and mute (default 1h and 24h)
+     "by": "cli:alice"}         # optional: who, shown by explain ("alice (command line)")
+
+The answer is published as a `watchd.answer` event and the call returns once the engine applied
+it: 200 `{"applied": true, "id", "decisions": [{"watch", "key", "verdict", "reason"}]}`, or 202
+`{"applied": false, "id"}` when it is queued but not applied within a few seconds. Refusals are
+`{"error", "hint"}`: 400 a bad body or duration, 401 a missing bearer token (when `[http] token`
+is set, it is required here as on every route), 404 no such watch or handoff, 415 a body that
+is not JSON, 503 no NATS. Callers are vetted as the listener vets every request (ingress.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from watchd import answers
+from watchd.engine.answers import ACTIONS, ANSWER_SUBJECT
+from watchd.errors import RequestRefused, UnknownTarget, WatchdError
+from watchd.model import Event, own_event
+from watchd.store import Store
+from watchd.store.decisions import event_decisions
+
+MAX_BODY = 4096
+APPLY_WAIT_S = 5.0  # how long a call waits for the engine to apply the answer before answering 202
+_HINT = 'send {"target": "WATCH or HANDOFF", "duration": "1h"} as JSON'
+
+
+class AnswerApi:
+    """The routes. `publish` stores an event (RequestRefused on failure), `applied` is the last
+    stream sequence the engine committed, `refuse` answers and counts a refusal (the listener's)."""
+
+    def __init__(
+        self,
+        *,
+        store: Callable[[], Store | None],
+        watches: Callable[[], Iterable[str]],
+        publish: Callable[[Event], Awaitable[Any]],
+        applied: Callable[[], int],
+        authorized: Callable[[web.BaseRequest], bool],
+        read_body: Callable[[web.BaseRequest, int], Awaitable[bytes]],
+        refuse: Callable[[int, str, str], web.Response],
+        clock: Callable[[], float],
+        token_set: bool,
+        apply_wait_s: float = APPLY_WAIT_S,
+    ) -> None:
+        self.store = store
+        self.watches = watches
+        self.publish = publish
+        self.applied = applied
+        self.authorized = authorized
+        self.read_body = read_body
+        self.refuse = refuse
+        self.clock = clock
+        self.token_set = token_set
+        self.apply_wait_s = apply_wait_s
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(f"/api/{action}", self.handle) for action in ACTIONS]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        action = request.path.rsplit("/", 1)[-1]
+        try:
+            event = await self._answer(action, request)
+            ack = await self.publish(event)
+        except RequestRefused as exc:
+            return self.refuse(exc.status, exc.reason, exc.message)
+        except UnknownTarget as exc:
+            return self._error(404, "unknown", exc)
+        except WatchdError as exc:
+            return self._error(400, "answer", exc)
+        deadline = time.monotonic() + self.apply_wait_s
+        while self.applied() < ack.seq:
+            if time.monotonic() > deadline:
+                return web.json_response({"applied": False, "id": event.id}, status=202)
+            await asyncio.sleep(0.02)
+        store = self.store()
+        said = await store.call(event_decisions, event.id) if store is not None else []
+        shown = [{"watch": d.watch, "key": d.key, "verdict": d.verdict, "reason": d.reason} for d in said]
+        return web.json_response({"applied": True, "id": event.id, "decisions": shown})
+
+    async def _answer(self, action: str, request: web.Request) -> Event:
+        if not self.authorized(request):
+            raise RequestRefused(401, "auth", "missing or wrong bearer token")
+        if not self.token_set and request.content_type != "application/json":
+            # As for events: a web page cannot send JSON cross-site without a preflight.
+            raise RequestRefused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
+        body = await self.read_body(request, MAX_BODY)
+        try:
+            fields = msgspec.json.decode(body) if body.strip() else {}
+        except msgspec.DecodeError:
+            raise RequestRefused(400, "json", f"the body is not JSON: {_HINT}") from None
+        if not isinstance(fields, dict) or not isinstance(fields.get("target"), str) or not fields["target"]:
+            raise RequestRefused(400, "answer", f"the body names no target: {_HINT}")
+        for name in ("key", "duration", "by"):
+            if fields.get(name) is not None and not isinstance(fields[name], str):
+                raise RequestRefused(400, "answer", f"`{name}` must be a string")
+        store = self.store()
+        if store is None:
+            raise RequestRefused(503, "starting", "watchd is still starting: try again in a moment")
+        resolved = await answers.resolve(store, self.watches(), fields["target"])
+        by = answers.caller(fields.get("by"), "http")
+        data = answers.answer_data(action, resolved, by=by, key=fields.get("key"), duration=fields.get("duration"))
+        return own_event(ANSWER_SUBJECT, data, time_s=self.clock())
+
+    def _error(self, status: int, reason: str, exc: WatchdError) -> web.Response:
+        response = self.refuse(status, reason, exc.message)
+        if exc.hint:
+            response.body = msgspec.json.encode({"error": exc.message, "hint": exc.hint})
+        return response
