@@ -3,7 +3,12 @@ again), mute (recorded, never handed off, no catch-up), unmute, and what survive
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
 import msgspec
+from support.cli import run_cli
 from support.engine_sim import T0, Sim, defs
 
 from watchd.engine import Engine, KeyState, Tick, Verdict, WatchMeta
@@ -245,3 +250,26 @@ def test_holds_and_incidents_survive_a_restart() -> None:
 
 def test_answers_are_events_on_the_ordinary_path() -> None:
     assert ANSWER_SUBJECT.startswith("watchd.")  # watchd's own: only watchd publishes it
+
+
+def test_watchd_test_replays_answers_where_they_happened(tmp_path: Path) -> None:
+    """`watchd test` steps recorded answers with the events around them: a mute set at 12:10 for 1h
+    swallows the 12:20 fire and the repeats inside it, and the repeats after it go out again."""
+
+    def line(subject: str, minutes: float, **data: object) -> str:
+        time = datetime.fromtimestamp(T0 + minutes * 60, UTC).isoformat().replace("+00:00", "Z")
+        return json.dumps({"id": f"e{minutes:g}", "subject": subject, "time": time, "data": data})
+
+    (tmp_path / "config.toml").write_text('timezone = "UTC"\nstate_dir = "state"\n[nats]\nlisten = "127.0.0.1:1"\n')
+    (tmp_path / "w.toml").write_text(MATCH_REPEAT)
+    mute = {"action": "mute", "watch": "disk-full", "duration": "1h", "by": "telegram:42"}
+    events = [line("disk.full", 0), line(ANSWER_SUBJECT, 10, **mute), line("disk.full", 20), line("noise.x", 100)]
+    (tmp_path / "events.jsonl").write_text("\n".join(events) + "\n")
+    args = ["test", str(tmp_path / "w.toml"), "--events", str(tmp_path / "events.jsonl"), "--json"]
+    code, out, err = run_cli(*args, "--config", str(tmp_path / "config.toml"))
+    assert code == 0, err
+    fires = [(f["at"], f["reason"].split(":")[0]) for f in json.loads(out)["fires"]]
+    assert fires == [
+        ("2026-11-22T12:00:00Z", "disk.full matched"),
+        ("2026-11-22T13:30:00Z", "repeat 3, not acked since 2026-11-22 12"),
+    ]
