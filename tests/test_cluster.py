@@ -241,3 +241,55 @@ async def test_a_cron_tick_runs_once_across_instances_and_a_takeover(
 async def _at_least(ticks: Any, n: int) -> list[str] | None:
     found: list[str] = await ticks
     return found if len(found) >= n else None
+
+
+# ---- timers: state a takeover needs comes from NATS ----------------------------------------------------
+
+ABSENT = {
+    "hosts.toml": """
+[[watch]]
+id = "hosts"
+kind = "absent"
+expect = { subject = "hb", key = "data.host" }
+for = "30s"
+then = ["notify.console"]
+
+[[watch]]
+id = "hosts-slow"
+kind = "absent"
+expect = { subject = "hb", key = "data.host" }
+for = "120s"
+then = ["notify.console"]
+"""
+}
+
+
+async def test_per_key_timers_fire_once_across_a_takeover(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=FAST).start()
+    b = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=FAST).start()
+
+    async def advance(seconds: float) -> None:  # both machines' clocks move together
+        await asyncio.gather(a.advance(seconds), b.advance(seconds))
+
+    def fired(*instances: InProcessDaemon) -> list[tuple[str, str | None]]:
+        return sorted((h["watch"], h["key"]) for d in instances for h in d.handoffs())
+
+    # One heartbeat arms a timer per watch on a: the 30 s one fires on a, the 120 s one is due only
+    # after a is gone.
+    await a.publish(make_event("hb", {"host": "h1"}, id="hb-1"))
+    await until(lambda: a.last_seq() == 1, what="a to commit the heartbeat")
+    await advance(35)
+    await until(lambda: fired(a) == [("hosts", "h1")], what="the 30 s silence to fire on a")
+    await asyncio.sleep(0.3)
+
+    await a.stop()
+    await until(lambda: b.running.active, timeout_s=5, what="b to take over")
+    await b.advance(1)
+    await asyncio.sleep(0.5)
+    assert fired(b) == [], "a timer a already fired fired again on b"
+    await advance(90)
+    await until(lambda: fired(b) == [("hosts-slow", "h1")], what="the 120 s silence to fire on b")
+    await asyncio.sleep(0.3)
+    assert fired(a, b) == [("hosts", "h1"), ("hosts-slow", "h1")]

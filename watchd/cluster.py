@@ -124,6 +124,7 @@ async def durable_info(consumer: bus.EventConsumer) -> ConsumerInfo | None:
 LEASE_KEY = "lease.engine"
 MEMBER_PREFIX = "member."
 TICK_PREFIX = "tick."
+POSITION_KEY = "engine.position"  # in the ticks bucket: it must outlive its holder
 TICKS_TTL_S = 7 * 86400.0  # a tick claim outlives any catch-up a schedule does after an outage
 # Fractions of `takeover`: the lease lapses on the server TTL after its last renewal, a standby
 # looks every POLL; so a dead holder is replaced within TTL + POLL (+ the server's expiry sweep).
@@ -147,6 +148,15 @@ class Member(msgspec.Struct, kw_only=True):
 
     def describe(self) -> str:
         return f"watchd on {self.host} (pid {self.pid}, state_dir {self.state_dir})"
+
+
+class Position(msgspec.Struct, kw_only=True):
+    """How far the holder's engine got: the last committed sequence and its clock (the instant up
+    to which timers fired). The stream holds the events; this is what it cannot hold."""
+
+    seq: int
+    clock: float
+    instance: str
 
 
 def watches_digest(defs: list[WatchDef]) -> str:
@@ -216,6 +226,7 @@ class Lease:
         self._revision = 0  # of the lease, while this instance holds it
         self._valid_until = 0.0  # monotonic: the holder decides until then without a renewal
         self._lost = False
+        self.position: Callable[[], tuple[int, float]] | None = None  # the holder's (seq, clock), recorded on renewal
         self._announced: str | None = None  # the holder last named in the standby line
 
     # -- joining --
@@ -289,7 +300,27 @@ class Lease:
             self.holder = await self._read_holder()
             return False
         self._valid_until = sent + self.ttl_s * FENCE_SHARE
+        if self.position is not None and not self.embedded:
+            await self.record_position(*self.position())
         return True
+
+    async def record_position(self, seq: int, clock: float) -> None:
+        """Record the holder's engine position for whoever takes over (not needed when embedded)."""
+        if self.embedded or not self.held():
+            return
+        value = msgspec.json.encode(Position(seq=seq, clock=clock, instance=self.me.instance))
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            await self._ticks.put(POSITION_KEY, value)
+
+    async def read_position(self) -> Position | None:
+        """The last holder's position (None when embedded, or none was recorded)."""
+        if self.embedded:
+            return None
+        try:
+            entry = await self._ticks.get(POSITION_KEY)
+            return msgspec.json.decode(entry.value, type=Position)
+        except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+            return None
 
     async def fenced(self, stop: asyncio.Event) -> None:
         """Wait until the lease is held again (a renewal got through) or the daemon stops."""

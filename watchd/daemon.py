@@ -163,6 +163,7 @@ class Daemon:
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
         self.active = False  # holds the lease and runs what decides or hands off
         self.last_seq = 0
+        self.committed_clock = 0.0
         self.last_loop_at = 0.0
         self.events_seen = 0
         self.metrics = Metrics()
@@ -291,6 +292,8 @@ class Daemon:
             watches=cluster.watches_digest(self.loaded.watches),
             embedded=self.embedded is not None,
         )
+        # Only what is committed: a takeover must not skip timers whose fire never reached the store.
+        self.lease.position = lambda: (self.last_seq, self.committed_clock)
         await self.lease.open()
         if await self.lease.join():
             await self._activate()
@@ -395,6 +398,7 @@ class Daemon:
                 async with self._lock:
                     await self._consume(msgs, replay=True)
             self.last_seq = max(self.last_seq, plan.replay_to)
+        await self._reach_holders_clock()
         if plan.decides:
             log.warning(
                 "resuming the event stream after seq %d: events up to %d were delivered but never acknowledged",
@@ -652,6 +656,19 @@ class Daemon:
         batch = stepping.Batch()
         stepping.take(self.engine, Tick(self.clock()), batch)
         await self._commit(batch, last_seq=None)
+        if batch.fires and self.lease is not None:
+            # Timers are not on the stream: the instant they fired up to is, for whoever takes over.
+            await self.lease.record_position(self.last_seq, self.committed_clock)
+
+    async def _reach_holders_clock(self) -> None:
+        """After a takeover: the timers the last holder fired (up to the instant it recorded) are
+        stepped for their state only, so each fires once; those due since fire here."""
+        position = await self.lease.read_position() if self.lease is not None else None
+        if position is None or position.clock <= self.engine.clock:
+            return
+        async with self._lock:
+            stepping.take(self.engine, Tick(position.clock), stepping.Batch())
+            await self._commit(stepping.Batch(), last_seq=None)
 
     async def _commit(
         self,
@@ -678,6 +695,7 @@ class Daemon:
         )
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
+        self.committed_clock = self.engine.clock  # every step runs under _lock, as does this commit
         for fire in batch.fires:
             log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
         if new and self.dispatcher:
