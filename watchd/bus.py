@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -35,6 +34,7 @@ from nats.js.api import (
 
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
 from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, is_loopback, split_listen, url_host
+from watchd.link import Connection
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 from watchd.opsettings import sync_interval
 from watchd.redact import redact_url
@@ -355,8 +355,9 @@ async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
 
 async def connect(
     urls: str | Sequence[str], name: str = "watchd", timeout_s: float = 5, *, inbox_prefix: str = "_INBOX"
-) -> Client:
-    """Connect, retrying until timeout_s; once connected, reconnect forever (the server may restart).
+) -> Connection:
+    """Connect, retrying until timeout_s; once connected, reconnect forever (the server may restart),
+    and open the connection again if nats-py closes it (a `link.Connection`).
 
     inbox_prefix: where replies to this client's requests arrive (see credentials.ADMIN_INBOX)."""
     servers = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [u.strip() for u in urls]
@@ -384,9 +385,9 @@ async def connect(
         refused.clear()
         log.info("reconnected to NATS at %s", shown)
 
-    nc = Client()
+    nc = Connection()
     try:
-        connecting = nc.connect(
+        connecting = nc.open(
             servers=servers,
             name=name,
             connect_timeout=2,

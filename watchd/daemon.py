@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,6 +40,7 @@ from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
+from watchd.link import reopens_of
 from watchd.metrics import Metrics
 from watchd.model import Event, decode_stored_event, iso, own_event
 from watchd.notify import http_client
@@ -52,6 +54,7 @@ from watchd.sources.supervise import SourceSet
 from watchd.store import Store, db_path
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.engine_state import heard
+from watchd.upkeep import Backoff, Upkeep
 
 log = logging.getLogger("watchd")
 
@@ -61,6 +64,7 @@ RELOAD_POLL_S = 2.0
 STOP_DEADLINE_S = 10.0
 RETENTION_EVERY_S = 3600.0
 SOURCE_WAIT_S = 60.0  # sources read the clock at least this often (see SourceContext.max_wait_s)
+ENGINE_BACKOFF_CAP_S = 5.0
 
 
 def build_targets(
@@ -170,11 +174,17 @@ class Daemon:
         self.failures = stepping.FailureLog(clock)
         self.started_at = clock()
         self._lock = asyncio.Lock()
-        self._reload_requested = asyncio.Event()
+        self.upkeep = Upkeep(self.stop)  # every loop and task, restarted on failure and counted
+        self._reload_wake = asyncio.Event()
+        self._reload_requested = False  # SIGHUP: reload even if no watch file changed
         self._agent_watches_changed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer: bus.EventConsumer | None = None
+        self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
+        self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
         self._http_runner: web.AppRunner | None = None
-        self.failure: WatchdError | None = None  # why a core task stopped the daemon: exit non-zero
+        # Why the daemon stopped itself (the cluster lease was lost): exit non-zero. A task's failure
+        # never stops it: the task is started again (watchd/upkeep.py).
+        self.failure: WatchdError | None = None
         self._fingerprint = self._watch_fingerprint()
         self._pid_file = self.state_dir / "watchd.pid"
         self._lock_fd: int | None = None
@@ -231,7 +241,7 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.store = await Store.open(db_path(self.state_dir))
         if self.loaded.config.nats.url == "embedded":
             self.embedded = bus.EmbeddedNats(
@@ -269,7 +279,9 @@ class Daemon:
         changed = self._agent_watches_changed
         self._spawn(
             "agent-watches",
-            lambda: follow_watches(store, lambda: self._install(self.loaded), changed, self.stop, self.clock),
+            lambda: follow_watches(
+                store, lambda: self._install(self.loaded), changed, self.stop, self.clock, self.upkeep
+            ),
         )
         await self._join()
         self._spawn("reload", self._reload_loop)
@@ -321,16 +333,18 @@ class Daemon:
             # Batch agents are polled by the heartbeat job; without one, by this loop.
             from watchd.agents import batch as agent_batch
 
-            self._spawn("agent-batches", lambda: agent_batch.poll_loop(targets, self.stop))
+            self._spawn("agent-batches", lambda: agent_batch.poll_loop(targets, self.stop, upkeep=self.upkeep))
         if any(isinstance(a, config.NatsAgent) for a in self.loaded.config.agent.values()):
             # Workers' replies after a delivery ended (accepted → done): recorded from their own consumer.
-            js, store = self.js, self.store
-            self._spawn("nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock))
-        consumer = bus.EventConsumer(self.js)
-        await self._catch_up(consumer)
-        await consumer.start()
-        self._spawn("engine", lambda: self._engine_loop(consumer))
-        self._spawn("dispatcher", lambda: self.dispatcher.run(self.stop) if self.dispatcher else _noop())
+            js, store, nc, upkeep = self.js, self.store, self.nc, self.upkeep
+            self._spawn(
+                "nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock, upkeep=upkeep, nc=nc)
+            )
+        await self._bind_consumer()  # a consumer that cannot be made fails the start (or the takeover)
+        self._spawn("engine", self._engine_loop, core=True)
+        self._spawn(
+            "dispatcher", lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(), core=True
+        )
         lease = self.lease
         self.scheduler = Scheduler(
             self.store,
@@ -345,9 +359,9 @@ class Daemon:
             # Embedded: no other instance can be there to claim a tick.
             claim_tick=lease.claim_tick if lease is not None and not lease.embedded else None,
         )
-        self._spawn("scheduler", lambda: self.scheduler.run(self.stop) if self.scheduler else _noop())
+        self._spawn("scheduler", lambda: self.scheduler.run(self.stop, self.upkeep) if self.scheduler else _noop())
         await self._start_sources()
-        self._spawn("release-canary", lambda: release_canary(self))
+        self._spawn("release-canary", lambda: release_canary(self), once=True)
 
     async def _start_sources(self) -> None:
         """Every configured source as a task of its own (see sources/supervise.py): a source that
@@ -409,26 +423,12 @@ class Daemon:
                 async with self._lock:
                     await self._consume(msgs)
 
-    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        async def guarded() -> None:
-            # Background tasks log and continue; a crash of a core task stops the daemon cleanly
-            # (systemd restarts it) rather than leaving a half-alive process.
-            try:
-                await factory()
-            except asyncio.CancelledError:
-                raise
-            except WatchdError as exc:
-                log.error("%s: %s", name, exc.message)
-                self.failure = self.failure or exc
-                self.stop.set()
-            except Exception as exc:
-                log.exception("%s task failed; stopping", name)
-                self.failure = self.failure or WatchdError(
-                    f"{name} task failed: {type(exc).__name__}: {exc}", hint="see the traceback in the log"
-                )
-                self.stop.set()
-
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+    def _spawn(
+        self, name: str, factory: Callable[[], Awaitable[None]], *, core: bool = False, once: bool = False
+    ) -> None:
+        """A long-lived task: a failure is logged, counted in /metrics and the task started again with
+        backoff (watchd/upkeep.py); the daemon reports unhealthy only while a `core` one is down."""
+        self.upkeep.spawn(name, factory, core=core, once=once)
 
     async def _shutdown(self) -> None:
         """Drain within a hard deadline: finish the batch in hand, let deliveries finish, stop."""
@@ -438,9 +438,7 @@ class Daemon:
                 pass  # the engine loop holds this while it commits; wait for that to end
         if self.dispatcher:
             await self.dispatcher.drain(max(0.1, deadline - time.monotonic() - 3))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upkeep.close()
         if self.lease is not None:
             await self.lease.leave()  # nothing decides any more: a standby may take over at once
         if self.answers is not None:
@@ -499,15 +497,20 @@ class Daemon:
                 out.append((str(p), None, None))
         return tuple(out)
 
+    def request_reload(self) -> None:
+        """SIGHUP: read the config and watch files again now, changed or not."""
+        self._reload_requested = True
+        self._reload_wake.set()
+
     async def _reload_loop(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_requested.wait(), self.reload_poll_s)
+        async def step() -> None:
             fingerprint = self._watch_fingerprint()
-            if self._reload_requested.is_set() or fingerprint != self._fingerprint:
-                self._reload_requested.clear()
+            if self._reload_requested or fingerprint != self._fingerprint:
+                self._reload_requested = False
                 self._fingerprint = fingerprint
                 await self.reload()
+
+        await self.upkeep.every("reload", step, interval_s=self.reload_poll_s, wake=self._reload_wake)
 
     async def reload(self) -> bool:
         """Validate first; an invalid change keeps the last good definitions running."""
@@ -536,18 +539,52 @@ class Daemon:
 
     # ---- the engine loop ----
 
-    async def _engine_loop(self, consumer: bus.EventConsumer) -> None:
-        while not self.stop.is_set():
-            self.last_loop_at = self.clock()
-            if (jump := self.jumps.check()) is not None:
-                await self._clock_jumped(jump)
-            due = self.engine.next_due()
-            wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
+    async def _bind_consumer(self) -> None:
+        """Catch up past this instance's cursor (see _catch_up) and bind the engine's durable."""
+        assert self.js is not None and self.nc is not None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        consumer = bus.EventConsumer(self.js)
+        self._consumer_bound_at = reopens_of(self.nc)
+        await self._catch_up(consumer)
+        await consumer.start()
+        self._consumer = consumer
+
+    async def _engine_loop(self) -> None:
+        backoff = Backoff(cap_s=ENGINE_BACKOFF_CAP_S)  # events wait while the engine backs off: not long
+        await self.upkeep.every("engine", self._engine_step, interval_s=0.0, core=True, backoff=backoff)
+
+    async def _engine_step(self) -> None:
+        """Fetch a batch, step the engine through it, commit, ack; then the timers that are due.
+
+        A failure before the engine moved (a fetch on a lost connection) only binds the consumer
+        again; one after it (a commit that failed) also restores the engine from SQLite, as a
+        restart would, so the batch is taken again from the committed state."""
+        assert self.nc is not None
+        self.last_loop_at = self.clock()
+        if (jump := self.jumps.check()) is not None:
+            await self._clock_jumped(jump)
+        if self._engine_suspect:
+            await self._install(self.loaded, first=True)
+            self._consumer_bound_at = -1
+            self._engine_suspect = False
+        if self._consumer is None or self._consumer_bound_at != reopens_of(self.nc):
+            await self._bind_consumer()
+        consumer = self._consumer
+        assert consumer is not None
+        due = self.engine.next_due()
+        wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
+        try:
             msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
-            if self.lease is not None and not self.lease.held():
-                await self.lease.fenced(self.stop)  # the lease may have lapsed: decide nothing until renewed
-                if not self.lease.held():
-                    return
+        except nats.errors.Error:
+            self._consumer_bound_at = -1  # bound again once the connection is back
+            raise
+        if self.lease is not None and not self.lease.held():
+            await self.lease.fenced(self.stop)  # the lease may have lapsed: decide nothing until renewed
+            if not self.lease.held():
+                return
+        try:
             async with self._lock:
                 if msgs:
                     await self._consume(msgs)
@@ -557,6 +594,9 @@ class Daemon:
                 # stored while watchd was down are judged at the time they arrived.
                 if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
                     await self._tick()
+        except Exception:
+            self._engine_suspect = True
+            raise
 
     async def _clock_jumped(self, jump: clockjump.Jump) -> None:
         """The wall clock was set: say so, and when it went back, take the engine's clock back too."""
@@ -706,29 +746,32 @@ class Daemon:
     async def _retention_loop(self) -> None:
         """Decisions are kept for `explain`, bounded by age and count so they never grow without limit."""
         assert self.store is not None
-        while not self.stop.is_set():
+        store = self.store
+
+        async def step() -> None:
             engine_cfg = self.loaded.config.engine
             cutoff = self.clock() - engine_cfg.decisions_keep_days * 86400
-            removed = await self.store.run(self.store.prune_decisions, cutoff, engine_cfg.decisions_keep_rows)
+            removed = await store.run(store.prune_decisions, cutoff, engine_cfg.decisions_keep_rows)
             if removed:
                 log.info("retention: removed %d old decisions", removed)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), RETENTION_EVERY_S)
+
+        await self.upkeep.every("retention", step, interval_s=RETENTION_EVERY_S, jitter=0.1)
 
     async def _watchdog(self, interval_s: float) -> None:
-        while not self.stop.is_set():
+        async def step() -> None:
             # Ping only while the engine loop is alive: a wedged loop should be restarted by systemd.
             if self.clock() - self.last_loop_at < MAX_IDLE_WAIT_S * 3:
                 sdnotify.notify("WATCHDOG=1")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), interval_s)
+
+        await self.upkeep.every("watchdog", step, interval_s=interval_s)
 
     def health(self) -> dict[str, Any]:
         now = self.clock()
         engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or not self.active  # a standby runs none
         nats_ok = self.nc is not None and self.nc.is_connected
+        down = self.upkeep.core_down()  # a side task's failure is counted in /metrics, not here
         return {
-            "ok": engine_ok and nats_ok,
+            "ok": engine_ok and nats_ok and not down,
             "engine": engine_ok,
             "nats": nats_ok,
             "pid": os.getpid(),
@@ -738,6 +781,7 @@ class Daemon:
             "events": self.events_seen,
             "cluster": self.lease.view() if self.lease is not None else None,
             "sources": self.sources.view() if self.sources is not None else [],
+            **({"failing": down} if down else {}),
         }
 
 
@@ -816,4 +860,4 @@ def run(loaded: Loaded) -> None:
     daemon = Daemon(loaded)
     asyncio.run(daemon.run())
     if daemon.failure is not None:
-        raise daemon.failure  # a task failed (e.g. the HTTP port is taken): exit 1, so systemd restarts it
+        raise daemon.failure  # it stopped itself (the lease was lost): exit 1, so systemd restarts it

@@ -22,6 +22,7 @@ from watchd.model import Handoff, Window, iso
 from watchd.notify.render import render, render_template
 from watchd.quiet import QUIET_PREFIX, quiet_hold
 from watchd.store import Store
+from watchd.upkeep import Backoff, Upkeep
 
 if TYPE_CHECKING:
     from watchd.metrics import Metrics
@@ -133,27 +134,26 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, upkeep: Upkeep | None = None) -> None:
+        """Deliver until `stop`: look at the outbox, start what is due, sleep until the next is due
+        or `wake()`. A failed look (the store busy) is retried with backoff by `upkeep`."""
         await self.store.run(self.store.recover_in_flight, self.clock())
-        while not stop.is_set():
-            try:
-                for handoff in await self.store.run(self.store.claim_due, self.clock(), self._room()):
-                    self._in_flight[handoff.target] += 1
-                    task = asyncio.create_task(self._deliver(handoff))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                nxt = await self.store.run(self.store.next_attempt_at, self._room())
-            except Exception:  # a background task logs and continues, never dies silently
-                log.exception("dispatcher loop error")
-                nxt = self.clock() + 1
-            # Capped at POLL_S: `watchd dlq replay` (another process) makes handoffs due by writing
-            # to the same SQLite, and is picked up at the next look without any signalling.
-            delay = POLL_S if nxt is None else max(0.0, min(POLL_S, nxt - self.clock()))
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        upkeep = upkeep or Upkeep(stop)
+        await upkeep.every(
+            "dispatcher", self.step, interval_s=POLL_S, wake=self._wake, core=True, backoff=Backoff(cap_s=POLL_S * 5)
+        )
+
+    async def step(self) -> float:
+        """Start the due deliveries there is room for; the delay until the outbox needs a look again."""
+        for handoff in await self.store.run(self.store.claim_due, self.clock(), self._room()):
+            self._in_flight[handoff.target] += 1
+            task = asyncio.create_task(self._deliver(handoff))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        nxt = await self.store.run(self.store.next_attempt_at, self._room())
+        # Capped at POLL_S: `watchd dlq replay` (another process) makes handoffs due by writing
+        # to the same SQLite, and is picked up at the next look without any signalling.
+        return POLL_S if nxt is None else max(0.0, min(POLL_S, nxt - self.clock()))
 
     async def drain(self, timeout_s: float) -> None:
         if self._tasks:

@@ -76,12 +76,15 @@ class InProcessDaemon(Project):
         self.daemon = daemon
         return self
 
-    async def stop(self) -> None:
-        """Stop as SIGTERM does; a task that failed (the process would exit 1) fails the test."""
+    async def stop(self, *, crashes_expected: bool = False) -> None:
+        """Stop as SIGTERM does; a task that crashed (and was started again) fails the test, unless the
+        test caused it on purpose (`crashes_expected`)."""
         daemon, self.daemon = self.daemon, None
         assert daemon is not None, "daemon not running"
         await daemon.shutdown()
         assert daemon.failure is None, f"the daemon stopped on a failure: {daemon.failure.message}"
+        if not crashes_expected:
+            assert not daemon.upkeep.crashed(), f"tasks of the daemon crashed: {daemon.upkeep.crashed()}"
 
     async def cleanup(self) -> None:
         daemon, self.daemon = self.daemon, None

@@ -12,7 +12,6 @@ Everything is keyed by handoff id, so a poll interrupted by a crash is simply do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from watchd.dispatch import Delivered, Outcome
 from watchd.model import Handoff
 from watchd.store import batches, outbox, runs
 from watchd.store.runs import Step
+from watchd.upkeep import BACKOFF_CAP_S, Backoff, Upkeep
 
 if TYPE_CHECKING:
     from watchd.agents.anthropic import AnthropicRunner
@@ -152,16 +152,25 @@ async def _settle(runner: AnthropicRunner, hid: str, result: Any) -> int:
     return 1
 
 
-async def poll_loop(targets: dict[str, Target], stop: asyncio.Event, every_s: float = POLL_EVERY_S) -> None:
+async def poll_loop(
+    targets: dict[str, Target], stop: asyncio.Event, every_s: float = POLL_EVERY_S, upkeep: Upkeep | None = None
+) -> None:
     """Poll every batch agent now and then, for a daemon whose schedules include no heartbeat."""
-    while not stop.is_set():
+
+    async def poll() -> None:
+        failed: list[str] = []
         for name, target in targets.items():
             poller = getattr(target, "poll_batches", None)
             if poller is None:
                 continue
             try:
                 await poller()
-            except Exception:  # a background task logs and continues
+            except Exception:  # one agent's failure must not keep the others from polling
                 log.exception("%s: polling batches failed", name)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+                failed.append(name)
+        if failed:
+            raise RuntimeError(f"polling batches of {', '.join(failed)} failed")  # counted by upkeep
+
+    # A failing API is asked again no sooner than the usual interval, and then less and less often.
+    backoff = Backoff(base_s=every_s, cap_s=max(every_s, BACKOFF_CAP_S))
+    await (upkeep or Upkeep(stop)).every("agent-batches", poll, interval_s=every_s, jitter=0.1, backoff=backoff)

@@ -51,8 +51,10 @@ from watchd.config import NatsAgent
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import EventRejected, NatsUnavailable
+from watchd.link import pull
 from watchd.model import HANDOFFS_PREFIX, REPLIES_PREFIX, Handoff, encode
 from watchd.store import Store
+from watchd.upkeep import Upkeep
 
 log = logging.getLogger("watchd.agents.nats")
 
@@ -229,9 +231,12 @@ async def follow_replies(
     *,
     clock: Callable[[], float] = time.time,
     fetch_wait_s: float = 5.0,
+    upkeep: Upkeep | None = None,
+    nc: Client | None = None,
 ) -> None:
     """Record workers' replies that arrive when no delivery waits for them: `accepted → done`, a
-    rejection after acceptance, a worker that answered only after watchd moved on to retrying."""
+    rejection after acceptance, a worker that answered only after watchd moved on to retrying.
+    `nc` is the connection under `js`: when it is opened again, the consumer is bound again."""
     config = ConsumerConfig(
         durable_name=REPLIES_DURABLE,
         name=REPLIES_DURABLE,
@@ -241,34 +246,26 @@ async def follow_replies(
         ack_wait=30.0,
         max_deliver=-1,
     )
-    try:
-        await js.add_consumer(bus.HANDOFFS_STREAM, config)
-        sub = await js.pull_subscribe_bind(durable=REPLIES_DURABLE, stream=bus.HANDOFFS_STREAM)
-    except nats.js.errors.APIError as exc:
-        raise NatsUnavailable(
-            f"cannot create consumer {REPLIES_DURABLE} on stream {bus.HANDOFFS_STREAM}: {exc.description}",
-            hint=f"if its config changed incompatibly, delete it: nats consumer rm {bus.HANDOFFS_STREAM} "
-            f"{REPLIES_DURABLE}",
-        ) from None
-    try:
-        while not stop.is_set():
+
+    async def bind() -> JetStreamContext.PullSubscription:
+        try:
+            await js.add_consumer(bus.HANDOFFS_STREAM, config)
+            return await js.pull_subscribe_bind(durable=REPLIES_DURABLE, stream=bus.HANDOFFS_STREAM)
+        except nats.js.errors.APIError as exc:
+            raise NatsUnavailable(
+                f"cannot create consumer {REPLIES_DURABLE} on stream {bus.HANDOFFS_STREAM}: {exc.description}",
+                hint=f"if its config changed incompatibly, delete it: nats consumer rm {bus.HANDOFFS_STREAM} "
+                f"{REPLIES_DURABLE}",
+            ) from None
+
+    async def record(msgs: list[Msg]) -> None:
+        for msg in msgs:
             try:
-                msgs = await sub.fetch(64, timeout=fetch_wait_s)
-            except TimeoutError:
-                continue
-            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
-                log.debug("replies: fetch failed: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            for msg in msgs:
-                try:
-                    await _settle(js, store, msg, clock)
-                except Exception:  # one bad reply must not stop the others; it comes back after ack_wait
-                    log.exception("replies: cannot record %s", msg.subject)
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+                await _settle(js, store, msg, clock)
+            except Exception:  # one bad reply must not stop the others; it comes back after ack_wait
+                log.exception("replies: cannot record %s", msg.subject)
+
+    await pull(upkeep or Upkeep(stop), "nats-replies", nc, bind, record, sub=await bind(), wait_s=fetch_wait_s)
 
 
 async def _settle(js: JetStreamContext, store: Store, msg: Msg, clock: Callable[[], float]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from watchd.store.agent_watches import add_watch, next_watch_expiry
 from watchd.store.db import Write
 from watchd.store.outbox import enqueue_handoff
 from watchd.store.runs import Step
-
-log = logging.getLogger("watchd.agents.tools")
+from watchd.upkeep import Upkeep
 
 MAX_EMIT_BYTES = 64 * 1024
 ABSENT_GRACE_S = 60.0  # an absent follow-up lives this much past its silence, so it can fire before it expires
@@ -291,24 +289,19 @@ async def follow_watches(
     changed: asyncio.Event,
     stop: asyncio.Event,
     clock: Callable[[], float],
+    upkeep: Upkeep | None = None,
 ) -> None:
     """Re-install the engine's definitions when an agent adds a follow-up watch (`changed`) and when one
     expires: the daemon sleeps until the next expiry, nothing polls."""
-    while not stop.is_set():
-        try:
-            nxt = await store.call(next_watch_expiry, clock())
-        except Exception:  # a background task logs and continues
-            log.exception("reading follow-up watches failed")
-            nxt = clock() + 60
-        waiters = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(stop.wait())]
-        timeout = None if nxt is None else max(0.0, nxt - clock()) + 0.01
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for w in waiters:
-            w.cancel()
-        if stop.is_set():
-            return
-        changed.clear()
-        try:
+    installed = True  # the daemon installed them at start
+
+    async def step() -> float | None:
+        nonlocal installed
+        if not installed:
             await reinstall()
-        except Exception:
-            log.exception("installing follow-up watches failed")
+            installed = True
+        nxt = await store.call(next_watch_expiry, clock())
+        installed = False  # whatever wakes the loop next (a change, an expiry) needs an install
+        return None if nxt is None else max(0.0, nxt - clock()) + 0.01
+
+    await (upkeep or Upkeep(stop)).every("agent-watches", step, interval_s=None, wake=changed)

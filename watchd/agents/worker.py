@@ -43,7 +43,9 @@ from watchd.config import CommandAgent
 from watchd.cron.schedule import format_duration
 from watchd.dispatch import MAX_ATTEMPTS, Dead, Delivered, Outcome, backoff_s
 from watchd.errors import NatsUnavailable, WatchdError
+from watchd.link import pull
 from watchd.model import SUBJECT_RE, Handoff
+from watchd.upkeep import Upkeep
 
 log = logging.getLogger("watchd.worker")
 
@@ -152,35 +154,39 @@ class Worker:
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> None:
         """Fetch while there is a free slot, until `stop`; then let running handoffs finish within the
         grace period (or until `force`), and stop the rest: their commands are killed, they are nak'd."""
-        sub = await self.subscribe()
+        sub = await self.subscribe()  # a consumer that cannot be made ends the worker with the reason
         log.info(
             "worker for %s ready: consumer %s, %d at a time", self.opts.target, self.opts.durable, self.opts.concurrency
         )
         stopped = asyncio.ensure_future(stop.wait())
+
+        async def room() -> int:
+            """Free slots; when there are none, wait until a handoff finishes (or stop)."""
+            free = self.opts.concurrency - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait({*self._tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            return max(0, free)
+
+        async def start(msgs: list[Msg]) -> None:
+            for msg in msgs:
+                task = asyncio.create_task(self._guarded(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
         try:
-            while not stop.is_set():
-                free = self.opts.concurrency - len(self._tasks)
-                if free <= 0:
-                    await asyncio.wait({*self._tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    msgs = await sub.fetch(free, timeout=FETCH_WAIT_S)
-                except TimeoutError:
-                    continue
-                except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
-                    log.debug("fetch failed: %s", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    continue
-                for msg in msgs:
-                    task = asyncio.create_task(self._guarded(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            await pull(
+                Upkeep(stop, logger=log),
+                "handoff fetch",
+                self.nc,
+                self.subscribe,
+                start,
+                sub=sub,
+                batch=room,
+                wait_s=FETCH_WAIT_S,
+            )
         finally:
             stopped.cancel()
             await self._drain(force)
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
     async def _drain(self, force: asyncio.Event) -> None:
         if not self._tasks:

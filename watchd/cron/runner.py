@@ -35,6 +35,7 @@ from watchd.jobs import JobContext, JobResult, builtin
 from watchd.model import iso
 from watchd.store import schedules
 from watchd.store.schedules import TickClaim
+from watchd.upkeep import Backoff, Upkeep
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -127,20 +128,18 @@ class Scheduler:
         self.slots = slots
         self._wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, upkeep: Upkeep | None = None) -> None:
         await self.start()
         try:
-            while not stop.is_set():
-                self.wakeups += 1
-                self._wake.clear()  # before stepping: a wake during the step is not lost
-                wake_at = None
-                try:
-                    await self.step()
-                    wake_at = self.next_wake()
-                except Exception:  # e.g. the state db is locked for long: log, and try again shortly
-                    log.exception("scheduler step failed; retrying in %ss", RETRY_S)
-                    wake_at = self.clock() + RETRY_S
-                await self.timer.sleep_until(wake_at, self._wake, stop)
+
+            async def sleep(delay_s: float | None) -> None:
+                await self.timer.sleep_until(None if delay_s is None else self.clock() + delay_s, self._wake, stop)
+
+            upkeep = upkeep or Upkeep(stop)
+            # A failed wake-up (e.g. the state db locked for long) is tried again within RETRY_S.
+            await upkeep.every(
+                "scheduler", self._wakeup, interval_s=None, wake=self._wake, backoff=Backoff(cap_s=RETRY_S), sleep=sleep
+            )
         finally:
             await self.stop_runs("interrupted: watchd stopped")
             self.timer.close()
@@ -148,6 +147,13 @@ class Scheduler:
     def wake(self) -> None:
         """Look at the schedules now, as if the sleep had run out: for a clock that jumps (a test's)."""
         self._wake.set()
+
+    async def _wakeup(self) -> float | None:
+        """One wake-up: handle what is due; the delay until the next (None: until woken)."""
+        self.wakeups += 1
+        await self.step()
+        wake_at = self.next_wake()
+        return None if wake_at is None else wake_at - self.clock()
 
     async def stop_runs(self, reason: str) -> None:
         tasks = [t for s in self.slots.values() for t in s.active]
