@@ -439,7 +439,8 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
     if takeover_s is not None and takeover_s < 1:
         probs.at(("cluster", "takeover"), "`takeover` must be at least 1s (the lease is renewed within it)")
     opsettings.check(config, probs)
-    check_sources(config.source, probs)
+    listen_host = config.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"  # as split_listen reads it
+    check_sources(config.source, probs, listen_host)
     inherited = _inherited_zone(config.timezone or "UTC")
     targets = {f"notify.{n}" for n in (*config.notify, "console")} | {f"agent.{n}" for n in config.agent} | broken
     for name, sched in config.schedule.items():

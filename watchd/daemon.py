@@ -182,6 +182,7 @@ class Daemon:
         self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
         self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
         self._http_runner: web.AppRunner | None = None
+        self.ingress: http.Ingress | None = None
         # Why the daemon stopped itself (the cluster lease was lost): exit non-zero. A task's failure
         # never stops it: the task is started again (watchd/upkeep.py).
         self.failure: WatchdError | None = None
@@ -286,7 +287,7 @@ class Daemon:
         await self._join()
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
-        self._http_runner = await http.start(self)
+        self._http_runner, self.ingress = await http.start(self)
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
@@ -361,6 +362,8 @@ class Daemon:
         )
         self._spawn("scheduler", lambda: self.scheduler.run(self.stop, self.upkeep) if self.scheduler else _noop())
         await self._start_sources()
+        if self.ingress is not None:  # the webhooks record their health with the other sources' now
+            self.ingress.webhooks = http.webhook_routes(self)
         self._spawn("release-canary", lambda: release_canary(self), once=True)
 
     async def _start_sources(self) -> None:
@@ -482,6 +485,11 @@ class Daemon:
             await self.scheduler.install(loaded)  # a changed schedule gets a new version
         if self.sources is not None and not first:
             self.sources.update(loaded.config.source)
+        if self.ingress is not None and not first:
+            try:
+                self.ingress.webhooks = http.webhook_routes(self)
+            except WatchdError as exc:  # a secret that cannot be read now: the routes as they were
+                log.error("webhooks not reloaded: %s", exc.message)
 
     def _watch_fingerprint(self) -> tuple[Any, ...]:
         paths: list[Path] = [p for p in [self.loaded.config_path] if p]

@@ -316,7 +316,23 @@ async def serve(
     return runner, site.port
 
 
-async def start(daemon: Daemon) -> web.AppRunner:
+def webhook_routes(daemon: Daemon) -> dict[str, WebhookRoute]:
+    """The webhook sources of the daemon's config as routes (WatchdError when one cannot run),
+    recording their health where the daemon keeps every source's."""
+    from watchd.sources.webhook import build_routes
+
+    cfg = daemon.loaded.config
+    sources = daemon.sources
+    return build_routes(
+        cfg.source,
+        listen_host=split_listen(cfg.http.listen, setting="[http] listen")[0],
+        default_max_body=cfg.http.max_body,
+        clock=daemon.clock,
+        health_of=lambda name: sources.health.get(name) if sources is not None else None,
+    )
+
+
+async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
     """Bind the listener; the daemon reports ready to systemd only after this succeeded."""
     cfg = daemon.loaded.config.http
     host, port = split_listen(cfg.listen, setting="[http] listen")
@@ -343,6 +359,7 @@ async def start(daemon: Daemon) -> web.AppRunner:
         metrics=daemon.metrics,
     )
     daemon.metrics.add_state(lambda: store_families(daemon.loaded))
+    ingress.webhooks = webhook_routes(daemon)  # before it listens: a webhook that cannot run stops the start
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
         extra = [*answer_routes(daemon, ingress), *dashboard_routes(daemon, token)]
@@ -352,7 +369,7 @@ async def start(daemon: Daemon) -> web.AppRunner:
             f"cannot listen on {cfg.listen}: {exc.strerror}", hint="set [http] listen to a free port"
         ) from None
     log.info("HTTP listening on %s (at most %d connections)", cfg.listen, limits.max_connections)
-    return runner
+    return runner, ingress
 
 
 class DaemonActions:

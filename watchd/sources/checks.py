@@ -14,6 +14,7 @@ from watchd.sources.settings import (
     FileSettings,
     PollSettings,
     SourceSettings,
+    WebhookSettings,
     subject_of,
     type_name,
 )
@@ -23,9 +24,19 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a token of watchd.source.<name
 Path_ = tuple[PathPart, ...]
 
 
-def check_sources(sources: dict[str, SourceSettings], probs: FileProblems) -> None:
+def check_sources(sources: dict[str, SourceSettings], probs: FileProblems, listen_host: str = "127.0.0.1") -> None:
+    """`listen_host`: the [http] listener's, which decides whether an unsigned webhook is allowed."""
+    webhook_paths: dict[str, str] = {}
     for name, settings in sources.items():
         here: Path_ = ("source", name)
+        if isinstance(settings, WebhookSettings):
+            from watchd.sources.webhook_check import webhook_problems
+
+            for key, message in webhook_problems(name, settings, listen_host):
+                probs.at((*here, key), message)
+            other = webhook_paths.setdefault(settings.path, name)
+            if other != name:
+                probs.at((*here, "path"), f"path {settings.path!r} is already source {other!r}'s: give each its own")
         if not NAME_RE.match(name):
             probs.at(here, f"source name {name!r} must match ^[a-z0-9][a-z0-9_-]*$ (lowercase, digits, - and _)")
         if subject_of(settings) is None:

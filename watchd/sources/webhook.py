@@ -21,19 +21,22 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from watchd.errors import EventRejected, RequestRefused
-from watchd.limits import MAX_HTTP_BODY_BYTES, NATS_MAX_PAYLOAD_BYTES, is_loopback
-from watchd.model import Event, check_subject, is_reserved, make_event, parse_data
-from watchd.sources.template import RequestFields, Template, TemplateError, TemplateMissing, compile_template
-from watchd.sources.verify import HMAC_HEADER, HMAC_PREFIX, Scheme, Verifier
+from watchd.config import resolve_secret
+from watchd.errors import EventRejected, RequestRefused, WatchdError
+from watchd.limits import MAX_HTTP_BODY_BYTES
+from watchd.model import Event, make_event, parse_data
+from watchd.sources.health import SourceHealth
+from watchd.sources.settings import SourceSettings, WebhookSettings
+from watchd.sources.template import RequestFields, Template, TemplateMissing, compile_template
+from watchd.sources.verify import HMAC_HEADER, HMAC_PREFIX, Verifier
+from watchd.sources.webhook_check import parse_size, webhook_problems
 
 if TYPE_CHECKING:
     from watchd.ingress import Ingress
@@ -42,18 +45,6 @@ ANSWER_SUBJECT = "chat.answer"
 _ANSWER_VALUE = re.compile(r"(ack|snooze|mute):([!-~]{1,128})")  # as the notifiers set a button's value
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
-
-
-@dataclass
-class WebhookHealth:
-    """What `status` and /metrics show of one webhook source."""
-
-    events: int = 0  # requests stored (duplicates included: the sender was answered 2xx)
-    duplicates: int = 0
-    rejections: Counter[str] = field(default_factory=Counter)
-    last_event_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
 
 
 @dataclass
@@ -67,7 +58,7 @@ class WebhookRoute:
     max_body: int
     id: Template | None = None
     clock: Callable[[], float] = time.time
-    health: WebhookHealth = field(default_factory=WebhookHealth)
+    health: SourceHealth = field(default_factory=lambda: SourceHealth("webhook", "webhook"))
 
     async def handle(self, request: web.Request, ingress: Ingress) -> web.Response:
         """Answer one request; a refusal is counted here and at the listener, and logged there."""
@@ -77,9 +68,7 @@ class WebhookRoute:
             refused = exc
         except EventRejected as exc:  # a subject or id the templates made, or data JSON cannot carry
             refused = RequestRefused(400, exc.reason, exc.message)
-        self.health.rejections[refused.reason] += 1
-        self.health.last_error = f"{refused.status} {refused.message}"
-        self.health.last_error_at = self.clock()
+        self.health.rejected(refused.reason, f"{refused.status} {refused.message}", self.clock())
         message = f"source {self.name!r}: {refused.message}"
         return ingress.error(refused.status, refused.reason, message, about=self.name)
 
@@ -101,9 +90,7 @@ class WebhookRoute:
         else:
             event = self._event(request, body, data)
         ack = await ingress.store(event)
-        self.health.events += 1
-        self.health.duplicates += int(ack.duplicate)
-        self.health.last_event_at = self.clock()
+        self.health.published(self.clock(), ack.duplicate)
         if answer is not None:
             return web.Response(status=200)  # Slack shows a body sent to a button press as an error
         return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate})
@@ -183,94 +170,6 @@ def _get(node: object, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# ---- from settings ----
-
-
-class WebhookSettings(Protocol):
-    """The keys of a `[source.<name>]` table of type webhook that a route is compiled from."""
-
-    path: str
-    subject: str
-    id: str | None
-    verify: Scheme
-    secret: str | None
-    header: str | None
-    prefix: str | None
-    max_body: int | str | None
-
-
-# Paths the listener answers itself (and the answers API's prefix): a webhook may not take them.
-_OWN_PREFIXES = ("/events/", "/ping/", "/api/")
-_OWN_PATHS = frozenset({"/", "/events", "/ping", "/api", "/healthz", "/metrics"})
-_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
-_SIZE_RE = re.compile(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from `262144`, `"256KiB"`, `"1MiB"`, `"500kB"`; ValueError otherwise."""
-    if isinstance(value, int):
-        return value
-    m = _SIZE_RE.fullmatch(value)
-    if m is None:
-        raise ValueError(f'bad size {value!r}: a number of bytes, or with KiB, MiB, kB or MB, e.g. "1MiB"')
-    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
-
-
-def webhook_problems(name: str, settings: WebhookSettings, listen_host: str) -> list[tuple[str, str]]:
-    """What is wrong with a webhook source's settings, as (key, message) pairs; [] when it can run.
-    Run by `validate` (each at its line) and again when the daemon builds the route."""
-    problems: list[tuple[str, str]] = []
-    path = settings.path
-    if not _PATH_RE.fullmatch(path):
-        problems.append(("path", f"bad path {path!r}: it starts with / and uses letters, digits and . _ ~ - /"))
-    elif path in _OWN_PATHS or path.startswith(_OWN_PREFIXES):
-        problems.append(("path", f"path {path!r} is the listener's own: use one of yours, e.g. /hooks/{name}"))
-    for key in ("subject", "id"):
-        text = getattr(settings, key)
-        if text is None:
-            continue
-        try:
-            template = compile_template(text)
-        except TemplateError as exc:
-            problems.append((key, str(exc)))
-            continue
-        sample = template.sample()
-        if key == "subject":
-            try:
-                check_subject(sample)
-            except EventRejected as exc:
-                problems.append((key, f"subject template {text!r} cannot make a subject: {exc.message}"))
-            if is_reserved(sample):
-                problems.append((key, f"subject {text!r} is under watchd., which is watchd's own: pick another"))
-    if settings.verify == "none":
-        if not is_loopback(listen_host):
-            problems.append(
-                (
-                    "verify",
-                    f'verify = "none" on a listener that is not loopback ({listen_host}) would take events from '
-                    "anyone: use github, slack, hmac-sha256 or token with a secret",
-                )
-            )
-    elif not settings.secret:
-        problems.append(("secret", f'verify = "{settings.verify}" needs a secret, e.g. secret = "env:WEBHOOK_SECRET"'))
-    if settings.verify != "hmac-sha256":
-        for key in ("header", "prefix"):
-            if getattr(settings, key) is not None:
-                problems.append((key, f'`{key}` is for verify = "hmac-sha256" only'))
-    elif settings.header is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", settings.header):
-        problems.append(("header", f"{settings.header!r} is not a header name"))
-    if settings.max_body is not None:
-        try:
-            size = parse_size(settings.max_body)
-        except ValueError as exc:
-            problems.append(("max_body", str(exc)))
-        else:
-            if not 1 <= size <= NATS_MAX_PAYLOAD_BYTES:
-                problems.append(("max_body", f"max_body must be from 1 byte to {NATS_MAX_PAYLOAD_BYTES} (1MiB)"))
-    return problems
-
-
 def compile_route(
     name: str,
     settings: WebhookSettings,
@@ -278,8 +177,10 @@ def compile_route(
     secret: str | None,
     default_max_body: int = MAX_HTTP_BODY_BYTES,
     clock: Callable[[], float] = time.time,
+    health: SourceHealth | None = None,
 ) -> WebhookRoute:
     """The route of settings that `webhook_problems` passed, with the secret already resolved."""
+    assert settings.subject is not None, "validate requires a webhook's subject"
     return WebhookRoute(
         name=name,
         path=settings.path,
@@ -293,4 +194,40 @@ def compile_route(
         ),
         max_body=default_max_body if settings.max_body is None else parse_size(settings.max_body),
         clock=clock,
+        health=health or SourceHealth(name, "webhook"),
     )
+
+
+def build_routes(
+    sources: Mapping[str, SourceSettings],
+    *,
+    listen_host: str,
+    default_max_body: int,
+    clock: Callable[[], float],
+    health_of: Callable[[str], SourceHealth | None] = lambda _name: None,
+) -> dict[str, WebhookRoute]:
+    """The listener's webhook routes by path, from every `type = "webhook"` source; a source's
+    health is `health_of(name)` (the daemon's, which `status` and the silence check read), else
+    its own. WatchdError when one cannot run: settings `validate` refuses (an unsigned route on a
+    listener others can reach), or a secret that cannot be read."""
+    routes: dict[str, WebhookRoute] = {}
+    for name, settings in sources.items():
+        if not isinstance(settings, WebhookSettings):
+            continue
+        problems = webhook_problems(name, settings, listen_host)
+        if problems:
+            key, message = problems[0]
+            raise WatchdError(f"[source.{name}] {key}: {message}", hint="`watchd validate` lists every problem")
+        try:
+            secret = resolve_secret(settings.secret)
+        except WatchdError as exc:
+            raise WatchdError(f"[source.{name}] secret: {exc.message}", hint=exc.hint) from None
+        routes[settings.path] = compile_route(
+            name,
+            settings,
+            secret=secret,
+            default_max_body=default_max_body,
+            clock=clock,
+            health=health_of(name),
+        )
+    return routes
