@@ -39,8 +39,6 @@ WARMUP_S = 1.0
 
 
 async def serve(root: Path, sync: str) -> None:
-    from types import SimpleNamespace
-
     from aiohttp import web
 
     from watchd import bus
@@ -48,6 +46,7 @@ async def serve(root: Path, sync: str) -> None:
     from watchd.ingress import serve as serve_ingress
     from watchd.listener import ConnectionLimits
     from watchd.model import Event
+    from watchd.sources.settings import WebhookSettings
     from watchd.sources.webhook import compile_route
 
     nats = bus.EmbeddedNats(root / "nats", listen="127.0.0.1:0", sync=sync)
@@ -65,15 +64,8 @@ async def serve(root: Path, sync: str) -> None:
         max_body=256 * 1024,
         max_event_bytes=lambda: 256 * 1024,
     )
-    settings: Any = SimpleNamespace(
-        path="/hooks/github",
-        subject="github.{header:X-GitHub-Event}",
-        verify="github",
-        secret=SECRET.decode(),
-        id=None,
-        header=None,
-        prefix=None,
-        max_body=None,
+    settings = WebhookSettings(
+        path="/hooks/github", subject="github.{header:X-GitHub-Event}", verify="github", secret=SECRET.decode()
     )
     route = compile_route("github", settings, secret=SECRET.decode())
     ingress.webhooks = {route.path: route}

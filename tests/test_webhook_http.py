@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -27,22 +26,13 @@ from support.webhooks import (
     SLACK_TIMESTAMP,
 )
 
-from watchd.sources.verify import Scheme
+from watchd.sources.settings import Verify, WebhookSettings
 from watchd.sources.webhook import WebhookRoute, compile_route
 
 
-@dataclass
-class Hook:
+def Hook(path: str, subject: str, verify: Verify = "none", secret: str | None = None, **more: Any) -> WebhookSettings:
     """A webhook source's settings, as a config table gives them."""
-
-    path: str
-    subject: str
-    verify: Scheme = "none"
-    secret: str | None = None
-    id: str | None = None
-    header: str | None = None
-    prefix: str | None = None
-    max_body: int | str | None = None
+    return WebhookSettings(path=path, subject=subject, verify=verify, secret=secret, **more)
 
 
 TOKEN = "hook-token-7f3a"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,12 +17,14 @@ from support.webhooks import (
     SLACK_TIMESTAMP,
 )
 
-from watchd.errors import EventRejected, RequestRefused
+from watchd.errors import EventRejected, RequestRefused, WatchdError
 from watchd.limits import MAX_DATA_DEPTH
 from watchd.model import parse_data
+from watchd.sources.settings import WebhookSettings
 from watchd.sources.template import RequestFields, TemplateError, TemplateMissing, compile_template
-from watchd.sources.verify import Scheme, Verifier
-from watchd.sources.webhook import parse_size, webhook_problems
+from watchd.sources.verify import Verifier
+from watchd.sources.webhook import build_routes
+from watchd.sources.webhook_check import parse_size, webhook_problems
 
 
 def reason(verifier: Verifier, headers: dict[str, str], body: bytes, now_s: float = 0.0, **query: str) -> str | None:
@@ -141,20 +142,10 @@ def test_bad_templates_are_refused_when_compiled(template: str, says: str) -> No
         compile_template(template)
 
 
-@dataclass
-class Settings:
-    path: str = "/hooks/github"
-    subject: str = "github.{header:X-GitHub-Event}"
-    verify: Scheme = "github"
-    secret: str | None = "env:GITHUB_WEBHOOK_SECRET"
-    id: str | None = None
-    header: str | None = None
-    prefix: str | None = None
-    max_body: int | str | None = None
-
-
 def problems(listen_host: str = "127.0.0.1", **settings: Any) -> dict[str, str]:
-    return dict(webhook_problems("github", Settings(**settings), listen_host))
+    table = {"path": "/hooks/github", "subject": "github.{header:X-GitHub-Event}", "verify": "github"}
+    table["secret"] = "env:GITHUB_WEBHOOK_SECRET"
+    return dict(webhook_problems("github", WebhookSettings(**{**table, **settings}), listen_host))
 
 
 def test_settings_that_can_run_have_no_problems() -> None:
@@ -178,7 +169,7 @@ def test_settings_that_can_run_have_no_problems() -> None:
         ({"header": "X-Sig"}, "header", 'hmac-sha256" only'),
         ({"verify": "hmac-sha256", "header": "X Sig"}, "header", "not a header name"),
         ({"max_body": "1GB"}, "max_body", "bad size"),
-        ({"max_body": 5_000_000}, "max_body", "from 1 byte"),
+        ({"max_body": "5MB"}, "max_body", "from 1 byte"),
     ],
 )
 def test_each_bad_setting_is_named(settings: dict[str, Any], key: str, says: str) -> None:
@@ -217,3 +208,16 @@ def test_parsed_bodies_are_held_to_the_depth_limit_exactly() -> None:
     for text in (nested(MAX_DATA_DEPTH + 1), nested(MAX_DATA_DEPTH + 1).encode()):
         with pytest.raises(EventRejected, match="nested deeper than 64 levels"):
             parse_data(text)
+
+
+def test_building_routes_refuses_what_validate_refuses() -> None:
+    unsigned = {"site": WebhookSettings(path="/hooks/site", subject="site.hit")}
+    routes = build_routes(unsigned, listen_host="127.0.0.1", default_max_body=1024, clock=lambda: 0.0)
+    assert list(routes) == ["/hooks/site"] and routes["/hooks/site"].max_body == 1024
+    with pytest.raises(
+        WatchdError, match=r'\[source.site\] verify: verify = "none" on a listener that is not loopback'
+    ):
+        build_routes(unsigned, listen_host="0.0.0.0", default_max_body=1024, clock=lambda: 0.0)
+    unset = {"gh": WebhookSettings(path="/hooks/gh", subject="gh.x", verify="github", secret="env:WATCHD_TEST_UNSET_9")}
+    with pytest.raises(WatchdError, match=r"\[source.gh\] secret: env:WATCHD_TEST_UNSET_9 is not set"):
+        build_routes(unset, listen_host="127.0.0.1", default_max_body=1024, clock=lambda: 0.0)

@@ -13,7 +13,7 @@ from watchd.sources.base import Source
 from watchd.sources.settings import SourceSettings, type_name
 
 REGISTRY: dict[str, str] = {
-    "webhook": "watchd.sources.pending:WebhookPending",
+    "webhook": "watchd.sources.webhook:WebhookSource",
     "poll": "watchd.sources.poll:PollSource",
     "file": "watchd.sources.files:FileSource",
     "journal": "watchd.sources.pending:JournalPending",

@@ -16,11 +16,6 @@ class _Pending(Source):
         )
 
 
-class WebhookPending(_Pending):
-    type_name: ClassVar[str] = "webhook"
-    on_listener: ClassVar[bool] = True  # served by the HTTP listener, not a task
-
-
 class JournalPending(_Pending):
     type_name: ClassVar[str] = "journal"
 

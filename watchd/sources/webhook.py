@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from watchd.config import resolve_secret
 from watchd.errors import EventRejected, RequestRefused, WatchdError
 from watchd.limits import MAX_HTTP_BODY_BYTES
 from watchd.model import Event, make_event, parse_data
+from watchd.sources.base import Source, SourceContext
 from watchd.sources.health import SourceHealth
 from watchd.sources.settings import SourceSettings, WebhookSettings
 from watchd.sources.template import RequestFields, Template, TemplateMissing, compile_template
@@ -231,3 +232,16 @@ def build_routes(
             health=health_of(name),
         )
     return routes
+
+
+class WebhookSource(Source):
+    """A webhook is a route on the daemon's HTTP listener (`build_routes`), not a task of its own."""
+
+    type_name: ClassVar[str] = "webhook"
+    on_listener: ClassVar[bool] = True
+
+    async def run(self, ctx: SourceContext) -> None:
+        raise WatchdError(
+            f"source {self.name} is a webhook: the HTTP listener of `watchd run` serves it",
+            hint="start the daemon (`watchd run`) with this config",
+        )
