@@ -223,3 +223,38 @@ async def test_emit_falls_back_to_nats_when_no_daemon_answers_over_http(
     await until(
         lambda: any(h["evidence"][0]["id"] == "fb-1" for h in d.handoffs("subs")), what="the event published to NATS"
     )
+
+
+def test_validate_and_check_speak_json(tmp_path: Path) -> None:
+    p = Project(tmp_path, {"good.toml": SUB_WATCH})
+    ok = cli(p, "validate", "--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] is True and report["watches"] == 1 and report["files"] == 1 and report["problems"] == []
+
+    p.write_watch(
+        "bad.toml", SUB_WATCH.replace('"subs"', '"other"').replace('kind = "match"', 'kind = "match"\nwithin = 5')
+    )
+    bad = cli(p, "validate", "--json")
+    assert bad.returncode == 1 and bad.stderr == ""
+    report = json.loads(bad.stdout)
+    (problem,) = report["problems"]
+    assert report["ok"] is False and problem["file"].endswith("bad.toml") and problem["line"] == 5
+    assert "`within`" in problem["message"] and isinstance(problem["col"], int)
+
+    down = cli(p, "check", "--json")  # configured, never started; a broken watch file does not matter here
+    assert down.returncode == 1
+    assert json.loads(down.stdout) | {"error": None} == {"ok": False, "running": False, "error": None}
+
+
+async def test_check_and_emit_json_with_a_daemon(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory({"subs.toml": SUB_WATCH}).start()
+    r = await d.cli("check", "--json")
+    health = json.loads(r.stdout)
+    assert r.returncode == 0 and health["ok"] is True and health["running"] is True and health["pid"] == d.pid
+    r = await d.cli("emit", "sub.x", "--id", "j-1", "--output", "json")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert first["id"] == "j-1" and first["subject"] == "sub.x" and first["duplicate"] is False and first["seq"] > 0
+    again = json.loads((await d.cli("emit", "sub.x", "--id", "j-1", "--output", "json")).stdout)
+    assert again == {**first, "duplicate": True}

@@ -46,6 +46,13 @@ def _parse_pairs(pairs: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]
 @click.option("--json", "json_data", metavar="OBJ", help="the event's data as a JSON object")
 @click.option("--id", "event_id", metavar="ID", help="event id (default: a new ULID); a re-sent id is stored once")
 @click.option("--source", default="cli", show_default=True, help="the event's source")
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help='json: {"id", "subject", "seq", "duplicate"} (--json gives the event\'s data)',
+)
 def emit(
     config_path: str | None,
     subject: str,
@@ -53,6 +60,7 @@ def emit(
     json_data: str | None,
     event_id: str | None,
     source: str,
+    output: str,
 ) -> None:
     """Publish one event.
 
@@ -78,6 +86,11 @@ def emit(
 
         ack = asyncio.run(publish_events(loaded, [event]))[0]
         seq, duplicate = ack.seq, ack.duplicate
+    if output == "json":
+        click.echo(
+            msgspec.json.encode({"id": event.id, "subject": subject, "seq": seq, "duplicate": duplicate}).decode()
+        )
+        return
     note = " (duplicate: already stored)" if duplicate else ""
     click.echo(f"{event.id} {subject} seq {seq}{note}")
 

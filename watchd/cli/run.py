@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import click
 
 from watchd import config
 from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, http_get, load, out
+from watchd.cli.options import load_config_only
 from watchd.errors import DaemonNotRunning
 
 
@@ -40,7 +42,8 @@ def run(config_path: str | None, verbose: bool) -> None:
 
 @click.command()
 @CONFIG_OPTION
-def validate(config_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help='{"ok", "config", "watches", "files", "problems", "warnings"}')
+def validate(config_path: str | None, as_json: bool) -> None:
     """Check the config and every watch file at once; each problem as file:line:col; exit 1 on any.
 
     Warnings (a fixed time in a DST gap, an env: secret unset in this shell) do not fail it.
@@ -48,7 +51,11 @@ def validate(config_path: str | None) -> None:
     \b
     Example:
       watchd validate --config config.example.toml
+      watchd validate --json | jq -r '.problems[] | "\\(.file):\\(.line) \\(.message)"'
     """
+    if as_json:
+        _validate_json(config_path)
+        return
     loaded = load(config_path)
     for warning in loaded.warnings:  # each already reads "file:line:col: warning: …"
         err.print(warning, markup=False)
@@ -58,14 +65,25 @@ def validate(config_path: str | None) -> None:
 
 @click.command()
 @CONFIG_OPTION
-def check(config_path: str | None) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help='/healthz\'s object; {"ok": false, "running": false, …} when down'
+)
+def check(config_path: str | None, as_json: bool) -> None:
     """Exit 0 if the daemon is alive and healthy, else 1 (for an outside monitor).
 
     \b
     Example:
       watchd check || echo "watchd is down"
     """
-    health = http_get(load(config_path), "/healthz")
+    if as_json:
+        try:
+            health = {"running": True, **http_get(load_config_only(config_path), "/healthz")}
+        except DaemonNotRunning as exc:
+            health = {"ok": False, "running": False, "error": exc.message}
+        dump_json(health)
+        sys.exit(0 if health.get("ok") else 1)
+    # The config alone: a watch file with a mistake does not make a running daemon unhealthy.
+    health = http_get(load_config_only(config_path), "/healthz")
     if not health.get("ok"):
         bad = [k for k in ("engine", "nats") if not health.get(k)]
         fail(f"watchd is unhealthy: {', '.join(bad) or 'unknown'} not ok")
@@ -96,3 +114,46 @@ def status(config_path: str | None, as_json: bool) -> None:
     from watchd.status import render
 
     render(report, out)
+
+
+_POSITION = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<col>\d+): (?:warning: )?(?P<message>.*)$", re.S)
+
+
+def _located(text: str) -> dict[str, Any]:
+    m = _POSITION.match(text)
+    if m is None:
+        return {"file": None, "line": None, "col": None, "message": text}
+    return {"file": m["file"], "line": int(m["line"]), "col": int(m["col"]), "message": m["message"]}
+
+
+def _validate_json(config_path: str | None) -> None:
+    """`validate --json`: the same checks, as one object; exit 1 when there is any problem."""
+    from watchd.errors import ConfigError, WatchdError
+
+    try:
+        loaded = load(config_path)
+    except WatchdError as exc:
+        if not isinstance(exc, ConfigError):  # e.g. no config file where one was named
+            exc = ConfigError([exc.message], exc.hint)
+        problems = set(exc.problems)
+        dump_json(
+            {
+                "ok": False,
+                "config": None,
+                "watches": None,
+                "files": None,
+                "problems": [_located(p) for p in exc.problems],
+                "warnings": [_located(w) for w in exc.report if w not in problems],
+            }
+        )
+        sys.exit(1)
+    dump_json(
+        {
+            "ok": True,
+            "config": str(loaded.config_path) if loaded.config_path else None,
+            "watches": len(loaded.watches),
+            "files": len(loaded.watch_files),
+            "problems": [],
+            "warnings": [_located(w) for w in loaded.warnings],
+        }
+    )
