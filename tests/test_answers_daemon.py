@@ -208,3 +208,29 @@ async def test_a_button_press_from_the_chat_acts_and_edits_the_message(
         assert len(d.decisions("laptop-alive", "muted")) == 1 and len(tg.edits) == 1
         explained = json.loads((await d.cli("explain", "--event", "tg-1002", "--json")).stdout)
         assert explained["rejected"] is True
+
+
+SILENCE = """
+[[watch]]
+id = "nas-alive"
+kind = "absent"
+expect = { subject = "heartbeat.nas" }
+for = "10m"
+then = ["notify.console"]
+"""
+
+
+async def test_a_snooze_holds_the_fire_and_the_daemon_hands_it_off_when_the_snooze_ends(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"w.toml": SILENCE}).start()
+    code, out, err = await d.cli("snooze", "nas-alive", "30m")
+    assert code == 0, err
+    assert out.startswith("nas-alive: snoozed by ") and out.rstrip().endswith("; then judged again")
+    await d.advance_until(lambda: d.decisions("nas-alive", "held"), step_s=60, limit_s=1200, what="the held fire")
+    assert fired(d, "nas-alive") == []  # silent for 10m, but snoozed: nothing handed off
+    await d.advance_until(lambda: fired(d, "nas-alive"), step_s=60, limit_s=1800, what="the fire after the snooze")
+    (h,) = fired(d, "nas-alive")
+    assert h["reason"].startswith("still open after the snooze (since ")
+    assert "no heartbeat.nas for 10m" in h["reason"]
+    assert d.decisions("nas-alive", "snooze_ended")
