@@ -7,17 +7,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from support.cli import run_cli
+from support.fakes import FakeSlack
 from support.inprocess import InProcessDaemon
 from support.project import Project
 from support.waiting import until
 
 from watchd import bus
+from watchd.model import make_event
 
 SECRET = "readme-github-secret"
 
@@ -165,3 +169,75 @@ def test_validate_names_each_webhook_problem_at_its_line(tmp_path: Path) -> None
     assert f"{config}:18:" in out and "the listener's own" in out
     assert f"{config}:16:" in out or f"{config}:20:" in out  # slack without a secret
     assert 'verify = "slack" needs a secret' in out
+
+
+SLACK_SIGNING = "slack-signing-secret-e2e"
+SLACK_CONFIG = """
+[notify.team]
+type = "slack"
+token = "env:SLACK_BOT_TOKEN"
+channel = "C0000"
+api_base = "{api}"
+
+[source.slackhooks]
+type = "webhook"
+path = "/hooks/slack"
+subject = "slack.{{json:type}}"
+verify = "slack"
+secret = "env:SLACK_SIGNING_SECRET"
+"""
+
+DISK_WATCH = """
+[[watch]]
+id = "disk-full"
+kind = "match"
+on = { subject = "disk.full" }
+repeat = "1h"
+then = ["notify.team"]
+"""
+
+
+async def test_a_slack_button_press_on_the_webhook_mutes_and_edits_the_message(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    async with FakeSlack(mode="api") as slack:
+        d = daemon_factory(
+            {"w.toml": DISK_WATCH},
+            extra_config=SLACK_CONFIG.format(api=slack.api_base),
+            env={"SLACK_BOT_TOKEN": slack.token, "SLACK_SIGNING_SECRET": SLACK_SIGNING},
+        )
+        await d.start()
+        await d.publish(make_event("disk.full", {"host": "nas"}))
+        await until(lambda: slack.messages, what="the notification")
+        (posted_ts,) = slack.posted_ts
+        buttons = [b for block in slack.messages[0]["blocks"] if block["type"] == "actions" for b in block["elements"]]
+        (mute,) = [b for b in buttons if b["text"]["text"] == "Mute 24h"]
+        # What Slack posts to the app's interactivity URL when a user presses the button.
+        payload = {
+            "type": "block_actions",
+            "user": {"id": "U024BE7LH", "username": "ann"},
+            "channel": {"id": "C0000", "name": "alerts"},
+            "container": {"type": "message", "message_ts": posted_ts, "channel_id": "C0000"},
+            "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+            "actions": [{"action_id": mute["action_id"], "type": "button", "value": mute["value"]}],
+        }
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        stamp = str(int(time.time()))
+        signature = "v0=" + hmac.new(SLACK_SIGNING.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(d.http_url + "/hooks/slack", data=body, headers=headers) as r:
+                assert r.status == 200 and await r.read() == b""
+            forged = {**headers, "X-Slack-Signature": "v0=" + "0" * 64}
+            async with http.post(d.http_url + "/hooks/slack", data=body, headers=forged) as r:
+                assert r.status == 401
+        await until(lambda: slack.updates, what="the message to be edited")
+        (edit,) = slack.updates
+        assert edit["channel"] == "C0000" and edit["ts"] == posted_ts
+        assert "Muted by slack user U024BE7LH until " in json.dumps(edit)
+        (muted,) = d.decisions("disk-full", "muted")
+        assert muted["reason"].startswith("muted by slack user U024BE7LH until ")
