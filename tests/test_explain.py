@@ -577,6 +577,7 @@ def test_json_shape(world: Any) -> None:
         "handoffs",
         "next_due",
         "note",
+        "sources",
     }
     assert (data["watch"], data["kind"], data["mode"], data["fired"]) == ("login-storm", "match", "live", True)
     assert data["verdict"].startswith("fired once since 12:00:10 UTC; last at 12:00:50 UTC for key bob")

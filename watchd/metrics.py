@@ -135,6 +135,39 @@ def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterato
     for reason, n in sorted(refusals.items()):
         rejected.add_metric([reason], n)
     yield rejected
+    yield from source_families(health.get("sources") or [])
+
+
+def source_families(sources: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each source's health (sources/health.py): what it published, refused and when it last spoke."""
+    events = CounterMetricFamily("watchd_source_events", "Events a source published.", labels=["source", "type"])
+    rejections = CounterMetricFamily(
+        "watchd_source_rejections", "What a source refused or dropped, by reason.", labels=["source", "reason"]
+    )
+    restarts = CounterMetricFamily(
+        "watchd_source_restarts", "Times a source failed and was started again.", labels=["source"]
+    )
+    last = GaugeMetricFamily(
+        "watchd_source_last_event_timestamp_seconds", "When a source last published (Unix time).", labels=["source"]
+    )
+    silent = GaugeMetricFamily(
+        "watchd_source_silent", "1 while a source is silent past expect_every.", labels=["source"]
+    )
+    failing = GaugeMetricFamily(
+        "watchd_source_error", "1 when a source's last error is newer than its last event.", labels=["source"]
+    )
+    for s in sources:
+        name = s["name"]
+        events.add_metric([name, s["type"]], s.get("events", 0))
+        for reason, n in sorted((s.get("rejections") or {}).items()):
+            rejections.add_metric([name, reason], n)
+        restarts.add_metric([name], s.get("restarts", 0))
+        if s.get("last_event_ts") is not None:
+            last.add_metric([name], s["last_event_ts"])
+        silent.add_metric([name], 1 if s.get("silent") else 0)
+        erred = s.get("last_error_at") is not None and (s.get("last_event_at") or "") < s["last_error_at"]
+        failing.add_metric([name], 1 if erred else 0)
+    yield from (events, rejections, restarts, last, silent, failing)
 
 
 def store_families(loaded: Loaded) -> Iterator[Metric]:

@@ -20,6 +20,7 @@ from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
 from watchd.model import iso
+from watchd.sources.settings import type_name
 from watchd.store import open_readonly
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.decisions import last_fired, would_fire_since
@@ -74,6 +75,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
         "last_canary": None,
         "tokens_today": budget_report(loaded.config, None, now),
         "schedules": schedule_status(loaded, None, now),
+        "sources": source_status(loaded, daemon),
     }
     defs = all_watches(loaded)  # the built-in watches are shown like the files' ones
     conn = open_readonly(loaded.state_dir)
@@ -129,6 +131,34 @@ def _holds(engine: Engine, wid: str, now: float) -> list[dict[str, Any]]:
         for h in meta.holds
         if h.until > now
     ]
+
+
+def source_status(loaded: Loaded, daemon: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each configured source's health as the running daemon reports it; without a daemon, only
+    what the config says."""
+    running = {s["name"]: s for s in (daemon or {}).get("sources") or []}
+    out = []
+    for name, settings in sorted(loaded.config.source.items()):
+        found = running.get(name)
+        out.append(found if found is not None else {"name": name, "type": type_name(settings), "running": False})
+    return out
+
+
+def source_lines(sources: list[dict[str, Any]]) -> Table:
+    table = Table("source", "type", "events", "last event", "state", box=None)
+    for s in sources:
+        if s.get("running") is False:
+            table.add_row(s["name"], s["type"], "-", "-", "not running")
+            continue
+        state = "ok"
+        if s.get("silent"):
+            state = f"silent since {_to_second(s.get('silent_since'))}"
+        elif s.get("last_error") and (s.get("last_event_at") or "") < (s.get("last_error_at") or ""):
+            state = f"error: {s['last_error']}"
+        refused = sum((s.get("rejections") or {}).values())
+        events = f"{s.get('events', 0)}" + (f" ({refused} refused)" if refused else "")
+        table.add_row(s["name"], s["type"], events, _to_second(s.get("last_event_at")), state)
+    return table
 
 
 def _watch_state(engine: Engine, wid: str, enabled: bool) -> str:
@@ -202,6 +232,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         last = f"{sc['last_outcome']} ({sc['last_tick']})" if sc["last_outcome"] else "-"
         schedules.add_row(sc["name"], sc["does"], sc["next_due"] or ("disabled" if not sc["enabled"] else "-"), last)
     console.print(schedules)
+    if report.get("sources"):
+        console.print(source_lines(report["sources"]))
     console.print(backup_line(report["last_backup"]), markup=False)
     console.print(canary_line(report["last_canary"]), markup=False)
     for line in budget_lines(report["tokens_today"]):

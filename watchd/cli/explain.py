@@ -76,9 +76,17 @@ def explain_cmd(
         if watch is not None and not any(d.watch.id == watch for d in defs):
             raise ex.suggest(watch, (d.watch.id for d in defs))
         if watch is not None:
-            report: ex.WatchReport | ex.EventReport = ex.explain_from_db(
-                conn, defs, loaded.zone(), watch, now=time.time(), since=since, key=key
-            )
+            now = time.time()
+            wreport = ex.explain_from_db(conn, defs, loaded.zone(), watch, now=now, since=since, key=key)
+            report: ex.WatchReport | ex.EventReport = wreport
+            if loaded.config.source:
+                from watchd.explain.sources import silent_feeders
+                from watchd.store.engine_state import heard
+
+                d = next(d for d in defs if d.watch.id == watch)
+                for name, last in silent_feeders(loaded.config.source, d, heard(conn), now):
+                    since_text = f"since {ex.when(last, wreport.info.zone, now)}" if last is not None else "yet"
+                    wreport.sources.append(f"no events from source {name!r} {since_text}")
         else:
             assert event_id is not None
             report = ex.event_from_db(conn, defs, loaded.zone(), event_id)

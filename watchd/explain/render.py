@@ -55,6 +55,8 @@ def render_watch(report: WatchReport, console: Console) -> None:
     console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
     if report.note:
         console.print(Text(f"note: {report.note}"))
+    for line in report.sources:
+        console.print(Text(f"source: {line}"), soft_wrap=False)
     if report.next_due is not None:
         due = when(report.next_due, info.zone, report.now)
         console.print(Text(f"next due: {due}, {time_until(report.next_due, report.now)}"), soft_wrap=False)

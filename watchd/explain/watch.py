@@ -156,6 +156,7 @@ class WatchReport:
     next_due: float | None
     now: float
     note: str | None = None  # e.g. a --since that reaches past what retention kept
+    sources: list[str] = field(default_factory=list)  # silent sources that feed it (explain/sources.py)
 
     def to_json(self) -> dict[str, Any]:
         z = self.info.zone
@@ -181,6 +182,7 @@ class WatchReport:
             "handoffs": [h.to_json() for h in self.handoffs],
             "next_due": iso(self.next_due),
             "note": self.note,
+            "sources": self.sources,
         }
 
 

@@ -45,6 +45,7 @@ class SourceHealth:
             "type": self.type,
             "started_at": iso(self.started_at),
             "last_event_at": iso(self.last_event_at),
+            "last_event_ts": self.last_event_at,
             "events": self.events,
             "duplicates": self.duplicates,
             "rejections": dict(sorted(self.rejections.items())),
