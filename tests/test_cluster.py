@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from support import project
 from support.inprocess import InProcessDaemon
@@ -293,3 +294,20 @@ async def test_per_key_timers_fire_once_across_a_takeover(
     await until(lambda: fired(b) == [("hosts-slow", "h1")], what="the 120 s silence to fire on b")
     await asyncio.sleep(0.3)
     assert fired(a, b) == [("hosts", "h1"), ("hosts-slow", "h1")]
+
+
+async def test_a_holder_that_finds_its_lease_taken_stops_deciding(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=FAST).start()
+    nc = await bus.connect(nats_server.url, name="watchd-test")
+    try:  # another instance's record where a's lease was (as after a split a could not see)
+        kv = await nc.jetstream().key_value(cluster.bucket_names("watchd")[0])
+        other = cluster.Member(instance="other", host="elsewhere", pid=1, state_dir="/srv", started=0.0, watches="x")
+        await kv.put(cluster.LEASE_KEY, msgspec.json.encode(other))
+    finally:
+        await nc.close()
+    await until(lambda: a.running.stop.is_set(), timeout_s=5, what="a to stop")
+    failure = a.running.failure
+    assert failure is not None and "lost the lease of cluster 'watchd' to watchd on elsewhere (pid 1" in failure.message
+    assert a.running.lease is not None and not a.running.lease.held()
