@@ -1,6 +1,6 @@
 """kill -9 at random moments while events pour in: after the last restart drains the backlog there is
 exactly one fire and one handoff per event id — none lost, none doubled. The real daemon, the real
-embedded nats-server (left running as an orphan by each kill, as after a real crash), real SQLite."""
+embedded nats-server (which each kill takes down with the daemon), real SQLite."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.metadata
 import json
 import logging
@@ -11,8 +12,9 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -244,6 +246,7 @@ class EmbeddedNats:
             # Its own session: a terminal's Ctrl-C must reach watchd only, which then stops the
             # server last, after draining. umask 077 keeps the store and log files 0600 (SPEC §7).
             # stderr goes to the log too: config errors are printed before the log file is opened.
+            # On Linux it gets SIGTERM when watchd dies, even by kill -9 (see die_with_parent).
             self._proc = await asyncio.create_subprocess_exec(
                 str(binary),
                 "-c",
@@ -253,6 +256,7 @@ class EmbeddedNats:
                 stderr=fd,
                 start_new_session=True,
                 umask=0o077,
+                preexec_fn=die_with_parent(),
             )
         finally:
             os.close(fd)
@@ -342,6 +346,30 @@ class EmbeddedNats:
             except NatsUnavailable as exc:
                 log.error("restarting nats-server failed: %s", exc)
                 self._started_at = time.monotonic()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the child SIGTERM when this process dies (Linux
+    PR_SET_PDEATHSIG; SIGTERM so that nats-server flushes JetStream). Without it a kill -9 of watchd
+    leaves the server running until the next start finds and stops it (`_kill_orphan`, which stays
+    for other systems). None where prctl is missing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # watchd died between fork and prctl: the signal would never come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:

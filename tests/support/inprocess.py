@@ -23,14 +23,13 @@ from support.project import Project
 from support.waiting import until
 from watchd import config
 from watchd.bus import PubAckInfo
+from watchd.cli.common import LOG_FORMAT  # as `watchd run` logs to a journal
 from watchd.daemon import Daemon
 from watchd.model import Event
 
 # How soon the engine notices a jump of the clock and the daemon a changed watch file (the
 # daemon's own defaults are seconds). A short idle fetch costs NATS two small requests.
 POLL_S = 0.02
-
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # as `watchd run` logs to stderr
 
 
 class LogLines(logging.Handler):

@@ -129,7 +129,8 @@ class DaemonProc(Project):
         return result
 
     def kill9(self) -> None:
-        """SIGKILL the daemon only: its nats-server (own session) stays behind, as after a crash."""
+        """SIGKILL the daemon only, as a crash does; its nats-server then gets SIGTERM from the kernel
+        (PR_SET_PDEATHSIG) and ends on its own."""
         assert self.proc is not None
         nats_pid = self.nats_pid()
         with contextlib.suppress(ProcessLookupError):

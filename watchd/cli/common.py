@@ -4,11 +4,12 @@ way to the running daemon (its HTTP listener) and to NATS."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 import msgspec
@@ -85,3 +86,25 @@ async def publish_events(loaded: Loaded, events: list[Event], role: Role = "publ
 def one_line(text: str | None, limit: int = 100) -> str:
     flat = " ".join((text or "").split())
     return flat if len(flat) <= limit else "…" + flat[-(limit - 1) :]
+
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def log_format(stream: TextIO) -> str:
+    """Lines with a timestamp on a terminal; without one otherwise, since journald (or whatever
+    collects a service's stderr) stamps each line itself."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or stand-in stream
+        tty = False
+    return "%(asctime)s " + LOG_FORMAT if tty else LOG_FORMAT
+
+
+def setup_logging(verbose: bool, stream: TextIO | None = None) -> None:
+    """The log of `watchd run` and `watchd worker`: INFO (DEBUG with -v) to stderr; the libraries'
+    chatter only from WARNING up."""
+    stream = stream or sys.stderr
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=log_format(stream), stream=stream)
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 import time
@@ -11,7 +10,7 @@ from typing import Any
 import click
 
 from watchd import config
-from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, http_get, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, http_get, load, out, setup_logging
 from watchd.cli.options import load_config_only
 from watchd.errors import DaemonNotRunning
 
@@ -28,13 +27,7 @@ def run(config_path: str | None, verbose: bool) -> None:
     """
     from watchd import daemon
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("nats").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    setup_logging(verbose)
     loaded = load(config_path)
     config.require_env_secrets(loaded.config)  # validate only warns: its shell is not the daemon's
     daemon.run(loaded)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 
 import click
 
 from watchd import config, credentials
-from watchd.cli.common import CONFIG_OPTION, err, load, refuse_if_down
+from watchd.cli.common import CONFIG_OPTION, err, load, refuse_if_down, setup_logging
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -87,12 +85,7 @@ def worker(
     from watchd.agents import worker as worker_mod
     from watchd.cron.schedule import parse_duration
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    setup_logging(verbose)
     loaded = load(config_path)
     agent = loaded.config.agent.get(target.removeprefix("agent.")) if target.startswith("agent.") else None
     if not isinstance(agent, config.NatsAgent):
