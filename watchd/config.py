@@ -118,6 +118,9 @@ class NatsConfig(_Strict, kw_only=True):
     # JetStream fsync interval for the embedded server. "always" because a personal machine is
     # where power is lost, and the server's 2-minute default loses acknowledged writes then.
     sync: str = "always"
+    # The EVENTS stream's size limit (oldest events are dropped past it). Default: a quarter of the
+    # free disk when the stream is created, at most 1 GiB (watchd/storage.py).
+    events_max_bytes: Annotated[int, _range(1 << 20, 1 << 50)] | None = None
 
 
 class ClusterConfig(_Strict, kw_only=True):

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, clockjump, cluster, config, credentials, sdnotify, stepping
+from watchd import bus, clockjump, cluster, config, credentials, sdnotify, stepping, storage
 from watchd import ingress as http
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
@@ -65,6 +65,9 @@ STOP_DEADLINE_S = 10.0
 RETENTION_EVERY_S = 3600.0
 SOURCE_WAIT_S = 60.0  # sources read the clock at least this often (see SourceContext.max_wait_s)
 ENGINE_BACKOFF_CAP_S = 5.0
+# How long the daemon may fail to store events and still ping systemd's watchdog: time for its own
+# recovery (the probe, a restart of the embedded nats-server) before systemd restarts it.
+STORAGE_GRACE_S = 120.0
 
 
 def build_targets(
@@ -189,6 +192,10 @@ class Daemon:
         self._fingerprint = self._watch_fingerprint()
         self._pid_file = self.state_dir / "watchd.pid"
         self._lock_fd: int | None = None
+        self.storage_grace_s = STORAGE_GRACE_S
+        self._status_sent = "watching"  # systemd's STATUS= as READY=1 set it
+        probe_s = storage.PROBE_EVERY_S if poll_s is None else max(poll_s, 0.1)
+        self.storage = storage.StorageWatch(self.stop, self.state_dir / "nats", probe_every_s=probe_s)
 
     # ---- life cycle ----
 
@@ -252,11 +259,12 @@ class Daemon:
                 credentials=credentials.load_or_create(self.state_dir),
             )
             await self.embedded.start()
+            self.storage.embedded = self.embedded
             self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.stop) if self.embedded else _noop())
         inbox = credentials.ADMIN_INBOX if self.embedded else "_INBOX"  # an external NATS: its operator's rules
         self.nc = await bus.connect(credentials.client_url(self.loaded, "admin"), inbox_prefix=inbox)
         self.js = self.nc.jetstream()
-        await bus.ensure_streams(self.js)
+        await self._ensure_streams(self.js)
         await self._install(self.loaded, first=True)
         await self._clock_behind_saved()
         targets = build_targets(
@@ -287,10 +295,26 @@ class Daemon:
         await self._join()
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
+        self._spawn("storage-probe", lambda: self.storage.run(self._storage_probe))
         self._http_runner, self.ingress = await http.start(self)
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        """The streams, EVENTS sized from [nats] events_max_bytes or, when the stream is created,
+        from the free space of the disk it lives on (watchd/storage.py)."""
+        configured = self.loaded.config.nats.events_max_bytes
+        store_dir = self.embedded.store_dir if self.embedded is not None else None
+        free = storage.free_bytes(store_dir) if store_dir is not None else None
+        wanted = configured or storage.auto_events_max_bytes(free)
+        hint = storage.space_hint(store_dir, wanted, configured=configured is not None)
+        await bus.ensure_streams(js, events_max_bytes=wanted, resize=configured is not None, space_hint=hint)
+
+    async def _storage_probe(self) -> None:
+        failure = self.storage.health.failures.get(storage.STREAM)
+        data = {"reason": failure.reason, "failures": failure.count} if failure else {}
+        await self.publish(own_event("watchd.storage.recovered", data, time_s=self.clock()))
 
     async def _join(self) -> None:
         """Take this deployment's lease and start deciding, or stand by until it is free. An
@@ -384,7 +408,7 @@ class Daemon:
             max_event_bytes=self.loaded.config.engine.max_event_bytes,
             heard=last_heard,
             max_wait_s=self.source_wait_s,
-            publish_own=lambda event: bus.publish_event(js, event),
+            publish_own=self.publish,
         )
         sources = self.sources
         self._spawn("sources", lambda: sources.run(self.stop))
@@ -535,13 +559,18 @@ class Daemon:
         await self.emit("watchd.config.reloaded", {"watches": len(loaded.watches)})
         return True
 
+    async def publish(self, event: Event) -> bus.PubAckInfo:
+        """Store one event on the stream; a failure to store makes the daemon unhealthy until the
+        next success (watchd/storage.py)."""
+        return await self.storage.publish(self.js, event)
+
     async def emit(self, subject: str, data: dict[str, Any]) -> None:
         """Publish one of watchd's own events; they can be watched like any other."""
         self.metrics.own_event(subject, data)
         if self.js is None:
             return
         try:
-            await bus.publish_event(self.js, own_event(subject, data, time_s=self.clock()))
+            await self.publish(own_event(subject, data, time_s=self.clock()))
         except WatchdError as exc:
             log.warning("could not publish %s: %s", subject, exc.message)
 
@@ -729,17 +758,22 @@ class Daemon:
         self.failures.report(batch.errors)
         self.metrics.decided(batch.decisions)
         store = self.store
-        new = await store.run(
+        now = self.clock()
+        clock = min(self.engine.clock, now)  # never a clock ahead of the present
+        changes = self.engine.take_changes()
+        # Retried as it is until it is written (a full disk): the engine has already stepped.
+        new = await self.storage.write_state(
+            store,
             lambda: store.commit_step(
                 last_seq=last_seq,
-                clock=min(self.engine.clock, self.clock()),  # never a clock ahead of the present
-                changes=self.engine.take_changes(),
+                clock=clock,
+                changes=changes,
                 decisions=batch.decisions,
                 handoffs=batch.handoffs,
                 subjects=subjects or {},
-                now=self.clock(),
+                now=now,
                 holds=batch.holds,
-            )
+            ),
         )
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
@@ -767,21 +801,36 @@ class Daemon:
 
     async def _watchdog(self, interval_s: float) -> None:
         async def step() -> None:
-            # Ping only while the engine loop is alive: a wedged loop should be restarted by systemd.
-            if self.clock() - self.last_loop_at < MAX_IDLE_WAIT_S * 3:
-                sdnotify.notify("WATCHDOG=1")
+            message = self.watchdog_message()
+            if message:
+                sdnotify.notify(message)
 
         await self.upkeep.every("watchdog", step, interval_s=interval_s)
+
+    def watchdog_message(self) -> str:
+        """What to tell systemd now: WATCHDOG=1 only while the engine loop is alive and events can
+        be stored (after a grace for watchd's own recovery), so that systemd restarts a daemon that
+        is wedged or cannot store; STATUS= says which, when it changes."""
+        engine_ok = self.clock() - self.last_loop_at < MAX_IDLE_WAIT_S * 3
+        status = self.storage.health.summary() or ("watching" if engine_ok else "engine loop stalled")
+        lines = [] if status == self._status_sent else [f"STATUS={status}"]
+        self._status_sent = status
+        if engine_ok and self.storage.health.failing_for_s() < self.storage_grace_s:
+            lines.insert(0, "WATCHDOG=1")
+        return "\n".join(lines)
 
     def health(self) -> dict[str, Any]:
         now = self.clock()
         engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or not self.active  # a standby runs none
         nats_ok = self.nc is not None and self.nc.is_connected
         down = self.upkeep.core_down()  # a side task's failure is counted in /metrics, not here
+        storage_ok = self.storage.health.ok
         return {
-            "ok": engine_ok and nats_ok and not down,
+            "ok": engine_ok and nats_ok and storage_ok and not down,
             "engine": engine_ok,
             "nats": nats_ok,
+            "storage": storage_ok,
+            "storage_problems": self.storage.health.report(),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 1),
             "watches": len(self.loaded.watches),

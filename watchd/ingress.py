@@ -343,13 +343,8 @@ async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
             hint='set [http] token = "env:WATCHD_HTTP_TOKEN" before exposing the listener',
         )
 
-    async def publish(event: Event) -> bus.PubAckInfo:
-        if daemon.js is None:
-            raise NatsUnavailable("watchd is not connected to NATS")
-        return await bus.publish_event(daemon.js, event)
-
     ingress = Ingress(
-        publish=publish,
+        publish=daemon.publish,  # through the daemon: a failure to store makes it unhealthy
         health=daemon.health,
         token=token,
         max_body=cfg.max_body,

@@ -119,6 +119,11 @@ def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterato
     yield _gauge("watchd_up", "1 when the engine loop runs and NATS is connected.", 1 if health.get("ok") else 0)
     yield _gauge("watchd_engine_ok", "1 when the engine loop ran recently.", 1 if health.get("engine") else 0)
     yield _gauge("watchd_nats_connected", "1 while connected to NATS.", 1 if health.get("nats") else 0)
+    yield _gauge(
+        "watchd_storage_ok",
+        "1 while events and state can be stored (0 from a failed publish or commit until the next success).",
+        1 if health.get("storage", True) else 0,
+    )
     yield _gauge("watchd_watches", "Watches loaded.", health.get("watches", 0))
     yield _gauge("watchd_uptime_seconds", "Seconds since the daemon started.", health.get("uptime_s", 0))
     yield _gauge("watchd_last_seq", "The last stream sequence the engine committed.", health.get("last_seq", 0))

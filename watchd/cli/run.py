@@ -78,8 +78,10 @@ def check(config_path: str | None, as_json: bool) -> None:
     # The config alone: a watch file with a mistake does not make a running daemon unhealthy.
     health = http_get(load_config_only(config_path), "/healthz")
     if not health.get("ok"):
-        bad = [k for k in ("engine", "nats") if not health.get(k)]
-        fail(f"watchd is unhealthy: {', '.join(bad) or 'unknown'} not ok")
+        bad = [k for k in ("engine", "nats", "storage") if not health.get(k, True)]
+        problems = health.get("storage_problems") or {}
+        why = "; ".join(f"{kind}: {p.get('reason')} (for {p.get('failing_for_s')}s)" for kind, p in problems.items())
+        fail(f"watchd is unhealthy: {', '.join(bad) or 'unknown'} not ok" + (f" — {why}" if why else ""))
     out.print(f"ok: pid {health.get('pid')}, up {health.get('uptime_s')}s, {health.get('watches')} watches")
 
 
