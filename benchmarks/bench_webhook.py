@@ -38,7 +38,7 @@ WARMUP_S = 1.0
 # ---- the server process ----
 
 
-async def serve(root: Path, sync: str) -> None:
+async def serve(root: Path, sync: str, store: bool) -> None:
     from aiohttp import web
 
     from watchd import bus
@@ -56,6 +56,8 @@ async def serve(root: Path, sync: str) -> None:
     await bus.ensure_streams(js)
 
     async def publish(event: Event) -> bus.PubAckInfo:
+        if not store:  # --no-store: what the listener costs without the JetStream round trip
+            return bus.PubAckInfo(bus.EVENTS_STREAM, 0, False)
         return await bus.publish_event(js, event)
 
     ingress = Ingress(
@@ -254,9 +256,9 @@ async def load(port: int, make: Any, conns: int, seconds: float) -> dict[str, An
     }
 
 
-async def main(seconds: float, conns: int, small: bool, sync: str) -> None:
+async def main(seconds: float, conns: int, small: bool, sync: str, store: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, __file__, "--serve", tmp, "--sync", sync]
+        command = [sys.executable, __file__, "--serve", tmp, "--sync", sync, *([] if store else ["--no-store"])]
         server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
@@ -277,7 +279,8 @@ async def main(seconds: float, conns: int, small: bool, sync: str) -> None:
             server.wait(30)
     stored = int(info.state.messages)
     body = "small bodies (~60 B)" if small else "pull_request bodies (~12 KB)"
-    print(f"{conns} connections, {body}, nats-server sync={sync}, {seconds:g}s each after {WARMUP_S:g}s warm-up")
+    stored_how = f"nats-server sync={sync}" if store else "NOT published (--no-store)"
+    print(f"{conns} connections, {body}, {stored_how}, {seconds:g}s each after {WARMUP_S:g}s warm-up")
     for name, r in (("bare aiohttp 204", bare), ("webhook, github, stored", hook)):
         print(f"{name:24s} {r['requests_per_s']:7,.0f} req/s   p50 {r['p50_ms']:6.2f} ms   p99 {r['p99_ms']:6.2f} ms")
     ratio = hook["requests_per_s"] / bare["requests_per_s"]
@@ -297,9 +300,10 @@ if __name__ == "__main__":
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--small", action="store_true", help="60-byte bodies instead of 12 KB pull requests")
     parser.add_argument("--sync", default="always", help="nats-server JetStream sync (watchd's default: always)")
+    parser.add_argument("--no-store", action="store_true", help="verify and build events, publish nothing")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.sync))
+        asyncio.run(serve(args.serve, args.sync, not args.no_store))
     else:
-        asyncio.run(main(args.seconds, args.conns, args.small, args.sync))
+        asyncio.run(main(args.seconds, args.conns, args.small, args.sync, not args.no_store))

@@ -241,3 +241,13 @@ async def test_a_slack_button_press_on_the_webhook_mutes_and_edits_the_message(
         assert "Muted by slack user U024BE7LH until " in json.dumps(edit)
         (muted,) = d.decisions("disk-full", "muted")
         assert muted["reason"].startswith("muted by slack user U024BE7LH until ")
+
+
+def test_source_test_and_run_say_where_a_webhook_is_served(tmp_path: Path) -> None:
+    project = Project(tmp_path, extra_config=GITHUB_SOURCE)
+    env = {"GITHUB_WEBHOOK_SECRET": SECRET}
+    tested = run_cli("source", "test", "github", "--config", str(project.config_path), env=env)
+    assert tested.returncode == 1 and "POST to /hooks/github on the listener of `watchd run`" in tested.stderr
+    assert "Traceback" not in tested.stderr
+    ran = run_cli("source", "run", "github", "--config", str(project.config_path), env=env)
+    assert ran.returncode == 1 and "`watchd run` serves it" in ran.stderr

@@ -245,3 +245,12 @@ class WebhookSource(Source):
             f"source {self.name} is a webhook: the HTTP listener of `watchd run` serves it",
             hint="start the daemon (`watchd run`) with this config",
         )
+
+    async def once(self, ctx: SourceContext) -> None:
+        """`watchd source test`: a webhook has nothing to fetch; it waits for its senders."""
+        assert isinstance(self.settings, WebhookSettings)
+        raise WatchdError(
+            f"source {self.name} is a webhook: it publishes what its senders POST to {self.settings.path} "
+            "on the listener of `watchd run`",
+            hint="`watchd check --json` shows its events and refusals by reason",
+        )
