@@ -7,7 +7,7 @@ import math
 import os
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
 import msgspec
@@ -33,8 +33,22 @@ def new_id(now_s: float | None = None) -> str:
     return "".join(_CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
+# The instants a datetime holds, a day inside its range so that any zone's offset fits. One
+# beyond (state an older watchd left, a clock gone wild) is shown at the edge, never an error:
+# `status` and `explain` must show what they find.
+_FIRST_TS = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_LAST_TS = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def instant(ts: float, tz: tzinfo = UTC) -> datetime:
+    """`ts` as a datetime in `tz`, held to the range a datetime can show."""
+    if not _FIRST_TS <= ts <= _LAST_TS:  # NaN as well
+        ts = _FIRST_TS if ts < _FIRST_TS else _LAST_TS
+    return datetime.fromtimestamp(ts, tz)
+
+
 def utc_from_ts(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+    return instant(ts)
 
 
 def iso(ts: float | None) -> str | None:

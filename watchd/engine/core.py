@@ -176,8 +176,11 @@ class Engine(EngineState):
 
     def _advance(self) -> None:
         """Fire every timer due at or before now, in time order."""
+        failed: set[tuple[str, str | None]] = set()
         while (due := self.next_due()) is not None and due <= self.clock:
             _, wid, key = heapq.heappop(self._timers)
+            if (wid, key) in failed:
+                continue  # another entry of a timer that failed in this step
             logic = self.watches[wid]
             try:
                 if key == WATCH_TIMER:
@@ -185,6 +188,7 @@ class Engine(EngineState):
                 else:
                     self._on_key_timer(logic, key)
             except Exception as exc:  # confined to this timer, which is not armed again in this step
+                failed.add((wid, key))
                 self.failed(wid, None if key == WATCH_TIMER else key, exc)
 
     def _on_watch_timer(self, logic: WatchLogic) -> None:

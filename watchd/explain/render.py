@@ -7,7 +7,6 @@ hide anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
@@ -15,14 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from watchd.explain.watch import UTC_NAMES, EventReport, WatchReport, time_until, when
+from watchd.model import instant
 from watchd.store.outbox import HandoffRow
 
 
 def _local_and_utc(ts: float, zone: str) -> tuple[str, str]:
     """Compact cells for a table: the local date and time, and the UTC time (its date only when
     it differs). Within 30 days of retention, the year adds nothing but width."""
-    local = datetime.fromtimestamp(ts, ZoneInfo(zone))
-    utc = datetime.fromtimestamp(ts, UTC)
+    local = instant(ts, ZoneInfo(zone))
+    utc = instant(ts)
     utc_text = f"{utc:%H:%M:%S}" if utc.date() == local.date() else f"{utc:%m-%d %H:%M:%S}"
     return f"{local:%m-%d %H:%M:%S}", utc_text
 

@@ -62,7 +62,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -84,7 +84,7 @@ from watchd.engine import (
 from watchd.engine.base import hold_words
 from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
-from watchd.model import iso
+from watchd.model import instant, iso
 from watchd.store.db import check_readable
 from watchd.store.decisions import decisions_kept_from, event_decisions, watch_decisions
 from watchd.store.engine_state import Heard, engine_view, heard
@@ -230,18 +230,18 @@ def when(ts: float, zone: str, now: float) -> str:
     """An instant in the watch's zone and UTC: "03:00 Europe/Berlin (02:00 UTC)"; the date only
     when it is not today (in that zone), and on the UTC side only when it differs."""
     tz = ZoneInfo(zone)
-    local = datetime.fromtimestamp(ts, tz)
-    today = datetime.fromtimestamp(now, tz).date()
+    local = instant(ts, tz)
+    today = instant(now, tz).date()
     text = _clock(local) if local.date() == today else f"{local:%Y-%m-%d} {_clock(local)}"
     if zone in UTC_NAMES:
         return f"{text} UTC"
-    utc = datetime.fromtimestamp(ts, UTC)
+    utc = instant(ts)
     utc_text = _clock(utc) if utc.date() == local.date() else f"{utc:%Y-%m-%d} {_clock(utc)}"
     return f"{text} {zone} ({utc_text} UTC)"
 
 
 def iso_local(ts: float, zone: str) -> str:
-    dt = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    dt = instant(ts, ZoneInfo(zone))
     return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds").replace("+00:00", "Z")
 
 
