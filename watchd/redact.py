@@ -9,10 +9,12 @@ clean, the caller gets None and leaves the config out.
 
 from __future__ import annotations
 
+import base64
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
 _SECRET_KEY_RE = re.compile(r"^(token|secret|password|passwd|api_?key|webhook_url|.+_(token|secret|password|api_key))$")
@@ -32,22 +34,87 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
-def redact_config(text: str) -> tuple[str | None, list[str]]:
+def secret_forms(secret: str) -> list[str]:
+    """`secret` as it may appear in text watchd produces or passes on, longest first: as is,
+    URL-encoded (path and form styles), base64 (standard and URL-safe, padded or not) and hex.
+    A secret that only ever leaves in one of these forms must still be found by value."""
+    raw = secret.encode()
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), raw.hex(), raw.hex().upper()}
+    for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def url_credentials(url: str) -> list[str]:
+    """What a URL's `user:password@` puts on the wire: each part as written and decoded, and the
+    `user:password` pair that HTTP Basic authentication sends base64-encoded (so its encodings,
+    from `secret_forms`, are the Authorization header a receiver may echo back)."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return []
+    found = [p for p in (user, password) if p]
+    found += [unquote(p) for p in found]
+    if user is not None and password is not None:
+        found.append(f"{unquote(user)}:{unquote(password)}")
+    return list(dict.fromkeys(found))
+
+
+def scrub_values(text: str, secrets: Iterable[str | None], replacement: str = "***", min_len: int = 4) -> str:
+    """`text` with every secret, in every form of `secret_forms`, replaced. Very short strings are
+    skipped: replacing a one-letter "secret" everywhere would garble the text and hide nothing."""
+    forms = {f for secret in secrets if secret and len(secret) >= min_len for f in secret_forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, replacement)
+    return text
+
+
+def redact_url_parts(url: str) -> str:
+    """A secret-bearing URL as a backup may keep it: scheme and host, the credentials, path and
+    query replaced (a webhook URL's path or `?token=` is the credential)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return REDACTED
+    if not parts.scheme or not host:
+        return REDACTED
+    netloc = ("***@" if parts.username or parts.password else "") + (f"[{host}]" if ":" in host else host) + port
+    clean = not parts.query and not parts.fragment and parts.path in ("", "/")
+    return urlunsplit((parts.scheme, netloc, parts.path if clean else "/" + REDACTED, "", ""))
+
+
+def redact_config(text: str, secret_paths: Collection[str] = ()) -> tuple[str | None, list[str]]:
     """The config with every literal secret replaced by "<redacted>", comments and layout kept, and
     the key paths that were redacted. `env:`/`file:`/`cred:` references stay: they are not secrets.
+
+    Secrets are found by key name (token, secret, …), as a URL's user:password, and at
+    `secret_paths`: the dotted key paths of the config's secret settings (config.secret_settings),
+    whatever their key is called. A secret URL there (a webhook's url, a ping_url) keeps its scheme
+    and host; its path and query, which are the credential, are redacted.
     None when the result cannot be proven free of them (it is then left out of the backup)."""
     try:
-        found = dict(_literal_secrets(tomllib.loads(text), ()))
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return None, []
+    found = dict(_literal_secrets(parsed, ()))
+    listed = dict(_listed_secrets(parsed, secret_paths))
+    urls = {path: v for path, v in listed.items() if "://" in v}
+    others = {v for path, v in listed.items() if path not in urls}
+    found |= {path: v for path, v in listed.items() if path not in urls}
+    # Whole URLs first, wherever they stand (a list, a comment): their host stays readable.
+    for url in sorted(set(urls.values()), key=len, reverse=True):
+        text = text.replace(url, redact_url_parts(url))
 
     def replace(m: re.Match[str]) -> str:
         # Only an assignment whose value the parsed config holds as a secret: text that merely looks
         # like one (inside another string) is left alone.
-        if not _SECRET_KEY_RE.match(m["key"].lower()):
-            return m[0]
         value = tomllib.loads("v = " + m["value"])["v"]
-        return m["lead"] + f'"{REDACTED}"' if value in found.values() else m[0]
+        if value in others or (_SECRET_KEY_RE.match(m["key"].lower()) and value in found.values()):
+            return m["lead"] + f'"{REDACTED}"'
+        return m[0]
 
     out = _ASSIGNMENT_RE.sub(replace, text)
     # The same value elsewhere, e.g. in a comment (shorter ones would mangle the text); a URL with
@@ -56,12 +123,33 @@ def redact_config(text: str) -> tuple[str | None, list[str]]:
     for secret in plain:
         out = out.replace(secret, REDACTED)
     out = redact_url(out)
+    paths = sorted({*found, *urls})
     try:
         again = tomllib.loads(out)
     except tomllib.TOMLDecodeError:
-        return None, sorted(found)
-    leaked = any(True for _ in _literal_secrets(again, ())) or any(s in out for s in plain)
-    return (None if leaked else out), sorted(found)
+        return None, paths
+    leaked = (
+        any(True for _ in _literal_secrets(again, ()))
+        or any(True for _ in _listed_secrets(again, secret_paths))  # e.g. written with escapes the search missed
+        or any(s in out for s in plain)
+    )
+    return (None if leaked else out), paths
+
+
+def _listed_secrets(parsed: dict[str, Any], paths: Collection[str]) -> Iterator[tuple[str, str]]:
+    """The literal values at `paths` (a list's items each) still holding a secret: not a reference,
+    not "<redacted>", not a URL of scheme and host only."""
+    for dotted in paths:
+        node: Any = parsed
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values = node if isinstance(node, list) else [node]
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or not value or value == REDACTED or _REFERENCE_RE.match(value):
+                continue
+            if "://" in value and redact_url_parts(value) == value:
+                continue  # nothing but a scheme and a host
+            yield (dotted if len(values) == 1 else f"{dotted}.{i}"), value
 
 
 def _literal_secrets(node: Any, path: tuple[str, ...]) -> Iterator[tuple[str, str]]:

@@ -40,7 +40,8 @@ from support.project import free_port
 class Reply:
     """One scripted answer. `json` wins over `text`; `delay_s` stalls before answering (a stall
     ends early when the server stops, so teardown stays fast); `echo` appends the request path
-    and query to the text, as careless servers and proxies do in error pages."""
+    and query to the text, and `echo_headers` those headers, as careless servers and proxies do
+    in error pages."""
 
     status: int = 200
     json: Any = None
@@ -48,6 +49,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     echo: bool = False
+    echo_headers: tuple[str, ...] = ()  # request headers quoted back in the text (an Authorization, say)
 
 
 @dataclass
@@ -186,6 +188,8 @@ class FakeServer:
         text = reply.text or ""
         if reply.echo:
             text += f" {request.path_qs}"
+        for name in reply.echo_headers:
+            text += f" {name}: {request.headers.get(name, '')}"
         return web.Response(status=reply.status, text=text, headers=reply.headers)
 
 

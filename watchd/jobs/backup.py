@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from watchd import __version__
-from watchd.config import Loaded, resolve_path
+from watchd.config import Loaded, resolve_path, secret_settings
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
 from watchd.model import iso
@@ -153,7 +153,10 @@ def _pack(loaded: Loaded, db: Path, dest: Path, now: float) -> Manifest:
         notes: list[str] = []
         redacted: list[str] = []
         if loaded.config_path is not None:
-            text, redacted = redact_config(loaded.config_path.read_text(encoding="utf-8"))
+            # Every secret setting by its path, so that a secret under any key name is found.
+            settings = secret_settings(loaded.config)
+            paths = {".".join(str(p) for p in path if isinstance(p, str)) for path, v in settings if v != "embedded"}
+            text, redacted = redact_config(loaded.config_path.read_text(encoding="utf-8"), paths)
             if text is None:
                 notes.append("config left out: its secrets could not be redacted with certainty")
             else:

@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from yarl import URL
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff
+from watchd.redact import scrub_values, url_credentials
 
 log = logging.getLogger("watchd.notify")
 
@@ -70,14 +70,9 @@ async def close() -> None:
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every secret (and its URL-encoded form) in text. Very short strings are skipped:
-    replacing a one-letter "secret" everywhere would garble the message and hide nothing."""
-    for secret in secrets:
-        if not secret or len(secret) < 4:
-            continue
-        for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}:
-            text = text.replace(form, REDACTED)
-    return text
+    """Replace every secret in text, in every encoding watchd or a server may put it in (URL-encoded,
+    base64 as in a Basic Authorization header, hex: see redact.secret_forms)."""
+    return scrub_values(text, secrets, REDACTED)
 
 
 def url_secrets(url: str) -> list[str]:
@@ -91,11 +86,7 @@ def url_secrets(url: str) -> list[str]:
     if u.path and u.path != "/":
         parts.append(u.raw_path_qs)
         parts.append(u.path_qs)
-    if u.raw_user:
-        parts.append(u.raw_user)
-    if u.raw_password:
-        parts.append(u.raw_password)
-    return parts
+    return parts + url_credentials(url)  # user, password, and the user:password of Basic auth
 
 
 def secret_ref(raw: str | None, key: str) -> str:
