@@ -9,7 +9,11 @@ test's event loop, on wall-clock time: the backtest reads the stream's own times
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -344,14 +348,46 @@ def test_json_shape(tmp_path: Path) -> None:
 def test_human_output_shows_watch_zone_and_utc(tmp_path: Path) -> None:
     events: list[dict[str, Any] | str] = [ev("mail.received", T0, 0, urgent=True, **{"from": "[b]x[/b]"}), "nope"]
     root = write_project(tmp_path, MATCH, events, zone="Europe/Berlin")
-    code, out, _ = run_cli(
-        "test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml")
-    )
+    args = ("test", str(root / "w.toml"), "--events", str(root / "events.jsonl"), "--config", str(root / "config.toml"))
+    code, summary, _ = run_cli(*args)
     assert code == 0  # a report: exit 0 even though watches fire
+    # by default a summary per watch: fires, the first and the last (watch zone), keys
+    row = next(line for line in summary.splitlines() if line.startswith("urgent-shadow"))
+    assert row.split()[1:8] == ["shadow", "1", "11-22", "13:00", "11-22", "13:00", "1"], row
+    table = summary[summary.index("\nwatch ") : summary.index("skipped line")]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    assert "(12:00:00 UTC)" not in summary and "(--all lists each one with its reason)" in summary
+    code, out, _ = run_cli(*args, "--all")
     assert "2026-11-22 13:00:00 CET (12:00:00 UTC)  urgent" in out
     assert "urgent-shadow [[b]x[/b]] (shadow: would fire)" in out  # keys printed verbatim, never as markup
     assert "skipped line 2: not valid JSON" in out
     assert "3 would-be fires" in out
+
+
+def test_a_progress_bar_on_a_terminal_and_none_on_a_pipe(tmp_path: Path) -> None:
+    events: list[dict[str, Any] | str] = [ev("mail.received", T0, i / 60, urgent=i % 2 == 0) for i in range(6000)]
+    root = write_project(tmp_path, MATCH, events)
+    argv = [sys.executable, "-m", "watchd", "test", str(root / "w.toml"), "--events", str(root / "events.jsonl")]
+    argv += ["--config", str(root / "config.toml")]
+    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"} | {"COLUMNS": "100"}
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert piped.returncode == 0 and "replaying events" not in piped.stdout + piped.stderr
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal on stdin, stdout and stderr
+        os.execve(sys.executable, argv, env)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen[-2000:]
+    assert b"replaying events" in seen and b"/6000" in seen, seen[-2000:]
 
 
 # ---- agreement with the daemon's own loop (property) -------------------------------------------

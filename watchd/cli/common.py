@@ -4,11 +4,13 @@ way to the running daemon (its HTTP listener) and to NATS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
@@ -108,3 +110,22 @@ def setup_logging(verbose: bool, stream: TextIO | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=log_format(stream), stream=stream)
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on the terminal (stderr) for long work, as `update(done, total)`; None on a
+    pipe, in a script or with `quiet` (--json), so nothing but the result is printed there."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(total, done))
+
+        yield update

@@ -8,7 +8,7 @@ import time
 import click
 
 from watchd import config, credentials
-from watchd.cli.common import CONFIG_OPTION, dump_json, err, load, out, refuse_if_down
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, load, out, progress_bar, refuse_if_down
 from watchd.errors import NatsUnavailable, WatchdError
 
 
@@ -109,7 +109,10 @@ def explain_cmd(
 @click.option("--since", metavar="D", help="replay the recorded EVENTS stream from now − D (default 7d)")
 @click.option("--events", "events_path", metavar="FILE.jsonl", help="replay events from a file, one JSON event a line")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in the README)")
-def backtest_cmd(config_path: str | None, file: str, since: str | None, events_path: str | None, as_json: bool) -> None:
+@click.option("--all", "all_fires", is_flag=True, help="list every would-be fire with its reason, not only the summary")
+def backtest_cmd(
+    config_path: str | None, file: str, since: str | None, events_path: str | None, as_json: bool, all_fires: bool
+) -> None:
     """Backtest the watches in FILE against history: every would-be fire, with reasons.
 
     FILE is checked as `watchd validate` checks it, with the config's targets and zone. Exits 0
@@ -119,7 +122,7 @@ def backtest_cmd(config_path: str | None, file: str, since: str | None, events_p
     Examples:
       watchd test watches/new.toml                  # the last 7 days of the EVENTS stream
       watchd test watches/new.toml --since 2d --json
-      watchd test watches/new.toml --events history.jsonl
+      watchd test watches/new.toml --events history.jsonl --all
     """
     from pathlib import Path
 
@@ -138,22 +141,26 @@ def backtest_cmd(config_path: str | None, file: str, since: str | None, events_p
     if not defs:
         raise WatchdError(f"{file} defines no watches", hint="add [[watch]] tables (see watches/ for examples)")
     max_bytes = base.config.engine.max_event_bytes
-    if events_path is not None:
-        report = backtest.replay_events(file, defs, base.zone(), Path(events_path), max_bytes)
-    else:
-        since = since or "7d"
-        since_s = parse_since(since)
-        url = credentials.client_url(base, "read")
+    with progress_bar("replaying events", quiet=as_json) as progress:
+        if events_path is not None:
+            report = backtest.replay_events(file, defs, base.zone(), Path(events_path), max_bytes, progress)
+        else:
+            since = since or "7d"
+            since_s, url = parse_since(since), credentials.client_url(base, "read")
 
-        async def replay() -> backtest.Report:
-            try:
-                await refuse_if_down(url)
-            except NatsUnavailable as exc:
-                raise NatsUnavailable(exc.message, (exc.hint or "") + "; or backtest a file with --events") from None
-            return await backtest.replay_stream(file, defs, base.zone(), url, since_s, time.time(), since, max_bytes)
+            async def replay() -> backtest.Report:
+                try:
+                    await refuse_if_down(url)
+                except NatsUnavailable as exc:
+                    hint = (exc.hint or "") + "; or backtest a file with --events"
+                    raise NatsUnavailable(exc.message, hint) from None
+                now = time.time()
+                return await backtest.replay_stream(
+                    file, defs, base.zone(), url, since_s, now, since, max_bytes, progress
+                )
 
-        report = asyncio.run(replay())
+            report = asyncio.run(replay())
     if as_json:
         dump_json(report.to_json())
     else:
-        backtest.render(report, out)
+        backtest.render(report, out, all_fires)

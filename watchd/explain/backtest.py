@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,6 +148,7 @@ class Backtest:
         # Versions do not matter here: no handoff is made, and the engine keeps no state across runs.
         self.engine.load([(d, 1) for d in defs], start)
         self.infos = {w.id: w for w in report.watches}
+        self.progress: Callable[[int], None] | None = None  # told the events replayed, every PROGRESS_EVERY
         self.errors: dict[tuple[str, Verdict], tuple[int, Decision, Event]] = {}  # how many, and the first
         report.start = start
         report.totals = {w.id: Totals() for w in report.watches}
@@ -160,6 +161,8 @@ class Backtest:
     def feed(self, event: Event, at: float, seq: int) -> None:
         self.advance_to(at)
         self.report.events += 1
+        if self.progress is not None and self.report.events % PROGRESS_EVERY == 0:
+            self.progress(self.report.events)
         self._take(self.engine.step(EventInput(event, at, seq)), event)
 
     def finish(self, end: float) -> Report:
@@ -198,6 +201,11 @@ class Backtest:
         self.report.fires.append(WouldFire(d.at, d.watch, d.key, d.reason, zone, mode))
         if d.watch in self.report.totals:
             self.report.totals[d.watch].fires += 1
+
+
+# (events replayed so far, events in all): a progress bar's two numbers
+Progress = Callable[[int, int], None]
+PROGRESS_EVERY = 500
 
 
 def new_report(file: str, source: str, defs: list[WatchDef], default_zone: str) -> Report:
@@ -241,7 +249,12 @@ def _event_of_line(line: bytes, n: int, max_bytes: int) -> Event:
 
 
 def replay_events(
-    file: str, defs: list[WatchDef], default_zone: str, events_path: Path, max_bytes: int = MAX_EVENT_BYTES
+    file: str,
+    defs: list[WatchDef],
+    default_zone: str,
+    events_path: Path,
+    max_bytes: int = MAX_EVENT_BYTES,
+    progress: Progress | None = None,
 ) -> Report:
     """Backtest over a JSONL file: from its first event's instant to its last."""
     events, skipped = read_jsonl(events_path, max_bytes)
@@ -254,6 +267,9 @@ def replay_events(
     if ordered != events:
         report.notes.append("the file is not in time order: events were replayed in time order")
     bt = Backtest(report, defs, default_zone, ordered[0][0].ts)
+    if progress is not None:
+        total = len(ordered)
+        bt.progress = lambda done: progress(done, total)
     for event, n in ordered:
         bt.feed(event, event.ts, n)
     return bt.finish(ordered[-1][0].ts)
@@ -271,6 +287,7 @@ async def replay_stream(
     now: float,
     since_text: str,
     max_bytes: int = MAX_EVENT_BYTES,
+    progress: Progress | None = None,
 ) -> Report:
     """Backtest over the EVENTS stream from now − since_s to now, read by an ephemeral consumer."""
     report = new_report(file, f"the {bus.EVENTS_STREAM} stream", defs, default_zone)
@@ -305,6 +322,9 @@ async def replay_stream(
             # From the first message by sequence when the whole stream is wanted: exact, where a
             # start time goes through a microsecond round trip.
             first_seq = state.first_seq if first_at is not None and first_at >= start else None
+            if progress is not None:  # the sequences still to read bound the events (some may be gone)
+                total = state.last_seq - (first_seq or state.first_seq) + 1
+                bt.progress = lambda done: progress(done, total)
             await _read_from(js, bt, report, start, first_seq, state.last_seq, max_bytes)
         return bt.finish(max(now, last_at or now))
     finally:
@@ -381,11 +401,11 @@ def when(ts: float, zone: str) -> str:
     return f"{text} ({utc:%H:%M:%S} UTC)" if utc.date() == local.date() else f"{text} ({utc:%Y-%m-%d %H:%M:%S} UTC)"
 
 
-def render(report: Report, console: Console) -> None:
-    """Every would-be fire (watch zone and UTC), totals per watch, and what was skipped.
-
-    Two lines a fire, like `dlq list`: reasons are long and never cut to fit 80 columns. Text,
-    not markup: keys and reasons come from event data."""
+def render(report: Report, console: Console, all_fires: bool = False) -> None:
+    """A summary per watch (fires, the first and the last, how many keys), what was skipped, and
+    with `all_fires` every would-be fire (watch zone and UTC), two lines each, like `dlq list`:
+    reasons are long and never cut to fit 80 columns. Text, not markup: keys and reasons come
+    from event data."""
     n = len(report.watches)
     head = f"backtest of {n} watch{'es' if n != 1 else ''} from {report.file} over {report.events} events from "
     console.print(Text(head + report.source))
@@ -393,25 +413,50 @@ def render(report: Report, console: Console) -> None:
     for note in report.notes:
         console.print(Text(f"note: {note}", style="yellow"))
     console.print()
-    if report.fires:
+    if all_fires:
         for f in report.fires:
             key = f" [{f.key}]" if f.key is not None else ""
             shadow = " (shadow: would fire)" if f.mode == "shadow" else ""
             console.print(Text(f"{when(f.at, f.zone)}  {f.watch}{key}{shadow}"))
             console.print(Text(f"    {f.reason}", style="dim"))
-    else:
-        console.print("no watch would have fired")
-    console.print()
-    totals = Table("watch", "kind", "mode", "fires", "events", "misses", box=None, pad_edge=False)
+        if report.fires:
+            console.print()
+    # 80 columns: the watch id folds rather than being cut; the instants never break
+    summary = Table(box=None, pad_edge=False)
+    summary.add_column("watch", overflow="fold")
+    for name in ("mode", "fires", "first", "last", "keys", "events", "misses"):
+        summary.add_column(name, no_wrap=True)
+    by_watch: dict[str, list[WouldFire]] = {}
+    for f in report.fires:
+        by_watch.setdefault(f.watch, []).append(f)
     for w in report.watches:
         t = report.totals.get(w.id, Totals())
+        fires = by_watch.get(w.id, [])
+        first = _short(fires[0].at, fires[0].zone) if fires else "-"
+        last = _short(fires[-1].at, fires[-1].zone) if fires else "-"
+        keys = len({f.key for f in fires if f.key is not None})
         mode = w.mode if w.enabled else "disabled"
-        totals.add_row(*(Text(c) for c in (w.id, w.kind, mode, str(t.fires), str(t.events), str(t.misses))))
-    console.print(totals)
+        cells = (
+            w.id,
+            mode,
+            str(t.fires),
+            first,
+            last,
+            str(keys) if keys else "-",
+            str(t.events),
+            str(t.misses),
+        )
+        summary.add_row(*(Text(c) for c in cells))
+    console.print(summary)
     _skipped(console, "skipped line", report.skipped)
     _skipped(console, "rejected seq", report.rejected)
-    fires = len(report.fires)
-    console.print(Text(f"\n{fires} would-be fire{'s' if fires != 1 else ''}"))
+    fires_n = len(report.fires)
+    more = "" if all_fires or not fires_n else " (--all lists each one with its reason)"
+    console.print(Text(f"\n{fires_n} would-be fire{'s' if fires_n != 1 else ''}{more}"))
+
+
+def _short(ts: float, zone: str) -> str:
+    return datetime.fromtimestamp(ts, ZoneInfo(zone)).strftime("%m-%d %H:%M")
 
 
 def _skipped(console: Console, label: str, items: Iterable[Skipped]) -> None:
