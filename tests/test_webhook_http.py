@@ -189,7 +189,8 @@ def test_refusals_of_size_type_json_and_templates_store_nothing(listener: Listen
     r = post(listener, "ci", b"{}", {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
     refused(listener, r, before, 400, "template", "no ?job= parameter")
     r = listener.request("GET", HOOKS["github"].path)
-    refused(listener, r, before, 405, "method", "send POST")
+    refused(listener, r, before, 405, "method", "GET is not allowed on /hooks/github (allowed: POST)")
+    assert r.headers["allow"] == "POST"
     ci = route(listener, "ci").health
     assert ci.rejections["too_large"] >= 1 and ci.rejections["template"] >= 1
     assert ci.last_error is not None and "?job=" in ci.last_error

@@ -24,11 +24,12 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from yarl import URL
 
 from watchd import bus
 from watchd.config import resolve_secret
@@ -175,9 +176,6 @@ class Ingress:
         if refusal is not None:
             return refusal
         try:
-            webhook = self.webhooks.get(request.path)
-            if webhook is not None:
-                return await webhook.handle(request, self)
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -298,7 +296,51 @@ class Ingress:
                 web.get("/metrics", self.metrics),
             ]
         )
+        app.router.register_resource(WebhookResource(self))
         return app
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        return await self.webhooks[request.path].handle(request, self)
+
+
+class WebhookResource(web.AbstractResource):
+    """The webhook routes, as the one router resource that matches whatever paths `ingress.webhooks`
+    holds now: the routes of a running aiohttp app are frozen, a reload's are not. Indexed under
+    "/", it is tried only when no route of the listener's own matched."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        super().__init__()
+        self.ingress = ingress
+        self.route = web.ResourceRoute("POST", ingress.webhook, self)
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise NotImplementedError("webhook paths come from the config")
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo | None, set[str]]:
+        if request.path not in self.ingress.webhooks:
+            return None, set()
+        if request.method != "POST":
+            return None, {"POST"}  # 405, with Allow: POST
+        return web.UrlMappingMatchInfo({}, self.route), {"POST"}
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the listener's app is not mounted under a prefix")
+
+    def get_info(self) -> dict[str, Any]:  # type: ignore[override]  # aiohttp types it with a private TypedDict
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False  # never the resource a new route is added to
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter([self.route])
 
 
 async def serve(

@@ -74,8 +74,6 @@ class WebhookRoute:
         return ingress.error(refused.status, refused.reason, message, about=self.name)
 
     async def _handle(self, request: web.Request, ingress: Ingress) -> web.Response:
-        if request.method != "POST":
-            raise RequestRefused(405, "method", f"{request.method} is not allowed on a webhook: send POST")
         body = await ingress.read_body(request, self.max_body)
         self.verifier.check(request.headers, request.query, body, self.clock())
         data = self._parse(request, body)
