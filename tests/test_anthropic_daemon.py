@@ -108,6 +108,8 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
             lambda: d.query("SELECT count FROM subjects WHERE subject = 'triage.started'"), what="the emitted event"
         )
         runs = d.cli("runs", "--json")
+        (hid,) = d.query("SELECT id FROM handoffs WHERE target = 'agent.triage'")[0]
+        shown = d.cli("runs", "show", hid, "--json")
         status = d.cli("status", "--json")
         explained = d.cli("explain", wid, "--json")
         d.term()
@@ -124,6 +126,15 @@ def test_a_run_killed_mid_step_resumes_after_its_last_completed_step(
     assert d.query("SELECT steps, outcome FROM agent_runs") == [(3, "done")]
     (run,) = json.loads(runs.stdout)
     assert run["outcome"] == "done" and run["steps"] == 3 and run["tokens"]["total"] > 0 and run["cost_usd"] > 0
+    # The transcript after the crash: each step once, step 2 as it completed after the restart, every
+    # tool call with its one result, and the steps' tokens adding up to the run's.
+    t = json.loads(shown.stdout)
+    assert [s["n"] for s in t["steps"]] == [1, 2, 3] and [r["id"] for r in t["runs"]] == [run["id"]]
+    calls = [[c["name"] for c in s["output"]["tool_calls"]] for s in t["steps"]]
+    assert calls == [["emit", "notify"], ["watch"], ["done"]]
+    assert all(c["ran"] and not c["is_error"] for s in t["steps"] for c in s["output"]["tool_calls"])
+    assert t["steps"][1]["output"]["tool_calls"][0]["result"].startswith(f"watch {wid} (live)")
+    assert sum(s["tokens"]["total"] for s in t["steps"]) == run["tokens"]["total"]
     (follow_up,) = [w for w in json.loads(status.stdout)["watches"] if w["id"] == wid]  # listed while it lives
     assert follow_up["file"].startswith("agent.triage (handoff ") and follow_up["mode"] == "live"
     assert explained.returncode == 0 and json.loads(explained.stdout)["watch"] == wid

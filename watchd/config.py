@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -771,6 +772,18 @@ def secret_settings(config: Config) -> Iterator[tuple[tuple[PathPart, ...], str]
             elif isinstance(value, dict):  # a poll's headers: each value may be a secret
                 for name, item in value.items():
                     yield (*path, key, name), item
+
+
+def resolved_secrets(config: Config) -> list[str]:
+    """The values of the secrets in use that this process can read, to replace wherever text leaves
+    watchd (a transcript, an error); one it cannot read is skipped, not an error."""
+    found = []
+    for _, value in secret_settings(config):
+        with contextlib.suppress(WatchdError):
+            secret = resolve_secret(value)
+            if secret:
+                found.append(secret)
+    return found
 
 
 def _key_path(path: tuple[PathPart, ...]) -> tuple[PathPart, ...]:

@@ -325,6 +325,7 @@ class AnthropicRunner:
                 usage=usage,
                 cost=cost,
                 latency_s=latency,
+                meta={"max_tokens": params["max_tokens"], "messages": len(asked)},
             )
             run.steps += 1
             run.input_tokens += usage.input

@@ -11,25 +11,33 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from watchd.cli.common import CONFIG_OPTION, dump_json, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, fail, load, out
 from watchd.store.runs import run_json
 
 if TYPE_CHECKING:
     from watchd.store.runs import Run
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1), help="the latest N runs")
 @click.option("--json", "as_json", is_flag=True, help="an array of run objects (documented in the README)")
-def runs(config_path: str | None, limit: int, as_json: bool) -> None:
+@click.pass_context
+def runs(ctx: click.Context, config_path: str | None, limit: int, as_json: bool) -> None:
     """Agent runs, newest first: steps, tokens (input/output/cache), estimated cost, outcome, limit hit.
 
     \b
-    Example:
+    Examples:
       watchd runs --limit 5
       watchd runs --json | jq '[.[].cost_usd] | add'
+      watchd runs show r_3f2a…       # one run's whole transcript
     """
+    ctx.obj = {"config_path": config_path}
+    if ctx.invoked_subcommand is None:
+        list_runs_cmd(config_path, limit, as_json)
+
+
+def list_runs_cmd(config_path: str | None, limit: int, as_json: bool) -> None:
     from watchd.store import open_readonly
     from watchd.store.runs import list_runs
 
@@ -81,3 +89,51 @@ def runs(config_path: str | None, limit: int, as_json: bool) -> None:
     out.print(table)
     total = sum(r.cost_usd for r in found)
     out.print(Text(f"{len(found)} runs, {sum(r.tokens for r in found):,} tokens, ${total:.4f} estimated"))
+
+
+@runs.command(name="show")
+@CONFIG_OPTION
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="the transcript as one object (documented in the README)")
+@click.pass_context
+def runs_show(ctx: click.Context, config_path: str | None, run: str, as_json: bool) -> None:
+    """A run's whole transcript: each step's request, the model's output, tool calls and results, tokens, cost.
+
+    RUN is a run id (a unique prefix is enough) or a handoff id (every run of that handoff). Event data
+    and model output are printed as data, with control characters escaped; configured secrets are
+    replaced by ***.
+
+    \b
+    Examples:
+      watchd runs show r_3f2a
+      watchd runs show h_0123456789abcdef --json | jq '.steps[].output.tool_calls'
+    """
+    from watchd.agents.transcript import transcript, transcript_lines
+    from watchd.config import resolved_secrets
+    from watchd.store import open_readonly
+    from watchd.store.runs import find_runs, step_records
+
+    loaded = load(config_path or (ctx.obj or {}).get("config_path"))
+    conn = open_readonly(loaded.state_dir)
+    if conn is None:
+        fail("watchd has not recorded any agent run yet", "runs appear once an agent has handled a handoff")
+    with contextlib.closing(conn):
+        try:
+            found = find_runs(conn, run)
+            handoffs = sorted({r.handoff_id for r in found})
+            if len(handoffs) > 1:
+                fail(
+                    f"{run!r} names runs of {len(handoffs)} handoffs",
+                    "give more of the run id: " + ", ".join(r.id for r in found[:5]),
+                )
+            steps = step_records(conn, handoffs[0]) if found else []
+        except sqlite3.OperationalError:
+            found = []
+    if not found:
+        fail(f"no agent run {run!r}", "`watchd runs` lists the runs with their ids")
+    t = transcript(found, steps, resolved_secrets(loaded.config))
+    if as_json:
+        dump_json(t)
+        return
+    for line in transcript_lines(t):
+        out.print(Text(line))  # Text, never markup: the transcript quotes event data and model output

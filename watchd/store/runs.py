@@ -67,6 +67,53 @@ class Step:
         return [b for b in self.tool_uses() if b["id"] not in self.tool_results]
 
 
+@dataclass
+class StepRecord:
+    """A step as the transcript shows it: the call, its answer, the tools' results, and what it cost."""
+
+    n: int
+    run_id: str
+    at: float
+    model: str
+    request: list[dict[str, Any]]
+    response: list[dict[str, Any]]
+    tool_results: dict[str, dict[str, Any]]
+    usage: dict[str, int]
+    tokens: int
+    cost_usd: float
+    latency_s: float
+    meta: dict[str, Any]
+
+
+def step_records(conn: sqlite3.Connection, handoff_id: str) -> list[StepRecord]:
+    """Every step of a handoff's transcript, whichever run made it, in order."""
+    rows = conn.execute(
+        "SELECT n, run_id, at, model, request, response, tool_results, usage, tokens, cost_usd, latency_s, meta "
+        "FROM agent_steps WHERE handoff_id = ? ORDER BY n",
+        (handoff_id,),
+    ).fetchall()
+    dec = msgspec.json.decode
+    return [
+        StepRecord(n, run, at, model, dec(req), dec(resp), dec(tools), dec(usage), tokens, cost, latency, dec(meta))
+        for n, run, at, model, req, resp, tools, usage, tokens, cost, latency, meta in rows
+    ]
+
+
+def find_runs(conn: sqlite3.Connection, ref: str) -> list[Run]:
+    """The runs `ref` names: a run id (or a prefix of one), or a handoff id (each of its runs), oldest first."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE id = ? OR handoff_id = ? ORDER BY started_at, rowid",
+        (ref, ref),
+    ).fetchall()
+    if not rows:
+        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started_at, rowid",
+            (escaped + "%",),
+        ).fetchall()
+    return [Run(*r) for r in rows]
+
+
 def last_run(conn: sqlite3.Connection, handoff_id: str) -> Run | None:
     row = conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE handoff_id = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
@@ -112,12 +159,14 @@ def record_step(
     usage: Usage,
     cost: float,
     latency_s: float,
+    meta: dict[str, Any] | None = None,
 ) -> None:
-    """The model call of step n, and the run's counters, in one transaction."""
+    """The model call of step n, and the run's counters, in one transaction. `meta` says what the
+    request was beyond its new turn (the output cap, the conversation's length, an escalation)."""
     with Transaction(conn):
         conn.execute(
-            "INSERT INTO agent_steps (handoff_id, n, run_id, agent, at, model, request, response, usage, tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agent_steps (handoff_id, n, run_id, agent, at, model, request, response, usage, tokens, "
+            "cost_usd, latency_s, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run.handoff_id,
                 n,
@@ -129,6 +178,9 @@ def record_step(
                 encode(response).decode(),
                 encode(usage.to_json()).decode(),
                 usage.total,
+                cost,
+                latency_s,
+                encode(meta or {}).decode(),
             ),
         )
         conn.execute(

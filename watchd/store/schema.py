@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS agent_runs (id TEXT PRIMARY KEY, handoff_id TEXT NOT 
 CREATE INDEX IF NOT EXISTS agent_runs_handoff ON agent_runs (handoff_id, started_at);
 CREATE TABLE IF NOT EXISTS agent_steps (handoff_id TEXT NOT NULL, n INTEGER NOT NULL, run_id TEXT NOT NULL,
     agent TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
-    usage TEXT NOT NULL, tokens INTEGER NOT NULL, tool_results TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (handoff_id, n));
+    usage TEXT NOT NULL, tokens INTEGER NOT NULL, tool_results TEXT NOT NULL DEFAULT '{}',
+    cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, meta TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (handoff_id, n));
 CREATE INDEX IF NOT EXISTS agent_steps_day ON agent_steps (at, agent);
 CREATE TABLE IF NOT EXISTS agent_watches (id TEXT PRIMARY KEY, agent TEXT NOT NULL, handoff_id TEXT NOT NULL,
     definition TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);
@@ -55,7 +57,12 @@ CREATE INDEX IF NOT EXISTS schedule_ticks_at ON schedule_ticks (schedule, tick_a
 
 # (table, column, declaration): columns added after their table first shipped. CREATE TABLE IF NOT
 # EXISTS leaves an older table as it was, so each is added to it here.
-ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("decisions", "n", "INTEGER NOT NULL DEFAULT 1"),)
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("decisions", "n", "INTEGER NOT NULL DEFAULT 1"),
+    ("agent_steps", "cost_usd", "REAL NOT NULL DEFAULT 0"),
+    ("agent_steps", "latency_s", "REAL NOT NULL DEFAULT 0"),
+    ("agent_steps", "meta", "TEXT NOT NULL DEFAULT '{}'"),
+)
 
 
 def create(conn: sqlite3.Connection) -> None:
