@@ -54,7 +54,7 @@ from watchd.sources.supervise import SourceSet
 from watchd.store import Store, db_path
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.engine_state import heard
-from watchd.upkeep import Backoff, Upkeep
+from watchd.upkeep import Backoff, LogLimiter, Upkeep
 
 log = logging.getLogger("watchd")
 
@@ -175,6 +175,7 @@ class Daemon:
         self.events_seen = 0
         self.metrics = Metrics()
         self.failures = stepping.FailureLog(clock)
+        self.bad_input_log = LogLimiter(log)  # rejected messages, `where`/`key` errors: a line a minute each
         self.started_at = clock()
         self._lock = asyncio.Lock()
         self.upkeep = Upkeep(self.stop)  # every loop and task, restarted on failure and counted
@@ -756,6 +757,7 @@ class Daemon:
     ) -> None:
         assert self.store is not None
         self.failures.report(batch.errors)
+        stepping.log_bad_input(batch.decisions, self.bad_input_log)
         self.metrics.decided(batch.decisions)
         store = self.store
         now = self.clock()

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watchd.dispatch import handoffs_from_fire
-from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick, failure
+from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick, Verdict, failure
 from watchd.model import Handoff
+from watchd.upkeep import LogLimiter
 
 log = logging.getLogger("watchd")
 
@@ -107,3 +108,24 @@ class FailureLog:
             where = f"watch {d.watch}" if d.watch else "the engine"
             what = f"event {d.event_id} (seq {d.seq})" if d.event_id else "a timer"
             log.error("%s failed on %s: recorded as failed, going on", where, what, exc_info=exc)
+
+
+# Bad input rather than a fault: a stream message that is no event, a `where` or `key` that cannot be
+# evaluated on an event. Each is a decision already (`explain` shows it, /metrics counts it by
+# verdict); the log says so too, at most one line a minute per kind and watch, so that a publisher
+# sending garbage or a watch reading a field that is not there is noticed without flooding the log.
+_BAD_INPUT = {
+    Verdict.REJECTED: "rejected the message at {event} of the event stream: {reason}",
+    Verdict.WHERE_ERROR: "watch {watch}: `where` could not be evaluated on {event}, so it is false for it: {reason}",
+    Verdict.KEY_ERROR: "watch {watch}: `key` could not be evaluated on {event}, which it skips: {reason}",
+}
+
+
+def log_bad_input(decisions: list[Decision], limiter: LogLimiter) -> None:
+    for d in decisions:
+        template = _BAD_INPUT.get(d.verdict)
+        if template is None:
+            continue
+        event = f"event {d.event_id} (seq {d.seq})" if d.event_id else f"seq {d.seq}"
+        line = template.format(watch=d.watch, event=event, reason=d.reason)
+        limiter.log(logging.WARNING, f"{d.verdict}:{d.watch}", "%s", line)
