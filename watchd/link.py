@@ -79,6 +79,11 @@ class Connection(Client):
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self._limiter.log(logging.WARNING, "reopen", "opening the NATS connection again failed: %r", exc)
                 continue
+            # nats-py keeps the prefix of its request inbox across a close, and sets it (before it
+            # fails to subscribe) when a request is made while closed: replies to that prefix would
+            # have no subscription, and every request after the reopen would time out. Unset, the
+            # next request subscribes afresh.
+            self._resp_sub_prefix = None
             self.reopens += 1
             self._limiter.forget("reopen")
             log.info("NATS connection open again (reopen %d)", self.reopens)

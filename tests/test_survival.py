@@ -1,0 +1,107 @@
+"""The daemon outlives what used to stop it: its nats-server killed and restarted, its NATS
+connection closed for good by nats-py (a protocol error), a commit that fails. Events keep
+flowing, each is handed off once, and /healthz says unhealthy only while the core is affected."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import pytest
+from support.inprocess import InProcessDaemon
+from support.waiting import until
+
+from watchd.link import Connection
+from watchd.model import Event, make_event
+
+JOBS = """
+[[watch]]
+id = "jobs"
+kind = "match"
+on = { subject = "job.*" }
+then = ["notify.console"]
+"""
+
+
+def handed_off(d: InProcessDaemon) -> list[str]:
+    return sorted(h["evidence"][0]["id"] for h in d.handoffs("jobs"))
+
+
+async def publish_until_stored(d: InProcessDaemon, *events: Event) -> None:
+    """Publish (with its own client) until NATS stores them: the server may still be starting."""
+
+    async def stored() -> bool:
+        try:
+            await d.publish(*events)
+        except Exception:  # the server is not back yet
+            return False
+        return True
+
+    await until(stored, timeout_s=30, what="NATS to store the events")
+
+
+async def test_events_flow_again_after_the_embedded_nats_server_is_killed(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"jobs.toml": JOBS}).start()
+    daemon = d.running
+    assert daemon.embedded is not None and daemon.embedded.pid is not None
+    await d.publish(make_event("job.a", id="before"))
+    await until(lambda: handed_off(d) == ["before"], what="the first handoff")
+
+    old = daemon.embedded.pid
+    os.kill(old, signal.SIGKILL)
+    await until(lambda: daemon.embedded and daemon.embedded.pid not in (None, old), what="a new nats-server")
+    await publish_until_stored(d, make_event("job.b", id="after"))
+    await until(lambda: handed_off(d) == ["after", "before"], what="the handoff after the restart")
+    await until(lambda: d.health()["ok"], what="healthy again")
+    await d.stop()
+
+
+async def test_a_connection_nats_py_closed_for_good_is_opened_again_and_the_engine_binds_again(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = await daemon_factory({"jobs.toml": JOBS}).start()
+    nc = d.running.nc
+    assert isinstance(nc, Connection)
+    await d.publish(make_event("job.a", id="before"))
+    await until(lambda: handed_off(d) == ["before"], what="the first handoff")
+
+    # A subject longer than the server's control line: the server answers -ERR and nats-py closes
+    # the connection for good (what one oversized request did to the daemon before).
+    await nc.publish("watchd.events." + "x" * 9000, b"{}")
+    await until(lambda: nc.reopens == 1, what="the connection to be opened again")
+    assert nc.is_connected
+    await publish_until_stored(d, make_event("job.b", id="after"))
+    await until(lambda: handed_off(d) == ["after", "before"], what="a handoff on the reopened connection")
+    await until(lambda: d.health()["ok"], what="healthy again")
+    assert "NATS closed the connection" in d.logged()
+    assert "opening it again" in d.logged()
+    await d.stop()
+
+
+async def test_a_failed_commit_is_retried_from_the_committed_state_and_hands_off_once(
+    daemon_factory: Callable[..., InProcessDaemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await daemon_factory({"jobs.toml": JOBS}).start()
+    daemon = d.running
+    store = daemon.store
+    assert store is not None
+    real = store.commit_step
+    fail = {"left": 2}
+
+    def flaky_commit(**kw: object) -> object:
+        if kw.get("last_seq") is not None and fail["left"] > 0:
+            fail["left"] -= 1
+            raise OSError(5, "Input/output error")  # as a disk error would
+        return real(**kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit_step", flaky_commit)
+    await d.publish(*(make_event("job.x", id=f"ev-{n}") for n in range(5)))
+    await until(lambda: len(handed_off(d)) == 5, what="every event handed off")
+    assert handed_off(d) == [f"ev-{n}" for n in range(5)]
+    stats = daemon.upkeep.stats["engine"]
+    assert stats.failures == 2 and not stats.failing and stats.last_error == "OSError: [Errno 5] Input/output error"
+    assert d.health()["ok"]
+    await d.stop()
