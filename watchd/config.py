@@ -233,6 +233,14 @@ class Schedule(_Strict, kw_only=True):
     timeout: str = "1h"
     ping_url: str | None = None  # heartbeat: GET after each good run (a dead-man's switch); may be env:NAME
     enabled: bool = True  # false turns a schedule off (a built-in default too, by its name)
+    # A failed run is tried again `retries` times, `retry_backoff` doubled each time (with jitter);
+    # one that exhausts them is a dead letter (`watchd dlq`). 0: a failure is final, as before.
+    retries: Annotated[int, _range(0, 100)] = 0
+    retry_backoff: str = "1m"
+    # Runs after the named schedules' runs for the same tick end `on` success, failure or either
+    # (instead of cron, every or at).
+    after: list[str] | None = None
+    on: Literal["success", "failure", "always"] = "success"
 
 
 # What the daemon runs when the config says nothing: a [schedule.<name>] of the same name replaces
@@ -454,8 +462,14 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
         if not sched.enabled and not (sched.cron or sched.every or sched.at):
             continue  # `[schedule.backup] enabled = false` turns a default off and needs nothing else
         kinds = [k for k in ("cron", "every", "at") if getattr(sched, k)]
-        if len(kinds) != 1:
-            probs.at(path, "a schedule needs exactly one of cron, every or at")
+        if sched.after is not None:
+            if kinds:
+                probs.at(
+                    (*path, "after"),
+                    f"`after` replaces {kinds[0]}: a schedule runs on its own timing or after another's",
+                )
+        elif len(kinds) != 1:
+            probs.at(path, "a schedule needs exactly one of cron, every, at or after")
         if sched.at:
             _check_at(sched.at, sched.timezone or inherited, (*path, "at"), probs)
         for i, target in enumerate(sched.then or []):
@@ -468,7 +482,7 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
             probs.at((*path, "timezone"), f"unknown time zone {sched.timezone!r}: use an IANA name")
         elif sched.cron:
             _check_cron(sched.cron, sched.timezone or inherited, (*path, "cron"), probs, sched.dst_gap)
-        for key in ("max_lateness", "jitter", "timeout"):
+        for key in ("max_lateness", "jitter", "timeout", "retry_backoff"):
             _check_duration(getattr(sched, key), (*path, key), probs)
         if not (sched.job or sched.run or sched.then):
             probs.at(path, "a schedule needs something to do: job, run or then")
@@ -480,6 +494,7 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
                 (*path, "every"),
                 f"`every` must be at least 1s, not {sched.every!r}: use cron for fixed times, a source for fast events",
             )
+    _check_after(config, probs)
     for name, agent in config.agent.items():
         _check_duration(agent.timeout, ("agent", name, "timeout"), probs)
         if isinstance(agent, NatsAgent):
@@ -495,6 +510,48 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
                 f"unknown target {target!r} in alert: use a [notify.x] or [agent.x] name "
                 f"(known: {', '.join(sorted(targets))})",
             )
+
+
+def _check_after(config: Config, probs: FileProblems) -> None:
+    """`after` names schedules that run, never its own schedule, and no chain comes back round."""
+    merged = {**DEFAULT_SCHEDULES, **config.schedule}
+    running = effective_schedules(config)
+    for name, sched in config.schedule.items():
+        for i, upstream in enumerate(sched.after or []):
+            here: tuple[PathPart, ...] = ("schedule", name, "after", i)
+            if upstream == name:
+                probs.at(here, f"schedule {name!r} cannot run after itself")
+            elif upstream not in merged:
+                probs.at(here, f"unknown schedule {upstream!r} in after (known: {', '.join(sorted(merged))})")
+            elif upstream not in running and sched.enabled:
+                probs.at(here, f"schedule {upstream!r} is disabled: {name!r} would never run")
+        if sched.after is not None and not sched.after:
+            probs.at(("schedule", name, "after"), '`after` needs at least one schedule, e.g. after = ["report"]')
+    cycle = after_cycle({n: s.after or [] for n, s in merged.items()})
+    if cycle:
+        first = cycle[0]
+        probs.at(("schedule", first, "after"), f"schedules run after each other in a cycle: {' → '.join(cycle)}")
+
+
+def after_cycle(after: dict[str, list[str]]) -> list[str] | None:
+    """A cycle of `after` (["a", "b", "a"]), or None; self-references are reported on their own."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done or node not in after:
+            return None
+        for nxt in after[node]:
+            if nxt != node and (found := visit(nxt, [*path, node])):
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(after):
+        if found := visit(start, []):
+            return found
+    return None
 
 
 def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: FileProblems) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -24,17 +24,28 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from watchd.config import Loaded, effective_schedules
-from watchd.cron.proc import run_in_group, signal_name
-from watchd.cron.schedule import format_duration
-from watchd.cron.ticks import Definition, Run, Skip, State, define, next_run_at, overlap_action, plan, tick_key
+from watchd.cron import chain, jobrun
+from watchd.cron.payload import payload_of, run_of_row, run_payload
+from watchd.cron.ticks import (
+    Definition,
+    Run,
+    Skip,
+    State,
+    define,
+    next_run_at,
+    overlap_action,
+    period_of,
+    plan,
+    retry_delay,
+    run_key,
+    tick_key,
+)
 from watchd.cron.walltimer import WallTimer
-from watchd.dispatch import handoffs_from_fire
-from watchd.engine import Fire
 from watchd.errors import WatchdError
-from watchd.jobs import JobContext, JobResult, builtin
+from watchd.jobs import JobResult
 from watchd.model import iso
 from watchd.store import schedules
-from watchd.store.schedules import TickClaim
+from watchd.store.schedules import TickClaim, TickRow
 from watchd.upkeep import Backoff, Upkeep
 
 if TYPE_CHECKING:
@@ -56,12 +67,13 @@ RETRY_S = 5.0  # after a failed wake-up (the state db busy)
 
 
 @dataclass
-class _Slot:
+class Slot:
     defn: Definition
     version: int
     state: State
     next_at: float | None = None
     active: dict[asyncio.Task[None], float] = field(default_factory=dict)  # runs under way -> their tick
+    retries: dict[str, tuple[float, Run]] = field(default_factory=dict)  # key -> (next attempt due, its run)
 
 
 class Scheduler:
@@ -90,7 +102,7 @@ class Scheduler:
         self.timer = timer or WallTimer(clock)
         self.in_daemon = in_daemon
         self.claim_tick = claim_tick  # a tick is run once cluster-wide: by the instance that claims it
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, Slot] = {}
         self.wakeups = 0  # loop iterations: the idle benchmark counts them
         self._wake = asyncio.Event()
         self._cancelled: dict[asyncio.Task[None], str] = {}  # why a run was cancelled
@@ -101,7 +113,8 @@ class Scheduler:
     async def start(self) -> None:
         """At start-up: runs a dead watchd left `started` are failed, then the schedules load."""
         store, now = self.store, self.clock()
-        for key, name, tick_at, started in await store.call(schedules.recover_interrupted, now):
+        configured = effective_schedules(self.loaded.config)
+        for key, name, tick_at, started, attempt in await store.call(schedules.recover_interrupted, now):
             log.warning("schedule %s: the run for %s was interrupted by a restart", name, iso(tick_at))
             info = {
                 "schedule": name,
@@ -109,20 +122,28 @@ class Scheduler:
                 "key": key,
                 "reason": "interrupted by restart",
                 "duration_s": round(now - started, 3),
+                "attempt": attempt,
             }
+            if name in configured and attempt <= configured[name].retries:
+                await store.call(schedules.retry_interrupted, key, now)  # tried again at once
+                info["retry_at"] = iso(now)
             await self.emit(f"watchd.schedule.{name}.failed", info)
         await self.install(self.loaded)
+        for row in await store.call(schedules.retrying):
+            if (slot := self.slots.get(row.schedule)) is not None:
+                slot.retries[row.key] = (row.next_attempt_at or now, run_of_row(row))
+        self._wake.set()
 
     async def install(self, loaded: Loaded) -> None:
         """(Re)load the schedules: a changed one gets a new version; runs under way carry on."""
         self.loaded = loaded
         defs = {n: define(n, s, loaded.zone()) for n, s in effective_schedules(loaded.config).items()}
         synced = await self.store.call(schedules.sync_definitions, {n: d.digest for n, d in defs.items()}, self.clock())
-        slots: dict[str, _Slot] = {}
+        slots: dict[str, Slot] = {}
         for name, defn in defs.items():
             version, state = synced[name]
             old = self.slots.get(name)
-            slot = _Slot(defn, version, state, active=old.active if old else {})
+            slot = Slot(defn, version, state, active=old.active if old else {}, retries=old.retries if old else {})
             slot.next_at = self._next_at(slot, -math.inf)  # from the last tick handled: overdue ones come due now
             slots[name] = slot
         self.slots = slots
@@ -169,9 +190,11 @@ class Scheduler:
             await asyncio.wait(tasks)
 
     def next_wake(self) -> float | None:
-        return min((s.next_at for s in self.slots.values() if s.next_at is not None), default=None)
+        ticks = (s.next_at for s in self.slots.values() if s.next_at is not None)
+        retries = (at for s in self.slots.values() for at, _ in s.retries.values())
+        return min((*ticks, *retries), default=None)
 
-    def _next_at(self, slot: _Slot, now: float) -> float | None:
+    def _next_at(self, slot: Slot, now: float) -> float | None:
         if slot.defn.kind == "every" and slot.active:
             return None  # counts from the end of the run under way
         return next_run_at(slot.defn, slot.state, now)
@@ -181,12 +204,13 @@ class Scheduler:
     async def step(self) -> None:
         """Handle everything due now: claim, skip (with events), start runs."""
         now = self.clock()
+        await self._start_retries(now)
         due = [s for s in self.slots.values() if s.next_at is not None and s.next_at <= now]
         if not due:
             return
         fresh = await self.store.call(schedules.refresh, [(s.defn.name, s.state) for s in due])
         rows: list[TickClaim] = []
-        batches: list[tuple[_Slot, list[Run], bool, list[Skip]]] = []
+        batches: list[tuple[Slot, list[Run], bool, list[Skip]]] = []
         for slot, state in zip(due, fresh, strict=True):
             slot.state = state
             d = plan(slot.defn, state, now, expected=slot.next_at - slot.defn.jitter_s if slot.next_at else None)
@@ -213,7 +237,7 @@ class Scheduler:
                 rows.append(TickClaim(tick_key(name, v, t), name, v, t, "started", None, now, None, None))
             batches.append((slot, d.runs, action == "replace", d.skips))
         owned = iter(await self.store.call(schedules.claim, rows))
-        mine: list[tuple[_Slot, list[Skip]]] = []
+        mine: list[tuple[Slot, list[Skip]]] = []
         for slot, runs, replacing, skips in batches:
             mine.append((slot, [k for k in skips if next(owned)]))
             if runs and next(owned) is True:
@@ -229,7 +253,7 @@ class Scheduler:
             self._pruned_at = now
             await self.store.call(schedules.prune, now - KEEP_TICKS_S)
 
-    async def _emit_skips(self, slot: _Slot, skips: list[Skip]) -> None:
+    async def _emit_skips(self, slot: Slot, skips: list[Skip]) -> None:
         """One event per reason, however many ticks: waking after a 3-day outage says so once."""
         by_reason: dict[str, list[Skip]] = {}
         for k in skips:
@@ -248,22 +272,22 @@ class Scheduler:
             }
             await self.emit(f"watchd.schedule.{name}.skipped", data)
 
-    def _replace(self, slot: _Slot, tick_at: float) -> None:
+    def _replace(self, slot: Slot, tick_at: float) -> None:
         for task in slot.active:
             self._cancelled[task] = f"replaced by the run for {iso(tick_at)} (overlap=replace)"
             task.cancel()
 
-    def _start(self, slot: _Slot, runs: list[Run]) -> None:
+    def _start(self, slot: Slot, runs: list[Run]) -> None:
         task = asyncio.create_task(self._run_batch(slot, runs), name=f"schedule-{slot.defn.name}")
         slot.active[task] = runs[0].tick_at
 
-    async def _run_batch(self, slot: _Slot, runs: list[Run]) -> None:
+    async def _run_batch(self, slot: Slot, runs: list[Run]) -> None:
         """One wake-up's runs of one schedule, in order (replay), each claimed before it starts."""
         me = asyncio.current_task()
         assert me is not None
         try:
             for i, r in enumerate(runs):
-                key = tick_key(slot.defn.name, slot.version, r.tick_at)
+                key = r.key_of(slot.defn.name, slot.version)
                 if i:  # the first was claimed by the wake-up that planned it
                     name, v, now = slot.defn.name, slot.version, self.clock()
                     row = TickClaim(key, name, v, r.tick_at, "started", None, now, None, None)
@@ -278,11 +302,11 @@ class Scheduler:
             current.next_at = self._next_at(current, self.clock())
             self._wake.set()
 
-    def _current(self, slot: _Slot) -> _Slot:
+    def _current(self, slot: Slot) -> Slot:
         """The slot a run's schedule has now: a reload replaces slots while runs go on."""
         return self.slots.get(slot.defn.name, slot)
 
-    async def _run_one(self, slot: _Slot, r: Run, key: str) -> None:
+    async def _run_one(self, slot: Slot, r: Run, key: str) -> None:
         defn, name = slot.defn, slot.defn.name
         started = self.clock()
         info: dict[str, Any] = {
@@ -290,10 +314,13 @@ class Scheduler:
             "version": slot.version,
             "tick": iso(r.tick_at),
             "key": key,
-            "lateness_s": round(started - r.tick_at - defn.jitter_s, 3),
+            "lateness_s": round(started - r.tick_at - defn.jitter_s, 3) if r.trigger == "schedule" else 0.0,
         }
         if r.backfill_from is not None:
             info["backfill_from"] = iso(r.backfill_from)
+        period = period_of(defn, slot.state, r)
+        r = replace(r, period=period)
+        info.update(payload_of(r))
         published = asyncio.ensure_future(self.emit(f"watchd.schedule.{name}.started", info))  # beside the job
         reason: str | None = None
         try:
@@ -306,13 +333,14 @@ class Scheduler:
         except asyncio.CancelledError:
             why = self._cancelled.get(asyncio.current_task(), "interrupted: watchd stopped")  # type: ignore[arg-type]
             result, reason = JobResult(False, why), ("replaced" if why.startswith("replaced") else "interrupted")
-            await self._record(slot, key, info, started, result, reason, published)
+            await self._record(slot, r, key, info, started, result, reason, published)
             raise
-        await self._record(slot, key, info, started, result, reason, published)
+        await self._record(slot, r, key, info, started, result, reason, published)
 
     async def _record(
         self,
-        slot: _Slot,
+        slot: Slot,
+        r: Run,
         key: str,
         info: dict[str, Any],
         started: float,
@@ -321,125 +349,117 @@ class Scheduler:
         published: asyncio.Future[None],
     ) -> None:
         name, ended = slot.defn.name, self.clock()
-        outcome = "done" if result.ok else "failed"
+        current = self._current(slot)
+        retries = current.defn.schedule.retries
+        state = "done" if result.ok else "failed"
+        retry_at: float | None = None
+        if not result.ok and reason != "replaced" and r.attempt <= retries:
+            # A stop's interrupted run is tried again when watchd starts (the attempt counts).
+            retry_at = ended + retry_delay(current.defn.retry_backoff_s, r.attempt, random.random())
+            state = "retrying"
+        elif not result.ok and reason is None and retries:
+            state = "dead"  # a dead letter: `watchd dlq replay` runs it again with the same key
         data = msgspec.json.encode(result.data)
-        await self.store.call(schedules.finish, key, name, result.ok, ended, reason, result.summary, data)
+        payload = msgspec.json.encode(run_payload(r)).decode()
+        await self.store.call(
+            schedules.finish,
+            key,
+            name,
+            result.ok,
+            ended,
+            reason,
+            result.summary,
+            data,
+            state=state,
+            next_attempt_at=retry_at,
+            payload=payload,
+        )
         if reason != "interrupted":
-            current = self._current(slot)
             current.state = replace(current.state, completed_at=max(ended, current.state.completed_at or 0.0))
-        (log.info if result.ok else log.warning)("schedule %s: %s — %s", name, outcome, result.summary)
+        if retry_at is not None and reason is None:
+            current.retries[key] = (retry_at, replace(r, key=key, attempt=r.attempt + 1))
+        (log.info if result.ok else log.warning)(
+            "schedule %s: %s — %s%s",
+            name,
+            state,
+            result.summary,
+            f" (attempt {r.attempt} of {retries + 1}; next at {iso(retry_at)})" if retry_at else "",
+        )
         with contextlib.suppress(Exception):
             await published
         event = {**info, "duration_s": round(ended - started, 3), "summary": result.summary}
         if not result.ok:
             event["reason"] = result.summary
+            if retries:
+                event.update(retries=retries, retry_at=iso(retry_at) if retry_at else None)
         if "output_tail" in result.data:
             event["output_tail"] = result.data["output_tail"]
-        await self.emit(f"watchd.schedule.{name}.{outcome}", event)
-        job = slot.defn.schedule.job or name
-        await self.emit(f"watchd.job.{job}.{outcome}", {"summary": result.summary, "schedule": name, **result.data})
+        await self.emit(f"watchd.schedule.{name}.{'done' if result.ok else 'failed'}", event)
+        if state == "dead":
+            await self.emit(f"watchd.schedule.{name}.dead", event)
+        if state != "retrying":  # a job's outcome is its last attempt's
+            job = slot.defn.schedule.job or name
+            outcome = "done" if result.ok else "failed"
+            await self.emit(f"watchd.job.{job}.{outcome}", {"summary": result.summary, "schedule": name, **result.data})
+        if reason is None:  # a run cut off by a stop or replaced is not its tick's outcome
+            await chain.upstream_ended(self, name, r, key, state)
 
-    # ---- the jobs ----
+    # ---- retries, run now, replay ----
 
-    async def _job(self, slot: _Slot, r: Run, key: str) -> JobResult:
-        s = slot.defn.schedule
-        result: JobResult | None = None
-        if s.job:
-            result = await self._builtin(s.job, slot.defn)
-        elif s.run:
-            result = await self._command(slot.defn, r, key)
-        if s.then:
-            ids = await self._hand_off(slot, r, key, result)
-            if result is None:
-                result = JobResult(True, f"handed off to {', '.join(s.then)}", {"handoffs": ids})
-            else:
-                result.data.setdefault("handoffs", ids)
-        assert result is not None  # config.load insists on job, run or then
-        return result
+    async def _start_retries(self, now: float) -> None:
+        """Start each run whose next attempt is due (after the run under way, unless overlap=allow)."""
+        for slot in list(self.slots.values()):
+            due = [(key, run) for key, (at, run) in slot.retries.items() if at <= now]
+            for key, run in due:
+                if overlap_action(slot.defn.schedule.overlap, len(slot.active)) != "run":
+                    break  # its end wakes the scheduler again
+                del slot.retries[key]
+                attempt = await self.store.call(schedules.start_attempt, key, now)
+                if attempt is not None:  # else another process took it, or it was dropped
+                    self._start(slot, [replace(run, attempt=attempt)])
 
-    async def _builtin(self, name: str, defn: Definition) -> JobResult:
-        try:
-            job = builtin(name)
-        except (KeyError, ImportError):
-            return JobResult(False, f"job {name} is not available in this watchd")
-        ctx = JobContext(
-            name=name,
-            loaded=self.loaded,
-            store=self.store,
-            clock=self.clock,
-            emit=self.emit,
-            timeout_s=defn.timeout_s,
-            nc=self.nc,
-            js=self.js,
-            targets=self.targets,
-            wake_dispatcher=self.wake_dispatcher,
-            in_daemon=self.in_daemon,
-        )
-        try:
-            async with asyncio.timeout(defn.timeout_s):
-                return await job(ctx)
-        except TimeoutError:
-            return JobResult(False, f"timed out after {format_duration(defn.timeout_s)}")
-        except WatchdError as exc:
-            return JobResult(False, exc.message)
-        except Exception as exc:  # a job's bug fails its run, never the scheduler
-            log.exception("job %s failed", name)
-            return JobResult(False, f"job {name} crashed: {type(exc).__name__} (see the log)")
+    async def run_now(self, name: str, by: str) -> tuple[str, float]:
+        """Run a schedule's job now through the path a tick takes, as a run of its own (trigger
+        manual, key of its own): (its key, its instant). WatchdError when it cannot start."""
+        slot = self.slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self.slots)) or "none"
+            raise UnknownSchedule(f"no schedule named {name!r}", hint=f"known schedules: {known}")
+        action = overlap_action(slot.defn.schedule.overlap, len(slot.active))
+        if action == "skip":
+            busy = ", ".join(sorted(iso(t) or "" for t in slot.active.values()))
+            raise WatchdError(
+                f"schedule {name}: the run for {busy} is still going (overlap=forbid)",
+                hint=f"wait for it to end (`watchd explain --schedule {name}`), or set overlap",
+            )
+        now = self.clock()
+        key = run_key(name, slot.version, now, "manual")
+        run = Run(now, 0.0, trigger="manual", by=by, key=key)
+        payload = msgspec.json.encode(run_payload(run)).decode()
+        claim = TickClaim(key, name, slot.version, now, "started", None, now, None, None, "manual", payload)
+        if not (await self.store.call(schedules.claim, [claim]))[0]:
+            raise WatchdError(f"schedule {name}: a manual run started this very instant", hint="try again")
+        log.info("schedule %s: run now, asked by %s", name, by)
+        if action == "replace":
+            self._replace(slot, now)
+        self._start(slot, [run])
+        return key, now
 
-    async def _command(self, defn: Definition, r: Run, key: str) -> JobResult:
-        argv = list(defn.schedule.run or [])
-        if "/" in argv[0] and not os.path.isabs(argv[0]):  # relative to the config file (SPEC 3)
-            argv[0] = str(self.loaded.base_dir / argv[0])
-        env = {**os.environ, "WATCHD_SCHEDULE": defn.name, "WATCHD_TICK": iso(r.tick_at) or "", "WATCHD_TICK_KEY": key}
-        started = self.clock()
-        try:
-            done = await run_in_group(argv, env=env, timeout_s=defn.timeout_s)
-        except FileNotFoundError:
-            return JobResult(False, f"command not found: {argv[0]}", {"exit_code": 127})
-        except PermissionError:
-            return JobResult(False, f"{argv[0]} is not executable", {"exit_code": 126})
-        except OSError as exc:
-            return JobResult(False, f"cannot start {argv[0]}: {exc.strerror}", {"exit_code": 127})
-        data = {"exit_code": done.code, "duration_s": round(self.clock() - started, 3), "output_tail": done.tail}
-        last = done.tail.splitlines()[-1] if done.tail else "no output"
-        if done.code is None:
-            return JobResult(False, f"timed out after {format_duration(defn.timeout_s)}: {last}", data)
-        if done.code < 0:
-            return JobResult(False, f"killed by {signal_name(done.code)}: {last}", data)
-        return JobResult(done.code == 0, f"exit {done.code}" + ("" if done.code == 0 else f": {last}"), data)
+    async def replay(self, ref: str) -> TickRow:
+        """A dead run runs again, with the same key, from attempt 1."""
+        row = await self.store.call(schedules.replay_dead_run, ref, self.clock())
+        slot = self.slots.get(row.schedule)
+        if slot is not None:
+            slot.retries[row.key] = (self.clock(), run_of_row(row))
+        self._wake.set()
+        return row
 
-    async def _hand_off(self, slot: _Slot, r: Run, key: str, result: JobResult | None) -> list[str]:
-        """`then`: one handoff per target through the outbox, as a watch's fire makes them; the id
-        comes from the tick key, so a tick hands off once whatever happens."""
-        defn, now = slot.defn, self.clock()
-        reason = f"schedule {defn.name}: tick {iso(r.tick_at)} ({defn.timing} in {defn.zone})"
-        data: dict[str, Any] = {"schedule": defn.name, "tick": iso(r.tick_at)}
-        if result is not None:
-            reason += f"; {'done' if result.ok else 'failed'}: {result.summary}"
-            data.update(ok=result.ok, summary=result.summary, result=result.data)
-        evidence = {
-            "id": key,
-            "subject": f"watchd.schedule.{defn.name}.tick",
-            "time": iso(r.tick_at),
-            "source": "watchd",
-            "data": data,
-        }
-        window = (r.backfill_from, r.tick_at) if r.backfill_from is not None else None
-        fire = Fire(
-            watch=f"schedule:{defn.name}",
-            version=slot.version,
-            kind="schedule",
-            key=None,
-            logical=key,
-            fired_at=now,
-            reason=reason,
-            targets=list(defn.schedule.then or []),
-            window=window,
-            evidence=[evidence],
-            late_s=max(0.0, now - r.tick_at),
-            trigger="schedule",
-        )
-        handoffs = handoffs_from_fire(fire)
-        if await self.store.run(self.store.add_handoffs, handoffs, now):
-            self.wake_dispatcher()
-        return [h.id for h in handoffs]
+    async def _job(self, slot: Slot, r: Run, key: str) -> JobResult:
+        return await jobrun.run_job(self, slot.defn, slot.version, r, key)
+
+    def start_runs(self, slot: Slot, runs: list[Run]) -> None:
+        self._start(slot, runs)
+
+
+class UnknownSchedule(WatchdError):
+    """run-now or replay named a schedule the daemon does not run."""

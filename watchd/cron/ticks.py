@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -45,7 +45,8 @@ from watchd.cron.schedule import (
 from watchd.model import iso, stable_hash
 
 GRACE_S = DEFAULT_GRACE_S
-Kind = Literal["cron", "every", "at"]
+Kind = Literal["cron", "every", "at", "after"]
+Trigger = Literal["schedule", "manual", "after"]
 OverlapAction = Literal["run", "skip", "replace"]
 
 
@@ -64,6 +65,7 @@ class Definition:
     max_lateness_s: float | None = None
     jitter_s: float = 0.0  # this schedule's offset within `jitter`
     timeout_s: float = 3600.0
+    retry_backoff_s: float = 60.0
 
     @property
     def what(self) -> str:
@@ -79,6 +81,8 @@ class Definition:
     @property
     def timing(self) -> str:
         s = self.schedule
+        if s.after is not None:
+            return f"after {', '.join(s.after)} (on {s.on})"
         return f"cron {s.cron!r}" if s.cron else f"every {s.every}" if s.every else f"at {s.at}"
 
 
@@ -89,7 +93,7 @@ def define(name: str, sched: Schedule, default_zone: str) -> Definition:
     cron = parse_cron(sched.cron, zone, sched.dst_gap, sched.dst_fold) if sched.cron else None
     every_s = parse_duration(sched.every) if sched.every else None
     at = at_instant(sched.at, zone).timestamp() if sched.at and not (cron or every_s) else None
-    kind: Kind = "cron" if cron else "every" if every_s is not None else "at"
+    kind: Kind = "cron" if cron else "every" if every_s is not None else "at" if at is not None else "after"
     return Definition(
         name,
         sched,
@@ -102,6 +106,7 @@ def define(name: str, sched: Schedule, default_zone: str) -> Definition:
         max_lateness_s=parse_duration(sched.max_lateness) if sched.max_lateness else None,
         jitter_s=jitter_offset(name, parse_duration(sched.jitter)) if sched.jitter else 0.0,
         timeout_s=parse_duration(sched.timeout),
+        retry_backoff_s=parse_duration(sched.retry_backoff),
     )
 
 
@@ -141,6 +146,56 @@ class Run:
     late_s: float
     backfill_from: float | None = None  # coalesce: the first tick this one run stands for
     note: str | None = None  # a DST note
+    trigger: Trigger = "schedule"
+    by: str | None = None  # manual: who asked
+    attempt: int = 1
+    key: str = ""  # set for every run but a planned tick's (whose key is tick_key of its instant)
+    period: tuple[float | None, float] | None = None  # (start, end): set when known before the run
+    upstream: tuple[dict[str, Any], ...] = ()  # after: the upstream runs it follows
+
+    def key_of(self, name: str, version: int) -> str:
+        return self.key or tick_key(name, version, self.tick_at)
+
+
+def run_key(name: str, version: int, tick_at: float, trigger: Trigger) -> str:
+    """A manual run and a run after an upstream are keys of their own beside the schedule's ticks."""
+    return tick_key(name, version, tick_at, "" if trigger == "schedule" else trigger)
+
+
+def retry_delay(backoff_s: float, attempt: int, rand: float) -> float:
+    """The wait before attempt `attempt + 1`: backoff doubled per failed attempt, capped at 64x,
+    with ±20% jitter (`rand` in [0, 1)) so schedules failing together do not retry together."""
+    return float(backoff_s * 2.0 ** min(attempt - 1, 6) * (0.8 + 0.4 * rand))
+
+
+def previous_tick(defn: Definition, state: State, before: float) -> float | None:
+    """The nominal tick before `before` (strictly): where the period a run covers starts. None
+    when the schedule has none (an `at`, or a cron's first tick since watchd knew it)."""
+    if defn.kind == "cron":
+        assert defn.cron is not None
+        end = _dt(before - 0.001)
+        for window_s in (3600.0, 86400.0, 32 * 86400.0, 400 * 86400.0):
+            ticks = list(ticks_between(defn.cron, _dt(before - window_s), end))
+            if ticks:
+                return ticks[-1].at.timestamp()
+        return None
+    if defn.kind == "every":
+        assert defn.every_s is not None
+        return round(before - defn.every_s, 3)
+    return None
+
+
+def period_of(defn: Definition, state: State, run: Run) -> tuple[float, float]:
+    """(period_start, period_end) of a run: the interval since the previous tick, so a job knows
+    which period it covers. A coalesced run covers every tick it stands for; without a previous
+    tick the period starts when watchd first saw the schedule."""
+    if run.period is not None:
+        start, end = run.period
+        return (start if start is not None else state.since), end
+    first = run.backfill_from if run.backfill_from is not None else run.tick_at
+    # A manual run covers the time since the last tick at or before it.
+    start = previous_tick(defn, state, first + (0.001 if run.trigger == "manual" else 0.0))
+    return (start if start is not None else min(state.since, run.tick_at)), run.tick_at
 
 
 @dataclass(frozen=True)
@@ -183,7 +238,7 @@ def plan(defn: Definition, state: State, now: float, expected: float | None = No
     """
     eff = now - defn.jitter_s  # a tick is due once its jittered run time has come
     anchor = state.anchor()
-    if eff <= anchor:
+    if eff <= anchor or defn.kind == "after":
         return Due()
     if defn.kind == "cron":
         assert defn.cron is not None
@@ -280,6 +335,8 @@ def next_tick_after(defn: Definition, state: State, after: float) -> float | Non
         base = _every_base(defn, state, now if math.isfinite(now) else math.inf)
         k = max(1, math.floor((after - base) / defn.every_s) + 1)
         return round(base + k * defn.every_s, 3)
+    if defn.kind == "after":
+        return None  # runs when its upstream's run ends
     assert defn.at is not None
     return defn.at if defn.at > after else None
 
@@ -314,6 +371,8 @@ def upcoming(defn: Definition, state: State | None, start: float, n: int) -> lis
             out.append((t, None))
             t = round(t + (defn.every_s or 0), 3)
         return out
+    if defn.kind == "after":
+        return []
     assert defn.at is not None
     return [(defn.at, None)] if defn.at > start else []
 

@@ -40,7 +40,7 @@ from watchd.store.db import check_readable
 from watchd.store.schedules import TickRow, stored_states, ticks_of
 
 TIMELINE_LIMIT = 50
-RAN = frozenset({"started", "done", "failed"})
+RAN = frozenset({"started", "done", "failed", "retrying", "dead"})
 
 
 def all_schedules(loaded: Loaded) -> dict[str, tuple[Definition, bool]]:
@@ -81,7 +81,7 @@ def last_due_tick(defn: Definition, state: State, rows: list[TickRow], now: floa
     """The latest tick at or before `now` (jitter aside)."""
     if defn.kind == "at":
         return defn.at if defn.at is not None and defn.at <= now else None
-    if defn.kind == "every":  # its points move with each completion: the rows are the record
+    if defn.kind in ("every", "after"):  # its points move with each completion: the rows are the record
         return rows[-1].tick_at if rows else None
     assert defn.cron is not None
     end = datetime.fromtimestamp(now, UTC)
@@ -110,6 +110,7 @@ class ScheduleReport:
     fired: bool
     next_due: float | None
     rows: list[TickRow] = field(default_factory=list)
+    followed_by: list[str] = field(default_factory=list)  # schedules that run after this one
 
     def timeline(self) -> list[dict[str, Any]]:
         zone = self.defn.zone
@@ -130,6 +131,12 @@ class ScheduleReport:
                     "duration_s": round(ended - started, 3) if ran and ended and started else None,
                     "lateness_s": round(started - r.tick_at - self.defn.jitter_s, 3) if ran and started else None,
                     "count": data.get("count", 1) if isinstance(data, dict) and r.state == "skipped" else None,
+                    "key": r.key,
+                    "version": r.version,
+                    "trigger": r.trigger,
+                    "by": _payload(r).get("by"),
+                    "attempt": r.attempt if ran else None,
+                    "next_attempt_at": iso(r.next_attempt_at),
                 }
             )
         return out
@@ -146,6 +153,10 @@ class ScheduleReport:
             "verdict": self.verdict,
             "fired": self.fired,
             "next_due": iso(self.next_due) if self.enabled else None,
+            "after": d.schedule.after,
+            "on": d.schedule.on if d.schedule.after else None,
+            "followed_by": self.followed_by,
+            "retries": d.schedule.retries,
             "timeline": self.timeline(),
         }
 
@@ -160,11 +171,12 @@ def explain(
     if not enabled:
         report.verdict = "disabled (enabled = false)"
         return report
-    due = last_due_tick(defn, state, rows, now)
-    recorded = [r.tick_at for r in rows if r.tick_at <= now]
+    own = [r for r in rows if r.trigger != "manual"]  # a manual run is not a tick
+    due = last_due_tick(defn, state, own, now)
+    recorded = [r.tick_at for r in own if r.tick_at <= now]
     if recorded and (due is None or max(recorded) > due + 1e-3):
         due = max(recorded)  # a tick the cron walk does not yield, e.g. one skipped in a DST gap
-    row = next((r for r in reversed(rows) if due is not None and abs(r.tick_at - due) < 1e-3), None)
+    row = next((r for r in reversed(own) if due is not None and abs(r.tick_at - due) < 1e-3), None)
     if due is None:
         report.verdict = "has not been due yet"
     elif row is None:
@@ -179,6 +191,16 @@ def explain(
             report.verdict = f"ran the {tick} tick: done in {span(_took(row))} — {summary}"
         elif state_ == "failed":
             report.verdict = f"ran the {tick} tick: FAILED — {summary}"
+        elif state_ == "retrying":
+            again = when(row.next_attempt_at or now, zone, now)
+            report.verdict = f"ran the {tick} tick: attempt {row.attempt} FAILED — {summary}; next attempt {again}"
+        elif state_ == "dead":
+            report.verdict = (
+                f"ran the {tick} tick: DEAD LETTER after {row.attempt} attempts — {summary} "
+                f"(`watchd dlq replay {row.key}` runs it again)"
+            )
+        elif state_ == "waiting":
+            report.verdict = f"the {tick} run: {summary}"
         else:
             report.verdict = f"skipped the {tick} tick ({row.reason}): {summary}"
     if nxt is not None:
@@ -199,7 +221,19 @@ def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
     finally:
         if conn is not None:
             conn.close()
-    return explain(defn, enabled, version, state, rows, now)
+    report = explain(defn, enabled, version, state, rows, now)
+    report.followed_by = followers(known, name)
+    return report
+
+
+def followers(known: dict[str, tuple[Definition, bool]], name: str) -> list[str]:
+    """The schedules that run after `name`: `email (on success)`."""
+    return [f"{n} (on {d.schedule.on})" for n, (d, on) in known.items() if on and name in (d.schedule.after or ())]
+
+
+def _payload(r: TickRow) -> dict[str, Any]:
+    data = msgspec.json.decode(r.payload) if r.payload else {}
+    return data if isinstance(data, dict) else {}
 
 
 def schedule_status(loaded: Loaded, conn: sqlite3.Connection | None, now: float) -> list[dict[str, Any]]:
@@ -232,6 +266,12 @@ def render(report: ScheduleReport, console: Console, now: float) -> None:
     d = report.defn
     version = f", version {report.version}" if report.version else ""
     console.print(Text(f"schedule {d.name}: {d.timing} in {d.zone} — {d.what}{version}"))
+    if d.schedule.retries:
+        console.print(
+            Text(f"retries: {d.schedule.retries}, backoff {d.schedule.retry_backoff} (doubling, with jitter)")
+        )
+    if report.followed_by:
+        console.print(Text(f"followed by: {', '.join(report.followed_by)}"))
     console.print(Text(f"verdict: {report.verdict}", style="bold"))
     if not report.rows:
         console.print("no ticks recorded")
@@ -258,8 +298,22 @@ def _count(row: TickRow) -> int:
 
 
 def _outcome(r: TickRow) -> str:
+    how = ""
+    if r.trigger == "manual":
+        how = f" (run now by {_payload(r).get('by') or 'someone'})"
+    elif r.trigger == "after":
+        ups = ", ".join(f"{u['schedule']} {u['outcome']}" for u in _payload(r).get("upstream") or [])
+        how = f" (after {ups})" if ups else " (after)"
+    if r.attempt > 1 or r.state in ("retrying", "dead"):
+        how += f" attempt {r.attempt}"
+    return _state_text(r) + how
+
+
+def _state_text(r: TickRow) -> str:
     if r.state == "started":
         return "running"
+    if r.state in ("waiting", "skipped"):
+        return r.state
     late = r.started_at - r.tick_at if r.started_at else 0.0
     took = f" in {span(_took(r))}" if r.ended_at and r.started_at else ""
     return f"{r.state}{took}" + (f" ({span(late)} late)" if late >= 60 else "")

@@ -12,9 +12,18 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from watchd.cron.ticks import State
+from watchd.errors import WatchdError
 from watchd.store.db import Transaction
 
-_TICK_COLUMNS = "key, schedule, version, tick_at, state, reason, started_at, ended_at, summary, data"
+_TICK_COLUMNS = (
+    "key, schedule, version, tick_at, state, reason, started_at, ended_at, summary, data, trigger, attempt, "
+    "next_attempt_at, payload"
+)
+# Which rows say how far a schedule's own ticks got: a manual run or one after an upstream is not a tick.
+_OWN = "trigger = 'schedule'"
+# States a row is kept in whatever its age: under way, waiting, or a dead letter to replay or drop.
+_KEPT = "('started', 'retrying', 'waiting', 'dead')"
+FINAL = frozenset({"done", "failed", "dead"})
 
 
 class TickClaim(NamedTuple):
@@ -29,6 +38,8 @@ class TickClaim(NamedTuple):
     started_at: float
     summary: str | None
     data: str | None  # JSON
+    trigger: str = "schedule"
+    payload: str | None = None  # JSON: what a retry of the run needs (Run's trigger, by, period, upstream)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,10 @@ class TickRow:
     ended_at: float | None
     summary: str | None
     data: str | None  # JSON: the job's data, or a skip's count
+    trigger: str = "schedule"  # schedule | manual | after
+    attempt: int = 1
+    next_attempt_at: float | None = None  # retrying: when
+    payload: str | None = None  # JSON: trigger, by, period_start, period_end, upstream
 
 
 def sync_definitions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, tuple[int, State]]:
@@ -73,7 +88,7 @@ def refresh(conn: sqlite3.Connection, states: Iterable[tuple[str, State]]) -> li
 
 
 def _refresh(conn: sqlite3.Connection, name: str, state: State) -> State:
-    (last,) = conn.execute("SELECT MAX(tick_at) FROM schedule_ticks WHERE schedule = ?", (name,)).fetchone()
+    (last,) = conn.execute(f"SELECT MAX(tick_at) FROM schedule_ticks WHERE schedule = ? AND {_OWN}", (name,)).fetchone()
     row = conn.execute("SELECT completed_at FROM schedules WHERE name = ?", (name,)).fetchone()
     done = row[0] if row else None
     return State(
@@ -91,7 +106,7 @@ def claim(conn: sqlite3.Connection, rows: Iterable[TickClaim]) -> list[bool]:
         for r in rows:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO schedule_ticks (key, schedule, version, tick_at, state, reason, started_at, "
-                "summary, data) VALUES (?,?,?,?,?,?,?,?,?)",
+                "summary, data, trigger, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 r,
             )
             owned.append(cur.rowcount == 1)
@@ -107,11 +122,26 @@ def finish(
     reason: str | None,
     summary: str,
     data: bytes,
+    *,
+    state: str | None = None,
+    next_attempt_at: float | None = None,
+    payload: str | None = None,
 ) -> None:
+    """A run's attempt ended: `done`, `failed`, or (`state`) `retrying` at `next_attempt_at` or `dead`."""
     with Transaction(conn):
         conn.execute(
-            "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ? WHERE key = ?",
-            ("done" if ok else "failed", reason, ended_at, summary, data.decode(), key),
+            "UPDATE schedule_ticks SET state = ?, reason = ?, ended_at = ?, summary = ?, data = ?, "
+            "next_attempt_at = ?, payload = COALESCE(?, payload) WHERE key = ?",
+            (
+                state or ("done" if ok else "failed"),
+                reason,
+                ended_at,
+                summary,
+                data.decode(),
+                next_attempt_at,
+                payload,
+                key,
+            ),
         )
         if reason != "interrupted":  # `every` counts from a run that ended, not one cut off by a restart
             conn.execute(
@@ -119,11 +149,13 @@ def finish(
             )
 
 
-def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, float, float]]:
+def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, float, float, int]]:
     """Runs left `started` by a watchd that died: failed, "interrupted by restart". Returns
-    (key, schedule, tick_at, started_at) of each."""
-    rows = conn.execute("SELECT key, schedule, tick_at, started_at FROM schedule_ticks WHERE state = 'started'")
-    found = [(str(k), str(s), float(t), float(st or now)) for k, s, t, st in rows.fetchall()]
+    (key, schedule, tick_at, started_at, attempt) of each."""
+    rows = conn.execute(
+        "SELECT key, schedule, tick_at, started_at, attempt FROM schedule_ticks WHERE state = 'started'"
+    )
+    found = [(str(k), str(s), float(t), float(st or now), int(a)) for k, s, t, st, a in rows.fetchall()]
     if found:
         conn.execute(
             "UPDATE schedule_ticks SET state = 'failed', reason = 'interrupted', ended_at = ?, "
@@ -136,8 +168,8 @@ def recover_interrupted(conn: sqlite3.Connection, now: float) -> list[tuple[str,
 def prune(conn: sqlite3.Connection, before: float) -> int:
     """Old rows go, except each schedule's latest (it says which tick was handled last)."""
     cur = conn.execute(
-        "DELETE FROM schedule_ticks WHERE tick_at < ? AND state != 'started' AND tick_at < "
-        "(SELECT MAX(t.tick_at) FROM schedule_ticks t WHERE t.schedule = schedule_ticks.schedule)",
+        f"DELETE FROM schedule_ticks WHERE tick_at < ? AND state NOT IN {_KEPT} AND tick_at < "
+        f"(SELECT MAX(t.tick_at) FROM schedule_ticks t WHERE t.schedule = schedule_ticks.schedule AND t.{_OWN})",
         (before,),
     )
     return int(cur.rowcount)
@@ -145,7 +177,8 @@ def prune(conn: sqlite3.Connection, before: float) -> int:
 
 def stored_states(conn: sqlite3.Connection) -> dict[str, tuple[int, State]]:
     """(version, State) of every schedule the state db knows."""
-    last = dict(conn.execute("SELECT schedule, MAX(tick_at) FROM schedule_ticks GROUP BY schedule").fetchall())
+    sql = f"SELECT schedule, MAX(tick_at) FROM schedule_ticks WHERE {_OWN} GROUP BY schedule"
+    last = dict(conn.execute(sql).fetchall())
     rows = conn.execute("SELECT name, version, since, completed_at FROM schedules").fetchall()
     return {name: (version, State(since, last.get(name), done)) for name, version, since, done in rows}
 
@@ -157,3 +190,121 @@ def ticks_of(conn: sqlite3.Connection, name: str, limit: int) -> list[TickRow]:
         (name, limit),
     ).fetchall()
     return [TickRow(*r) for r in reversed(rows)]
+
+
+def tick_row(conn: sqlite3.Connection, key: str) -> TickRow | None:
+    row = conn.execute(f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE key = ?", (key,)).fetchone()
+    return TickRow(*row) if row else None
+
+
+def rows_at(conn: sqlite3.Connection, names: Iterable[str], tick_at: float) -> list[TickRow]:
+    """The rows of these schedules for the tick at `tick_at` (their own ticks' runs)."""
+    names = list(names)
+    marks = ",".join("?" * len(names))
+    sql = (
+        f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE schedule IN ({marks}) AND abs(tick_at - ?) < 0.0005 "
+        "ORDER BY started_at"
+    )
+    return [TickRow(*r) for r in conn.execute(sql, (*names, tick_at)).fetchall()]
+
+
+def retrying(conn: sqlite3.Connection) -> list[TickRow]:
+    """Runs waiting for their next attempt (a restart picks them up)."""
+    sql = f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE state = 'retrying' ORDER BY next_attempt_at"
+    return [TickRow(*r) for r in conn.execute(sql).fetchall()]
+
+
+def start_attempt(conn: sqlite3.Connection, key: str, now: float) -> int | None:
+    """Claim a retrying run's next attempt: its number, or None when another process took it."""
+    with Transaction(conn):
+        cur = conn.execute(
+            "UPDATE schedule_ticks SET state = 'started', started_at = ?, ended_at = NULL, attempt = attempt + 1, "
+            "next_attempt_at = NULL WHERE key = ? AND state = 'retrying'",
+            (now, key),
+        )
+        if cur.rowcount != 1:
+            return None
+        (attempt,) = conn.execute("SELECT attempt FROM schedule_ticks WHERE key = ?", (key,)).fetchone()
+    return int(attempt)
+
+
+def retry_interrupted(conn: sqlite3.Connection, key: str, at: float) -> None:
+    """A run a restart cut off, with attempts left: its next attempt is due at `at`."""
+    conn.execute(
+        "UPDATE schedule_ticks SET state = 'retrying', next_attempt_at = ? WHERE key = ? AND state = 'failed'",
+        (at, key),
+    )
+
+
+def claim_after(conn: sqlite3.Connection, row: TickClaim) -> bool:
+    """Claim a run after an upstream: a new row, or one that was waiting for the upstream or had
+    given up on it (the upstream, replayed, now ended as asked). False when it ran already."""
+    with Transaction(conn):
+        if conn.execute(
+            "INSERT OR IGNORE INTO schedule_ticks (key, schedule, version, tick_at, state, reason, started_at, "
+            "summary, data, trigger, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        ).rowcount:
+            return True
+        cur = conn.execute(
+            "UPDATE schedule_ticks SET state = ?, reason = ?, started_at = ?, summary = ?, payload = ?, attempt = 1, "
+            "ended_at = NULL WHERE key = ? AND state IN ('waiting', 'skipped')",
+            (row.state, row.reason, row.started_at, row.summary, row.payload, row.key),
+        )
+        return cur.rowcount == 1
+
+
+def set_waiting_or_skipped(conn: sqlite3.Connection, row: TickClaim) -> bool:
+    """A run after an upstream that waits for it (`waiting`) or gave up on it (`skipped`): the row
+    is written unless the run already started or ended. True when written."""
+    with Transaction(conn):
+        if conn.execute(
+            "INSERT OR IGNORE INTO schedule_ticks (key, schedule, version, tick_at, state, reason, started_at, "
+            "summary, data, trigger, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        ).rowcount:
+            return True
+        cur = conn.execute(
+            "UPDATE schedule_ticks SET state = ?, reason = ?, summary = ?, ended_at = ? WHERE key = ? "
+            "AND state IN ('waiting', 'skipped')",
+            (row.state, row.reason, row.summary, row.started_at if row.state == "skipped" else None, row.key),
+        )
+        return cur.rowcount == 1
+
+
+def dead_runs(conn: sqlite3.Connection, limit: int) -> list[TickRow]:
+    """Scheduled runs that exhausted their retries, newest first."""
+    sql = f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE state = 'dead' ORDER BY ended_at DESC LIMIT ?"
+    return [TickRow(*r) for r in conn.execute(sql, (limit,)).fetchall()]
+
+
+def find_dead_run(conn: sqlite3.Connection, ref: str) -> TickRow:
+    """The dead run whose key is `ref` or starts with it; WatchdError when none or several."""
+    pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = conn.execute(
+        f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE key LIKE ? ESCAPE '\\' AND state IN ('dead', 'dropped')",
+        (pattern,),
+    ).fetchall()
+    if not rows:
+        raise WatchdError(f"no dead scheduled run {ref!r}", hint="`watchd dlq list` shows the dead letters")
+    if len(rows) > 1:
+        raise WatchdError(f"{ref!r} names {len(rows)} dead runs", hint="give more of the id")
+    return TickRow(*rows[0])
+
+
+def replay_dead_run(conn: sqlite3.Connection, ref: str, now: float) -> TickRow:
+    """A dead (or dropped) run runs again with the same key, from attempt 1, at once."""
+    row = find_dead_run(conn, ref)
+    with Transaction(conn):
+        conn.execute(
+            "UPDATE schedule_ticks SET state = 'retrying', attempt = 0, next_attempt_at = ? WHERE key = ?",
+            (now, row.key),
+        )
+    return row
+
+
+def drop_dead_run(conn: sqlite3.Connection, ref: str, now: float) -> TickRow:
+    row = find_dead_run(conn, ref)
+    with Transaction(conn):
+        conn.execute("UPDATE schedule_ticks SET state = 'dropped', ended_at = ? WHERE key = ?", (now, row.key))
+    return row

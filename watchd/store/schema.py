@@ -51,8 +51,13 @@ CREATE TABLE IF NOT EXISTS agent_batches (handoff_id TEXT PRIMARY KEY, agent TEX
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,
     since REAL NOT NULL, completed_at REAL);
 CREATE TABLE IF NOT EXISTS schedule_ticks (key TEXT PRIMARY KEY, schedule TEXT NOT NULL, version INTEGER NOT NULL,
-    tick_at REAL NOT NULL, state TEXT NOT NULL, reason TEXT, started_at REAL, ended_at REAL, summary TEXT, data TEXT);
+    tick_at REAL NOT NULL, state TEXT NOT NULL, reason TEXT, started_at REAL, ended_at REAL, summary TEXT, data TEXT,
+    trigger TEXT NOT NULL DEFAULT 'schedule', attempt INTEGER NOT NULL DEFAULT 1, next_attempt_at REAL,
+    payload TEXT);
 CREATE INDEX IF NOT EXISTS schedule_ticks_at ON schedule_ticks (schedule, tick_at);
+CREATE TABLE IF NOT EXISTS definition_versions (kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    digest TEXT NOT NULL, content TEXT NOT NULL, file TEXT, line INTEGER, at REAL NOT NULL, git_commit TEXT,
+    git_author TEXT, git_time TEXT, git_dirty INTEGER, PRIMARY KEY (kind, name, version));
 """
 
 # (table, column, declaration): columns added after their table first shipped. CREATE TABLE IF NOT
@@ -62,6 +67,10 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("agent_steps", "cost_usd", "REAL NOT NULL DEFAULT 0"),
     ("agent_steps", "latency_s", "REAL NOT NULL DEFAULT 0"),
     ("agent_steps", "meta", "TEXT NOT NULL DEFAULT '{}'"),
+    ("schedule_ticks", "trigger", "TEXT NOT NULL DEFAULT 'schedule'"),  # schedule | manual | after
+    ("schedule_ticks", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("schedule_ticks", "next_attempt_at", "REAL"),  # state retrying: when the next attempt is due
+    ("schedule_ticks", "payload", "TEXT"),  # JSON: trigger, by, period, upstream (what a retry needs)
 )
 
 
