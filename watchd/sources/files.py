@@ -33,7 +33,7 @@ from watchd.sources.settings import FileSettings
 Snapshot = dict[str, list[Any]]  # path -> [mtime_ns, size, sha256 or None]
 _GLOB = re.compile(r"[*?\[]")
 WATCHER_START_S = 0.2  # the watcher thread is up by then: a catch-up scan after it misses nothing
-MAX_GROUP_MS = 10_000  # a file written without pause for longer is announced in steps of this
+MAX_GROUP_MS = 2_000  # a file written without pause for longer is announced in steps of this
 
 
 @dataclass(frozen=True)

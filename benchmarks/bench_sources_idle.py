@@ -1,0 +1,114 @@
+"""Idle cost of sources: CPU seconds per minute that a poll and a file source add to `watchd run`
+while nothing happens.
+
+Two daemons run side by side on the same machine for the same window (so load from elsewhere
+falls on both): one without sources, one with a poll source (a URL on a local HTTP server, every
+10 minutes) and a file source (a folder and a glob under it). After a warm-up (first poll, first
+scan), the CPU time of each watchd process (not its nats-server) is read over the window.
+
+Prints CPU-s per minute of each and the difference (target: < 0.1 CPU-s/min added).
+
+Usage: python benchmarks/bench_sources_idle.py [--idle-s 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(root: Path, extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    root.mkdir(parents=True, exist_ok=True)
+    http = free_port()
+    (root / "config.toml").write_text(
+        f'state_dir = "state"\n[nats]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nlisten = "127.0.0.1:{http}"\n{extra}'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / "stderr", "wb"),  # noqa: SIM115 - the child keeps it
+    )
+    return proc, http
+
+
+def ready(http: int) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=2) as r:
+            health: dict[str, object] = json.loads(r.read())
+            return health if health.get("ok") else None
+    except OSError:
+        return None
+
+
+def main(idle_s: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        site = root / "site"
+        site.mkdir()
+        (site / "page.html").write_text("<b>42</b>")
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        watched = root / "with" / "inbox"
+        sources = (
+            f'[source.page]\ntype = "poll"\nurl = "http://127.0.0.1:{port}/page.html"\nevery = "10m"\n'
+            'css = "b"\nsubject = "site.page"\n'
+            f'[source.inbox]\ntype = "file"\npaths = ["{watched}", "{root}/with/scans/**/*.pdf"]\n'
+            'subject = "files.inbox"\n'
+        )
+        plain, plain_http = start(root / "without", "")
+        (root / "with" / "scans").mkdir(parents=True)
+        watched.mkdir(parents=True)
+        busy, busy_http = start(root / "with", sources)
+        try:
+            deadline = time.time() + 60
+            while not (ready(plain_http) and ready(busy_http)):
+                if time.time() > deadline:
+                    raise TimeoutError("daemons did not become ready")
+                time.sleep(0.2)
+            state = root / "with" / "state" / "sources"
+            while not ((state / "page.json").exists() and (state / "inbox.json").exists()):
+                time.sleep(0.2)
+            time.sleep(5)  # warm-up: the canary, the first heartbeat, imports
+            cpu0 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid)
+            time.sleep(idle_s)
+            cpu1 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid)
+            per_min = [(b - a) * 60 / idle_s for a, b in zip(cpu0, cpu1, strict=True)]
+            print(f"idle window: {idle_s:.0f}s")
+            print(f"watchd without sources: {per_min[0]:.3f} CPU-s/min")
+            print(f"watchd with a poll and a file source: {per_min[1]:.3f} CPU-s/min")
+            print(f"added by the sources: {per_min[1] - per_min[0]:+.3f} CPU-s/min (target < 0.1)")
+        finally:
+            for p in (plain, busy, server):
+                p.terminate()
+            for p in (plain, busy, server):
+                p.wait(15)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-s", type=float, default=40)
+    main(parser.parse_args().idle_s)
