@@ -1,5 +1,5 @@
 """The daemon outlives what used to stop it: its nats-server killed and restarted, its NATS
-connection closed for good by nats-py (a protocol error), a commit that fails. Events keep
+connection closed for good by nats-py (a protocol error), a commit that fails unexpectedly. Events keep
 flowing, each is handed off once, and /healthz says unhealthy only while the core is affected."""
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ async def test_a_failed_commit_is_retried_from_the_committed_state_and_hands_off
     def flaky_commit(**kw: object) -> object:
         if kw.get("last_seq") is not None and fail["left"] > 0:
             fail["left"] -= 1
-            raise OSError(5, "Input/output error")  # as a disk error would
+            # Not a disk error (those the storage layer retries in place): a fault nobody planned for.
+            raise RuntimeError("commit failed")
         return real(**kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "commit_step", flaky_commit)
@@ -102,6 +103,10 @@ async def test_a_failed_commit_is_retried_from_the_committed_state_and_hands_off
     await until(lambda: len(handed_off(d)) == 5, what="every event handed off")
     assert handed_off(d) == [f"ev-{n}" for n in range(5)]
     stats = daemon.upkeep.stats["engine"]
-    assert stats.failures == 2 and not stats.failing and stats.last_error == "OSError: [Errno 5] Input/output error"
+    assert stats.failures == 2 and not stats.failing and stats.last_error == "RuntimeError: commit failed"
     assert d.health()["ok"]
+    metrics = daemon.metrics.exposition().decode()
+    assert 'watchd_task_failures_total{task="engine"} 2.0' in metrics
+    assert 'watchd_task_failing{task="engine"} 0.0' in metrics
+    assert 'watchd_task_restarts_total{task="dispatcher"} 0.0' in metrics
     await d.stop()

@@ -41,7 +41,7 @@ from watchd.explain.clauses import describe_misses
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
 from watchd.link import reopens_of
-from watchd.metrics import Metrics
+from watchd.metrics import Metrics, task_families
 from watchd.model import Event, decode_stored_event, iso, own_event
 from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
@@ -174,6 +174,7 @@ class Daemon:
         self.last_loop_at = 0.0
         self.events_seen = 0
         self.metrics = Metrics()
+        self.metrics.add_state(lambda: task_families(self.upkeep.stats.values()))
         self.failures = stepping.FailureLog(clock)
         self.bad_input_log = LogLimiter(log)  # rejected messages, `where`/`key` errors: a line a minute each
         self.started_at = clock()

@@ -23,6 +23,7 @@ from watchd.engine.verdict import FIRES
 if TYPE_CHECKING:
     from watchd.config import Loaded
     from watchd.engine.base import Decision
+    from watchd.upkeep import LoopStats
 
 # `_created` series double every counter for a timestamp nobody alerts on.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -141,6 +142,23 @@ def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterato
         rejected.add_metric([reason], n)
     yield rejected
     yield from source_families(health.get("sources") or [])
+
+
+def task_families(stats: Iterable[LoopStats]) -> Iterator[Metric]:
+    """The daemon's loops and tasks (watchd/upkeep.py): how often each failed, was started again,
+    and whether it is failing now."""
+    failures = CounterMetricFamily(
+        "watchd_task_failures", "Failures of a loop or task of the daemon, each retried with backoff.", labels=["task"]
+    )
+    restarts = CounterMetricFamily(
+        "watchd_task_restarts", "Times a task crashed and was started again.", labels=["task"]
+    )
+    failing = GaugeMetricFamily("watchd_task_failing", "1 while a loop or task's last attempt failed.", labels=["task"])
+    for st in sorted(stats, key=lambda st: st.name):
+        failures.add_metric([st.name], st.failures)
+        restarts.add_metric([st.name], st.restarts)
+        failing.add_metric([st.name], 1 if st.failing else 0)
+    yield from (failures, restarts, failing)
 
 
 def source_families(sources: list[dict[str, Any]]) -> Iterator[Metric]:

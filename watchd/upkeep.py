@@ -282,14 +282,3 @@ class Upkeep:
     def crashed(self) -> dict[str, str]:
         """The tasks that crashed at least once, with their last error."""
         return {st.name: st.last_error for st in self.stats.values() if st.crashes}
-
-    def metrics(self) -> list[str]:
-        """Prometheus text lines: failures and restarts per loop, and whether each is failing now."""
-        lines = ["# TYPE watchd_task_failures_total counter"]
-        ordered = sorted(self.stats.values(), key=lambda s: s.name)
-        lines += [f'watchd_task_failures_total{{task="{s.name}"}} {s.failures}' for s in ordered]
-        lines.append("# TYPE watchd_task_restarts_total counter")
-        lines += [f'watchd_task_restarts_total{{task="{s.name}"}} {s.restarts}' for s in ordered]
-        lines.append("# TYPE watchd_task_failing gauge")
-        lines += [f'watchd_task_failing{{task="{s.name}"}} {int(s.failing)}' for s in ordered]
-        return lines
