@@ -413,7 +413,7 @@ class Daemon:
             publish_own=self.publish,
         )
         sources = self.sources
-        self._spawn("sources", lambda: sources.run(self.stop))
+        self._spawn("sources", lambda: sources.run(self.stop, self.upkeep))
 
     async def _catch_up(self, consumer: bus.EventConsumer) -> None:
         """Read from the stream what lies past this instance's commit cursor, before consuming the

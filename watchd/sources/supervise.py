@@ -29,6 +29,7 @@ from watchd.sources.health import SourceHealth
 from watchd.sources.publish import Publisher
 from watchd.sources.settings import SourceSettings, type_name
 from watchd.sources.state import PositionStore
+from watchd.upkeep import Upkeep
 
 log = logging.getLogger("watchd.sources")
 
@@ -179,13 +180,13 @@ class SourceSet:
             entry[1].set()
             entry[0].cancel()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, upkeep: Upkeep | None = None) -> None:
         """Run every source and the silence check until `stop`."""
         self._started = True
         for name in self._settings:
             self._start_one(name)
         try:
-            await self._silence_loop(stop)
+            await self._silence_loop(upkeep or Upkeep(stop))
         finally:
             tasks = [t for t, _ in self._tasks.values()]
             for name in list(self._tasks):
@@ -194,22 +195,13 @@ class SourceSet:
 
     # ---- silence ----
 
-    async def _silence_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                due = await self.check_silence()
-            except Exception:  # the check must never stop the sources
-                log.exception("source silence check failed")
-                due = None
-            now = self.clock()
-            wait = self.max_wait_s if due is None else min(self.max_wait_s, max(0.0, due - now))
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+    async def _silence_loop(self, upkeep: Upkeep) -> None:
+        async def step() -> float:
+            due = await self.check_silence()
+            return self.max_wait_s if due is None else min(self.max_wait_s, max(0.0, due - self.clock()))
+
+        # A failed check (it publishes) is counted and tried again with backoff: it never stops the sources.
+        await upkeep.every("source-silence", step, interval_s=self.max_wait_s, wake=self._wake)
 
     async def check_silence(self) -> float | None:
         """Publish `.silent` for each source quiet past its `expect_every` and `.recovered` for each
