@@ -72,8 +72,9 @@ async def test_a_failing_site_is_an_event_and_its_recovery_a_change(
         await d.start()
         await until(lambda: len(site.requests) == 1, what="the first poll")
         site.fail(503, times=2)
-        await d.advance(60)
-        await d.advance(60)
+        for polls in (1, 2):  # one poll per slot: a jump over two slots would poll once
+            await d.advance(60)
+            await until(lambda n=polls: len(site.requests) > n, what="the next poll")
         failed = await until(lambda: _two(from_shop(d)), what="two failed polls")
         assert [e["subject"] for e in failed] == ["shop.price.failed"] * 2
         assert [e["data"]["failures"] for e in failed] == [1, 2]
