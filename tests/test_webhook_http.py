@@ -42,6 +42,9 @@ SLACK_TEST_SECRET = "slack-signing-secret-5e"
 HOOKS = {
     "github": Hook("/hooks/github", "github.{header:X-GitHub-Event}", "github", GITHUB_SECRET.decode()),
     "slack": Hook("/hooks/slack", "slack.{json:event.type}", "slack", SLACK_TEST_SECRET),
+    "slackteam": Hook(
+        "/hooks/slack-team", "slack.x", "slack", SLACK_TEST_SECRET, senders=["U2CERLKJA"], channels=["C0123"]
+    ),
     "slackcmd": Hook("/hooks/slack-command", "slack.command", "slack", SLACK_SECRET.decode()),
     "shop": Hook(
         "/hooks/shop",
@@ -311,3 +314,30 @@ def test_refusals_are_logged_without_secrets(tmp_path: Path, caplog: pytest.LogC
 def test_unknown_path_lists_the_webhooks(listener: Listener, tmp_path: Path) -> None:
     r = listener.request("POST", "/hooks/nothing", b"{}", {"Content-Type": "application/json"})
     assert r.status == 404 and "POST /hooks/github" in r.error
+
+
+def press(user: str, channel: str, value: str = "ack:h_77aa") -> bytes:
+    payload = {
+        "type": "block_actions",
+        "user": {"id": user},
+        "channel": {"id": channel},
+        "container": {"type": "message", "message_ts": "1700000000.000200", "channel_id": channel},
+        "actions": [{"type": "button", "value": value}],
+    }
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def test_slack_presses_only_from_the_allowed_users_and_channels(listener: Listener) -> None:
+    form = "application/x-www-form-urlencoded"
+    before = listener.last_seq()
+    for body in (press("U0STRANGER", "C0123"), press("U2CERLKJA", "C0OTHER")):
+        r = post(listener, "slackteam", body, slack_headers(body, content_type=form))
+        assert r.status == 200 and r.body == b""  # Slack shows any other answer as a failure
+    assert listener.last_seq() == before, "a press from outside the allow-lists was published"
+    health = route(listener, "slackteam").health
+    assert health.rejections == {"sender": 1, "channel": 1}
+    assert health.last_error is not None and "'C0OTHER', not in `channels`" in health.last_error
+    allowed = press("U2CERLKJA", "C0123")
+    assert post(listener, "slackteam", allowed, slack_headers(allowed, content_type=form)).status == 200
+    _subject, env = listener.stored(listener.last_seq())
+    assert env["subject"] == "chat.answer" and env["data"]["by"] == "slack:U2CERLKJA"

@@ -167,6 +167,7 @@ def test_settings_that_can_run_have_no_problems() -> None:
         ({"id": "{json:}"}, "id", "names nothing"),
         ({"secret": None}, "secret", 'verify = "github" needs a secret'),
         ({"header": "X-Sig"}, "header", 'hmac-sha256" only'),
+        ({"senders": ["U1"]}, "senders", 'for verify = "slack" only'),
         ({"verify": "hmac-sha256", "header": "X Sig"}, "header", "not a header name"),
         ({"max_body": "1GB"}, "max_body", "bad size"),
         ({"max_body": "5MB"}, "max_body", "from 1 byte"),

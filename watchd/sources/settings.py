@@ -29,6 +29,10 @@ class WebhookSettings(_SettingsBase, tag="webhook", kw_only=True):
     prefix: str | None = None  # hmac-sha256: before the hex digest (default "sha256=")
     id: str | None = None  # template; default per verify scheme, else sha256 of the body
     max_body: str | None = None  # "1MiB"; default: [http] max_body
+    # verify = "slack": who may press watchd's Ack / Snooze / Mute buttons (Slack user ids) and in
+    # which channels; empty: anyone the press came signed for. Others are dropped and counted.
+    senders: list[str] = msgspec.field(default_factory=list)
+    channels: list[str] = msgspec.field(default_factory=list)
 
 
 class PollSettings(_SettingsBase, tag="poll", kw_only=True):

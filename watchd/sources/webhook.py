@@ -60,6 +60,8 @@ class WebhookRoute:
     id: Template | None = None
     clock: Callable[[], float] = time.time
     health: SourceHealth = field(default_factory=lambda: SourceHealth("webhook", "webhook"))
+    senders: frozenset[str] = frozenset()  # Slack users who may press watchd's buttons (empty: any)
+    channels: frozenset[str] = frozenset()  # and the channels where (empty: any)
 
     async def handle(self, request: web.Request, ingress: Ingress) -> web.Response:
         """Answer one request; a refusal is counted here and at the listener, and logged there."""
@@ -84,6 +86,11 @@ class WebhookRoute:
                 raise RequestRefused(400, "json", "url_verification without a string challenge")
             return web.json_response({"challenge": challenge})
         answer = slack_answer(data, self.name) if slack else None
+        if answer is not None and (dropped := self._not_allowed(answer)) is not None:
+            reason, message = dropped
+            self.health.rejected(reason, message, self.clock())
+            ingress.refused(reason, f"source {self.name!r}: {message}", about=self.name)
+            return web.Response(status=200)  # nothing acts; Slack would show another status as a failure
         if answer is not None:
             event = make_event(ANSWER_SUBJECT, answer, id=_body_id(body), time_s=self.clock(), source=self.name)
         else:
@@ -93,6 +100,15 @@ class WebhookRoute:
         if answer is not None:
             return web.Response(status=200)  # Slack shows a body sent to a button press as an error
         return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate})
+
+    def _not_allowed(self, answer: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(reason, message) when the press comes from a user or channel outside the allow-lists."""
+        user = str(answer["by"]).removeprefix("slack:")
+        if self.senders and user not in self.senders:
+            return "sender", f"a button press by Slack user {user[:40]!r}, who is not in `senders`, was dropped"
+        if self.channels and answer["chat"] not in self.channels:
+            return "channel", f"a button press in channel {str(answer['chat'])[:40]!r}, not in `channels`, was dropped"
+        return None
 
     def _parse(self, request: web.Request, body: bytes) -> dict[str, Any]:
         """The body as the event's data: a JSON object, or a signed form (its `payload` field's JSON,
@@ -194,6 +210,8 @@ def compile_route(
         max_body=default_max_body if settings.max_body is None else parse_size(settings.max_body),
         clock=clock,
         health=health or SourceHealth(name, "webhook"),
+        senders=frozenset(settings.senders),
+        channels=frozenset(settings.channels),
     )
 
 

@@ -70,6 +70,10 @@ def webhook_problems(name: str, settings: WebhookSettings, listen_host: str) -> 
             )
     elif not settings.secret:
         problems.append(("secret", f'verify = "{settings.verify}" needs a secret, e.g. secret = "env:WEBHOOK_SECRET"'))
+    if settings.verify != "slack":
+        for key in ("senders", "channels"):
+            if getattr(settings, key):
+                problems.append((key, f'`{key}` (who may press watchd\'s buttons) is for verify = "slack" only'))
     if settings.verify != "hmac-sha256":
         for key in ("header", "prefix"):
             if getattr(settings, key) is not None:
