@@ -57,7 +57,7 @@ _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _STATUS_REASONS = {404: "not_found", 405: "method", 413: "too_large"}
 _ENDPOINTS = (
     "POST /events/<subject>, GET|POST /ping/<subject>, GET /healthz, GET /metrics, "
-    "POST /api/ack|snooze|mute|unmute, GET / (dashboard)"
+    "POST /api/ack|snooze|mute|unmute, POST /api/run-now|replay, GET / (dashboard)"
 )
 
 
@@ -399,7 +399,7 @@ async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
     ingress.webhooks = webhook_routes(daemon)  # before it listens: a webhook that cannot run stops the start
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
-        extra = [*answer_routes(daemon, ingress), *dashboard_routes(daemon, token)]
+        extra = [*answer_routes(daemon, ingress), *schedule_routes(daemon, ingress), *dashboard_routes(daemon, token)]
         runner, _port = await serve(ingress, host, port, limits, extra)
     except OSError as exc:
         raise WatchdError(
@@ -417,14 +417,31 @@ class DaemonActions:
 
     async def dlq(self, action: str, ref: str) -> str:
         from watchd.store.outbox import drop_dead, replay_dead
+        from watchd.store.schedules import drop_dead_run
 
         store = self.daemon.store
         if store is None:
             raise WatchdError("watchd is still starting", hint="try again in a moment")
+        if ref.startswith("t_"):  # a scheduled run's dead letter
+            if action == "drop":
+                row = await store.call(drop_dead_run, ref, self.daemon.clock())
+                return f"dropped {row.key} (schedule {row.schedule})"
+            scheduler = self.daemon.scheduler
+            if scheduler is None:
+                raise WatchdError("this watchd runs no schedules now", hint="try again in a moment")
+            row = await scheduler.replay(ref)
+            return f"replaying {row.key} (schedule {row.schedule}): it runs now with the same key"
         change = replay_dead if action == "replay" else drop_dead
         h = await store.call(change, ref, self.daemon.clock())
         self.daemon.wake()
         return f"{'replaying' if action == 'replay' else 'dropped'} {h.id} ({h.watch} → {h.target})"
+
+    async def run_now(self, name: str, by: str) -> str:
+        scheduler = self.daemon.scheduler
+        if scheduler is None:
+            raise WatchdError("this watchd runs no schedules now (starting, or standing by)", hint="try again later")
+        key, _ = await scheduler.run_now(name, by)
+        return f"running {name} now ({key})"
 
 
 def answer_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
@@ -440,6 +457,20 @@ def answer_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
         read_body=ingress.read_body,
         refuse=lambda status, reason, message: ingress.error(status, reason, message),
         clock=daemon.clock,
+        token_set=ingress.token is not None,
+    )
+    return api.routes()
+
+
+def schedule_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
+    """POST /api/run-now and /api/replay (schedule_api.py), vetted by this listener's token."""
+    from watchd.schedule_api import ScheduleApi
+
+    api = ScheduleApi(
+        scheduler=lambda: daemon.scheduler,
+        authorized=ingress._authorized,
+        read_body=ingress.read_body,
+        refuse=lambda status, reason, message: ingress.error(status, reason, message),
         token_set=ingress.token is not None,
     )
     return api.routes()

@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unmute": ("answers:unmute", "End a snooze or mute of WATCH early (a snooze's held incidents are judged at once)."),
     "source": ("sources:source_group", "Run one source on its own, or try it without publishing."),
     "nats": ("nats:nats", "The embedded NATS server: credentials for clients outside watchd."),
+    "run-now": ("runnow:run_now", "Run SCHEDULE's job now, through the same path as a tick, as a run of its own."),
     "schedules": (
         "schedules:schedules_cmd",
         "Upcoming ticks of every schedule in local and UTC time, with DST notes; and each one's last run.",

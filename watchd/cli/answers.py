@@ -14,7 +14,7 @@ from watchd.cli.common import CONFIG_OPTION, err, fail, load, out
 KEY_OPTION = click.option("--key", metavar="K", help="only this key of the watch (default: every key)")
 
 
-def _user() -> str:
+def local_user() -> str:
     try:
         name = getpass.getuser()
     except (KeyError, OSError):
@@ -27,7 +27,7 @@ def _answer(config_path: str | None, action: str, target: str, key: str | None, 
     from watchd.cli.daemon_http import post_json
 
     loaded = load(config_path)
-    body = {"target": target, "key": key, "duration": duration, "by": _user()}
+    body = {"target": target, "key": key, "duration": duration, "by": local_user()}
     status, answer = post_json(loaded, f"/api/{action}", {k: v for k, v in body.items() if v is not None})
     if status == 202:
         err.print(f"{action}: sent, but watchd has not applied it yet (it will, in order)", markup=False)

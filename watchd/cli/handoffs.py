@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from watchd.cli.common import CONFIG_OPTION, dump_json, http_get, load, one_line, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, fail, http_get, load, one_line, out
 from watchd.errors import DaemonNotRunning
 from watchd.model import HandoffState
 
@@ -77,17 +77,31 @@ def _dlq_config(ctx: click.Context, config_path: str | None) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="an array of handoff objects, as `watchd handoffs --json`")
 @click.pass_context
 def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_json: bool = False) -> None:
-    """List dead handoffs, newest first, with why they died.
+    """List dead handoffs and scheduled runs that exhausted their retries, newest first, with why
+    they died (a run's output tail too).
 
     \b
     Example:
       watchd dlq list --json | jq -r '.[].id'
     """
+    from watchd.explain.schedule import dead_runs_json
     from watchd.status import list_handoffs
 
-    rows = list_handoffs(load(_dlq_config(ctx, config_path)), "dead", limit)
+    loaded = load(_dlq_config(ctx, config_path))
+    rows = list_handoffs(loaded, "dead", limit)
+    runs = dead_runs_json(loaded, limit)
     if as_json:
-        dump_json(rows)
+        dump_json(rows + runs)
+        return
+    for r in runs:
+        n, tick = r["attempt"], r["tick"]
+        attempts = f"{n} attempt{'s' if n != 1 else ''}"
+        head = f"{r['id']}  schedule {r['schedule']} tick {tick}  {attempts}  died {r['updated_at']}"
+        out.print(Text(head))
+        out.print(Text("    " + one_line(r["last_error"] or "", 200), style="dim"))
+        for line in (r["output_tail"] or "").splitlines()[-5:]:
+            out.print(Text("    | " + one_line(line, 200), style="dim"))
+    if runs and not rows:
         return
     if not rows:
         out.print("no dead letters")
@@ -99,6 +113,32 @@ def dlq_list(ctx: click.Context, config_path: str | None, limit: int = 100, as_j
         head = f"{h['id']}  {h['watch']} → {h['target']}  {n} attempt{'s' if n != 1 else ''}  died {h['updated_at']}"
         out.print(Text(head))
         out.print(Text("    " + one_line(h["last_error"], 200), style="dim"))
+
+
+def _run_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> str:
+    """Replay (through the running daemon, which runs it at once) or drop a dead scheduled run."""
+    from watchd.cli.daemon_http import post_json
+    from watchd.store import connect_existing, db_path
+    from watchd.store.schedules import drop_dead_run, replay_dead_run
+
+    loaded = load(_dlq_config(ctx, config_path))
+    if action == "replay":
+        try:
+            status, answer = post_json(loaded, "/api/replay", {"id": ref})
+        except DaemonNotRunning:
+            pass  # written below: the daemon runs it when it starts
+        else:
+            if status != 202:
+                fail(str(answer.get("error") or f"watchd answered HTTP {status}"), answer.get("hint"))
+            return f"replaying {answer['key']} (schedule {answer['schedule']}): it runs now with the same key"
+    conn = connect_existing(db_path(loaded.state_dir))
+    try:
+        row = (replay_dead_run if action == "replay" else drop_dead_run)(conn, ref, time.time())
+    finally:
+        conn.close()
+    if action == "replay":
+        return f"replaying {row.key} (schedule {row.schedule}): it runs when watchd starts"
+    return f"dropped {row.key} (schedule {row.schedule})"
 
 
 def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: str) -> tuple[Handoff, bool]:
@@ -123,12 +163,17 @@ def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: st
 @click.argument("handoff_id", metavar="ID")
 @click.pass_context
 def dlq_replay(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
-    """Deliver a dead handoff again, with the same id, from attempt 1.
+    """Deliver a dead handoff again, with the same id, from attempt 1; or run a dead scheduled run
+    (an id starting t_) again, with the same tick key, from attempt 1.
 
     \b
-    Example:
+    Examples:
       watchd dlq replay h_3f2a9c
+      watchd dlq replay t_81c0d4
     """
+    if handoff_id.startswith("t_"):  # a scheduled run's dead letter
+        out.print(Text(_run_write(ctx, config_path, "replay", handoff_id)))
+        return
     h, running = _dlq_write(ctx, config_path, "replay", handoff_id)
     when = "the running daemon sends it within a few seconds" if running else "it is sent when watchd starts"
     out.print(Text(f"replaying {h.id} ({h.watch} → {h.target}): {when}"))
@@ -145,5 +190,8 @@ def dlq_drop(ctx: click.Context, config_path: str | None, handoff_id: str) -> No
     Example:
       watchd dlq drop h_3f2a9c
     """
+    if handoff_id.startswith("t_"):
+        out.print(Text(_run_write(ctx, config_path, "drop", handoff_id)))
+        return
     h, _ = _dlq_write(ctx, config_path, "drop", handoff_id)
     out.print(Text(f"dropped {h.id} ({h.watch} → {h.target})"))

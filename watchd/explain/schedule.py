@@ -37,7 +37,7 @@ from watchd.explain.watch import iso_local, span, time_until, when
 from watchd.model import iso
 from watchd.store import open_readonly
 from watchd.store.db import check_readable
-from watchd.store.schedules import TickRow, stored_states, ticks_of
+from watchd.store.schedules import TickRow, dead_runs, stored_states, ticks_of
 
 TIMELINE_LIMIT = 50
 RAN = frozenset({"started", "done", "failed", "retrying", "dead"})
@@ -183,29 +183,36 @@ def explain(
         report.verdict = f"no record of the {when(due, zone, now)} tick: watchd was not running then"
     else:
         tick = when(due, zone, now)
-        state_, summary = row.state, row.summary or ""
-        report.fired = state_ in RAN
-        if state_ == "started":
-            report.verdict = f"running the {tick} tick since {when(row.started_at or due, zone, now)}"
-        elif state_ == "done":
-            report.verdict = f"ran the {tick} tick: done in {span(_took(row))} — {summary}"
-        elif state_ == "failed":
-            report.verdict = f"ran the {tick} tick: FAILED — {summary}"
-        elif state_ == "retrying":
-            again = when(row.next_attempt_at or now, zone, now)
-            report.verdict = f"ran the {tick} tick: attempt {row.attempt} FAILED — {summary}; next attempt {again}"
-        elif state_ == "dead":
-            report.verdict = (
-                f"ran the {tick} tick: DEAD LETTER after {row.attempt} attempts — {summary} "
-                f"(`watchd dlq replay {row.key}` runs it again)"
-            )
-        elif state_ == "waiting":
-            report.verdict = f"the {tick} run: {summary}"
-        else:
-            report.verdict = f"skipped the {tick} tick ({row.reason}): {summary}"
+        report.fired = row.state in RAN
+        report.verdict = _verdict_of(row, f"the {tick} tick", zone, now)
+    manual = [r for r in rows if r.trigger == "manual" and (row is None or (r.started_at or 0) > (row.started_at or 0))]
+    if manual:  # a run now since the last tick: how it went, after the tick's verdict
+        m = manual[-1]
+        by = _payload(m).get("by") or "someone"
+        report.verdict += f"; {_verdict_of(m, f'the run now by {by} at {when(m.tick_at, zone, now)}', zone, now)}"
     if nxt is not None:
         report.verdict += f"; next due {when(nxt, zone, now)}, {time_until(nxt, now)}"
     return report
+
+
+def _verdict_of(row: TickRow, what: str, zone: str, now: float) -> str:
+    """How one run (or skip) went, e.g. "ran the 06:00 tick: done in 2s — exit 0"."""
+    state, summary = row.state, row.summary or ""
+    if state == "started":
+        return f"running {what} since {when(row.started_at or row.tick_at, zone, now)}"
+    if state == "done":
+        return f"ran {what}: done in {span(_took(row))} — {summary}"
+    if state == "failed":
+        return f"ran {what}: FAILED — {summary}"
+    if state == "retrying":
+        again = when(row.next_attempt_at or now, zone, now)
+        return f"ran {what}: attempt {row.attempt} FAILED — {summary}; next attempt {again}"
+    if state in ("dead", "dropped"):
+        tail = f"(`watchd dlq replay {row.key}` runs it again)" if state == "dead" else "(dropped)"
+        return f"ran {what}: DEAD LETTER after {row.attempt} attempts — {summary} {tail}"
+    if state == "waiting":
+        return f"{what}: {summary}"
+    return f"skipped {what} ({row.reason}): {summary}"
 
 
 def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
@@ -355,3 +362,40 @@ def upcoming_ticks(loaded: Loaded, start: float, count: int) -> tuple[list[dict[
             )
     ticks.sort(key=lambda t: (t["_at"], t["schedule"]))
     return ticks, disabled
+
+
+def dead_runs_json(loaded: Loaded, limit: int) -> list[dict[str, Any]]:
+    """Scheduled runs that exhausted their retries, newest first, for `watchd dlq` beside the dead
+    handoffs: `id` (what replay and drop take), `watch` = "schedule:NAME", `kind` = "schedule",
+    `target` = "run", `state`, `attempt`, `last_error`, `updated_at`, and `schedule`, `tick`,
+    `trigger`, `output_tail`."""
+    conn = open_state(loaded.state_dir)
+    if conn is None:
+        return []
+    try:
+        try:
+            rows = dead_runs(conn, limit)
+        except sqlite3.Error:  # a state file from before dead letters of runs
+            return []
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        data = msgspec.json.decode(r.data) if r.data else {}
+        out.append(
+            {
+                "id": r.key,
+                "watch": f"schedule:{r.schedule}",
+                "kind": "schedule",
+                "target": "run",
+                "state": r.state,
+                "attempt": r.attempt,
+                "last_error": r.summary,
+                "updated_at": iso(r.ended_at),
+                "schedule": r.schedule,
+                "tick": iso(r.tick_at),
+                "trigger": r.trigger,
+                "output_tail": data.get("output_tail") if isinstance(data, dict) else None,
+            }
+        )
+    return out

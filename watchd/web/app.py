@@ -30,7 +30,11 @@ _templates = jinja2.Environment(
 
 class Actions(Protocol):
     async def dlq(self, action: str, ref: str) -> str:
-        """Replay or drop a dead handoff; a sentence saying what was done."""
+        """Replay or drop a dead handoff or scheduled run; a sentence saying what was done."""
+        ...
+
+    async def run_now(self, name: str, by: str) -> str:
+        """Run a schedule's job now (trigger manual); a sentence saying what was done."""
         ...
 
 
@@ -69,6 +73,7 @@ class Dashboard:
             web.post("/login", self.login),
             web.post("/logout", self.logout),
             web.post("/actions/dlq/{id}/{action}", self.dlq_action),
+            web.post("/actions/schedules/{name}/run-now", self.run_now_action),
         ]
 
     # ---- plumbing ----
@@ -181,6 +186,17 @@ class Dashboard:
             notice = exc.message
         log.info("dashboard: dlq %s %s: %s", action, ref, notice)
         raise web.HTTPSeeOther(_with_notice(_local_path(str(form.get("back", "/handoffs?state=dead"))), notice))
+
+    async def run_now_action(self, request: web.Request) -> web.StreamResponse:
+        await self._checked_form(request)
+        name = request.match_info["name"]
+        assert self.actions is not None  # _checked_form refuses in read-only mode
+        try:
+            notice = await self.actions.run_now(name, "http:dashboard")
+        except WatchdError as exc:
+            notice = exc.message
+        log.info("dashboard: run now %s: %s", name, notice)
+        raise web.HTTPSeeOther(_with_notice(f"/schedules/{urllib.parse.quote(name, safe='')}", notice))
 
     async def _checked_form(self, request: web.Request) -> Any:
         if not self._allowed(request):
