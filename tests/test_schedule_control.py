@@ -296,3 +296,38 @@ def test_schedule_control_validation(tmp_path: Path, body: str, problem: str) ->
     with pytest.raises(ConfigError) as exc:
         config.load(path)
     assert any(problem in p for p in exc.value.problems), exc.value.problems
+
+
+def test_schedules_and_explain_show_the_chain(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from watchd.cli import cli
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'state_dir = "state"\ntimezone = "UTC"\n[schedule.heartbeat]\nenabled = false\n'
+        "[schedule.backup]\nenabled = false\n[schedule.canary]\nenabled = false\n"
+        '[schedule.report]\ncron = "0 6 * * *"\nrun = ["true"]\nretries = 2\n'
+        '[schedule.email]\nafter = ["report"]\nrun = ["true"]\n'
+        '[schedule.archive]\nafter = ["email"]\non = "always"\nrun = ["true"]\n'
+    )
+
+    def invoke(*args: str) -> str:
+        result = CliRunner().invoke(cli, [*args, "--config", str(path)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    ticks = json.loads(invoke("schedules", "--from", "2026-03-02T00:00Z", "--next", "1", "--json"))
+    assert ticks == [
+        {"schedule": s, "at_utc": "2026-03-02T06:00:00Z", "at_local": "2026-03-02T06:00:00Z", "note": n}
+        for s, n in [
+            ("archive", "after email (on always) after report (on success)"),
+            ("email", "after report (on success)"),
+            ("report", None),
+        ]
+    ]
+    report = invoke("explain", "--schedule", "report")
+    assert "followed by: email (on success)" in report and "retries: 2, backoff 1m" in report
+    email = json.loads(invoke("explain", "--schedule", "email", "--json"))
+    assert email["timing"] == "after report (on success)" and email["after"] == ["report"]
+    assert email["followed_by"] == ["archive (on always)"] and email["next_due"] is None

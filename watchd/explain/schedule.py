@@ -331,6 +331,19 @@ def _took(r: TickRow) -> float:
     return (r.ended_at or 0.0) - (r.started_at or 0.0)
 
 
+def _root_of(known: dict[str, tuple[Definition, bool]], name: str) -> tuple[str, str]:
+    """The schedule with timing of its own that `name` runs after (itself when it has timing), and
+    the chain as words: "after report (on success)", "after report (on success) after extract …"."""
+    words: list[str] = []
+    seen = {name}
+    while (after := known[name][0].schedule.after) and after[0] in known and after[0] not in seen:
+        on = known[name][0].schedule.on
+        words.append(f"after {', '.join(after)} (on {on})")
+        name = after[0]
+        seen.add(name)
+    return name, " ".join(words)
+
+
 def upcoming_ticks(loaded: Loaded, start: float, count: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The next `count` ticks of each enabled schedule after `start`, soonest first; and the disabled."""
     conn = open_state(loaded.state_dir)
@@ -341,14 +354,19 @@ def upcoming_ticks(loaded: Loaded, start: float, count: int) -> tuple[list[dict[
             conn.close()
     ticks: list[dict[str, Any]] = []
     disabled: list[str] = []
-    for name, (defn, enabled) in all_schedules(loaded).items():
+    known = all_schedules(loaded)
+    for name, (defn, enabled) in known.items():
         if not enabled:
             disabled.append(name)
             continue
-        state = states.get(name, (None, None))[1]
-        for at, note in upcoming(defn, state, start, count):
-            if defn.jitter_s:
-                later = f"runs {format_duration(round(defn.jitter_s))} later (jitter)"
+        root, chain = _root_of(known, name)
+        rdefn = known[root][0]
+        state = states.get(root, (None, None))[1]
+        for at, note in upcoming(rdefn, state, start, count):
+            if chain:  # runs after its upstream's run for this tick
+                note = f"{chain}; {note}" if note else chain
+            if rdefn.jitter_s:
+                later = f"runs {format_duration(round(rdefn.jitter_s))} later (jitter)"
                 note = f"{note}; {later}" if note else later
             ticks.append(
                 {
