@@ -8,7 +8,8 @@ import pytest
 
 from watchd import config
 from watchd.errors import ConfigError
-from watchd.sources.settings import FileSettings, PollSettings, subject_of
+from watchd.sources import REGISTRY
+from watchd.sources.settings import FileSettings, PollSettings, TelegramSettings, subject_of
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:
@@ -25,13 +26,12 @@ def test_each_type_loads_as_its_own_struct(tmp_path: Path) -> None:
         '[source.site]\ntype = "poll"\nurl = "https://example.org/r.json"\nevery = "10m"\n'
         'select = "data.version"\nsubject = "site.release"\nexpect_every = "1h"\n'
         '[source.inbox]\ntype = "file"\npaths = ["~/Scans/*.pdf"]\nsubject = "files.scans"\nhash = true\n'
-        '[source.tg]\ntype = "telegram"\ntoken = "env:TG_TOKEN_X"\nchats = ["1"]\n'
     )
     loaded = config.load(path)
-    site, inbox, tg = (loaded.config.source[n] for n in ("site", "inbox", "tg"))
+    site, inbox = (loaded.config.source[n] for n in ("site", "inbox"))
     assert isinstance(site, PollSettings) and site.select == "data.version" and site.emit == "change"
     assert isinstance(inbox, FileSettings) and inbox.hash and inbox.events == ["created", "modified", "deleted"]
-    assert subject_of(tg) == "chat.message"  # a chat source has a default subject
+    assert subject_of(TelegramSettings(token="t")) == "chat.message"  # a chat source has a default subject
 
 
 def test_a_key_of_another_type_is_named_as_such(tmp_path: Path) -> None:
@@ -93,3 +93,10 @@ def test_source_secrets_are_required_at_run_and_never_shown(tmp_path: Path) -> N
     with pytest.raises(config.WatchdError) as exc:
         config.require_env_secrets(loaded.config)
     assert "[source.site.headers] Authorization needs env:SITE_AUTH_UNSET" in exc.value.message
+
+
+def test_a_type_this_build_cannot_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REGISTRY, "journal", "watchd.sources.pending:JournalPending")
+    (line,) = problems(tmp_path, '[source.units]\ntype = "journal"\nunits = ["nginx.service"]\n')
+    assert line.startswith('config.toml:2:1: source type "journal" cannot run in this version of watchd: use one of ')
+    assert "poll, file" in line

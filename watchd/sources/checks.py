@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from watchd.sources import PENDING, REGISTRY
 from watchd.sources.settings import (
     FileSettings,
     PollSettings,
@@ -42,9 +43,21 @@ def check_sources(sources: dict[str, SourceSettings], probs: FileProblems, liste
         if subject_of(settings) is None:
             probs.at(here, f'a {type_name(settings)} source needs `subject`, e.g. subject = "{name}.changed"')
         check_duration(settings.expect_every, (*here, "expect_every"), probs)
+        if not runnable(type_name(settings)):
+            probs.at(
+                (*here, "type"),
+                f'source type "{type_name(settings)}" cannot run in this version of watchd: '
+                f"use one of {', '.join(t for t in REGISTRY if runnable(t))}",
+            )
+            continue
         checker = CHECKS.get(type(settings))
         if checker is not None:
             checker(settings, here, probs)
+
+
+def runnable(type_: str) -> bool:
+    """Whether this build has a runner for the type (a pending one only refuses to run)."""
+    return not REGISTRY.get(type_, PENDING).startswith(PENDING)
 
 
 def check_duration(text: str | None, path: Path_, probs: FileProblems, minimum_s: float = 0.0) -> float | None:
