@@ -125,8 +125,12 @@ async def test_health_in_status_and_refusals_counted_by_reason(daemon_factory: C
     (github,) = [s for s in d.health()["sources"] if s["name"] == "github"]
     assert github["type"] == "webhook" and github["events"] == 1
     assert github["rejections"] == {"signature": 1} and github["last_event_at"] is not None
+    async with aiohttp.ClientSession() as http, http.get(d.http_url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'watchd_source_rejections_total{reason="signature",source="github"} 1.0' in metrics
+    assert 'watchd_source_events_total{source="github",type="webhook"} 1.0' in metrics
     shown = await d.cli("status", "--json")
-    assert shown.returncode == 0 and SECRET not in shown.stdout + d.logged()
+    assert shown.returncode == 0 and SECRET not in shown.stdout + d.logged() + metrics
 
 
 async def test_reload_moves_and_adds_routes(daemon_factory: Callable[..., InProcessDaemon]) -> None:
