@@ -14,6 +14,7 @@ from support.fake_anthropic import FakeAnthropic, Turn, text, tool_use
 
 from watchd import bus
 from watchd.agents.anthropic import AnthropicRunner
+from watchd.agents.budget import InFlight
 from watchd.agents.envelope import DAY_S, next_reset
 from watchd.config import AnthropicAgent, BudgetConfig, Config, ConsoleNotifier
 from watchd.dispatch import Dead, Delivered, Retry
@@ -116,6 +117,24 @@ async def test_the_global_daily_budget_binds_every_agent_together(fake: FakeAnth
         await other.close()
     assert isinstance(outcome, Retry) and outcome.wait
     assert outcome.detail.startswith("budget_exhausted: the global [budget] daily_tokens (1000)")
+
+
+async def test_tokens_held_by_calls_in_flight_count_for_the_runners_that_share_them(
+    fake: FakeAnthropic, store: Store
+) -> None:
+    fake.model = lambda body: done()
+    shared = InFlight()  # the daemon's: one for all its anthropic agents
+    r = runner(fake, store, budget=20000)
+    r.in_flight = shared
+    with shared.hold("agent.other", 19500):  # another agent's call under way
+        outcome = await r.deliver(handoff("h_held"))
+        assert isinstance(outcome, Retry) and outcome.wait, outcome
+        assert outcome.detail.startswith("budget_exhausted: the global [budget] daily_tokens (20000)")
+        assert not fake.calls
+        # Another daemon's reservations (its own InFlight) are not this one's.
+        r.in_flight = InFlight()
+        assert isinstance(await r.deliver(handoff("h_free")), Delivered)
+    assert shared.held("agent.other") == (0, 0)
 
 
 async def test_a_budget_spent_mid_run_pauses_the_run_and_it_resumes_the_next_day(

@@ -1,6 +1,7 @@
 """The daemon outlives what used to stop it: its nats-server killed and restarted, its NATS
 connection closed for good by nats-py (a protocol error), a commit that fails unexpectedly. Events keep
-flowing, each is handed off once, and /healthz says unhealthy only while the core is affected."""
+flowing, each is handed off once, and /healthz says unhealthy only while the core is affected. A
+reload builds the notifiers and agents anew and swaps them in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 from collections.abc import Callable
 
 import pytest
+from support.fakes import FakeWebhook
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 
@@ -110,3 +112,24 @@ async def test_a_failed_commit_is_retried_from_the_committed_state_and_hands_off
     assert 'watchd_task_failing{task="engine"} 0.0' in metrics
     assert 'watchd_task_restarts_total{task="dispatcher"} 0.0' in metrics
     await d.stop()
+
+
+async def test_a_reload_builds_the_notifiers_it_adds_and_swaps_them_in(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    async with FakeWebhook() as hook:
+        d = await daemon_factory({"jobs.toml": JOBS}).start()
+        old = d.running.targets
+        # A notifier added by a reload, and a watch that hands off to it: the handoff must reach it,
+        # not die with "no target named notify.hook".
+        d.write_config(f'[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n')
+        d.write_watch("hook.toml", JOBS.replace('"jobs"', '"to-hook"').replace("notify.console", "notify.hook"))
+        d.running.request_reload()
+        await until(lambda: "notify.hook" in d.running.targets, what="the reload to build notify.hook")
+        assert d.running.targets is not old and d.running.dispatcher is not None
+        assert d.running.dispatcher.targets is d.running.targets
+        assert d.running.targets["notify.console"] is not old["notify.console"]
+        await d.publish(make_event("job.x", id="to-the-new-notifier"))
+        await until(lambda: hook.handoff_ids, what="the handoff at the notifier the reload added")
+        await until(lambda: [h["state"] for h in d.handoffs("to-hook")] == ["delivered"], what="it delivered")
+        await d.stop()

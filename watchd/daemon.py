@@ -26,6 +26,7 @@ from nats.js.api import DeliverPolicy
 
 from watchd import bus, clockjump, cluster, config, credentials, sdnotify, stepping, storage
 from watchd import ingress as http
+from watchd.agents.budget import InFlight
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
 from watchd.agents.tools import follow_watches
@@ -78,13 +79,15 @@ def build_targets(
     store: Store | None = None,
     on_watch: Callable[[], None] | None = None,
     console: TextIO | None = None,
+    in_flight: InFlight | None = None,
 ) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
     unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
     type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
-    `store`, and call `on_watch` when they add a follow-up watch. Console notifiers print to
-    `console` (default stdout)."""
+    `store`, call `on_watch` when they add a follow-up watch, and share `in_flight` (the tokens their
+    calls hold against the budgets). Console notifiers print to `console` (default stdout)."""
     targets: dict[str, Target] = {}
+    in_flight = in_flight or InFlight()
     for name, notifier in loaded.config.notify.items():
         target = f"notify.{name}"
         try:
@@ -120,7 +123,13 @@ def build_targets(
 
             try:
                 targets[target] = AnthropicRunner(
-                    agent, name=target, config=loaded.config, store=store, js=js, on_watch=on_watch
+                    agent,
+                    name=target,
+                    config=loaded.config,
+                    store=store,
+                    js=js,
+                    on_watch=on_watch,
+                    in_flight=in_flight,
                 )
             except WatchdError as exc:
                 log.error("%s", exc.message)
@@ -166,6 +175,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.answers: Answers | None = None
         self.targets: dict[str, Target] = {}
+        self._in_flight = InFlight()  # tokens the anthropic agents' calls hold, across reloads
         self.scheduler: Scheduler | None = None
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
         self.active = False  # holds the lease and runs what decides or hands off
@@ -269,14 +279,7 @@ class Daemon:
         await self._ensure_streams(self.js)
         await self._install(self.loaded, first=True)
         await self._clock_behind_saved()
-        targets = build_targets(
-            self.loaded,
-            nc=self.nc,
-            js=self.js,
-            store=self.store,
-            on_watch=self._agent_watches_changed.set,
-            console=self.console,
-        )
+        targets = self._build_targets(self.loaded)
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics)
         self.answers = Answers(
             config=lambda: self.loaded.config,
@@ -360,7 +363,9 @@ class Daemon:
             # Batch agents are polled by the heartbeat job; without one, by this loop.
             from watchd.agents import batch as agent_batch
 
-            self._spawn("agent-batches", lambda: agent_batch.poll_loop(targets, self.stop, upkeep=self.upkeep))
+            self._spawn(
+                "agent-batches", lambda: agent_batch.poll_loop(lambda: self.targets, self.stop, upkeep=self.upkeep)
+            )
         if any(isinstance(a, config.NatsAgent) for a in self.loaded.config.agent.values()):
             # Workers' replies after a delivery ended (accepted → done): recorded from their own consumer.
             js, store, nc, upkeep = self.js, self.store, self.nc, self.upkeep
@@ -546,6 +551,30 @@ class Daemon:
 
         await self.upkeep.every("reload", step, interval_s=self.reload_poll_s, wake=self._reload_wake)
 
+    def _build_targets(self, loaded: Loaded) -> dict[str, Target]:
+        return build_targets(
+            loaded,
+            nc=self.nc,
+            js=self.js,
+            store=self.store,
+            on_watch=self._agent_watches_changed.set,
+            console=self.console,
+            in_flight=self._in_flight,
+        )
+
+    def _replace_targets(self, loaded: Loaded) -> None:
+        """A reload builds the notifiers and agents anew (one added since start has no target yet; a
+        changed one has new settings) and swaps them in everywhere; the dispatcher closes the old
+        ones once the deliveries under way on them have ended."""
+        targets = self._build_targets(loaded)
+        self.targets = targets
+        if self.scheduler is not None:
+            self.scheduler.targets = targets
+        if self.answers is not None:
+            self.answers.targets = targets
+        if self.dispatcher is not None:
+            self.dispatcher.replace_targets(targets)
+
     async def reload(self) -> bool:
         """Validate first; an invalid change keeps the last good definitions running."""
         try:
@@ -557,6 +586,7 @@ class Daemon:
             await self.emit("watchd.config.invalid", {"problems": exc.problems[:50]})
             return False
         await self._install(loaded)
+        self._replace_targets(loaded)
         log.info("reloaded: %d watches", len(loaded.watches))
         await self.emit("watchd.config.reloaded", {"watches": len(loaded.watches)})
         return True

@@ -33,6 +33,7 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 600.0
 POLL_S = 2.0  # the longest the dispatcher sleeps before looking at the outbox again
+CLOSE_GRACE_S = 60.0  # how long a replaced target may finish its deliveries before it is closed
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,30 @@ class Dispatcher:
         # Capped at POLL_S: `watchd dlq replay` (another process) makes handoffs due by writing
         # to the same SQLite, and is picked up at the next look without any signalling.
         return POLL_S if nxt is None else max(0.0, min(POLL_S, nxt - self.clock()))
+
+    def replace_targets(self, targets: dict[str, Target], grace_s: float = CLOSE_GRACE_S) -> None:
+        """Deliver to `targets` from now on. The old targets that are not among them are closed once
+        the deliveries under way (on the old ones) have ended, or after grace_s."""
+        old, self.targets = self.targets, targets
+        gone = [t for name, t in old.items() if targets.get(name) is not t]
+        running = list(self._tasks)
+
+        async def close_old() -> None:
+            if running:
+                await asyncio.wait(running, timeout=grace_s)
+            for target in gone:
+                close = getattr(target, "close", None)
+                if close is None:
+                    continue
+                try:
+                    await close()
+                except Exception:  # the old target is dropped either way
+                    log.exception("closing the replaced target %r failed", target)
+
+        task = asyncio.create_task(close_old(), name="close-replaced-targets")
+        self._tasks.add(task)  # a stop waits for it as for a delivery (drain)
+        task.add_done_callback(self._tasks.discard)
+        self.wake()  # handoffs that waited for a target added now
 
     async def drain(self, timeout_s: float) -> None:
         if self._tasks:

@@ -27,7 +27,6 @@ import contextlib
 import email.utils
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import anthropic
 from nats.js import JetStreamContext
 
 from watchd.agents import batch
+from watchd.agents.budget import InFlight
 from watchd.agents.envelope import (
     MIN_OUTPUT_TOKENS,
     Usage,
@@ -63,11 +63,6 @@ MAX_RETRY_AFTER_S = 600.0
 REQUEST_TIMEOUT_S = 600.0  # one call never waits longer, whatever is left of the run's timeout
 RETRY_STATUSES = frozenset({408, 409, 429})
 TOO_LONG_MARKERS = ("prompt is too long", "context length", "context window", "too many tokens")
-
-# Tokens that calls in flight in this process may still spend: concurrent runs of an agent (and all agents
-# for the global budget) see each other's reservations, so together they cannot overshoot a budget.
-_in_flight: Counter[str] = Counter()
-GLOBAL = "*"
 
 
 class _Stop(Exception):
@@ -111,10 +106,12 @@ class AnthropicRunner:
         js: JetStreamContext | None = None,
         on_watch: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = name
         self.config = config
+        self.in_flight = in_flight or InFlight()
         self.store = store
         self.clock = clock
         self.on_watch = on_watch
@@ -176,7 +173,8 @@ class AnthropicRunner:
         since = day_start(self.clock())
         agent = await self.store.call(runs.tokens_since, since, self.name)
         everyone = await self.store.call(runs.tokens_since, since)
-        return agent + _in_flight[self.name], everyone + _in_flight[GLOBAL]
+        held_agent, held_all = self.in_flight.held(self.name)
+        return agent + held_agent, everyone + held_all
 
     async def daily_left(self) -> tuple[int, int | None]:
         agent, everyone = await self.tokens_today()
@@ -337,21 +335,16 @@ class AnthropicRunner:
 
     async def _call(self, params: dict[str, Any], reserve: int) -> tuple[list[dict[str, Any]], Usage, float]:
         """One Messages API call, its failures classified into a `_Stop` (or `_TooLong`)."""
-        hold = reserve + int(params["max_tokens"])
-        _in_flight[self.name] += hold
-        _in_flight[GLOBAL] += hold
         t0 = time.monotonic()
         try:
-            msg = await self.client.messages.create(**params, timeout=self.request_timeout_s)
+            with self.in_flight.hold(self.name, reserve + int(params["max_tokens"])):
+                msg = await self.client.messages.create(**params, timeout=self.request_timeout_s)
         except anthropic.APITimeoutError:
             raise _Stop(Retry(f"{self.name}: the API did not answer in time")) from None
         except anthropic.APIConnectionError as exc:
             raise _Stop(Retry(f"{self.name}: cannot reach the API ({type(exc).__name__})")) from None
         except anthropic.APIStatusError as exc:
             raise self._classify(exc) from None
-        finally:
-            _in_flight[self.name] -= hold
-            _in_flight[GLOBAL] -= hold
         return content_blocks(msg.content), Usage.of(msg.usage), time.monotonic() - t0
 
     def _classify(self, exc: anthropic.APIStatusError) -> Exception:

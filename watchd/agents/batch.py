@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -153,13 +154,17 @@ async def _settle(runner: AnthropicRunner, hid: str, result: Any) -> int:
 
 
 async def poll_loop(
-    targets: dict[str, Target], stop: asyncio.Event, every_s: float = POLL_EVERY_S, upkeep: Upkeep | None = None
+    targets: Callable[[], Mapping[str, Target]],
+    stop: asyncio.Event,
+    every_s: float = POLL_EVERY_S,
+    upkeep: Upkeep | None = None,
 ) -> None:
-    """Poll every batch agent now and then, for a daemon whose schedules include no heartbeat."""
+    """Poll every batch agent now and then, for a daemon whose schedules include no heartbeat.
+    `targets` gives the current ones (a reload replaces them)."""
 
     async def poll() -> None:
         failed: list[str] = []
-        for name, target in targets.items():
+        for name, target in targets().items():
             poller = getattr(target, "poll_batches", None)
             if poller is None:
                 continue

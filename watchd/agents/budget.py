@@ -1,9 +1,12 @@
-"""Today's tokens against the daily budgets, as `watchd status` shows them."""
+"""Today's tokens against the daily budgets, as `watchd status` shows them; and the tokens that calls
+in flight hold against them (`InFlight`)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from watchd.agents.envelope import day_start, next_reset
@@ -53,3 +56,30 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
         waiting = f", {a['budget_exhausted']} handoffs budget_exhausted" if a["budget_exhausted"] else ""
         lines.append(f"  {a['agent']}: {a['tokens']:,} of {a['daily_token_budget']:,}{waiting}")
     return lines
+
+
+GLOBAL = "*"
+
+
+class InFlight:
+    """Tokens that calls in flight may still spend. One is shared by the anthropic runners of a daemon:
+    concurrent runs of an agent (and all agents, for the global budget) see each other's
+    reservations, so together they cannot overshoot a budget. Owned by whoever builds the runners,
+    never by the module: two daemons in one process keep theirs apart."""
+
+    def __init__(self) -> None:
+        self._held: Counter[str] = Counter()
+
+    def held(self, agent: str) -> tuple[int, int]:
+        """(held for `agent`, held for all agents)."""
+        return self._held[agent], self._held[GLOBAL]
+
+    @contextlib.contextmanager
+    def hold(self, agent: str, tokens: int) -> Iterator[None]:
+        self._held[agent] += tokens
+        self._held[GLOBAL] += tokens
+        try:
+            yield
+        finally:
+            self._held[agent] -= tokens
+            self._held[GLOBAL] -= tokens
