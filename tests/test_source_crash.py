@@ -5,12 +5,17 @@ deterministic, so what a killed daemon published but did not record is re-sent a
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import http.client
+import json
 import os
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +100,49 @@ def test_kill9_while_polling(process_factory: Callable[..., DaemonProc], subreap
     # Each change starts where the one before ended: no change between two announced values was lost.
     assert all(chain[i][0] == chain[i - 1][1] for i in range(1, len(chain))), f"seed {seed}: {chain}"
     assert chain[0][0] == "0" and currents[-1] == final
+
+
+def test_kill9_while_webhooks_arrive(process_factory: Callable[..., DaemonProc], subreaper: None) -> None:
+    """A sender that retries until it gets a 2xx (GitHub redelivers the same X-GitHub-Delivery): a
+    kill -9 in the middle of a stream of deliveries loses none, and a delivery the daemon stored
+    before it died but never answered is stored once when it comes again."""
+    secret = "kill9-webhook-secret"
+    extra = (
+        '[source.github]\ntype = "webhook"\npath = "/hooks/github"\n'
+        'subject = "github.{header:X-GitHub-Event}"\nverify = "github"\nsecret = "env:GH_SECRET"\n'
+    )
+    d = process_factory(extra_config=extra, env={"GH_SECRET": secret})
+    d.start()
+    ok_count = [0]
+
+    def deliver(n: int) -> bool:
+        body = json.dumps({"action": "opened", "number": n}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "pull_request",
+            "X-GitHub-Delivery": f"kill9-{n}",
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        }
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=5)
+            conn.request("POST", "/hooks/github", body, headers)
+            ok = conn.getresponse().status == 200
+            conn.close()
+            ok_count[0] += ok  # a race between threads only blurs when the kill lands
+            return ok
+        except OSError:
+            return False  # the daemon was killed under it: the sender will redeliver
+
+    deliveries = list(range(600))
+    with ThreadPoolExecutor(8) as pool:
+        sending = pool.map(deliver, deliveries)
+        wait_until(lambda: ok_count[0] >= 40, what="the first deliveries stored")
+        d.kill9()
+        answered = dict(zip(deliveries, sending, strict=True))
+    assert 0 < sum(answered.values()) < len(deliveries), "the kill must land among the deliveries"
+    d.start()
+    for n in [n for n, ok in answered.items() if not ok]:  # the sender's redeliveries
+        assert deliver(n), f"delivery {n} refused after the restart"
+    stored = Counter(e["id"] for e in events_of(d, "github"))
+    assert sorted(stored) == sorted(f"kill9-{n}" for n in deliveries), "a delivery was lost"
+    assert set(stored.values()) == {1}, f"stored twice: {[i for i, k in stored.items() if k > 1]}"
