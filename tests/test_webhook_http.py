@@ -341,3 +341,24 @@ def test_slack_presses_only_from_the_allowed_users_and_channels(listener: Listen
     assert post(listener, "slackteam", allowed, slack_headers(allowed, content_type=form)).status == 200
     _subject, env = listener.stored(listener.last_seq())
     assert env["subject"] == "chat.answer" and env["data"]["by"] == "slack:U2CERLKJA"
+
+
+def test_without_nats_a_delivery_is_refused_503_so_the_sender_redelivers(tmp_path: Path) -> None:
+    lst = start_listener(tmp_path)
+    try:
+        assert lst.nats is not None
+        nats = lst.nats
+        lst.call(nats.stop())
+        body = json.dumps({"action": "opened", "number": 9}).encode()
+        r = post(lst, "github", body, github_headers(body, delivery="while-down"))
+        assert r.status == 503 and "source 'github'" in r.error
+        assert route(lst, "github").health.rejections["nats"] == 1
+        lst.call(nats.start())
+        again = post(lst, "github", body, github_headers(body, delivery="while-down"))  # GitHub's redelivery
+        assert stored(lst, again)["id"] == "while-down"
+        # The client may have sent the first one when it reconnected (then this is the duplicate):
+        # either way the delivery is in the stream once.
+        ids = [lst.stored(seq)[1]["id"] for seq in range(1, lst.last_seq() + 1)]
+        assert ids.count("while-down") == 1
+    finally:
+        lst.stop()
