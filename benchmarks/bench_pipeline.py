@@ -68,8 +68,8 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def health(port: int) -> dict[str, object]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+def health(port: int, timeout_s: float = 2) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout_s) as r:
         result: dict[str, object] = json.loads(r.read())
         return result
 

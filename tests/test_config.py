@@ -155,7 +155,7 @@ every = "5 minutes"
         "config.toml:8:1: `type` must be one of console, telegram, slack, webhook, not the string 'slak': "
         "did you mean 'slack'?" in found
     )
-    assert "config.toml:10:1: a schedule needs exactly one of cron, every or at" in found
+    assert "config.toml:10:1: a schedule needs exactly one of cron, every, at or after" in found
     assert "config.toml:16:1:" in found and "5 minutes" in found
     assert "config.toml:15:1: a schedule needs something to do" in found
 
@@ -306,7 +306,7 @@ def test_unknown_keys_suggest_the_closest_valid_key(tmp_path: Path) -> None:
     (tmp_path / "watches" / "b.toml").write_text('[[wacth]]\nid = "b"\n')
     assert problems(path) == [
         "config.toml:1:1: unknown field `timezon`: did you mean `timezone`?",
-        "config.toml:2:1: a schedule needs exactly one of cron, every or at",
+        "config.toml:2:1: a schedule needs exactly one of cron, every, at or after",
         "config.toml:3:1: unknown field `crn`: did you mean `cron`?",
         "config.toml:6:1: `type` must be one of console, telegram, slack, webhook, not the string 'consol': "
         "did you mean 'console'?",
