@@ -189,6 +189,8 @@ class _AgentBase(_Strict, tag_field="type", kw_only=True):
 
 class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
     model: str
+    # a JSON document kept across runs: one per agent, or one per watch and key (README: agent state)
+    state: Literal["agent", "per-key"] | None = None
     instructions: str = ""
     api_key: str = "env:ANTHROPIC_API_KEY"
     base_url: str | None = None
@@ -206,6 +208,7 @@ class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
 
 class CommandAgent(_AgentBase, tag="command", kw_only=True):
     command: list[str]
+    state: Literal["agent", "per-key"] | None = None  # a state file handed to each run (README: agent state)
     reject_exit_code: Annotated[int, _range(1, 255)] = 75
 
 

@@ -106,7 +106,9 @@ def build_targets(
         target = f"agent.{name}"
         if isinstance(agent, config.CommandAgent):
             try:
-                targets[target] = CommandRunner(agent, name=target, base_dir=loaded.base_dir)
+                targets[target] = CommandRunner(
+                    agent, name=target, base_dir=loaded.base_dir, store=store, state_dir=loaded.state_dir
+                )
             except WatchdError as exc:
                 log.error("%s: %s", target, exc.message)
                 targets[target] = http_client.Misconfigured(target, f"{target}: {exc.message}")

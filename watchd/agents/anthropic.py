@@ -33,7 +33,7 @@ from typing import Any
 import anthropic
 from nats.js import JetStreamContext
 
-from watchd.agents import batch
+from watchd.agents import batch, memory
 from watchd.agents.budget import InFlight
 from watchd.agents.envelope import (
     MIN_OUTPUT_TOKENS,
@@ -54,7 +54,7 @@ from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff, iso
 from watchd.notify.http_client import resolve, scrub
-from watchd.store import Store, runs
+from watchd.store import Store, agent_state, runs
 from watchd.store.runs import Run, Step
 
 log = logging.getLogger("watchd.agents.anthropic")
@@ -122,7 +122,7 @@ class AnthropicRunner:
         self.client = anthropic.AsyncAnthropic(
             api_key=self._api_key, base_url=cfg.base_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
         )
-        self.toolbox = Toolbox(cfg, agent=name, js=js)
+        self.toolbox = Toolbox(cfg, agent=name, js=js, store=store)
         self.tools = self.toolbox.specs()
         self.system = system_blocks(cfg.instructions, cfg.cache_ttl)
 
@@ -138,6 +138,10 @@ class AnthropicRunner:
         if run is not None and run.outcome == "done":  # finished before (a retry after a crash): never again
             return Delivered(run.detail or "done", state="done")
         steps = await self.store.call(runs.steps_of, h.id)
+        if run is not None and run.ended_at is not None and self.cfg.state is not None:
+            # a stopped run continued by hand (`dlq replay`): its checkpoint is resumed here, not by the next trigger
+            resumed = agent_state.resume_checkpoint(self.name, h.watch, h.key or "", h.id, h.id)
+            await self.store.call(resumed)
         if run is None or run.ended_at is not None:
             first = self.params(self.cfg.model, [{"role": "user", "content": handoff_turn(h)}], self.cfg.max_tokens)
             need = estimate_tokens(first) + MIN_OUTPUT_TOKENS
@@ -210,12 +214,14 @@ class AnthropicRunner:
 
     # ---- the run ----
 
-    def params(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+    def params(
+        self, model: str, messages: list[dict[str, Any]], max_tokens: int, state: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         cache = self.cfg.max_steps > 1 and not self.cfg.batch  # a one-call run never reads its conversation back
         return {
             "model": model,
             "max_tokens": max_tokens,
-            "system": self.system,
+            "system": self.system if state is None else [*self.system, state],
             "tools": self.tools,
             "messages": with_breakpoint(messages, self.cfg.cache_ttl) if cache else messages,
         }
@@ -229,7 +235,7 @@ class AnthropicRunner:
             async with asyncio.timeout(left):
                 outcome = await self._loop(h, run, steps)
         except TimeoutError:
-            outcome = await self._limit(run, "timeout", f"ran for {format_duration(self.timeout_s)}")
+            outcome = await self._limit(run, "timeout", f"ran for {format_duration(self.timeout_s)}", h)
         except _Stop as stop:
             outcome = stop.outcome
             if isinstance(outcome, Dead):
@@ -246,8 +252,13 @@ class AnthropicRunner:
             )
         return outcome
 
-    async def _limit(self, run: Run, limit: str, why: str) -> Outcome:
+    async def _limit(self, run: Run, limit: str, why: str, h: Handoff | None = None) -> Outcome:
         detail = f"limit {limit}: {why}; stopped after {run.steps} steps and {run.tokens} tokens (transcript kept)"
+        if h is not None and self.cfg.state is not None and limit in memory.RESUMABLE and run.steps:
+            # work left: the next handoff for this watch and key picks the conversation up from here
+            detail += "; checkpointed: the next trigger for this watch and key resumes it"
+            args = (self.name, h.watch, h.key or "", h.id, run.id, limit, self.clock())
+            await self.store.call(agent_state.add_checkpoint, *args)
         await self.store.call(runs.close_run, run.id, self.clock(), "limit", detail, limit)
         log.warning("%s: run %s stopped: %s", self.name, run.id, detail)
         return Dead(detail)
@@ -259,8 +270,24 @@ class AnthropicRunner:
         await self.store.call(runs.close_run, run.id, self.clock(), "done", detail)
         return Delivered(detail, state="done")
 
+    async def _memory(self, h: Handoff, steps: list[Step]) -> tuple[dict[str, Any] | None, list[dict[str, Any]], Any]:
+        """What this run remembers: the state block for the system prompt, the conversation of a checkpoint
+        it resumes, and (before its first step) that checkpoint and its last step."""
+        if self.cfg.state is None:
+            return None, [], None
+        scope = memory.scope_of(self.cfg.state, self.name, h)
+        block = memory.state_block(await self.store.call(agent_state.current, scope), scope, self.cfg.cache_ttl)
+        if steps:
+            resumed = steps[0].meta.get("resumed_from")
+            prefix = await self.store.call(memory.conversation, str(resumed)) if resumed else []
+            return block, prefix, None
+        found = await self.store.call(memory.resumable, self.name, h)
+        if found is None:
+            return block, [], None
+        return block, await self.store.call(memory.conversation, found[0].handoff_id), found
+
     async def _loop(self, h: Handoff, run: Run, steps: list[Step]) -> Outcome:
-        messages: list[dict[str, Any]] = []
+        state, messages, resume = await self._memory(h, steps)
         for s in steps:
             messages += [{"role": "user", "content": s.request}, {"role": "assistant", "content": s.response}]
         model = run.model
@@ -277,14 +304,15 @@ class AnthropicRunner:
                 if done_of(last) is not None or not last.tool_uses():
                     return await self._finish(run, last)
             if run.steps >= self.cfg.max_steps:
-                return await self._limit(run, "max_steps", f"{self.cfg.max_steps} model calls")
-            turn = (
-                handoff_turn(h, max_evidence=evidence_cap)
-                if last is None
-                else [last.tool_results[b["id"]] for b in last.tool_uses()]
-            )
+                return await self._limit(run, "max_steps", f"{self.cfg.max_steps} model calls", h)
+            if last is not None:
+                turn = [last.tool_results[b["id"]] for b in last.tool_uses()]
+            elif resume is not None:
+                turn = memory.resume_turn(resume[0], resume[1], handoff_turn(h, max_evidence=evidence_cap))
+            else:
+                turn = handoff_turn(h, max_evidence=evidence_cap)
             asked = [*messages, {"role": "user", "content": turn}]
-            params = self.params(model, asked, self.cfg.max_tokens)
+            params = self.params(model, asked, self.cfg.max_tokens, state)
             need = estimate_tokens(params)
             agent_left, global_left = await self.daily_left()
             run_left = self.cfg.run_token_budget - run.tokens
@@ -292,7 +320,7 @@ class AnthropicRunner:
             if a.tokens < need + MIN_OUTPUT_TOKENS:
                 if a.binding == "run_token_budget":
                     why = f"{run.tokens} of {self.cfg.run_token_budget} tokens used, the next call needs ~{need}"
-                    return await self._limit(run, "run_token_budget", why)
+                    return await self._limit(run, "run_token_budget", why, h)
                 beyond = self.beyond_any_day(need + MIN_OUTPUT_TOKENS)
                 if beyond:
                     return await self._limit(run, a.binding, f"the next call {beyond}")
@@ -312,6 +340,11 @@ class AnthropicRunner:
             n = (last.n + 1) if last else 1
             price = price_for(model, self.config.prices)
             cost = cost_usd(usage, price, cache_ttl=self.cfg.cache_ttl)
+            meta: dict[str, Any] = {"max_tokens": params["max_tokens"], "messages": len(asked)}
+            effect = None
+            if last is None and resume is not None:  # the checkpoint is resumed once this step is stored
+                meta["resumed_from"] = resume[0].handoff_id
+                effect = agent_state.resume_checkpoint(self.name, h.watch, h.key or "", resume[0].handoff_id, h.id)
             await self.store.call(
                 runs.record_step,
                 run,
@@ -323,14 +356,15 @@ class AnthropicRunner:
                 usage=usage,
                 cost=cost,
                 latency_s=latency,
-                meta={"max_tokens": params["max_tokens"], "messages": len(asked)},
+                meta=meta,
+                effect=effect,
             )
             run.steps += 1
             run.input_tokens += usage.input
             run.output_tokens += usage.output
             run.cache_read_tokens += usage.cache_read
             run.cache_write_tokens += usage.cache_write
-            steps.append(Step(n, run.id, model, turn, content, {}))
+            steps.append(Step(n, run.id, model, turn, content, {}, meta))
             messages = [*asked, {"role": "assistant", "content": content}]
 
     async def _call(self, params: dict[str, Any], reserve: int) -> tuple[list[dict[str, Any]], Usage, float]:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
-
+from watchd.agents import state_file
 from watchd.config import CommandAgent
 from watchd.cron.proc import KILL_GRACE_S, TAIL_BYTES, run_in_group, signal_name
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff
+from watchd.store import Store
 
 __all__ = ["KILL_GRACE_S", "TAIL_BYTES", "CommandRunner"]
 
@@ -40,9 +42,20 @@ def _resolve(argv: list[str], base_dir: Path | None) -> list[str]:
 
 class CommandRunner:
     def __init__(
-        self, cfg: CommandAgent, *, name: str, base_dir: Path | None = None, kill_grace_s: float = KILL_GRACE_S
+        self,
+        cfg: CommandAgent,
+        *,
+        name: str,
+        base_dir: Path | None = None,
+        kill_grace_s: float = KILL_GRACE_S,
+        store: Store | None = None,
+        state_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        self.store = store
+        self.state_dir = state_dir
+        self.clock = clock
         self.name = name
         self.timeout_s = parse_duration(cfg.timeout)
         self.kill_grace_s = kill_grace_s
@@ -52,9 +65,10 @@ class CommandRunner:
     def __repr__(self) -> str:
         return f"CommandRunner({self.name!r})"
 
-    def _env(self, handoff: Handoff) -> dict[str, str]:
+    def _env(self, handoff: Handoff, handed: state_file.Handed | None = None) -> dict[str, str]:
         return {
             **os.environ,
+            **state_file.env_of(handed),
             "WATCHD_HANDOFF_ID": handoff.id,
             "WATCHD_WATCH": handoff.watch,
             "WATCHD_TARGET": handoff.target,
@@ -64,11 +78,21 @@ class CommandRunner:
     async def deliver(self, handoff: Handoff) -> Outcome:
         if not self.argv:
             return Dead(f"{self.name}: `command` is empty")
+        handed = None
+        if self.cfg.state is not None and self.store is not None and self.state_dir is not None:
+            handed = await state_file.hand_over(self.store, self.state_dir, self.cfg.state, self.name, handoff)
+        outcome = await self._run(handoff, handed)
+        if handed is not None and self.store is not None:
+            timed_out = isinstance(outcome, Retry) and outcome.detail.startswith("timed out")
+            await state_file.take_back(self.store, handed, handoff, self.clock(), timed_out=timed_out)
+        return outcome
+
+    async def _run(self, handoff: Handoff, handed: state_file.Handed | None) -> Outcome:
         try:
             done = await run_in_group(
                 self.argv,
-                stdin=msgspec.json.encode(handoff) + b"\n",
-                env=self._env(handoff),
+                stdin=state_file.stdin_of(handoff, handed),
+                env=self._env(handoff, handed),
                 timeout_s=self.timeout_s,
                 kill_grace_s=self.kill_grace_s,
             )

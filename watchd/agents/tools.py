@@ -1,7 +1,8 @@
 """The tools an Anthropic agent may call, allow-listed per agent, with validated arguments.
 
 `notify` (only to the notifiers the agent lists), `emit` (a follow-up event, never on `watchd.`),
-`watch` (a temporary follow-up watch with an expiry) and `done` (status + summary). A tool that is not
+`watch` (a temporary follow-up watch with an expiry), `read_state`/`write_state` (an agent with `state`:
+its document across runs, agents/memory.py) and `done` (status + summary). A tool that is not
 in the agent's `tools` is never offered and, if called anyway, refused. Invalid arguments go back to
 the model as a tool_result error (and the step still counts against `max_steps`).
 
@@ -23,11 +24,13 @@ import msgspec
 from nats.js import JetStreamContext
 
 from watchd import bus, expr
+from watchd.agents import memory
 from watchd.config import AbsentWatch, AnthropicAgent, MatchWatch, Pattern, Watch
 from watchd.cron.schedule import parse_duration
 from watchd.errors import WatchdError
 from watchd.model import Handoff, iso, make_event, stable_hash
-from watchd.store import Store
+from watchd.store import Store, agent_state
+from watchd.store.agent_state import Scope
 from watchd.store.agent_watches import add_watch, next_watch_expiry
 from watchd.store.db import Write
 from watchd.store.outbox import enqueue_handoff
@@ -65,7 +68,24 @@ class DoneArgs(msgspec.Struct, forbid_unknown_fields=True):
     summary: _Text
 
 
-ARGS: dict[str, type[msgspec.Struct]] = {"notify": NotifyArgs, "emit": EmitArgs, "watch": WatchArgs, "done": DoneArgs}
+class ReadStateArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class WriteStateArgs(msgspec.Struct, forbid_unknown_fields=True):
+    state: dict[str, Any]
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+ARGS: dict[str, type[msgspec.Struct]] = {
+    "notify": NotifyArgs,
+    "emit": EmitArgs,
+    "watch": WatchArgs,
+    "read_state": ReadStateArgs,
+    "write_state": WriteStateArgs,
+    "done": DoneArgs,
+}
+ORDER = ("notify", "emit", "watch", "read_state", "write_state", "done")
 
 
 class ToolUnavailable(WatchdError):
@@ -114,12 +134,17 @@ def done_of(step: Step) -> DoneArgs | None:
 
 
 class Toolbox:
-    def __init__(self, cfg: AnthropicAgent, *, agent: str, js: JetStreamContext | None = None) -> None:
+    def __init__(
+        self, cfg: AnthropicAgent, *, agent: str, js: JetStreamContext | None = None, store: Store | None = None
+    ) -> None:
         self.cfg = cfg
         self.agent = agent  # "agent.<name>"
         self.js = js
+        self.store = store
         self.notifiers = sorted({t for t in cfg.tools if t.startswith("notify.")})
         self.allowed = {"done"} | ({"notify"} if self.notifiers else set()) | {t for t in cfg.tools if t in ARGS}
+        if cfg.state is not None and store is not None:  # the state tools come with `state`, not from `tools`
+            self.allowed |= {"read_state", "write_state"}
         self.max_watch_s = parse_duration(cfg.max_watch_for)
 
     def specs(self) -> list[dict[str, Any]]:
@@ -168,6 +193,22 @@ class Toolbox:
                     },
                 },
             },
+            "read_state": {
+                "description": "Read your saved state: the JSON document you wrote in earlier runs (null if none).",
+                "input_schema": {"type": "object", "additionalProperties": False, "properties": {}},
+            },
+            "write_state": {
+                "description": (
+                    "Save your state for the next runs: a JSON object replacing the previous one (every version "
+                    "is kept). Save what the next run must know, e.g. today's baseline."
+                ),
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["state"],
+                    "properties": {"state": {"type": "object"}, "note": {"type": "string", "maxLength": 500}},
+                },
+            },
             "done": {
                 "description": "Finish: a status and a short summary of what you found and did.",
                 "input_schema": {
@@ -181,7 +222,7 @@ class Toolbox:
                 },
             },
         }
-        return [{"name": name, **every[name]} for name in ("notify", "emit", "watch", "done") if name in self.allowed]
+        return [{"name": name, **every[name]} for name in ORDER if name in self.allowed]
 
     async def run(self, h: Handoff, n: int, block: dict[str, Any], now: float) -> ToolOutcome:
         """Validate and carry out one tool_use block of step n. Never raises for the model's mistakes."""
@@ -200,6 +241,10 @@ class Toolbox:
                 return await self._emit(args, tid, key, now)
             if isinstance(args, WatchArgs):
                 return self._watch(h, args, tid, key, now)
+            if isinstance(args, ReadStateArgs):
+                return await self._read_state(h, tid)
+            if isinstance(args, WriteStateArgs):
+                return self._write_state(h, args, tid, key, now)
         except WatchdError as exc:
             if isinstance(exc, ToolUnavailable):
                 raise
@@ -242,6 +287,25 @@ class Toolbox:
         except Exception as exc:  # NATS down or slow: retry the delivery; the same id is stored once
             raise ToolUnavailable(f"emit {args.subject}: {type(exc).__name__}") from None
         return ToolOutcome(_result(tid, f"published {args.subject} (event {event.id}, seq {ack.seq})"))
+
+    def _scope(self, h: Handoff) -> Scope:
+        assert self.cfg.state is not None
+        return memory.scope_of(self.cfg.state, self.agent, h)
+
+    async def _read_state(self, h: Handoff, tid: str) -> ToolOutcome:
+        assert self.store is not None
+        v = await self.store.call(agent_state.current, self._scope(h))
+        if v is None:
+            return ToolOutcome(_result(tid, "no state saved yet (version 0): null"))
+        return ToolOutcome(_result(tid, f"version {v.version}: {msgspec.json.encode(v.doc).decode()}"))
+
+    def _write_state(self, h: Handoff, args: WriteStateArgs, tid: str, key: str, now: float) -> ToolOutcome:
+        size = len(msgspec.json.encode(args.state))
+        if size > memory.MAX_STATE_BYTES:
+            raise WatchdError(f"the state is {size} bytes, over the limit of {memory.MAX_STATE_BYTES}")
+        scope = self._scope(h)
+        effect = agent_state.write_version(scope, args.state, now, handoff_id=h.id, write_id=key, note=args.note)
+        return ToolOutcome(_result(tid, f"saved a new version of {scope.describe()}'s state"), effect)
 
     def _watch(self, h: Handoff, args: WatchArgs, tid: str, key: str, now: float) -> ToolOutcome:
         within_s = parse_duration(args.within)

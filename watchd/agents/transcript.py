@@ -32,6 +32,9 @@ def _tokens(usage: dict[str, int], total: int) -> dict[str, int]:
 def request_summary(step: StepRecord) -> str:
     """One line on what this call asked: the handoff itself, or the results of the previous step's tools."""
     results = [b for b in step.request if b.get("type") == "tool_result"]
+    resumed = step.meta.get("resumed_from")
+    if resumed:
+        return f"resumes the checkpoint of {resumed} ({len(results)} tool results), then the new handoff"
     if results:
         errors = sum(1 for b in results if b.get("is_error"))
         more = f" ({errors} an error)" if errors == 1 else f" ({errors} errors)" if errors else ""

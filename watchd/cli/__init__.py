@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "agents:runs",
         "Agent runs, newest first: steps, tokens (input/output/cache), estimated cost, outcome, limit hit.",
     ),
+    "state": (
+        "state:state",
+        "Agents' saved state across runs: list the documents, show a version, or diff two versions.",
+    ),
     "backup": (
         "backup:backup",
         "Back up the state, the watch files and the config (secrets redacted) now, and prove it restores.",

@@ -8,7 +8,7 @@ transaction.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -59,6 +59,7 @@ class Step:
     request: list[dict[str, Any]]  # the user turn this call added
     response: list[dict[str, Any]]  # the assistant's content blocks
     tool_results: dict[str, dict[str, Any]]  # tool_use id -> its tool_result block, as each tool finished
+    meta: dict[str, Any] = field(default_factory=dict)  # the request's shape; a checkpoint it resumed
 
     def tool_uses(self) -> list[dict[str, Any]]:
         return [b for b in self.response if b.get("type") == "tool_use"]
@@ -138,12 +139,14 @@ def new_run(conn: sqlite3.Connection, handoff_id: str, agent: str, model: str, n
 
 def steps_of(conn: sqlite3.Connection, handoff_id: str) -> list[Step]:
     rows = conn.execute(
-        "SELECT n, run_id, model, request, response, tool_results FROM agent_steps WHERE handoff_id = ? ORDER BY n",
+        "SELECT n, run_id, model, request, response, tool_results, meta FROM agent_steps WHERE handoff_id = ? "
+        "ORDER BY n",
         (handoff_id,),
     ).fetchall()
+    dec = msgspec.json.decode
     return [
-        Step(n, run, model, msgspec.json.decode(req), msgspec.json.decode(resp), msgspec.json.decode(tools))
-        for n, run, model, req, resp, tools in rows
+        Step(n, run, model, dec(req), dec(resp), dec(tools), dec(meta))
+        for n, run, model, req, resp, tools, meta in rows
     ]
 
 
@@ -160,10 +163,13 @@ def record_step(
     cost: float,
     latency_s: float,
     meta: dict[str, Any] | None = None,
+    effect: Write | None = None,
 ) -> None:
     """The model call of step n, and the run's counters, in one transaction. `meta` says what the
     request was beyond its new turn (the output cap, the conversation's length, an escalation)."""
     with Transaction(conn):
+        if effect is not None:
+            effect(conn)
         conn.execute(
             "INSERT INTO agent_steps (handoff_id, n, run_id, agent, at, model, request, response, usage, tokens, "
             "cost_usd, latency_s, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

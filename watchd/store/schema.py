@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS agent_watches (id TEXT PRIMARY KEY, agent TEXT NOT NU
     definition TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS agent_batches (handoff_id TEXT PRIMARY KEY, agent TEXT NOT NULL, batch_id TEXT,
     state TEXT NOT NULL, params TEXT NOT NULL, queued_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_state (agent TEXT NOT NULL, watch TEXT NOT NULL, key TEXT NOT NULL,
+    version INTEGER NOT NULL, doc TEXT NOT NULL, at REAL NOT NULL, handoff_id TEXT, write_id TEXT UNIQUE, note TEXT,
+    PRIMARY KEY (agent, watch, key, version));
+CREATE TABLE IF NOT EXISTS agent_checkpoints (agent TEXT NOT NULL, watch TEXT NOT NULL, key TEXT NOT NULL,
+    handoff_id TEXT NOT NULL, run_id TEXT NOT NULL, limit_hit TEXT NOT NULL, at REAL NOT NULL, resumed_by TEXT,
+    PRIMARY KEY (agent, watch, key, handoff_id));
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,
     since REAL NOT NULL, completed_at REAL);
 CREATE TABLE IF NOT EXISTS schedule_ticks (key TEXT PRIMARY KEY, schedule TEXT NOT NULL, version INTEGER NOT NULL,
