@@ -22,7 +22,6 @@ _KINDS: dict[str, FieldKind] = {"header": "header", "json": "json", "query": "qu
 
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
-_VALUE_CHARS = 200  # a field value quoted in an error is cut here
 
 
 class TemplateError(ValueError):
@@ -149,8 +148,3 @@ def _step(node: Any, part: str) -> Any:
     if isinstance(node, list) and part.isdigit() and int(part) < len(node):
         return node[int(part)]
     return _ABSENT
-
-
-def shown(value: str) -> str:
-    """A rendered value quoted for an error, cut short."""
-    return repr(value) if len(value) <= _VALUE_CHARS else repr(value[:_VALUE_CHARS]) + "…"
