@@ -101,3 +101,16 @@ def test_sync_is_written_as_nats_server_reads_it(given: str, written: str) -> No
 def test_a_sync_that_is_neither_always_nor_a_duration_cannot_reach_nats_server() -> None:
     with pytest.raises(WatchdError, match="neither"):
         sync_interval("sometimes")
+
+
+def test_a_file_secret_that_cannot_be_read_is_a_warning_at_its_line(tmp_path: Path) -> None:
+    readable = tmp_path / "token"
+    readable.write_text("t0ken-value\n")
+    cfg = (
+        f'[http]\ntoken = "file:{readable}"\n'
+        f'[notify.phone]\ntype = "telegram"\ntoken = "file:{tmp_path}/missing"\nchat_id = "42"\n'
+    )
+    code, lines = validate(tmp_path, cfg)
+    assert code == 0, lines
+    missing = "file:missing cannot be read here (No such file or directory)"  # validate() cuts tmp_path
+    assert lines == [f"config.toml:5:1: warning: {missing}; the daemon needs it"]

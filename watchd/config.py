@@ -432,6 +432,9 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
         if entry != "watches/" and not resolve_path(base, entry).exists():  # the default may be absent
             probs.at(("watches", i), f"watch path {entry!r} not found (relative paths start at the config's folder)")
     for setting, value in secret_settings(config):
+        unreadable = opsettings.unreadable_secret_file(value)
+        if unreadable is not None:
+            probs.warn(setting, unreadable)
         name = unset_env(value)
         if name is None:
             continue

@@ -7,6 +7,8 @@ settings whose text has a grammar of its own: listen addresses and the JetStream
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from watchd.errors import WatchdError
@@ -60,3 +62,25 @@ def check(config: Config, probs: FileProblems) -> None:
         sync_interval(config.nats.sync)
     except WatchdError as exc:
         probs.at(("nats", "sync"), f"{exc.message.removeprefix('[nats] ')}: {exc.hint}")
+
+
+def unreadable_secret_file(value: str) -> str | None:
+    """Why a `file:` secret (or a `cred:` one, when $CREDENTIALS_DIRECTORY is set) cannot be read
+    here, as a warning: the daemon may run as another user, but most often the path is wrong.
+    None when it reads, or is no file secret. A `cred:` outside systemd is not checked: only the
+    service has the credentials directory."""
+    scheme, _, rest = value.partition(":")
+    if scheme == "cred":
+        folder = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not folder:
+            return None
+        path = Path(folder) / rest
+    elif scheme == "file":
+        path = Path(rest)
+    else:
+        return None
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as exc:
+        return f"{scheme}:{rest} cannot be read here ({exc.strerror}); the daemon needs it"
