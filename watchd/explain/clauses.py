@@ -11,6 +11,7 @@ misses kept for `explain`, never on the engine's hot path.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime, timedelta
@@ -38,6 +39,13 @@ _RELATIONS = frozenset(("==", "!=", "<=", ">=", "<", ">"))
 
 def split_top(source: str, op: str) -> list[str]:
     """`a && (b || c) && "x&&y"` split at `op` outside brackets and strings; one part if none."""
+    return list(_split_top(source, op))
+
+
+# A daemon explains the near misses of every batch, the same few `where` sources over and over:
+# their parse is worth keeping.
+@functools.lru_cache(maxsize=4096)
+def _split_top(source: str, op: str) -> tuple[str, ...]:
     masked = _mask(source)
     parts: list[str] = []
     depth, start, i = 0, 0, 0
@@ -48,7 +56,7 @@ def split_top(source: str, op: str) -> list[str]:
         elif ch in ")]}":
             depth -= 1
         elif ch == "?" and depth == 0:
-            return [source.strip()]  # a top-level conditional is one clause: splitting would change it
+            return (source.strip(),)  # a top-level conditional is one clause: splitting would change it
         elif depth == 0 and masked.startswith(op, i):
             parts.append(source[start:i].strip())
             start = i + len(op)
@@ -56,7 +64,7 @@ def split_top(source: str, op: str) -> list[str]:
             continue
         i += 1
     parts.append(source[start:].strip())
-    return [_unwrap(p) for p in parts if p]
+    return tuple(_unwrap(p) for p in parts if p)
 
 
 def _unwrap(part: str) -> str:
@@ -311,10 +319,11 @@ def _described(clause: str, ctx: Any, err: str = "") -> str:
     return f"{clause}" + (f" ({detail})" if detail else "")
 
 
-def explain_false(source: str, event: Event) -> str:
+def explain_false(source: str, event: Event, ctx: Any = None) -> str:
     """Why a `where` was false for `event`: the whole expression first (as the engine records it),
-    then the failing clause(s) with their field values."""
-    ctx = expr.event_context(event)
+    then the failing clause(s) with their field values. `ctx`: the event's CEL context, when the
+    caller has it already (one per event, however many watches missed it)."""
+    ctx = expr.event_context(event) if ctx is None else ctx
     head = f"{WHERE_FALSE}{source}"
     whole = _unwrap(source.strip())
     alternatives = split_top(whole, "||")
@@ -354,11 +363,16 @@ def describe_misses(decisions: list[Decision], events: dict[int, Event]) -> None
     """Rewrite each kept miss's reason to say what the event met: for a `where_false` (the
     engine's `where false: <source>`) the failing clause and its field values; for an error, the
     failing part and the values and types it met. `events` are the batch's events by sequence."""
+    contexts: dict[int, Any] = {}  # by sequence: the CEL conversion is the dear part
     for d in decisions:
         event = events.get(d.seq) if d.seq is not None else None
         if event is None:
             continue
         if d.verdict == Verdict.WHERE_FALSE and d.reason.startswith(WHERE_FALSE):
-            d.reason = explain_false(d.reason[len(WHERE_FALSE) :], event)
+            assert d.seq is not None
+            ctx = contexts.get(d.seq)
+            if ctx is None:
+                ctx = contexts[d.seq] = expr.event_context(event)
+            d.reason = explain_false(d.reason[len(WHERE_FALSE) :], event, ctx)
         elif d.verdict in (Verdict.WHERE_ERROR, Verdict.KEY_ERROR):
             d.reason = explain_errored(d.reason, event)
