@@ -3,9 +3,10 @@
 
 It reads the journal from `<-D dir>/entries.jsonl` (one `journalctl -o json` line per entry, as
 recorded from a real journal) and answers the subset of journalctl a source uses, with the same
-meaning: `-o json`, `-n N`, `--no-tail`, `-f` (follows the file as it grows), `--after-cursor`,
+meaning: `-o json`, `-n N`, `--no-tail`, `-f` (follows the file as it grows), `--cursor`, `--after-cursor`,
 `-m`, `-u UNIT` (as journalctl: the unit's own processes, or PID 1 speaking about it), `-p PRIO`
-(that and more severe), and `FIELD=VALUE` matches (same field OR, different fields AND).
+(that and more severe), and `FIELD=VALUE` matches (same field OR, different fields AND, `+` OR).
+Like journalctl, it exits in follow mode once its reader has gone.
 
 With `<dir>/generate.json` (`{"rate": 5000, "start": <unix time>, "unit": "bench.service"}`) the
 journal is instead an endless synthetic one in which entry i was written at start + i / rate: a
@@ -18,6 +19,7 @@ import argparse
 import fnmatch
 import json
 import os
+import select
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-tail", action="store_true")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--after-cursor")
+    p.add_argument("-c", "--cursor")
     p.add_argument("-m", "--merge", action="store_true")
     p.add_argument("-a", "--all", action="store_true")
     p.add_argument("--no-pager", action="store_true")
@@ -50,12 +53,16 @@ def unit_name(name: str) -> str:
 
 def matcher(args: argparse.Namespace) -> Any:
     units = [unit_name(u) for u in args.unit]
-    fields: dict[str, set[str]] = {}
+    # FIELD=VALUE terms: the same field OR, different fields AND; "+" between groups is OR.
+    groups: list[dict[str, set[str]]] = [{}]
     for m in args.matches:
+        if m == "+":
+            groups.append({})
+            continue
         if "=" not in m:
             sys.exit(f'"{m}" is not a valid match')
         k, v = m.split("=", 1)
-        fields.setdefault(k, set()).add(v)
+        groups[-1].setdefault(k, set()).add(v)
     prio: set[str] | None = None
     if args.priority:
         spec = args.priority
@@ -77,7 +84,7 @@ def matcher(args: argparse.Namespace) -> Any:
                 return False
         if prio is not None and e.get("PRIORITY") not in prio:
             return False
-        return all(e.get(k) in vs for k, vs in fields.items())
+        return any(all(e.get(k) in vs for k, vs in g.items()) for g in groups)
 
     return ok
 
@@ -133,6 +140,13 @@ def generated(spec: dict[str, Any], first: int, follow: bool) -> Iterator[dict[s
         i += 1
 
 
+def reader_gone() -> bool:
+    """The pipe's reading end closed (journalctl polls stdout for it, so it ends with its reader)."""
+    p = select.poll()
+    p.register(sys.stdout.fileno(), 0)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
 def index_of(cursor: str) -> int:
     for part in cursor.split(";"):
         if part.startswith("i="):
@@ -155,17 +169,20 @@ def main(argv: list[str]) -> int:
         with open(gen_path) as f:
             spec = json.load(f)
         first = index_of(args.after_cursor) + 1 if args.after_cursor else 0
-        if args.after_cursor is None and args.lines is not None and not args.no_tail:
+        first = index_of(args.cursor) if args.cursor else first
+        if not (args.after_cursor or args.cursor) and args.lines is not None and not args.no_tail:
             first = max(0, int((time.time() - float(spec["start"])) * float(spec["rate"])) - args.lines)
         source = generated(spec, first, args.follow)
     else:
         source = recorded(os.path.join(directory, "entries.jsonl"), args.follow)
-    if not generating and (args.after_cursor or (args.lines is not None and not args.no_tail)):
+    if not generating and (args.after_cursor or args.cursor or (args.lines is not None and not args.no_tail)):
         # Position first over what is already there, as journalctl seeks before it follows.
         existing = list(recorded(os.path.join(directory, "entries.jsonl"), False))
+        cursors = [e.get("__CURSOR") for e in existing]
         if args.after_cursor:
-            cursors = [e.get("__CURSOR") for e in existing]
             skip = cursors.index(args.after_cursor) + 1 if args.after_cursor in cursors else 0
+        elif args.cursor:
+            skip = cursors.index(args.cursor) if args.cursor in cursors else 0
         else:
             shown = [i for i, e in enumerate(existing) if ok(e)]
             n = args.lines or 0
@@ -177,6 +194,8 @@ def main(argv: list[str]) -> int:
         for entry in source:
             if not entry:
                 out.flush()
+                if reader_gone():
+                    return 0
                 continue
             if ok(entry):
                 out.write(json.dumps(entry, separators=(",", ":")) + "\n")

@@ -18,7 +18,7 @@ REGISTRY: dict[str, str] = {
     "webhook": "watchd.sources.webhook:WebhookSource",
     "poll": "watchd.sources.poll:PollSource",
     "file": "watchd.sources.files:FileSource",
-    "journal": "watchd.sources.pending:JournalPending",
+    "journal": "watchd.sources.journal:JournalSource",
     "telegram": "watchd.sources.pending:TelegramPending",
     "slack": "watchd.sources.pending:SlackPending",
 }

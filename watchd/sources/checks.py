@@ -13,6 +13,7 @@ from typing import Any
 from watchd.sources import PENDING, REGISTRY
 from watchd.sources.settings import (
     FileSettings,
+    JournalSettings,
     PollSettings,
     SourceSettings,
     WebhookSettings,
@@ -142,8 +143,39 @@ def _check_file(s: Any, here: Path_, probs: FileProblems) -> None:
     check_duration(s.debounce, (*here, "debounce"), probs)
 
 
+_JOURNAL_FIELD = re.compile(r"^[A-Z0-9_]+$")  # journal field names: upper case, digits, underscores
+
+
+def _check_journal(s: Any, here: Path_, probs: FileProblems) -> None:
+    assert isinstance(s, JournalSettings)
+    from watchd.sources.journal import TEMPLATE_FIELDS, template_problem
+
+    if s.subject is not None:
+        problem = template_problem(s.subject)
+        if problem:
+            probs.at((*here, "subject"), problem)
+        else:
+            example = s.subject
+            for name in TEMPLATE_FIELDS:
+                example = example.replace("{" + name + "}", "x")
+            if example.startswith("watchd."):
+                probs.at((*here, "subject"), f"subject {s.subject!r}: subjects under watchd. are watchd's own")
+            else:
+                check_plain_subject(example, (*here, "subject"), probs)
+    for i, unit in enumerate(s.units):
+        if not unit.strip() or any(c.isspace() for c in unit):
+            probs.at((*here, "units", i), f"unit {unit!r} is not a unit name, e.g. backup.service")
+    for key in s.match:
+        if not _JOURNAL_FIELD.match(key) or key.startswith("__"):
+            probs.at(
+                (*here, "match", key),
+                f"{key!r} is not a journal field: fields are upper case, e.g. SYSLOG_IDENTIFIER or _SYSTEMD_UNIT",
+            )
+
+
 # Per type; a type's module adds its own when it has settings to check.
 CHECKS: dict[type, Callable[[Any, Path_, FileProblems], None]] = {
     PollSettings: _check_poll,
     FileSettings: _check_file,
+    JournalSettings: _check_journal,
 }

@@ -59,6 +59,7 @@ class JournalSettings(_SettingsBase, tag="journal", kw_only=True):
     units: list[str] = msgspec.field(default_factory=list)
     priority: Priority | None = None  # this and more severe
     match: dict[str, str] = msgspec.field(default_factory=dict)
+    directory: str | None = None  # journal files of another machine or a container (journalctl -D)
 
 
 class TelegramSettings(_SettingsBase, tag="telegram", kw_only=True):

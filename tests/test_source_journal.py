@@ -1,0 +1,184 @@
+"""The journal source against the machine's real journalctl reading a private journald (`[real]`,
+where this machine can run one) and against the recorded-output stand-in (`[standin]`): entries
+become events with their cursor as id, filters, `systemd.unit.failed`, resuming after a stop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.journal import Journal, journal_backends, make_journal
+from support.sources import SourceRun
+from support.waiting import until
+
+from watchd import config
+from watchd.bus import EmbeddedNats
+from watchd.errors import ConfigError
+
+
+@pytest.fixture(params=journal_backends())
+def journal(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
+    j = make_journal(request.param, tmp_path / "journal-root")
+    j.write(MESSAGE="a journal is never empty: this is where a first start begins")
+    for k, v in j.env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+def source_toml(journal: Journal, extra: str = "") -> str:
+    return f'type = "journal"\ndirectory = "{journal.directory}"\n{extra}'
+
+
+def by_subject(events: list[dict], subject: str) -> list[dict]:
+    return [e for e in events if e["subject"] == subject]
+
+
+async def test_entries_after_the_first_start_become_events(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    journal.write(MESSAGE="written before watchd ever ran", SYSLOG_IDENTIFIER="old")
+    run = await SourceRun(nats_server.url, tmp_path, "units", source_toml(journal)).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.write(MESSAGE="disk almost full", PRIORITY="3", SYSLOG_IDENTIFIER="df-check")
+    journal.unit_failed("backup.service", "exit-code")
+    events = await until(lambda: run.stored(3), what="three events")
+    await run.stop()
+
+    assert [e["data"]["message"] for e in events if e["subject"].startswith("journal.")] == [
+        "disk almost full",
+        "backup.service: Failed with result 'exit-code'.",
+    ]
+    first = events[0]
+    assert first["source"] == "units"
+    assert first["data"]["priority"] == 3 and first["data"]["identifier"] == "df-check"
+    assert first["id"] == first["data"]["cursor"] == journal.cursors()[-2]
+    assert first["data"]["fields"]["SYSLOG_IDENTIFIER"] == "df-check"
+
+    # PID 1's "Unit failed": a journal event about the unit, and systemd.unit.failed.
+    about = events[1]
+    assert about["subject"] == "journal.backup.service"
+    assert about["data"]["unit"] == "backup.service"
+    [failed] = by_subject(events, "systemd.unit.failed")
+    assert failed["data"]["unit"] == "backup.service" and failed["data"]["result"] == "exit-code"
+    assert failed["data"]["cursor"] == about["id"] and failed["id"] != about["id"]
+    assert run.position()["cursor"] == journal.cursors()[-1]
+
+
+async def test_priority_and_match_filter_but_a_unit_failure_always_gets_through(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    toml = source_toml(
+        journal, 'priority = "err"\nmatch = { SYSLOG_IDENTIFIER = "sshd" }\nsubject = "auth.{identifier}"'
+    )
+    run = await SourceRun(nats_server.url, tmp_path, "ssh", toml).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.write(MESSAGE="sshd info: accepted key", PRIORITY="6", SYSLOG_IDENTIFIER="sshd")
+    journal.write(MESSAGE="cron error", PRIORITY="3", SYSLOG_IDENTIFIER="cron")
+    journal.write(MESSAGE="sshd error: too many failures", PRIORITY="3", SYSLOG_IDENTIFIER="sshd")
+    journal.unit_failed("nginx.service", "signal")  # warning, from systemd: fails both filters
+    journal.write(MESSAGE="sshd crit", PRIORITY="2", SYSLOG_IDENTIFIER="sshd")
+    events = await until(lambda: run.stored(3), what="three events")
+    await run.stop()
+    assert [(e["subject"], e["data"]["message"]) for e in events] == [
+        ("auth.sshd", "sshd error: too many failures"),
+        ("systemd.unit.failed", "nginx.service: Failed with result 'signal'."),
+        ("auth.sshd", "sshd crit"),
+    ]
+    assert events[1]["data"]["result"] == "signal"
+
+
+async def test_units_filter(journal: Journal, nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    toml = source_toml(journal, 'units = ["backup.service"]')
+    run = await SourceRun(nats_server.url, tmp_path, "units", toml).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.unit_failed("nginx.service")
+    journal.write(MESSAGE="someone else", SYSLOG_IDENTIFIER="cron")
+    journal.unit_failed("backup.service")
+    events = await until(lambda: run.stored(2), what="two events")
+    await run.stop()
+    assert {e["subject"] for e in events} == {"journal.backup.service", "systemd.unit.failed"}
+    assert all(e["data"]["unit"] == "backup.service" for e in events)
+
+
+async def test_a_restart_resumes_at_the_cursor_and_sends_nothing_twice(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.write(MESSAGE="one")
+    await until(lambda: run.stored(1))
+    await run.stop()
+    for word in ("two", "three", "four"):  # while the source is down
+        journal.write(MESSAGE=word)
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    journal.write(MESSAGE="five")
+    events = await until(lambda: run.stored(5))
+    await run.stop()
+    assert [e["data"]["message"] for e in events] == ["one", "two", "three", "four", "five"]
+    assert run.health.duplicates == 0
+    assert len({e["id"] for e in events}) == 5
+
+
+async def test_a_lost_position_resends_and_the_stream_stores_each_once(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The position file says an older cursor than what was stored (a crash between the ack and the
+    write): the re-sent entries keep their ids and are stored once."""
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    start = await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    for word in ("one", "two", "three"):
+        journal.write(MESSAGE=word)
+    await until(lambda: run.stored(3))
+    await run.stop()
+    run.positions.save("j", {"cursor": start})
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    journal.write(MESSAGE="four")
+    events = await until(lambda: run.stored(4))
+    await until(lambda: run.health.duplicates == 3, what="three re-sent entries")
+    await run.stop()
+    assert [e["data"]["message"] for e in events] == ["one", "two", "three", "four"]
+
+
+def test_validate_checks_journal_settings_at_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[source.a]\ntype = "journal"\nsubject = "journal.{unti}"\n'
+        '[source.b]\ntype = "journal"\nunits = ["backup.service", "two words"]\n'
+        'match = { syslog_identifier = "sshd" }\npriority = "warn"\n'
+        '[source.c]\ntype = "journal"\nsubject = "watchd.{unit}"\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    found = [p.replace(str(path), "config.toml") for p in exc.value.problems]
+    assert found == [
+        "config.toml:3:1: unknown field {unti} in the subject: a journal subject may use "
+        "{unit}, {identifier}, {priority}, {host}",
+        "config.toml:6:1: unit 'two words' is not a unit name, e.g. backup.service",
+        "config.toml:7:11: 'syslog_identifier' is not a journal field: fields are upper case, "
+        "e.g. SYSLOG_IDENTIFIER or _SYSTEMD_UNIT",
+        "config.toml:8:1: `priority` must be one of alert, crit, debug, emerg, err, info, notice, warning, "
+        "not the string 'warn': did you mean 'warning'?",
+        "config.toml:11:1: subject 'watchd.{unit}': subjects under watchd. are watchd's own",
+    ]
+
+
+async def test_changed_filters_resume_without_losing_the_first_match(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The saved cursor's entry does not pass the new filters: journalctl's --after-cursor would
+    skip the first entry that does; resuming with --cursor does not."""
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.write(MESSAGE="from cron", SYSLOG_IDENTIFIER="cron")
+    await until(lambda: run.stored(1))
+    await run.stop()
+    journal.write(MESSAGE="from sshd, while down", SYSLOG_IDENTIFIER="sshd")
+    toml = source_toml(journal, 'match = { SYSLOG_IDENTIFIER = "sshd" }')
+    run = await SourceRun(nats_server.url, tmp_path, "j", toml).start()
+    events = await until(lambda: run.stored(2))
+    await run.stop()
+    assert [e["data"]["message"] for e in events] == ["from cron", "from sshd, while down"]
