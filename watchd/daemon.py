@@ -842,11 +842,16 @@ class Daemon:
 
         await self.upkeep.every("watchdog", step, interval_s=interval_s)
 
+    def _engine_alive(self, now: float) -> bool:
+        """The engine loop ran recently, or it is retrying a commit the disk refused: waiting for
+        storage (which health reports as such), not wedged."""
+        return now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or self.storage.health.failing(storage.STATE)
+
     def watchdog_message(self) -> str:
         """What to tell systemd now: WATCHDOG=1 only while the engine loop is alive and events can
         be stored (after a grace for watchd's own recovery), so that systemd restarts a daemon that
         is wedged or cannot store; STATUS= says which, when it changes."""
-        engine_ok = self.clock() - self.last_loop_at < MAX_IDLE_WAIT_S * 3
+        engine_ok = self._engine_alive(self.clock())
         status = self.storage.health.summary() or ("watching" if engine_ok else "engine loop stalled")
         lines = [] if status == self._status_sent else [f"STATUS={status}"]
         self._status_sent = status
@@ -856,7 +861,7 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         now = self.clock()
-        engine_ok = now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or not self.active  # a standby runs none
+        engine_ok = self._engine_alive(now) or not self.active  # a standby runs none
         nats_ok = self.nc is not None and self.nc.is_connected
         down = self.upkeep.core_down()  # a side task's failure is counted in /metrics, not here
         storage_ok = self.storage.health.ok

@@ -126,6 +126,9 @@ class StoreHealth:
     def ok(self) -> bool:
         return not self.failures
 
+    def failing(self, kind: str) -> bool:
+        return kind in self.failures
+
     def failing_for_s(self, kind: str | None = None) -> float:
         """How long the oldest current failure (of `kind`, or any) has lasted; 0 when none."""
         starts = [f.since for k, f in self.failures.items() if kind is None or k == kind]
