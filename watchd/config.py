@@ -187,8 +187,14 @@ class _AgentBase(_Strict, tag_field="type", kw_only=True):
     version: list[str] | None = None  # its output changing (an upgrade) runs the release canary
 
 
+EscalationClass = Literal["overloaded", "rate_limited", "server_error", "timeout", "tool_error"]
+
+
 class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
-    model: str
+    model: str = ""
+    # cheapest first: a run starts on the first and moves up on `escalate(reason)` or an `escalate_on` failure
+    models: list[str] = msgspec.field(default_factory=list)
+    escalate_on: list[EscalationClass] = msgspec.field(default_factory=list)
     # a JSON document kept across runs: one per agent, or one per watch and key (README: agent state)
     state: Literal["agent", "per-key"] | None = None
     instructions: str = ""
@@ -560,8 +566,19 @@ def after_cycle(after: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def model_tiers(agent: AnthropicAgent) -> list[str]:
+    """The models a run may use, cheapest first: `models`, or the one `model`."""
+    return list(agent.models) if agent.models else [agent.model]
+
+
 def _check_anthropic(config: Config, name: str, agent: AnthropicAgent, probs: FileProblems) -> None:
     here: tuple[PathPart, ...] = ("agent", name)
+    if not agent.model and not agent.models:
+        probs.at(here, f'[agent.{name}] needs `model` (or `models`, cheapest first), e.g. model = "claude-haiku-4-5"')
+    elif agent.model and agent.models:
+        probs.at((*here, "models"), "set `model` or `models`, not both: `models` lists every tier, cheapest first")
+    if agent.escalate_on and len(agent.models) < 2:
+        probs.at((*here, "escalate_on"), "`escalate_on` needs `models` with at least two tiers to escalate to")
     _check_duration(agent.max_watch_for, (*here, "max_watch_for"), probs)
     notifiers = set(config.notify) | {"console"}
     for i, tool in enumerate(agent.tools):

@@ -49,12 +49,13 @@ from watchd.agents.envelope import (
     with_breakpoint,
 )
 from watchd.agents.tools import Toolbox, ToolUnavailable, content_blocks, done_of, text_of
-from watchd.config import AnthropicAgent, Config
+from watchd.config import AnthropicAgent, Config, model_tiers
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.model import Handoff, iso
 from watchd.notify.http_client import resolve, scrub
 from watchd.store import Store, agent_state, runs
+from watchd.store.db import Write
 from watchd.store.runs import Run, Step
 
 log = logging.getLogger("watchd.agents.anthropic")
@@ -66,11 +67,12 @@ TOO_LONG_MARKERS = ("prompt is too long", "context length", "context window", "t
 
 
 class _Stop(Exception):
-    """Leave the run loop with this outcome."""
+    """Leave the run loop with this outcome; `failure` is its class for `escalate_on`."""
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: Outcome, failure: str | None = None) -> None:
         super().__init__(outcome)
         self.outcome = outcome
+        self.failure = failure
 
 
 class _TooLong(Exception):
@@ -122,6 +124,7 @@ class AnthropicRunner:
         self.client = anthropic.AsyncAnthropic(
             api_key=self._api_key, base_url=cfg.base_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
         )
+        self.tiers = model_tiers(cfg)
         self.toolbox = Toolbox(cfg, agent=name, js=js, store=store)
         self.tools = self.toolbox.specs()
         self.system = system_blocks(cfg.instructions, cfg.cache_ttl)
@@ -143,7 +146,7 @@ class AnthropicRunner:
             resumed = agent_state.resume_checkpoint(self.name, h.watch, h.key or "", h.id, h.id)
             await self.store.call(resumed)
         if run is None or run.ended_at is not None:
-            first = self.params(self.cfg.model, [{"role": "user", "content": handoff_turn(h)}], self.cfg.max_tokens)
+            first = self.params(self.tiers[0], [{"role": "user", "content": handoff_turn(h)}], self.cfg.max_tokens)
             need = estimate_tokens(first) + MIN_OUTPUT_TOKENS
             beyond = self.beyond_any_day(need)
             if beyond:
@@ -151,18 +154,19 @@ class AnthropicRunner:
             wait = await self.budget_wait(need)
             if wait is not None:
                 return wait
-            run = await self.store.call(runs.new_run, h.id, self.name, self.cfg.model, self.clock())
+            run = await self.store.call(runs.new_run, h.id, self.name, self.tiers[0], self.clock())
         return await self._drive(h, run, steps)
 
     async def probe(self) -> tuple[bool, str]:
         """Whether the API answers for this model and key (a models lookup: no tokens spent)."""
         try:
-            await self.client.models.retrieve(self.cfg.model, timeout=15)
+            for model in self.tiers:
+                await self.client.models.retrieve(model, timeout=15)
         except anthropic.APIStatusError as exc:
-            return False, f"HTTP {exc.status_code} for model {self.cfg.model}"
+            return False, f"HTTP {exc.status_code} for model {model}"
         except anthropic.APIError as exc:
             return False, f"cannot reach the API: {type(exc).__name__}"
-        return True, f"model {self.cfg.model} available"
+        return True, f"model {' < '.join(self.tiers)} available"
 
     async def close(self) -> None:
         await self.client.close()
@@ -292,17 +296,27 @@ class AnthropicRunner:
             messages += [{"role": "user", "content": s.request}, {"role": "assistant", "content": s.response}]
         model = run.model
         evidence_cap: int | None = None
+        escalation: dict[str, str] | None = None  # what moved this run up a tier, for the next step's record
         while True:
             last = steps[-1] if steps else None
             if last is not None:
-                for block in last.pending_tools():
+                ran = last.pending_tools()
+                for block in ran:
                     out = await self.toolbox.run(h, last.n, block, self.clock())
-                    await self.store.call(runs.record_tool_result, h.id, last.n, block["id"], out.block, out.effect)
+                    effect = out.effect
+                    if out.escalate is not None:
+                        out.block, effect, escalation = self._escalation(run, last.n, model, out.escalate, out.block)
+                        model = escalation["to"] if escalation else model
+                    await self.store.call(runs.record_tool_result, h.id, last.n, block["id"], out.block, effect)
                     last.tool_results[block["id"]] = out.block
                     if out.watch_added and self.on_watch is not None:
                         self.on_watch()
                 if done_of(last) is not None or not last.tool_uses():
                     return await self._finish(run, last)
+                bad = [b for b in ran if str(last.tool_results[b["id"]].get("content", "")).startswith("invalid")]
+                if bad and escalation is None and "tool_error" in self.cfg.escalate_on:
+                    escalation = await self._escalate(run, last.n, model, "tool_error: invalid tool arguments")
+                    model = escalation["to"] if escalation else model
             if run.steps >= self.cfg.max_steps:
                 return await self._limit(run, "max_steps", f"{self.cfg.max_steps} model calls", h)
             if last is not None:
@@ -328,6 +342,14 @@ class AnthropicRunner:
             params["max_tokens"] = min(self.cfg.max_tokens, a.tokens - need)
             try:
                 content, usage, latency = await self._call(params, need)
+            except _Stop as stop:
+                nxt = self._next_tier(model)
+                if nxt is None or stop.failure not in self.cfg.escalate_on:
+                    raise
+                reason = f"{stop.failure}: {stop.outcome.detail}"
+                escalation = await self._escalate(run, last.n if last else 0, model, reason)
+                model = nxt
+                continue
             except _TooLong:
                 if self.cfg.fallback_model and model != self.cfg.fallback_model:
                     log.info("%s: prompt too long for %s; retrying with %s", self.name, model, self.cfg.fallback_model)
@@ -341,6 +363,8 @@ class AnthropicRunner:
             price = price_for(model, self.config.prices)
             cost = cost_usd(usage, price, cache_ttl=self.cfg.cache_ttl)
             meta: dict[str, Any] = {"max_tokens": params["max_tokens"], "messages": len(asked)}
+            if escalation is not None:
+                meta["escalation"], escalation = escalation, None
             effect = None
             if last is None and resume is not None:  # the checkpoint is resumed once this step is stored
                 meta["resumed_from"] = resume[0].handoff_id
@@ -367,6 +391,39 @@ class AnthropicRunner:
             steps.append(Step(n, run.id, model, turn, content, {}, meta))
             messages = [*asked, {"role": "assistant", "content": content}]
 
+    # ---- model tiers ----
+
+    def _next_tier(self, model: str) -> str | None:
+        """The next larger model of `models` (None at the top, or for a model outside the list: a fallback)."""
+        if model not in self.tiers:
+            return None
+        i = self.tiers.index(model)
+        return self.tiers[i + 1] if i + 1 < len(self.tiers) else None
+
+    def _escalation(
+        self, run: Run, n: int, model: str, reason: str, block: dict[str, Any]
+    ) -> tuple[dict[str, Any], Write | None, dict[str, str] | None]:
+        """The model's `escalate` call: its result, the write that moves the run up, and the record of it."""
+        nxt = self._next_tier(model)
+        if nxt is None:
+            return (
+                {**block, "content": f"refused: {model} is already the largest model here", "is_error": True},
+                None,
+                None,
+            )
+        log.info("%s: run %s escalates from %s to %s: %s", self.name, run.id, model, nxt, reason[:200])
+        result = {**block, "content": f"escalated: the next step runs on {nxt}"}
+        return result, runs.escalate(run.id, n, model, nxt, reason), {"from": model, "to": nxt, "reason": reason}
+
+    async def _escalate(self, run: Run, n: int, model: str, reason: str) -> dict[str, str] | None:
+        """Move the run up a tier for a failure class the config names; None at the top."""
+        nxt = self._next_tier(model)
+        if nxt is None:
+            return None
+        log.info("%s: run %s escalates from %s to %s: %s", self.name, run.id, model, nxt, reason[:200])
+        await self.store.call(runs.escalate(run.id, n, model, nxt, reason))
+        return {"from": model, "to": nxt, "reason": reason}
+
     async def _call(self, params: dict[str, Any], reserve: int) -> tuple[list[dict[str, Any]], Usage, float]:
         """One Messages API call, its failures classified into a `_Stop` (or `_TooLong`)."""
         t0 = time.monotonic()
@@ -374,7 +431,7 @@ class AnthropicRunner:
             with self.in_flight.hold(self.name, reserve + int(params["max_tokens"])):
                 msg = await self.client.messages.create(**params, timeout=self.request_timeout_s)
         except anthropic.APITimeoutError:
-            raise _Stop(Retry(f"{self.name}: the API did not answer in time")) from None
+            raise _Stop(Retry(f"{self.name}: the API did not answer in time"), "timeout") from None
         except anthropic.APIConnectionError as exc:
             raise _Stop(Retry(f"{self.name}: cannot reach the API ({type(exc).__name__})")) from None
         except anthropic.APIStatusError as exc:
@@ -392,7 +449,8 @@ class AnthropicRunner:
             return _TooLong()
         detail = f"{self.name}: HTTP {status} {kind}" + (f": {message}" if message else "")
         if status in RETRY_STATUSES or status >= 500:
-            return _Stop(Retry(detail, retry_after_s=_retry_after_s(exc.response.headers)))
+            failure = {429: "rate_limited", 529: "overloaded"}.get(status, "server_error")
+            return _Stop(Retry(detail, retry_after_s=_retry_after_s(exc.response.headers)), failure)
         if status in (401, 403):
             detail += f" (check `api_key` of [{self.name}])"
         elif status == 404:

@@ -68,6 +68,10 @@ class DoneArgs(msgspec.Struct, forbid_unknown_fields=True):
     summary: _Text
 
 
+class EscalateArgs(msgspec.Struct, forbid_unknown_fields=True):
+    reason: _Text
+
+
 class ReadStateArgs(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
@@ -83,9 +87,10 @@ ARGS: dict[str, type[msgspec.Struct]] = {
     "watch": WatchArgs,
     "read_state": ReadStateArgs,
     "write_state": WriteStateArgs,
+    "escalate": EscalateArgs,
     "done": DoneArgs,
 }
-ORDER = ("notify", "emit", "watch", "read_state", "write_state", "done")
+ORDER = ("notify", "emit", "watch", "read_state", "write_state", "escalate", "done")
 
 
 class ToolUnavailable(WatchdError):
@@ -98,6 +103,7 @@ class ToolOutcome:
     effect: Write | None = None  # written with the result, in one transaction
     done: DoneArgs | None = None
     watch_added: bool = False
+    escalate: str | None = None  # the reason, for the runner to move the run to the next model
 
 
 def _result(tool_use_id: str, text: str, *, error: bool = False) -> dict[str, Any]:
@@ -145,6 +151,8 @@ class Toolbox:
         self.allowed = {"done"} | ({"notify"} if self.notifiers else set()) | {t for t in cfg.tools if t in ARGS}
         if cfg.state is not None and store is not None:  # the state tools come with `state`, not from `tools`
             self.allowed |= {"read_state", "write_state"}
+        if len(cfg.models) > 1:  # tiers to climb: the built-in `escalate` comes with them
+            self.allowed.add("escalate")
         self.max_watch_s = parse_duration(cfg.max_watch_for)
 
     def specs(self) -> list[dict[str, Any]]:
@@ -209,6 +217,18 @@ class Toolbox:
                     "properties": {"state": {"type": "object"}, "note": {"type": "string", "maxLength": 500}},
                 },
             },
+            "escalate": {
+                "description": (
+                    "Hand this run to a more capable model: call it alone when the task is beyond you, with the "
+                    "reason. The conversation so far goes with it."
+                ),
+                "input_schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["reason"],
+                    "properties": {"reason": {"type": "string", "maxLength": 4000}},
+                },
+            },
             "done": {
                 "description": "Finish: a status and a short summary of what you found and did.",
                 "input_schema": {
@@ -245,6 +265,8 @@ class Toolbox:
                 return await self._read_state(h, tid)
             if isinstance(args, WriteStateArgs):
                 return self._write_state(h, args, tid, key, now)
+            if isinstance(args, EscalateArgs):
+                return ToolOutcome(_result(tid, "escalating"), escalate=args.reason)
         except WatchdError as exc:
             if isinstance(exc, ToolUnavailable):
                 raise

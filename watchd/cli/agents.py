@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from watchd.cli.common import CONFIG_OPTION, dump_json, fail, load, out
+from watchd.cli.common import CONFIG_OPTION, dump_json, fail, load, one_line, out
 from watchd.store.runs import run_json
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def list_runs_cmd(config_path: str | None, limit: int, as_json: bool) -> None:
             started,
             r.agent,
             r.handoff_id,
-            r.model,
+            " → ".join([r.escalations[0]["from"], *(e["to"] for e in r.escalations)]) if r.escalations else r.model,
             outcome,
             str(r.steps),
             f"{r.input_tokens:,}",
@@ -87,6 +87,11 @@ def list_runs_cmd(config_path: str | None, limit: int, as_json: bool) -> None:
         )
         table.add_row(*(Text(c) for c in cells))
     out.print(table)
+    for r in found:  # below the table, where a narrow terminal cuts nothing
+        for e in r.escalations:
+            out.print(
+                Text(f"{r.id}: escalated at step {e['step']} from {e['from']} to {e['to']}: {one_line(e['reason'])}")
+            )
     total = sum(r.cost_usd for r in found)
     out.print(Text(f"{len(found)} runs, {sum(r.tokens for r in found):,} tokens, ${total:.4f} estimated"))
 

@@ -39,6 +39,13 @@ class Run:
     cost_usd: float
     latency_s: float
     active_s: float
+    escalations_json: str = "[]"
+
+    @property
+    def escalations(self) -> list[dict[str, Any]]:
+        """Each move to a larger model: {"step", "from", "to", "reason"}."""
+        found: list[dict[str, Any]] = msgspec.json.decode(self.escalations_json)
+        return found
 
     @property
     def tokens(self) -> int:
@@ -47,7 +54,7 @@ class Run:
 
 _RUN_COLUMNS = (
     "id, handoff_id, agent, model, started_at, ended_at, outcome, limit_hit, detail, steps, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_s, active_s"
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_s, active_s, escalations"
 )
 
 
@@ -221,6 +228,20 @@ def record_tool_result(
         )
 
 
+def escalate(run_id: str, step: int, old: str, new: str, reason: str) -> Write:
+    """The run moves to a larger model from its next call on (inside the caller's transaction)."""
+
+    def write(conn: sqlite3.Connection) -> None:
+        (raw,) = conn.execute("SELECT escalations FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+        done = msgspec.json.decode(raw)
+        done.append({"step": step, "from": old, "to": new, "reason": reason})
+        conn.execute(
+            "UPDATE agent_runs SET model = ?, escalations = ? WHERE id = ?", (new, encode(done).decode(), run_id)
+        )
+
+    return write
+
+
 def close_run(
     conn: sqlite3.Connection, run_id: str, now: float, outcome: str, detail: str, limit_hit: str | None = None
 ) -> None:
@@ -279,6 +300,7 @@ def run_json(r: Run) -> dict[str, Any]:
         },
         "cost_usd": round(r.cost_usd, 6),
         "latency_s": round(r.latency_s, 3),
+        "escalations": r.escalations,
     }
 
 

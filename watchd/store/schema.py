@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS agent_runs (id TEXT PRIMARY KEY, handoff_id TEXT NOT 
     model TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, outcome TEXT, limit_hit TEXT, detail TEXT,
     steps INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
     cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, active_s REAL NOT NULL DEFAULT 0);
+    cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0, active_s REAL NOT NULL DEFAULT 0,
+    escalations TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS agent_runs_handoff ON agent_runs (handoff_id, started_at);
 CREATE TABLE IF NOT EXISTS agent_steps (handoff_id TEXT NOT NULL, n INTEGER NOT NULL, run_id TEXT NOT NULL,
     agent TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
@@ -73,6 +74,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("agent_steps", "cost_usd", "REAL NOT NULL DEFAULT 0"),
     ("agent_steps", "latency_s", "REAL NOT NULL DEFAULT 0"),
     ("agent_steps", "meta", "TEXT NOT NULL DEFAULT '{}'"),
+    ("agent_runs", "escalations", "TEXT NOT NULL DEFAULT '[]'"),
     ("schedule_ticks", "trigger", "TEXT NOT NULL DEFAULT 'schedule'"),  # schedule | manual | after
     ("schedule_ticks", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("schedule_ticks", "next_attempt_at", "REAL"),  # state retrying: when the next attempt is due
