@@ -19,7 +19,7 @@ REGISTRY: dict[str, str] = {
     "poll": "watchd.sources.poll:PollSource",
     "file": "watchd.sources.files:FileSource",
     "journal": "watchd.sources.journal:JournalSource",
-    "telegram": "watchd.sources.pending:TelegramPending",
+    "telegram": "watchd.sources.telegram:TelegramSource",
     "slack": "watchd.sources.pending:SlackPending",
 }
 

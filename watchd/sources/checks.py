@@ -16,6 +16,7 @@ from watchd.sources.settings import (
     JournalSettings,
     PollSettings,
     SourceSettings,
+    TelegramSettings,
     WebhookSettings,
     subject_of,
     type_name,
@@ -173,9 +174,22 @@ def _check_journal(s: Any, here: Path_, probs: FileProblems) -> None:
             )
 
 
+def _check_telegram(s: Any, here: Path_, probs: FileProblems) -> None:
+    assert isinstance(s, TelegramSettings)
+    check_plain_subject(s.subject, (*here, "subject"), probs)
+    if not s.chats and not s.senders:
+        # Anyone can find a bot and write to it: without a list, any stranger could wake an agent.
+        probs.at(here, 'a telegram source needs `chats` (e.g. chats = ["123456"]) or `senders` (user ids)')
+    for key in ("chats", "senders"):
+        for i, value in enumerate(getattr(s, key)):
+            if not re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{4,32}", value.strip()):
+                probs.at((*here, key, i), f"{value!r} is not a Telegram id (e.g. 123456, -1001234567890) or @username")
+
+
 # Per type; a type's module adds its own when it has settings to check.
 CHECKS: dict[type, Callable[[Any, Path_, FileProblems], None]] = {
     PollSettings: _check_poll,
     FileSettings: _check_file,
     JournalSettings: _check_journal,
+    TelegramSettings: _check_telegram,
 }
