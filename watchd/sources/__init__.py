@@ -20,7 +20,7 @@ REGISTRY: dict[str, str] = {
     "file": "watchd.sources.files:FileSource",
     "journal": "watchd.sources.journal:JournalSource",
     "telegram": "watchd.sources.telegram:TelegramSource",
-    "slack": "watchd.sources.pending:SlackPending",
+    "slack": "watchd.sources.slack:SlackSource",
 }
 
 
