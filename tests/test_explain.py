@@ -578,6 +578,7 @@ def test_json_shape(world: Any) -> None:
         "next_due",
         "note",
         "sources",
+        "version",
     }
     assert (data["watch"], data["kind"], data["mode"], data["fired"]) == ("login-storm", "match", "live", True)
     assert data["verdict"].startswith("fired once since 12:00:10 UTC; last at 12:00:50 UTC for key bob")
@@ -589,6 +590,7 @@ def test_json_shape(world: Any) -> None:
         "key": "bob",
         "reason": "5 × auth.failed within 10m",
         "event_id": "e5",
+        "version": None,  # no definition history in these rows
     }
     assert set(data["handoffs"][0]) == {"id", "key", "target", "state", "attempt", "last_error", "fired_at"}
     assert data["next_due"] is None

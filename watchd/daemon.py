@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, clockjump, cluster, config, credentials, sdnotify, stepping, storage
+from watchd import bus, clockjump, cluster, config, credentials, history, sdnotify, stepping, storage
 from watchd import ingress as http
 from watchd.agents.budget import InFlight
 from watchd.agents.command import CommandRunner
@@ -505,6 +505,7 @@ class Daemon:
         defs = all_watches(loaded) + await store.call(active_watch_defs, now)
         digests = {d.watch.id: d.digest for d in defs}
         versions = await store.run(store.assign_versions, digests, now)
+        await history.record(store, "watch", history.watches(defs, versions), now)
         async with self._lock:
             if first:
                 keys, meta, clock = await store.run(store.load_engine_state)

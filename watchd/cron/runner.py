@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from watchd import history
 from watchd.config import Loaded, effective_schedules
 from watchd.cron import chain, jobrun
 from watchd.cron.payload import payload_of, run_of_row, run_payload
@@ -105,6 +106,7 @@ class Scheduler:
         self.slots: dict[str, Slot] = {}
         self.wakeups = 0  # loop iterations: the idle benchmark counts them
         self._wake = asyncio.Event()
+        self._started = asyncio.Event()  # the schedules are loaded: run-now and replay may act
         self._cancelled: dict[asyncio.Task[None], str] = {}  # why a run was cancelled
         self._pruned_at = 0.0
 
@@ -132,6 +134,7 @@ class Scheduler:
         for row in await store.call(schedules.retrying):
             if (slot := self.slots.get(row.schedule)) is not None:
                 slot.retries[row.key] = (row.next_attempt_at or now, run_of_row(row))
+        self._started.set()
         self._wake.set()
 
     async def install(self, loaded: Loaded) -> None:
@@ -139,6 +142,8 @@ class Scheduler:
         self.loaded = loaded
         defs = {n: define(n, s, loaded.zone()) for n, s in effective_schedules(loaded.config).items()}
         synced = await self.store.call(schedules.sync_definitions, {n: d.digest for n, d in defs.items()}, self.clock())
+        versions = {name: v for name, (v, _) in synced.items()}
+        await history.record(self.store, "schedule", history.schedules(loaded, defs, versions), self.clock())
         slots: dict[str, Slot] = {}
         for name, defn in defs.items():
             version, state = synced[name]
@@ -421,6 +426,7 @@ class Scheduler:
     async def run_now(self, name: str, by: str) -> tuple[str, float]:
         """Run a schedule's job now through the path a tick takes, as a run of its own (trigger
         manual, key of its own): (its key, its instant). WatchdError when it cannot start."""
+        await self._started.wait()  # a call that comes while watchd starts waits for the schedules
         slot = self.slots.get(name)
         if slot is None:
             known = ", ".join(sorted(self.slots)) or "none"
@@ -447,6 +453,7 @@ class Scheduler:
 
     async def replay(self, ref: str) -> TickRow:
         """A dead run runs again, with the same key, from attempt 1."""
+        await self._started.wait()
         row = await self.store.call(schedules.replay_dead_run, ref, self.clock())
         slot = self.slots.get(row.schedule)
         if slot is not None:

@@ -53,6 +53,11 @@ def render_watch(report: WatchReport, console: Console) -> None:
     head = Text(f"{info.id} ({info.kind}, {info.mode}{'' if info.enabled else ', disabled'}) — {info.file}")
     console.print(head, soft_wrap=False)
     console.print(Text("verdict: ", style="bold") + Text(report.verdict), soft_wrap=False)
+    if report.versions:
+        v = report.versions[-1]
+        git = v.git_words()
+        since = when(v.at, info.zone, report.now)
+        console.print(Text(f"version {v.version} since {since} — {v.source}" + (f" — {git}" if git else "")))
     if report.note:
         console.print(Text(f"note: {report.note}"))
     for line in report.sources:
@@ -66,11 +71,17 @@ def render_watch(report: WatchReport, console: Console) -> None:
         console.print(Text(f"\ntimeline{more}:"))
         table = Table(box=None, pad_edge=False)
         both = _time_columns(table, info.zone)
+        # The version behind each decision, when the timeline spans more than one.
+        spans = len({report.version_of(d.at) for d in report.timeline}) > 1
+        if spans:
+            table.add_column("v", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
         table.add_column("key")
         table.add_column("reason", overflow="fold")
         for d in report.timeline:
-            table.add_row(*_time_cells(d.at, info.zone, both), Text(d.verdict), Text(d.key or ""), Text(d.reason))
+            version = [Text(str(report.version_of(d.at) or "?"))] if spans else []
+            cells = (Text(d.verdict), Text(d.key or ""), Text(d.reason))
+            table.add_row(*_time_cells(d.at, info.zone, both), *version, *cells)
         console.print(table)
     else:
         console.print(Text("\nno decisions recorded" + (" in range" if report.total == 0 else "")))

@@ -37,6 +37,7 @@ from watchd.explain.watch import iso_local, span, time_until, when
 from watchd.model import iso
 from watchd.store import open_readonly
 from watchd.store.db import check_readable
+from watchd.store.history import Version, versions_of
 from watchd.store.schedules import TickRow, dead_runs, stored_states, ticks_of
 
 TIMELINE_LIMIT = 50
@@ -111,6 +112,7 @@ class ScheduleReport:
     next_due: float | None
     rows: list[TickRow] = field(default_factory=list)
     followed_by: list[str] = field(default_factory=list)  # schedules that run after this one
+    versions: list[Version] = field(default_factory=list)  # its definition history, oldest first
 
     def timeline(self) -> list[dict[str, Any]]:
         zone = self.defn.zone
@@ -157,6 +159,7 @@ class ScheduleReport:
             "on": d.schedule.on if d.schedule.after else None,
             "followed_by": self.followed_by,
             "retries": d.schedule.retries,
+            "definition": self.versions[-1].to_json(content=False) if self.versions else None,
             "timeline": self.timeline(),
         }
 
@@ -225,11 +228,13 @@ def explain_from_db(loaded: Loaded, name: str, now: float) -> ScheduleReport:
     try:
         version, state = read_states(conn).get(name, (None, State(since=now)))
         rows = read_ticks(conn, name)
+        versions = versions_of(conn, name, "schedule") if conn is not None else []
     finally:
         if conn is not None:
             conn.close()
     report = explain(defn, enabled, version, state, rows, now)
     report.followed_by = followers(known, name)
+    report.versions = versions
     return report
 
 
@@ -273,6 +278,11 @@ def render(report: ScheduleReport, console: Console, now: float) -> None:
     d = report.defn
     version = f", version {report.version}" if report.version else ""
     console.print(Text(f"schedule {d.name}: {d.timing} in {d.zone} — {d.what}{version}"))
+    if report.versions:
+        v = report.versions[-1]
+        git = v.git_words()
+        since = when(v.at, d.zone, now)
+        console.print(Text(f"version {v.version} since {since} — {v.source}" + (f" — {git}" if git else "")))
     if d.schedule.retries:
         console.print(
             Text(f"retries: {d.schedule.retries}, backoff {d.schedule.retry_backoff} (doubling, with jitter)")

@@ -46,7 +46,9 @@ the zone's offset).
      "file": "path:line", "verdict": str, "fired": bool,
      "timeline": [{"at", "at_local", "verdict", "key", "reason", "event_id"}],   # newest last, ≤ 50
      "handoffs": [{"id", "key", "target", "state", "attempt", "last_error", "fired_at"}],
-     "next_due": str | null, "note": str | null}   # note: a --since reaching past retention
+     "next_due": str | null, "note": str | null,   # note: a --since reaching past retention
+     "version": {"version", "file", "line", "at", "git_commit", "git_author", "git_time", "git_dirty", …} | null}
+    # each timeline entry also has "version": the definition version that made the decision
 
 `explain --event ID --json` (stable)::
 
@@ -88,6 +90,7 @@ from watchd.model import instant, iso
 from watchd.store.db import check_readable
 from watchd.store.decisions import decisions_kept_from, event_decisions, watch_decisions
 from watchd.store.engine_state import Heard, engine_view, heard
+from watchd.store.history import Version, version_at, versions_of
 from watchd.store.outbox import HandoffRow, handoff_rows
 
 TIMELINE_LIMIT = 50
@@ -157,6 +160,12 @@ class WatchReport:
     now: float
     note: str | None = None  # e.g. a --since that reaches past what retention kept
     sources: list[str] = field(default_factory=list)  # silent sources that feed it (explain/sources.py)
+    versions: list[Version] = field(default_factory=list)  # its definition history, oldest first
+
+    def version_of(self, at: float) -> int | None:
+        """The version behind a decision made at `at`."""
+        v = version_at(self.versions, at)
+        return v.version if v else None
 
     def to_json(self) -> dict[str, Any]:
         z = self.info.zone
@@ -176,6 +185,7 @@ class WatchReport:
                     "key": d.key,
                     "reason": d.reason,
                     "event_id": d.event_id,
+                    "version": self.version_of(d.at),
                 }
                 for d in self.timeline
             ],
@@ -183,6 +193,7 @@ class WatchReport:
             "next_due": iso(self.next_due),
             "note": self.note,
             "sources": self.sources,
+            "version": self.versions[-1].to_json(content=False) if self.versions else None,
         }
 
 
@@ -533,6 +544,7 @@ def explain_from_db(
         key=key,
         totals=totals,
     )
+    report.versions = versions_of(conn, watch_id, "watch")
     kept_from = decisions_kept_from(conn)
     if since_ts is not None and kept_from is not None and since_ts < kept_from:
         report.note = (
