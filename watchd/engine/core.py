@@ -18,6 +18,7 @@ import heapq
 from typing import Any
 
 from watchd import expr
+from watchd.celfast import Unsupported
 from watchd.config import WatchDef
 from watchd.engine import answers
 from watchd.engine.answers import ANSWER_SUBJECT
@@ -227,20 +228,24 @@ class Engine(EngineState):
         candidates = self.index.candidates(event.subject)
         if not candidates:
             return
-        ctx: Any = None
+        ctx: expr.Activation | None = None
         self._summary = None
         for logic, pattern, handle in candidates:
             key: str | None = None
             try:
-                if pattern.where is not None or pattern.key is not None:
+                where = pattern.where
+                if where is not None or pattern.key is not None:
                     if ctx is None:
                         ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
-                    if pattern.where is not None:
-                        # The program straight, not `expr.test_where`: this runs for every candidate
-                        # of every event, and only a miss needs the words for why.
+                    if where is not None:
+                        # Not `expr.test_where`: this runs for every candidate of every event, and
+                        # only a miss needs the words for why.
+                        fast = where.fast
                         try:
-                            held = pattern.where.program.execute(ctx)
-                        except Exception:  # the CEL binding raises several types; worded in `_missed`
+                            held = fast(event, None) if fast is not None else where.program.execute(ctx.cel())
+                        except Unsupported:  # a value the compiled form does not model
+                            held = expr.evaluate_cel(where, ctx)[0]
+                        except Exception:  # CEL's errors, of several types: worded in `_missed`
                             held = None
                         if held is not True:
                             self._missed(logic, pattern, ctx, held, inp)
@@ -256,7 +261,9 @@ class Engine(EngineState):
                 with contextlib.suppress(Exception):  # what the handler changed before it raised keeps its timer
                     self.arm(logic, key)
 
-    def _missed(self, logic: WatchLogic, pattern: CompiledPattern, ctx: Any, held: Any, inp: EventInput) -> None:
+    def _missed(
+        self, logic: WatchLogic, pattern: CompiledPattern, ctx: expr.Activation, held: Any, inp: EventInput
+    ) -> None:
         """A near miss: the subject matched, the `where` did not hold (`held` is what it gave).
         It carries its key when the watch has one (and it evaluates), so `explain --key` shows the
         misses of that key too."""
