@@ -45,7 +45,7 @@ AUTO_MAX_BYTES = 1 << 30
 MIN_EVENTS_BYTES = 1 << 20  # below this the stream holds too few events to be worth starting
 
 PROBE_EVERY_S = 10.0  # while storing fails, try again this often
-RESTART_AFTER_S = 30.0  # an embedded server whose store keeps failing is restarted after this...
+RESTART_AFTER_S = 30.0  # an embedded server whose store keeps failing (not for a full disk) is restarted after this...
 RESTART_MAX_EVERY_S = 600.0  # ...and again after twice as long each time, up to this
 MIN_FREE_TO_RESTART = 4 << 20  # ...once the disk has at least this much room again
 STATE_RETRY_MAX_S = 30.0  # a failed state commit is retried with backoff up to this
@@ -173,16 +173,24 @@ class StorageWatch:
         self.health = StoreHealth()
         self.recovered_total = 0
         self.server_restarts = 0  # of the embedded server, in the current run of failures
+        self.saw_disk_full = False  # the store's disk was found full during the current failure
 
     def _failed(self, kind: str, reason: str) -> None:
         if self.health.failed(kind, reason):
             log.error("%s", self.health.summary())
+        if kind == STREAM and self._disk_full():
+            self.saw_disk_full = True
+
+    def _disk_full(self) -> bool:
+        free = free_bytes(self.store_dir)
+        return free is not None and free < MIN_FREE_TO_RESTART
 
     def _stored(self, kind: str) -> None:
         ended = self.health.stored(kind)
         if ended is not None:
             self.recovered_total += 1
             self.server_restarts = 0
+            self.saw_disk_full = False
             lasted = self.health.clock() - ended.since
             log.warning("%s works again after %.0fs (%d failures)", kind, lasted, ended.count)
 
@@ -218,30 +226,40 @@ class StorageWatch:
 
     async def run(self, probe: Callable[[], Awaitable[object]]) -> None:
         """While the stream fails: `probe` (a publish through `publish`) every probe_every_s, and an
-        embedded server restarted once failing for restart_after_s with room on its disk again."""
+        embedded server restarted when that should help (see _restart_due), then probed at once."""
         while not await _stopped_within(self.stop, self.probe_every_s):
             if STREAM not in self.health.failures:
                 continue
             with contextlib.suppress(WatchdError):
                 await probe()
-            if STREAM in self.health.failures:
-                await self._maybe_restart()
+            if STREAM in self.health.failures and await self._maybe_restart():
+                with contextlib.suppress(WatchdError):
+                    await probe()
 
-    async def _maybe_restart(self) -> None:
+    def _restart_due(self) -> bool:
+        """A full disk that has room again: at once (its write error is what keeps the stream
+        broken). Any other failure: after restart_after_s, then twice as long each time."""
+        if self._disk_full():
+            self.saw_disk_full = True
+            return False  # still full: a restart would not help
+        if self.saw_disk_full:
+            return True
+        wait_s = min(self.restart_after_s * 2.0**self.server_restarts, RESTART_MAX_EVERY_S)
+        return self.health.failing_for_s(STREAM) >= wait_s
+
+    async def _maybe_restart(self) -> bool:
         embedded = self.embedded
-        # The first restart after restart_after_s, the next after twice as long, and so on.
-        wait_s = min(self.restart_after_s * 2**self.server_restarts, RESTART_MAX_EVERY_S)
-        if embedded is None or self.health.failing_for_s(STREAM) < wait_s:
-            return
-        free = free_bytes(self.store_dir)
-        if free is not None and free < MIN_FREE_TO_RESTART:
-            return  # still full: a restart would not help
+        if embedded is None or not self._restart_due():
+            return False
+        why = "the disk has room again" if self.saw_disk_full else "it keeps failing"
         self.server_restarts += 1
-        reason = f"its store has refused events for {self.health.failing_for_s(STREAM):.0f}s"
+        self.saw_disk_full = False
+        reason = f"its store has refused events for {self.health.failing_for_s(STREAM):.0f}s and {why}"
         try:
             await embedded.restart(reason)
         except NatsUnavailable as exc:
             log.error("restarting nats-server failed: %s", exc.message)
+        return True
 
 
 async def _stopped_within(stop: asyncio.Event, timeout_s: float) -> bool:
