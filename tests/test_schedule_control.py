@@ -331,3 +331,21 @@ def test_schedules_and_explain_show_the_chain(tmp_path: Path) -> None:
     email = json.loads(invoke("explain", "--schedule", "email", "--json"))
     assert email["timing"] == "after report (on success)" and email["after"] == ["report"]
     assert email["followed_by"] == ["archive (on always)"] and email["next_due"] is None
+
+
+async def test_a_run_cut_off_by_a_restart_with_retries_left_runs_again_with_its_key(make: Any, tmp_path: Path) -> None:
+    from watchd.store.schedules import TickClaim, claim
+
+    body = f'[schedule.sync]\ncron = "0 * * * *"\n{ECHO}\nretries = 1\n'
+    h = await make(body, "2026-03-02T10:00:30")
+    tick = ts("2026-03-02T10:00:00")
+    key = tick_key("sync", 1, tick)
+    h.store.conn.execute("DELETE FROM schedule_ticks")
+    claim(h.store.conn, [TickClaim(key, "sync", 1, tick, "started", None, tick, None, None)])  # watchd died here
+    h.restart()
+    await h.sched.start()
+    (failed,) = h.of("schedule.sync.failed")
+    assert failed["reason"] == "interrupted by restart" and failed["retry_at"] == "2026-03-02T10:00:30Z"
+    await h.step("2026-03-02T10:00:31")
+    (r,) = h.rows("sync")
+    assert r["key"] == key and r["state"] == "done" and r["attempt"] == 2

@@ -47,10 +47,10 @@ class New:
     definition: msgspec.Struct  # rendered when the file's text cannot be found
 
 
-def watch_block(text: str, line: int) -> str | None:
+def watch_block(text: str | list[str], line: int) -> str | None:
     """The [[watch]] table that starts at `line` (1-based), up to the next table that is not one
-    of its own sub-tables ([watch.opens] and the like)."""
-    lines = text.splitlines()
+    of its own sub-tables ([watch.opens] and the like). `text` may come split into lines."""
+    lines = text.splitlines() if isinstance(text, str) else text
     if not 0 < line <= len(lines):
         return None
     end = line
@@ -135,6 +135,7 @@ def git_info(path: Path) -> tuple[str | None, str | None, str | None, bool | Non
 def collect(new: Iterable[New], now: float) -> list[Version]:
     """Each new version's content and git information (files read and asked about once each)."""
     texts: dict[Path, str | None] = {}
+    split: dict[Path, list[str]] = {}
     gits: dict[Path, tuple[str | None, str | None, str | None, bool | None]] = {}
     out = []
     for n in new:
@@ -147,7 +148,8 @@ def collect(new: Iterable[New], now: float) -> list[Version]:
                     texts[n.path] = None
             text = texts[n.path]
             if text is not None and n.kind == "watch" and line:
-                content = watch_block(text, line)
+                lines = split.get(n.path) or split.setdefault(n.path, text.splitlines())
+                content = watch_block(lines, line)
             elif text is not None and n.kind == "schedule":
                 found = schedule_block(text, n.name)
                 content, line = found if found else (None, None)
@@ -182,8 +184,11 @@ async def record(store: Store, kind: Kind, new: list[New], now: float) -> None:
 
 def watches(defs: Iterable[WatchDef], versions: dict[str, int]) -> list[New]:
     out = []
+    files: dict[str, Path | None] = {}  # a file is looked at once, however many watches it holds
     for d in defs:
-        on_disk = Path(d.file) if d.line and Path(d.file).is_file() else None
+        if d.file not in files:
+            files[d.file] = Path(d.file) if Path(d.file).is_file() else None
+        on_disk = files[d.file] if d.line else None
         out.append(New("watch", d.watch.id, versions[d.watch.id], d.digest, d.file, on_disk, d.line, d.watch))
     return out
 
