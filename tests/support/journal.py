@@ -132,9 +132,11 @@ class StandinJournal(Journal):
         with self.entries.open("a") as f:
             f.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
-    def generate(self, rate: float, start: float | None = None, unit: str = "bench.service") -> None:
-        """Make it an endless synthetic journal of `rate` entries per second from `start`."""
-        spec = {"rate": rate, "start": time.time() if start is None else start, "unit": unit}
+    def generate(
+        self, rate: float, start: float | None = None, unit: str = "bench.service", total: int | None = None
+    ) -> None:
+        """Make it a synthetic journal of `rate` entries per second from `start` (endless, or `total`)."""
+        spec = {"rate": rate, "start": time.time() if start is None else start, "unit": unit, "total": total or 0}
         (self.directory / "generate.json").write_text(json.dumps(spec))
 
 

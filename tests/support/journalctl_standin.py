@@ -8,8 +8,8 @@ meaning: `-o json`, `-n N`, `--no-tail`, `-f` (follows the file as it grows), `-
 (that and more severe), and `FIELD=VALUE` matches (same field OR, different fields AND, `+` OR).
 Like journalctl, it exits in follow mode once its reader has gone.
 
-With `<dir>/generate.json` (`{"rate": 5000, "start": <unix time>, "unit": "bench.service"}`) the
-journal is instead an endless synthetic one in which entry i was written at start + i / rate: a
+With `<dir>/generate.json` (`{"rate": 5000, "start": <unix time>, "unit": "bench.service"}`, and
+optionally `"total": N`) the journal is instead a synthetic one in which entry i was written at start + i / rate: a
 reader that restarts from a cursor continues the same sequence, and one that is slow falls behind.
 """
 
@@ -115,7 +115,14 @@ def generated(spec: dict[str, Any], first: int, follow: bool) -> Iterator[dict[s
     rate, start = float(spec["rate"]), float(spec["start"])
     unit = spec.get("unit", "bench.service")
     i = first
+    total = int(spec.get("total", 0)) or None
     while True:
+        if total is not None and i >= total:  # the journal stops growing
+            if not follow:
+                return
+            yield {}
+            time.sleep(0.05)
+            continue
         due = start + i / rate
         now = time.time()
         if due > now:

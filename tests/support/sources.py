@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from watchd import bus
 from watchd.notify import http_client
@@ -111,5 +112,30 @@ async def stored_events(nats_url: str) -> list[dict[str, Any]]:
             msg = await js.get_msg(bus.EVENTS_STREAM, seq)
             out.append(json.loads(msg.data or b"{}"))
         return out
+    finally:
+        await nc.close()
+
+
+async def stored_ids(nats_url: str, subjects: str = ">") -> list[str]:
+    """The ids of the events stored on `watchd.events.<subjects>`, oldest first, read in batches."""
+    nc = await bus.connect(nats_url, name="watchd-test")
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(bus.EVENTS_STREAM)
+        # No acks: an ack policy would stop delivering at max_ack_pending (1000) unacked messages.
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE)
+        sub = await js.pull_subscribe(bus.EVENTS_PREFIX + subjects, stream=bus.EVENTS_STREAM, config=config)
+        ids: list[str] = []
+        seen = 0
+        while seen < info.state.last_seq:
+            try:
+                msgs = await sub.fetch(1000, timeout=1)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                seen = max(seen, msg.metadata.sequence.stream)
+                ids.append(json.loads(msg.data)["id"])
+        await sub.unsubscribe()
+        return ids
     finally:
         await nc.close()
