@@ -14,6 +14,7 @@ from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc, become_subreaper
 
 from watchd.bus import EmbeddedNats, connect
+from watchd.notify.http_client import HttpClient
 
 
 @pytest.fixture
@@ -62,6 +63,14 @@ async def daemon_factory(
     finally:
         for d in reversed(made):
             await d.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    """The HTTP client a test's notifiers send through, as the daemon's do through its own; closed at
+    teardown."""
+    async with HttpClient() as client:
+        yield client
 
 
 @pytest.fixture

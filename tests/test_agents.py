@@ -20,7 +20,7 @@ from watchd.config import CommandAgent, load
 from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.model import Handoff
-from watchd.notify.http_client import Misconfigured
+from watchd.notify.http_client import HttpClient, Misconfigured
 
 PY = sys.executable
 
@@ -185,7 +185,7 @@ def test_build_targets_wires_command_agents_and_dead_letters_unusable_ones(tmp_p
         '[agent.triage]\ntype = "anthropic"\nmodel = "claude-haiku-4-5"\n'
         '[agent.remote]\ntype = "nats"\n'
     )
-    targets = build_targets(load(cfg))
+    targets = build_targets(load(cfg), http=HttpClient())  # no notifier sends: nothing to close
     fixer = targets["agent.fixer"]
     assert isinstance(fixer, CommandRunner) and fixer.timeout_s == 120
     triage = targets["agent.triage"]

@@ -3,26 +3,17 @@ against the local Bot API and Slack Web API fakes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from support.fakes import FakeSlack, FakeTelegram
 
 from watchd.config import SlackNotifier as SlackConfig
 from watchd.config import TelegramNotifier as TelegramConfig
 from watchd.dispatch import Delivered
 from watchd.model import Handoff
-from watchd.notify import http_client
+from watchd.notify.http_client import HttpClient
 from watchd.notify.slack import SlackNotifier
 from watchd.notify.telegram import TelegramNotifier
 
 HID = "h_0123456789abcdef01234567"  # as long as watchd's own ids
-
-
-@pytest.fixture(autouse=True)
-async def _close_session() -> AsyncIterator[None]:
-    yield
-    await http_client.close()
 
 
 def handoff(trigger: str = "watch") -> Handoff:
@@ -39,9 +30,11 @@ def handoff(trigger: str = "watch") -> Handoff:
     )
 
 
-async def test_telegram_notification_carries_the_three_buttons_and_is_edited_after_an_answer() -> None:
+async def test_telegram_notification_carries_the_three_buttons_and_is_edited_after_an_answer(http: HttpClient) -> None:
     async with FakeTelegram(token="123:abc") as tg:
-        phone = TelegramNotifier(TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url), name="notify.phone")
+        phone = TelegramNotifier(
+            TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url), name="notify.phone", http=http
+        )
         assert await phone.deliver(handoff()) == Delivered("Telegram message 1")
         (row,) = tg.messages[0]["reply_markup"]["inline_keyboard"]
         assert [(b["text"], b["callback_data"]) for b in row] == [
@@ -64,19 +57,21 @@ async def test_telegram_notification_carries_the_three_buttons_and_is_edited_aft
         )
 
 
-async def test_buttons_only_for_a_watch_and_only_when_wanted() -> None:
+async def test_buttons_only_for_a_watch_and_only_when_wanted(http: HttpClient) -> None:
     async with FakeTelegram(token="123:abc") as tg:
         cfg = TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url)
-        await TelegramNotifier(cfg).deliver(handoff(trigger="schedule"))  # a schedule's: no incident to answer
+        await TelegramNotifier(cfg, http=http).deliver(
+            handoff(trigger="schedule")
+        )  # a schedule's: no incident to answer
         cfg.buttons = False
-        await TelegramNotifier(cfg).deliver(handoff())
+        await TelegramNotifier(cfg, http=http).deliver(handoff())
         assert [("reply_markup" in m) for m in tg.messages] == [False, False]
 
 
-async def test_slack_notification_carries_buttons_and_chat_update_says_who_acted() -> None:
+async def test_slack_notification_carries_buttons_and_chat_update_says_who_acted(http: HttpClient) -> None:
     async with FakeSlack(mode="api") as slack:
         cfg = SlackConfig(token=slack.token, channel="C0123", api_base=slack.api_base)
-        team = SlackNotifier(cfg, name="notify.team")
+        team = SlackNotifier(cfg, name="notify.team", http=http)
         assert isinstance(await team.deliver(handoff()), Delivered)
         blocks = slack.messages[0]["blocks"]
         actions = next(b for b in blocks if b["type"] == "actions")
@@ -96,9 +91,9 @@ async def test_slack_notification_carries_buttons_and_chat_update_says_who_acted
         assert missing is not None and "message_not_found" in missing
 
 
-async def test_a_slack_incoming_webhook_cannot_edit_and_says_so() -> None:
+async def test_a_slack_incoming_webhook_cannot_edit_and_says_so(http: HttpClient) -> None:
     async with FakeSlack(mode="webhook") as slack:
-        hook = SlackNotifier(SlackConfig(webhook_url=slack.webhook_url), name="notify.team")
+        hook = SlackNotifier(SlackConfig(webhook_url=slack.webhook_url), name="notify.team", http=http)
         await hook.deliver(handoff())
         assert any(b["type"] == "actions" for b in slack.messages[0]["blocks"])
         why = await hook.edit_answered("C0123", "1.000001", "x")

@@ -14,7 +14,7 @@ from watchd.config import Price, load
 from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.errors import ConfigError
-from watchd.notify.http_client import Misconfigured
+from watchd.notify.http_client import HttpClient, Misconfigured
 from watchd.store import Store
 
 fake = pytest.fixture(serve_fake)
@@ -236,7 +236,7 @@ def test_an_agent_whose_key_is_unset_dead_letters_with_the_reason(
         'watches = []\n[agent.triage]\ntype = "anthropic"\nmodel = "claude-haiku-4-5"\n'
         'api_key = "env:WATCHD_NO_SUCH_KEY"\n'
     )
-    targets = build_targets(load(cfg), store=store)
+    targets = build_targets(load(cfg), http=HttpClient(), store=store)
     target = targets["agent.triage"]
     assert isinstance(target, Misconfigured)
     assert "api_key" in target.reason and "WATCHD_NO_SUCH_KEY is not set" in target.reason

@@ -47,7 +47,10 @@ async def test_telegram_down_then_up_delivers_exactly_once_and_never_leaks_the_t
         handoffs_json = (await d.cli("handoffs", "--json")).stdout
         status_json = (await d.cli("status", "--json")).stdout
         assert json.loads(handoffs_json)[0]["state"] == "delivered"
+        daemon = d.daemon
+        assert daemon is not None and not daemon.http.closed
         await d.stop()
+        assert daemon.http.closed  # its connections end with it: the client is the daemon's, not the process's
         for text in (handoffs_json, status_json, d.printed(), d.logged()):
             assert TOKEN not in text and "SECRET-do-not-leak" not in text
 

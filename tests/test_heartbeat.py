@@ -23,7 +23,7 @@ from watchd.dispatch import Dispatcher, Target
 from watchd.engine import Engine
 from watchd.jobs import JobContext, JobResult, heartbeat
 from watchd.model import Handoff
-from watchd.notify import http_client
+from watchd.notify.http_client import HttpClient
 from watchd.notify.webhook import WebhookNotifier
 from watchd.store import Store, db_path
 
@@ -167,10 +167,12 @@ async def test_redrives_a_stuck_delivery_and_a_due_retry_and_counts_new_dead_let
     assert again.summary == "nothing pending" and again.data["dead_letters"] == 1 and rig.wakes == 1
 
 
-async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher(tmp_path: Path) -> None:
+async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher(
+    http: HttpClient, tmp_path: Path
+) -> None:
     async with FakeWebhook() as hook:
         r = make_rig(tmp_path)
-        r.targets["notify.hook"] = WebhookNotifier(WebhookConfig(url=hook.hook_url), name="notify.hook")
+        r.targets["notify.hook"] = WebhookNotifier(WebhookConfig(url=hook.hook_url), name="notify.hook", http=http)
         dispatcher = Dispatcher(r.store, r.targets)
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
@@ -204,7 +206,6 @@ async def test_a_stuck_delivery_reaches_the_receiver_through_the_real_dispatcher
         finally:
             stop.set()
             await task
-            await http_client.close()
             r.store.close()
 
 
@@ -275,7 +276,6 @@ async def test_dead_mans_switch_is_pinged_and_its_url_never_shown(
             shown = [json.dumps(x.data) + x.summary for x in (ok, bad, down, unset)] + [caplog.text]
             assert not any("5ec2e7" in text or "do-not-leak" in text for text in shown), shown
         finally:
-            await http_client.close()
             r.store.close()
 
 

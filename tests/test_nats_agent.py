@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,12 +28,14 @@ from support.inprocess import InProcessDaemon
 from support.waiting import until
 
 from watchd.agents.nats import NatsRunner, Reply, follow_replies, last_reply, reply_subject, send_reply
+from watchd.agents.worker import DoneRecord
 from watchd.bus import HANDOFFS_STREAM, EmbeddedNats, ensure_streams
 from watchd.cli import cli
 from watchd.config import NatsAgent
 from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.model import Handoff, encode, make_event
+from watchd.notify.http_client import HttpClient
 from watchd.store import Store
 from watchd.store.outbox import read_handoffs
 
@@ -135,12 +138,14 @@ async def test_a_retry_is_stored_once_a_done_handoff_is_not_sent_again_and_a_rep
     assert await stored_handoffs(nc) == 3  # h_1 once, h_2 once and once more for the replay
 
 
-async def test_build_targets_makes_a_nats_runner_with_the_connection(js_ready: Client, tmp_path: Path) -> None:
+async def test_build_targets_makes_a_nats_runner_with_the_connection(
+    js_ready: Client, tmp_path: Path, http: HttpClient
+) -> None:
     from watchd.config import load
 
     cfg = tmp_path / "watchd.toml"
     cfg.write_text('[agent.claw]\ntype = "nats"\nack_timeout = "45s"\n')
-    target = build_targets(load(cfg), nc=js_ready, js=js_ready.jetstream())["agent.claw"]
+    target = build_targets(load(cfg), http=http, nc=js_ready, js=js_ready.jetstream())["agent.claw"]
     assert isinstance(target, NatsRunner) and target.ack_timeout_s == 45 and target.subject == SUBJECT
     ok, detail = await target.probe()
     assert not ok and "watchd worker agent.claw" in detail
@@ -397,6 +402,21 @@ async def test_sigterm_lets_the_grace_run_out_then_stops_the_command_and_hands_i
 async def _settled_consumer(nc: Client) -> Any:
     info = await nc.jetstream().consumer_info(HANDOFFS_STREAM, "worker-agent-claw")
     return info if info.num_ack_pending == 0 and info.num_pending == 0 else None
+
+
+async def test_the_done_record_runs_its_sqlite_off_the_event_loop(tmp_path: Path) -> None:
+    """Each write waits for the disk (synchronous=FULL): on the event loop it would hold up every
+    other handoff's replies, acks and in-progress pings."""
+    record = await DoneRecord.open(tmp_path / "w" / "worker-agent-claw.db")
+    threads: set[int] = set()
+    await record.call(lambda conn: conn.set_trace_callback(lambda _sql: threads.add(threading.get_ident())))
+    await record.put("h_1", "exit 0", 100.0)
+    await record.put("h_2", "exit 0", 300.0)
+    assert await record.get("h_1") == "exit 0" and await record.get("h_3") is None
+    assert await record.prune(200.0) == 1
+    assert await record.get("h_1") is None and await record.get("h_2") == "exit 0"
+    await asyncio.to_thread(record.close)
+    assert threads and threading.get_ident() not in threads  # every statement ran, none on the loop's thread
 
 
 def test_worker_help_has_an_example_and_bad_input_is_one_line(tmp_path: Path) -> None:

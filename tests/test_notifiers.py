@@ -3,6 +3,7 @@ secrets, and one contract every notifier meets."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import msgspec
 import pytest
 from support.fakes import FakeServer, FakeSlack, FakeTelegram, FakeWebhook, Reply, closed_port_url
+from support.waiting import until
 
 from watchd.config import SlackNotifier as SlackConfig
 from watchd.config import TelegramNotifier as TelegramConfig
@@ -24,7 +26,7 @@ from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff, Window
 from watchd.notify import http_client
-from watchd.notify.http_client import Misconfigured, parse_retry_after
+from watchd.notify.http_client import HttpClient, Misconfigured, parse_retry_after
 from watchd.notify.render import TRUNCATED, render, render_template, truncate, utf16_len
 from watchd.notify.slack import SlackNotifier, build_payload
 from watchd.notify.telegram import TelegramNotifier
@@ -36,12 +38,6 @@ SECRET = "S3CRET-zq8Xv"  # distinctive: any leak shows up in a plain substring s
 class Notifier(Protocol):
     async def deliver(self, handoff: Handoff) -> Outcome: ...
     async def probe(self) -> tuple[bool, str]: ...
-
-
-@pytest.fixture(autouse=True)
-async def _close_session() -> AsyncIterator[None]:
-    yield
-    await http_client.close()
 
 
 def templated(template: str, **kw: Any) -> Handoff:
@@ -97,7 +93,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str | None = None) -> AsyncIterator[Rig]:
+async def rig(
+    kind: str, http: HttpClient, *, secret: str = "", timeout_s: float = 2.0, base: str | None = None
+) -> AsyncIterator[Rig]:
     """`secret` goes into every credential, so a leak test can search for it; `base` points the
     notifier somewhere other than the fake (a closed port)."""
     if kind == "telegram":
@@ -106,12 +104,13 @@ async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str 
                 TelegramConfig(token=tg.token, chat_id="42", api_base=base or tg.api_base),
                 name="notify.phone",
                 timeout_s=timeout_s,
+                http=http,
             )
             yield Rig(tg, n, lambda: tg.messages)
     elif kind == "slack-webhook":
         async with FakeSlack("webhook", hook_secret=f"{secret}hookXX") as sl:
             url = (base + sl.hook_path) if base else sl.webhook_url
-            n2 = SlackNotifier(SlackConfig(webhook_url=url), name="notify.team", timeout_s=timeout_s)
+            n2 = SlackNotifier(SlackConfig(webhook_url=url), name="notify.team", timeout_s=timeout_s, http=http)
             yield Rig(sl, n2, lambda: sl.messages)
     elif kind == "slack-api":
         async with FakeSlack("api", token=f"xoxb-{secret}tok") as sl:
@@ -119,12 +118,15 @@ async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str 
                 SlackConfig(token=sl.token, channel="#alerts", api_base=(base + "/api") if base else sl.api_base),
                 name="notify.team",
                 timeout_s=timeout_s,
+                http=http,
             )
             yield Rig(sl, n3, lambda: sl.messages)
     elif kind == "webhook":
         async with FakeWebhook(secret=f"{secret}hmac-key") as wh:
             url = (base + "/hook" if base else wh.hook_url) + f"?token={secret}q"
-            n4 = WebhookNotifier(WebhookConfig(url=url, secret=wh.secret), name="notify.hook", timeout_s=timeout_s)
+            n4 = WebhookNotifier(
+                WebhookConfig(url=url, secret=wh.secret), name="notify.hook", timeout_s=timeout_s, http=http
+            )
             yield Rig(wh, n4, lambda: wh.deliveries)
     else:
         raise AssertionError(kind)
@@ -134,8 +136,8 @@ async def rig(kind: str, *, secret: str = "", timeout_s: float = 2.0, base: str 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_contract_success_5xx_401(kind: str) -> None:
-    async with rig(kind) as r:
+async def test_contract_success_5xx_401(http: HttpClient, kind: str) -> None:
+    async with rig(kind, http) as r:
         ok = await r.notifier.deliver(make_handoff())
         assert isinstance(ok, Delivered), ok
         assert len(r.sent()) == 1
@@ -165,8 +167,8 @@ async def test_contract_success_5xx_401(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_contract_fail_then_succeed_rate_limit_stall_refused(kind: str) -> None:
-    async with rig(kind, timeout_s=0.3) as r:
+async def test_contract_fail_then_succeed_rate_limit_stall_refused(http: HttpClient, kind: str) -> None:
+    async with rig(kind, http, timeout_s=0.3) as r:
         r.fake.fail(502, times=2)
         outcomes = [await r.notifier.deliver(make_handoff()) for _ in range(3)]
         assert [type(o) for o in outcomes] == [Retry, Retry, Delivered]
@@ -181,7 +183,7 @@ async def test_contract_fail_then_succeed_rate_limit_stall_refused(kind: str) ->
         assert isinstance(out, Retry) and "timeout" in out.detail, out
         assert time.monotonic() - t0 < 2
 
-    async with rig(kind, base=closed_port_url()) as r:
+    async with rig(kind, http, base=closed_port_url()) as r:
         out = await r.notifier.deliver(make_handoff())
         assert isinstance(out, Retry) and "cannot connect" in out.detail, out
         ok_probe, detail = await r.notifier.probe()
@@ -189,10 +191,10 @@ async def test_contract_fail_then_succeed_rate_limit_stall_refused(kind: str) ->
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_secrets_never_leak(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_secrets_never_leak(http: HttpClient, kind: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
-    async with rig(kind, secret=SECRET, timeout_s=0.3) as r:
+    async with rig(kind, http, secret=SECRET, timeout_s=0.3) as r:
         texts.append(repr(r.notifier))
         assert isinstance(await r.notifier.deliver(make_handoff()), Delivered)
         for status in (400, 401, 403, 404, 410, 429, 500, 503):
@@ -213,7 +215,7 @@ async def test_secrets_never_leak(kind: str, caplog: pytest.LogCaptureFixture) -
         r.fake.reject_auth()
         texts.append((await r.notifier.deliver(make_handoff())).detail)
         texts.append(str(await r.notifier.probe()))
-    async with rig(kind, secret=SECRET, base=closed_port_url()) as r:
+    async with rig(kind, http, secret=SECRET, base=closed_port_url()) as r:
         texts.append((await r.notifier.deliver(make_handoff())).detail)
         texts.append(str(await r.notifier.probe()))
     assert all(texts), texts
@@ -223,12 +225,15 @@ async def test_secrets_never_leak(kind: str, caplog: pytest.LogCaptureFixture) -
 
 
 def test_secrets_absent_from_construction_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    http = HttpClient()  # never sends: construction fails first
     bad: list[Callable[[], object]] = [
-        lambda: SlackNotifier(SlackConfig(webhook_url=f"ftp://hooks.example/{SECRET}"), name="notify.team"),
-        lambda: SlackNotifier(SlackConfig(webhook_url=f"not a url {SECRET}"), name="notify.team"),
-        lambda: WebhookNotifier(WebhookConfig(url=f"hooks.example/{SECRET}"), name="notify.hook"),
+        lambda: SlackNotifier(SlackConfig(webhook_url=f"ftp://hooks.example/{SECRET}"), name="notify.team", http=http),
+        lambda: SlackNotifier(SlackConfig(webhook_url=f"not a url {SECRET}"), name="notify.team", http=http),
+        lambda: WebhookNotifier(WebhookConfig(url=f"hooks.example/{SECRET}"), name="notify.hook", http=http),
         lambda: WebhookNotifier(
-            WebhookConfig(url="https://hooks.example/x", secret="env:WATCHD_TEST_UNSET_SECRET"), name="notify.hook"
+            WebhookConfig(url="https://hooks.example/x", secret="env:WATCHD_TEST_UNSET_SECRET"),
+            name="notify.hook",
+            http=http,
         ),
     ]
     monkeypatch.delenv("WATCHD_TEST_UNSET_SECRET", raising=False)
@@ -243,8 +248,8 @@ def test_secrets_absent_from_construction_errors(monkeypatch: pytest.MonkeyPatch
 # ---- Telegram ------------------------------------------------------------------------------------------------
 
 
-async def test_telegram_message_content() -> None:
-    async with rig("telegram") as r:
+async def test_telegram_message_content(http: HttpClient) -> None:
+    async with rig("telegram", http) as r:
         out = await r.notifier.deliver(make_handoff(key="nas"))
         assert out == Delivered("Telegram message 1")
         (msg,) = r.sent()
@@ -258,19 +263,19 @@ async def test_telegram_message_content() -> None:
         assert r.sent()[-1]["text"] == "backup nightly-backup missed 2026-11-22T02:00:00Z; exit 2"
 
 
-async def test_telegram_long_message_truncated() -> None:
-    async with rig("telegram") as r:
+async def test_telegram_long_message_truncated(http: HttpClient) -> None:
+    async with rig("telegram", http) as r:
         long = "🔔 " + "x" * 3000 + "\n" + "é🙂" * 2000
         assert isinstance(await r.notifier.deliver(make_handoff(message=long)), Delivered)
         text = r.sent()[-1]["text"]
         assert text.endswith(TRUNCATED) and utf16_len(text) <= 4096 and utf16_len(text) > 4000
 
 
-async def test_telegram_errors_say_what_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_telegram_errors_say_what_to_fix(http: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHD_TEST_TG_TOKEN", "999:right-token")
     async with FakeTelegram(token="999:right-token", chats={"42"}) as tg:
         cfg = TelegramConfig(token="env:WATCHD_TEST_TG_TOKEN", chat_id="42", api_base=tg.api_base)
-        n = TelegramNotifier(cfg, name="notify.phone")
+        n = TelegramNotifier(cfg, name="notify.phone", http=http)
         assert isinstance(await n.deliver(make_handoff()), Delivered)
 
         tg.reject_auth()
@@ -278,7 +283,7 @@ async def test_telegram_errors_say_what_to_fix(monkeypatch: pytest.MonkeyPatch) 
         assert out == Dead("notify.phone: Telegram rejected the bot token (401): check token / WATCHD_TEST_TG_TOKEN")
 
         wrong = TelegramNotifier(
-            TelegramConfig(token="999:wrong", chat_id="42", api_base=tg.api_base), name="notify.phone"
+            TelegramConfig(token="999:wrong", chat_id="42", api_base=tg.api_base), name="notify.phone", http=http
         )
         out = await wrong.deliver(make_handoff())
         assert isinstance(out, Dead) and "(401)" in out.detail and "check token" in out.detail
@@ -286,7 +291,9 @@ async def test_telegram_errors_say_what_to_fix(monkeypatch: pytest.MonkeyPatch) 
         assert not ok and "rejected the bot token" in detail
 
         other_chat = TelegramNotifier(
-            TelegramConfig(token="env:WATCHD_TEST_TG_TOKEN", chat_id="7", api_base=tg.api_base), name="notify.phone"
+            TelegramConfig(token="env:WATCHD_TEST_TG_TOKEN", chat_id="7", api_base=tg.api_base),
+            name="notify.phone",
+            http=http,
         )
         out = await other_chat.deliver(make_handoff())
         assert isinstance(out, Dead) and "chat not found" in out.detail and "check chat_id" in out.detail
@@ -313,8 +320,8 @@ async def test_telegram_errors_say_what_to_fix(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.parametrize("kind", ["slack-webhook", "slack-api"])
-async def test_slack_message_content_and_limits(kind: str) -> None:
-    async with rig(kind) as r:
+async def test_slack_message_content_and_limits(http: HttpClient, kind: str) -> None:
+    async with rig(kind, http) as r:
         assert isinstance(await r.notifier.deliver(make_handoff(reason="a <b> & c")), Delivered)
         msg = r.sent()[-1]
         assert msg["text"].startswith("🔔 nightly-backup fired") and "a &lt;b&gt; &amp; c" in msg["text"]
@@ -341,8 +348,8 @@ def test_slack_payload_one_huge_line() -> None:
     assert [len(b["text"]["text"]) for b in payload["blocks"]] == [3000, 3000, 1000]
 
 
-async def test_slack_api_error_codes() -> None:
-    async with rig("slack-api") as r:
+async def test_slack_api_error_codes(http: HttpClient) -> None:
+    async with rig("slack-api", http) as r:
         assert isinstance(r.fake, FakeSlack)
         for error in ("invalid_auth", "not_authed", "account_inactive", "token_revoked"):
             r.fake.slack_error(error)
@@ -366,17 +373,21 @@ async def test_slack_api_error_codes() -> None:
         assert ok and "user watchd" in detail
 
 
-async def test_slack_api_channel_and_webhook_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slack_api_channel_and_webhook_errors(http: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     async with FakeSlack("api", channels={"#alerts"}) as sl:
-        n = SlackNotifier(SlackConfig(token=sl.token, channel="#nope", api_base=sl.api_base), name="notify.team")
+        n = SlackNotifier(
+            SlackConfig(token=sl.token, channel="#nope", api_base=sl.api_base), name="notify.team", http=http
+        )
         out = await n.deliver(make_handoff())
         assert isinstance(out, Dead) and "invite the bot" in out.detail
-        bad = SlackNotifier(SlackConfig(token="xoxb-wrong", channel="#alerts", api_base=sl.api_base), name="notify.t")
+        bad = SlackNotifier(
+            SlackConfig(token="xoxb-wrong", channel="#alerts", api_base=sl.api_base), name="notify.t", http=http
+        )
         assert (await bad.probe())[0] is False
     monkeypatch.setenv("WATCHD_TEST_SLACK_URL", "")
     async with FakeSlack("webhook") as sl:
         monkeypatch.setenv("WATCHD_TEST_SLACK_URL", sl.webhook_url)
-        n = SlackNotifier(SlackConfig(webhook_url="env:WATCHD_TEST_SLACK_URL"), name="notify.team")
+        n = SlackNotifier(SlackConfig(webhook_url="env:WATCHD_TEST_SLACK_URL"), name="notify.team", http=http)
         sl.fail(404)
         out = await n.deliver(make_handoff())
         assert out == Dead(
@@ -389,20 +400,23 @@ async def test_slack_api_channel_and_webhook_errors(monkeypatch: pytest.MonkeyPa
 
 
 def test_slack_config_errors() -> None:
+    http = HttpClient()  # never sends: construction fails first
     with pytest.raises(WatchdError, match="needs webhook_url, or token and channel"):
-        SlackNotifier(SlackConfig(), name="notify.team")
+        SlackNotifier(SlackConfig(), name="notify.team", http=http)
     with pytest.raises(WatchdError, match="not both"):
-        SlackNotifier(SlackConfig(webhook_url="https://hooks.slack.com/x", token="xoxb-1"), name="notify.team")
+        SlackNotifier(
+            SlackConfig(webhook_url="https://hooks.slack.com/x", token="xoxb-1"), name="notify.team", http=http
+        )
     with pytest.raises(WatchdError, match="needs a channel"):
-        SlackNotifier(SlackConfig(token="xoxb-1"), name="notify.team")
+        SlackNotifier(SlackConfig(token="xoxb-1"), name="notify.team", http=http)
 
 
 # ---- webhook -------------------------------------------------------------------------------------------------
 
 
-async def test_webhook_body_headers_and_hmac() -> None:
+async def test_webhook_body_headers_and_hmac(http: HttpClient) -> None:
     async with FakeWebhook(secret="signing-key") as wh:
-        n = WebhookNotifier(WebhookConfig(url=wh.hook_url, secret="signing-key"), name="notify.hook")
+        n = WebhookNotifier(WebhookConfig(url=wh.hook_url, secret="signing-key"), name="notify.hook", http=http)
         h = make_handoff(attempt=2)
         assert await n.deliver(h) == Delivered("webhook receiver answered 200")
         req = wh.requests[-1]
@@ -417,19 +431,21 @@ async def test_webhook_body_headers_and_hmac() -> None:
         await n.deliver(h)  # a retry repeats the id: the receiver's dedup key
         assert wh.handoff_ids == ["h_3f2a9c", "h_3f2a9c"] and wh.unique_ids == {"h_3f2a9c"}
 
-        wrong = WebhookNotifier(WebhookConfig(url=wh.hook_url, secret="wrong-key"), name="notify.hook")
+        wrong = WebhookNotifier(WebhookConfig(url=wh.hook_url, secret="wrong-key"), name="notify.hook", http=http)
         out = await wrong.deliver(h)
         assert isinstance(out, Dead) and "(401: " in out.detail and "signature" in out.detail
 
-        custom = WebhookNotifier(WebhookConfig(url=wh.hook_url, secret="k2", header="X-Sig"), name="notify.hook")
+        custom = WebhookNotifier(
+            WebhookConfig(url=wh.hook_url, secret="k2", header="X-Sig"), name="notify.hook", http=http
+        )
         wh.secret, wh.header = "k2", "X-Sig"
         assert isinstance(await custom.deliver(h), Delivered)
         assert wh.requests[-1].headers["X-Sig"] == sign("k2", wh.requests[-1].body)
 
 
-async def test_webhook_body_message_is_the_text_a_person_reads() -> None:
+async def test_webhook_body_message_is_the_text_a_person_reads(http: HttpClient) -> None:
     async with FakeWebhook() as wh:
-        n = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook")
+        n = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook", http=http)
         plain = make_handoff(message=None)
         assert isinstance(await n.deliver(plain), Delivered)
         body = msgspec.json.decode(wh.requests[-1].body)
@@ -439,17 +455,20 @@ async def test_webhook_body_message_is_the_text_a_person_reads() -> None:
 
 
 def test_an_unset_secret_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    http = HttpClient()  # never sends: construction fails first
     monkeypatch.delenv("WATCHD_TEST_UNSET_SECRET", raising=False)
     with pytest.raises(WatchdError) as info:
         WebhookNotifier(
-            WebhookConfig(url="https://hooks.example/x", secret="env:WATCHD_TEST_UNSET_SECRET"), name="notify.hook"
+            WebhookConfig(url="https://hooks.example/x", secret="env:WATCHD_TEST_UNSET_SECRET"),
+            name="notify.hook",
+            http=http,
         )
     assert info.value.message == "notify.hook: secret: env:WATCHD_TEST_UNSET_SECRET is not set"
 
 
-async def test_webhook_unsigned_redirect_and_http_date() -> None:
+async def test_webhook_unsigned_redirect_and_http_date(http: HttpClient) -> None:
     async with FakeWebhook() as wh:
-        n = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook")
+        n = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook", http=http)
         assert isinstance(await n.deliver(make_handoff()), Delivered)
         assert "X-Watchd-Signature-256" not in wh.requests[-1].headers
         wh.script(Reply(301, headers={"Location": "https://elsewhere.example/"}))
@@ -466,6 +485,27 @@ async def test_webhook_unsigned_redirect_and_http_date() -> None:
 
 
 # ---- shared pieces -------------------------------------------------------------------------------------------
+
+
+async def test_each_owner_has_its_own_session_and_closing_one_leaves_the_others_alone(http: HttpClient) -> None:
+    """The daemon, a second daemon in the same process (tests) and `watchd canary` each own a client:
+    closing one must not cut a request in flight on another, and a closed one sends nothing more
+    (a delivery outliving its daemon's stop must not open a session nobody would close)."""
+    async with FakeWebhook() as wh:
+        other = HttpClient()
+        mine = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook", http=http)
+        theirs = WebhookNotifier(WebhookConfig(url=wh.hook_url), name="notify.hook", http=other)
+        assert isinstance(await theirs.deliver(make_handoff()), Delivered)
+        wh.stall(0.5)
+        in_flight = asyncio.create_task(mine.deliver(make_handoff()))
+        await until(lambda: len(wh.requests) == 2, what="the stalled request to arrive")
+        await other.close()
+        assert isinstance(await in_flight, Delivered)
+        out = await theirs.deliver(make_handoff())
+        assert (
+            isinstance(out, Retry) and out.detail == "notify.hook: not sent to the webhook receiver: watchd is stopping"
+        )
+        assert len(wh.requests) == 2 and other.closed and not http.closed
 
 
 def test_parse_retry_after() -> None:

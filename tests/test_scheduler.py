@@ -24,7 +24,7 @@ from watchd.daemon import build_targets
 from watchd.dispatch import Dispatcher
 from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
-from watchd.notify import http_client
+from watchd.notify.http_client import HttpClient
 from watchd.store.schedules import TickClaim, claim
 
 
@@ -208,7 +208,7 @@ async def test_two_schedulers_on_one_state_file_run_a_tick_once(make: Any, tmp_p
         b.store.close()
 
 
-async def test_then_hands_off_through_the_outbox_to_a_notifier_once(make: Any) -> None:
+async def test_then_hands_off_through_the_outbox_to_a_notifier_once(make: Any, http: HttpClient) -> None:
     async with FakeWebhook() as hook:
         extra = f'[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n'
         h = await make(
@@ -216,7 +216,7 @@ async def test_then_hands_off_through_the_outbox_to_a_notifier_once(make: Any) -
             "2026-03-02T05:59:00",
             extra=extra,
         )
-        dispatcher = Dispatcher(h.store, build_targets(h.loaded), clock=time.time)
+        dispatcher = Dispatcher(h.store, build_targets(h.loaded, http=http), clock=time.time)
         h.sched.wake_dispatcher = dispatcher.wake
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
@@ -245,7 +245,6 @@ async def test_then_hands_off_through_the_outbox_to_a_notifier_once(make: Any) -
         finally:
             stop.set()
             await task
-            await http_client.close()
 
 
 async def test_a_failing_run_reports_its_exit_code_and_output_tail(make: Any) -> None:

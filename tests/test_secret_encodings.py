@@ -16,8 +16,7 @@ from support.handoffs import make_handoff
 
 from watchd.config import WebhookNotifier as WebhookConfig
 from watchd.dispatch import Dead, Retry
-from watchd.notify import http_client
-from watchd.notify.http_client import scrub
+from watchd.notify.http_client import HttpClient, scrub
 from watchd.notify.webhook import WebhookNotifier
 from watchd.redact import redact_config, secret_forms
 
@@ -41,12 +40,12 @@ def test_secret_forms_are_the_encodings_a_secret_travels_in() -> None:
 
 @pytest.mark.parametrize("status", [401, 500])
 async def test_a_receiver_echoing_the_basic_auth_header_and_the_url_leaks_nothing(
-    status: int, caplog: pytest.LogCaptureFixture
+    http: HttpClient, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with FakeWebhook() as wh:
         url = f"http://{USER}:{quote(PASSWORD, safe='')}@{wh.url.removeprefix('http://')}/hook?token={TOKEN}"
-        n = WebhookNotifier(WebhookConfig(url=url), name="notify.hook")
+        n = WebhookNotifier(WebhookConfig(url=url), name="notify.hook", http=http)
         wh.script(Reply(status=status, text="refused", echo=True, echo_headers=("Authorization",)))
         outcome = await n.deliver(make_handoff(target="notify.hook"))
         assert isinstance(outcome, Dead if status == 401 else Retry)
@@ -55,7 +54,6 @@ async def test_a_receiver_echoing_the_basic_auth_header_and_the_url_leaks_nothin
         assert "refused" in outcome.detail
         assert leaks(outcome.detail, f"{USER}:{PASSWORD}", PASSWORD, TOKEN) == [], outcome.detail
         assert leaks(caplog.text, f"{USER}:{PASSWORD}", PASSWORD, TOKEN) == []
-    await http_client.close()
 
 
 def test_a_backup_keeps_only_scheme_and_host_of_a_secret_url() -> None:

@@ -24,8 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, clockjump, cluster, config, credentials, history, sdnotify, stepping, storage
-from watchd import ingress as http
+from watchd import bus, clockjump, cluster, config, credentials, history, ingress, sdnotify, stepping, storage
 from watchd.agents.budget import InFlight
 from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner, follow_replies
@@ -44,8 +43,8 @@ from watchd.jobs.canary import CanarySink, release_canary
 from watchd.link import reopens_of
 from watchd.metrics import Metrics, task_families
 from watchd.model import Event, decode_stored_event, iso, own_event
-from watchd.notify import http_client
 from watchd.notify.console import ConsoleNotifier
+from watchd.notify.http_client import HttpClient, Misconfigured
 from watchd.notify.slack import SlackNotifier
 from watchd.notify.telegram import TelegramNotifier
 from watchd.notify.webhook import WebhookNotifier
@@ -74,6 +73,7 @@ STORAGE_GRACE_S = 120.0
 def build_targets(
     loaded: Loaded,
     *,
+    http: HttpClient,
     nc: Client | None = None,
     js: JetStreamContext | None = None,
     store: Store | None = None,
@@ -82,7 +82,8 @@ def build_targets(
     in_flight: InFlight | None = None,
 ) -> dict[str, Target]:
     """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
-    unset secret, an agent type not built yet) dead-letters its handoffs with the reason. Agents of
+    unset secret, an agent type not built yet) dead-letters its handoffs with the reason. The HTTP
+    notifiers send through `http`, which the caller owns and closes. Agents of
     type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
     `store`, call `on_watch` when they add a follow-up watch, and share `in_flight` (the tokens their
     calls hold against the budgets). Console notifiers print to `console` (default stdout)."""
@@ -94,14 +95,14 @@ def build_targets(
             if isinstance(notifier, config.ConsoleNotifier):
                 targets[target] = ConsoleNotifier(console)
             elif isinstance(notifier, config.TelegramNotifier):
-                targets[target] = TelegramNotifier(notifier, name=target)
+                targets[target] = TelegramNotifier(notifier, http=http, name=target)
             elif isinstance(notifier, config.SlackNotifier):
-                targets[target] = SlackNotifier(notifier, name=target)
+                targets[target] = SlackNotifier(notifier, http=http, name=target)
             else:
-                targets[target] = WebhookNotifier(notifier, name=target)
+                targets[target] = WebhookNotifier(notifier, http=http, name=target)
         except WatchdError as exc:
             log.error("%s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
-            targets[target] = http_client.Misconfigured(target, exc.message)
+            targets[target] = Misconfigured(target, exc.message)
     for name, agent in loaded.config.agent.items():
         target = f"agent.{name}"
         if isinstance(agent, config.CommandAgent):
@@ -111,14 +112,14 @@ def build_targets(
                 )
             except WatchdError as exc:
                 log.error("%s: %s", target, exc.message)
-                targets[target] = http_client.Misconfigured(target, f"{target}: {exc.message}")
+                targets[target] = Misconfigured(target, f"{target}: {exc.message}")
         elif isinstance(agent, config.NatsAgent):
             if nc is None or js is None:
-                targets[target] = http_client.Misconfigured(target, f"{target}: no NATS connection to hand off on")
+                targets[target] = Misconfigured(target, f"{target}: no NATS connection to hand off on")
             else:
                 targets[target] = NatsRunner(agent, name=target, js=js, nc=nc)
         elif store is None:
-            targets[target] = http_client.Misconfigured(target, f"{target}: no state store to keep its runs in")
+            targets[target] = Misconfigured(target, f"{target}: no state store to keep its runs in")
         else:
             # Imported here: the SDK costs ~1 s at start-up, paid only when an anthropic agent exists.
             from watchd.agents.anthropic import AnthropicRunner
@@ -135,7 +136,7 @@ def build_targets(
                 )
             except WatchdError as exc:
                 log.error("%s", exc.message)
-                targets[target] = http_client.Misconfigured(target, exc.message)
+                targets[target] = Misconfigured(target, exc.message)
     if nc is not None:
         targets[CANARY_TARGET] = CanarySink(nc)  # the end of the canary's path (watchd/jobs/canary.py)
     return targets
@@ -178,6 +179,7 @@ class Daemon:
         self.answers: Answers | None = None
         self.targets: dict[str, Target] = {}
         self._in_flight = InFlight()  # tokens the anthropic agents' calls hold, across reloads
+        self.http = HttpClient()  # the notifiers' and the heartbeat's session, across reloads; closed at stop
         self.scheduler: Scheduler | None = None
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
         self.active = False  # holds the lease and runs what decides or hands off
@@ -199,7 +201,7 @@ class Daemon:
         self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
         self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
         self._http_runner: web.AppRunner | None = None
-        self.ingress: http.Ingress | None = None
+        self.ingress: ingress.Ingress | None = None
         # Why the daemon stopped itself (the cluster lease was lost): exit non-zero. A task's failure
         # never stops it: the task is started again (watchd/upkeep.py).
         self.failure: WatchdError | None = None
@@ -303,7 +305,7 @@ class Daemon:
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
         self._spawn("storage-probe", lambda: self.storage.run(self._storage_probe))
-        self._http_runner, self.ingress = await http.start(self)
+        self._http_runner, self.ingress = await ingress.start(self)
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
@@ -390,13 +392,14 @@ class Daemon:
             nc=self.nc,
             js=self.js,
             in_daemon=True,
+            http=self.http,
             # Embedded: no other instance can be there to claim a tick.
             claim_tick=lease.claim_tick if lease is not None and not lease.embedded else None,
         )
         self._spawn("scheduler", lambda: self.scheduler.run(self.stop, self.upkeep) if self.scheduler else _noop())
         await self._start_sources()
         if self.ingress is not None:  # the webhooks record their health with the other sources' now
-            self.ingress.webhooks = http.webhook_routes(self)
+            self.ingress.webhooks = ingress.webhook_routes(self)
         self._spawn("release-canary", lambda: release_canary(self), once=True)
 
     async def _start_sources(self) -> None:
@@ -479,7 +482,7 @@ class Daemon:
             await self.lease.leave()  # nothing decides any more: a standby may take over at once
         if self.answers is not None:
             await self.answers.close()
-        await http_client.close()
+        await self.http.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self.nc is not None:
@@ -521,7 +524,7 @@ class Daemon:
             self.sources.update(loaded.config.source)
         if self.ingress is not None and not first:
             try:
-                self.ingress.webhooks = http.webhook_routes(self)
+                self.ingress.webhooks = ingress.webhook_routes(self)
             except WatchdError as exc:  # a secret that cannot be read now: the routes as they were
                 log.error("webhooks not reloaded: %s", exc.message)
 
@@ -557,6 +560,7 @@ class Daemon:
     def _build_targets(self, loaded: Loaded) -> dict[str, Target]:
         return build_targets(
             loaded,
+            http=self.http,
             nc=self.nc,
             js=self.js,
             store=self.store,

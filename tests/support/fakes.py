@@ -6,7 +6,7 @@ error) before the fake falls back to its normal behaviour:
 
     async with FakeTelegram(token="123:abc") as tg:
         tg.fail(500, times=2)              # the next two sendMessage calls get 500
-        notifier = TelegramNotifier(TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url))
+        notifier = TelegramNotifier(TelegramConfig(token="123:abc", chat_id="42", api_base=tg.url), http=http)
         ...
         assert tg.messages[-1]["text"].startswith("🔔")
 

@@ -21,7 +21,6 @@ import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from watchd import bus
-from watchd.notify import http_client
 from watchd.sources import make_source
 from watchd.sources.base import Source, SourceContext
 from watchd.sources.health import SourceHealth
@@ -79,7 +78,6 @@ class SourceRun:
                 await asyncio.wait_for(self.task, 10)
         if self._nc is not None:
             await self._nc.close()
-        await http_client.close()  # the shared client session the HTTP sources used
         self.task = self.ctx = self._nc = None
 
     def position(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from watchd.dispatch import MAX_ATTEMPTS, Dead, Delivered, Outcome, backoff_s
 from watchd.errors import NatsUnavailable, WatchdError
 from watchd.link import pull
 from watchd.model import SUBJECT_RE, Handoff
+from watchd.store.writer import SqliteThread
 from watchd.upkeep import Upkeep
 
 log = logging.getLogger("watchd.worker")
@@ -59,29 +60,46 @@ def default_state_dir() -> Path:
     return Path(base) / "watchd-worker"
 
 
-class DoneRecord:
-    """Handoff ids finished here, with what `done` said. Synchronous and tiny: one row per handoff."""
+class DoneRecord(SqliteThread):
+    """Handoff ids finished here, with what `done` said: one row per handoff. Every write waits for
+    the disk (synchronous=FULL), so the statements run on the record's own thread, never on the
+    event loop where the other handoffs' replies and acks are waiting."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None)
+        super().__init__(
+            sqlite3.connect(path, isolation_level=None, check_same_thread=False), thread_name="watchd-worker-record"
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")  # a `done` must outlive a power loss: it guards a re-run
         self.conn.execute("CREATE TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY, detail TEXT NOT NULL, at REAL)")
 
-    def get(self, handoff_id: str) -> str | None:
-        row = self.conn.execute("SELECT detail FROM done WHERE id = ?", (handoff_id,)).fetchone()
-        return None if row is None else str(row[0])
+    @classmethod
+    async def open(cls, path: Path) -> DoneRecord:
+        return await asyncio.to_thread(cls, path)
 
-    def put(self, handoff_id: str, detail: str, now: float) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO done (id, detail, at) VALUES (?, ?, ?)", (handoff_id, detail, now))
+    async def get(self, handoff_id: str) -> str | None:
+        return await self.call(_get_done, handoff_id)
 
-    def prune(self, older_than: float) -> int:
-        return int(self.conn.execute("DELETE FROM done WHERE at < ?", (older_than,)).rowcount)
+    async def put(self, handoff_id: str, detail: str, now: float) -> None:
+        await self.call(_put_done, handoff_id, detail, now)
 
-    def close(self) -> None:
-        self.conn.close()
+    async def prune(self, older_than: float) -> int:
+        return await self.call(_prune_done, older_than)
+
+
+def _get_done(conn: sqlite3.Connection, handoff_id: str) -> str | None:
+    row = conn.execute("SELECT detail FROM done WHERE id = ?", (handoff_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _put_done(conn: sqlite3.Connection, handoff_id: str, detail: str, now: float) -> None:
+    conn.execute("INSERT OR REPLACE INTO done (id, detail, at) VALUES (?, ?, ?)", (handoff_id, detail, now))
+
+
+def _prune_done(conn: sqlite3.Connection, older_than: float) -> int:
+    return int(conn.execute("DELETE FROM done WHERE at < ?", (older_than,)).rowcount)
 
 
 @dataclass
@@ -223,7 +241,7 @@ class Worker:
             await msg.term()
             return
         hid = handoff.id
-        done = self.record.get(hid)
+        done = await self.record.get(hid)
         if done is not None:
             log.info("%s was already done here: replying done again, not running it twice", hid)
             await self._reply(hid, "done", done, seq)
@@ -238,7 +256,7 @@ class Worker:
         log.info("%s (watch %s, delivery %d): running %s", hid, handoff.watch, delivered, self.opts.command[0])
         outcome = await self._run(msg, msgspec.structs.replace(handoff, attempt=delivered))
         if isinstance(outcome, Delivered):
-            self.record.put(hid, outcome.detail, time.time())  # before the reply: a crash after it never re-runs
+            await self.record.put(hid, outcome.detail, time.time())  # before the reply: a crash after it never re-runs
             await self._reply(hid, "done", outcome.detail, seq)
             log.info("%s done", hid)
         elif isinstance(outcome, Dead):
@@ -288,8 +306,8 @@ async def run(urls: str | list[str], opts: WorkerOptions) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    record = DoneRecord(opts.state_dir / f"{opts.durable}.db")
-    record.prune(time.time() - KEEP_RECORD_S)
+    record = await DoneRecord.open(opts.state_dir / f"{opts.durable}.db")
+    await record.prune(time.time() - KEEP_RECORD_S)
     nc = await bus.connect(urls, name=f"watchd-worker {opts.target}")
     worker = Worker(opts, nc, nc.jetstream(), record)
     try:
@@ -299,7 +317,7 @@ async def run(urls: str | list[str], opts: WorkerOptions) -> int:
             await asyncio.wait_for(nc.flush(), 2)  # the last acks and naks reach the server
         with contextlib.suppress(Exception):
             await nc.close()
-        record.close()
+        await asyncio.to_thread(record.close)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("worker stopped after %d handoff(s)", worker.handled)

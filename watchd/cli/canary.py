@@ -72,7 +72,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
     from watchd import bus, credentials
     from watchd.jobs import JobContext
     from watchd.jobs import canary as canary_job
-    from watchd.notify import http_client
+    from watchd.notify.http_client import HttpClient
     from watchd.store import Store, db_path
 
     """The job with the CLI's own NATS connection and freshly built targets (the probes run here)."""
@@ -91,7 +91,8 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
             notes.append(f"could not publish {subject}: {exc.message}")
 
     store = await Store.open(db_path(loaded.state_dir))
-    targets = build_targets(loaded, nc=nc, js=js)
+    http = HttpClient()  # the probes' session, closed below with the targets
+    targets = build_targets(loaded, http=http, nc=nc, js=js)
     try:
         ctx = JobContext(
             name="canary",
@@ -103,6 +104,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
             nc=nc,
             js=js,
             targets=targets,
+            http=http,
         )
         result = await canary_job.run_and_report(ctx, "manual")
     finally:
@@ -111,7 +113,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
-        await http_client.close()
+        await http.close()
         store.close()
         await nc.close()
     return result, "; ".join(notes) or None

@@ -61,6 +61,7 @@ async def _builtin(sched: Scheduler, name: str, defn: Definition) -> JobResult:
         targets=sched.targets,
         wake_dispatcher=sched.wake_dispatcher,
         in_daemon=sched.in_daemon,
+        http=sched.http,
     )
     try:
         async with asyncio.timeout(defn.timeout_s):

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from watchd.dispatch import Target
+    from watchd.notify.http_client import HttpClient
     from watchd.store import Store
 
 log = logging.getLogger("watchd.scheduler")
@@ -92,6 +93,7 @@ class Scheduler:
         timer: WallTimer | None = None,
         in_daemon: bool = False,
         claim_tick: Callable[[str, float], Awaitable[bool]] | None = None,
+        http: HttpClient | None = None,
     ) -> None:
         self.store = store
         self.loaded = loaded
@@ -102,6 +104,7 @@ class Scheduler:
         self.nc, self.js = nc, js
         self.timer = timer or WallTimer(clock)
         self.in_daemon = in_daemon
+        self.http = http  # the daemon's HTTP client, for the jobs (the heartbeat's ping)
         self.claim_tick = claim_tick  # a tick is run once cluster-wide: by the instance that claims it
         self.slots: dict[str, Slot] = {}
         self.wakeups = 0  # loop iterations: the idle benchmark counts them

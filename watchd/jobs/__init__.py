@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from watchd.config import Loaded
     from watchd.dispatch import Target
+    from watchd.notify.http_client import HttpClient
     from watchd.store import Store
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -40,6 +41,7 @@ class JobContext:
     targets: dict[str, Target] = field(default_factory=dict)
     wake_dispatcher: Callable[[], None] = lambda: None
     in_daemon: bool = False
+    http: HttpClient | None = None  # the owner's HTTP client (the heartbeat's ping); None: the job makes its own
 
 
 @dataclass

@@ -262,6 +262,7 @@ async def release_canary(daemon: Daemon) -> None:
             targets=dispatcher.targets,
             wake_dispatcher=dispatcher.wake,
             in_daemon=True,
+            http=daemon.http,
         )
         result = await run_and_report(ctx, "release", {"changed": changed})
         (log.info if result.ok else log.error)("release canary: %s", result.summary)

@@ -34,7 +34,7 @@ from watchd.jobs import JobContext, JobResult
 from watchd.jobs.builtin_watches import all_watches, enabled_schedules
 from watchd.model import iso
 from watchd.notify import http_client
-from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+from watchd.notify.http_client import DEFAULT_TIMEOUT_S, HttpClient, Response
 from watchd.sources.settings import subject_of
 from watchd.store.engine_state import Heard, engine_view, heard
 from watchd.store.meta import get_float, set_metas
@@ -146,7 +146,7 @@ def ping_url(loaded: Loaded) -> str | None:
     return None
 
 
-async def ping(raw: str) -> tuple[bool, str]:
+async def ping(raw: str, http: HttpClient) -> tuple[bool, str]:
     """GET the dead-man's switch. Every detail is built from the host and status, then scrubbed."""
     try:
         url = resolve_secret(raw) or ""
@@ -157,7 +157,7 @@ async def ping(raw: str) -> tuple[bool, str]:
         http_client.check_http_url("heartbeat", url, "ping_url", secret=True)
     except WatchdError as exc:
         return False, http_client.scrub(exc.message, secrets)
-    resp = await http_client.send("GET", url, name="heartbeat", service=SERVICE, secrets=secrets)
+    resp = await http.send("GET", url, name="heartbeat", service=SERVICE, secrets=secrets)
     if not isinstance(resp, Response):
         return False, resp.detail
     outcome = http_client.classify(
@@ -209,7 +209,11 @@ async def run(ctx: JobContext) -> JobResult:
     ok = True
     raw_url = ping_url(loaded)
     if raw_url is not None:
-        ok, detail = await ping(raw_url)
+        if ctx.http is not None:
+            ok, detail = await ping(raw_url, ctx.http)
+        else:  # run outside the daemon (a test, a tool): a client for this ping alone
+            async with HttpClient() as http:
+                ok, detail = await ping(raw_url, http)
         data["ping"] = {"ok": ok, "detail": detail}
         if not ok:
             done.append(f"dead-man's switch ping failed: {detail}")

@@ -1,5 +1,5 @@
-"""What the HTTP notifiers share: one client session, a request that never raises, and the
-classification of a response or a transport failure into an Outcome.
+"""What the HTTP notifiers share: a client session owned by the daemon (`HttpClient`), a request
+that never raises, and the classification of a response or a transport failure into an Outcome.
 
 Secrets ride in URLs here (Telegram puts the bot token in the path; a Slack incoming-webhook URL is
 itself the credential), and aiohttp puts the URL into many of its exception messages. So nothing
@@ -10,7 +10,6 @@ scrubbed of the notifier's secrets once more for good measure.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.utils
 import logging
@@ -39,31 +38,154 @@ MAX_RETRY_AFTER_S = 600.0  # a server may ask for an hour; the dispatcher caps t
 USER_AGENT = "watchd/0.1 (+https://github.com/watchd)"
 REDACTED = "***"
 
-_session: aiohttp.ClientSession | None = None
-_session_loop: asyncio.AbstractEventLoop | None = None
 
+class HttpClient:
+    """The HTTP client session the notifiers and the heartbeat share, and the request they make
+    through it (`send`). Owned by whoever builds them (the daemon, `watchd canary`), which closes
+    it; there is no process-wide session, so two daemons in one process (tests) keep their
+    connections apart and a stopped daemon leaves none open.
 
-def get_session() -> aiohttp.ClientSession:
-    """The process's shared client session, created lazily on the running loop.
-
-    A session is bound to the loop it was made on; a new loop (a test, a restart of the loop)
-    gets a new one.
+    The session is made at the first request, on the loop that runs it: the owner may be built
+    before its event loop runs.
     """
-    global _session, _session_loop
-    loop = asyncio.get_running_loop()
-    if _session is None or _session.closed or _session_loop is not loop:
-        # trust_env: honour HTTPS_PROXY / NO_PROXY like curl does, for hosts behind a proxy.
-        _session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, trust_env=True)
-        _session_loop = loop
-    return _session
+
+    def __init__(self, *, user_agent: str = USER_AGENT) -> None:
+        self.user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._session is not None else "unused"
+        return f"HttpClient({state})"
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session, made on first use. A closed client refuses: a request after the owner
+        closed it (a delivery that outlived the daemon's stop) must not open a session nobody closes."""
+        if self._closed:
+            raise ClientClosed("the HTTP client is closed: watchd is stopping")
+        if self._session is None:
+            # trust_env: honour HTTPS_PROXY / NO_PROXY like curl does, for hosts behind a proxy.
+            self._session = aiohttp.ClientSession(headers={"User-Agent": self.user_agent}, trust_env=True)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session and its connections; later requests fail with a retry."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        name: str,
+        service: str,
+        secrets: Iterable[str | None],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response | Retry | Dead:
+        """One HTTP request that never raises: a Response, or the Outcome of a transport failure.
+
+        Redirects are not followed: a notifier endpoint that moved is a config problem, and following
+        one would send the signature (or a bearer token) to wherever it points.
+        """
+        secrets = list(secrets)
+        if self._closed:
+            return Retry(f"{name}: not sent to {service}: watchd is stopping")
+        try:
+            result = await self._send(
+                method,
+                url,
+                name=name,
+                service=service,
+                secrets=secrets,
+                timeout_s=timeout_s,
+                json=json,
+                data=data,
+                headers=headers,
+            )
+        except Exception as exc:  # a last resort: the type only, since an exception's text may hold the URL
+            log.warning("%s: unexpected %s while calling %s", name, type(exc).__name__, service)
+            return Retry(f"{name}: {service} request failed unexpectedly ({type(exc).__name__})")
+        if isinstance(result, Response):
+            return result
+        return dataclasses.replace(result, detail=scrub(result.detail, secrets))  # belt and braces
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        name: str,
+        service: str,
+        secrets: list[str | None],
+        timeout_s: float,
+        json: Any,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> Response | Retry | Dead:
+        host = host_of(url)
+        body = data if json is None else msgspec.json.encode(json)
+        hdrs = dict(headers or {})
+        if json is not None:
+            hdrs.setdefault("Content-Type", "application/json; charset=utf-8")
+        try:
+            async with self.session().request(
+                method,
+                url,
+                data=body,
+                headers=hdrs,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                raw = bytearray()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    raw += chunk
+                    if len(raw) > MAX_RESPONSE_BYTES:  # an error page is never this big; stop reading
+                        break
+                status = resp.status
+                resp_headers = CIMultiDict(resp.headers)  # keeps header lookups case-insensitive
+        except ClientClosed:
+            return Retry(f"{name}: not sent to {service}: watchd is stopping")
+        except TimeoutError:  # aiohttp's ServerTimeoutError and friends are TimeoutErrors too
+            return Retry(f"{name}: {service} did not answer within {timeout_s:g}s (timeout)")
+        except aiohttp.InvalidURL:
+            return Dead(f"{name}: the {service} URL is invalid: check the notifier's configuration")
+        except aiohttp.ClientConnectorError as exc:
+            return Retry(scrub(f"{name}: cannot connect to {service} at {host}: {_connect_failure(exc)}", secrets))
+        except aiohttp.ClientError as exc:
+            return Retry(f"{name}: {service} request failed ({type(exc).__name__})")
+        except OSError as exc:
+            return Retry(scrub(f"{name}: {service} request failed ({type(exc).__name__}: {exc.strerror})", secrets))
+        except ValueError as exc:  # e.g. a header value aiohttp refuses: a config problem, never transient
+            return Dead(
+                f"{name}: the {service} request could not be built ({type(exc).__name__}): check the configuration"
+            )
+        data_obj: Any = None
+        if bytes(raw.lstrip()[:1]) in (b"{", b"["):
+            try:
+                data_obj = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                data_obj = None
+        return Response(status, resp_headers, bytes(raw), data_obj)
 
 
-async def close() -> None:
-    """Close the shared session (at daemon stop); the next request opens a new one."""
-    global _session, _session_loop
-    session, _session, _session_loop = _session, None, None
-    if session is not None and not session.closed:
-        await session.close()
+class ClientClosed(RuntimeError):
+    """A request on an HttpClient its owner has closed."""
 
 
 # ---- secrets ---------------------------------------------------------------------------------------------
@@ -166,99 +288,6 @@ class Response:
         if len(text) > limit:
             text = text[:limit] + "…"
         return scrub(text, secrets)
-
-
-async def send(
-    method: str,
-    url: str,
-    *,
-    name: str,
-    service: str,
-    secrets: Iterable[str | None],
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    json: Any = None,
-    data: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response | Retry | Dead:
-    """One HTTP request that never raises: a Response, or the Outcome of a transport failure.
-
-    Redirects are not followed: a notifier endpoint that moved is a config problem, and following
-    one would send the signature (or a bearer token) to wherever it points.
-    """
-    secrets = list(secrets)
-    try:
-        result = await _send(
-            method,
-            url,
-            name=name,
-            service=service,
-            secrets=secrets,
-            timeout_s=timeout_s,
-            json=json,
-            data=data,
-            headers=headers,
-        )
-    except Exception as exc:  # a last resort: the type only, since an exception's text may hold the URL
-        log.warning("%s: unexpected %s while calling %s", name, type(exc).__name__, service)
-        return Retry(f"{name}: {service} request failed unexpectedly ({type(exc).__name__})")
-    if isinstance(result, Response):
-        return result
-    return dataclasses.replace(result, detail=scrub(result.detail, secrets))  # belt and braces
-
-
-async def _send(
-    method: str,
-    url: str,
-    *,
-    name: str,
-    service: str,
-    secrets: list[str | None],
-    timeout_s: float,
-    json: Any,
-    data: bytes | None,
-    headers: Mapping[str, str] | None,
-) -> Response | Retry | Dead:
-    host = host_of(url)
-    body = data if json is None else msgspec.json.encode(json)
-    hdrs = dict(headers or {})
-    if json is not None:
-        hdrs.setdefault("Content-Type", "application/json; charset=utf-8")
-    try:
-        session = get_session()
-        async with session.request(
-            method,
-            url,
-            data=body,
-            headers=hdrs,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as resp:
-            raw = bytearray()
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                raw += chunk
-                if len(raw) > MAX_RESPONSE_BYTES:  # an error page is never this big; stop reading
-                    break
-            status = resp.status
-            resp_headers = CIMultiDict(resp.headers)  # keeps header lookups case-insensitive
-    except TimeoutError:  # aiohttp's ServerTimeoutError and friends are TimeoutErrors too
-        return Retry(f"{name}: {service} did not answer within {timeout_s:g}s (timeout)")
-    except aiohttp.InvalidURL:
-        return Dead(f"{name}: the {service} URL is invalid: check the notifier's configuration")
-    except aiohttp.ClientConnectorError as exc:
-        return Retry(scrub(f"{name}: cannot connect to {service} at {host}: {_connect_failure(exc)}", secrets))
-    except aiohttp.ClientError as exc:
-        return Retry(f"{name}: {service} request failed ({type(exc).__name__})")
-    except OSError as exc:
-        return Retry(scrub(f"{name}: {service} request failed ({type(exc).__name__}: {exc.strerror})", secrets))
-    except ValueError as exc:  # e.g. a header value aiohttp refuses: a config problem, never transient
-        return Dead(f"{name}: the {service} request could not be built ({type(exc).__name__}): check the configuration")
-    data_obj: Any = None
-    if bytes(raw.lstrip()[:1]) in (b"{", b"["):
-        try:
-            data_obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            data_obj = None
-    return Response(status, resp_headers, bytes(raw), data_obj)
 
 
 def classify(

@@ -18,7 +18,7 @@ from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff
 from watchd.notify import buttons, http_client
-from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+from watchd.notify.http_client import DEFAULT_TIMEOUT_S, HttpClient, Response
 from watchd.notify.render import TRUNCATED, render, truncate
 
 log = logging.getLogger("watchd.notify.slack")
@@ -110,7 +110,15 @@ def _footer(handoff: Handoff) -> str:
 class SlackNotifier:
     """A Slack message per handoff. `name` is the target name (`notify.team`) used in every detail."""
 
-    def __init__(self, cfg: SlackConfig, *, name: str = "notify.slack", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        cfg: SlackConfig,
+        *,
+        http: HttpClient,
+        name: str = "notify.slack",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.http = http  # the daemon's client session: shared, closed by its owner
         self.name = name
         self.timeout_s = timeout_s
         self.channel = cfg.channel
@@ -155,7 +163,7 @@ class SlackNotifier:
             resp = await self._api("chat.postMessage", payload)
             outcome = resp if not isinstance(resp, Response) else self._classify_api(resp)
         else:
-            resp = await http_client.send(
+            resp = await self.http.send(
                 "POST",
                 self._webhook_url,
                 name=self.name,
@@ -201,7 +209,7 @@ class SlackNotifier:
         return True, f"{self.name}: Slack token works (user {data.get('user', '?')} in team {data.get('team', '?')})"
 
     async def _api(self, method: str, payload: dict[str, Any]) -> Response | Retry | Dead:
-        return await http_client.send(
+        return await self.http.send(
             "POST",
             f"{self._api_base}/{method}",
             name=self.name,

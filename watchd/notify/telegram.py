@@ -15,7 +15,7 @@ from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.model import Handoff
 from watchd.notify import buttons, http_client
-from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response, first_line, parse_retry_after
+from watchd.notify.http_client import DEFAULT_TIMEOUT_S, HttpClient, Response, first_line, parse_retry_after
 from watchd.notify.render import render, truncate
 
 log = logging.getLogger("watchd.notify.telegram")
@@ -28,8 +28,14 @@ class TelegramNotifier:
     """A chat message per handoff. `name` is the target name (`notify.phone`) used in every detail."""
 
     def __init__(
-        self, cfg: TelegramConfig, *, name: str = "notify.telegram", timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        cfg: TelegramConfig,
+        *,
+        http: HttpClient,
+        name: str = "notify.telegram",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        self.http = http  # the daemon's client session: shared, closed by its owner
         self.name = name
         self.timeout_s = timeout_s
         self.chat_id = str(cfg.chat_id).strip()
@@ -52,7 +58,7 @@ class TelegramNotifier:
         return [self._token, f"bot{self._token}"]
 
     async def _call(self, method: str, payload: dict[str, Any] | None = None) -> Response | Retry | Dead:
-        return await http_client.send(
+        return await self.http.send(
             "POST",
             f"{self._api_base}/bot{self._token}/{method}",
             name=self.name,

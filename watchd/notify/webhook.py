@@ -27,7 +27,7 @@ from watchd.dispatch import Delivered, Outcome
 from watchd.errors import WatchdError
 from watchd.model import Handoff
 from watchd.notify import http_client
-from watchd.notify.http_client import DEFAULT_TIMEOUT_S, Response
+from watchd.notify.http_client import DEFAULT_TIMEOUT_S, HttpClient, Response
 from watchd.notify.render import render
 
 log = logging.getLogger("watchd.notify.webhook")
@@ -88,8 +88,14 @@ class WebhookNotifier:
     """
 
     def __init__(
-        self, cfg: WebhookConfig, *, name: str = "notify.webhook", timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        cfg: WebhookConfig,
+        *,
+        http: HttpClient,
+        name: str = "notify.webhook",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        self.http = http  # the daemon's client session: shared, closed by its owner
         self.name = name
         self.timeout_s = timeout_s
         self.header = cfg.header
@@ -114,7 +120,7 @@ class WebhookNotifier:
         headers = {"Content-Type": "application/json", ID_HEADER: handoff.id, ATTEMPT_HEADER: str(handoff.attempt)}
         if self._secret:
             headers[self.header] = sign(self._secret, body)
-        resp = await http_client.send(
+        resp = await self.http.send(
             "POST",
             self._url,
             name=self.name,

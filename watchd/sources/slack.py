@@ -30,7 +30,7 @@ import msgspec
 
 from watchd.errors import WatchdError
 from watchd.notify import http_client
-from watchd.notify.http_client import Response
+from watchd.notify.http_client import HttpClient, Response
 from watchd.sources.base import Emit, Source, SourceContext
 from watchd.sources.chat import ANSWER_SUBJECT, AllowList
 from watchd.sources.settings import SlackSettings, SourceSettings, subject_of
@@ -58,6 +58,7 @@ class SlackSource(Source):
         self._token_ref = http_client.secret_ref(settings.app_token, "app_token")
         self._token = ""
         self.connections = 0  # sockets opened (for health and tests)
+        self._http: HttpClient | None = None  # while it runs: see run
 
     @property
     def _secrets(self) -> list[str]:
@@ -67,7 +68,7 @@ class SlackSource(Source):
 
     async def _socket_url(self) -> str | None:
         """A fresh Socket Mode URL; None after a passing failure; WatchdError when the token is wrong."""
-        resp = await http_client.send(
+        resp = await self.http.send(
             "POST",
             f"{self.cfg.api_base.rstrip('/')}/apps.connections.open",
             name=f"source {self.name}",
@@ -87,7 +88,18 @@ class SlackSource(Source):
             raise WatchdError(f"source {self.name}: Slack refused the app token ({error})", hint=hint)
         raise _Passing(f"source {self.name}: Slack apps.connections.open failed ({error})")
 
+    @property
+    def http(self) -> HttpClient:
+        assert self._http is not None, "the client exists only while the source runs"
+        return self._http
+
     async def run(self, ctx: SourceContext) -> None:
+        # A client session of its own for each run, closed when the run ends (a restart opens another):
+        # a source also runs outside the daemon (`watchd source run`), and its requests wait longest.
+        async with HttpClient() as self._http:
+            await self._run(ctx)
+
+    async def _run(self, ctx: SourceContext) -> None:
         token = http_client.resolve(f"source {self.name}", self.cfg.app_token, "app_token")
         if not token:
             raise WatchdError(f"source {self.name}: the Slack app token is empty", hint=f"set {self._token_ref}")
@@ -109,7 +121,7 @@ class SlackSource(Source):
 
     async def _connection(self, url: str, ctx: SourceContext) -> bool:
         """Read one socket until Slack says disconnect (True), it breaks (_Passing) or we stop."""
-        session = http_client.get_session()
+        session = self.http.session()
         try:
             ws = await session.ws_connect(url, heartbeat=HEARTBEAT_S, autoping=True)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

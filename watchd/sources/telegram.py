@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from watchd.errors import WatchdError
 from watchd.notify import http_client
-from watchd.notify.http_client import Response
+from watchd.notify.http_client import HttpClient, Response
 from watchd.sources.base import Emit, Source, SourceContext
 from watchd.sources.chat import ANSWER_SUBJECT, AllowList, answer_data, parse_button
 from watchd.sources.settings import SourceSettings, TelegramSettings, subject_of
@@ -52,6 +52,7 @@ class TelegramSource(Source):
         self._token_ref = http_client.secret_ref(settings.token, "token")
         self._token = ""
         self._warned: set[str] = set()  # chats and senders whose drop was logged once
+        self._http: HttpClient | None = None  # while it runs: see run
 
     def _url(self, method: str) -> str:
         return f"{self.cfg.api_base.rstrip('/')}/bot{self._token}/{method}"
@@ -62,7 +63,7 @@ class TelegramSource(Source):
 
     async def _call(self, method: str, payload: dict[str, Any], timeout_s: float) -> Response | str:
         """The Bot API's answer to one call, or why there is none (a safe, scrubbed line)."""
-        resp = await http_client.send(
+        resp = await self.http.send(
             "POST",
             self._url(method),
             name=f"source {self.name}",
@@ -75,7 +76,18 @@ class TelegramSource(Source):
 
     # -- running --
 
+    @property
+    def http(self) -> HttpClient:
+        assert self._http is not None, "the client exists only while the source runs"
+        return self._http
+
     async def run(self, ctx: SourceContext) -> None:
+        # A client session of its own for each run, closed when the run ends (a restart opens another):
+        # a source also runs outside the daemon (`watchd source run`), and its requests wait longest.
+        async with HttpClient() as self._http:
+            await self._run(ctx)
+
+    async def _run(self, ctx: SourceContext) -> None:
         token = http_client.resolve(f"source {self.name}", self.cfg.token, "token")
         if not token:
             raise WatchdError(f"source {self.name}: the Telegram bot token is empty", hint=f"set {self._token_ref}")

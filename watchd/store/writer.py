@@ -27,13 +27,35 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
-class Store:
+class SqliteThread:
+    """One SQLite connection and the one thread that uses it. Async code hands it work with `run` or
+    `call`, so no statement (nor a commit waiting for the disk) ever blocks the event loop. Made off
+    the loop too (`asyncio.to_thread`): opening a file may create or migrate it. The connection must
+    allow use from another thread than the one that made it (`check_same_thread=False`)."""
+
+    def __init__(self, conn: sqlite3.Connection, *, thread_name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self.conn = conn
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def call(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """`fn(conn, *args, **kw)` on the connection's thread."""
+        return await self.run(functools.partial(fn, self.conn, *args, **kw))
+
+    def close(self) -> None:
+        """Wait for the work handed over, then close (blocking: from async code, `asyncio.to_thread`)."""
+        self._executor.shutdown(wait=True)
+        self.conn.close()
+
+
+class Store(SqliteThread):
     """The single writer. Every method runs on its one thread; async callers use `call` or `run`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watchd-store")
-        self.conn = connect(path)
+        super().__init__(connect(path), thread_name="watchd-store")
         schema.create(self.conn)
         for suffix in ("-wal", "-shm"):
             sidecar = Path(str(path) + suffix)
@@ -44,17 +66,6 @@ class Store:
     async def open(cls, path: Path) -> Store:
         """A Store opened off the event loop (creating tables or adding columns to a big file takes time)."""
         return await asyncio.to_thread(cls, path)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def call(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs) -> T:
-        """`fn(conn, *args, **kw)` on the writer thread."""
-        return await self.run(functools.partial(fn, self.conn, *args, **kw))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.conn.close()
 
     # ---- meta ----
 
