@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from support.disks import fill, free, small_disk
 from support.inprocess import InProcessDaemon
+from support.project import stream_events
 from support.waiting import until
 
 from watchd import bus, storage
@@ -174,3 +175,30 @@ async def test_a_full_disk_is_unhealthy_and_recovers_once_space_returns_without_
         assert (await d.cli("check")).returncode == 0
         assert d.running.failure is None
         await d.stop()
+
+
+async def test_a_source_that_cannot_store_its_event_makes_the_daemon_unhealthy_until_it_can(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    source = '[source.inbox]\ntype = "file"\npaths = ["inbox/*.pdf"]\nsubject = "files.scans"\ndebounce = "100ms"\n'
+    d = daemon_factory(extra_config=source)
+    inbox = d.root / "inbox"
+    inbox.mkdir()
+    await d.start()
+    await until(lambda: (d.state_dir / "sources" / "inbox.json").exists(), what="the first scan")
+    d.running.storage.restart_after_s = 3600  # the probe's recovery, not the server restart
+    pid = d.nats_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (inbox / "scan.pdf").write_bytes(b"%PDF-1")
+        await until(lambda: not d.health()["storage"], what="the source's failed publish to show in health")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await until(lambda: d.health()["ok"], what="health to recover")
+    stored = await until(lambda: stored_from(d, "inbox"), what="the file's event, stored once the source retried")
+    assert [e["data"]["event"] for e in stored] == ["created"]  # stored once, whatever was re-sent
+
+
+async def stored_from(d: InProcessDaemon, source: str) -> list[dict[str, Any]]:
+    return [e for e in await stream_events(d.nats_url) if e["source"] == source]

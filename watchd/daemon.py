@@ -421,6 +421,7 @@ class Daemon:
             heard=last_heard,
             max_wait_s=self.source_wait_s,
             publish_own=self.publish,
+            publish=self.publish,  # a source that cannot store makes the daemon unhealthy too
         )
         sources = self.sources
         self._spawn("sources", lambda: sources.run(self.stop, self.upkeep))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
 
 from nats.js import JetStreamContext
@@ -50,9 +50,12 @@ class Publisher(Outlet):
         *,
         max_bytes: int = MAX_EVENT_BYTES,
         on_published: Callable[[Event], None] | None = None,
+        publish: Callable[[Event], Awaitable[bus.PubAckInfo]] | None = None,
     ) -> None:
         self.name = name
         self.js = js
+        # In the daemon, its publish: a failure to store then shows in its health (watchd/storage.py).
+        self.publish = publish or (lambda event: bus.publish_event(js, event))
         self.positions = positions
         self.health = health
         self.clock = clock
@@ -74,7 +77,7 @@ class Publisher(Outlet):
         # a burst (10,000 files) is not bound by one round trip per event.
         for start in range(0, len(events), PUBLISH_WINDOW):
             window = events[start : start + PUBLISH_WINDOW]
-            acks = await asyncio.gather(*(bus.publish_event(self.js, e) for e in window))  # NatsUnavailable: no save
+            acks = await asyncio.gather(*(self.publish(e) for e in window))  # NatsUnavailable: no save
             now = self.clock()
             for event, ack in zip(window, acks, strict=True):
                 self.health.published(now, ack.duplicate)

@@ -21,6 +21,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from watchd.bus import PubAckInfo
 from watchd.errors import WatchdError
 from watchd.model import Event, iso, own_event, stable_hash
 from watchd.sources import make_source
@@ -98,8 +99,10 @@ class SourceSet:
         heard: dict[str, float] | None = None,
         max_wait_s: float = 60.0,
         publish_own: Callable[[Event], Awaitable[Any]] | None = None,
+        publish: Callable[[Event], Awaitable[PubAckInfo]] | None = None,
     ) -> None:
         self.js = js
+        self.publish = publish  # the sources' events; None: straight to `js`
         self.positions = positions
         self.base_dir = base_dir
         self.clock = clock
@@ -160,6 +163,7 @@ class SourceSet:
             self.clock,
             max_bytes=self.max_event_bytes,
             on_published=lambda _e: self._wake.set(),
+            publish=self.publish,
         )
         ctx = SourceContext(
             name=name,
