@@ -455,7 +455,8 @@ class EngineState:
         as `muted`); a snooze holds it, to be judged again when the snooze ends. `opens_incident`
         is false for a fire that reports an incident's end (an absent watch's recovery)."""
         event_id, seq = (event.event.id, event.seq) if event is not None else (None, None)
-        hold = self.hold_on(logic.id, key)
+        meta = self.meta.get(logic.id)
+        hold = self.hold_on(logic.id, key) if meta is not None and meta.holds else None  # most have none
         if hold is not None:
             verdict = Verdict.MUTED if hold.action == "mute" else Verdict.HELD
             said = f"{reason} ({hold_words(hold, logic.zone)})"

@@ -26,7 +26,8 @@ class CountLogic(MatchLogic):
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         now = s.clock
         st = s.state(self.id, key)
-        st.hits = [t for t in st.hits if t > now - self.window_s]
+        since = now - self.window_s
+        st.hits = [t for t in st.hits if t > since]
         st.hits.append(now)
         st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.evidence(event.event)]
         if len(st.hits) < self.count:
