@@ -540,7 +540,7 @@ def test_event_lists_every_watch_it_was_a_candidate_for(world: Any) -> None:
     assert [h.id for h in report.handoffs] == [fire.handoff_id("notify.phone")]
     data = report.to_json()
     assert set(data) == {"event", "verdict", "rejected", "decisions", "handoffs"}
-    assert set(data["decisions"][0]) == {"at", "at_local", "watch", "verdict", "key", "reason"}
+    assert set(data["decisions"][0]) == {"at", "at_local", "watch", "verdict", "key", "reason", "version"}
     nothing = w.event("nope").verdict
     assert nothing == (
         "no decisions recorded for event nope (not a candidate for any watch, beyond retention, or only misses "

@@ -96,6 +96,8 @@ async def test_versions_with_git_authors_history_diff_and_explain(
     assert explained["version"]["version"] == 3 and explained["version"]["git_dirty"] is True
     text = (await d.cli("explain", "urgent-mail")).stdout
     assert "version 3 since" in text and "uncommitted changes" in text
+    event = json.loads((await d.cli("explain", "--event", "under-v2", "--json")).stdout)
+    assert [(x["watch"], x["version"]) for x in event["decisions"]] == [("urgent-mail", 2)]
 
     # The schedule's history: its [schedule.report] table, changed in the config.
     d.write_config(OFF + SCHED.format(timeout="9m"))

@@ -4,6 +4,7 @@ schedule (the report → email pipeline), and the period every run's payload car
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from watchd.cron.ticks import jitter_offset, retry_delay, tick_key
 from watchd.errors import ConfigError, WatchdError
 from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
+from watchd.store import db_path
 
 
 @pytest.fixture
@@ -349,3 +351,56 @@ async def test_a_run_cut_off_by_a_restart_with_retries_left_runs_again_with_its_
     await h.step("2026-03-02T10:00:31")
     (r,) = h.rows("sync")
     assert r["key"] == key and r["state"] == "done" and r["attempt"] == 2
+
+
+def test_a_state_file_from_before_runs_had_triggers_is_still_explained(tmp_path: Path) -> None:
+    import sqlite3
+
+    from watchd.explain.schedule import upcoming_ticks
+
+    path = tmp_path / "config.toml"
+    path.write_text('state_dir = "state"\ntimezone = "UTC"\n[schedule.q]\ncron = "0 6 * * *"\nrun = ["true"]\n')
+    loaded = config.load(path)
+    loaded.state_dir.mkdir()
+    conn = sqlite3.connect(db_path(loaded.state_dir))
+    conn.executescript(  # the tables as they were
+        "CREATE TABLE schedules (name TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,"
+        " since REAL NOT NULL, completed_at REAL);"
+        "CREATE TABLE schedule_ticks (key TEXT PRIMARY KEY, schedule TEXT NOT NULL, version INTEGER NOT NULL,"
+        " tick_at REAL NOT NULL, state TEXT NOT NULL, reason TEXT, started_at REAL, ended_at REAL, summary TEXT,"
+        " data TEXT);"
+    )
+    t = ts("2026-03-02T06:00:00")
+    conn.execute("INSERT INTO schedules VALUES ('q', 'x', 1, ?, ?)", (t - 86400, t + 1))
+    row = ("k", "q", 1, t, "done", None, t, t + 1, "exit 0", "{}")
+    conn.execute("INSERT INTO schedule_ticks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    conn.commit()
+    conn.close()
+    report = explain_from_db(loaded, "q", t + 60)
+    assert report.verdict.startswith("ran the 06:00") and report.timeline()[0]["trigger"] == "schedule"
+    ticks, _ = upcoming_ticks(loaded, t + 60, 1)
+    assert [x["at_utc"] for x in ticks if x["schedule"] == "q"] == ["2026-03-03T06:00:00Z"]
+
+
+async def test_after_two_schedules_runs_once_both_ended_for_the_tick(make: Any) -> None:
+    body = (
+        f'[schedule.a]\ncron = "0 6 * * *"\n{ECHO}\n'
+        '[schedule.b]\ncron = "0 6 * * *"\nrun = ["sh", "-c", "sleep 0.5; exit 2"]\n'
+        f'[schedule.both]\nafter = ["a", "b"]\n{ECHO}\n'
+        f'[schedule.any]\nafter = ["a", "b"]\non = "failure"\n{ECHO}\n'
+    )
+    h = await make(body, "2026-03-02T05:59:00")
+    h.clock.set("2026-03-02T06:00:00")
+    await h.sched.step()
+    while not h.of("schedule.a.done"):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    (waiting,) = h.rows("both")
+    assert waiting["state"] == "waiting" and waiting["summary"] == "waiting for b's run (started)"
+    await h.sched.idle()
+    (both,) = h.rows("both")
+    assert both["state"] == "skipped" and both["summary"] == "not run (on = success): b failed (exit 2: no output)"
+    (any_,) = h.rows("any")
+    assert any_["state"] == "done"
+    (started,) = h.of("schedule.any.started")
+    assert [u["schedule"] for u in started["upstream"]] == ["a", "b"]

@@ -53,7 +53,7 @@ the zone's offset).
 `explain --event ID --json` (stable)::
 
     {"event": str, "verdict": str, "rejected": bool,
-     "decisions": [{"at", "at_local", "watch", "verdict", "key", "reason"}],
+     "decisions": [{"at", "at_local", "watch", "verdict", "key", "reason", "version"}],
      "handoffs": [{"id", "key", "target", "state", "attempt", "last_error", "fired_at"}]}
 """
 
@@ -206,9 +206,14 @@ class EventReport:
     handoffs: list[HandoffRow]
     zones: dict[str, str]  # watch -> zone, for local times
     default_zone: str
+    versions: dict[str, list[Version]] = field(default_factory=dict)  # each watch's definition history
 
     def zone(self, watch: str) -> str:
         return self.zones.get(watch, self.default_zone)
+
+    def version_of(self, d: Decision) -> int | None:
+        v = version_at(self.versions.get(d.watch or "", []), d.at)
+        return v.version if v else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -223,6 +228,7 @@ class EventReport:
                     "verdict": d.verdict,
                     "key": d.key,
                     "reason": d.reason,
+                    "version": self.version_of(d),
                 }
                 for d in self.decisions
             ],
@@ -561,7 +567,9 @@ def event_from_db(conn: sqlite3.Connection, defs: list[WatchDef], default_zone: 
     for w in watches:
         handoffs += handoff_rows(conn, w)
     zones = {d.watch.id: WatchInfo.of(d, default_zone).zone for d in defs}
-    return explain_event(event_id, rows, handoffs, zones, default_zone)
+    report = explain_event(event_id, rows, handoffs, zones, default_zone)
+    report.versions = {w: versions_of(conn, w, "watch") for w in {d.watch for d in rows if d.watch}}
+    return report
 
 
 def parse_since(text: str) -> float:

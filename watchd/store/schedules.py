@@ -19,6 +19,10 @@ _TICK_COLUMNS = (
     "key, schedule, version, tick_at, state, reason, started_at, ended_at, summary, data, trigger, attempt, "
     "next_attempt_at, payload"
 )
+# A state file the daemon has not opened since these columns came (read by a newer command line).
+_LEGACY_COLUMNS = (
+    "key, schedule, version, tick_at, state, reason, started_at, ended_at, summary, data, 'schedule', 1, NULL, NULL"
+)
 # Which rows say how far a schedule's own ticks got: a manual run or one after an upstream is not a tick.
 _OWN = "trigger = 'schedule'"
 # States a row is kept in whatever its age: under way, waiting, or a dead letter to replay or drop.
@@ -175,9 +179,15 @@ def prune(conn: sqlite3.Connection, before: float) -> int:
     return int(cur.rowcount)
 
 
+def _legacy(conn: sqlite3.Connection) -> bool:
+    """A state file from before runs had a trigger and attempts (its daemon has not started since)."""
+    return "trigger" not in {row[1] for row in conn.execute("PRAGMA table_info(schedule_ticks)")}
+
+
 def stored_states(conn: sqlite3.Connection) -> dict[str, tuple[int, State]]:
     """(version, State) of every schedule the state db knows."""
-    sql = f"SELECT schedule, MAX(tick_at) FROM schedule_ticks WHERE {_OWN} GROUP BY schedule"
+    own = "1 = 1" if _legacy(conn) else _OWN
+    sql = f"SELECT schedule, MAX(tick_at) FROM schedule_ticks WHERE {own} GROUP BY schedule"
     last = dict(conn.execute(sql).fetchall())
     rows = conn.execute("SELECT name, version, since, completed_at FROM schedules").fetchall()
     return {name: (version, State(since, last.get(name), done)) for name, version, since, done in rows}
@@ -186,7 +196,8 @@ def stored_states(conn: sqlite3.Connection) -> dict[str, tuple[int, State]]:
 def ticks_of(conn: sqlite3.Connection, name: str, limit: int) -> list[TickRow]:
     """A schedule's latest `limit` ticks, oldest first."""
     rows = conn.execute(
-        f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE schedule = ? ORDER BY tick_at DESC, started_at DESC LIMIT ?",
+        f"SELECT {_LEGACY_COLUMNS if _legacy(conn) else _TICK_COLUMNS} FROM schedule_ticks WHERE schedule = ? "
+        "ORDER BY tick_at DESC, started_at DESC LIMIT ?",
         (name, limit),
     ).fetchall()
     return [TickRow(*r) for r in reversed(rows)]
