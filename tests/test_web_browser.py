@@ -96,3 +96,41 @@ async def test_a_person_sees_the_fire_and_replays_a_dead_letter(
     if shots:
         await page.goto(d.http_url + "/schedules")
         await page.screenshot(path=str(shots / "schedules.png"), full_page=True)
+
+
+DISK = """
+[[watch]]
+id = "disk-full"
+kind = "match"
+on = { subject = "disk.full", key = "data.host" }
+repeat = "1m"
+then = ["notify.console"]
+"""
+
+
+async def test_a_person_acks_an_incident_and_snoozes_a_watch_from_the_pages(
+    daemon_factory: Callable[..., InProcessDaemon], browser: object
+) -> None:
+    d = await daemon_factory({"w.toml": DISK}).start()
+    await d.publish(make_event("disk.full", {"host": "nas"}))
+    await until(lambda: d.handoffs("disk-full"), what="the incident")
+
+    page = await browser.new_page(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    await page.goto(d.http_url + "/")
+    row = page.locator("tr#watch-disk-full")
+    assert (await row.locator("td.incidents span.bad").text_content()) == "1"
+    await row.locator("button", has_text="ack").click()
+    await page.wait_for_url("**notice=*")
+    assert "disk-full [nas]: acked by the dashboard" in (await page.locator("p.notice").text_content() or "")
+    assert (await page.locator("tr#watch-disk-full td.incidents").text_content() or "").strip() == "0"
+    assert d.decisions("disk-full", "acked")  # the engine decided it, as for the command line
+
+    await page.get_by_role("link", name="disk-full", exact=True).click()
+    await page.wait_for_url("**/watches/disk-full")
+    await page.locator("#answers button", has_text="snooze 1h").click()
+    await page.wait_for_url("**/watches/disk-full?notice=*")
+    assert "snoozed by the dashboard until" in (await page.locator("ul.holds").text_content() or "")
+    await page.locator("ul.holds button", has_text="unmute").click()
+    await page.wait_for_url("**notice=*")
+    assert "ended early by the dashboard" in (await page.locator("p.notice").text_content() or "")
+    assert await page.locator("ul.holds").count() == 0

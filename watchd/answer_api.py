@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -34,6 +35,15 @@ from watchd.store.decisions import event_decisions
 MAX_BODY = 4096
 APPLY_WAIT_S = 5.0  # how long a call waits for the engine to apply the answer before answering 202
 _HINT = 'send {"target": "WATCH or HANDOFF", "duration": "1h"} as JSON'
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An answer published: applied by the engine (with its decisions), or still queued."""
+
+    id: str
+    applied: bool
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AnswerApi:
@@ -71,25 +81,51 @@ class AnswerApi:
     async def handle(self, request: web.Request) -> web.Response:
         action = request.path.rsplit("/", 1)[-1]
         try:
-            event = await self._answer(action, request)
-            ack = await self.publish(event)
+            fields = await self._fields(request)
+            done = await self.answer(
+                action, fields["target"], key=fields.get("key"), duration=fields.get("duration"), by=fields.get("by")
+            )
         except RequestRefused as exc:
             return self.refuse(exc.status, exc.reason, exc.message)
         except UnknownTarget as exc:
             return self._error(404, "unknown", exc)
         except WatchdError as exc:
             return self._error(400, "answer", exc)
+        if not done.applied:
+            return web.json_response({"applied": False, "id": done.id}, status=202)
+        return web.json_response({"applied": True, "id": done.id, "decisions": done.decisions})
+
+    async def answer(
+        self,
+        action: str,
+        target: str,
+        *,
+        key: str | None = None,
+        duration: str | None = None,
+        by: str | None = None,
+        via: str = "http",
+    ) -> Answered:
+        """Resolve the target, publish the answer and wait until the engine applied it: the one way
+        an answer comes through the listener, from the API and from the dashboard's forms.
+        RequestRefused (no store yet, no NATS), UnknownTarget, WatchdError (a bad duration)."""
+        store = self.store()
+        if store is None:
+            raise RequestRefused(503, "starting", "watchd is still starting: try again in a moment")
+        resolved = await answers.resolve(store, self.watches(), target)
+        who = (by or via) if via == "web" else answers.caller(by, via)  # the dashboard names itself; callers cannot
+        data = answers.answer_data(action, resolved, by=who, key=key, duration=duration)
+        event = own_event(ANSWER_SUBJECT, data, time_s=self.clock())
+        ack = await self.publish(event)
         deadline = time.monotonic() + self.apply_wait_s
         while self.applied() < ack.seq:
             if time.monotonic() > deadline:
-                return web.json_response({"applied": False, "id": event.id}, status=202)
+                return Answered(event.id, applied=False)
             await asyncio.sleep(0.02)
-        store = self.store()
-        said = await store.call(event_decisions, event.id) if store is not None else []
+        said = await store.call(event_decisions, event.id)
         shown = [{"watch": d.watch, "key": d.key, "verdict": d.verdict, "reason": d.reason} for d in said]
-        return web.json_response({"applied": True, "id": event.id, "decisions": shown})
+        return Answered(event.id, applied=True, decisions=shown)
 
-    async def _answer(self, action: str, request: web.Request) -> Event:
+    async def _fields(self, request: web.Request) -> dict[str, Any]:
         if not self.authorized(request):
             raise RequestRefused(401, "auth", "missing or wrong bearer token")
         if not self.token_set and request.content_type != "application/json":
@@ -105,13 +141,7 @@ class AnswerApi:
         for name in ("key", "duration", "by"):
             if fields.get(name) is not None and not isinstance(fields[name], str):
                 raise RequestRefused(400, "answer", f"`{name}` must be a string")
-        store = self.store()
-        if store is None:
-            raise RequestRefused(503, "starting", "watchd is still starting: try again in a moment")
-        resolved = await answers.resolve(store, self.watches(), fields["target"])
-        by = answers.caller(fields.get("by"), "http")
-        data = answers.answer_data(action, resolved, by=by, key=fields.get("key"), duration=fields.get("duration"))
-        return own_event(ANSWER_SUBJECT, data, time_s=self.clock())
+        return fields
 
     def _error(self, status: int, reason: str, exc: WatchdError) -> web.Response:
         response = self.refuse(status, reason, exc.message)

@@ -33,6 +33,7 @@ from yarl import URL
 
 from watchd import bus
 from watchd.config import resolve_secret
+from watchd.dashboard import dashboard_routes
 from watchd.errors import EventRejected, NatsUnavailable, RequestRefused, WatchdError
 from watchd.limits import HTTP_BODY_TIMEOUT_S, default_max_connections, is_loopback, split_listen
 from watchd.listener import ConnectionLimits, ListenerSite, track_requests
@@ -40,6 +41,7 @@ from watchd.metrics import CONTENT_TYPE, Metrics, health_families, store_familie
 from watchd.model import Event, encode, make_event, parse_data
 
 if TYPE_CHECKING:
+    from watchd.answer_api import AnswerApi
     from watchd.daemon import Daemon
     from watchd.sources.webhook import WebhookRoute
 
@@ -399,7 +401,8 @@ async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
     ingress.webhooks = webhook_routes(daemon)  # before it listens: a webhook that cannot run stops the start
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
-        extra = [*answer_routes(daemon, ingress), *schedule_routes(daemon, ingress), *dashboard_routes(daemon, token)]
+        answers = answer_api(daemon, ingress)
+        extra = [*answers.routes(), *schedule_routes(daemon, ingress), *dashboard_routes(daemon, token, answers)]
         runner, _port = await serve(ingress, host, port, limits, extra)
     except OSError as exc:
         raise WatchdError(
@@ -409,46 +412,12 @@ async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
     return runner, ingress
 
 
-class DaemonActions:
-    """What the dashboard may change, done as the command line does it, on the daemon's writer thread."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    async def dlq(self, action: str, ref: str) -> str:
-        from watchd.store.outbox import drop_dead, replay_dead
-        from watchd.store.schedules import drop_dead_run
-
-        store = self.daemon.store
-        if store is None:
-            raise WatchdError("watchd is still starting", hint="try again in a moment")
-        if ref.startswith("t_"):  # a scheduled run's dead letter
-            if action == "drop":
-                row = await store.call(drop_dead_run, ref, self.daemon.clock())
-                return f"dropped {row.key} (schedule {row.schedule})"
-            scheduler = self.daemon.scheduler
-            if scheduler is None:
-                raise WatchdError("this watchd runs no schedules now", hint="try again in a moment")
-            row = await scheduler.replay(ref)
-            return f"replaying {row.key} (schedule {row.schedule}): it runs now with the same key"
-        change = replay_dead if action == "replay" else drop_dead
-        h = await store.call(change, ref, self.daemon.clock())
-        self.daemon.wake()
-        return f"{'replaying' if action == 'replay' else 'dropped'} {h.id} ({h.watch} → {h.target})"
-
-    async def run_now(self, name: str, by: str) -> str:
-        scheduler = self.daemon.scheduler
-        if scheduler is None:
-            raise WatchdError("this watchd runs no schedules now (starting, or standing by)", hint="try again later")
-        key, _ = await scheduler.run_now(name, by)
-        return f"running {name} now ({key})"
-
-
-def answer_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
-    """POST /api/ack|snooze|mute|unmute (answer_api.py), vetted by this listener's token."""
+def answer_api(daemon: Daemon, ingress: Ingress) -> AnswerApi:
+    """POST /api/ack|snooze|mute|unmute (answer_api.py), vetted by this listener's token; the
+    dashboard's answer forms go through the same object."""
     from watchd.answer_api import AnswerApi
 
-    api = AnswerApi(
+    return AnswerApi(
         store=lambda: daemon.store,
         watches=lambda: daemon.engine.watches.keys(),
         publish=ingress.store,
@@ -459,7 +428,6 @@ def answer_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
         clock=daemon.clock,
         token_set=ingress.token is not None,
     )
-    return api.routes()
 
 
 def schedule_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
@@ -474,21 +442,3 @@ def schedule_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
         token_set=ingress.token is not None,
     )
     return api.routes()
-
-
-def dashboard_routes(daemon: Daemon, token: str | None) -> list[web.RouteDef]:
-    mode = daemon.loaded.config.http.dashboard
-    if mode == "off":
-        return []
-    from watchd.web.access import Access
-    from watchd.web.app import Dashboard
-
-    dashboard = Dashboard(
-        loaded=lambda: daemon.loaded,
-        clock=daemon.clock,
-        health=daemon.health,
-        access=Access(token),
-        actions=DaemonActions(daemon),
-        read_only=mode == "read-only",
-    )
-    return dashboard.routes()

@@ -15,7 +15,7 @@ from rich.table import Table
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.config import Loaded
 from watchd.engine import Engine
-from watchd.engine.base import hold_words
+from watchd.engine.base import hold_words, local_time
 from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
@@ -118,14 +118,15 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
                 "last_fired": iso(fired.get(w.id)),
                 "next_due": iso(engine.watch_next_due(w.id)),
                 "would_fire_today": would_fire_today.get(w.id, 0),
-                "holds": _holds(engine, w.id, now),
+                "holds": holds_in_force(engine, w.id, now),
+                "incidents": open_incidents(engine, w.id),
                 "file": f"{d.file}:{d.line}" if d.line else d.file,  # built-in and agent-made watches have no line
             }
         )
     return report
 
 
-def _holds(engine: Engine, wid: str, now: float) -> list[dict[str, Any]]:
+def holds_in_force(engine: Engine, wid: str, now: float) -> list[dict[str, Any]]:
     """The snoozes and mutes in force (ack, snooze, mute: SPEC section 8), with who and until when."""
     meta, logic = engine.meta.get(wid), engine.watches.get(wid)
     if meta is None or logic is None:
@@ -143,6 +144,27 @@ def _holds(engine: Engine, wid: str, now: float) -> list[dict[str, Any]]:
     ]
 
 
+def open_incidents(engine: Engine, wid: str) -> list[dict[str, Any]]:
+    """The incidents still open (a fire of a watch with `repeat`, or one whose incidents end by
+    themselves, until it is acked or over: SPEC section 8), oldest first."""
+    logic = engine.watches.get(wid)
+    zone = logic.zone if logic is not None else engine.default_zone
+    found = [
+        {
+            "key": key,
+            "since": iso(st.incident_at),
+            "since_local": local_time(st.incident_at, zone) if st.incident_at is not None else None,
+            "reason": st.incident_reason,
+            "repeats": st.repeats,
+            "next_repeat": iso(st.next_repeat),
+            "held": st.held,
+        }
+        for key, st in engine.keys.get(wid, {}).items()
+        if st.incident is not None
+    ]
+    return sorted(found, key=lambda i: i["since"] or "")
+
+
 def source_status(loaded: Loaded, daemon: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each configured source's health as the running daemon reports it; without a daemon, only
     what the config says."""
@@ -154,20 +176,31 @@ def source_status(loaded: Loaded, daemon: dict[str, Any] | None) -> list[dict[st
     return out
 
 
+def source_state(s: dict[str, Any]) -> tuple[str, str]:
+    """A source's health in words, and whether that is "ok", "bad" or "idle" (not running): what
+    `status` prints and the dashboard colours."""
+    if s.get("running") is False:
+        return "not running", "idle"
+    if s.get("silent"):
+        return f"silent since {_to_second(s.get('silent_since'))}", "bad"
+    if s.get("last_error") and (s.get("last_event_at") or "") < (s.get("last_error_at") or ""):
+        return f"error: {s['last_error']}", "bad"
+    return "ok", "ok"
+
+
+def source_events(s: dict[str, Any]) -> str:
+    """ "120 (3 refused)": events published, and requests refused (by any reason)."""
+    if s.get("running") is False:
+        return "-"
+    refused = sum((s.get("rejections") or {}).values())
+    return f"{s.get('events', 0)}" + (f" ({refused} refused)" if refused else "")
+
+
 def source_lines(sources: list[dict[str, Any]]) -> Table:
     table = Table("source", "type", "events", "last event", "state", box=None)
     for s in sources:
-        if s.get("running") is False:
-            table.add_row(s["name"], s["type"], "-", "-", "not running")
-            continue
-        state = "ok"
-        if s.get("silent"):
-            state = f"silent since {_to_second(s.get('silent_since'))}"
-        elif s.get("last_error") and (s.get("last_event_at") or "") < (s.get("last_error_at") or ""):
-            state = f"error: {s['last_error']}"
-        refused = sum((s.get("rejections") or {}).values())
-        events = f"{s.get('events', 0)}" + (f" ({refused} refused)" if refused else "")
-        table.add_row(s["name"], s["type"], events, _to_second(s.get("last_event_at")), state)
+        last = "-" if s.get("running") is False else _to_second(s.get("last_event_at"))
+        table.add_row(s["name"], s["type"], source_events(s), last, source_state(s)[0])
     return table
 
 

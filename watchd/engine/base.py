@@ -523,6 +523,8 @@ def who(by: str) -> str:
         return f"{name} (command line)"
     if via == "http" and name:
         return f"{name} (HTTP API)"
+    if by == "web":  # only the dashboard's own forms answer so: the API prefixes its callers with "http:"
+        return "the dashboard"
     return by or "someone"
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import jinja2
 from aiohttp import web
 
+from watchd import status
 from watchd.config import Loaded
 from watchd.errors import WatchdError
 from watchd.model import iso
@@ -26,9 +27,15 @@ _templates = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+_templates.globals.update(source_state=status.source_state, source_events=status.source_events)
 
 
 class Actions(Protocol):
+    async def answer(self, action: str, watch: str, key: str | None, duration: str | None) -> str:
+        """Ack, snooze, mute or unmute a watch (one key, or every key) as the answer API does;
+        a sentence saying what the engine decided."""
+        ...
+
     async def dlq(self, action: str, ref: str) -> str:
         """Replay or drop a dead handoff or scheduled run; a sentence saying what was done."""
         ...
@@ -69,11 +76,13 @@ class Dashboard:
             web.get("/runs", self.page(self.runs)),
             web.get("/runs/{id}", self.page(self.run)),
             web.get("/maintenance", self.page(self.maintenance)),
+            web.get("/favicon.ico", self.no_icon),  # every browser asks: answered, not logged as a refusal
             web.get("/login", self.login_form),
             web.post("/login", self.login),
             web.post("/logout", self.logout),
-            web.post("/actions/dlq/{id}/{action}", self.dlq_action),
-            web.post("/actions/schedules/{name}/run-now", self.run_now_action),
+            web.post("/actions/watches/{id}/{action}", self.action(self.answer_action)),
+            web.post("/actions/dlq/{id}/{action}", self.action(self.dlq_action)),
+            web.post("/actions/schedules/{name}/run-now", self.action(self.run_now_action)),
         ]
 
     # ---- plumbing ----
@@ -121,7 +130,16 @@ class Dashboard:
     async def watch(self, request: web.Request) -> web.Response:
         wid, key = request.match_info["id"], request.query.get("key") or None
         page = await self._read(reads.watch_page, self.loaded(), wid, self.clock(), key)
-        return self.render(request, "watch.html", title=f"watch {wid}", w=page.report, svg=page.svg, key=key)
+        return self.render(
+            request,
+            "watch.html",
+            title=f"watch {wid}",
+            w=page.report,
+            svg=page.svg,
+            key=key,
+            holds=page.holds,
+            incidents=page.incidents,
+        )
 
     async def schedules(self, request: web.Request) -> web.Response:
         data = await self._read(reads.schedules_page, self.loaded(), self.clock())
@@ -151,6 +169,9 @@ class Dashboard:
         data = await self._read(reads.maintenance, self.loaded())
         return self.render(request, "maintenance.html", title="backups and canaries", m=data)
 
+    async def no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
     # ---- signing in ----
 
     async def login_form(self, request: web.Request) -> web.Response:
@@ -173,6 +194,23 @@ class Dashboard:
         raise response
 
     # ---- actions ----
+
+    async def answer_action(self, request: web.Request) -> web.StreamResponse:
+        form = await self._checked_form(request)
+        action, wid = request.match_info["action"], request.match_info["id"]
+        if action not in ANSWERS:
+            raise web.HTTPNotFound()
+        key = str(form.get("key", "")) or None
+        default = ANSWERS[action]
+        duration = (str(form.get("duration", "")) or default) if default else None  # ack and unmute take none
+        assert self.actions is not None  # _checked_form refuses in read-only mode
+        try:
+            notice = await self.actions.answer(action, wid, key, duration)
+        except WatchdError as exc:
+            notice = exc.message
+        log.info("dashboard: %s %s%s: %s", action, wid, f" [{key}]" if key else "", notice)
+        back = str(form.get("back", "")) or f"/watches/{urllib.parse.quote(wid, safe='')}"
+        raise web.HTTPSeeOther(_with_notice(_local_path(back), notice))
 
     async def dlq_action(self, request: web.Request) -> web.StreamResponse:
         form = await self._checked_form(request)
@@ -198,16 +236,41 @@ class Dashboard:
         log.info("dashboard: run now %s: %s", name, notice)
         raise web.HTTPSeeOther(_with_notice(f"/schedules/{urllib.parse.quote(name, safe='')}", notice))
 
+    def action(self, act: Handler) -> Handler:
+        """A POST form's handler: a refusal is a page saying why (with its status), for a person."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                return await act(request)
+            except FormRefused as exc:
+                log.info("dashboard: %s %s refused: %s", request.method, request.path[:100], exc.message)
+                return self.render(
+                    request, "error.html", status=exc.status, title="refused", message=exc.message, hint=exc.hint
+                )
+
+        return handler
+
     async def _checked_form(self, request: web.Request) -> Any:
         if not self._allowed(request):
-            raise web.HTTPUnauthorized(text="sign in first")
+            raise FormRefused(401, "sign in first", hint="the token is asked for at /login")
         if self.read_only:
-            raise web.HTTPForbidden(text='the dashboard is read-only ([http] dashboard = "read-only")')
+            raise FormRefused(403, 'the dashboard is read-only ([http] dashboard = "read-only")')
         form = await request.post()
         if not self.access.csrf_valid(self._cookie(request), str(form.get("csrf", "")) or None):
-            raise web.HTTPForbidden(text="the form's CSRF token is missing or stale: reload the page and try again")
+            raise FormRefused(403, "the form's CSRF token is missing or stale", hint="reload the page and try again")
         return form
 
+
+class FormRefused(WatchdError):
+    """A form the dashboard will not act on, and the status to answer."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+# The answers the forms offer, with the duration a button gives (ack and unmute take none).
+ANSWERS: dict[str, str | None] = {"ack": None, "snooze": "1h", "mute": "24h", "unmute": None}
 
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (

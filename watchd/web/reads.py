@@ -17,6 +17,7 @@ from watchd.jobs.builtin_watches import all_watches
 from watchd.jobs.canary import last_canary
 from watchd.store import open_readonly
 from watchd.store.agent_watches import active_watch_defs
+from watchd.store.engine_state import engine_view
 from watchd.store.runs import list_runs, run_json, steps_of
 from watchd.web import timeline
 
@@ -30,6 +31,8 @@ class WatchPage:
     report: dict[str, Any]  # explain --json
     svg: str
     waiting: str
+    holds: list[dict[str, Any]]  # the snoozes and mutes in force, with who and until when
+    incidents: list[dict[str, Any]]  # the incidents still open, per key
 
 
 def watch_page(loaded: Loaded, watch_id: str, now: float, key: str | None = None) -> WatchPage:
@@ -43,9 +46,12 @@ def watch_page(loaded: Loaded, watch_id: str, now: float, key: str | None = None
     with conn:
         defs += active_watch_defs(conn, now)
         report = explain_watch.explain_from_db(conn, defs, loaded.zone(), watch_id, now=now, key=key)
+        engine = engine_view(conn, [d for d in defs if d.watch.id == watch_id], loaded.zone(), now)
+    holds = [h for h in status.holds_in_force(engine, watch_id, now) if key is None or h["key"] in (None, key)]
+    incidents = [i for i in status.open_incidents(engine, watch_id) if key is None or i["key"] == key]
     marks = [timeline.Mark(d.at, str(d.verdict), d.key, d.reason) for d in report.timeline]
     svg = timeline.render(marks, now, report.next_due, report.info.zone, report.verdict)
-    return WatchPage(report.to_json(), svg, report.verdict)
+    return WatchPage(report.to_json(), svg, report.verdict, holds, incidents)
 
 
 def schedules_page(loaded: Loaded, now: float, count: int = 3) -> dict[str, Any]:
