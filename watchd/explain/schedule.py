@@ -9,9 +9,14 @@ module only reads; the planner in `ticks.py` says which tick was due and which i
 `explain --schedule NAME --json` (stable)::
 
     {"schedule": str, "enabled": bool, "timing": str, "zone": str, "does": str, "version": int | null,
-     "verdict": str, "fired": bool, "next_due": str | null,
+     "verdict": str, "fired": bool, "next_due": str | null, "after": [str] | null, "on": str | null,
+     "followed_by": [str], "retries": int, "definition": {…history version…} | null,
      "timeline": [{"tick", "tick_local", "state", "reason", "summary", "started_at", "ended_at",
-                   "duration_s", "lateness_s", "count"}]}      # newest last, at most 50
+                   "duration_s", "lateness_s", "count", "key", "version", "trigger", "by",
+                   "attempt", "next_attempt_at"}]}      # newest last, at most 50
+
+A manual run (`trigger = "manual"`) is listed but is not a tick: the verdict is about the last due
+tick, and says how a run now since then went.
 """
 
 from __future__ import annotations
