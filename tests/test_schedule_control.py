@@ -404,3 +404,16 @@ async def test_after_two_schedules_runs_once_both_ended_for_the_tick(make: Any) 
     assert any_["state"] == "done"
     (started,) = h.of("schedule.any.started")
     assert [u["schedule"] for u in started["upstream"]] == ["a", "b"]
+
+
+async def test_a_schedule_after_another_follows_its_run_now(make: Any) -> None:
+    body = f'[schedule.report]\ncron = "0 6 * * *"\n{ECHO}\n[schedule.email]\nafter = ["report"]\n{ECHO}\n'
+    body += '[schedule.off]\ncron = "0 6 * * *"\nrun = ["true"]\nenabled = false\n'
+    h = await make(body, "2026-03-02T09:00:00")
+    key, _ = await h.sched.run_now("report", "cli:alice")
+    await h.sched.idle()
+    (started,) = h.of("schedule.email.started")
+    assert started["upstream_key"] == key and started["trigger"] == "after"
+    assert (started["period_start"], started["period_end"]) == ("2026-03-02T06:00:00Z", "2026-03-02T09:00:00Z")
+    with pytest.raises(WatchdError, match="is disabled"):
+        await h.sched.run_now("off", "cli:alice")

@@ -433,6 +433,8 @@ class Scheduler:
         slot = self.slots.get(name)
         if slot is None:
             known = ", ".join(sorted(self.slots)) or "none"
+            if name in self.loaded.config.schedule:  # defined, but turned off
+                raise UnknownSchedule(f"schedule {name!r} is disabled (enabled = false)", hint="enable it first")
             raise UnknownSchedule(f"no schedule named {name!r}", hint=f"known schedules: {known}")
         action = overlap_action(slot.defn.schedule.overlap, len(slot.active))
         if action == "skip":
