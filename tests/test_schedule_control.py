@@ -417,3 +417,17 @@ async def test_a_schedule_after_another_follows_its_run_now(make: Any) -> None:
     assert (started["period_start"], started["period_end"]) == ("2026-03-02T06:00:00Z", "2026-03-02T09:00:00Z")
     with pytest.raises(WatchdError, match="is disabled"):
         await h.sched.run_now("off", "cli:alice")
+
+
+async def test_run_then_with_retries_hands_off_the_outcome_once(make: Any, tmp_path: Path) -> None:
+    flag = tmp_path / "ok"
+    body = f'[schedule.sync]\ncron = "0 * * * *"\nrun = {flaky(flag)}\nretries = 1\nthen = ["notify.console"]\n'
+    h = await make(body, "2026-03-02T09:59:00")
+    await h.step("2026-03-02T10:00:00")
+    handoffs = "SELECT reason FROM handoffs WHERE watch = 'schedule:sync'"
+    assert h.store.conn.execute(handoffs).fetchall() == []  # attempt 1 failed; it is tried again
+    flag.write_text("")
+    key = tick_key("sync", 1, ts("2026-03-02T10:00:00"))
+    await step_to(h, row(h, "sync", key)["next_attempt_at"])
+    ((reason,),) = h.store.conn.execute(handoffs).fetchall()
+    assert reason.endswith("done: exit 0")

@@ -34,7 +34,8 @@ async def run_job(sched: Scheduler, defn: Definition, version: int, r: Run, key:
         result = await _builtin(sched, s.job, defn)
     elif s.run:
         result = await _command(sched, defn, r, key)
-    if s.then:
+    # A failed attempt that will be tried again hands off nothing: the handoff says how the run ended.
+    if s.then and (result is None or result.ok or r.attempt > s.retries):
         ids = await _hand_off(sched, defn, version, r, key, result)
         if result is None:
             result = JobResult(True, f"handed off to {', '.join(s.then)}", {"handoffs": ids})
@@ -136,7 +137,8 @@ async def _hand_off(
         version=version,
         kind="schedule",
         key=None,
-        logical=key,
+        # With retries, a run that died and was replayed may end well after all: that is news too.
+        logical=f"{key}:{'done' if result is None or result.ok else 'failed'}" if defn.schedule.retries else key,
         fired_at=now,
         reason=reason,
         targets=list(defn.schedule.then or []),
