@@ -130,6 +130,9 @@ async def test_a_person_acks_an_incident_and_snoozes_a_watch_from_the_pages(
     await page.locator("#answers button", has_text="snooze 1h").click()
     await page.wait_for_url("**/watches/disk-full?notice=*")
     assert "snoozed by the dashboard until" in (await page.locator("ul.holds").text_content() or "")
+    shots = shoot_dir()
+    if shots:
+        await page.screenshot(path=str(shots / "answers.png"), full_page=True)
     await page.locator("ul.holds button", has_text="unmute").click()
     await page.wait_for_url("**notice=*")
     assert "ended early by the dashboard" in (await page.locator("p.notice").text_content() or "")

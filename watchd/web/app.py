@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -28,6 +29,14 @@ _templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _templates.globals.update(source_state=status.source_state, source_events=status.source_events)
+
+
+def _short_time(at: str | None) -> str:
+    """An RFC 3339 UTC instant as "2026-11-22 14:00:05Z": to the second, narrow enough for a table."""
+    return re.sub(r"(\.\d+)?Z$", "Z", at).replace("T", " ") if at else "-"
+
+
+_templates.filters["t"] = _short_time
 
 
 class Actions(Protocol):
