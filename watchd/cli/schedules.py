@@ -93,8 +93,10 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
             rows = read_ticks(conn, name, 1)
             if rows:
                 r = rows[-1]
+                what = "run now at" if r.trigger == "manual" else "the"
+                tick = "" if r.trigger == "manual" else " tick"
                 lines.append(
-                    f"  {name}: {r.state} for the {when(r.tick_at, defn.zone, now)} tick"
+                    f"  {name}: {r.state} for {what} {when(r.tick_at, defn.zone, now)}{tick}"
                     + (f" — {r.summary}" if r.summary else "")
                 )
     finally:
