@@ -576,10 +576,17 @@ class PubAckInfo:
 
 
 async def publish_raw(
-    js: JetStreamContext, subject: str, body: bytes, msg_id: str | None, *, timeout_s: float = 5
+    js: JetStreamContext,
+    subject: str,
+    body: bytes,
+    msg_id: str | None,
+    *,
+    timeout_s: float = 5,
+    headers: dict[str, str] | None = None,
 ) -> PubAckInfo:
-    """Store body on a full NATS subject (e.g. watchd.handoffs.agent.x), deduplicated by msg_id."""
-    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    """Store body on a full NATS subject (e.g. watchd.handoffs.agent.x), deduplicated by msg_id,
+    with `headers` besides."""
+    headers = {**(headers or {}), **({"Nats-Msg-Id": msg_id} if msg_id else {})} or None
     try:
         ack = await js.publish(subject, body, timeout=timeout_s, headers=headers)
     except nats.js.errors.NoStreamResponseError:

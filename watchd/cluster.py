@@ -149,6 +149,10 @@ class Member(msgspec.Struct, kw_only=True):
     def describe(self) -> str:
         return f"watchd on {self.host} (pid {self.pid}, state_dir {self.state_dir})"
 
+    def label(self) -> str:
+        """How a decision names the instance that made it (explain)."""
+        return f"{self.instance} on {self.host} (pid {self.pid})"
+
 
 class Position(msgspec.Struct, kw_only=True):
     """How far the holder's engine got: the last committed sequence and its clock (the instant up

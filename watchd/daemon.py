@@ -38,6 +38,7 @@ from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, f
 from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.explain.clauses import describe_misses
+from watchd.handoff_queue import HandoffQueue
 from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
 from watchd.jobs.canary import CanarySink, release_canary
 from watchd.link import reopens_of
@@ -176,6 +177,7 @@ class Daemon:
         self.js: JetStreamContext | None = None
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
+        self.queue: HandoffQueue | None = None  # on a NATS of one's own: the deployment's handoff queue
         self.answers: Answers | None = None
         self.targets: dict[str, Target] = {}
         self._in_flight = InFlight()  # tokens the anthropic agents' calls hold, across reloads
@@ -257,6 +259,8 @@ class Daemon:
         waits had run out: for a clock that jumps (a test's virtual clock). The engine sees a jump within `poll_s`."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.queue is not None:
+            self.queue.wake()
         if self.scheduler is not None:
             self.scheduler.wake()
 
@@ -341,6 +345,22 @@ class Daemon:
         # Only what is committed: a takeover must not skip timers whose fire never reached the store.
         self.lease.position = lambda: (self.last_seq, self.committed_clock)
         await self.lease.open()
+        if self.embedded is None:
+            assert self.nc is not None and self.store is not None
+            takeover_s = self.lease.takeover_s
+            self.queue = HandoffQueue(
+                self.js,
+                self.nc,
+                self.store,
+                lambda: self.targets,
+                cluster=cfg.name,
+                instance=self.lease.me.label(),
+                # A dead deliverer's handoffs come back to the next holder as soon as it can hold the lease.
+                ack_wait_s=max(1.0, takeover_s),
+                clock=self.clock,
+                metrics=self.metrics,
+            )
+            await self.queue.ensure_consumer()  # before anything of this deployment is queued
         if await self.lease.join():
             await self._activate()
         else:
@@ -378,9 +398,16 @@ class Daemon:
             )
         await self._bind_consumer()  # a consumer that cannot be made fails the start (or the takeover)
         self._spawn("engine", self._engine_loop, core=True)
-        self._spawn(
-            "dispatcher", lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(), core=True
-        )
+        queue = self.queue
+        if queue is not None:  # handoffs go through NATS: whoever holds the lease delivers them
+            self._spawn("handoff-queue", lambda: queue.keep_queueing(self.stop, self.upkeep), core=True)
+            self._spawn("handoff-delivery", lambda: queue.deliver(self.upkeep), core=True)
+        else:
+            self._spawn(
+                "dispatcher",
+                lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(),
+                core=True,
+            )
         lease = self.lease
         self.scheduler = Scheduler(
             self.store,
@@ -388,7 +415,7 @@ class Daemon:
             emit=self.emit,
             clock=self.clock,
             targets=targets,
-            wake_dispatcher=self.dispatcher.wake,
+            wake_dispatcher=queue.wake if queue is not None else self.dispatcher.wake,
             nc=self.nc,
             js=self.js,
             in_daemon=True,
@@ -478,6 +505,8 @@ class Daemon:
                 pass  # the engine loop holds this while it commits; wait for that to end
         if self.dispatcher:
             await self.dispatcher.drain(max(0.1, deadline - time.monotonic() - 3))
+        if self.queue is not None:
+            await self.queue.drain(max(0.1, deadline - time.monotonic() - 3))
         await self.upkeep.close()
         if self.lease is not None:
             await self.lease.leave()  # nothing decides any more: a standby may take over at once
@@ -665,6 +694,7 @@ class Daemon:
             async with self._lock:
                 if msgs:
                     await self._consume(msgs)
+                    await self._queue_handoffs()  # before the ack: see watchd/handoff_queue.py
                     await consumer.ack_upto(msgs[-1])
                 due = self.engine.next_due()
                 # Only once the backlog is drained does the clock jump to the present, so events
@@ -774,8 +804,15 @@ class Daemon:
         stepping.take(self.engine, Tick(self.clock()), batch)
         await self._commit(batch, last_seq=None)
         if batch.fires and self.lease is not None:
+            await self._queue_handoffs()  # before the position: a takeover fires them again, queued once
             # Timers are not on the stream: the instant they fired up to is, for whoever takes over.
             await self.lease.record_position(self.last_seq, self.committed_clock)
+
+    async def _queue_handoffs(self) -> None:
+        """On a NATS of one's own, queue the committed handoffs on the stream (raises if it cannot:
+        what follows, an ack or a recorded position, must wait until they are there)."""
+        if self.queue is not None:
+            await self.queue.queue_pending()
 
     async def _reach_holders_clock(self) -> None:
         """After a takeover: the timers the last holder fired (up to the instant it recorded) are
@@ -823,6 +860,8 @@ class Daemon:
             log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
         if new and self.dispatcher:
             self.dispatcher.wake()
+        if new and self.queue is not None:
+            self.queue.wake()
 
     # ---- side tasks ----
 

@@ -200,36 +200,47 @@ class Dispatcher:
     async def _deliver_one(self, h: Handoff) -> None:
         target = self.targets.get(h.target)
         if target is None:
-            await self.store.run(
-                self.store.finish, h.id, "dead", self.clock(), f"no target named {h.target} in the config"
-            )
+            await self.store.run(self.store.finish, h.id, "dead", self.clock(), no_target(h))
             return
-        try:
-            outcome = await target.deliver(h)
-        except Exception as exc:  # an unexpected failure is retried, with its type, never a secret
-            log.exception("delivery of %s to %s failed", h.id, h.target)
-            outcome = Retry(f"unexpected error: {type(exc).__name__}")
+        outcome = await attempt(target, h)
         now = self.clock()
         if self.metrics is not None:
             latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None
-            self.metrics.delivered(h.target, _outcome_label(outcome), latency)
-        if isinstance(outcome, Delivered):
-            await self.store.run(self.store.finish, h.id, outcome.state, now, outcome.detail or None)
-        elif isinstance(outcome, Retry) and outcome.wait:
-            until = now + (outcome.retry_after_s or 0.0)
-            await self.store.run(self.store.finish, h.id, "pending", now, outcome.detail, until)
-        elif isinstance(outcome, Dead) or h.attempt >= MAX_ATTEMPTS:
-            detail = (
-                outcome.detail if isinstance(outcome, Dead) else f"gave up after {h.attempt} attempts: {outcome.detail}"
-            )
+            self.metrics.delivered(h.target, outcome_label(outcome), latency)
+        state, detail, next_at = settlement(h, outcome, now)
+        if state == "dead":
             log.warning("handoff %s to %s dead-lettered: %s", h.id, h.target, detail)
-            await self.store.run(self.store.finish, h.id, "dead", now, detail)
-        else:
-            delay = backoff_s(h.attempt, outcome.retry_after_s)
-            await self.store.run(self.store.finish, h.id, "retrying", now, outcome.detail, now + delay)
+        await self.store.run(self.store.finish, h.id, state, now, detail, next_at)
 
 
-def _outcome_label(outcome: object) -> str:
+def no_target(h: Handoff) -> str:
+    return f"no target named {h.target} in the config"
+
+
+async def attempt(target: Target, h: Handoff) -> Outcome:
+    """One delivery attempt; an unexpected failure is retried, with its type, never a secret."""
+    try:
+        return await target.deliver(h)
+    except Exception as exc:
+        log.exception("delivery of %s to %s failed", h.id, h.target)
+        return Retry(f"unexpected error: {type(exc).__name__}")
+
+
+def settlement(h: Handoff, outcome: Outcome, now: float) -> tuple[str, str | None, float | None]:
+    """What an attempt's outcome makes of the handoff: its state, the detail recorded, and when it is
+    tried next (None: not again)."""
+    if isinstance(outcome, Delivered):
+        return outcome.state, outcome.detail or None, None
+    if isinstance(outcome, Retry) and outcome.wait:
+        return "pending", outcome.detail, now + (outcome.retry_after_s or 0.0)
+    if isinstance(outcome, Dead) or h.attempt >= MAX_ATTEMPTS:
+        if isinstance(outcome, Dead):
+            return "dead", outcome.detail, None
+        return "dead", f"gave up after {h.attempt} attempts: {outcome.detail}", None
+    return "retrying", outcome.detail, now + backoff_s(h.attempt, outcome.retry_after_s)
+
+
+def outcome_label(outcome: object) -> str:
     return {Delivered: "delivered", Dead: "dead"}.get(type(outcome), "retry")
 
 

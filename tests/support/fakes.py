@@ -142,6 +142,10 @@ class FakeServer:
         """The next `times` requests hang for `seconds` before an ordinary success."""
         self.script(*[Reply(delay_s=seconds, status=-1)] * times, path=path)
 
+    def recover(self, path: str | None = None) -> None:
+        """Drop the replies still scripted for `path`: the service answers normally again."""
+        self._scripts.pop(path or self.default_path, None)
+
     def reject_auth(self, times: int = 1, *, path: str | None = None) -> None:
         """The service's own way of refusing the credentials."""
         self.script(*[self.error_reply(401)] * times, path=path)
@@ -486,6 +490,10 @@ class FakeSlack(FakeServer):
             500: "rollup_error",
         }.get(status, "error")
         return Reply(status, text=code)
+
+    def recover(self, path: str | None = None) -> None:
+        """Drop the replies still scripted for `path`: the service answers normally again."""
+        self._scripts.pop(path or self.default_path, None)
 
     def reject_auth(self, times: int = 1, *, path: str | None = None) -> None:
         if self.mode == "api":

@@ -23,7 +23,7 @@ _HANDOFF = (
     "id, watch, watch_version, kind, key, target, trigger, reason, fired_at, window, evidence, attempt, message, state"
 )
 _STORED = f"{_HANDOFF}, created_at, updated_at, next_attempt_at, last_error"
-_ROW = "id, key, target, state, attempt, last_error, fired_at, created_at, watch, next_attempt_at"
+_ROW = "id, key, target, state, attempt, last_error, fired_at, created_at, watch, next_attempt_at, decided_by"
 _WAITING = "state IN ('pending', 'retrying')"
 _window = msgspec.json.Decoder(Window | None)
 _evidence = msgspec.json.Decoder(list[dict[str, Any]])
@@ -53,6 +53,7 @@ class HandoffRow:
     created_at: float = 0.0
     watch: str = ""
     next_attempt_at: float = 0.0
+    decided_by: str | None = None  # the instance that decided it, in a cluster
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class HandoffRow:
             "attempt": self.attempt,
             "last_error": self.last_error,
             "fired_at": self.fired_at,
+            **({"decided_by": self.decided_by} if self.decided_by else {}),
         }
 
 
@@ -213,6 +215,56 @@ def _record(conn: sqlite3.Connection, hid: str, now: float, state: str, detail: 
     conn.execute("INSERT INTO transitions (handoff_id, at, state, detail) VALUES (?,?,?,?)", (hid, now, state, detail))
 
 
+# ---- the deployment's queue (a cluster: watchd/handoff_queue.py) ----------------------------------
+
+QUEUED = "queued"  # in the HANDOFFS stream, for whichever instance delivers
+_SETTLED = ("delivered", "accepted", "done", "dead", "dropped")
+
+
+def unqueued(conn: sqlite3.Connection, limit: int) -> list[tuple[Handoff, float, float]]:
+    """Handoffs waiting here that are not in the deployment's queue yet, oldest first: (handoff, not
+    before, updated at). Those this instance decided, and dead letters a user replayed."""
+    rows = conn.execute(
+        f"SELECT {_HANDOFF}, next_attempt_at, updated_at FROM handoffs WHERE queued_seq IS NULL AND {_WAITING} "
+        "ORDER BY created_at, rowid LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [(_handoff(r[:14]), r[14], r[15]) for r in rows]
+
+
+def mark_queued(conn: sqlite3.Connection, hid: str, seq: int, now: float, detail: str, decided_by: str) -> None:
+    """The handoff is in the queue at `seq`. Its state says so unless a delivery (here, taken from
+    the queue at once) already moved it on."""
+    with Transaction(conn):
+        conn.execute(
+            "UPDATE handoffs SET queued_seq = ?, decided_by = COALESCE(decided_by, ?) WHERE id = ?",
+            (seq, decided_by, hid),
+        )
+        row = conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
+        if row and row[0] in ("pending", "retrying"):
+            _transition(conn, hid, QUEUED, now, detail)
+
+
+def take_queued(conn: sqlite3.Connection, h: Handoff, seq: int, now: float, decided_by: str | None) -> tuple[str, int]:
+    """Record a handoff taken from the queue (inserted when another instance decided it) and move it
+    to `delivering`, unless it is settled here already. Returns the state it was in ("new" when it
+    was not here) and its attempt."""
+    with Transaction(conn):
+        row = conn.execute("SELECT state, attempt FROM handoffs WHERE id = ?", (h.id,)).fetchone()
+        if row is None:
+            h.state = "pending"
+            insert_handoffs(conn, [h], now, detail=f"from the deployment's queue (HANDOFFS seq {seq})")
+            row = ("new", h.attempt)
+        conn.execute(
+            "UPDATE handoffs SET queued_seq = COALESCE(queued_seq, ?), decided_by = COALESCE(decided_by, ?) "
+            "WHERE id = ?",
+            (seq, decided_by, h.id),
+        )
+        if row[0] not in _SETTLED:
+            _transition(conn, h.id, "delivering", now, None)
+    return str(row[0]), int(row[1])
+
+
 # ---- dead letters (`watchd dlq`) -------------------------------------------------------------------
 
 
@@ -249,7 +301,8 @@ def replay_dead(conn: sqlite3.Connection, ref: str, now: float) -> Handoff:
                 hint="only dead (or dropped) handoffs can be replayed; see `watchd dlq list`",
             )
         conn.execute(
-            "UPDATE handoffs SET state = 'retrying', attempt = 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            "UPDATE handoffs SET state = 'retrying', attempt = 1, next_attempt_at = ?, updated_at = ?, "
+            "queued_seq = NULL WHERE id = ?",
             (now, now, h.id),
         )
         _record(conn, h.id, now, "retrying", "replayed by user")

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS handoffs (id TEXT PRIMARY KEY, watch TEXT NOT NULL, w
     kind TEXT NOT NULL, key TEXT, target TEXT NOT NULL, trigger TEXT NOT NULL, reason TEXT NOT NULL,
     fired_at TEXT NOT NULL, window TEXT, evidence TEXT NOT NULL, message TEXT, attempt INTEGER NOT NULL,
     state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, next_attempt_at REAL NOT NULL,
-    last_error TEXT);
+    last_error TEXT, queued_seq INTEGER, decided_by TEXT);
 CREATE INDEX IF NOT EXISTS handoffs_due ON handoffs (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS handoffs_target_due ON handoffs (target, state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY, handoff_id TEXT NOT NULL, at REAL NOT NULL,
@@ -79,6 +79,8 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("schedule_ticks", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("schedule_ticks", "next_attempt_at", "REAL"),  # state retrying: when the next attempt is due
     ("schedule_ticks", "payload", "TEXT"),  # JSON: trigger, by, period, upstream (what a retry needs)
+    ("handoffs", "queued_seq", "INTEGER"),  # its message in the HANDOFFS stream, once queued there (a cluster)
+    ("handoffs", "decided_by", "TEXT"),  # the instance that decided it (a cluster): for explain
 )
 
 

@@ -1,0 +1,152 @@
+"""Handoffs through NATS (SPEC section 9): a handoff outlives the instance that decided it, and a
+batch decided twice is handed off once.
+
+A real nats-server the test starts stands for the deployment's NATS; a webhook receiver on loopback
+records every delivery it accepted (duplicates included)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support import project
+from support.fakes import FakeWebhook
+from support.inprocess import InProcessDaemon
+from support.processes import DaemonProc
+from support.waiting import until
+
+from watchd import bus
+from watchd.bus import EmbeddedNats
+from watchd.model import make_event
+
+WATCHES = {
+    "jobs.toml": """
+[[watch]]
+id = "jobs"
+kind = "match"
+on = { subject = "job.*" }
+then = ["notify.hook"]
+"""
+}
+
+
+def config(hook: FakeWebhook, takeover: str = "2s") -> str:
+    return f'[cluster]\ntakeover = "{takeover}"\n[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n'
+
+
+def handoff_rows(d: Any) -> list[tuple[Any, ...]]:
+    return list(d.query("SELECT id, state, decided_by FROM handoffs ORDER BY created_at"))
+
+
+async def test_handoffs_are_queued_on_nats_and_delivered_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    async with FakeWebhook() as hook:
+        a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        b = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        events = [make_event("job.run", id=f"ev-{n:02d}") for n in range(20)]
+        await a.publish(*events)
+        await until(lambda: len(hook.handoff_ids) >= 20, what="20 deliveries")
+        await asyncio.sleep(0.3)
+        assert sorted(hook.handoff_ids) == sorted({h["id"] for h in a.handoffs("jobs")}), "lost or doubled"
+        assert len(hook.handoff_ids) == 20
+
+        # Each is a message of the HANDOFFS stream on watchd.handoffs.<target>, its id the Nats-Msg-Id.
+        nc = await bus.connect(nats_server.url, name="watchd-test")
+        try:
+            js = nc.jetstream()
+            first = await js.get_msg(bus.HANDOFFS_STREAM, 1)
+            assert first.subject == "watchd.handoffs.notify.hook"
+            assert first.headers is not None and first.headers["Nats-Msg-Id"] in hook.handoff_ids
+            assert first.headers["Watchd-Cluster"] == "watchd"
+        finally:
+            await nc.close()
+        # The deciding instance is recorded with each handoff: explain names it.
+        lease = a.running.lease
+        assert lease is not None
+        states = {(state, decided) for _, state, decided in handoff_rows(a)}
+        assert states == {("delivered", lease.me.label())}, states
+        assert not b.handoffs(), "the standby delivered or recorded something"
+
+
+def role(d: DaemonProc) -> str | None:
+    h = d.health()
+    return h["cluster"]["role"] if h and h.get("cluster") else None
+
+
+async def test_a_handoff_decided_by_an_instance_that_died_is_delivered_by_the_next_holder(
+    nats_server: EmbeddedNats, process_factory: Callable[..., DaemonProc]
+) -> None:
+    async with FakeWebhook() as hook:
+        hook.fail(503, times=1000)  # the receiver is down while a holds the lease
+        a = process_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook, "3s"))
+        b = process_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook, "3s"))
+        await asyncio.to_thread(a.start)
+        await asyncio.to_thread(b.start)
+        assert role(a) == "holder" and role(b) == "standby"
+
+        events = [make_event("job.run", id=f"ev-{n:02d}") for n in range(10)]
+        await project.publish(nats_server.url, *events)
+        await until(lambda: len(a.handoffs("jobs")) == 10, what="a to decide the ten")
+        await until(lambda: len(hook.requests) >= 10, what="a's first attempts")
+        await asyncio.to_thread(a.kill9)
+        hook.recover()  # the receiver is back
+        await until(lambda: role(b) == "holder", timeout_s=10, step_s=0.05, what="b to take over")
+        await until(lambda: len(hook.handoff_ids) >= 10, timeout_s=30, what="b to deliver the ten")
+        await asyncio.sleep(0.5)
+        decided = {h["id"] for h in a.handoffs("jobs")}
+        assert sorted(hook.handoff_ids) == sorted(decided), "lost or doubled"
+        # b delivered what a decided, and says so.
+        rows = handoff_rows(b)
+        assert {r[0] for r in rows} == decided
+        assert all(
+            state == "delivered" and decided_by and f"pid {a.pid}" in decided_by for _, state, decided_by in rows
+        )
+
+
+async def test_a_holder_that_dies_between_commit_and_ack_has_its_batch_decided_again_and_handed_off_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with FakeWebhook() as hook:
+        a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        b = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        first = [make_event("job.run", id=f"first-{n:02d}") for n in range(10)]
+        await a.publish(*first)
+        await until(lambda: len(hook.handoff_ids) >= 10, what="the first ten delivered")
+
+        # a dies after its next commit, before the ack reaches the server: its connection is gone (as
+        # with kill -9), and it never gives its lease up.
+        crashed = asyncio.Event()
+        ack_upto = bus.EventConsumer.ack_upto
+
+        async def dying(consumer: bus.EventConsumer, msg: Any) -> None:
+            if a.daemon is not None and consumer.js is a.running.js:
+                a.running.stop.set()
+                crashed.set()
+                assert a.running.nc is not None
+                await a.running.nc.close()
+            await ack_upto(consumer, msg)
+
+        monkeypatch.setattr(bus.EventConsumer, "ack_upto", dying)
+        hook.fail(503, times=1000)  # what a queued, it cannot deliver before it dies
+        second = [make_event("job.run", id=f"second-{n:02d}") for n in range(10)]
+        await a.publish(*second)
+        await until(crashed.is_set, what="a to die between commit and ack")
+        twice = len(a.handoffs("jobs")) - 10  # the batch a committed and never acknowledged
+        assert twice >= 1
+        await a.cleanup()
+        hook.recover()
+
+        # b takes over when the lease lapses, decides the unacknowledged batch again (same handoff
+        # ids: the stream keeps the first copy only) and delivers each handoff once.
+        await until(lambda: b.running.active, timeout_s=10, what="b to take over")
+        await until(lambda: len(hook.handoff_ids) >= 20, timeout_s=30, what="the second ten delivered")
+        await asyncio.sleep(0.5)
+        every = {h["id"] for d in (a, b) for h in d.handoffs("jobs")}
+        assert len(every) == 20 and sorted(hook.handoff_ids) == sorted(every), "lost or doubled"
+        assert "were delivered but never acknowledged" in b.logged()
+        assert b.running.queue is not None and b.running.queue.duplicates == twice
+        again = b.query("SELECT COUNT(*) FROM transitions WHERE detail LIKE 'already queued by another instance%'")
+        assert again == [(twice,)]
