@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import project
 from support.fakes import FakeWebhook
 from support.inprocess import InProcessDaemon
@@ -150,3 +152,44 @@ async def test_a_holder_that_dies_between_commit_and_ack_has_its_batch_decided_a
         assert b.running.queue is not None and b.running.queue.duplicates == twice
         again = b.query("SELECT COUNT(*) FROM transitions WHERE detail LIKE 'already queued by another instance%'")
         assert again == [(twice,)]
+
+
+async def test_metrics_status_and_explain_show_the_deployment(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    async with FakeWebhook() as hook:
+        hook.fail(503, times=1000)  # handoffs wait in the queue: the lag shows them
+        a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        b = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        await a.publish(*[make_event("job.run", id=f"ev-{n}") for n in range(3)])
+        await until(lambda: len(a.handoffs("jobs")) == 3, what="three handoffs")
+        assert a.running.lease is not None
+        me = a.running.lease.me
+
+        async def samples(d: InProcessDaemon) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+            out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+            async with aiohttp.ClientSession() as s, s.get(d.http_url + "/metrics") as r:
+                for family in text_string_to_metric_families(await r.text()):
+                    for sample in family.samples:
+                        out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+            return out
+
+        async def waiting_handoffs() -> dict[str, Any] | None:
+            m = await samples(b)
+            lag = m.get("watchd_cluster_lag", {}).get((("cluster", "watchd"), ("queue", "handoffs")))
+            members = m.get("watchd_cluster_members", {}).get((("cluster", "watchd"),))
+            return m if lag == 3 and members == 2 else None
+
+        # Either instance's /metrics: who holds the lease, the members, the handoffs not yet delivered.
+        m = await until(waiting_handoffs, what="b's /metrics to show the three handoffs waiting")
+        holder = (("cluster", "watchd"), ("host", me.host), ("instance", me.instance), ("pid", str(me.pid)))
+        assert m["watchd_cluster_lease_holder"] == {holder: 1.0}
+        assert m["watchd_cluster_holding"] == {(("cluster", "watchd"), ("instance", b.running.lease.me.instance)): 0.0}
+        assert m["watchd_cluster_lag"][(("cluster", "watchd"), ("queue", "events"))] == 0
+        assert (await samples(a))["watchd_cluster_holding"][(("cluster", "watchd"), ("instance", me.instance))] == 1
+        status = (await b.cli("status")).stdout
+        assert "lag: 0 events not yet decided, 3 handoffs not yet delivered" in status, status
+
+        # explain names the instance that decided each handoff.
+        text = (await a.cli("explain", "jobs")).stdout
+        assert f"decided by {me.instance} on {me.host} (pid {me.pid})" in text, text

@@ -49,6 +49,7 @@ from watchd.model import EVENTS_PREFIX, iso
 
 log = logging.getLogger(__name__)
 
+ENGINE_DURABLE = "watchd-engine"  # bus.EventConsumer's default: the one every instance shares
 READ_BATCH = 512  # messages per fetch while catching up
 READ_IDLE_S = 5.0  # a read that gets nothing for this long has lost the stream
 READ_IDLE_DELETE_S = 30.0  # the server deletes the reading consumer once unused this long
@@ -117,6 +118,22 @@ async def durable_info(consumer: bus.EventConsumer) -> ConsumerInfo | None:
         return await consumer.info()
     except nats.js.errors.NotFoundError:
         return None
+
+
+async def read_lag(js: JetStreamContext, delivery: str | None) -> dict[str, int]:
+    """The deployment's backlog on its shared consumers, whoever holds the lease: events stored and
+    not yet decided (the engine's durable), handoffs queued and not yet delivered (`delivery`)."""
+    lag: dict[str, int] = {}
+    for what, stream, durable in (
+        ("events", bus.EVENTS_STREAM, ENGINE_DURABLE),
+        ("handoffs", bus.HANDOFFS_STREAM, delivery),
+    ):
+        if durable is None:
+            continue
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            info = await js.consumer_info(stream, durable)
+            lag[what] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+    return lag
 
 
 # ---- the lease -----------------------------------------------------------------------------------
@@ -398,7 +415,9 @@ class Lease:
             "role": "holder" if self.held() else "standby",
             "embedded": self.embedded,
             "takeover_s": self.takeover_s,
-            "lease": None if holder is None else {**_member_view(holder), "since": iso(holder.since)},
+            "lease": None
+            if holder is None
+            else {**_member_view(holder), "since": iso(holder.since), "since_ts": holder.since},
             "members": [_member_view(m) for m in members],
         }
 

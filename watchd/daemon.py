@@ -185,6 +185,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
         self.active = False  # holds the lease and runs what decides or hands off
+        self.cluster_lag: dict[str, int] = {}  # events and handoffs waiting on the shared consumers
         self.last_seq = 0
         self.committed_clock = 0.0
         self.last_loop_at = 0.0
@@ -367,6 +368,8 @@ class Daemon:
             self.lease.announce()
         lease = self.lease
         self._spawn("cluster-lease", lambda: lease.keep(self.stop, self._activate, self._lease_lost))
+        if not lease.embedded:
+            self._spawn("cluster-lag", self._cluster_lag_loop)
 
     def _lease_lost(self, why: str) -> None:
         log.error("%s; stopping (a supervisor restarts watchd, which then stands by)", why)
@@ -904,6 +907,24 @@ class Daemon:
             lines.insert(0, "WATCHDOG=1")
         return "\n".join(lines)
 
+    def _cluster_view(self) -> dict[str, Any] | None:
+        if self.lease is None:
+            return None
+        view = {**self.lease.view(), "lag": self.cluster_lag}
+        if self.queue is not None:
+            view["duplicates"] = self.queue.duplicates
+        return view
+
+    async def _cluster_lag_loop(self) -> None:
+        """The deployment's backlog, read from its shared consumers (status and /metrics)."""
+        assert self.js is not None and self.lease is not None
+        js, delivery = self.js, self.queue.durable if self.queue is not None else None
+
+        async def step() -> None:
+            self.cluster_lag = await cluster.read_lag(js, delivery)
+
+        await self.upkeep.every("cluster-lag", step, interval_s=self.lease.takeover_s * cluster.RENEW_SHARE)
+
     def health(self) -> dict[str, Any]:
         now = self.clock()
         engine_ok = self._engine_alive(now) or not self.active  # a standby runs none
@@ -921,7 +942,7 @@ class Daemon:
             "watches": len(self.loaded.watches),
             "last_seq": self.last_seq,
             "events": self.events_seen,
-            "cluster": self.lease.view() if self.lease is not None else None,
+            "cluster": self._cluster_view(),
             "sources": self.sources.view() if self.sources is not None else [],
             **({"failing": down} if down else {}),
         }

@@ -142,6 +142,53 @@ def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterato
         rejected.add_metric([reason], n)
     yield rejected
     yield from source_families(health.get("sources") or [])
+    if health.get("cluster"):
+        yield from cluster_families(health["cluster"])
+
+
+def cluster_families(view: dict[str, Any]) -> Iterator[Metric]:
+    """The deployment as this instance last saw it (SPEC section 9): who holds the lease and since
+    when, the members, the backlog on the shared consumers, and the handoffs queued twice and dropped."""
+    name = view["name"]
+    holder = GaugeMetricFamily(
+        "watchd_cluster_lease_holder",
+        "1 for the instance that holds the deployment's lease, as this instance last read it.",
+        labels=["cluster", "instance", "host", "pid"],
+    )
+    lease = view.get("lease")
+    if lease:
+        holder.add_metric([name, lease["instance"], lease["host"], str(lease["pid"])], 1)
+    yield holder
+    if lease and lease.get("since_ts"):
+        since = GaugeMetricFamily(
+            "watchd_cluster_lease_since_timestamp_seconds", "When the holder took the lease.", labels=["cluster"]
+        )
+        since.add_metric([name], lease["since_ts"])
+        yield since
+    mine = GaugeMetricFamily(
+        "watchd_cluster_holding", "1 while this instance holds the lease and decides.", labels=["cluster", "instance"]
+    )
+    mine.add_metric([name, view["instance"]], 1 if view.get("role") == "holder" else 0)
+    yield mine
+    members = GaugeMetricFamily("watchd_cluster_members", "Instances in the deployment.", labels=["cluster"])
+    members.add_metric([name], len(view.get("members") or []))
+    yield members
+    lag = GaugeMetricFamily(
+        "watchd_cluster_lag",
+        "Backlog on the deployment's shared consumers: events not yet decided, handoffs not yet delivered.",
+        labels=["cluster", "queue"],
+    )
+    for queue, n in sorted((view.get("lag") or {}).items()):
+        lag.add_metric([name, queue], n)
+    yield lag
+    if "duplicates" in view:
+        dropped = CounterMetricFamily(
+            "watchd_cluster_handoffs_queued_twice",
+            "Handoffs this instance decided again (a batch decided twice) that the stream held already.",
+            labels=["cluster"],
+        )
+        dropped.add_metric([name], view["duplicates"])
+        yield dropped
 
 
 def task_families(stats: Iterable[LoopStats]) -> Iterator[Metric]:

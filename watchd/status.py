@@ -226,7 +226,13 @@ def cluster_lines(cluster: dict[str, Any]) -> list[str]:
     members = [
         f"  member {_member(m)}{' (holds the lease)' if m['instance'] == holder else ''}" for m in cluster["members"]
     ]
-    return [head, *members]
+    lag = cluster.get("lag") or {}
+    backlog = (
+        [f"  lag: {lag.get('events', 0)} events not yet decided, {lag.get('handoffs', 0)} handoffs not yet delivered"]
+        if lag
+        else []
+    )
+    return [head, *members, *backlog]
 
 
 def _member(m: dict[str, Any]) -> str:

@@ -42,9 +42,13 @@ def _time_cells(ts: float, zone: str, both: bool) -> list[Text]:
 
 
 def _handoff_table(console: Console, hs: Sequence[HandoffRow]) -> None:
-    table = Table("handoff", "target", "state", "try", "last error", box=None, pad_edge=False)
+    cluster = any(h.decided_by for h in hs)  # a cluster's instances: say which one decided each
+    columns = ["handoff", "target", "state", "try", "last error"] + (["decided by"] if cluster else [])
+    table = Table(*columns, box=None, pad_edge=False)
     for h in hs:
-        table.add_row(*(Text(c) for c in (h.id, h.target, h.state, str(h.attempt), h.last_error or "")))
+        cells = [h.id, h.target, h.state, str(h.attempt), h.last_error or ""]
+        cells += [h.decided_by or ""] if cluster else []
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
 
 

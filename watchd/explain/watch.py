@@ -287,8 +287,16 @@ def _events(n: int) -> str:
 def _handoff_clause(hs: list[HandoffRow], t: Callable[[float], str], now: float) -> str:
     if not hs:
         return " (no handoff recorded)"
-    parts = [f"{h.id} {h.state} {'to' if h.state in _DELIVERED else 'for'} {h.target}{_waiting(h, t, now)}" for h in hs]
+    parts = [
+        f"{h.id} {h.state} {'to' if h.state in _DELIVERED else 'for'} {h.target}{_waiting(h, t, now)}{_decider(h)}"
+        for h in hs
+    ]
     return f" (handoff{'s' if len(hs) > 1 else ''} {', '.join(parts)})"
+
+
+def _decider(h: HandoffRow) -> str:
+    """In a cluster: the instance that decided it (this one or another; see watchd/handoff_queue.py)."""
+    return f", decided by {h.decided_by}" if h.decided_by else ""
 
 
 def _waiting(h: HandoffRow, t: Callable[[float], str], now: float) -> str:
