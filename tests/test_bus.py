@@ -31,6 +31,7 @@ from watchd.bus import (
 )
 from watchd.errors import NatsUnavailable
 from watchd.model import HANDOFFS_PREFIX, decode_event, make_event
+from watchd.upkeep import Upkeep
 
 
 def test_binary_is_located() -> None:
@@ -206,7 +207,8 @@ async def test_supervise_restarts_a_killed_server_and_data_survives(
     await nats_client.flush()
     nats_server.restart_delay_s = 0.05
     stop = asyncio.Event()
-    task = asyncio.create_task(nats_server.supervise(stop))
+    upkeep = Upkeep(stop)
+    task = asyncio.create_task(nats_server.supervise(upkeep))
     old_pid = nats_server.pid
     assert old_pid is not None
     os.kill(old_pid, signal.SIGKILL)
@@ -227,17 +229,26 @@ async def test_supervise_restarts_a_killed_server_and_data_survives(
             break
     assert seen[-1] == 4 and set(seen) <= {1, 2, 3, 4}
 
+    stats = upkeep.stats["nats-supervisor"]  # counted as every loop is, for /metrics
+    assert (stats.failures, stats.restarts, stats.failing) == (1, 1, False)  # it runs again: not failing
+    assert stats.last_error == "ServerExited: the embedded nats-server exited unexpectedly (code -9)"
     stop.set()
     await asyncio.wait_for(task, 2)
     assert nats_server.running  # supervise stops watching; it does not stop the server
 
 
-async def test_supervise_returns_when_stop_is_called(nats_server: EmbeddedNats) -> None:
-    task = asyncio.create_task(nats_server.supervise(asyncio.Event()))
+async def test_supervise_leaves_a_server_stopped_on_purpose_and_ends_at_stop(nats_server: EmbeddedNats) -> None:
+    nats_server.restart_delay_s = 0.05
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    task = asyncio.create_task(nats_server.supervise(upkeep))
     await asyncio.sleep(0.05)
     await nats_server.stop()
+    await asyncio.sleep(0.3)  # several backoffs' worth: a supervisor that restarted it would have by now
+    assert not nats_server.running and nats_server.restarts == 0 and not task.done()
+    assert upkeep.stats["nats-supervisor"].failures == 0
+    stop.set()
     await asyncio.wait_for(task, 2)
-    assert nats_server.restarts == 0
 
 
 async def test_connect_to_closed_port_fails_fast_without_credentials() -> None:

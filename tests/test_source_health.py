@@ -79,8 +79,13 @@ async def test_a_failing_source_is_restarted_and_the_daemon_goes_on(
     )
     assert "no folder to watch exists" in scans["last_error"]
     assert d.health()["ok"]
+    # A loop of the daemon's like the others: its failures in /metrics, logged as theirs are.
+    loop = d.running.upkeep.stats["source-scans"]
+    assert loop.failures >= 1 and "no folder to watch exists" in loop.last_error
+    assert 'watchd_task_failures_total{task="source-scans"}' in d.running.metrics.exposition().decode()
     (d.root / "missing").mkdir()  # the next start (after its backoff) finds the folder
     await until(lambda: (d.state_dir / "sources" / "scans.json").exists(), timeout_s=10, what="a good start")
+    assert not loop.failing and loop.restarts >= 1  # started again, and running
     (d.root / "missing" / "a.pdf").write_text("x")
     await until(lambda: _has(_subjects(d), "files.scans"), what="the file")
 

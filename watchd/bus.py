@@ -40,6 +40,7 @@ from watchd.link import Connection
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 from watchd.opsettings import sync_interval
 from watchd.redact import redact_url
+from watchd.upkeep import HEALTHY_RUN_S, Backoff, Upkeep
 
 if TYPE_CHECKING:
     from watchd.credentials import Credentials
@@ -99,13 +100,16 @@ def _busy(listen: str) -> NatsUnavailable:
     )
 
 
+SUPERVISOR = "nats-supervisor"  # its loop's name in /metrics
+
+
 class EmbeddedNats:
     """nats-server as a child process with JetStream under store_dir, restarted if it dies.
 
     With `credentials` (always, in the daemon) it admits only their users, each with its role's
     permissions (watchd/credentials.py); without, any client (tests of the server itself)."""
 
-    restart_delay_s = 0.5  # first restart backoff; doubles up to max_restart_delay_s
+    restart_delay_s = 1.0  # the first restart's backoff (see upkeep.Backoff); doubles up to max_restart_delay_s
     max_restart_delay_s = 30.0
     restart_timeout_s = 60.0  # after a crash JetStream rebuilds its indexes: a big store takes a while
 
@@ -331,48 +335,61 @@ class EmbeddedNats:
                 self._restarting = False
             self.restarts += 1
 
-    async def supervise(self, stop: asyncio.Event) -> None:
-        """Restart the server whenever it dies on its own, with backoff, until `stop` is set."""
+    async def supervise(self, upkeep: Upkeep) -> None:
+        """Restart the server whenever it exits on its own, until `upkeep.stop`: an Upkeep loop, so
+        each exit is logged, counted (/metrics: nats-supervisor) and followed by a backoff from
+        restart_delay_s up to max_restart_delay_s, begun afresh once a server has run a minute.
+        A server stopped on purpose (`stop`) is not started again."""
         if self._proc is None:
             raise RuntimeError("EmbeddedNats.supervise before start()")
-        delay = self.restart_delay_s
-        while not stop.is_set() and not self._stop_requested():
-            proc = self._proc
-            if proc is not None and proc.returncode is None:
-                died = asyncio.ensure_future(proc.wait())
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({died, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                died.cancel()
-                stopped.cancel()
-                if stop.is_set() or self._stop_requested():
-                    return
-                if self._restarting or self._proc is not proc:
-                    async with self._lock:  # restart() replaced it: wait until it is done, then watch the new one
-                        pass
-                    continue
-            if time.monotonic() - self._started_at > 60:
-                delay = self.restart_delay_s  # it ran fine for a while: this is a fresh failure
-            log.error(
-                "embedded nats-server exited unexpectedly (code %s); restarting in %.1fs. Log tail:\n%s",
-                self.returncode,
-                delay,
-                self._log_tail(1024),
-            )
-            if await _wait_or_timeout(stop, delay):
-                return
-            delay = min(delay * 2, self.max_restart_delay_s)
-            try:
-                async with self._lock:
-                    if self._stop_requested():  # stop() may have run while we slept
-                        return
-                    if self.running:  # restart() brought it back meanwhile
-                        continue
-                    await self._spawn(self.restart_timeout_s)
-                self.restarts += 1
-                log.warning("embedded nats-server restarted (pid %s)", self.pid)
-            except NatsUnavailable as exc:
-                log.error("restarting nats-server failed: %s", exc)
-                self._started_at = time.monotonic()
+        backoff = Backoff(self.restart_delay_s, self.max_restart_delay_s)
+
+        async def step() -> float | None:
+            return await self._watch(upkeep, backoff)
+
+        await upkeep.every(SUPERVISOR, step, interval_s=None, backoff=backoff)
+
+    async def _watch(self, upkeep: Upkeep, backoff: Backoff) -> float | None:
+        """One round of `supervise`: start the server if it is down, then wait for it to exit
+        (ServerExited) or for the stop. Returns None (the loop waits for the stop) once the server
+        was stopped on purpose, 0 to watch again at once when `restart` replaced it."""
+        if self._stop_requested():
+            return None
+        if not self.running:
+            async with self._lock:
+                if self._stop_requested():  # stop() may have run during the backoff
+                    return None
+                if not self.running:  # restart() may have brought it back meanwhile
+                    await self._spawn(self.restart_timeout_s)  # NatsUnavailable: tried again after a backoff
+                    self.restarts += 1
+                    log.warning("embedded nats-server restarted (pid %s)", self.pid)
+                    upkeep.restarted(SUPERVISOR)
+        proc = self._proc
+        assert proc is not None
+        stop = upkeep.stop
+        died = asyncio.ensure_future(proc.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({died, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+            stopped.cancel()
+        if stop.is_set() or self._stop_requested():
+            return None
+        if self._restarting or self._proc is not proc:
+            async with self._lock:  # restart() replaced it: wait until it is done, then watch the new one
+                pass
+            return 0.0
+        if time.monotonic() - self._started_at > HEALTHY_RUN_S:
+            backoff.reset()  # it ran fine for a while: this is a fresh failure
+        log.error(
+            "embedded nats-server exited unexpectedly (code %s). Log tail:\n%s", self.returncode, self._log_tail(1024)
+        )
+        raise ServerExited(f"the embedded nats-server exited unexpectedly (code {self.returncode})")
+
+
+class ServerExited(NatsUnavailable):
+    """The embedded nats-server exited without being asked to."""
 
 
 PR_SET_PDEATHSIG = 1
@@ -397,15 +414,6 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
-
-
-async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
-    """True if `event` was set within timeout_s."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout_s)
-    except TimeoutError:
-        return False
-    return True
 
 
 async def connect(

@@ -46,6 +46,7 @@ from watchd import bus
 from watchd.config import ClusterConfig, WatchDef
 from watchd.errors import NatsUnavailable, WatchdError
 from watchd.model import EVENTS_PREFIX, iso
+from watchd.upkeep import BACKOFF_BASE_S, Backoff, Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -348,31 +349,37 @@ class Lease:
         while not self.held() and not stop.is_set() and not self._lost:
             await asyncio.sleep(min(0.05, self.ttl_s / 20))
 
-    async def keep(self, stop: asyncio.Event, on_taken: Callable[[], Any], on_lost: Callable[[str], None]) -> None:
+    async def keep(self, upkeep: Upkeep, on_taken: Callable[[], Any], on_lost: Callable[[str], None]) -> None:
         """The lease's loop: renew it while held, wait for it while standing by (then `on_taken`),
-        and keep this member's key and the view of the others fresh."""
+        and keep this member's key and the view of the others fresh. An Upkeep loop (cluster-lease):
+        a round that fails (NATS unreachable: fencing stops the decisions meanwhile) is logged,
+        counted and tried again after a backoff that never waits longer than the loop's own pace,
+        so that a lease is renewed as soon as NATS is back."""
         renew_s, poll_s = self.takeover_s * RENEW_SHARE, self.takeover_s * POLL_SHARE
         last_member = time.monotonic()
-        while not stop.is_set():
-            try:
-                if self._revision:
-                    if not await self.renew():
-                        on_lost(f"lost the lease of cluster {self.name!r} to {_who(self.holder)}")
-                        return
-                elif await self.try_take():
-                    log.info("took the lease of cluster %r: this instance decides now", self.name)
-                    await on_taken()
-                else:
-                    self.announce()
-                if time.monotonic() - last_member >= renew_s:
-                    await self._put_member()
-                    await self._read_members()
-                    last_member = time.monotonic()
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                log.debug("cluster lease: %s", exc)  # NATS unreachable: fencing stops the decisions
-            wait = renew_s if self._revision else poll_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+
+        async def step() -> float | None:
+            nonlocal last_member
+            if self._lost:
+                return None  # for good: on_lost stops the daemon
+            if self._revision:
+                if not await self.renew():
+                    on_lost(f"lost the lease of cluster {self.name!r} to {_who(self.holder)}")
+                    return None
+            elif await self.try_take():
+                log.info("took the lease of cluster %r: this instance decides now", self.name)
+                await on_taken()
+            else:
+                self.announce()
+            if time.monotonic() - last_member >= renew_s:
+                await self._put_member()
+                await self._read_members()
+                last_member = time.monotonic()
+            return renew_s if self._revision else poll_s
+
+        pace = min(renew_s, poll_s)
+        backoff = Backoff(base_s=min(BACKOFF_BASE_S, pace), cap_s=pace)
+        await upkeep.every("cluster-lease", step, interval_s=None, backoff=backoff)
 
     def announce(self) -> None:
         """One line each time the holder changes while this instance stands by."""

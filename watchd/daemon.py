@@ -281,7 +281,7 @@ class Daemon:
             )
             await self.embedded.start()
             self.storage.embedded = self.embedded
-            self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.stop) if self.embedded else _noop())
+            self._spawn("nats-supervisor", lambda: self.embedded.supervise(self.upkeep) if self.embedded else _noop())
         inbox = credentials.ADMIN_INBOX if self.embedded else "_INBOX"  # an external NATS: its operator's rules
         self.nc = await bus.connect(credentials.client_url(self.loaded, "admin"), inbox_prefix=inbox)
         self.js = self.nc.jetstream()
@@ -309,7 +309,7 @@ class Daemon:
         await self._join()
         self._spawn("reload", self._reload_loop)
         self._spawn("retention", self._retention_loop)
-        self._spawn("storage-probe", lambda: self.storage.run(self._storage_probe))
+        self._spawn("storage-probe", lambda: self.storage.run(self._storage_probe, self.upkeep))
         self._http_runner, self.ingress = await ingress.start(self)
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
@@ -367,7 +367,7 @@ class Daemon:
         else:
             self.lease.announce()
         lease = self.lease
-        self._spawn("cluster-lease", lambda: lease.keep(self.stop, self._activate, self._lease_lost))
+        self._spawn("cluster-lease", lambda: lease.keep(self.upkeep, self._activate, self._lease_lost))
         if not lease.embedded:
             self._spawn("cluster-lag", self._cluster_lag_loop)
 

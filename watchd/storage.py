@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from watchd.bus import EmbeddedNats, PubAckInfo
     from watchd.model import Event
     from watchd.store import Store
+    from watchd.upkeep import Upkeep
 
 log = logging.getLogger("watchd.storage")
 T = TypeVar("T")
@@ -224,17 +225,22 @@ class StorageWatch:
             self._stored(STATE)
             return result
 
-    async def run(self, probe: Callable[[], Awaitable[object]]) -> None:
+    async def run(self, probe: Callable[[], Awaitable[object]], upkeep: Upkeep) -> None:
         """While the stream fails: `probe` (a publish through `publish`) every probe_every_s, and an
-        embedded server restarted when that should help (see _restart_due), then probed at once."""
-        while not await _stopped_within(self.stop, self.probe_every_s):
+        embedded server restarted when that should help (see _restart_due), then probed at once.
+        An Upkeep loop (storage-probe): a round that fails unexpectedly is logged, counted and
+        tried again after a backoff; a probe that fails only keeps the failure in `health`."""
+
+        async def step() -> None:
             if STREAM not in self.health.failures:
-                continue
+                return
             with contextlib.suppress(WatchdError):
                 await probe()
             if STREAM in self.health.failures and await self._maybe_restart():
                 with contextlib.suppress(WatchdError):
                     await probe()
+
+        await upkeep.every("storage-probe", step, interval_s=self.probe_every_s)
 
     def _restart_due(self) -> bool:
         """A full disk that has room again: at once (its write error is what keeps the stream

@@ -177,6 +177,15 @@ class Upkeep:
             self.limiter.forget(name)
             self.logger.info("%s recovered", name)
 
+    def restarted(self, name: str) -> None:
+        """`name` (a task, or what a loop looks after: a child process, a source) was started again
+        after a failure. Counted, and no longer failing until it fails again: a long-running thing
+        has no other sign of success."""
+        st = self._stats(name, False)
+        st.restarts += 1
+        st.failing = False
+        self.logger.warning("%s restarted (restart %d)", name, st.restarts)
+
     # ---- loops ----
 
     async def every(
@@ -255,10 +264,7 @@ class Upkeep:
                 await _Sleep((self.stop,))(retry_s)
                 if self.stop.is_set():
                     return
-                st = self.stats[name]
-                st.restarts += 1
-                st.failing = False  # until it fails again: a task has no other sign of success
-                self.logger.warning("%s restarted (restart %d)", name, st.restarts)
+                self.restarted(name)
 
         task = asyncio.create_task(supervised(), name=name)
         self.tasks[name] = task

@@ -1,12 +1,12 @@
 """Running sources: one task per source, restarted with a backoff when it fails, and the daemon's
 watch over their silence.
 
-A source that raises is logged, counted (`restarts`, `last_error`) and started again after 1, 2, 5,
-10, 30, then 60 seconds (back to 1 s once it ran a minute): one broken source never stops the
-daemon or the other sources. In the daemon, `SourceSet` also turns a silence longer than a
-source's `expect_every` into `watchd.source.<name>.silent`, once per silence, and
-`watchd.source.<name>.recovered` when events return (watchd's own events, which only the daemon
-may publish).
+A source that raises is logged, counted (`restarts`, `last_error`; in /metrics also as the loop
+`source-<name>`) and started again after a backoff from 1 s doubling up to 60 s (back to 1 s once
+it ran a minute): one broken source never stops the daemon or the other sources. In the daemon,
+`SourceSet` also turns a silence longer than a source's `expect_every` into
+`watchd.source.<name>.silent`, once per silence, and `watchd.source.<name>.recovered` when events
+return (watchd's own events, which only the daemon may publish).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from watchd.sources.health import SourceHealth
 from watchd.sources.publish import Publisher
 from watchd.sources.settings import SourceSettings, type_name
 from watchd.sources.state import PositionStore
-from watchd.upkeep import Upkeep
+from watchd.upkeep import Backoff, Upkeep
 
 log = logging.getLogger("watchd.sources")
 
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+BACKOFF_BASE_S = 1.0  # the first restart waits 0.5-1 s; each next one twice as long ...
+BACKOFF_CAP_S = 60.0  # ... up to a minute
 HEALTHY_RUN_S = 60.0  # a run this long resets the backoff
 
 
@@ -47,41 +48,67 @@ def new_health(name: str, settings: SourceSettings, now: float) -> SourceHealth:
     return SourceHealth(name=name, type=type_name(settings), expect_every_s=expect, started_at=now)
 
 
-async def supervised(source: Source, ctx: SourceContext, positions: PositionStore | None = None) -> None:
+async def supervised(
+    source: Source, ctx: SourceContext, positions: PositionStore | None = None, upkeep: Upkeep | None = None
+) -> None:
     """Run `source` until `ctx.stop`, starting it again after each failure; with `positions`,
-    holding its lock while it runs."""
-    failures = 0
-    while not ctx.stop.is_set():
-        started = time.monotonic()
-        lock: int | None = None
-        try:
-            if positions is not None:
-                lock = positions.lock(source.name)
-                ctx.position = positions.load(source.name)  # as the last holder left it
-            await source.run(ctx)
-            if ctx.stop.is_set():
-                return
-            message = "its run ended by itself"
-        except asyncio.CancelledError:
-            raise
-        except WatchdError as exc:
-            message = exc.message
-        except Exception as exc:
-            # Only the type: an exception's text may hold a URL with a token in it.
-            message = f"unexpected {type(exc).__name__}"
-            log.debug("source %s failed", source.name, exc_info=True)
-        finally:
-            if lock is not None:
-                os.close(lock)
-        ctx.health.failed(message, ctx.clock())
-        ctx.health.restarts += 1
-        if time.monotonic() - started >= HEALTHY_RUN_S:
-            failures = 0
-        delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-        failures += 1
-        log.warning("source %s stopped: %s; starting it again in %gs", source.name, message, delay)
-        if await ctx.sleep(delay):
+    holding its lock while it runs. An Upkeep loop (`source-<name>`), as every loop of the daemon:
+    each failure is logged (rate-limited), counted in /metrics, recorded in the source's health and
+    followed by a backoff from 1 s up to 60 s, begun afresh after a run of a minute. Without
+    `upkeep` (`watchd source run`), one of its own on `ctx.stop`."""
+    backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
+    upkeep = upkeep or Upkeep(ctx.stop, logger=log)
+
+    name = f"source-{source.name}"
+    runs = 0
+
+    async def step() -> None:
+        nonlocal runs
+        if runs:
+            upkeep.restarted(name)
+        runs += 1
+        await run_once(source, ctx, positions, backoff)  # returns only once ctx.stop is set
+
+    # interval None: after the run returned (its stop), wait for the daemon's stop, or for the
+    # cancel of a source a reload removed; a run never returns otherwise.
+    await upkeep.every(name, step, interval_s=None, backoff=backoff)
+
+
+async def run_once(source: Source, ctx: SourceContext, positions: PositionStore | None, backoff: Backoff) -> None:
+    """One run of `source`: returns when stopped, else raises SourceStopped with why (the reason is
+    in its health too). Only the message of a WatchdError, or an exception's type, is kept: an
+    exception's text may hold a URL with a token in it."""
+    started = time.monotonic()
+    lock: int | None = None
+    try:
+        if positions is not None:
+            lock = positions.lock(source.name)
+            ctx.position = positions.load(source.name)  # as the last holder left it
+        await source.run(ctx)
+        if ctx.stop.is_set():
             return
+        message = "its run ended by itself"
+    except asyncio.CancelledError:
+        raise
+    except WatchdError as exc:
+        message = exc.message
+    except Exception as exc:
+        message = f"unexpected {type(exc).__name__}"
+        log.debug("source %s failed", source.name, exc_info=True)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    if ctx.stop.is_set():
+        return  # a failure while stopping (a closed connection) is no failure of the source
+    ctx.health.failed(message, ctx.clock())
+    ctx.health.restarts += 1
+    if time.monotonic() - started >= HEALTHY_RUN_S:
+        backoff.reset()  # it ran fine for a while: this is a fresh failure
+    raise SourceStopped(f"source {source.name} stopped: {message}")
+
+
+class SourceStopped(WatchdError):
+    """A source's run ended without being stopped; its message is safe to log."""
 
 
 class SourceSet:
@@ -115,6 +142,7 @@ class SourceSet:
         self._heard = dict(heard or {})
         self._wake = asyncio.Event()
         self._started = False
+        self._upkeep: Upkeep | None = None  # the daemon's, from `run`: the sources are its loops
         self.update(sources)
 
     # ---- life cycle ----
@@ -175,7 +203,7 @@ class SourceSet:
             stop=stop,
             max_wait_s=self.max_wait_s,
         )
-        task = asyncio.create_task(supervised(source, ctx, self.positions), name=f"source-{name}")
+        task = asyncio.create_task(supervised(source, ctx, self.positions, self._upkeep), name=f"source-{name}")
         self._tasks[name] = (task, stop)
 
     def _stop_one(self, name: str) -> None:
@@ -187,10 +215,11 @@ class SourceSet:
     async def run(self, stop: asyncio.Event, upkeep: Upkeep | None = None) -> None:
         """Run every source and the silence check until `stop`."""
         self._started = True
+        self._upkeep = upkeep = upkeep or Upkeep(stop)
         for name in self._settings:
             self._start_one(name)
         try:
-            await self._silence_loop(upkeep or Upkeep(stop))
+            await self._silence_loop(upkeep)
         finally:
             tasks = [t for t, _ in self._tasks.values()]
             for name in list(self._tasks):
