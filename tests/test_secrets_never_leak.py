@@ -11,18 +11,17 @@ written out here, not taken from watchd's own redaction code, so a gap there can
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import aiohttp
 from support.fakes import FakeSlack, FakeTelegram, FakeWebhook, Reply
 from support.inprocess import InProcessDaemon
+from support.secrets import leaks
 from support.waiting import until
 
 from watchd.model import make_event
@@ -45,30 +44,8 @@ then = ["notify.phone", "notify.hook", "notify.team"]
 """
 
 
-def encodings(secret: str) -> dict[str, str]:
-    raw = secret.encode()
-    forms = {
-        "plain": secret,
-        "url-encoded": quote(secret, safe=""),
-        "url-encoded (path)": quote(secret),
-        "form-encoded": quote_plus(secret),
-        "hex": binascii.hexlify(raw).decode(),
-        "HEX": binascii.hexlify(raw).decode().upper(),
-    }
-    for name, encoded in (("base64", base64.b64encode(raw)), ("base64url", base64.urlsafe_b64encode(raw))):
-        forms[name] = encoded.decode()
-        forms[f"{name} unpadded"] = encoded.decode().rstrip("=")
-    return forms
-
-
 def find_leaks(where: str, data: bytes | str) -> list[str]:
-    blob = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
-    return [
-        f"{where}: {secret!r} as {name}"
-        for secret in SECRETS
-        for name, form in encodings(secret).items()
-        if form.encode() in blob
-    ]
+    return leaks(where, data, SECRETS)
 
 
 def backup_members(archive: Path) -> dict[str, bytes]:

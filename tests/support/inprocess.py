@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from support import project
+from support import project, secrets
 from support.cli import CliResult, run_cli, run_process
 from support.clocks import VirtualClock
 from support.project import Project
@@ -86,11 +86,16 @@ class InProcessDaemon(Project):
             assert not daemon.upkeep.crashed(), f"tasks of the daemon crashed: {daemon.upkeep.crashed()}"
 
     async def cleanup(self) -> None:
+        """Stop, and check that no configured secret, in any encoding, is in the log or on the
+        console (every daemon of the suite is part of the secret search; support/secrets.py)."""
         daemon, self.daemon = self.daemon, None
         if daemon is not None:
             await daemon.shutdown()
         logging.getLogger().removeHandler(self.log)
         logging.getLogger("watchd").setLevel(self._level)
+        found = secrets.configured_secrets(self.config_path)
+        leaked = secrets.leaks("the log", self.logged(), found) + secrets.leaks("the console", self.printed(), found)
+        assert not leaked, "a configured secret reached the output:\n" + "\n".join(leaked)
 
     @property
     def running(self) -> Daemon:
