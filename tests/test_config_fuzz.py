@@ -135,6 +135,10 @@ async def run_one(root: Path, cfg: dict[str, Any], watches: dict[str, Any], relo
         status = await d.cli("status", "--json")
         assert status.returncode == 0, status.stderr
         json.loads(status.stdout)
+        for watch in verdict.watches[:2]:
+            explained = await d.cli("explain", watch.watch.id, "--json")
+            assert explained.returncode == 0, explained.stderr
+            assert "fired" in json.loads(explained.stdout)
         for new_cfg, new_watches in reloads:
             new_cfg = {**new_cfg, **{k: cfg[k] for k in ("nats", "http", "state_dir", "watches")}}
             write(root, new_cfg, new_watches)

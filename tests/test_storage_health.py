@@ -97,6 +97,9 @@ async def test_a_stream_that_cannot_store_is_unhealthy_and_recovers_without_a_re
         assert d.health()["nats"] is True  # connected: before, health was "ok" here
         status, health = await healthz(d)
         assert status == 503 and health["storage"] is False and "stream" in health["storage_problems"]
+        async with aiohttp.ClientSession() as session, session.get(f"{d.http_url}/metrics") as resp:
+            text = await resp.text()
+        assert "watchd_storage_ok 0.0" in text and "watchd_up 0.0" in text
         code, _, err = await d.cli("check")
         assert code == 1 and "storage not ok" in err
     finally:
