@@ -192,20 +192,22 @@ def bucket_names(name: str) -> tuple[str, str]:
     return f"watchd-cluster-{name}", f"watchd-ticks-{name}"
 
 
-async def _bucket(js: JetStreamContext, bucket: str, ttl_s: float) -> Any:
-    """Bind to the bucket, creating it or bringing its TTL to `ttl_s` (the stream's max_age)."""
+async def _bucket(js: JetStreamContext, bucket: str, ttl_s: float, replicas: int | None = None) -> Any:
+    """Bind to the bucket, creating it or bringing its TTL to `ttl_s` (the stream's max_age) and its
+    copies to `replicas` (None: as they are)."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         with contextlib.suppress(nats.js.errors.BadRequestError):  # another instance made it meanwhile
-            return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1)
+            return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1, replicas=replicas or 1)
         kv = await js.key_value(bucket)
     stream = f"KV_{bucket}"
     info = await js.stream_info(stream)
-    if abs((info.config.max_age or 0) - ttl_s) > 0.001:
-        cfg = info.config
+    cfg = info.config
+    if abs((cfg.max_age or 0) - ttl_s) > 0.001 or (replicas and cfg.num_replicas != replicas):
         cfg.max_age = ttl_s
         cfg.duplicate_window = min(cfg.duplicate_window or ttl_s, ttl_s)
+        cfg.num_replicas = replicas or cfg.num_replicas
         await js.update_stream(cfg)
     return kv
 
@@ -225,8 +227,10 @@ class Lease:
         state_dir: str,
         watches: str,
         embedded: bool,
+        replicas: int | None = None,
     ) -> None:
         self.js = js
+        self.replicas = None if embedded else replicas
         self.name = config.name
         self.takeover_s = takeover_s
         self.ttl_s = takeover_s * TTL_SHARE
@@ -255,8 +259,8 @@ class Lease:
 
     async def open(self) -> None:
         try:
-            self._kv = await _bucket(self.js, self.bucket, self.ttl_s)
-            self._ticks = await _bucket(self.js, self.ticks_bucket, TICKS_TTL_S)
+            self._kv = await _bucket(self.js, self.bucket, self.ttl_s, self.replicas)
+            self._ticks = await _bucket(self.js, self.ticks_bucket, TICKS_TTL_S, self.replicas)
         except nats.js.errors.APIError as exc:
             raise NatsUnavailable(
                 f"cannot set up the cluster buckets of [cluster] name = {self.name!r}: {exc.description}",

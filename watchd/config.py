@@ -129,6 +129,9 @@ class ClusterConfig(_Strict, kw_only=True):
 
     name: str = "watchd"
     takeover: str = "15s"  # how soon a standby takes over from a holder that died
+    # Copies the NATS cluster keeps of the streams and buckets watchd creates or updates (3 on a
+    # 3-node cluster survives the loss of a node). None: new ones R1, existing ones as they are.
+    replicas: Annotated[int, _range(1, 5)] | None = None
 
 
 class HttpConfig(_Strict, kw_only=True):

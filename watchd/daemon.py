@@ -323,7 +323,10 @@ class Daemon:
         free = storage.free_bytes(store_dir) if store_dir is not None else None
         wanted = configured or storage.auto_events_max_bytes(free)
         hint = storage.space_hint(store_dir, wanted, configured=configured is not None)
-        await bus.ensure_streams(js, events_max_bytes=wanted, resize=configured is not None, space_hint=hint)
+        replicas = self.loaded.config.cluster.replicas if self.embedded is None else None  # one node: R1
+        await bus.ensure_streams(
+            js, events_max_bytes=wanted, resize=configured is not None, space_hint=hint, replicas=replicas
+        )
 
     async def _storage_probe(self) -> None:
         failure = self.storage.health.failures.get(storage.STREAM)
@@ -339,6 +342,7 @@ class Daemon:
             self.js,
             cfg,
             parse_duration(cfg.takeover),
+            replicas=cfg.replicas,
             state_dir=str(self.state_dir),
             watches=cluster.watches_digest(self.loaded.watches),
             embedded=self.embedded is not None,
