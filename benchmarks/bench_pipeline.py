@@ -2,7 +2,8 @@
 
 1. Throughput: with the daemon stopped, N events are stored; it is started again and the time
    from its first committed batch to the last is compared with a raw nats-py pull consumer
-   (fetch 512 + one ack per batch) reading the same N messages. nats-server runs on its own
+   (nats-py's `fetch` 512 + one ack per batch) reading the same N messages; watchd reads through
+   its own pull requests (watchd/pull.py). nats-server runs on its own
    (`[nats] url`), as in a real deployment, so it stays up while the daemon restarts.
 2. Latency: events published at 200/s to a matching watch; publish → handoff committed, p50/p99.
 3. Idle: CPU seconds of watchd and its nats-server over 60 idle seconds, and the RSS of each.
@@ -101,6 +102,7 @@ async def publish_many(url: str, n: int) -> None:
 
 async def raw_consume(url: str, n: int) -> float:
     nc = await bus.connect(url)
+    # Without `nc` the consumer reads through nats-py's own `fetch`: the raw nats-py baseline.
     consumer = bus.EventConsumer(nc.jetstream(), durable="bench-raw")
     await consumer.start()
     got = 0

@@ -146,14 +146,16 @@ async def test_publish_without_streams_is_nats_unavailable(nats_client: Client) 
         await publish_event(nats_client.jetstream(), make_event("x.y"), timeout_s=1)
 
 
-async def test_consumer_acks_all_and_redelivers_unacked_after_restart(nats_client: Client) -> None:
+@pytest.mark.parametrize("own_pull", [False, True], ids=["nats-py fetch", "own pull requests"])
+async def test_consumer_acks_all_and_redelivers_unacked_after_restart(nats_client: Client, own_pull: bool) -> None:
     js = nats_client.jetstream()
     await ensure_streams(js)
     events = [make_event("heartbeat.laptop", {"n": i}) for i in range(5)]
     for event in events:
         await publish_event(js, event)
 
-    consumer = EventConsumer(js, ack_wait_s=0.5)
+    nc = nats_client if own_pull else None
+    consumer = EventConsumer(js, ack_wait_s=0.5, nc=nc)
     await consumer.start()
     msgs = await consumer.fetch(batch=256, timeout_s=2)
     assert [seq_of(m) for m in msgs] == [1, 2, 3, 4, 5]
@@ -162,7 +164,7 @@ async def test_consumer_acks_all_and_redelivers_unacked_after_restart(nats_clien
     await consumer.ack_upto(msgs[2])  # AckPolicy.ALL: acks 1..3
     await consumer.stop()
 
-    again = EventConsumer(js, ack_wait_s=0.5)  # a restarted engine binds the same durable
+    again = EventConsumer(js, ack_wait_s=0.5, nc=nc)  # a restarted engine binds the same durable
     await again.start()
     redelivered = await again.fetch(timeout_s=3)
     assert [seq_of(m) for m in redelivered] == [4, 5]
@@ -266,3 +268,42 @@ def test_redact_url() -> None:
     assert redact_url("nats://u:p@h:4222") == "nats://***@h:4222"
     assert redact_url("nats://h:4222") == "nats://h:4222"
     assert redact_url("tls://token@h") == "tls://***@h"
+
+
+async def test_own_pull_requests_return_at_once_and_in_batches(nats_client: Client) -> None:
+    """What is stored comes at once, in batches of at most `batch`, in stream order; with nothing
+    stored a fetch waits for the first event to come (not for the timeout), and an empty one
+    returns [] after its timeout."""
+    js = nats_client.jetstream()
+    await ensure_streams(js)
+    for i in range(700):
+        await publish_event(js, make_event("load.test", {"i": i}))
+    consumer = EventConsumer(js, nc=nats_client)
+    await consumer.start()
+    t0 = time.monotonic()
+    first = await consumer.fetch(512, timeout_s=5)
+    second = await consumer.fetch(512, timeout_s=5)
+    assert time.monotonic() - t0 < 2
+    assert [seq_of(m) for m in first + second] == list(range(1, 701))
+    assert (len(first), len(second)) == (512, 188)
+    await consumer.ack_upto(second[-1])
+
+    t0 = time.monotonic()
+    assert await consumer.fetch(512, timeout_s=0.3) == []
+    assert 0.25 <= time.monotonic() - t0 < 1.5
+
+    async def publish_later() -> None:
+        await asyncio.sleep(0.3)
+        await publish_event(js, make_event("load.test", {"i": "late"}))
+
+    task = asyncio.create_task(publish_later())
+    t0 = time.monotonic()
+    late = await consumer.fetch(512, timeout_s=5)
+    assert [seq_of(m) for m in late] == [701]
+    assert time.monotonic() - t0 < 2  # woken by the event, not by the timeout
+    await task
+    await consumer.ack_upto(late[-1])
+    await nats_client.flush()
+    info = await consumer.info()
+    assert info.ack_floor is not None and info.ack_floor.stream_seq == 701
+    await consumer.stop()

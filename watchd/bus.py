@@ -39,10 +39,13 @@ from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, is_loopbac
 from watchd.link import Connection
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 from watchd.opsettings import sync_interval
+from watchd.pull import Puller
 from watchd.redact import redact_url
 from watchd.upkeep import HEALTHY_RUN_S, Backoff, Upkeep
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+
     from watchd.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -647,8 +650,12 @@ class EventConsumer:
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 65536,
         filter_subject: str | None = None,
+        nc: Client | None = None,
     ) -> None:
         self.js = js
+        # With the connection, batches are read by our own pull requests (watchd/pull.py), at a
+        # fraction of nats-py's per-message cost; without it, through nats-py's `fetch`.
+        self._puller = Puller(nc, stream, durable) if nc is not None else None
         self.durable = durable
         self.stream = stream
         self.config = ConsumerConfig(
@@ -675,13 +682,18 @@ class EventConsumer:
                 f"cannot create consumer {self.durable} on stream {self.stream}: {exc.description}",
                 hint=f"if its config changed incompatibly, delete it: nats consumer rm {self.stream} {self.durable}",
             ) from None
+        if self._puller is not None:
+            await self._puller.start()
+            return
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
     async def fetch(self, batch: int = 256, timeout_s: float = 1.0) -> list[Msg]:
         """Up to `batch` messages, returning as soon as any are there; [] when none came in timeout_s."""
-        if self._sub is None:
-            raise RuntimeError("EventConsumer.fetch before start()")
         try:
+            if self._puller is not None:
+                return await self._puller.fetch(batch, timeout_s)
+            if self._sub is None:
+                raise RuntimeError("EventConsumer.fetch before start()")
             return await self._sub.fetch(batch, timeout=timeout_s)
         except TimeoutError:  # nats.errors.TimeoutError and FetchTimeoutError subclass it
             return []
@@ -702,6 +714,8 @@ class EventConsumer:
 
     async def stop(self) -> None:
         """Unsubscribe; the durable and its position stay on the server."""
+        if self._puller is not None:
+            await self._puller.stop()
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()

@@ -658,7 +658,7 @@ class Daemon:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-        consumer = bus.EventConsumer(self.js)
+        consumer = bus.EventConsumer(self.js, nc=self.nc)
         self._consumer_bound_at = reopens_of(self.nc)
         await self._catch_up(consumer)
         await consumer.start()
