@@ -19,7 +19,7 @@ dead letter is terminated. The local SQLite keeps each instance's record of what
 delivered (explain, status, dlq), and settles a message it sees again after a lost ack without
 delivering it twice. The duplicate risk that remains, for a target that cannot deduplicate by the
 handoff id (Telegram, Slack): a deliverer that dies after the target answered and before the server
-stored the ack; `ack_window` keeps how long that was for each delivery.
+stored the ack; /metrics has how long that was (`watchd_handoff_ack_window_seconds`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -61,7 +60,6 @@ QUEUE_BATCH = 256  # handoffs read from the outbox per look
 QUEUE_POLL_S = 2.0  # the longest the queueing loop sleeps (a `dlq replay` writes the SQLite from the CLI)
 MAX_IN_FLIGHT = 64  # deliveries under way at once (each target has its own limit besides)
 MAX_NAK_DELAY_S = 300.0  # a long hold is looked at again after this, so a changed clock is seen
-WINDOWS_KEPT = 4096
 _SETTLED = ("delivered", "accepted", "done", "dead", "dropped")
 _decoder = msgspec.json.Decoder(Handoff)
 
@@ -112,9 +110,6 @@ class HandoffQueue:
             max_deliver=-1,  # retries are counted here (settlement), not by the server
             max_ack_pending=4 * MAX_IN_FLIGHT,
         )
-        # Seconds from a target's answer to the server's confirmation of the ack: the window in which
-        # a deliverer's death would have the next holder deliver the same handoff again.
-        self.ack_window: deque[float] = deque(maxlen=WINDOWS_KEPT)
         self.queued = 0
         self.duplicates = 0  # queued again by an instance that decided a batch again: dropped by id
         self._wake = asyncio.Event()
@@ -266,7 +261,8 @@ class HandoffQueue:
             await msg.term()
         else:
             await msg.ack_sync(timeout=5.0)
-            self.ack_window.append(time.monotonic() - answered)
+            if self.metrics is not None:  # the window in which this instance's death means a second delivery
+                self.metrics.ack_window.observe(time.monotonic() - answered)
 
     def _limit(self, target: str) -> asyncio.Semaphore:
         limit = self._limits.get(target)
