@@ -40,7 +40,7 @@ FAILED_SUBJECT = "systemd.unit.failed"
 TEMPLATE_FIELDS = ("unit", "identifier", "priority", "host")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _NOT_SUBJECT = re.compile(r"[^A-Za-z0-9_.-]+")
-_READ_CHUNK = 1 << 16
+_READ_CHUNK = 1 << 20  # a backlog is read (and its cursor saved) in large batches
 _MAX_BATCH = 512  # entries published before the cursor is persisted once
 _STDERR_TAIL = 400
 
