@@ -4,27 +4,12 @@ at a local page, the folder at a temporary one, and the targets at the console."
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from pathlib import Path
 
 from support.inprocess import InProcessDaemon
+from support.readme import console_targets, recipe
 from support.sites import FakeSite
 from support.waiting import until
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def recipe(title: str) -> tuple[str, str]:
-    """The (source, watch file) TOML blocks that follow the recipe's heading in the README."""
-    text = README.read_text()
-    start = text.index(f"#### Recipe: {title}")
-    blocks = re.findall(r"```toml\n(.*?)```", text[start:], flags=re.S)
-    return blocks[0], blocks[1]
-
-
-def console_targets(watches: str) -> str:
-    return re.sub(r"then = \[[^\]]*\]", 'then = ["notify.console"]', watches)
 
 
 async def test_recipe_a_web_page_changes(daemon_factory: Callable[..., InProcessDaemon]) -> None:

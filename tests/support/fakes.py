@@ -217,6 +217,7 @@ class FakeTelegram(FakeServer):
         self.chats = chats  # None: every chat exists
         self.username = username
         self.messages: list[dict[str, Any]] = []
+        self.message_ids: list[int] = []  # of the sent messages, as `messages`
         self.callback_answers: list[dict[str, Any]] = []
         self.edits: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
@@ -376,6 +377,7 @@ class FakeTelegram(FakeServer):
             return self.error_reply(400)
         self.messages.append(params)
         message_id = next(self._ids)
+        self.message_ids.append(message_id)
         self._texts[(str(chat_id), message_id)] = str(text)
         return self.ok({"message_id": message_id, "chat": {"id": chat_id}, "date": int(time.time()), "text": text})
 
