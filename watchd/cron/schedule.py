@@ -21,10 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterBadDateError, croniter
 
 from watchd.errors import WatchdError
 
@@ -67,6 +65,13 @@ class _Compiled:
 
 
 @lru_cache(maxsize=1024)
+def _croniter() -> Any:  # croniter has no type hints
+    """croniter, loaded on first use: a daemon without a cron expression never pays for it."""
+    import croniter
+
+    return croniter
+
+
 def _compile(expr: str, tz: str) -> _Compiled:
     text = expr.strip()
     if text.startswith("@"):
@@ -76,7 +81,8 @@ def _compile(expr: str, tz: str) -> _Compiled:
     fields = text.split()
     if len(fields) != 5:
         raise ScheduleError(f"cron expression {expr!r} has {len(fields)} field(s), not 5", _CRON_HINT)
-    if not croniter.is_valid(text):
+    cr = _croniter()
+    if not cr.croniter.is_valid(text):
         problem = _field_problem(fields)
         if problem:
             raise ScheduleError(f"cron {expr!r}: {problem}")
@@ -89,8 +95,8 @@ def _compile(expr: str, tz: str) -> _Compiled:
         day_or=not (fields[2].startswith("*") or fields[4].startswith("*")),
     )
     try:  # e.g. "0 0 31 2 *" is valid syntax but never fires: almost surely a mistake
-        croniter(text, datetime(2000, 1, 1), day_or=compiled.day_or).get_next(datetime)
-    except CroniterBadDateError:
+        cr.croniter(text, datetime(2000, 1, 1), day_or=compiled.day_or).get_next(datetime)
+    except cr.CroniterBadDateError:
         raise ScheduleError(f"cron expression {expr!r} never fires", "check the day-of-month and month") from None
     return compiled
 
@@ -273,13 +279,14 @@ def _stream(spec: CronSpec, after: datetime, wall_limit: datetime) -> Iterator[t
     zone = c.zone
     # Start early enough that walls repeated by a fold just after `after` are seen too.
     start = after + min(_offset_at(zone, after), _offset_at(zone, after + timedelta(hours=27)))
-    it = croniter(c.expr, start, day_or=c.day_or)
+    cr = _croniter()
+    it = cr.croniter(c.expr, start, day_or=c.day_or)
     heap: list[_Entry] = []
     seq = 0
     while True:
         try:
             w: datetime | None = it.get_next(datetime)
-        except CroniterBadDateError:
+        except cr.CroniterBadDateError:
             w = None
         done = w is None or w > wall_limit
         entries: list[_Entry] = []
@@ -395,7 +402,7 @@ def dst_gap_warning(spec: CronSpec, year_from: int, years: int = 5) -> str | Non
         gap_start, gap_end = at + before, at + after  # wall times skipped: [gap_start, gap_end)
         if not span_start <= gap_start < span_end:
             continue
-        it = croniter(c.expr, gap_start - timedelta(seconds=1), day_or=c.day_or)
+        it = _croniter().croniter(c.expr, gap_start - timedelta(seconds=1), day_or=c.day_or)
         while (w := it.get_next(datetime)) < gap_end:
             hits.setdefault(_hm(w), []).append(w.date().isoformat())
     if not hits:
