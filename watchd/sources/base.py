@@ -38,6 +38,10 @@ class Outlet(abc.ABC):
     """Where a source's output goes: JetStream then the position file (publish.Publisher), or the
     terminal (`watchd source test`)."""
 
+    # True when nothing is stored: a source whose service forgets what it handed over once told
+    # (a Telegram offset sent, a Slack envelope acknowledged) must then tell it nothing.
+    dry: ClassVar[bool] = False
+
     @abc.abstractmethod
     async def emit(self, emits: Sequence[Emit], position: Position | None) -> None: ...
 

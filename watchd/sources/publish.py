@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from nats.js import JetStreamContext
 
@@ -92,6 +92,8 @@ class Publisher(Outlet):
 
 class DryOutlet(Outlet):
     """Prints the envelopes one JSON line each; publishes and persists nothing."""
+
+    dry: ClassVar[bool] = True
 
     def __init__(self, name: str, out: TextIO, health: SourceHealth, clock: Callable[[], float]) -> None:
         self.name = name

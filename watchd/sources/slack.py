@@ -161,7 +161,9 @@ class SlackSource(Source):
                 elif isinstance(body.get("envelope_id"), str):
                     await self._envelope(body, ctx)
                     # Acknowledged only now that what it brought is stored: unacked, Slack re-sends.
-                    await ws.send_json({"envelope_id": body["envelope_id"]})
+                    # Dry (`watchd source test`), never: Slack keeps it for the daemon.
+                    if not ctx.outlet.dry:
+                        await ws.send_json({"envelope_id": body["envelope_id"]})
         finally:
             stop.cancel()
             with contextlib.suppress(Exception):

@@ -94,9 +94,13 @@ class TelegramSource(Source):
         self._token = token
         http_client.check_http_url(f"source {self.name}", self.cfg.api_base, "api_base")
         offset = ctx.position.get("offset")
+        # Dry (`watchd source test`): never send an offset past the saved one, which would make
+        # Telegram forget the updates before the daemon stored them; show each update once.
+        dry, seen = ctx.outlet.dry, set[int]()
         failures = 0
         while not ctx.stop.is_set():
-            payload: dict[str, Any] = {"timeout": self.poll_timeout_s, "allowed_updates": UPDATE_KINDS}
+            timeout = 0 if dry else self.poll_timeout_s
+            payload: dict[str, Any] = {"timeout": timeout, "allowed_updates": UPDATE_KINDS}
             if isinstance(offset, int):
                 payload["offset"] = offset
             call = asyncio.ensure_future(self._call("getUpdates", payload, self.poll_timeout_s + 15))
@@ -114,7 +118,14 @@ class TelegramSource(Source):
                     return
                 continue
             failures = 0
-            if updates:
+            if dry:
+                updates = [u for u in updates if u.get("update_id") not in seen]
+                seen.update(u["update_id"] for u in updates if isinstance(u.get("update_id"), int))
+                if updates:
+                    await self._handle(updates, ctx)
+                if await ctx.sleep(1.0):
+                    return
+            elif updates:
                 offset = await self._handle(updates, ctx)
 
     def _updates(self, resp: Response | str, ctx: SourceContext) -> tuple[list[dict[str, Any]] | None, float | None]:
@@ -174,6 +185,9 @@ class TelegramSource(Source):
                     break
         if last is None:
             return None
+        if ctx.outlet.dry:
+            await ctx.emit(emits)
+            return None  # nobody is told anything: no offset, no answered press
         await ctx.emit(emits, {"offset": last + 1})
         for query_id, shown in presses:
             await self._answer_press(query_id, shown)
