@@ -239,6 +239,33 @@ async def test_supervise_restarts_a_killed_server_and_data_survives(
     assert nats_server.running  # supervise stops watching; it does not stop the server
 
 
+async def test_restart_on_purpose_is_one_new_server_which_the_supervisor_then_watches(
+    nats_server: EmbeddedNats, nats_client: Client
+) -> None:
+    js = nats_client.jetstream()
+    await ensure_streams(js)
+    await publish_event(js, make_event("job.done"))
+    nats_server.restart_delay_s = 0.05
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    task = asyncio.create_task(nats_server.supervise(upkeep))
+    first = nats_server.pid
+    assert first is not None
+    await nats_server.restart("a test")  # what the storage probe does after a full disk
+    second = nats_server.pid
+    assert second not in (None, first) and nats_server.restarts == 1
+    await asyncio.sleep(0.3)  # several backoffs: a supervisor that took it for a crash would have spawned again
+    assert nats_server.pid == second and nats_server.restarts == 1
+    assert upkeep.stats["nats-supervisor"].failures == 0  # on purpose: not counted as a crash
+    await until(lambda: nats_client.is_connected)
+    assert (await js.stream_info(EVENTS_STREAM)).state.messages == 1  # the store came back with it
+    os.kill(second, signal.SIGKILL)  # and the new one is watched: a crash of it is restarted
+    await until(lambda: nats_server.restarts == 2)
+    assert nats_server.pid not in (None, first, second)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
 async def test_supervise_leaves_a_server_stopped_on_purpose_and_ends_at_stop(nats_server: EmbeddedNats) -> None:
     nats_server.restart_delay_s = 0.05
     stop = asyncio.Event()
