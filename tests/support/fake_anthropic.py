@@ -22,10 +22,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,31 +256,6 @@ class FakeAnthropic(FakeServer):
             "cancel_initiated_at": None,
             "results_url": f"{self.url}{BATCHES}/{b.id}/results" if b.ended else None,
         }
-
-    # -- on a thread of its own --
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[FakeAnthropic]:
-        """Serve from a background thread's event loop (for a daemon running in a subprocess)."""
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            started.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=serve, daemon=True, name="fake-anthropic")
-        thread.start()
-        started.wait(10)
-        try:
-            yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
 
 
 def _split_at_breakpoints(body: dict[str, Any]) -> tuple[list[str], str]:

@@ -23,17 +23,21 @@ import contextlib
 import hashlib
 import hmac
 import itertools
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
 from support.project import free_port
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,6 +82,7 @@ class FakeServer:
         self._scripts: dict[str, deque[Reply]] = {}
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
 
     # -- life cycle --
@@ -114,6 +119,43 @@ class FakeServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    # -- on a thread of its own --
+
+    @contextlib.contextmanager
+    def threaded(self) -> Iterator[Self]:
+        """Serve from a background thread's event loop (for a daemon running in a subprocess);
+        `threadsafe` calls the fake's methods on that loop."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            started.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, daemon=True, name=type(self).__name__)
+        thread.start()
+        started.wait(10)
+        self._loop = loop
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+            self._loop = None
+
+    def threadsafe(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) on the fake's own loop (it is served by `threaded`), and its result."""
+        assert self._loop is not None, "threadsafe is for a fake served by threaded()"
+
+        async def call() -> T:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
 
     # -- scripting --
 
