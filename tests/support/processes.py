@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import project
+from support import project, secrets
 from support.cli import CliResult, run_cli, run_process
 from support.project import Project
 from support.waiting import wait_until
@@ -160,6 +160,10 @@ class DaemonProc(Project):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 if str(self.state_dir).encode() in cmdline or b"state/nats" in cmdline:
                     os.kill(pid, signal.SIGKILL)
+        # No configured secret, in any encoding, in what the process wrote (support/secrets.py).
+        found = secrets.configured_secrets(self.config_path, self.env)
+        leaked = secrets.leaks("stderr", self.stderr(), found) + secrets.leaks("stdout", self.stdout(), found)
+        assert not leaked, "a configured secret reached the output:\n" + "\n".join(leaked)
 
     # -- the command line --
 

@@ -3,14 +3,15 @@
 `configured_secrets` reads a config's secret settings (config.secret_settings) and resolves them
 as the daemon does; `leaks` searches text or bytes for each as is, URL-encoded, base64 (standard
 and URL-safe, padded or not) and hex — encodings written out here, not taken from watchd's own
-redaction code, so a gap there cannot hide itself. Every in-process daemon of the suite is
-checked this way at its cleanup (support/inprocess.py): its log and console hold none.
+redaction code, so a gap there cannot hide itself. Every daemon of the suite is checked this way
+at its cleanup (support/inprocess.py, support/processes.py): its log and console hold none.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
@@ -59,16 +60,18 @@ def _parts(value: str) -> list[str]:
     return out
 
 
-def configured_secrets(config_path: Path) -> list[str]:
-    """The values of a config's secret settings, resolved; [] for a config that does not load."""
+def configured_secrets(config_path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of a config's secret settings, resolved (`env:` from `env` when given: a daemon
+    process's environment); [] for a config that does not load."""
     try:
         loaded = config.load(config_path, watches=False)
     except WatchdError:
         return []
     found: list[str] = []
     for _, raw in config.secret_settings(loaded.config):
+        scheme, _, name = raw.partition(":")
         try:
-            value = config.resolve_secret(raw)
+            value = env.get(name) if env is not None and scheme == "env" else config.resolve_secret(raw)
         except WatchdError:
             continue
         if value and value != "embedded":
