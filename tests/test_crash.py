@@ -150,7 +150,13 @@ def test_kill9_during_publishing_loses_nothing_and_doubles_nothing(
             "SELECT 1 FROM handoffs WHERE state != 'delivered' LIMIT 1"
         )
 
-    wait_until(drained, timeout_s=max(30, TOTAL / 100), what=f"the backlog to drain (seed {seed})")
+    try:
+        wait_until(drained, timeout_s=max(30, TOTAL / 100), what=f"the backlog to drain (seed {seed})")
+    except AssertionError as exc:
+        states = d.query("SELECT state, COUNT(*) FROM handoffs GROUP BY state")
+        seen = d.meta("last_seq")
+        tail = d.stderr()[-3000:]
+        raise AssertionError(f"{exc}: last_seq {seen} of {top}, handoffs {states}, alive {d.alive()}\n{tail}") from None
 
     # Re-sending already-stored ids: stored once (duplicate acks), no new fire.
     again = [make_event("job.run", {"again": True}, id=i) for i in rng.sample(ids, 50)]
