@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 from click.testing import CliRunner
 
+from support import secrets
+
 _one_at_a_time = threading.Lock()
 
 
@@ -46,7 +48,33 @@ def run_cli(*args: str, env: Mapping[str, str | None] | None = None, input: str 
             sys.argv = argv
             sys.stdout.flush()  # what the command wrote is still in the text wrappers' buffers
             sys.stderr.flush()
-    return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+    result = CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+    check_no_secrets(args, result, env=env)
+    return result
+
+
+# Commands whose purpose is to print a credential: `watchd nats url` gives a URL with one.
+_PRINTS_CREDENTIALS = (("nats", "url"),)
+
+
+def check_no_secrets(
+    args: tuple[str, ...],
+    result: CliResult,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+) -> None:
+    """No secret of the command's config, in any encoding, in what it printed (support/secrets.py)."""
+    if "--config" not in args[:-1] or tuple(args[:2]) in _PRINTS_CREDENTIALS:
+        return
+    path = Path(args[args.index("--config") + 1])
+    path = path if path.is_absolute() or cwd is None else cwd / path
+    if not path.is_file():
+        return
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    found = secrets.configured_secrets(path, environ)
+    leaked = secrets.leaks("stdout", result.stdout, found) + secrets.leaks("stderr", result.stderr, found)
+    assert not leaked, f"watchd {' '.join(args[:2])} printed a configured secret:\n" + "\n".join(leaked)
 
 
 def run_process(
@@ -62,4 +90,6 @@ def run_process(
         text=True,
         timeout=timeout_s,
     )
-    return CliResult(done.returncode, done.stdout, done.stderr)
+    result = CliResult(done.returncode, done.stdout, done.stderr)
+    check_no_secrets(args, result, env=env, cwd=cwd)
+    return result
