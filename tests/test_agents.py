@@ -17,10 +17,10 @@ from support.waiting import wait_until
 
 from watchd.agents.command import TAIL_BYTES, CommandRunner
 from watchd.config import CommandAgent, load
-from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.model import Handoff
 from watchd.notify.http_client import HttpClient, Misconfigured
+from watchd.targets import build_targets
 
 PY = sys.executable
 

@@ -11,11 +11,11 @@ from support.anthropic_runs import NOW, closing_runners, done, handoff, open_sto
 from support.fake_anthropic import FakeAnthropic, api_error, text, too_long, tool_use
 
 from watchd.config import Price, load
-from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.errors import ConfigError
 from watchd.notify.http_client import HttpClient, Misconfigured
 from watchd.store import Store
+from watchd.targets import build_targets
 
 fake = pytest.fixture(serve_fake)
 store = pytest.fixture(open_store)

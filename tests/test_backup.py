@@ -443,7 +443,7 @@ async def test_backup_and_restore_commands_beside_a_running_daemon(
 
 
 def test_restore_while_the_state_dir_is_locked_is_refused(setup: tuple[config.Loaded, Store]) -> None:
-    from watchd.daemon import lock_state_dir
+    from watchd.statelock import lock_state_dir
 
     loaded, _ = setup
     archive = Path(make_backup(loaded, T0).data["path"])

@@ -17,7 +17,6 @@ from rich.console import Console
 from support.cli import CliResult, run_cli
 
 from watchd.config import Watch, WatchDef
-from watchd.daemon import kept_for_explain
 from watchd.dispatch import handoffs_from_fire
 from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick
 from watchd.errors import WatchdError
@@ -25,6 +24,7 @@ from watchd.explain import backtest
 from watchd.explain import watch as ex
 from watchd.explain.render import render_watch
 from watchd.model import Event, make_event
+from watchd.stepping import kept_for_explain
 from watchd.store import Store
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()

@@ -32,12 +32,12 @@ from watchd.agents.worker import DoneRecord
 from watchd.bus import HANDOFFS_STREAM, EmbeddedNats, ensure_streams
 from watchd.cli import cli
 from watchd.config import NatsAgent
-from watchd.daemon import build_targets
 from watchd.dispatch import Dead, Delivered, Retry
 from watchd.model import Handoff, encode, make_event
 from watchd.notify.http_client import HttpClient
 from watchd.store import Store
 from watchd.store.outbox import read_handoffs
+from watchd.targets import build_targets
 
 TARGET = "agent.claw"
 SUBJECT = "watchd.handoffs.agent.claw"

@@ -20,12 +20,12 @@ from support.scheduling import ECHO, Harness, ts
 from watchd import config
 from watchd.cron.ticks import jitter_offset, tick_key
 from watchd.cron.walltimer import WallTimer
-from watchd.daemon import build_targets
 from watchd.dispatch import Dispatcher
 from watchd.explain.schedule import explain_from_db
 from watchd.model import iso
 from watchd.notify.http_client import HttpClient
 from watchd.store.schedules import TickClaim, claim
+from watchd.targets import build_targets
 
 
 @pytest.fixture

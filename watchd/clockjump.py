@@ -10,9 +10,19 @@ wrong clock would stay in the future: silences that never end, counts that never
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+from watchd.cron.schedule import format_duration
+from watchd.model import iso
+
+log = logging.getLogger("watchd")
+
+Rewind = Callable[[float], Awaitable[None]]  # take the engine's clock back to this instant, and commit
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]  # publish one of watchd's own events
 
 # A change of the two clocks' difference smaller than this, between two looks, is not a jump:
 # NTP slews at most 0.5 ms a second, and a look reads both clocks within microseconds.
@@ -58,3 +68,40 @@ class JumpDetector:
         by = offset - self.offset
         self.offset = offset
         return Jump(by, now) if abs(by) >= self.tolerance_s else None
+
+
+async def follow(jump: Jump, *, rewind: Rewind, emit: Emit) -> None:
+    """The wall clock was set: say so, and when it went back, take the engine's clock back too."""
+    direction = "forward" if jump.by_s > 0 else "back"
+    log.warning(
+        "the wall clock jumped %s by %s (from %s to %s)%s",
+        direction,
+        format_duration(abs(jump.by_s)),
+        iso(jump.expected),
+        iso(jump.to),
+        "" if jump.by_s > 0 else ": the engine's clock follows it back",
+    )
+    if jump.by_s < 0:
+        await rewind(jump.to)
+    await emit(
+        "watchd.clock.jumped",
+        {"by_s": round(jump.by_s, 3), "from": iso(jump.expected), "to": iso(jump.to), "direction": direction},
+    )
+
+
+async def follow_saved(saved: float, now: float, *, rewind: Rewind, emit: Emit) -> None:
+    """At start: a saved engine clock ahead of the present was taken on a wall clock that ran
+    ahead and was set back while watchd was down (or by a watchd that saved it so)."""
+    ahead = saved - now
+    if ahead < JUMP_TOLERANCE_S:
+        return
+    log.warning(
+        "the engine's saved clock (%s) is %s ahead of the wall clock: the clock was set back; following it",
+        iso(saved),
+        format_duration(ahead),
+    )
+    await rewind(now)
+    await emit(
+        "watchd.clock.jumped",
+        {"by_s": round(-ahead, 3), "from": iso(saved), "to": iso(now), "direction": "back", "at_start": True},
+    )

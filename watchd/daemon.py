@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 import nats.errors
@@ -24,43 +22,52 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from watchd import bus, clockjump, cluster, config, credentials, history, ingress, sdnotify, stepping, storage
+from watchd import (
+    bus,
+    clockjump,
+    cluster,
+    config,
+    credentials,
+    history,
+    ingress,
+    liveness,
+    reloading,
+    sdnotify,
+    statelock,
+    stepping,
+    storage,
+)
 from watchd.agents.budget import InFlight
-from watchd.agents.command import CommandRunner
-from watchd.agents.nats import NatsRunner, follow_replies
+from watchd.agents.nats import follow_replies
 from watchd.agents.tools import follow_watches
 from watchd.answers import CHAT_SUBJECT, Answers
 from watchd.config import Loaded
 from watchd.cron.runner import Scheduler
-from watchd.cron.schedule import format_duration, parse_duration
+from watchd.cron.schedule import parse_duration
 from watchd.dispatch import Dispatcher, Target
-from watchd.engine import MISSES, Decision, Engine, EventInput, Tick, Verdict, failed_reason
+from watchd.engine import Decision, Engine, EventInput, Tick, Verdict, failed_reason
 from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.errors import ConfigError, EventRejected, WatchdError
-from watchd.explain.clauses import describe_misses
 from watchd.handoff_queue import HandoffQueue
-from watchd.jobs.builtin_watches import CANARY_TARGET, all_watches
-from watchd.jobs.canary import CanarySink, release_canary
+from watchd.jobs.builtin_watches import all_watches
+from watchd.jobs.canary import release_canary
 from watchd.link import reopens_of
+from watchd.liveness import MAX_IDLE_WAIT_S  # longest a fetch waits: a reload or stop is seen promptly
 from watchd.metrics import Metrics, task_families
-from watchd.model import Event, decode_stored_event, iso, own_event
-from watchd.notify.console import ConsoleNotifier
-from watchd.notify.http_client import HttpClient, Misconfigured
-from watchd.notify.slack import SlackNotifier
-from watchd.notify.telegram import TelegramNotifier
-from watchd.notify.webhook import WebhookNotifier
+from watchd.model import Event, decode_stored_event, own_event
+from watchd.notify.http_client import HttpClient
 from watchd.redact import redact_url
 from watchd.sources.state import PositionStore
 from watchd.sources.supervise import SourceSet
 from watchd.store import Store, db_path
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.engine_state import heard
+from watchd.targets import build_targets
 from watchd.upkeep import Backoff, LogLimiter, Upkeep
 
 log = logging.getLogger("watchd")
 
 FETCH_BATCH = 512
-MAX_IDLE_WAIT_S = 5.0  # longest a fetch waits, so a reload or stop is noticed promptly
 RELOAD_POLL_S = 2.0
 STOP_DEADLINE_S = 10.0
 RETENTION_EVERY_S = 3600.0
@@ -69,78 +76,6 @@ ENGINE_BACKOFF_CAP_S = 5.0
 # How long the daemon may fail to store events and still ping systemd's watchdog: time for its own
 # recovery (the probe, a restart of the embedded nats-server) before systemd restarts it.
 STORAGE_GRACE_S = 120.0
-
-
-def build_targets(
-    loaded: Loaded,
-    *,
-    http: HttpClient,
-    nc: Client | None = None,
-    js: JetStreamContext | None = None,
-    store: Store | None = None,
-    on_watch: Callable[[], None] | None = None,
-    console: TextIO | None = None,
-    in_flight: InFlight | None = None,
-) -> dict[str, Target]:
-    """Targets by `then` name: `notify.<name>` and `agent.<name>`. One whose config cannot be used (an
-    unset secret, an agent type not built yet) dead-letters its handoffs with the reason. The HTTP
-    notifiers send through `http`, which the caller owns and closes. Agents of
-    type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
-    `store`, call `on_watch` when they add a follow-up watch, and share `in_flight` (the tokens their
-    calls hold against the budgets). Console notifiers print to `console` (default stdout)."""
-    targets: dict[str, Target] = {}
-    in_flight = in_flight or InFlight()
-    for name, notifier in loaded.config.notify.items():
-        target = f"notify.{name}"
-        try:
-            if isinstance(notifier, config.ConsoleNotifier):
-                targets[target] = ConsoleNotifier(console)
-            elif isinstance(notifier, config.TelegramNotifier):
-                targets[target] = TelegramNotifier(notifier, http=http, name=target)
-            elif isinstance(notifier, config.SlackNotifier):
-                targets[target] = SlackNotifier(notifier, http=http, name=target)
-            else:
-                targets[target] = WebhookNotifier(notifier, http=http, name=target)
-        except WatchdError as exc:
-            log.error("%s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
-            targets[target] = Misconfigured(target, exc.message)
-    for name, agent in loaded.config.agent.items():
-        target = f"agent.{name}"
-        if isinstance(agent, config.CommandAgent):
-            try:
-                targets[target] = CommandRunner(
-                    agent, name=target, base_dir=loaded.base_dir, store=store, state_dir=loaded.state_dir
-                )
-            except WatchdError as exc:
-                log.error("%s: %s", target, exc.message)
-                targets[target] = Misconfigured(target, f"{target}: {exc.message}")
-        elif isinstance(agent, config.NatsAgent):
-            if nc is None or js is None:
-                targets[target] = Misconfigured(target, f"{target}: no NATS connection to hand off on")
-            else:
-                targets[target] = NatsRunner(agent, name=target, js=js, nc=nc)
-        elif store is None:
-            targets[target] = Misconfigured(target, f"{target}: no state store to keep its runs in")
-        else:
-            # Imported here: the SDK costs ~1 s at start-up, paid only when an anthropic agent exists.
-            from watchd.agents.anthropic import AnthropicRunner
-
-            try:
-                targets[target] = AnthropicRunner(
-                    agent,
-                    name=target,
-                    config=loaded.config,
-                    store=store,
-                    js=js,
-                    on_watch=on_watch,
-                    in_flight=in_flight,
-                )
-            except WatchdError as exc:
-                log.error("%s", exc.message)
-                targets[target] = Misconfigured(target, exc.message)
-    if nc is not None:
-        targets[CANARY_TARGET] = CanarySink(nc)  # the end of the canary's path (watchd/jobs/canary.py)
-    return targets
 
 
 class Daemon:
@@ -197,8 +132,7 @@ class Daemon:
         self.started_at = clock()
         self._lock = asyncio.Lock()
         self.upkeep = Upkeep(self.stop)  # every loop and task, restarted on failure and counted
-        self._reload_wake = asyncio.Event()
-        self._reload_requested = False  # SIGHUP: reload even if no watch file changed
+        self.reloads = reloading.ReloadTrigger(loaded)  # a changed file, or SIGHUP
         self._agent_watches_changed = asyncio.Event()
         self._consumer: bus.EventConsumer | None = None
         self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
@@ -208,11 +142,10 @@ class Daemon:
         # Why the daemon stopped itself (the cluster lease was lost): exit non-zero. A task's failure
         # never stops it: the task is started again (watchd/upkeep.py).
         self.failure: WatchdError | None = None
-        self._fingerprint = self._watch_fingerprint()
         self._pid_file = self.state_dir / "watchd.pid"
         self._lock_fd: int | None = None
         self.storage_grace_s = STORAGE_GRACE_S
-        self._status_sent = "watching"  # systemd's STATUS= as READY=1 set it
+        self.status_sent = "watching"  # systemd's STATUS= as READY=1 set it
         probe_s = storage.PROBE_EVERY_S if poll_s is None else max(poll_s, 0.1)
         self.storage = storage.StorageWatch(self.stop, self.state_dir / "nats", probe_every_s=probe_s)
 
@@ -232,7 +165,8 @@ class Daemon:
         """Take the state dir and start every task; returns once watchd is ready. Only the process
         (`process`) handles signals and pings systemd's watchdog."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fd = lock_state_dir(self.state_dir, self._pid_file)  # held until shutdown; released by any death
+        # Held until shutdown; released by any death.
+        self._lock_fd = statelock.lock_state_dir(self.state_dir, self._pid_file)
         self._pid_file.write_text(str(os.getpid()))
         try:
             await self._start(process=process)
@@ -285,9 +219,11 @@ class Daemon:
         inbox = credentials.ADMIN_INBOX if self.embedded else "_INBOX"  # an external NATS: its operator's rules
         self.nc = await bus.connect(credentials.client_url(self.loaded, "admin"), inbox_prefix=inbox)
         self.js = self.nc.jetstream()
-        await self._ensure_streams(self.js)
+        store_dir = self.embedded.store_dir if self.embedded is not None else None
+        replicas = self.loaded.config.cluster.replicas if self.embedded is None else None  # one node: R1
+        await storage.ensure_streams(self.js, self.loaded.config.nats.events_max_bytes, store_dir, replicas)
         await self._install(self.loaded, first=True)
-        await self._clock_behind_saved()
+        await clockjump.follow_saved(self.engine.clock, self.clock(), rewind=self._rewind, emit=self.emit)
         targets = self._build_targets(self.loaded)
         self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics)
         self.answers = Answers(
@@ -314,19 +250,6 @@ class Daemon:
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
             self._spawn("watchdog", lambda: self._watchdog(interval))
-
-    async def _ensure_streams(self, js: JetStreamContext) -> None:
-        """The streams, EVENTS sized from [nats] events_max_bytes or, when the stream is created,
-        from the free space of the disk it lives on (watchd/storage.py)."""
-        configured = self.loaded.config.nats.events_max_bytes
-        store_dir = self.embedded.store_dir if self.embedded is not None else None
-        free = storage.free_bytes(store_dir) if store_dir is not None else None
-        wanted = configured or storage.auto_events_max_bytes(free)
-        hint = storage.space_hint(store_dir, wanted, configured=configured is not None)
-        replicas = self.loaded.config.cluster.replicas if self.embedded is None else None  # one node: R1
-        await bus.ensure_streams(
-            js, events_max_bytes=wanted, resize=configured is not None, space_hint=hint, replicas=replicas
-        )
 
     async def _storage_probe(self) -> None:
         failure = self.storage.health.failures.get(storage.STREAM)
@@ -565,34 +488,16 @@ class Daemon:
             except WatchdError as exc:  # a secret that cannot be read now: the routes as they were
                 log.error("webhooks not reloaded: %s", exc.message)
 
-    def _watch_fingerprint(self) -> tuple[Any, ...]:
-        paths: list[Path] = [p for p in [self.loaded.config_path] if p]
-        for entry in self.loaded.config.watches:
-            p = config.resolve_path(self.loaded.base_dir, entry)
-            paths.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
-        out: list[tuple[str, int | None, int | None]] = []
-        for p in paths:
-            try:
-                st = p.stat()
-                out.append((str(p), st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((str(p), None, None))
-        return tuple(out)
-
     def request_reload(self) -> None:
         """SIGHUP: read the config and watch files again now, changed or not."""
-        self._reload_requested = True
-        self._reload_wake.set()
+        self.reloads.request()
 
     async def _reload_loop(self) -> None:
         async def step() -> None:
-            fingerprint = self._watch_fingerprint()
-            if self._reload_requested or fingerprint != self._fingerprint:
-                self._reload_requested = False
-                self._fingerprint = fingerprint
+            if self.reloads.due(self.loaded):
                 await self.reload()
 
-        await self.upkeep.every("reload", step, interval_s=self.reload_poll_s, wake=self._reload_wake)
+        await self.upkeep.every("reload", step, interval_s=self.reload_poll_s, wake=self.reloads.wake)
 
     def _build_targets(self, loaded: Loaded) -> dict[str, Target]:
         return build_targets(
@@ -677,7 +582,7 @@ class Daemon:
         assert self.nc is not None
         self.last_loop_at = self.clock()
         if (jump := self.jumps.check()) is not None:
-            await self._clock_jumped(jump)
+            await clockjump.follow(jump, rewind=self._rewind, emit=self.emit)
         if self._engine_suspect:
             await self._install(self.loaded, first=True)
             self._consumer_bound_at = -1
@@ -711,43 +616,6 @@ class Daemon:
         except Exception:
             self._engine_suspect = True
             raise
-
-    async def _clock_jumped(self, jump: clockjump.Jump) -> None:
-        """The wall clock was set: say so, and when it went back, take the engine's clock back too."""
-        direction = "forward" if jump.by_s > 0 else "back"
-        log.warning(
-            "the wall clock jumped %s by %s (from %s to %s)%s",
-            direction,
-            format_duration(abs(jump.by_s)),
-            iso(jump.expected),
-            iso(jump.to),
-            "" if jump.by_s > 0 else ": the engine's clock follows it back",
-        )
-        if jump.by_s < 0:
-            await self._rewind(jump.to)
-        await self.emit(
-            "watchd.clock.jumped",
-            {"by_s": round(jump.by_s, 3), "from": iso(jump.expected), "to": iso(jump.to), "direction": direction},
-        )
-
-    async def _clock_behind_saved(self) -> None:
-        """At start: a saved engine clock ahead of the present was taken on a wall clock that ran
-        ahead and was set back while watchd was down (or by a watchd that saved it so)."""
-        now = self.clock()
-        ahead = self.engine.clock - now
-        if ahead < clockjump.JUMP_TOLERANCE_S:
-            return
-        log.warning(
-            "the engine's saved clock (%s) is %s ahead of the wall clock: the clock was set back; following it",
-            iso(self.engine.clock),
-            format_duration(ahead),
-        )
-        saved = self.engine.clock
-        await self._rewind(now)
-        await self.emit(
-            "watchd.clock.jumped",
-            {"by_s": round(-ahead, 3), "from": iso(saved), "to": iso(now), "direction": "back", "at_start": True},
-        )
 
     async def _rewind(self, now: float) -> None:
         async with self._lock:
@@ -797,7 +665,7 @@ class Daemon:
             chat, answered = [], []  # another instance relayed and edited them
         if chat and self.answers is not None:
             batch.decisions += await self.answers.relay(chat)
-        batch.decisions = kept_for_explain(batch.decisions, events)
+        batch.decisions = stepping.kept_for_explain(batch.decisions, events)
         for d in batch.decisions:
             if d.seq in id_notes:
                 d.reason = f"{d.reason} ({id_notes[d.seq]})"
@@ -894,30 +762,8 @@ class Daemon:
 
         await self.upkeep.every("watchdog", step, interval_s=interval_s)
 
-    def _engine_alive(self, now: float) -> bool:
-        """The engine loop ran recently, or it is retrying a commit the disk refused: waiting for
-        storage (which health reports as such), not wedged."""
-        return now - self.last_loop_at < MAX_IDLE_WAIT_S * 3 or self.storage.health.failing(storage.STATE)
-
     def watchdog_message(self) -> str:
-        """What to tell systemd now: WATCHDOG=1 only while the engine loop is alive and events can
-        be stored (after a grace for watchd's own recovery), so that systemd restarts a daemon that
-        is wedged or cannot store; STATUS= says which, when it changes."""
-        engine_ok = self._engine_alive(self.clock())
-        status = self.storage.health.summary() or ("watching" if engine_ok else "engine loop stalled")
-        lines = [] if status == self._status_sent else [f"STATUS={status}"]
-        self._status_sent = status
-        if engine_ok and self.storage.health.failing_for_s() < self.storage_grace_s:
-            lines.insert(0, "WATCHDOG=1")
-        return "\n".join(lines)
-
-    def _cluster_view(self) -> dict[str, Any] | None:
-        if self.lease is None:
-            return None
-        view = {**self.lease.view(), "lag": self.cluster_lag}
-        if self.queue is not None:
-            view["duplicates"] = self.queue.duplicates
-        return view
+        return liveness.watchdog_message(self)
 
     async def _cluster_lag_loop(self) -> None:
         """The deployment's backlog, read from its shared consumers (status and /metrics)."""
@@ -930,89 +776,7 @@ class Daemon:
         await self.upkeep.every("cluster-lag", step, interval_s=self.lease.takeover_s * cluster.RENEW_SHARE)
 
     def health(self) -> dict[str, Any]:
-        now = self.clock()
-        engine_ok = self._engine_alive(now) or not self.active  # a standby runs none
-        nats_ok = self.nc is not None and self.nc.is_connected
-        down = self.upkeep.core_down()  # a side task's failure is counted in /metrics, not here
-        storage_ok = self.storage.health.ok
-        return {
-            "ok": engine_ok and nats_ok and storage_ok and not down,
-            "engine": engine_ok,
-            "nats": nats_ok,
-            "storage": storage_ok,
-            "storage_problems": self.storage.health.report(),
-            "pid": os.getpid(),
-            "uptime_s": round(now - self.started_at, 1),
-            "watches": len(self.loaded.watches),
-            "last_seq": self.last_seq,
-            "events": self.events_seen,
-            "cluster": self._cluster_view(),
-            "sources": self.sources.view() if self.sources is not None else [],
-            **({"failing": down} if down else {}),
-        }
-
-
-MISSES_KEPT_PER_BATCH = 3
-
-
-def thin_misses(decisions: list[Decision]) -> list[Decision]:
-    """Keep every decision that changed something, and only the last few misses per watch.
-
-    A miss (a `where` that was false) is by far the most common decision — one per candidate
-    watch per event — and writing each one would cost more than deciding. The latest misses are
-    enough for `explain` to show the nearest ones; the others are counted in the `n` of the oldest
-    kept row of the same watch, key and verdict (or of the newest one dropped, when none of those
-    is kept), so explain's counts stay exact, for each key too.
-    """
-    keep = [True] * len(decisions)
-    kept_per_watch: dict[str, int] = {}
-    stands_for: dict[tuple[str, str | None, Verdict], int] = {}  # (watch, key, verdict) -> row carrying the count
-    dropped: dict[tuple[str, str | None, Verdict], list[int]] = {}
-    for i in range(len(decisions) - 1, -1, -1):  # newest first: the latest misses are the ones kept
-        d = decisions[i]
-        if d.verdict not in MISSES:
-            continue
-        group = (d.watch, d.key, d.verdict)
-        if kept_per_watch.get(d.watch, 0) < MISSES_KEPT_PER_BATCH:
-            kept_per_watch[d.watch] = kept_per_watch.get(d.watch, 0) + 1
-            stands_for[group] = i
-        else:
-            keep[i] = False
-            dropped.setdefault(group, []).append(i)
-    for group, indices in dropped.items():
-        carrier = stands_for.get(group)
-        if carrier is None:
-            carrier = indices.pop(0)
-            keep[carrier] = True
-        decisions[carrier].n += len(indices)
-    return [d for d, k in zip(decisions, keep, strict=True) if k]
-
-
-def kept_for_explain(decisions: list[Decision], events: dict[int, Event]) -> list[Decision]:
-    """What a batch's commit keeps: misses thinned, and only the kept ones pay for naming the clause
-    of their `where` that was false (`events` are the batch's events by stream sequence)."""
-    kept = thin_misses(decisions)
-    describe_misses(kept, events)
-    return kept
-
-
-def lock_state_dir(state_dir: Path, pid_file: Path) -> int:
-    """One daemon per state_dir. A second one would take the first's nats-server for a leftover
-    (and stop it), then run a second engine on the same SQLite and stream."""
-    fd = os.open(state_dir / "watchd.lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        try:
-            other = f" (pid {int(pid_file.read_text().strip())})"
-        except (OSError, ValueError):
-            other = ""
-        raise WatchdError(
-            f"another watchd{other} is already running with state_dir {state_dir}",
-            hint="stop it first (or check it with `watchd status`), or give this one its own state_dir",
-        ) from None
-    return fd
+        return liveness.health(self)
 
 
 def _msg_id(msg: Msg) -> str | None:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watchd.dispatch import handoffs_from_fire
-from watchd.engine import Decision, Engine, EventInput, Fire, Outputs, Tick, Verdict, failure
-from watchd.model import Handoff
+from watchd.engine import MISSES, Decision, Engine, EventInput, Fire, Outputs, Tick, Verdict, failure
+from watchd.explain.clauses import describe_misses
+from watchd.model import Event, Handoff
 from watchd.upkeep import LogLimiter
 
 log = logging.getLogger("watchd")
@@ -129,3 +130,47 @@ def log_bad_input(decisions: list[Decision], limiter: LogLimiter) -> None:
         event = f"event {d.event_id} (seq {d.seq})" if d.event_id else f"seq {d.seq}"
         line = template.format(watch=d.watch, event=event, reason=d.reason)
         limiter.log(logging.WARNING, f"{d.verdict}:{d.watch}", "%s", line)
+
+
+MISSES_KEPT_PER_BATCH = 3
+
+
+def thin_misses(decisions: list[Decision]) -> list[Decision]:
+    """Keep every decision that changed something, and only the last few misses per watch.
+
+    A miss (a `where` that was false) is by far the most common decision — one per candidate
+    watch per event — and writing each one would cost more than deciding. The latest misses are
+    enough for `explain` to show the nearest ones; the others are counted in the `n` of the oldest
+    kept row of the same watch, key and verdict (or of the newest one dropped, when none of those
+    is kept), so explain's counts stay exact, for each key too.
+    """
+    keep = [True] * len(decisions)
+    kept_per_watch: dict[str, int] = {}
+    stands_for: dict[tuple[str, str | None, Verdict], int] = {}  # (watch, key, verdict) -> row carrying the count
+    dropped: dict[tuple[str, str | None, Verdict], list[int]] = {}
+    for i in range(len(decisions) - 1, -1, -1):  # newest first: the latest misses are the ones kept
+        d = decisions[i]
+        if d.verdict not in MISSES:
+            continue
+        group = (d.watch, d.key, d.verdict)
+        if kept_per_watch.get(d.watch, 0) < MISSES_KEPT_PER_BATCH:
+            kept_per_watch[d.watch] = kept_per_watch.get(d.watch, 0) + 1
+            stands_for[group] = i
+        else:
+            keep[i] = False
+            dropped.setdefault(group, []).append(i)
+    for group, indices in dropped.items():
+        carrier = stands_for.get(group)
+        if carrier is None:
+            carrier = indices.pop(0)
+            keep[carrier] = True
+        decisions[carrier].n += len(indices)
+    return [d for d, k in zip(decisions, keep, strict=True) if k]
+
+
+def kept_for_explain(decisions: list[Decision], events: dict[int, Event]) -> list[Decision]:
+    """What a batch's commit keeps: misses thinned, and only the kept ones pay for naming the clause
+    of their `where` that was false (`events` are the batch's events by stream sequence)."""
+    kept = thin_misses(decisions)
+    describe_misses(kept, events)
+    return kept

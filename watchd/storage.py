@@ -274,3 +274,19 @@ async def _stopped_within(stop: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def ensure_streams(
+    js: JetStreamContext, configured: int | None, store_dir: Path | None, replicas: int | None = None
+) -> None:
+    """The streams, EVENTS sized from [nats] events_max_bytes (`configured`) or, when the stream is
+    created, from the free space of the disk it lives on (`store_dir`: the embedded server's);
+    `replicas`: [cluster] replicas on a NATS of one's own."""
+    from watchd import bus
+
+    free = free_bytes(store_dir) if store_dir is not None else None
+    wanted = configured or auto_events_max_bytes(free)
+    hint = space_hint(store_dir, wanted, configured=configured is not None)
+    await bus.ensure_streams(
+        js, events_max_bytes=wanted, resize=configured is not None, space_hint=hint, replicas=replicas
+    )

@@ -76,7 +76,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
     from watchd.store import Store, db_path
 
     """The job with the CLI's own NATS connection and freshly built targets (the probes run here)."""
-    from watchd.daemon import build_targets
+    from watchd.targets import build_targets
 
     url = credentials.client_url(loaded, "admin")  # it probes targets and writes the store, as the daemon
     await refuse_if_down(url)

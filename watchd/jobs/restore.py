@@ -43,7 +43,7 @@ class Restored:
 def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float) -> Restored:
     """Prove `archive`, then put its database in place of the current one (kept aside, never
     deleted), and with `watches` its watch files where they came from. Refuses while a daemon runs."""
-    from watchd.daemon import lock_state_dir
+    from watchd.statelock import lock_state_dir
 
     state_dir = loaded.state_dir.absolute()
     if not archive.is_file():
