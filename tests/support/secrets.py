@@ -47,16 +47,22 @@ def leaks(where: str, data: bytes | str, secrets: list[str]) -> list[str]:
     ]
 
 
-def _parts(value: str) -> list[str]:
-    """A secret value, and for a URL the credentials in it (as HTTP Basic sends them)."""
-    out = [value]
-    if "://" in value:
-        try:
-            u = urlsplit(value)
-        except ValueError:
-            return out
-        if u.password:
-            out += [unquote(u.password), f"{unquote(u.username or '')}:{unquote(u.password)}"]
+def _parts(value: str, *, path_shown: bool = False) -> list[str]:
+    """A secret value, and for a URL the credentials in it (as HTTP Basic sends them).
+
+    path_shown: a URL whose scheme, host and path watchd may show (a poll source's: README, "Polling
+    a page"), so only its credentials and query are secret, and the whole URL when it has them."""
+    if "://" not in value:
+        return [value]
+    try:
+        u = urlsplit(value)
+    except ValueError:
+        return [value]
+    out = [] if path_shown and not (u.query or u.password) else [value]
+    if u.password:
+        out += [unquote(u.password), f"{unquote(u.username or '')}:{unquote(u.password)}"]
+    if u.query:
+        out.append(u.query)
     return out
 
 
@@ -68,12 +74,13 @@ def configured_secrets(config_path: Path, env: Mapping[str, str] | None = None) 
     except WatchdError:
         return []
     found: list[str] = []
-    for _, raw in config.secret_settings(loaded.config):
+    for setting, raw in config.secret_settings(loaded.config):
         scheme, _, name = raw.partition(":")
         try:
             value = env.get(name) if env is not None and scheme == "env" else config.resolve_secret(raw)
         except WatchdError:
             continue
         if value and value != "embedded":
-            found += [p for p in _parts(value) if len(p) >= MIN_LEN]
+            path_shown = setting[0] == "source" and setting[-1] == "url"
+            found += [p for p in _parts(value, path_shown=path_shown) if len(p) >= MIN_LEN]
     return sorted(set(found))
