@@ -60,7 +60,7 @@ class AbsentLogic(WatchLogic):
                 s.fire(self, key, "recover:" + ev.id, reason, evidence=evidence, event=event, opens_incident=False)
         st.silent = False
         st.last_seen = now
-        st.evidence = [s.evidence(ev)]
+        st.evidence = [s.kept(ev)]
         s.arm(self, key)
 
     def on_rewind(self, s: EngineState, now: float) -> None:
@@ -81,7 +81,7 @@ class AbsentLogic(WatchLogic):
         if late >= 1:
             reason += f"; noticed {format_duration(late)} late (watchd was not running)"
         window = (st.last_seen, due)
-        s.fire(self, key, iso(due) or "", reason, evidence=list(st.evidence), window=window, late_s=late)
+        s.fire(self, key, iso(due) or "", reason, evidence=s.shown(st.evidence), window=window, late_s=late)
 
     @staticmethod
     def _heard(st: KeyState, meta: WatchMeta | None, at: Callable[[float], str | None]) -> str:

@@ -116,7 +116,10 @@ class KeyState(msgspec.Struct, omit_defaults=True):
     last_seen: float | None = None  # absent
     silent: bool = False  # absent: already fired for the current silence
     windows: list[tuple[float, float]] = msgspec.field(default_factory=list)  # deadline: open windows
-    evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # The events a fire of this key will show, kept as their JSON (`EngineState.kept`): many keys
+    # hold one each and wait, and a JSON string is a fifth of the dicts it decodes to (the shape
+    # stored is the same).
+    evidence: list[msgspec.Raw] = msgspec.field(default_factory=list)
     # The open incident (answers.py): the fire that opened it, until it is acked or over.
     incident: str | None = None  # the opening fire's logical instant: the incident's identity
     incident_at: float | None = None
@@ -141,6 +144,9 @@ class WatchMeta(msgspec.Struct, omit_defaults=True):
     activated_at: float
     next_open: float | None = None  # deadline opened by cron: the next window start
     holds: list[Hold] = msgspec.field(default_factory=list)  # snoozes and mutes, until they end
+
+
+_summary = msgspec.json.Decoder(dict[str, Any])
 
 
 def event_summary(event: Event) -> dict[str, Any]:
@@ -349,6 +355,7 @@ class EngineState:
         self._dirty: set[tuple[str, str | None]] = set()
         self._dirty_meta: set[str] = set()
         self._summary: dict[str, Any] | None = None
+        self._summary_json: msgspec.Raw | None = None
 
     # -- state --
 
@@ -397,6 +404,17 @@ class EngineState:
         if self._summary is None:
             self._summary = event_summary(event)
         return self._summary
+
+    def kept(self, event: Event) -> msgspec.Raw:
+        """The event as evidence a key's state keeps (JSON), built once per event."""
+        if self._summary_json is None:
+            self._summary_json = msgspec.Raw(msgspec.json.encode(self.evidence(event)))
+        return self._summary_json
+
+    @staticmethod
+    def shown(kept: list[msgspec.Raw]) -> list[dict[str, Any]]:
+        """A key's kept evidence as a fire carries it."""
+        return [_summary.decode(k) for k in kept]
 
     # -- timers --
 

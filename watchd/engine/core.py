@@ -232,7 +232,7 @@ class Engine(EngineState):
         if not candidates:
             return
         ctx: expr.Activation | None = None
-        self._summary = None
+        self._summary = self._summary_json = None
         for logic, pattern, handle in candidates:
             key: str | None = None
             try:

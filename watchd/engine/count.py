@@ -29,12 +29,12 @@ class CountLogic(MatchLogic):
         since = now - self.window_s
         st.hits = [t for t in st.hits if t > since]
         st.hits.append(now)
-        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.evidence(event.event)]
+        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.kept(event.event)]
         if len(st.hits) < self.count:
             s.decide(self.id, key, _COUNTED, f"{len(st.hits)} of {self.count} in {self.window}", event)
             return
         reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
-        evidence = st.evidence
+        evidence = s.shown(st.evidence)
         st.hits, st.evidence = [], []
         self.fire_unless_cooling(s, key, st, reason, evidence, event)
 

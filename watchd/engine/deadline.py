@@ -112,7 +112,7 @@ class DeadlineLogic(WatchLogic):
         now = s.clock
         st = s.state(self.id, key)
         st.windows.append((now, now + self.within_s))
-        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.evidence(event.event)]
+        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.kept(event.event)]
         reason = f"{event.event.subject} opened a window until {iso(now + self.within_s)}"
         s.decide(self.id, key, Verdict.WINDOW_OPENED, reason, event)
         s.arm(self, key)
@@ -166,7 +166,7 @@ class DeadlineLogic(WatchLogic):
             if late >= 1:
                 reason += f"; noticed {format_duration(late)} late (watchd was not running)"
             logical = f"{iso(start)}/{iso(end)}"
-            s.fire(self, key, logical, reason, evidence=list(st.evidence), window=(start, end), late_s=late)
+            s.fire(self, key, logical, reason, evidence=s.shown(st.evidence), window=(start, end), late_s=late)
         if not st.windows and self.opens is not None:
             s.drop(self.id, key)
         else:
