@@ -15,7 +15,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import msgspec.inspect as mi
@@ -40,7 +40,7 @@ def convert(value: Any, typ: type[T] | Any, path: DataPath = ()) -> tuple[T | No
     defaults and stand-ins in place of the wrong values; None when `value` itself is unusable (not
     a table, or an unknown `kind`)."""
     issues: list[Issue] = []
-    cleaned = _check(value, _type_info(typ), path, issues)
+    cleaned = _check(value, _type_info(cast(Any, typ)), path, issues)
     if cleaned is _INVALID:
         return None, issues
     try:
