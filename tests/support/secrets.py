@@ -50,8 +50,8 @@ def leaks(where: str, data: bytes | str, secrets: list[str]) -> list[str]:
 def _parts(value: str, *, path_shown: bool = False) -> list[str]:
     """A secret value, and for a URL the credentials in it (as HTTP Basic sends them).
 
-    path_shown: a URL whose scheme, host and path watchd may show (a poll source's: README, "Polling
-    a page"), so only its credentials and query are secret, and the whole URL when it has them."""
+    path_shown: a URL whose scheme, host and path watchd may show (a NATS server's, a poll source's:
+    README), so only its credentials and query are secret, and the whole URL when it has them."""
     if "://" not in value:
         return [value]
     try:
@@ -81,6 +81,7 @@ def configured_secrets(config_path: Path, env: Mapping[str, str] | None = None) 
         except WatchdError:
             continue
         if value and value != "embedded":
-            path_shown = setting[0] == "source" and setting[-1] == "url"
+            # Shown without credentials (and query) by design: NATS server URLs, a poll source's URL.
+            path_shown = setting[:2] == ("nats", "url") or (setting[0] == "source" and setting[-1] == "url")
             found += [p for p in _parts(value, path_shown=path_shown) if len(p) >= MIN_LEN]
     return sorted(set(found))
