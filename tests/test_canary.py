@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import run_cli
+from support.fake_anthropic import FakeAnthropic
 from support.fakes import FakeSlack, FakeTelegram
 from support.inprocess import InProcessDaemon
 from support.project import Project
@@ -90,6 +91,26 @@ async def test_canary_passes_then_a_broken_notifier_fails_it_and_alerts(
         await d.stop()
         for out in (passed.stdout, failed.stdout, status_out.stdout, explain_out.stdout, d.printed(), d.logged()):
             assert "SECRET" not in out and "testhook" not in out  # the bot token, the Slack webhook's path
+
+
+async def test_canary_from_the_command_line_probes_an_anthropic_agent(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    """Built without the state store, the agent was a stand-in that failed every probe: each
+    `watchd canary` failed and alerted every notifier."""
+    async with FakeAnthropic() as api:
+        d = daemon_factory(
+            extra_config=f'[agent.triage]\ntype = "anthropic"\nmodel = "claude-haiku-4-5"\napi_key = "env:AK"\n'
+            f'base_url = "{api.url}"\n',
+            env={"AK": api.api_key},
+        )
+        await d.start()
+        r = await d.cli_process("canary", "--json")
+        report = json.loads(r.stdout)
+        probes = {p["target"]: p for p in report["probes"]}
+        assert probes["agent.triage"]["ok"], probes["agent.triage"]
+        assert r.returncode == 0 and report["ok"] and report["failing"] == [], r.stdout + r.stderr
+        await d.stop()
 
 
 def test_canary_needs_the_daemon(tmp_path: Path) -> None:

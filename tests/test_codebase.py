@@ -102,6 +102,29 @@ def test_no_module_keeps_runtime_state_in_a_global() -> None:
     assert global_statements(PACKAGE / "sample.py", sample) == ["watchd/sample.py:3: global _session"]
 
 
+def sql_statements(path: Path, text: str | None = None) -> list[str]:
+    """Calls of execute/executemany/executescript with SQL written in place."""
+    tree = ast.parse(path.read_text() if text is None else text, str(path))
+    return [
+        f"{shown(path)}:{node.lineno}: {ast.unparse(node)[:80]}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("execute", "executemany", "executescript")
+        and node.args
+        and isinstance(node.args[0], ast.Constant | ast.JoinedStr | ast.BinOp)
+    ]
+
+
+def test_sql_lives_in_the_store() -> None:
+    """A schema change touches watchd/store only: every statement is behind a function there."""
+    outside = [p for p in modules() if p.parent.name != "store"]
+    found = [stmt for path in outside for stmt in sql_statements(path)]
+    assert found == [], "move these behind a function in watchd/store/:\n" + "\n".join(found)
+    sample = 'conn.execute("SELECT 1")\nconn.execute(f"DELETE FROM {t}")\nprogram.execute(ctx)\n'
+    assert len(sql_statements(PACKAGE / "sample.py", sample)) == 2
+
+
 def test_modules_stay_small() -> None:
     big = [f"{shown(p)}: {n} lines" for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
     assert big == [], f"over {MAX_MODULE_LINES} lines: split by role\n" + "\n".join(big)

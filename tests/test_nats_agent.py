@@ -28,7 +28,6 @@ from support.inprocess import InProcessDaemon
 from support.waiting import until
 
 from watchd.agents.nats import NatsRunner, Reply, follow_replies, last_reply, reply_subject, send_reply
-from watchd.agents.worker import DoneRecord
 from watchd.bus import HANDOFFS_STREAM, EmbeddedNats, ensure_streams
 from watchd.cli import cli
 from watchd.config import NatsAgent
@@ -37,6 +36,7 @@ from watchd.model import Handoff, encode, make_event
 from watchd.notify.http_client import HttpClient
 from watchd.store import Store
 from watchd.store.outbox import read_handoffs
+from watchd.store.worker_record import DoneRecord
 from watchd.targets import build_targets
 
 TARGET = "agent.claw"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +21,7 @@ from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
 from watchd.model import iso
 from watchd.sources.settings import type_name
-from watchd.store import open_readonly
+from watchd.store import open_readonly, schedules
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.decisions import last_fired, would_fire_since
 from watchd.store.engine_state import engine_view
@@ -46,14 +45,6 @@ HANDOFF_FIELDS = (
     "last_error",
     "updated_at",
 )
-
-
-def count_dead_runs(conn: sqlite3.Connection) -> int:
-    try:
-        (n,) = conn.execute("SELECT COUNT(*) FROM schedule_ticks WHERE state = 'dead'").fetchone()
-    except sqlite3.Error:  # a state file from before the cron layer
-        return 0
-    return int(n)
 
 
 def list_handoffs(loaded: Loaded, state: str | None, limit: int) -> list[dict[str, Any]]:
@@ -106,7 +97,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             would_fire_today = would_fire_since(conn, midnight.timestamp())
             report["handoffs"] = count_by_state(conn)
             # Dead handoffs and scheduled runs that exhausted their retries: `watchd dlq` lists both.
-            report["dead_letters"] = report["handoffs"].get("dead", 0) + count_dead_runs(conn)
+            report["dead_letters"] = report["handoffs"].get("dead", 0) + schedules.count_dead_runs(conn)
     for d in defs:
         w = d.watch
         report["watches"].append(

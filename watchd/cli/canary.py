@@ -92,7 +92,7 @@ async def _run(loaded: Loaded, timeout_s: float) -> tuple[JobResult, str | None]
 
     store = await Store.open(db_path(loaded.state_dir))
     http = HttpClient()  # the probes' session, closed below with the targets
-    targets = build_targets(loaded, http=http, nc=nc, js=js)
+    targets = build_targets(loaded, http=http, nc=nc, js=js, store=store)  # anthropic agents keep runs there
     try:
         ctx = JobContext(
             name="canary",

@@ -283,6 +283,15 @@ def set_waiting_or_skipped(conn: sqlite3.Connection, row: TickClaim) -> bool:
         return cur.rowcount == 1
 
 
+def count_dead_runs(conn: sqlite3.Connection) -> int:
+    """Scheduled runs that are dead letters (for `status`); 0 for a state file older than the table."""
+    try:
+        (n,) = conn.execute("SELECT COUNT(*) FROM schedule_ticks WHERE state = 'dead'").fetchone()
+    except sqlite3.Error:  # a state file from before the cron layer
+        return 0
+    return int(n)
+
+
 def dead_runs(conn: sqlite3.Connection, limit: int) -> list[TickRow]:
     """Scheduled runs that exhausted their retries, newest first."""
     sql = f"SELECT {_TICK_COLUMNS} FROM schedule_ticks WHERE state = 'dead' ORDER BY ended_at DESC LIMIT ?"
