@@ -95,11 +95,16 @@ class Engine(EngineState):
     # -- timers --
 
     def _rebuild_timers(self) -> None:
-        self._timers = []
+        """Every timer armed afresh, as one heap built at once (a restart with 100,000 keys)."""
+        timers: list[tuple[float, str, str | None]] = []
         for wid, keyed in self.keys.items():
-            if (logic := self.watches.get(wid)) is not None:
-                for k in keyed:
-                    self.arm(logic, k)
+            logic = self.watches.get(wid)
+            if logic is None or not logic.watch.enabled:
+                continue
+            due_of = logic.timer_due
+            timers += [(due, wid, k) for k, st in keyed.items() if (due := due_of(st)) is not None]
+        heapq.heapify(timers)
+        self._timers = timers
         for wid in self.meta:
             if (logic := self.watches.get(wid)) is not None:
                 self.arm_watch(logic)

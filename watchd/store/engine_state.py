@@ -25,9 +25,9 @@ from watchd.store.outbox import fired_at, insert_handoffs
 Changes = tuple[list[tuple[str, str | None, KeyState | None]], list[tuple[str, WatchMeta]], set[str]]
 EngineState = tuple[dict[str, dict[str | None, KeyState]], dict[str, WatchMeta], float]
 
-_key_state = msgspec.json.Decoder(KeyState)
 _watch_meta = msgspec.json.Decoder(WatchMeta)
-_key = msgspec.json.Decoder(str | None)
+_keys = msgspec.json.Decoder(list[str | None])
+_key_states = msgspec.json.Decoder(list[KeyState])
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,17 @@ class Heard:
 def load_engine_state(conn: sqlite3.Connection) -> EngineState:
     """(per-key state by watch, meta by watch, the engine's clock) as the last commit left them."""
     keys: dict[str, dict[str | None, KeyState]] = {}
-    for watch, key, state in conn.execute("SELECT watch, key, state FROM key_state"):
-        keys.setdefault(watch, {})[_key.decode(key)] = _key_state.decode(state)
+    rows = conn.execute("SELECT watch, key, state FROM key_state").fetchall()
+    if rows:
+        # One decode of all the rows as a JSON array, not one per row: a restart with many keys
+        # spends its time here.
+        key_values = _keys.decode("[" + ",".join(key for _, key, _ in rows) + "]")
+        states = _key_states.decode(b"[" + b",".join(bytes(state) for _, _, state in rows) + b"]")
+        for (watch, _, _), key_value, state in zip(rows, key_values, states, strict=True):
+            keyed = keys.get(watch)
+            if keyed is None:
+                keyed = keys[watch] = {}
+            keyed[key_value] = state
     meta = {w: _watch_meta.decode(m) for w, m in conn.execute("SELECT watch, meta FROM watch_meta")}
     return keys, meta, get_float(conn, "clock") or 0.0
 
