@@ -30,23 +30,23 @@ class DoneRecord(SqliteThread):
         return await asyncio.to_thread(cls, path)
 
     async def get(self, handoff_id: str) -> str | None:
-        return await self.call(_get_done, handoff_id)
+        return await self.call(get_done, handoff_id)
 
     async def put(self, handoff_id: str, detail: str, now: float) -> None:
-        await self.call(_put_done, handoff_id, detail, now)
+        await self.call(put_done, handoff_id, detail, now)
 
     async def prune(self, older_than: float) -> int:
-        return await self.call(_prune_done, older_than)
+        return await self.call(prune_done, older_than)
 
 
-def _get_done(conn: sqlite3.Connection, handoff_id: str) -> str | None:
+def get_done(conn: sqlite3.Connection, handoff_id: str) -> str | None:
     row = conn.execute("SELECT detail FROM done WHERE id = ?", (handoff_id,)).fetchone()
     return None if row is None else str(row[0])
 
 
-def _put_done(conn: sqlite3.Connection, handoff_id: str, detail: str, now: float) -> None:
+def put_done(conn: sqlite3.Connection, handoff_id: str, detail: str, now: float) -> None:
     conn.execute("INSERT OR REPLACE INTO done (id, detail, at) VALUES (?, ?, ?)", (handoff_id, detail, now))
 
 
-def _prune_done(conn: sqlite3.Connection, older_than: float) -> int:
+def prune_done(conn: sqlite3.Connection, older_than: float) -> int:
     return int(conn.execute("DELETE FROM done WHERE at < ?", (older_than,)).rowcount)
