@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,6 +12,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.config import Loaded
@@ -187,11 +190,18 @@ def source_events(s: dict[str, Any]) -> str:
     return f"{s.get('events', 0)}" + (f" ({refused} refused)" if refused else "")
 
 
-def source_lines(sources: list[dict[str, Any]]) -> Table:
-    table = Table("source", "type", "events", "last event", "state", box=None)
+def _to_second(at: str | None) -> str:
+    return re.sub(r"\.\d+Z$", "Z", at) if at else "-"
+
+
+def source_lines(sources: list[dict[str, Any]], when: Callable[[str | None], str] = _to_second) -> Table:
+    table = Table(box=None, pad_edge=False)
+    whole_column(table, "source", [s["name"] for s in sources])
+    for header in ("type", "events", "last event", "state"):
+        table.add_column(header, no_wrap=header in ("type", "last event"))
     for s in sources:
-        last = "-" if s.get("running") is False else _to_second(s.get("last_event_at"))
-        table.add_row(s["name"], s["type"], source_events(s), last, source_state(s)[0])
+        last = "-" if s.get("running") is False else when(s.get("last_event_at"))
+        table.add_row(Text(s["name"]), s["type"], source_events(s), last, Text(source_state(s)[0]))
     return table
 
 
@@ -230,11 +240,56 @@ def _member(m: dict[str, Any]) -> str:
     return f"{m['host']} pid {m['pid']} state_dir {m['state_dir']}"
 
 
-def _to_second(at: str | None) -> str:
-    return re.sub(r"\.\d+Z$", "Z", at) if at else "-"
+_INSTANT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
 
 
-def render(report: dict[str, Any], console: Console) -> None:
+def in_zone(value: Any, zone: str) -> Any:
+    """A copy of a report with every RFC 3339 UTC instant in it told as a wall time in `zone`
+    ("2026-11-22 15:00:05 CET"): what `status` prints. `--json` keeps UTC."""
+    tz = ZoneInfo(zone)
+
+    def told(m: re.Match[str]) -> str:
+        at = datetime.fromisoformat(m.group(0).replace("Z", "+00:00")).astimezone(tz)
+        return at.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return _INSTANT.sub(told, v)
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)
+
+
+def table_time(at: str | None, zone: str, now: float) -> str:
+    """An RFC 3339 UTC instant, short enough for an 80-column table, in `zone`: "14:05:09" today,
+    "Dec 03 07:30" another day. The command says which zone once, above its tables."""
+    if not at:
+        return "-"
+    tz = ZoneInfo(zone)
+    local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(tz)
+    today = datetime.fromtimestamp(now, tz).date()
+    return f"{local:%H:%M:%S}" if local.date() == today else f"{local:%b %d %H:%M}"
+
+
+def whole_column(table: Table, header: str, values: list[str]) -> None:
+    """A column of names a person types (watch ids, schedules): never cut or wrapped to fit."""
+    table.add_column(header, no_wrap=True, min_width=max((len(v) for v in values), default=len(header)))
+
+
+def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: float | None = None) -> None:
+    """The report for a person, its times in `zone` (the configured one; UTC with --utc)."""
+    now = time.time() if now is None else now
+
+    def t(at: str | None) -> str:
+        return table_time(at, zone, now)
+
+    utc = report
+    report = in_zone(report, zone)  # the sentences' times; the tables' are shorter (t)
+    console.print(f"times in {zone}" + ("" if zone == "UTC" else " (--utc for UTC)"), markup=False)
     d = report["daemon"]
     if d.get("ok"):
         console.print(f"daemon: running (pid {d.get('pid')}, up {d.get('uptime_s')}s), NATS connected")
@@ -249,31 +304,44 @@ def render(report: dict[str, Any], console: Console) -> None:
     if cluster and not cluster.get("embedded"):  # the embedded single-node default has no one else
         for line in cluster_lines(cluster):
             console.print(line, markup=False)
-    table = Table("watch", "kind", "mode", "state", "last fired", "next due", box=None)
-    builtin = [w for w in report["watches"] if w["file"].startswith(BUILTIN_FILE)]
-    for w in report["watches"]:
-        if w in builtin:
-            continue
-        mode = f"shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else w["mode"]
-        table.add_row(w["id"], w["kind"], mode, w["state"], w["last_fired"] or "-", w["next_due"] or "-")
-    console.print(table)
+    builtin = [w for w in utc["watches"] if w["file"].startswith(BUILTIN_FILE)]
+    mine = [w for w in utc["watches"] if w not in builtin]
+    table = Table(box=None, pad_edge=False)
+    whole_column(table, "watch", [w["id"] for w in mine])
+    for header in ("kind", "state", "last fired", "next due"):
+        table.add_column(header, no_wrap=header != "state")
+    for w in mine:
+        # The mode only when it is not live: "absent, shadow (3 today)".
+        kind = w["kind"] + (f", shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else "")
+        kind += f", {w['mode']}" if w["mode"] not in ("live", "shadow") else ""
+        state = w["state"] + (f", {len(w['incidents'])} open" if w.get("incidents") else "")  # open incidents
+        table.add_row(Text(w["id"]), kind, state, t(w["last_fired"]), t(w["next_due"]))
+    console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     for w in report["watches"]:
         for hold in w.get("holds", []):
             console.print(f"{w['id']}: {hold['text']}", markup=False)
     if builtin:  # their own narrower table, so they never crowd the user's watches off an 80-column screen
-        table = Table("built-in watch", "state", "last fired", "next due", box=None)
+        table = Table(box=None, pad_edge=False)
+        whole_column(table, "built-in watch", [w["id"] for w in builtin])
+        for header in ("state", "last fired", "next due"):
+            table.add_column(header, no_wrap=True)
         for w in builtin:
-            table.add_row(w["id"], w["state"], _to_second(w["last_fired"]), _to_second(w["next_due"]))
-        console.print(table)
+            table.add_row(w["id"], w["state"], t(w["last_fired"]), t(w["next_due"]))
+        console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report["handoffs"].items())) or "none"
     console.print(f"handoffs: {counts}; dead letters: {report['dead_letters']}")
-    schedules = Table("schedule", "does", "next due", "last outcome", box=None)
-    for sc in report["schedules"]:
-        last = f"{sc['last_outcome']} ({sc['last_tick']})" if sc["last_outcome"] else "-"
-        schedules.add_row(sc["name"], sc["does"], sc["next_due"] or ("disabled" if not sc["enabled"] else "-"), last)
-    console.print(schedules)
-    if report.get("sources"):
-        console.print(source_lines(report["sources"]))
+    schedules = Table(box=None, pad_edge=False)
+    whole_column(schedules, "schedule", [sc["name"] for sc in utc["schedules"]])
+    schedules.add_column("does")
+    schedules.add_column("next due", no_wrap=True)
+    schedules.add_column("last outcome")
+    for sc in utc["schedules"]:
+        last = f"{sc['last_outcome']} ({t(sc['last_tick'])})" if sc["last_outcome"] else "-"
+        due = t(sc["next_due"]) if sc["next_due"] else ("disabled" if not sc["enabled"] else "-")
+        schedules.add_row(Text(sc["name"]), Text(sc["does"]), due, Text(last))
+    console.print(schedules, soft_wrap=False)
+    if utc.get("sources"):
+        console.print(source_lines(utc["sources"], t), soft_wrap=False)
     console.print(backup_line(report["last_backup"]), markup=False)
     console.print(canary_line(report["last_canary"]), markup=False)
     for line in budget_lines(report["tokens_today"]):

@@ -8,10 +8,10 @@ import time
 from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, fail, load, one_line, out
+from watchd.model import iso
 from watchd.store.runs import run_json
 
 if TYPE_CHECKING:
@@ -53,40 +53,26 @@ def list_runs_cmd(config_path: str | None, limit: int, as_json: bool) -> None:
     if not found:
         out.print("no agent runs recorded")
         return
-    table = Table(
-        "started (UTC)",
-        "agent",
-        "handoff",
-        "model",
-        "outcome",
-        "steps",
-        "in",
-        "out",
-        "cache r/w",
-        "cost",
-        box=None,
-        pad_edge=False,
-    )
+    from watchd.status import table_time
+
+    # Two lines each rather than a ten-column table, which an 80-column terminal would cut to
+    # pieces: what ran and how it ended, then the handoff (what `runs show` takes), the cost and
+    # the tokens (cache: read/written).
+    zone, now = loaded.zone(), time.time()
+    out.print(Text(f"times in {zone}"))
     for r in found:
         outcome = r.outcome or ("waiting" if r.limit_hit else "running")
         if r.limit_hit:
             outcome += f" ({r.limit_hit})"
-        started = time.strftime("%m-%d %H:%M:%S", time.gmtime(r.started_at))
-        cache = f"{r.cache_read_tokens:,}/{r.cache_write_tokens:,}"
-        cells = (
-            started,
-            r.agent,
-            r.handoff_id,
-            " → ".join([r.escalations[0]["from"], *(e["to"] for e in r.escalations)]) if r.escalations else r.model,
-            outcome,
-            str(r.steps),
-            f"{r.input_tokens:,}",
-            f"{r.output_tokens:,}",
-            cache,
-            f"${r.cost_usd:.4f}",
+        model = " → ".join([r.escalations[0]["from"], *(e["to"] for e in r.escalations)]) if r.escalations else r.model
+        started = table_time(iso(r.started_at), zone, now)
+        steps = f"{r.steps} step{'s' if r.steps != 1 else ''}"
+        out.print(Text(f"{started}  {r.agent}  {model}  {outcome}  {steps}"))
+        tokens = (
+            f"{_count(r.input_tokens)} in {_count(r.output_tokens)} out "
+            f"{_count(r.cache_read_tokens)}/{_count(r.cache_write_tokens)} cache"  # read/written
         )
-        table.add_row(*(Text(c) for c in cells))
-    out.print(table)
+        out.print(Text(f"    {r.handoff_id}  ${r.cost_usd:.4f}  {tokens}", style="dim"))
     for r in found:  # below the table, where a narrow terminal cuts nothing
         for e in r.escalations:
             out.print(
@@ -94,6 +80,15 @@ def list_runs_cmd(config_path: str | None, limit: int, as_json: bool) -> None:
             )
     total = sum(r.cost_usd for r in found)
     out.print(Text(f"{len(found)} runs, {sum(r.tokens for r in found):,} tokens, ${total:.4f} estimated"))
+
+
+def _count(n: int) -> str:
+    """Tokens in a few characters: 980, 12.3k, 4.56M."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:,}"
 
 
 @runs.command(name="show")

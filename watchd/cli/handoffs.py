@@ -6,7 +6,6 @@ import time
 from typing import TYPE_CHECKING, get_args
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, fail, http_get, load, one_line, out
@@ -41,12 +40,18 @@ def handoffs(config_path: str | None, state: str | None, limit: int, as_json: bo
     if not rows:
         out.print("no handoffs" + (f" in state {state}" if state else ""))
         return
-    table = Table("fired", "watch", "key", "target", "state", "attempt", "reason", box=None)
+    from watchd.status import table_time
+
+    # Two lines each rather than a table: watch ids and keys are never cut to fit a narrow terminal,
+    # and the reason has a line of its own. Text, not markup: keys and reasons come from event data.
+    zone, now = loaded.zone(), time.time()
+    out.print(Text(f"times in {zone}"))
     for h in rows:
-        # Text, not str: keys and reasons come from event data, and rich would parse "[/]" as markup
-        cells = (h["fired_at"], h["watch"], h["key"] or "", h["target"], h["state"], str(h["attempt"]), h["reason"])
-        table.add_row(*(Text(c) for c in cells))
-    out.print(table)
+        key = f" [{h['key']}]" if h["key"] else ""
+        tries = f" (attempt {h['attempt']})" if h["attempt"] > 1 else ""
+        fired = table_time(h["fired_at"], zone, now)
+        out.print(Text(f"{fired}  {h['watch']}{key} → {h['target']}  {h['state']}{tries}"))
+        out.print(Text("    " + one_line(h["reason"], 200), style="dim"))
 
 
 @click.group(invoke_without_command=True)

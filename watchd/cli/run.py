@@ -88,11 +88,15 @@ def check(config_path: str | None, as_json: bool) -> None:
 @click.command()
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output (documented in the README)")
-def status(config_path: str | None, as_json: bool) -> None:
+@click.option("--utc", is_flag=True, help="times in UTC (default: the configured timezone; --json is always UTC)")
+def status(config_path: str | None, as_json: bool, utc: bool) -> None:
     """Daemon, NATS, each watch's state and next due time, pending handoffs, dead letters.
 
+    Times are in the configured timezone (else the system's), or UTC with --utc.
+
     \b
-    Example:
+    Examples:
+      watchd status --utc
       watchd status --json | jq '.watches[] | select(.state == "silent")'
     """
     from watchd.status import collect
@@ -108,7 +112,7 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     from watchd.status import render
 
-    render(report, out)
+    render(report, out, "UTC" if utc else loaded.zone(), time.time())
 
 
 _POSITION = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<col>\d+): (?:warning: )?(?P<message>.*)$", re.S)

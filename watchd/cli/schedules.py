@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -72,16 +72,26 @@ def schedules_cmd(config_path: str | None, count: int, from_: str | None, as_jso
     if as_json:
         dump_json([{k: v for k, v in t.items() if not k.startswith("_")} for t in ticks])
         return
-    table = Table(box=None)
-    for column in ("schedule", "local", "UTC"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("note")
+    from watchd.status import whole_column
+
+    # Names are never cut; the UTC time is the weekday and time (the date is the local one's, or
+    # the day either side); DST notes go below the table, as sentences, not in a narrow column.
+    table = Table(box=None, pad_edge=False)
+    whole_column(table, "schedule", [t["schedule"] for t in ticks])
+    table.add_column("local", no_wrap=True)
+    table.add_column("UTC", no_wrap=True)
+    notes: list[str] = []
     for t in ticks:
         local = datetime.fromtimestamp(t["_at"], ZoneInfo(t["_zone"]))
-        table.add_row(
-            Text(t["schedule"]), Text(f"{local:%a %Y-%m-%d %H:%M %Z}"), Text(t["at_utc"]), Text(t["note"] or "")
-        )
-    out.print(table if ticks else "no upcoming ticks")
+        utc = datetime.fromtimestamp(t["_at"], UTC)
+        mark = ""
+        if t["note"]:
+            notes.append(f"{t['schedule']} at {local:%a %Y-%m-%d %H:%M %Z}: {t['note']}")
+            mark = f" [{len(notes)}]"
+        table.add_row(Text(t["schedule"]), Text(f"{local:%a %Y-%m-%d %H:%M %Z}{mark}"), Text(f"{utc:%a %H:%M}"))
+    out.print(table if ticks else "no upcoming ticks", soft_wrap=False)
+    for n, note in enumerate(notes, 1):
+        out.print(Text(f"[{n}] {note}"))
     if disabled:
         out.print(Text(f"disabled: {', '.join(sorted(disabled))}"))
     conn = open_state(loaded.state_dir)

@@ -49,7 +49,7 @@ def _handoff_table(console: Console, hs: Sequence[HandoffRow]) -> None:
         cells = [h.id, h.target, h.state, str(h.attempt), h.last_error or ""]
         cells += [h.decided_by or ""] if cluster else []
         table.add_row(*(Text(c) for c in cells))
-    console.print(table)
+    console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
 
 
 def render_watch(report: WatchReport, console: Console) -> None:
@@ -80,18 +80,28 @@ def render_watch(report: WatchReport, console: Console) -> None:
         if spans:
             table.add_column("v", no_wrap=True)
         table.add_column("verdict", no_wrap=True)
-        table.add_column("key")
+        _name_column(table, "key", [d.key or "" for d in report.timeline])
         table.add_column("reason", overflow="fold")
         for d in report.timeline:
             version = [Text(str(report.version_of(d.at) or "?"))] if spans else []
             cells = (Text(d.verdict), Text(d.key or ""), Text(d.reason))
             table.add_row(*_time_cells(d.at, info.zone, both), *version, *cells)
-        console.print(table)
+        console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     else:
         console.print(Text("\nno decisions recorded" + (" in range" if report.total == 0 else "")))
     if report.handoffs:
         console.print(Text(f"\nhandoffs ({len(report.handoffs)}):"))
         _handoff_table(console, report.handoffs[-20:])
+
+
+NAME_WIDTH = 36  # room for a long key or watch id, leaving the reason its share of 80 columns
+
+
+def _name_column(table: Table, header: str, values: list[str]) -> None:
+    """Keys and watch ids are shown whole: as wide as the longest (up to NAME_WIDTH), longer ones
+    folded onto the next line rather than cut with an ellipsis."""
+    widest = max((len(v) for v in values), default=0)
+    table.add_column(header, min_width=min(max(widest, len(header)), NAME_WIDTH), overflow="fold")
 
 
 def render_event(report: EventReport, console: Console) -> None:
@@ -102,13 +112,14 @@ def render_event(report: EventReport, console: Console) -> None:
         zone = zones.pop() if len(zones) == 1 else "UTC"
         table = Table(box=None, pad_edge=False)
         both = _time_columns(table, zone)
-        for name in ("watch", "verdict", "key"):
-            table.add_column(name, no_wrap=name == "verdict")
+        _name_column(table, "watch", [d.watch or "-" for d in report.decisions])
+        table.add_column("verdict", no_wrap=True)
+        _name_column(table, "key", [d.key or "" for d in report.decisions])
         table.add_column("reason", overflow="fold")
         for d in report.decisions:
             cells = [Text(c) for c in (d.watch or "-", d.verdict, d.key or "", d.reason)]
             table.add_row(*_time_cells(d.at, zone, both), *cells)
-        console.print(table)
+        console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     if report.handoffs:
         console.print(Text("\nhandoffs:"))
         _handoff_table(console, report.handoffs)

@@ -311,7 +311,7 @@ def render(report: ScheduleReport, console: Console, now: float) -> None:
         tick = when(last, d.zone, now) if count == 1 else f"{when(first, d.zone, now)} … {when(last, d.zone, now)}"
         label = f"skipped ({reason})" + (f" ×{count}" if count > 1 else "")
         table.add_row(Text(tick), Text(label), Text(items[-1].summary or ""))
-    console.print(table)
+    console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
 
 
 def _count(row: TickRow) -> int:
