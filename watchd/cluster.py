@@ -31,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,51 @@ async def durable_info(consumer: bus.EventConsumer) -> ConsumerInfo | None:
         return await consumer.info()
     except nats.js.errors.NotFoundError:
         return None
+
+
+async def catch_up(
+    js: JetStreamContext,
+    consumer: bus.EventConsumer,
+    position: int,
+    consume: Callable[[list[Msg], bool], Awaitable[None]],
+    replayed: Callable[[int], None],
+    reach_holders_clock: Callable[[], Awaitable[None]],
+) -> None:
+    """Read from the stream what lies past `position` (this instance's commit cursor) before the
+    durable is consumed; the durable is never deleted or recreated (another instance may be bound
+    to it). A durable bound again keeps its own start position: the server refuses to change it.
+    Events another instance decided are stepped for their state only (`consume(msgs, True)`), then
+    the timers it fired are reached, then what was delivered but never acknowledged is decided
+    (`consume(msgs, False)`). `replayed(seq)`: the cursor is past the replayed events, even those
+    the stream no longer holds."""
+    info = await durable_info(consumer)
+    if info is None:
+        if position:  # a new durable on an old stream: from where this store left off
+            consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            consumer.config.opt_start_seq = position + 1
+        return
+    consumer.config.deliver_policy = info.config.deliver_policy
+    consumer.config.opt_start_seq = info.config.opt_start_seq
+    consumer.config.opt_start_time = info.config.opt_start_time
+    plan = plan_catch_up(position, info)
+    if plan.replays:
+        log.info(
+            "catching up: replaying events %d..%d, decided by another instance, for their state",
+            plan.position + 1,
+            plan.replay_to,
+        )
+        async for msgs in read_range(js, plan.position, plan.replay_to):
+            await consume(msgs, True)
+        replayed(plan.replay_to)
+    await reach_holders_clock()
+    if plan.decides:
+        log.warning(
+            "resuming the event stream after seq %d: events up to %d were delivered but never acknowledged",
+            plan.replay_to,
+            plan.decide_to,
+        )
+        async for msgs in read_range(js, plan.replay_to, plan.decide_to):
+            await consume(msgs, False)
 
 
 async def read_lag(js: JetStreamContext, delivery: str | None) -> dict[str, int]:

@@ -20,7 +20,6 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from watchd import (
     bus,
@@ -384,41 +383,18 @@ class Daemon:
         self._spawn("sources", lambda: sources.run(self.stop, self.upkeep))
 
     async def _catch_up(self, consumer: bus.EventConsumer) -> None:
-        """Read from the stream what lies past this instance's commit cursor, before consuming the
-        durable, which is never deleted or recreated (another instance may be bound to it; see
-        watchd/cluster.py). A durable bound again keeps its own start position: the server refuses
-        to change it."""
+        """What lies past this instance's commit cursor, before the durable is consumed (see
+        cluster.catch_up): replayed for state, or decided, a batch at a time under the lock."""
         assert self.js is not None
-        info = await cluster.durable_info(consumer)
-        if info is None:
-            if self.last_seq:  # a new durable on an old stream: from where this store left off
-                consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-                consumer.config.opt_start_seq = self.last_seq + 1
-            return
-        consumer.config.deliver_policy = info.config.deliver_policy
-        consumer.config.opt_start_seq = info.config.opt_start_seq
-        consumer.config.opt_start_time = info.config.opt_start_time
-        plan = cluster.plan_catch_up(self.last_seq, info)
-        if plan.replays:
-            log.info(
-                "catching up: replaying events %d..%d, decided by another instance, for their state",
-                plan.position + 1,
-                plan.replay_to,
-            )
-            async for msgs in cluster.read_range(self.js, plan.position, plan.replay_to):
-                async with self._lock:
-                    await self._consume(msgs, replay=True)
-            self.last_seq = max(self.last_seq, plan.replay_to)
-        await self._reach_holders_clock()
-        if plan.decides:
-            log.warning(
-                "resuming the event stream after seq %d: events up to %d were delivered but never acknowledged",
-                plan.replay_to,
-                plan.decide_to,
-            )
-            async for msgs in cluster.read_range(self.js, plan.replay_to, plan.decide_to):
-                async with self._lock:
-                    await self._consume(msgs)
+
+        async def consume(msgs: list[Msg], replay: bool) -> None:
+            async with self._lock:
+                await self._consume(msgs, replay=replay)
+
+        def replayed(upto: int) -> None:
+            self.last_seq = max(self.last_seq, upto)
+
+        await cluster.catch_up(self.js, consumer, self.last_seq, consume, replayed, self._reach_holders_clock)
 
     def _spawn(
         self, name: str, factory: Callable[[], Awaitable[None]], *, core: bool = False, once: bool = False
