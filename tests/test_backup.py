@@ -438,7 +438,8 @@ async def test_backup_and_restore_commands_beside_a_running_daemon(
     assert "integrity ok" in res.stdout and f"restored the database to {d.db_path}" in res.stdout
     assert len(list(d.state_dir.glob("watchd-pre-restore-*.db"))) == 1
     res = runner.invoke(cli, ["status", "--config", str(d.config_path)])
-    assert res.exit_code == 0 and f"last backup: {report['data']['created_at'][:19]}" in res.stdout
+    made = report["data"]["created_at"][:19].replace("T", " ")  # status tells it in the zone (UTC here)
+    assert res.exit_code == 0 and f"last backup: {made} UTC" in res.stdout
     assert ", verified, " in res.stdout
 
 

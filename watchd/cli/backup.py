@@ -12,13 +12,14 @@ import click
 from rich.text import Text
 
 from watchd import config
-from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, out, publish_events
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, out, progress_bar, publish_events
 from watchd.config import Loaded
 from watchd.errors import WatchdError
 from watchd.model import own_event
 
 if TYPE_CHECKING:
     from watchd.jobs import JobResult
+    from watchd.jobs.meter import Progress
 
 # The job, the store and tarfile are imported by the commands that use them: every other command
 # starts without them.
@@ -40,7 +41,8 @@ def backup(config_path: str | None, as_json: bool) -> None:
       watchd backup --json | jq -r .data.path
     """
     loaded = _load_without_watches(config_path)
-    result, published, note = asyncio.run(_run_backup(loaded))
+    with progress_bar("backing up", quiet=as_json, unit="bytes") as progress:
+        result, published, note = asyncio.run(_run_backup(loaded, progress))
     if as_json:
         dump_json({"ok": result.ok, "summary": result.summary, "data": result.data, "published": published})
         if not result.ok:
@@ -66,10 +68,11 @@ def _load_without_watches(config_path: str | None) -> Loaded:
     return loaded
 
 
-async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None]:
-    """Run the job as the scheduler does, then publish its outcome; a NATS that is down (watchd not
-    running, with the embedded server) only costs the event, never the backup."""
-    from watchd.jobs import JobContext, builtin
+async def _run_backup(loaded: Loaded, progress: Progress | None) -> tuple[JobResult, str | None, str | None]:
+    """Run the job as the scheduler does (with a progress bar on a terminal), then publish its
+    outcome; a NATS that is down (watchd not running, with the embedded server) only costs the
+    event, never the backup."""
+    from watchd.jobs.backup import make_backup
     from watchd.store import Store, db_path
 
     db = db_path(loaded.state_dir)
@@ -80,10 +83,9 @@ async def _run_backup(loaded: Loaded) -> tuple[JobResult, str | None, str | None
     async def emit(subject: str, data: dict[str, Any]) -> None:
         await publish_events(loaded, [own_event(subject, data)], role="admin")  # watchd.job.backup.*
 
-    store = await Store.open(db)
+    store = await Store.open(db)  # brings the schema up to date first, as the daemon would
     try:
-        ctx = JobContext(name="backup", loaded=loaded, store=store, clock=time.time, emit=emit)
-        result = await builtin("backup")(ctx)
+        result = await asyncio.to_thread(make_backup, loaded, time.time(), progress)  # the job's own work
     finally:
         store.close()
     subject = f"watchd.job.backup.{'done' if result.ok else 'failed'}"
@@ -134,7 +136,8 @@ def restore(config_path: str | None, file: str, with_watches: bool, yes: bool) -
     if not yes:
         prompt = f"Replace the state in {loaded.state_dir.absolute()} with the backup of {manifest.created_at}?"
         click.confirm(prompt, abort=True)
-    done = restoring.restore(loaded, archive, watches=with_watches, now=time.time())
+    with progress_bar("verifying the backup", unit="bytes") as progress:
+        done = restoring.restore(loaded, archive, watches=with_watches, now=time.time(), progress=progress)
     m = done.manifest
     rows = sum(t.rows for t in m.tables.values())
     out.print(

@@ -113,15 +113,26 @@ def setup_logging(verbose: bool, stream: TextIO | None = None) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(
+    description: str, *, quiet: bool = False, unit: str = "items"
+) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on the terminal (stderr) for long work, as `update(done, total)`; None on a
-    pipe, in a script or with `quiet` (--json), so nothing but the result is printed there."""
+    pipe, in a script or with `quiet` (--json), so nothing but the result is printed there.
+    `unit="bytes"` shows sizes ("1.2/4.6 MB") rather than counts."""
     if quiet or not err.is_terminal:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    columns = (TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(description, total=None)
 

@@ -38,6 +38,7 @@ from watchd import __version__
 from watchd.config import Loaded, resolve_path, secret_settings
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
+from watchd.jobs.meter import Meter, Progress
 from watchd.model import iso
 from watchd.redact import redact_config
 from watchd.store import connect, db_path
@@ -90,8 +91,10 @@ async def run(ctx: JobContext) -> JobResult:
     return await asyncio.to_thread(make_backup, ctx.loaded, ctx.clock())
 
 
-def make_backup(loaded: Loaded, now: float) -> JobResult:
+def make_backup(loaded: Loaded, now: float, progress: Progress | None = None) -> JobResult:
+    """`progress(done, total)` in bytes, packed then proved (a terminal's bar), if given."""
     started = time.perf_counter()
+    meter = Meter(progress, phases=2)
     db = db_path(loaded.state_dir)
     folder = backup_dir(loaded)
     partial: Path | None = None
@@ -103,10 +106,10 @@ def make_backup(loaded: Loaded, now: float) -> JobResult:
             _clear_leftovers(folder)
             archive = _new_name(folder, now)
             partial = archive.with_name(archive.name + ".partial")
-            manifest = _pack(loaded, db, partial, now)
+            manifest = _pack(loaded, db, partial, now, meter)
             try:
                 with tempfile.TemporaryDirectory(prefix=".verify-", dir=folder) as tmp:
-                    verify_archive(partial, Path(tmp))
+                    verify_archive(partial, Path(tmp), meter)
             except BackupInvalid as exc:
                 bad = archive.with_name(archive.name + FAILED)
                 os.replace(partial, bad)
@@ -143,7 +146,7 @@ def make_backup(loaded: Loaded, now: float) -> JobResult:
 # ---- making one ------------------------------------------------------------------------------
 
 
-def _pack(loaded: Loaded, db: Path, dest: Path, now: float) -> Manifest:
+def _pack(loaded: Loaded, db: Path, dest: Path, now: float, meter: Meter) -> Manifest:
     """Stage every member in a private directory, hash it there, then write the archive from it."""
     folder = dest.parent
     with tempfile.TemporaryDirectory(prefix=".work-", dir=folder) as tmp:
@@ -174,6 +177,7 @@ def _pack(loaded: Loaded, db: Path, dest: Path, now: float) -> Manifest:
             config_redacted=redacted,
             notes=notes,
         )
+        meter.phase(sum(m.size for m, _ in staged))
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=COMPRESS_LEVEL) as tar:
@@ -181,7 +185,9 @@ def _pack(loaded: Loaded, db: Path, dest: Path, now: float) -> Manifest:
                 (work / MANIFEST).write_bytes(body)
                 tar.add(work / MANIFEST, MANIFEST, filter=_private)
                 for member, path in staged:
-                    tar.add(path, member.name, filter=_private)
+                    info = _private(tar.gettarinfo(path, member.name))
+                    with open(path, "rb") as f:
+                        tar.addfile(info, meter.counted(f))  # compressing: the slow part, measured
             raw.flush()
             os.fsync(raw.fileno())
     return manifest
@@ -231,10 +237,11 @@ def _sha256(path: Path) -> str:
 # ---- proving one -----------------------------------------------------------------------------
 
 
-def verify_archive(archive: Path, into: Path) -> Manifest:
-    """Extract `archive` into `into` and prove it: checksums, integrity, counts. BackupInvalid says why."""
+def verify_archive(archive: Path, into: Path, meter: Meter | None = None) -> Manifest:
+    """Extract `archive` into `into` and prove it: checksums, integrity, counts. BackupInvalid says why.
+    The bytes extracted move `meter`."""
     try:
-        manifest = _extract(archive, into)
+        manifest = _extract(archive, into, meter or Meter())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise BackupInvalid(f"the archive cannot be read: it is truncated or damaged ({exc})") from None
     db = into / DB_MEMBER
@@ -262,7 +269,7 @@ def verify_archive(archive: Path, into: Path) -> Manifest:
     return manifest
 
 
-def _extract(archive: Path, into: Path) -> Manifest:
+def _extract(archive: Path, into: Path, meter: Meter) -> Manifest:
     with tarfile.open(archive, mode="r:gz") as tar:
         first = tar.next()
         if first is None or first.name != MANIFEST:
@@ -275,6 +282,7 @@ def _extract(archive: Path, into: Path) -> Manifest:
             newer = manifest.watchd_version
             raise BackupInvalid(f"made by watchd {newer}, which is newer than this one ({__version__})")
         expected = {m.name: m for m in manifest.members}
+        meter.phase(sum(m.size for m in manifest.members))
         seen: set[str] = set()
         for info in tar:
             if info is first:
@@ -287,7 +295,7 @@ def _extract(archive: Path, into: Path) -> Manifest:
             if not dest.is_relative_to(into.resolve()):
                 raise BackupInvalid(f"the manifest lists an unsafe member name {member.name!r}")
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            digest = _copy_hashed(tar, info, dest)
+            digest = _copy_hashed(tar, info, dest, meter)
             if digest != member.sha256:
                 raise BackupInvalid(
                     f"{member.name} does not match its checksum "
@@ -307,7 +315,7 @@ def _read(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def _copy_hashed(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> str:
+def _copy_hashed(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, meter: Meter) -> str:
     src = tar.extractfile(info)
     assert src is not None  # isfile() checked
     h = hashlib.sha256()
@@ -316,6 +324,7 @@ def _copy_hashed(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> str
         while chunk := src.read(1 << 20):
             h.update(chunk)
             out.write(chunk)
+            meter.add(len(chunk))
     return h.hexdigest()
 
 

@@ -25,6 +25,7 @@ from watchd.jobs.backup import (
     fsync_dir,
     verify_archive,
 )
+from watchd.jobs.meter import Meter, Progress
 from watchd.store import db_path
 
 
@@ -40,9 +41,10 @@ class Restored:
     watch_files: list[tuple[Path, Path | None]] = field(default_factory=list)  # (restored, previous kept)
 
 
-def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float) -> Restored:
+def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float, progress: Progress | None = None) -> Restored:
     """Prove `archive`, then put its database in place of the current one (kept aside, never
-    deleted), and with `watches` its watch files where they came from. Refuses while a daemon runs."""
+    deleted), and with `watches` its watch files where they came from. Refuses while a daemon runs.
+    `progress(done, total)`: the bytes of the archive proved so far (a terminal's bar), if given."""
     from watchd.statelock import lock_state_dir
 
     state_dir = loaded.state_dir.absolute()
@@ -52,7 +54,7 @@ def restore(loaded: Loaded, archive: Path, *, watches: bool, now: float) -> Rest
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix=".restore-", dir=state_dir) as tmp:
         try:
-            manifest = verify_archive(archive, Path(tmp))
+            manifest = verify_archive(archive, Path(tmp), Meter(progress))
         except BackupInvalid as exc:
             hint = f"nothing was changed; try an older backup from {backup_dir(loaded)}"
             raise BackupInvalid(f"{archive.name} did not verify: {exc.message}", hint=hint) from None
