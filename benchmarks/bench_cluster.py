@@ -5,8 +5,8 @@ and the lease's idle cost.
    the killed one is started again (it stands by) and the next round kills the new holder. With
    `--rate`, events stream in all along and each fire is handed off (through NATS) to a webhook
    receiver on loopback that records every delivery: lost and duplicated handoffs are counted, and
-   the ack window (a target's answer to the queue's ack stored, read from each holder's /metrics
-   just before it is killed) says how wide the duplicate risk at a takeover is.
+   the ack window (from the start of a delivery to the queue's ack stored, read from each holder's
+   /metrics just before it is killed) says how wide the duplicate risk at a takeover is.
 2. Idle cost: CPU seconds per minute of a holder and of a standby with `[cluster] takeover` as
    given, against one instance on the embedded NATS (no lease traffic to speak of) in the same run.
 
@@ -283,7 +283,7 @@ def main() -> None:
     if window_count:
         bound = next((le for le, n in sorted(window_buckets.items()) if n >= 0.99 * window_count), float("inf"))
         print(
-            f"  ack window (target answered -> ack stored), {window_count:.0f} deliveries of the killed holders: "
+            f"  ack window (delivery started -> ack stored), {window_count:.0f} deliveries of the killed holders: "
             f"mean {window_sum / window_count * 1000:.2f} ms, p99 <= {bound * 1000:g} ms"
         )
     if per_min:

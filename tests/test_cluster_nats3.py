@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.fakes import FakeWebhook
 from support.inprocess import InProcessDaemon
-from support.natscluster import NatsCluster
+from support.natscluster import LeafNode, NatsCluster
 from support.waiting import until
 
 from watchd import bus, cluster
@@ -94,3 +94,22 @@ async def test_two_instances_on_a_three_node_cluster_deliver_each_fire_once_thro
         assert delivered_events(hook) == sorted(e.id for e in first + second), "lost or delivered twice"
         assert len(set(hook.handoff_ids)) == 60
         assert a.running.nc.connected_url is not None and nats3.node_of(a.running.nc.connected_url) != dead
+
+
+async def test_a_source_on_a_leaf_node_publishes_into_the_cluster(
+    nats3: NatsCluster, daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    async with FakeWebhook() as hook:
+        cfg = f'[cluster]\nreplicas = 3\n[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n'
+        await daemon_factory(WATCHES, nats_url=nats3.url, extra_config=cfg).start()
+        leaf = LeafNode(tmp_path / "leaf", nats3.leaf_port).start()
+        try:
+            # A publisher on the leaf machine uses its local server: the event reaches the cluster's
+            # stream (the ack comes back over the leaf connection) and is stored once when re-sent.
+            events = [make_event("job.run", id=f"leaf-{n}") for n in range(5)]
+            await publish_stored(leaf.url, events + events[:2])
+            await until(lambda: len(hook.deliveries) >= 5, what="the leaf's events delivered")
+            await asyncio.sleep(0.5)
+            assert delivered_events(hook) == sorted(e.id for e in events)
+        finally:
+            leaf.stop()

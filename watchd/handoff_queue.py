@@ -18,8 +18,9 @@ deliverer lives, and comes back `ack_wait` after it died; a retry is a nak delay
 dead letter is terminated. The local SQLite keeps each instance's record of what it decided and
 delivered (explain, status, dlq), and settles a message it sees again after a lost ack without
 delivering it twice. The duplicate risk that remains, for a target that cannot deduplicate by the
-handoff id (Telegram, Slack): a deliverer that dies after the target answered and before the server
-stored the ack; /metrics has how long that was (`watchd_handoff_ack_window_seconds`).
+handoff id (Telegram, Slack): a deliverer that dies after its request reached the target and before
+the server stored the ack (the request's own time, the local record and one round trip to NATS);
+/metrics has how long that was for each delivery (`watchd_handoff_ack_window_seconds`).
 """
 
 from __future__ import annotations
@@ -242,12 +243,13 @@ class HandoffQueue:
         # deliveries of an instance that died count too).
         h.attempt = tries if state != "new" else max(1, int(msg.metadata.num_delivered or 1))
         target = self.targets().get(h.target)
+        started = time.monotonic()
         if target is None:
             outcome: Outcome = Dead(no_target(h))
         else:
             async with self._in_progress(msg), self._limit(h.target):
+                started = time.monotonic()  # the request may reach the target from here on
                 outcome = await attempt(target, h)
-        answered = time.monotonic()
         now = self.clock()
         if self.metrics is not None:
             latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None
@@ -262,7 +264,7 @@ class HandoffQueue:
         else:
             await msg.ack_sync(timeout=5.0)
             if self.metrics is not None:  # the window in which this instance's death means a second delivery
-                self.metrics.ack_window.observe(time.monotonic() - answered)
+                self.metrics.ack_window.observe(time.monotonic() - started)
 
     def _limit(self, target: str) -> asyncio.Semaphore:
         limit = self._limits.get(target)

@@ -69,8 +69,8 @@ class Metrics:
         )
         self.ack_window = Histogram(
             "watchd_handoff_ack_window_seconds",
-            "In a cluster: from a target's answer to the server's confirmation of the queue's ack. A deliverer "
-            "that dies inside this window has the next holder deliver that handoff again.",
+            "In a cluster: from the start of a delivery to the server's confirmation of the queue's ack. A "
+            "deliverer that dies inside this window may have the next holder deliver that handoff again.",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
             registry=r,
         )

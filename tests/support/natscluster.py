@@ -25,6 +25,7 @@ class NatsCluster:
         self.name = name
         self.client_ports = [free_port() for _ in range(size)]
         self.route_ports = [free_port() for _ in range(size)]
+        self.leaf_port = free_port()  # node 0 accepts leaf nodes here
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
 
     @property
@@ -48,6 +49,7 @@ class NatsCluster:
             f"listen: {q(f'127.0.0.1:{self.client_ports[i]}')}\n"
             f"jetstream {{ store_dir: {q(str(store))} }}\n"
             f"cluster {{ name: {q(self.name)}, listen: {q(f'127.0.0.1:{self.route_ports[i]}')}, routes: [{routes}] }}\n"
+            + (f"leafnodes {{ listen: {q(f'127.0.0.1:{self.leaf_port}')} }}\n" if i == 0 else "")
         )
         return path
 
@@ -104,3 +106,36 @@ class NatsCluster:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+class LeafNode:
+    """A nats-server of a machine of its own (no JetStream) joined to a cluster as a leaf node: what it
+    is published locally reaches the cluster's streams through the leaf connection."""
+
+    def __init__(self, root: Path, hub_leaf_port: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.conf = root / "leaf.conf"
+        q = json.dumps
+        self.conf.write_text(
+            f"server_name: leaf\nlisten: {q(f'127.0.0.1:{self.port}')}\n"
+            f"leafnodes {{ remotes = [ {{ url: {q(f'nats-leaf://127.0.0.1:{hub_leaf_port}')} }} ] }}\n"
+        )
+        self.log = root / "leaf.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> LeafNode:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(nats_server_binary()), "-c", str(self.conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
