@@ -1,10 +1,13 @@
-"""Idle cost of sources: CPU seconds per minute that a poll and a file source add to `watchd run`
+"""Idle cost of sources: CPU seconds per minute that sources of every type add to `watchd run`
 while nothing happens.
 
 Two daemons run side by side on the same machine for the same window (so load from elsewhere
 falls on both): one without sources, one with a poll source (a URL on a local HTTP server, every
-10 minutes) and a file source (a folder and a glob under it). After a warm-up (first poll, first
-scan), the CPU time of each watchd process (not its nats-server) is read over the window.
+10 minutes), a file source (a folder and a glob under it), a journal source (the machine's
+journalctl on a private journald where it can run one, else the recorded-output stand-in), a
+telegram source (long polling a local Bot API) and a slack source (a Socket Mode WebSocket to a
+local server). After a warm-up (first poll, first scan), the CPU time of each watchd process (not
+its nats-server) is read over the window, and that of the journalctl it runs.
 
 Prints CPU-s per minute of each and the difference (target: < 0.1 CPU-s/min added).
 
@@ -24,6 +27,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.fakes import FakeTelegram
+from support.journal import make_journal, real_journal_missing
+from support.slack_socket import FakeSlackSocket
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,7 +45,15 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(root: Path, extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def children(pid: int, comm: str) -> list[int]:
+    """The child processes of pid named comm (its nats-server is a child too)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return [c for c in found if Path(f"/proc/{c}/comm").read_text().strip() == comm]
+
+
+def start(root: Path, extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     root.mkdir(parents=True, exist_ok=True)
     http = free_port()
     (root / "config.toml").write_text(
@@ -47,6 +64,7 @@ def start(root: Path, extra: str) -> tuple[subprocess.Popen[bytes], int]:
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=open(root / "stderr", "wb"),  # noqa: SIM115 - the child keeps it
+        env={**os.environ, **(env or {})},
     )
     return proc, http
 
@@ -79,10 +97,22 @@ def main(idle_s: float) -> None:
             f'[source.inbox]\ntype = "file"\npaths = ["{watched}", "{root}/with/scans/**/*.pdf"]\n'
             'subject = "files.inbox"\n'
         )
+        journal = make_journal("standin" if real_journal_missing() else "real", root / "journal")
+        journal.write(MESSAGE="the journal's last entry before the window")
+        tg = FakeTelegram(token="1:idle")
+        slack = FakeSlackSocket(app_token="xapp-idle")
+        tg_ctx, slack_ctx = tg.threaded(), slack.threaded()
+        tg_ctx.__enter__()
+        slack_ctx.__enter__()
+        sources += (
+            f'[source.units]\ntype = "journal"\ndirectory = "{journal.directory}"\n'
+            f'[source.tg]\ntype = "telegram"\ntoken = "1:idle"\napi_base = "{tg.url}"\nchats = ["1"]\n'
+            f'[source.sl]\ntype = "slack"\napp_token = "xapp-idle"\napi_base = "{slack.url}/api"\n'
+        )
         plain, plain_http = start(root / "without", "")
         (root / "with" / "scans").mkdir(parents=True)
         watched.mkdir(parents=True)
-        busy, busy_http = start(root / "with", sources)
+        busy, busy_http = start(root / "with", sources, journal.env)
         try:
             deadline = time.time() + 60
             while not (ready(plain_http) and ready(busy_http)):
@@ -92,20 +122,29 @@ def main(idle_s: float) -> None:
             state = root / "with" / "state" / "sources"
             while not ((state / "page.json").exists() and (state / "inbox.json").exists()):
                 time.sleep(0.2)
+            while not ((state / "units.json").exists() and slack.live is not None and tg.polls):
+                time.sleep(0.2)
             time.sleep(5)  # warm-up: the canary, the first heartbeat, imports
-            cpu0 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid)
+            helpers = children(busy.pid, "journalctl")
+            cpu0 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid), sum(proc_cpu_s(p) for p in helpers)
             time.sleep(idle_s)
-            cpu1 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid)
+            cpu1 = proc_cpu_s(plain.pid), proc_cpu_s(busy.pid), sum(proc_cpu_s(p) for p in helpers)
             per_min = [(b - a) * 60 / idle_s for a, b in zip(cpu0, cpu1, strict=True)]
-            print(f"idle window: {idle_s:.0f}s")
+            print(f"idle window: {idle_s:.0f}s; journal: {journal.name}")
             print(f"watchd without sources: {per_min[0]:.3f} CPU-s/min")
-            print(f"watchd with a poll and a file source: {per_min[1]:.3f} CPU-s/min")
-            print(f"added by the sources: {per_min[1] - per_min[0]:+.3f} CPU-s/min (target < 0.1)")
+            print(f"watchd with poll, file, journal, telegram and slack sources: {per_min[1]:.3f} CPU-s/min")
+            print(f"  its children (journalctl): {per_min[2]:.3f} CPU-s/min")
+            added = per_min[1] + per_min[2] - per_min[0]
+            print(f"added by the sources: {added:+.3f} CPU-s/min (target < 0.1)")
+            print(f"telegram long polls in the window and warm-up: {tg.polls}; slack sockets: {len(slack.connections)}")
         finally:
             for p in (plain, busy, server):
                 p.terminate()
             for p in (plain, busy, server):
                 p.wait(15)
+            tg_ctx.__exit__(None, None, None)
+            slack_ctx.__exit__(None, None, None)
+            journal.stop()
 
 
 if __name__ == "__main__":
