@@ -12,7 +12,9 @@ from support.slack_socket import FakeSlackSocket
 from support.sources import SourceRun
 from support.waiting import until
 
+from watchd import config
 from watchd.bus import EmbeddedNats
+from watchd.errors import ConfigError
 
 APP_TOKEN = "xapp-1-A0WATCHD01-1-s3cr3tAppToken"
 
@@ -106,3 +108,33 @@ async def test_a_wrong_app_token_stops_the_source_without_showing_it(
     assert failure is not None and "Slack refused the app token (invalid_auth)" in str(failure)
     assert "SLACK_SOURCE_APP_TOKEN" in getattr(failure, "hint", "")
     assert APP_TOKEN not in caplog.text
+
+
+def test_validate_wants_an_app_token_and_slack_ids(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[source.sl]\ntype = "slack"\napp_token = "xoxb-123-bot"\nchannels = ["#ops", "C0123ABCD"]\n'
+        'senders = ["@ann"]\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    found = [p.replace(str(path), "config.toml") for p in exc.value.problems]
+    assert found == [
+        "config.toml:3:1: `app_token` must be an app-level token (xapp-…, with connections:write); "
+        "a bot token (xoxb-…) cannot open Socket Mode",
+        "config.toml:4:1: '#ops' is not a Slack id (e.g. C0123ABCD): Slack events name them by id",
+        "config.toml:5:1: '@ann' is not a Slack id (e.g. U024BE7LH): Slack events name them by id",
+    ]
+
+
+async def test_a_dropped_socket_is_opened_again(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    async with FakeSlackSocket(app_token=APP_TOKEN) as slack:
+        run = await SourceRun(nats_server.url, tmp_path, "sl", toml(slack)).start()
+        await slack.wait_connected()
+        await slack.drop()  # no disconnect message: the network failed
+        await until(lambda: len(slack.connections) == 2 and slack.live is not None, what="a new socket")
+        env = await slack.send_message("C0OPS", "U1", "still here", event_id="Ev0300")
+        await until(lambda: slack.acked(env))
+        await run.stop()
+    assert [e["id"] for e in await run.events()] == ["Ev0300"]
+    assert run.health.last_error is not None and "closed" in run.health.last_error

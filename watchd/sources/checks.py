@@ -15,6 +15,7 @@ from watchd.sources.settings import (
     FileSettings,
     JournalSettings,
     PollSettings,
+    SlackSettings,
     SourceSettings,
     TelegramSettings,
     WebhookSettings,
@@ -186,10 +187,31 @@ def _check_telegram(s: Any, here: Path_, probs: FileProblems) -> None:
                 probs.at((*here, key, i), f"{value!r} is not a Telegram id (e.g. 123456, -1001234567890) or @username")
 
 
+def _check_slack(s: Any, here: Path_, probs: FileProblems) -> None:
+    assert isinstance(s, SlackSettings)
+    check_plain_subject(s.subject, (*here, "subject"), probs)
+    scheme = s.app_token.partition(":")[0]
+    if scheme not in ("env", "file", "cred") and not s.app_token.startswith("xapp-"):
+        probs.at(
+            (*here, "app_token"),
+            "`app_token` must be an app-level token (xapp-…, with connections:write); "
+            "a bot token (xoxb-…) cannot open Socket Mode",
+        )
+    # Socket Mode events name channels and users by id, never by #name or @name.
+    for key, pattern, example in (
+        ("channels", r"[CGD][A-Z0-9]{2,}", "C0123ABCD"),
+        ("senders", r"[UW][A-Z0-9]{2,}", "U024BE7LH"),
+    ):
+        for i, value in enumerate(getattr(s, key)):
+            if not re.fullmatch(pattern, value.strip()):
+                probs.at((*here, key, i), f"{value!r} is not a Slack id (e.g. {example}): Slack events name them by id")
+
+
 # Per type; a type's module adds its own when it has settings to check.
 CHECKS: dict[type, Callable[[Any, Path_, FileProblems], None]] = {
     PollSettings: _check_poll,
     FileSettings: _check_file,
     JournalSettings: _check_journal,
     TelegramSettings: _check_telegram,
+    SlackSettings: _check_slack,
 }
