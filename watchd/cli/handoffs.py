@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, get_args
 
 import click
 from rich.text import Text
 
-from watchd.cli.common import CONFIG_OPTION, dump_json, fail, http_get, load, one_line, out
-from watchd.errors import DaemonNotRunning
+from watchd.cli.common import CONFIG_OPTION, dump_json, err, fail, http_get, load, one_line, out, progress_bar
+from watchd.errors import DaemonNotRunning, WatchdError
 from watchd.model import HandoffState
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def _run_write(ctx: click.Context, config_path: str | None, action: str, ref: st
             pass  # written below: the daemon runs it when it starts
         else:
             if status != 202:
-                fail(str(answer.get("error") or f"watchd answered HTTP {status}"), answer.get("hint"))
+                raise WatchdError(str(answer.get("error") or f"watchd answered HTTP {status}"), answer.get("hint"))
             return f"replaying {answer['key']} (schedule {answer['schedule']}): it runs now with the same key"
     conn = connect_existing(db_path(loaded.state_dir))
     try:
@@ -165,23 +166,56 @@ def _dlq_write(ctx: click.Context, config_path: str | None, action: str, ref: st
 
 @dlq.command(name="replay")
 @CONFIG_OPTION
-@click.argument("handoff_id", metavar="ID")
+@click.argument("refs", metavar="ID...", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="every dead letter `watchd dlq list` shows")
 @click.pass_context
-def dlq_replay(ctx: click.Context, config_path: str | None, handoff_id: str) -> None:
-    """Deliver a dead handoff again, with the same id, from attempt 1; or run a dead scheduled run
-    (an id starting t_) again, with the same tick key, from attempt 1.
+def dlq_replay(ctx: click.Context, config_path: str | None, refs: tuple[str, ...], replay_all: bool) -> None:
+    """Deliver dead handoffs again, each with the same id, from attempt 1; or run dead scheduled runs
+    (ids starting t_) again, with the same tick key, from attempt 1. Many at once show a progress
+    bar on a terminal and end with a count; one that cannot be replayed is named, and the rest go on.
 
     \b
     Examples:
       watchd dlq replay h_3f2a9c
-      watchd dlq replay t_81c0d4
+      watchd dlq replay t_81c0d4 h_77b1e0
+      watchd dlq replay --all
     """
-    if handoff_id.startswith("t_"):  # a scheduled run's dead letter
-        out.print(Text(_run_write(ctx, config_path, "replay", handoff_id)))
+    if replay_all:
+        from watchd.explain.schedule import dead_runs_json
+        from watchd.status import list_handoffs
+
+        loaded = load(_dlq_config(ctx, config_path))
+        dead = list_handoffs(loaded, "dead", 1_000_000) + dead_runs_json(loaded, 1_000_000)
+        refs = tuple(str(h["id"]) for h in dead) + refs
+    if not refs:
+        fail("name the dead letters to replay", hint="`watchd dlq list` shows them; --all replays every one")
+    if len(refs) == 1:
+        out.print(Text(_replay_one(ctx, config_path, refs[0])))
         return
-    h, running = _dlq_write(ctx, config_path, "replay", handoff_id)
+    replayed, failed = 0, []
+    with progress_bar("replaying dead letters") as progress:
+        for n, ref in enumerate(dict.fromkeys(refs), 1):  # each once, in the order given
+            try:
+                _replay_one(ctx, config_path, ref)
+                replayed += 1
+            except WatchdError as exc:
+                failed.append(f"{ref}: {exc.message}")
+            if progress is not None:
+                progress(n, len(refs))
+    for line in failed:
+        err.print(Text(f"not replayed: {line}"))
+    some = f"replaying {replayed} dead letter{'s' if replayed != 1 else ''}"
+    out.print(Text(some + (f"; {len(failed)} not replayed" if failed else "")))
+    if failed:
+        sys.exit(1)
+
+
+def _replay_one(ctx: click.Context, config_path: str | None, ref: str) -> str:
+    if ref.startswith("t_"):  # a scheduled run's dead letter
+        return _run_write(ctx, config_path, "replay", ref)
+    h, running = _dlq_write(ctx, config_path, "replay", ref)
     when = "the running daemon sends it within a few seconds" if running else "it is sent when watchd starts"
-    out.print(Text(f"replaying {h.id} ({h.watch} → {h.target}): {when}"))
+    return f"replaying {h.id} ({h.watch} → {h.target}): {when}"
 
 
 @dlq.command(name="drop")
