@@ -81,4 +81,11 @@ async def test_recipe_a_telegram_keyword_wakes_an_agent_and_snooze_holds_it(
         tg.push_message(CHAT, "deploy stuck again", sender_id=OWNER)
         await until(lambda: d.decisions("deploy-trouble", "held"), what="the fire held")
         assert len(tg.messages) == 1
+
+        # `status` shows the source's health: what it stored, and the stranger's chat it dropped.
+        status = await d.cli("status", "--json")
+        [health] = [s for s in json.loads(status.stdout)["sources"] if s["name"] == "tg"]
+        assert health["type"] == "telegram" and health["rejections"] == {"chat": 1}
+        assert health["events"] == 4 and health["last_error"] is None
+        assert TOKEN not in status.stdout
         assert [line[:1] for line in woke.read_text().splitlines() if line] == ["{"]  # the one handoff
