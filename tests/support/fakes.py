@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import inspect
 import itertools
 import threading
 import time
@@ -148,12 +149,14 @@ class FakeServer:
             loop.close()
             self._loop = None
 
-    def threadsafe(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """fn(*args, **kwargs) on the fake's own loop (it is served by `threaded`), and its result."""
+    def threadsafe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs) on the fake's own loop (it is served by `threaded`), and its result
+        (awaited there when fn is a coroutine function)."""
         assert self._loop is not None, "threadsafe is for a fake served by threaded()"
 
-        async def call() -> T:
-            return fn(*args, **kwargs)
+        async def call() -> Any:
+            result = fn(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
 
