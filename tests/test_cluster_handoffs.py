@@ -193,3 +193,26 @@ async def test_metrics_status_and_explain_show_the_deployment(
         # explain names the instance that decided each handoff.
         text = (await a.cli("explain", "jobs")).stdout
         assert f"decided by {me.instance} on {me.host} (pid {me.pid})" in text, text
+
+
+async def test_a_dead_letter_replayed_on_the_instance_that_delivered_it_is_queued_again(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    async with FakeWebhook() as hook:
+        hook.fail(404, times=1)  # a receiver that does not know the endpoint: dead at once
+        a = await daemon_factory(WATCHES, nats_url=nats_server.url, extra_config=config(hook)).start()
+        await a.publish(make_event("job.run", id="ev-1"))
+        [dead] = await until(lambda: [h for h in a.handoffs("jobs") if h["state"] == "dead"], what="a dead letter")
+        assert "404" in (dead["last_error"] or "") and hook.handoff_ids == []
+
+        # Replayed with the same id: a new message in the queue (the first one's id is taken), delivered.
+        r = await a.cli("dlq", "replay", dead["id"])
+        assert r.returncode == 0, r.stderr
+        await until(lambda: hook.handoff_ids == [dead["id"]], what="the replay delivered")
+        await until(lambda: a.handoffs("jobs")[0]["state"] == "delivered", what="recorded as delivered")
+        nc = await bus.connect(nats_server.url, name="watchd-test")
+        try:
+            info = await nc.jetstream().stream_info(bus.HANDOFFS_STREAM)
+            assert info.state.messages == 2, "the replay is a message of its own"
+        finally:
+            await nc.close()

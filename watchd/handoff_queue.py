@@ -144,13 +144,20 @@ class HandoffQueue:
             n = 0
             while True:
                 rows = await self.store.call(outbox.unqueued, QUEUE_BATCH)
-                for h, not_before, updated_at in rows:
-                    await self._queue(h, not_before, updated_at)
+                # Published together (one round trip's wait for the lot, not one each); those that
+                # got through are recorded even when another failed, which is then raised.
+                results = await asyncio.gather(*(self._queue(*row) for row in rows), return_exceptions=True)
+                queued = [r for r in results if isinstance(r, tuple)]
+                if queued:
+                    await self.store.call(outbox.mark_queued, queued, self.clock(), self.instance)
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
                 n += len(rows)
                 if len(rows) < QUEUE_BATCH:
                     return n
 
-    async def _queue(self, h: Handoff, not_before: float, updated_at: float) -> None:
+    async def _queue(self, h: Handoff, not_before: float, updated_at: float) -> tuple[str, int, str]:
         # A handoff queued for the first time has its id as Nats-Msg-Id, on every instance that
         # decides it; a dead letter replayed by a user is a new message, named by the replay.
         msg_id = h.id if h.state == "pending" else f"{h.id}.replay.{round(updated_at * 1000)}"
@@ -167,7 +174,7 @@ class HandoffQueue:
         else:
             self.queued += 1
             detail = f"queued on {subject} (HANDOFFS seq {ack.seq})"
-        await self.store.call(outbox.mark_queued, h.id, ack.seq, self.clock(), detail, self.instance)
+        return h.id, ack.seq, detail
 
     async def keep_queueing(self, stop: asyncio.Event, upkeep: Upkeep) -> None:
         """Queue what the scheduler, agents and `dlq replay` add to the outbox (the engine queues

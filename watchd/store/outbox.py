@@ -232,17 +232,18 @@ def unqueued(conn: sqlite3.Connection, limit: int) -> list[tuple[Handoff, float,
     return [(_handoff(r[:14]), r[14], r[15]) for r in rows]
 
 
-def mark_queued(conn: sqlite3.Connection, hid: str, seq: int, now: float, detail: str, decided_by: str) -> None:
-    """The handoff is in the queue at `seq`. Its state says so unless a delivery (here, taken from
-    the queue at once) already moved it on."""
+def mark_queued(conn: sqlite3.Connection, queued: Iterable[tuple[str, int, str]], now: float, decided_by: str) -> None:
+    """Each (id, seq, detail): the handoff is in the queue at `seq`. Its state says so unless a
+    delivery (here, taken from the queue at once) already moved it on."""
     with Transaction(conn):
-        conn.execute(
-            "UPDATE handoffs SET queued_seq = ?, decided_by = COALESCE(decided_by, ?) WHERE id = ?",
-            (seq, decided_by, hid),
-        )
-        row = conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
-        if row and row[0] in ("pending", "retrying"):
-            _transition(conn, hid, QUEUED, now, detail)
+        for hid, seq, detail in queued:
+            conn.execute(
+                "UPDATE handoffs SET queued_seq = ?, decided_by = COALESCE(decided_by, ?) WHERE id = ?",
+                (seq, decided_by, hid),
+            )
+            row = conn.execute("SELECT state FROM handoffs WHERE id = ?", (hid,)).fetchone()
+            if row and row[0] in ("pending", "retrying"):
+                _transition(conn, hid, QUEUED, now, detail)
 
 
 def take_queued(conn: sqlite3.Connection, h: Handoff, seq: int, now: float, decided_by: str | None) -> tuple[str, int]:
