@@ -333,6 +333,16 @@ def _check_config(config: Config, probs: FileProblems, broken: set[str]) -> None
             _check_anthropic(config, name, agent, probs)
         if isinstance(agent, CommandAgent) and not agent.command:
             probs.at(("agent", name, "command"), '`command` needs at least the program, e.g. ["my-agent", "--stdin"]')
+        if isinstance(agent, CommandAgent) and agent.stable_command is not None and not agent.stable_command:
+            probs.at(
+                ("agent", name, "stable_command"),
+                '`stable_command` needs at least the program, e.g. ["my-agent-1.4", "--stdin"], or leave it out',
+            )
+        if agent.rollback is not None and not agent.rollback:
+            probs.at(
+                ("agent", name, "rollback"),
+                '`rollback` needs at least the program, e.g. ["pipx", "install", "my-agent==1.4.2"], or leave it out',
+            )
     for i, target in enumerate(config.alert or []):
         if target not in targets:
             probs.at(

@@ -162,6 +162,8 @@ class _AgentBase(_Strict, tag_field="type", kw_only=True):
     timeout: str = "5m"
     probe: list[str] | None = None  # the canary runs it: exit 0 means the agent can work
     version: list[str] | None = None  # its output changing (an upgrade) runs the release canary
+    # run when a new release fails its canary (e.g. reinstall the last good one); then canaried in turn
+    rollback: list[str] | None = None
 
 
 EscalationClass = Literal["overloaded", "rate_limited", "server_error", "timeout", "tool_error"]
@@ -191,6 +193,8 @@ class AnthropicAgent(_AgentBase, tag="anthropic", kw_only=True):
 
 class CommandAgent(_AgentBase, tag="command", kw_only=True):
     command: list[str]
+    # what runs the handoffs while a new release that failed its canary is held (README: release channels)
+    stable_command: list[str] | None = None
     state: Literal["agent", "per-key"] | None = None  # a state file handed to each run (README: agent state)
     reject_exit_code: Annotated[int, _range(1, 255)] = 75
 

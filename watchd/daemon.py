@@ -50,6 +50,7 @@ from watchd.errors import ConfigError, EventRejected, WatchdError
 from watchd.handoff_queue import HandoffQueue
 from watchd.jobs.builtin_watches import all_watches
 from watchd.jobs.canary import release_canary
+from watchd.jobs.release import ReleaseControl
 from watchd.link import reopens_of
 from watchd.liveness import MAX_IDLE_WAIT_S  # longest a fetch waits: a reload or stop is seen promptly
 from watchd.metrics import Metrics, task_families
@@ -112,6 +113,7 @@ class Daemon:
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
         self.queue: HandoffQueue | None = None  # on a NATS of one's own: the deployment's handoff queue
+        self.releases: ReleaseControl | None = None
         self.answers: Answers | None = None
         self.targets: dict[str, Target] = {}
         self._in_flight = InFlight()  # tokens the anthropic agents' calls hold, across reloads
@@ -224,7 +226,18 @@ class Daemon:
         await self._install(self.loaded, first=True)
         await clockjump.follow_saved(self.engine.clock, self.clock(), rewind=self._rewind, emit=self.emit)
         targets = self._build_targets(self.loaded)
-        self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics)
+        self.releases = ReleaseControl(
+            store=self.store,
+            clock=self.clock,
+            emit=self.emit,
+            loaded=lambda: self.loaded,
+            targets=lambda: self.targets,
+            wake=self.wake,
+            spawn=lambda name, factory: self._spawn(name, factory, once=True),
+        )
+        releases = self.releases
+        releases.hold_for_check()  # no handoff reaches an agent before its release is checked
+        self.dispatcher = Dispatcher(self.store, targets, clock=self.clock, metrics=self.metrics, gate=self.releases)
         self.answers = Answers(
             config=lambda: self.loaded.config,
             store=self.store,
@@ -286,6 +299,7 @@ class Daemon:
                 ack_wait_s=max(1.0, takeover_s),
                 clock=self.clock,
                 metrics=self.metrics,
+                gate=self.releases,
             )
             await self.queue.ensure_consumer()  # before anything of this deployment is queued
         if await self.lease.join():
@@ -356,6 +370,9 @@ class Daemon:
         await self._start_sources()
         if self.ingress is not None:  # the webhooks record their health with the other sources' now
             self.ingress.webhooks = ingress.webhook_routes(self)
+        releases = self.releases
+        assert releases is not None
+        self._spawn("release-check", lambda: releases.check("start"), once=True)
         self._spawn("release-canary", lambda: release_canary(self), once=True)
 
     async def _start_sources(self) -> None:
@@ -512,6 +529,10 @@ class Daemon:
             return False
         await self._install(loaded)
         self._replace_targets(loaded)
+        if self.releases is not None:  # a changed agent is checked before it gets a handoff
+            releases = self.releases
+            releases.hold_for_check()
+            self._spawn("release-check", lambda: releases.check("reload"), once=True)
         log.info("reloaded: %d watches", len(loaded.watches))
         await self.emit("watchd.config.reloaded", {"watches": len(loaded.watches)})
         return True

@@ -63,6 +63,19 @@ class Target(Protocol):
     async def deliver(self, handoff: Handoff) -> Outcome: ...
 
 
+class Gate(Protocol):
+    """What may stop or redirect deliveries to a target before they start (agents' releases,
+    watchd/jobs/release.py)."""
+
+    def paused(self, target: str) -> bool:
+        """Claim nothing for `target` for now (its release is being checked): no trace, no attempt."""
+        ...
+
+    def route(self, target: str) -> Target | Retry | None:
+        """None: deliver to the target; a Target: deliver there instead; a Retry: wait, as it says."""
+        ...
+
+
 def handoffs_from_fire(
     fire: Fire,
     template: str | None = None,
@@ -122,8 +135,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         per_target: int = 4,
         metrics: Metrics | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.metrics = metrics
+        self.gate = gate
         self.store = store
         self.targets = targets
         self.clock = clock
@@ -186,7 +201,11 @@ class Dispatcher:
 
     def _room(self) -> dict[str, int]:
         """How many more deliveries each target may start: its own limit, so a slow one holds up only itself."""
-        return {name: self.per_target - self._in_flight[name] for name in self.targets}
+        gate = self.gate
+        return {
+            name: 0 if gate is not None and gate.paused(name) else self.per_target - self._in_flight[name]
+            for name in self.targets
+        }
 
     async def _deliver(self, h: Handoff) -> None:
         try:
@@ -202,7 +221,7 @@ class Dispatcher:
         if target is None:
             await self.store.run(self.store.finish, h.id, "dead", self.clock(), no_target(h))
             return
-        outcome = await attempt(target, h)
+        outcome = await gated_attempt(self.gate, target, h)
         now = self.clock()
         if self.metrics is not None:
             latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None
@@ -224,6 +243,14 @@ async def attempt(target: Target, h: Handoff) -> Outcome:
     except Exception as exc:
         log.exception("delivery of %s to %s failed", h.id, h.target)
         return Retry(f"unexpected error: {type(exc).__name__}")
+
+
+async def gated_attempt(gate: Gate | None, target: Target, h: Handoff) -> Outcome:
+    """One attempt through the gate: held (a wait, as it says), redirected, or to the target itself."""
+    routed = gate.route(h.target) if gate is not None else None
+    if isinstance(routed, Retry):
+        return routed
+    return await attempt(routed or target, h)
 
 
 def settlement(h: Handoff, outcome: Outcome, now: float) -> tuple[str, str | None, float | None]:

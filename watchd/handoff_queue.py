@@ -42,7 +42,18 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from watchd import bus
-from watchd.dispatch import Dead, Delivered, Outcome, Target, attempt, fired_ago_s, no_target, outcome_label, settlement
+from watchd.dispatch import (
+    Dead,
+    Delivered,
+    Gate,
+    Outcome,
+    Target,
+    fired_ago_s,
+    gated_attempt,
+    no_target,
+    outcome_label,
+    settlement,
+)
 from watchd.errors import NatsUnavailable
 from watchd.link import PullSubscription, pull
 from watchd.model import HANDOFFS_PREFIX, Handoff, encode
@@ -61,6 +72,7 @@ QUEUE_BATCH = 256  # handoffs read from the outbox per look
 QUEUE_POLL_S = 2.0  # the longest the queueing loop sleeps (a `dlq replay` writes the SQLite from the CLI)
 MAX_IN_FLIGHT = 64  # deliveries under way at once (each target has its own limit besides)
 MAX_NAK_DELAY_S = 300.0  # a long hold is looked at again after this, so a changed clock is seen
+PAUSED_NAK_S = 1.0  # a handoff to an agent whose release is being checked is looked at again after this
 _SETTLED = ("delivered", "accepted", "done", "dead", "dropped")
 _decoder = msgspec.json.Decoder(Handoff)
 
@@ -87,7 +99,9 @@ class HandoffQueue:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         per_target: int = 4,
+        gate: Gate | None = None,
     ) -> None:
+        self.gate = gate  # agents' releases: a paused target waits unclaimed, a held one waits pending
         self.js = js
         self.nc = nc
         self.store = store
@@ -241,6 +255,9 @@ class HandoffQueue:
         if not_before > now:
             await msg.nak(delay=min(not_before - now, MAX_NAK_DELAY_S))
             return
+        if self.gate is not None and self.gate.paused(h.target):  # its release is being checked
+            await msg.nak(delay=PAUSED_NAK_S)
+            return
         seq = int(msg.metadata.sequence.stream)
         state, tries = await self.store.call(outbox.take_queued, h, seq, now, headers.get(DECIDED_BY_HEADER))
         if state in _SETTLED:
@@ -256,7 +273,7 @@ class HandoffQueue:
         else:
             async with self._in_progress(msg), self._limit(h.target):
                 started = time.monotonic()  # the request may reach the target from here on
-                outcome = await attempt(target, h)
+                outcome = await gated_attempt(self.gate, target, h)
         now = self.clock()
         if self.metrics is not None:
             latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None

@@ -402,7 +402,8 @@ async def start(daemon: Daemon) -> tuple[web.AppRunner, Ingress]:
     limits = ConnectionLimits(max_connections=cfg.max_connections or default_max_connections())
     try:
         answers = answer_api(daemon, ingress)
-        extra = [*answers.routes(), *schedule_routes(daemon, ingress), *dashboard_routes(daemon, token, answers)]
+        extra = [*answers.routes(), *schedule_routes(daemon, ingress), *release_routes(daemon, ingress)]
+        extra += [*dashboard_routes(daemon, token, answers)]
         runner, _port = await serve(ingress, host, port, limits, extra)
     except OSError as exc:
         raise WatchdError(
@@ -436,6 +437,20 @@ def schedule_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
 
     api = ScheduleApi(
         scheduler=lambda: daemon.scheduler,
+        authorized=ingress._authorized,
+        read_body=ingress.read_body,
+        refuse=lambda status, reason, message: ingress.error(status, reason, message),
+        token_set=ingress.token is not None,
+    )
+    return api.routes()
+
+
+def release_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
+    """POST /api/release (release_api.py), vetted by this listener's token."""
+    from watchd.release_api import ReleaseApi
+
+    api = ReleaseApi(
+        releases=lambda: daemon.releases,
         authorized=ingress._authorized,
         read_body=ingress.read_body,
         refuse=lambda status, reason, message: ingress.error(status, reason, message),

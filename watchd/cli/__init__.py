@@ -77,6 +77,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "source": ("sources:source_group", "Run one source on its own, or try it without publishing."),
     "nats": ("nats:nats", "The embedded NATS server: credentials for clients outside watchd."),
     "history": ("history:history_cmd", "Versions of a watch or schedule: content, file, time, git commit and author."),
+    "release": (
+        "release:release",
+        "Each agent's current, last-good and held release; promote or roll back one by hand.",
+    ),
     "run-now": ("runnow:run_now", "Run SCHEDULE's job now, through the same path as a tick, as a run of its own."),
     "schedules": (
         "schedules:schedules_cmd",

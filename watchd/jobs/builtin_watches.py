@@ -7,6 +7,8 @@ They are ordinary `WatchDef`s (file `<built-in>`), so the engine runs them, and 
   handoff goes through the outbox to the `watchd.canary` sink, which answers on NATS.
 - `watchd-canary-failed`: a canary failed (`watchd.job.canary.failed`).
 - `watchd-backup-failed`: a backup failed (`watchd.job.backup.failed`).
+- `watchd-release-failed`: an agent's new release failed its canary; its handoffs are held (or a
+  rollback ran): once per failed release (watchd/jobs/release.py). Only when agents are configured.
 - `watchd-backup-missing`: no verified backup (`watchd.job.backup.done`) for a whole backup period
   plus two hours (26 h for the default nightly one); only while a backup schedule is enabled.
 
@@ -104,6 +106,16 @@ def builtin_watches(loaded: Loaded) -> list[Watch]:
             then=alert,
         ),
     ]
+    if loaded.config.agent:
+        watches.append(
+            MatchWatch(
+                id="watchd-release-failed",
+                description="an agent's new release failed its canary: its handoffs are held, or it was rolled back",
+                on=Pattern(subject="watchd.release.failed"),
+                then=alert,
+                message="watchd: {event.data.summary}",
+            )
+        )
     periods = [
         p for s in enabled_schedules(loaded).values() if s.job == "backup" and (p := backup_period_s(s, loaded.zone()))
     ]

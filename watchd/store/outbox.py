@@ -388,6 +388,23 @@ def pending_by_target(conn: sqlite3.Connection, error_prefix: str) -> dict[str, 
     return dict(rows.fetchall())
 
 
+def release_waiting(conn: sqlite3.Connection, target: str, error_prefix: str, now: float, detail: str) -> int:
+    """Make due now the pending handoffs to `target` that wait for what `error_prefix` names (a held
+    release that was promoted or rolled back); each gets a transition saying why. How many."""
+    with Transaction(conn):
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM handoffs WHERE target = ? AND state = 'pending' AND last_error LIKE ? ESCAPE '\\'",
+                (target, _starting_with(error_prefix)),
+            )
+        ]
+        for hid in ids:
+            conn.execute("UPDATE handoffs SET next_attempt_at = ?, updated_at = ? WHERE id = ?", (now, now, hid))
+            _record(conn, hid, now, "pending", detail)
+    return len(ids)
+
+
 # ---- rows ------------------------------------------------------------------------------------------
 
 
