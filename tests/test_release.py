@@ -138,6 +138,9 @@ async def test_a_failed_release_holds_its_handoffs_alerts_once_and_a_promote_rel
         assert row["held_handoffs"] == 1
         text = (await d.cli("release")).stdout
         assert "agent.claw: HELD" in text and "1 handoffs waiting (release_failed)" in text
+        explained = json.loads((await d.cli("explain", "job-done", "--json")).stdout)
+        verdict = explained["verdict"]
+        assert f"{held['id']} pending for agent.claw, held: agent.claw's new release failed its canary" in verdict
 
         # Time passes and watchd restarts on the same release: it stays held, is not alerted again,
         # and the handoff has still used no attempt.

@@ -300,11 +300,14 @@ def _decider(h: HandoffRow) -> str:
 
 
 def _waiting(h: HandoffRow, t: Callable[[float], str], now: float) -> str:
-    """Why a handoff that is not out yet waits: quiet hours, an exhausted token budget, a backoff."""
+    """Why a handoff that is not out yet waits: quiet hours, an exhausted token budget, a held release,
+    a backoff."""
     if h.state not in ("pending", "retrying") or h.next_attempt_at <= now:
         return ""
     if (h.last_error or "").startswith("budget_exhausted"):  # pending: the agent's waits use no attempt
         return f", budget exhausted: waits until {t(h.next_attempt_at)}"
+    if (h.last_error or "").startswith("release_failed"):  # pending too: held until promoted or rolled back
+        return f", held: {h.target}'s new release failed its canary (see `watchd release`)"
     if h.state == "pending":
         return f", held for quiet hours until {t(h.next_attempt_at)}"
     return f", next try {t(h.next_attempt_at)}"
