@@ -133,6 +133,15 @@ async def test_source_test_prints_what_it_would_publish_and_publishes_nothing(tm
         assert "1 event(s) would be published; nothing was" in result.stderr
         assert not (proj.state_dir / "sources" / "shop.json").exists()
 
+        # --json: one object, the same event in it, nothing else on either stream
+        result = await asyncio.to_thread(run_cli, "source", "test", "shop", "--json", "--config", str(proj.config_path))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        report = json.loads(result.stdout)
+        assert report == {**report, "source": "shop", "type": "poll", "dropped": [], "last_error": None}
+        (again,) = report["events"]
+        assert again["subject"] == "shop.price" and again["data"]["current"] == "2.4" and again["source"] == "shop"
+        assert not (proj.state_dir / "sources" / "shop.json").exists()
+
 
 async def test_a_command_is_polled_without_a_shell(tmp_path: Path) -> None:
     from support.cli import run_cli

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +18,9 @@ from watchd.cli.options import CONFIG_OPTION, load_config_only
 from watchd.config import Loaded
 from watchd.errors import WatchdError
 from watchd.sources.settings import SourceSettings
+
+if TYPE_CHECKING:
+    from watchd.sources.publish import DryOutlet
 
 
 @click.group("source")
@@ -116,15 +121,18 @@ async def _run(loaded: Loaded, name: str, settings: SourceSettings, nats_url: st
     metavar="DURATION",
     help="run it this long (e.g. 30s) rather than once; a file source needs it to see changes",
 )
-def test_cmd(config_path: str | None, name: str, for_: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help='one object: {"source", "type", "events", "dropped", …}')
+def test_cmd(config_path: str | None, name: str, for_: str | None, as_json: bool) -> None:
     """Run source NAME once (one poll, one scan) or --for a while, and print each event it would
-    publish as a JSON line. Nothing is published and no position is saved; it starts from the
-    position the daemon saved, so a poll shows what would be a change now.
+    publish as a JSON line (with --json, one object at the end). Nothing is published and no
+    position is saved; it starts from the position the daemon saved, so a poll shows what would be
+    a change now.
 
     \b
     Examples:
       watchd source test site
       watchd source test inbox --for 30s
+      watchd source test site --json | jq '.events[].data'
     """
     loaded = load_config_only(config_path)
     settings = _settings(loaded, name)
@@ -136,11 +144,34 @@ def test_cmd(config_path: str | None, name: str, for_: str | None) -> None:
             seconds = parse_duration(for_)
         except ScheduleError as exc:
             raise WatchdError(f"--for: {exc.message}") from None
-    count = asyncio.run(_test(loaded, name, settings, seconds))
-    click.echo(f"{count} event(s) would be published; nothing was", err=True)
+    outlet, last_error = asyncio.run(_test(loaded, name, settings, seconds, quiet=as_json))
+    if as_json:
+        import msgspec
+
+        from watchd.cli.common import dump_json
+        from watchd.model import encode
+        from watchd.sources.settings import type_name
+
+        dump_json(
+            {
+                "source": name,
+                "type": type_name(settings),
+                "events": [msgspec.json.decode(encode(e)) for e in outlet.events],  # as stored
+                "dropped": outlet.dropped,
+                "last_error": last_error,
+            }
+        )
+        return
+    if last_error:
+        click.echo(f"last error: {last_error}", err=True)
+    click.echo(f"{len(outlet.events)} event(s) would be published; nothing was", err=True)
 
 
-async def _test(loaded: Loaded, name: str, settings: SourceSettings, seconds: float | None) -> int:
+async def _test(
+    loaded: Loaded, name: str, settings: SourceSettings, seconds: float | None, *, quiet: bool = False
+) -> tuple[DryOutlet, str | None]:
+    """The events the source would publish, and its last error (each event also printed as a JSON
+    line as it comes, unless `quiet`)."""
     from watchd.sources import make_source
     from watchd.sources.base import SourceContext
     from watchd.sources.publish import DryOutlet
@@ -149,16 +180,17 @@ async def _test(loaded: Loaded, name: str, settings: SourceSettings, seconds: fl
 
     source = make_source(name, settings)
     health = new_health(name, settings, time.time())
-    outlet = DryOutlet(name, sys.stdout, health, time.time)
+    outlet = DryOutlet(name, io.StringIO() if quiet else sys.stdout, health, time.time)
     position = PositionStore(loaded.state_dir / "sources").load(name)
     ctx = SourceContext(name, loaded.base_dir, position, outlet, health, time.time)
     if seconds is None:
         try:
             await source.once(ctx)
-            return len(outlet.events)
+            return outlet, health.last_error
         except NotImplementedError:
             seconds = 10.0
-            click.echo(f"{source.type_name} sources have no single round: watching for 10s", err=True)
+            if not quiet:
+                click.echo(f"{source.type_name} sources have no single round: watching for 10s", err=True)
     task = asyncio.create_task(source.run(ctx))
     done, _ = await asyncio.wait({task}, timeout=seconds)
     ctx.stop.set()
@@ -168,6 +200,4 @@ async def _test(loaded: Loaded, name: str, settings: SourceSettings, seconds: fl
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task  # re-raises what stopped it (WatchdError: one line)
-    if health.last_error:
-        click.echo(f"last error: {health.last_error}", err=True)
-    return len(outlet.events)
+    return outlet, health.last_error

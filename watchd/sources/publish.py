@@ -101,6 +101,7 @@ class DryOutlet(Outlet):
         self.health = health
         self.clock = clock
         self.events: list[Event] = []
+        self.dropped: list[str] = []  # why each event that could not be published was dropped
 
     async def emit(self, emits: Sequence[Emit], position: Position | None) -> None:
         for item in emits:
@@ -109,6 +110,7 @@ class DryOutlet(Outlet):
                 event = envelope(self.name, item, now)
             except EventRejected as exc:
                 self.health.rejected(exc.reason, exc.message, now)
+                self.dropped.append(exc.message)
                 self.out.write(f"# dropped: {exc.message}\n")
                 continue
             self.health.published(now, False)
