@@ -4,17 +4,22 @@ become events with their cursor as id, filters, `systemd.unit.failed`, resuming 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.journal import Journal, journal_backends, make_journal
+from support.project import Project
 from support.sources import SourceRun
 from support.waiting import until
 
 from watchd import config
 from watchd.bus import EmbeddedNats
 from watchd.errors import ConfigError
+from watchd.sources.state import PositionStore
 
 
 @pytest.fixture(params=journal_backends())
@@ -182,3 +187,41 @@ async def test_changed_filters_resume_without_losing_the_first_match(
     events = await until(lambda: run.stored(2))
     await run.stop()
     assert [e["data"]["message"] for e in events] == ["from cron", "from sshd, while down"]
+
+
+async def test_a_cursor_journalctl_cannot_use_starts_again_at_the_newest(
+    journal: Journal, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    if journal.name != "real":
+        pytest.skip("the stand-in does not check cursors; the machine's journalctl does")
+    run = SourceRun(nats_server.url, tmp_path, "j", source_toml(journal))
+    run.positions.save("j", {"cursor": "not-a-cursor"})
+    await run.start()
+    await until(lambda: run.task is not None and run.task.done(), what="the run to end")
+    failure = run.failed()
+    await run.stop()
+    assert failure is not None and "cannot use the saved cursor" in str(failure)
+    assert run.position() == {}
+    run = await SourceRun(nats_server.url, tmp_path, "j", source_toml(journal)).start()
+    await until(lambda: run.position().get("cursor"), what="a new starting cursor")
+    journal.write(MESSAGE="after the reset")
+    events = await until(lambda: run.stored(1))
+    await run.stop()
+    assert [e["data"]["message"] for e in events] == ["after the reset"]
+
+
+async def test_source_test_prints_the_entries_since_the_cursor(journal: Journal, tmp_path: Path) -> None:
+    project = Project(tmp_path / "p", extra_config=f"[source.units]\n{source_toml(journal)}")
+    journal.write(MESSAGE="old")
+    PositionStore(project.state_dir / "sources").save("units", {"cursor": journal.cursors()[-1]})
+    journal.write(MESSAGE="new one", PRIORITY="3")
+    journal.unit_failed("backup.service")
+    args = ("source", "test", "units", "--config", str(project.config_path))
+    result = await asyncio.to_thread(run_cli, *args, env=journal.env)
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["subject"], e["data"]["message"]) for e in printed] == [
+        ("journal.unknown", "new one"),
+        ("journal.backup.service", "backup.service: Failed with result 'exit-code'."),
+        ("systemd.unit.failed", "backup.service: Failed with result 'exit-code'."),
+    ]

@@ -262,14 +262,30 @@ class JournalSource(Source):
             hint="run the same journalctl yourself to see why (permissions: add the user to the systemd-journal group)",
         )
 
-    async def run(self, ctx: SourceContext) -> None:
+    async def once(self, ctx: SourceContext) -> None:
+        """`watchd source test`: the entries since the saved cursor (or the newest few), no follow."""
+        self._resolve_directory(ctx)
+        cursor = ctx.position.get("cursor")
+        start = [f"--cursor={cursor}"] if isinstance(cursor, str) and cursor else ["--lines=10"]
+        proc = await self._spawn([*self.base_args(), *start, *self.filter_args()])
+        out, err = await proc.communicate()
+        if proc.returncode:
+            raise self._failure(proc.returncode, err)
+        emits, _ = self.parse(out.splitlines(), ctx, skip=cursor if isinstance(cursor, str) else None)
+        await ctx.emit(emits)
+
+    def _resolve_directory(self, ctx: SourceContext) -> None:
         if self.cfg.directory:
             self.directory = str(ctx.base_dir / Path(self.cfg.directory).expanduser())
+
+    async def run(self, ctx: SourceContext) -> None:
+        self._resolve_directory(ctx)
         cursor = ctx.position.get("cursor")
         if not isinstance(cursor, str) or not cursor:
             cursor = await self.newest_cursor()
             if cursor:
                 await ctx.save({"cursor": cursor})
+        resumed = cursor
         proc = await self._spawn(self.follow_args(cursor))
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
@@ -293,6 +309,14 @@ class JournalSource(Source):
                         cursor = None  # only the first entry can be the one resumed from
             code = await proc.wait()
             err = await stderr_task
+            if resumed and b"seek to cursor" in err:
+                # A cursor journalctl cannot parse (a valid one always seeks, to the nearest entry
+                # if its own is gone): following it would fail forever, so start again at the newest.
+                await ctx.save({})
+                raise JournalError(
+                    f"source {self.name}: journalctl cannot use the saved cursor; starting again at the newest entry",
+                    hint=f"the position file of source {self.name} was damaged or written by hand",
+                )
             raise self._failure(code, err)
         finally:
             stop_task.cancel()
