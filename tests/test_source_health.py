@@ -88,6 +88,10 @@ async def test_a_failing_source_is_restarted_and_the_daemon_goes_on(
     assert not loop.failing and loop.restarts >= 1  # started again, and running
     (d.root / "missing" / "a.pdf").write_text("x")
     await until(lambda: _has(_subjects(d), "files.scans"), what="the file")
+    assert extra in d.config_path.read_text()
+    d.config_path.write_text(d.config_path.read_text().replace(extra, ""))
+    assert await d.running.reload()
+    assert "source-scans" not in d.running.upkeep.stats  # a source a reload removed leaves /metrics
 
 
 async def _subjects(d: InProcessDaemon) -> list[str]:

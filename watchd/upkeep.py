@@ -186,6 +186,11 @@ class Upkeep:
         st.failing = False
         self.logger.warning("%s restarted (restart %d)", name, st.restarts)
 
+    def forget(self, name: str) -> None:
+        """`name` is gone for good (a source a reload removed): its counters leave /metrics."""
+        self.stats.pop(name, None)
+        self.limiter.forget(name)
+
     # ---- loops ----
 
     async def every(

@@ -48,6 +48,11 @@ def new_health(name: str, settings: SourceSettings, now: float) -> SourceHealth:
     return SourceHealth(name=name, type=type_name(settings), expect_every_s=expect, started_at=now)
 
 
+def loop_name(source: str) -> str:
+    """The source's loop in the daemon's Upkeep (and /metrics)."""
+    return f"source-{source}"
+
+
 async def supervised(
     source: Source, ctx: SourceContext, positions: PositionStore | None = None, upkeep: Upkeep | None = None
 ) -> None:
@@ -59,7 +64,7 @@ async def supervised(
     backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
     upkeep = upkeep or Upkeep(ctx.stop, logger=log)
 
-    name = f"source-{source.name}"
+    name = loop_name(source.name)
     runs = 0
 
     async def step() -> None:
@@ -156,6 +161,8 @@ class SourceSet:
                 del self._settings[name]
                 if name not in sources:
                     self.health.pop(name, None)
+                    if self._upkeep is not None:
+                        self._upkeep.forget(loop_name(name))
         for name, settings in sources.items():
             if name in self._settings:
                 continue
