@@ -29,6 +29,7 @@ import msgspec
 
 from watchd.config import Agent, AnthropicAgent, CommandAgent, model_tiers
 from watchd.cron.proc import run_in_group
+from watchd.store.meta import metas_starting
 
 META_PREFIX = "release."
 VERSION_TIMEOUT_S = 10.0
@@ -93,7 +94,7 @@ def decode_record(raw: str | bytes) -> Record | None:
 def read_records(conn: sqlite3.Connection) -> dict[str, Record]:
     """Every agent's release record, by target name (`agent.x`)."""
     try:
-        rows = conn.execute("SELECT k, v FROM meta WHERE k LIKE 'release.agent.%'").fetchall()
+        rows = metas_starting(conn, META_PREFIX + "agent.")
     except sqlite3.OperationalError:  # a state file from before the meta table
         return {}
     records = {}

@@ -14,6 +14,11 @@ def get_meta(conn: sqlite3.Connection, k: str, default: str | None = None) -> st
     return row[0] if row else default
 
 
+def metas_starting(conn: sqlite3.Connection, prefix: str) -> list[tuple[str, str]]:
+    """Every (k, v) whose name starts with `prefix` (compared as text: no LIKE wildcards)."""
+    return conn.execute("SELECT k, v FROM meta WHERE substr(k, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+
+
 def get_float(conn: sqlite3.Connection, k: str) -> float | None:
     v = get_meta(conn, k)
     return None if v is None else float(v)
