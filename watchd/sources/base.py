@@ -97,6 +97,8 @@ class Source(abc.ABC):
     type_name: ClassVar[str]
     # Served by the daemon's HTTP listener rather than a task of its own (webhook).
     on_listener: ClassVar[bool] = False
+    # Keeps a position; False for a source whose service holds what it has not acknowledged (slack).
+    positional: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: SourceSettings) -> None:
         self.name = name

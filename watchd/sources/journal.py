@@ -271,8 +271,8 @@ class JournalSource(Source):
         out, err = await proc.communicate()
         if proc.returncode:
             raise self._failure(proc.returncode, err)
-        emits, _ = self.parse(out.splitlines(), ctx, skip=cursor if isinstance(cursor, str) else None)
-        await ctx.emit(emits)
+        emits, last = self.parse(out.splitlines(), ctx, skip=cursor if isinstance(cursor, str) else None)
+        await ctx.emit(emits, {"cursor": last} if last else None)
 
     def _resolve_directory(self, ctx: SourceContext) -> None:
         if self.cfg.directory:

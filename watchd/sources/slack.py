@@ -40,6 +40,7 @@ log = logging.getLogger("watchd.sources.slack")
 
 SERVICE = "Slack"
 HELLO_TIMEOUT_S = 30.0
+ONCE_QUIET_S = 1.0  # `once` reads until the socket has been quiet this long
 HEARTBEAT_S = 30.0  # ping the socket: a connection that died silently is noticed within a minute
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 MESSAGE_SUBTYPES = (None, "thread_broadcast", "file_share", "me_message")
@@ -48,6 +49,7 @@ MAX_TEXT = 40_000  # Slack's own limit on a message's text
 
 class SlackSource(Source):
     type_name: ClassVar[str] = "slack"
+    positional: ClassVar[bool] = False  # Slack holds what was not acknowledged
 
     def __init__(self, name: str, settings: SourceSettings) -> None:
         super().__init__(name, settings)
@@ -99,12 +101,27 @@ class SlackSource(Source):
         async with HttpClient() as self._http:
             await self._run(ctx)
 
-    async def _run(self, ctx: SourceContext) -> None:
+    def _prepare(self) -> None:
         token = http_client.resolve(f"source {self.name}", self.cfg.app_token, "app_token")
         if not token:
             raise WatchdError(f"source {self.name}: the Slack app token is empty", hint=f"set {self._token_ref}")
         self._token = token
         http_client.check_http_url(f"source {self.name}", self.cfg.api_base, "api_base")
+
+    async def once(self, ctx: SourceContext) -> None:
+        """One socket, read until it has been quiet for ONCE_QUIET_S; nothing is acknowledged, so
+        Slack keeps every envelope for the daemon."""
+        self._prepare()
+        async with HttpClient() as self._http:
+            try:
+                url = await self._socket_url()
+                if url is not None:
+                    await self._connection(url, ctx, ack=False, quiet_s=ONCE_QUIET_S)
+            except _Passing as exc:
+                raise WatchdError(exc.message) from None
+
+    async def _run(self, ctx: SourceContext) -> None:
+        self._prepare()
         failures = 0
         while not ctx.stop.is_set():
             try:
@@ -119,8 +136,11 @@ class SlackSource(Source):
             if await ctx.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]):
                 return
 
-    async def _connection(self, url: str, ctx: SourceContext) -> bool:
-        """Read one socket until Slack says disconnect (True), it breaks (_Passing) or we stop."""
+    async def _connection(
+        self, url: str, ctx: SourceContext, *, ack: bool = True, quiet_s: float | None = None
+    ) -> bool:
+        """Read one socket until Slack says disconnect (True), it breaks (_Passing), we stop, or
+        (with quiet_s) nothing came for that long after the hello."""
         session = self.http.session()
         try:
             ws = await session.ws_connect(url, heartbeat=HEARTBEAT_S, autoping=True)
@@ -131,7 +151,7 @@ class SlackSource(Source):
         try:
             hello = False
             while True:
-                receive = asyncio.ensure_future(ws.receive(timeout=None if hello else HELLO_TIMEOUT_S))
+                receive = asyncio.ensure_future(ws.receive(timeout=quiet_s if hello else HELLO_TIMEOUT_S))
                 await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
                     receive.cancel()
@@ -139,6 +159,8 @@ class SlackSource(Source):
                 try:
                     msg = receive.result()
                 except TimeoutError:
+                    if hello:
+                        return False  # quiet for quiet_s: a single round is over
                     raise _Passing(f"source {self.name}: Slack said no hello within {HELLO_TIMEOUT_S:g}s") from None
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     raise _Passing(f"source {self.name}: the Slack socket closed ({msg.type.name.lower()})")
@@ -162,7 +184,7 @@ class SlackSource(Source):
                     await self._envelope(body, ctx)
                     # Acknowledged only now that what it brought is stored: unacked, Slack re-sends.
                     # Dry (`watchd source test`), never: Slack keeps it for the daemon.
-                    if not ctx.outlet.dry:
+                    if ack and not ctx.outlet.dry:
                         await ws.send_json({"envelope_id": body["envelope_id"]})
         finally:
             stop.cancel()

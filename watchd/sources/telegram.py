@@ -87,12 +87,27 @@ class TelegramSource(Source):
         async with HttpClient() as self._http:
             await self._run(ctx)
 
-    async def _run(self, ctx: SourceContext) -> None:
+    def _prepare(self) -> None:
         token = http_client.resolve(f"source {self.name}", self.cfg.token, "token")
         if not token:
             raise WatchdError(f"source {self.name}: the Telegram bot token is empty", hint=f"set {self._token_ref}")
         self._token = token
         http_client.check_http_url(f"source {self.name}", self.cfg.api_base, "api_base")
+
+    async def once(self, ctx: SourceContext) -> None:
+        """One getUpdates that does not wait, from the saved offset (so it confirms nothing new);
+        no press is answered."""
+        self._prepare()
+        payload: dict[str, Any] = {"timeout": 0, "allowed_updates": UPDATE_KINDS}
+        if isinstance(offset := ctx.position.get("offset"), int):
+            payload["offset"] = offset
+        async with HttpClient() as self._http:
+            updates, _ = self._updates(await self._call("getUpdates", payload, 15), ctx)
+            if updates:
+                await self._handle(updates, ctx, answer=False)
+
+    async def _run(self, ctx: SourceContext) -> None:
+        self._prepare()
         offset = ctx.position.get("offset")
         # Dry (`watchd source test`): never send an offset past the saved one, which would make
         # Telegram forget the updates before the daemon stored them; show each update once.
@@ -158,7 +173,7 @@ class TelegramSource(Source):
         log.warning("%s", where)
         return None, float(retry_after) if retry_after is not None else resp.retry_after_s
 
-    async def _handle(self, updates: list[dict[str, Any]], ctx: SourceContext) -> int | None:
+    async def _handle(self, updates: list[dict[str, Any]], ctx: SourceContext, answer: bool = True) -> int | None:
         """Publish the events of some updates, then persist the next offset; answer the presses."""
         emits: list[Emit] = []
         presses: list[tuple[str, str]] = []  # (callback query id, text to show)
@@ -189,7 +204,7 @@ class TelegramSource(Source):
             await ctx.emit(emits)
             return None  # nobody is told anything: no offset, no answered press
         await ctx.emit(emits, {"offset": last + 1})
-        for query_id, shown in presses:
+        for query_id, shown in presses if answer else []:
             await self._answer_press(query_id, shown)
         return last + 1
 
