@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 from support import project
 from support.fakes import FakeWebhook
+from support.handoffs import make_handoff
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
 
 from watchd import bus
 from watchd.bus import EmbeddedNats
+from watchd.handoff_queue import HandoffQueue
 from watchd.model import make_event
+from watchd.store import Store
 
 WATCHES = {
     "jobs.toml": """
@@ -216,3 +221,28 @@ async def test_a_dead_letter_replayed_on_the_instance_that_delivered_it_is_queue
             assert info.state.messages == 2, "the replay is a message of its own"
         finally:
             await nc.close()
+
+
+async def test_a_handoff_nats_cannot_store_is_a_dead_letter_and_the_others_are_queued(
+    nats_client: Client, tmp_path: Path
+) -> None:
+    js = nats_client.jetstream()
+    await bus.ensure_streams(js)
+    store = await Store.open(tmp_path / "state.db")
+    try:
+        huge = make_handoff(id="h_huge", evidence=[{"id": "e1", "data": "x" * (nats_client.max_payload + 1)}])
+        odd = make_handoff(id="h_odd", target="notify.my hook")  # a space: not a subject token
+        await store.run(store.add_handoffs, [huge, odd], 0.0)
+        queue = HandoffQueue(js, nats_client, store, dict, cluster="watchd", instance="me", ack_wait_s=5)
+        await queue.queue_pending()  # neither raises nor stops at the one that cannot be stored
+
+        states = dict(await store.run(lambda: store.conn.execute("SELECT id, state FROM handoffs").fetchall()))
+        assert states == {"h_huge": "dead", "h_odd": "queued"}
+        [(error,)] = await store.run(
+            lambda: store.conn.execute("SELECT last_error FROM handoffs WHERE id = 'h_huge'").fetchall()
+        )
+        assert error.startswith("not queued: message of") and "max_payload" in error
+        msg = await js.get_msg(bus.HANDOFFS_STREAM, 1)
+        assert msg.subject == "watchd.handoffs.notify.my_hook" and msg.headers and msg.headers["Nats-Msg-Id"] == "h_odd"
+    finally:
+        await asyncio.to_thread(store.close)

@@ -54,7 +54,7 @@ from watchd.dispatch import (
     outcome_label,
     settlement,
 )
-from watchd.errors import NatsUnavailable
+from watchd.errors import EventRejected, NatsUnavailable
 from watchd.link import PullSubscription, pull
 from watchd.model import HANDOFFS_PREFIX, Handoff, encode
 from watchd.store import Store, outbox
@@ -75,6 +75,13 @@ MAX_NAK_DELAY_S = 300.0  # a long hold is looked at again after this, so a chang
 PAUSED_NAK_S = 1.0  # a handoff to an agent whose release is being checked is looked at again after this
 _SETTLED = ("delivered", "accepted", "done", "dead", "dropped")
 _decoder = msgspec.json.Decoder(Handoff)
+
+
+def handoff_subject(target: str) -> str:
+    """`watchd.handoffs.<target>`; a character a subject cannot hold (a space, a wildcard) becomes `_`
+    (the deliverer reads the target from the handoff itself)."""
+    tokens = [re.sub(r"[^A-Za-z0-9_-]", "_", t) or "_" for t in target.split(".")]
+    return HANDOFFS_PREFIX + ".".join(tokens)
 
 
 def durable_name(cluster: str) -> str:
@@ -161,11 +168,15 @@ class HandoffQueue:
                 # Published together (one round trip's wait for the lot, not one each); those that
                 # got through are recorded even when another failed, which is then raised.
                 results = await asyncio.gather(*(self._queue(*row) for row in rows), return_exceptions=True)
+                for (h, _, _), r in zip(rows, results, strict=True):
+                    if isinstance(r, EventRejected):  # it never will be (too big): a dead letter, not a stuck engine
+                        log.warning("handoff %s to %s cannot be queued: %s", h.id, h.target, r.message)
+                        await self.store.run(self.store.finish, h.id, "dead", self.clock(), f"not queued: {r.message}")
                 queued = [r for r in results if isinstance(r, tuple)]
                 if queued:
                     await self.store.call(outbox.mark_queued, queued, self.clock(), self.instance)
                 for r in results:
-                    if isinstance(r, BaseException):
+                    if isinstance(r, BaseException) and not isinstance(r, EventRejected):
                         raise r
                 n += len(rows)
                 if len(rows) < QUEUE_BATCH:
@@ -179,7 +190,7 @@ class HandoffQueue:
         if not_before > self.clock():
             headers[NOT_BEFORE_HEADER] = repr(not_before)
         h.state, h.attempt = "pending", 1
-        subject = HANDOFFS_PREFIX + h.target
+        subject = handoff_subject(h.target)
         ack = await bus.publish_raw(self.js, subject, encode(h), msg_id, headers=headers)
         if ack.duplicate:
             self.duplicates += 1
