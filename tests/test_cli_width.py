@@ -5,13 +5,17 @@ configured zone, or UTC with --utc, and --json stays UTC."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from support.cli import run_cli
 from support.inprocess import InProcessDaemon
 from support.waiting import until
+from test_backtest import write_project
 
 from watchd.model import make_event
 from watchd.store.runs import close_run, new_run
@@ -121,3 +125,18 @@ async def test_handoffs_schedules_runs_and_explain_fit_80_columns(
     explain = (await d.cli("explain", "nightly-database-backup-finished")).stdout
     timeline = explain.split("\ntimeline:\n", 1)[1]  # the verdict above is prose, wrapped by the terminal
     fits(timeline, hid, "db-primary.eu-central.example.com")
+
+
+def test_the_backtest_summary_fits_80_columns(tmp_path: Path) -> None:
+    events = [
+        {"subject": "backup.done", "time": f"2026-11-22T0{h}:00:00Z", "data": {"host": f"db-{h}.example.com"}}
+        for h in range(1, 6)
+    ]
+    write_project(tmp_path, WATCHES["w.toml"], events, zone="Europe/Berlin")
+    args = ("test", str(tmp_path / "w.toml"), "--events", str(tmp_path / "events.jsonl"))
+    code, out, err = run_cli(*args, "--config", str(tmp_path / "config.toml"))
+    assert code == 0, err
+    # eight columns: a long watch id folds onto a second line (never cut), the counts and times stay whole
+    fits(out, "11-22 02:00  11-22 06:00", prose=("backtest of ",))
+    row = next(line for line in out.splitlines() if line.startswith("nightly-database-"))
+    assert re.search(r"\slive\s+15\s+11-22 02:00\s+11-22 06:00\s+5\s+5\s+0", row), row

@@ -447,7 +447,7 @@ def render(report: Report, console: Console, all_fires: bool = False) -> None:
             str(t.misses),
         )
         summary.add_row(*(Text(c) for c in cells))
-    console.print(summary)
+    console.print(summary, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     _skipped(console, "skipped line", report.skipped)
     _skipped(console, "rejected seq", report.rejected)
     fires_n = len(report.fires)
