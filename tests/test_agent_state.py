@@ -23,6 +23,9 @@ fake = pytest.fixture(serve_fake)
 _closing = pytest.fixture(autouse=True)(closing_runners)
 
 
+NIGHTLY_DQ = '[[watch]]\nid = "nightly-dq"\nkind = "match"\non = { subject = "dq.night" }\n'
+
+
 def nightly(n: int) -> Any:
     return handoff(f"h_night{n}", watch="nightly-dq", key="orders", reason=f"nightly check {n}")
 
@@ -46,9 +49,10 @@ def user_texts(call: dict[str, Any]) -> str:
 async def test_state_across_three_runs_one_capped_and_resumed_by_the_next_trigger(
     tmp_path: Path, fake: FakeAnthropic
 ) -> None:
-    p = Project(tmp_path / "p")
+    p = Project(tmp_path / "p", {"w.toml": NIGHTLY_DQ})
     store = Store(p.db_path)
     try:
+        store.add_handoffs([nightly(n) for n in (1, 2, 3)], 0.0)  # in the outbox, as fires put them: explain lists them
         r = runner(fake, store, state="per-key", max_steps=3)
         # Night 1: nothing saved yet; it reads, then saves the baseline, then is done.
         fake.turns(
@@ -131,6 +135,22 @@ async def test_state_across_three_runs_one_capped_and_resumed_by_the_next_trigge
     assert code == 1 and "no state for that watch and key" in err and "Traceback" not in err
     transcript = json.loads(run_cli("runs", "show", "h_night3", "--json", *cfg).stdout)
     assert transcript["steps"][0]["request"]["summary"].startswith("resumes the checkpoint of h_night2")
+
+    # explain: each handoff's run with its checkpoint, the resume and the state versions it wrote
+    handoffs = json.loads(run_cli("explain", "nightly-dq", "--json", *cfg).stdout)["handoffs"]
+    runs = {h["id"]: h.get("run") for h in handoffs}
+    assert [h["target"] for h in handoffs if runs[h["id"]] is None] == ["notify.phone"]  # night 2's notify: no run
+    state = {"agent": "agent.triage", "watch": "nightly-dq", "key": "orders"}
+    assert runs["h_night1"]["state_versions"] == [{**state, "version": 1}]
+    assert runs["h_night2"]["checkpoint"] == {"limit": "max_steps", "resumed_by": "h_night3"}
+    assert runs["h_night2"]["state_versions"] == [{**state, "version": 2}]
+    assert runs["h_night3"]["resumed"] == {"from": "h_night2", "limit": "max_steps"}
+    assert runs["h_night3"]["state_versions"] == [{**state, "version": 3}] and len(runs["h_night3"]["runs"]) == 1
+    text = " ".join(run_cli("explain", "nightly-dq", *cfg).stdout.split())  # as wrapped for 80 columns
+    night2 = "h_night2: checkpointed at max_steps, resumed by h_night3; wrote state agent.triage (nightly-dq, orders) "
+    night2 += "v2"
+    assert night2 in text
+    assert "h_night3: resumed the checkpoint of h_night2 (it stopped at max_steps); wrote state" in text
 
 
 async def test_one_document_per_agent_is_shared_by_every_watch_and_key(tmp_path: Path, fake: FakeAnthropic) -> None:

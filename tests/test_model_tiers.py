@@ -23,13 +23,15 @@ _closing = pytest.fixture(autouse=True)(closing_runners)
 
 TIERS = ["claude-haiku-4-5", "claude-sonnet-4-5"]
 PRICES = {"claude-haiku-4-5": Price(input=1.0, output=5.0), "claude-sonnet-4-5": Price(input=3.0, output=15.0)}
+URGENT_MAIL = '[[watch]]\nid = "urgent-mail"\nkind = "match"\non = { subject = "mail.received" }\n'
 USAGE = {"input_tokens": 1000, "output_tokens": 100, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
 
 
 async def test_a_model_that_calls_escalate_hands_the_run_to_the_next_tier(tmp_path: Path, fake: FakeAnthropic) -> None:
-    p = Project(tmp_path / "p")
+    p = Project(tmp_path / "p", {"w.toml": URGENT_MAIL})
     store = Store(p.db_path)
     try:
+        store.add_handoffs([handoff()], 0.0)  # in the outbox, as a fire puts it: `explain` lists it
         fake.turns(
             tool_use("escalate", {"reason": "the contract clause needs careful reading"}, usage=USAGE),
             tool_use("notify", {"to": "notify.phone", "message": "clause 7 breached"}, usage=USAGE),
@@ -66,6 +68,21 @@ async def test_a_model_that_calls_escalate_hands_the_run_to_the_next_tier(tmp_pa
     assert (
         "escalated at step 1: claude-haiku-4-5 -> claude-sonnet-4-5"
         in run_cli("runs", "show", listed["id"], *cfg).stdout
+    )
+    # explain names the escalation on the handoff whose run had it
+    listed_handoffs = json.loads(run_cli("explain", "urgent-mail", "--json", *cfg).stdout)["handoffs"]
+    (h,) = [x for x in listed_handoffs if x["target"] == "agent.triage"]  # (and the notify it queued, no run)
+    assert h["run"] == {
+        "runs": [listed["id"]],
+        "escalations": [esc],
+        "checkpoint": None,
+        "resumed": None,
+        "state_versions": [],
+    }
+    text = " ".join(run_cli("explain", "urgent-mail", *cfg).stdout.split())  # as wrapped for 80 columns
+    assert (
+        f"{h['id']}: escalated claude-haiku-4-5 → claude-sonnet-4-5 at step 1 (the contract clause needs careful "
+        "reading)" in text
     )
 
 

@@ -92,6 +92,10 @@ def render_watch(report: WatchReport, console: Console) -> None:
     if report.handoffs:
         console.print(Text(f"\nhandoffs ({len(report.handoffs)}):"))
         _handoff_table(console, report.handoffs[-20:])
+        for h in report.handoffs[-20:]:  # what an agent's run did beyond its outcome
+            facts = report.runs.get(h.id)
+            if facts is not None and facts.notable():
+                console.print(Text(f"  {h.id}: {facts.words()}"), soft_wrap=False)
 
 
 NAME_WIDTH = 36  # room for a long key or watch id, leaving the reason its share of 80 columns

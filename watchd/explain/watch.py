@@ -92,6 +92,7 @@ from watchd.store.decisions import decisions_kept_from, event_decisions, watch_d
 from watchd.store.engine_state import Heard, engine_view, heard
 from watchd.store.history import Version, version_at, versions_of
 from watchd.store.outbox import HandoffRow, handoff_rows
+from watchd.store.run_facts import RunFacts, run_facts
 
 TIMELINE_LIMIT = 50
 READ_LIMIT = 20_000  # decisions read per explain: enough for the verdict; totals come from SQL
@@ -161,6 +162,7 @@ class WatchReport:
     note: str | None = None  # e.g. a --since that reaches past what retention kept
     sources: list[str] = field(default_factory=list)  # silent sources that feed it (explain/sources.py)
     versions: list[Version] = field(default_factory=list)  # its definition history, oldest first
+    runs: dict[str, RunFacts] = field(default_factory=dict)  # handoff id -> what its agent run did
 
     def version_of(self, at: float) -> int | None:
         """The version behind a decision made at `at`."""
@@ -189,7 +191,10 @@ class WatchReport:
                 }
                 for d in self.timeline
             ],
-            "handoffs": [h.to_json() for h in self.handoffs],
+            "handoffs": [
+                {**h.to_json(), **({"run": self.runs[h.id].to_json()} if h.id in self.runs else {})}
+                for h in self.handoffs
+            ],
             "next_due": iso(self.next_due),
             "note": self.note,
             "sources": self.sources,
@@ -562,6 +567,7 @@ def explain_from_db(
         totals=totals,
     )
     report.versions = versions_of(conn, watch_id, "watch")
+    report.runs = run_facts(conn, [h.id for h in report.handoffs])
     kept_from = decisions_kept_from(conn)
     if since_ts is not None and kept_from is not None and since_ts < kept_from:
         report.note = (

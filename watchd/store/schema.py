@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS agent_state (agent TEXT NOT NULL, watch TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS agent_checkpoints (agent TEXT NOT NULL, watch TEXT NOT NULL, key TEXT NOT NULL,
     handoff_id TEXT NOT NULL, run_id TEXT NOT NULL, limit_hit TEXT NOT NULL, at REAL NOT NULL, resumed_by TEXT,
     PRIMARY KEY (agent, watch, key, handoff_id));
+CREATE INDEX IF NOT EXISTS agent_checkpoints_handoff ON agent_checkpoints (handoff_id);
+CREATE INDEX IF NOT EXISTS agent_checkpoints_resumed ON agent_checkpoints (resumed_by);
+CREATE INDEX IF NOT EXISTS agent_state_handoff ON agent_state (handoff_id);
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, digest TEXT NOT NULL, version INTEGER NOT NULL,
     since REAL NOT NULL, completed_at REAL);
 CREATE TABLE IF NOT EXISTS schedule_ticks (key TEXT PRIMARY KEY, schedule TEXT NOT NULL, version INTEGER NOT NULL,
