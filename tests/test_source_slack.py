@@ -52,9 +52,13 @@ async def test_channel_messages_become_events_acked_once_stored(nats_server: Emb
     assert run.health.rejections == {"chat": 1, "sender": 1}
 
 
-async def test_a_button_press_becomes_an_answer(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    async with FakeSlackSocket(app_token=APP_TOKEN) as slack:
-        run = await SourceRun(nats_server.url, tmp_path, "sl", toml(slack, 'senders = ["U1"]')).start()
+async def test_a_button_press_becomes_an_answer(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_SOURCE_BOT_TOKEN", "xoxb-source-bot")
+    async with FakeSlackSocket(app_token=APP_TOKEN, bot_token="xoxb-source-bot") as slack:
+        extra = 'senders = ["U1"]\nbot_token = "env:SLACK_SOURCE_BOT_TOKEN"'
+        run = await SourceRun(nats_server.url, tmp_path, "sl", toml(slack, extra)).start()
         await slack.wait_connected()
         press = await slack.send_block_action("mute:h_77aa", user="U1", channel="C0OPS", message_ts="1700000001.000200")
         stranger = await slack.send_block_action("ack:h_77aa", user="U9", channel="C0OPS")
@@ -74,6 +78,8 @@ async def test_a_button_press_becomes_an_answer(nats_server: EmbeddedNats, tmp_p
         "source": "sl",
     }
     assert run.health.rejections == {"sender": 1}
+    # The stranger alone is told the press did nothing.
+    assert slack.ephemerals == [{"channel": "C0OPS", "user": "U9", "text": "You are not allowed to answer this alert."}]
 
 
 async def test_disconnect_reconnects_and_a_resent_envelope_is_stored_once(

@@ -75,6 +75,7 @@ class FakeSlackSocket(FakeServer):
         self.acks: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, Envelope] = {}  # sent or queued, not acknowledged
         self.tickets: set[str] = set()
+        self.ephemerals: list[dict[str, Any]] = []  # chat.postEphemeral bodies (with the bot token)
         self.hello = True  # False: connect and say nothing (a broken server)
         self._live: Connection | None = None
         self._connected = asyncio.Event()
@@ -86,6 +87,11 @@ class FakeSlackSocket(FakeServer):
         app.router.add_get("/link/", self._socket)
 
     async def respond(self, req: Request) -> Reply:
+        if req.path == "/api/chat.postEphemeral":  # the bot token's one use here
+            if req.headers.get("Authorization") != f"Bearer {self.bot_token}":
+                return Reply(json={"ok": False, "error": "invalid_auth"})
+            self.ephemerals.append(req.json if isinstance(req.json, dict) else {})
+            return Reply(json={"ok": True, "message_ts": f"{time.time():.6f}"})
         if req.path != "/api/apps.connections.open":
             return Reply(404, text="not found")
         auth = req.headers.get("Authorization", "")

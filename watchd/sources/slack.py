@@ -15,7 +15,9 @@ few hours) closes this socket and opens a new one; `link_disabled` is an error.
 - `interactive` `block_actions` on one of watchd's buttons by an allowed user becomes
   `chat.answer` (chat.py) with id `slack-<trigger_id>`, unique per press and kept by a re-send.
 
-No state persists: Slack holds what was not acknowledged. The app token is never logged or shown.
+A press by someone not allowed does nothing; with `bot_token` set, the presser alone is told so
+(an ephemeral message). No state persists: Slack holds what was not acknowledged. The tokens are
+never logged or shown.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ ONCE_QUIET_S = 1.0  # `once` reads until the socket has been quiet this long
 HEARTBEAT_S = 30.0  # ping the socket: a connection that died silently is noticed within a minute
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 MESSAGE_SUBTYPES = (None, "thread_broadcast", "file_share", "me_message")
-MAX_TEXT = 40_000  # Slack's own limit on a message's text
+MAX_TEXT = 40_000
+NOT_ALLOWED = "You are not allowed to answer this alert."  # Slack's own limit on a message's text
 
 
 class SlackSource(Source):
@@ -59,12 +62,13 @@ class SlackSource(Source):
         self.allow = AllowList.of(settings.channels, settings.senders)
         self._token_ref = http_client.secret_ref(settings.app_token, "app_token")
         self._token = ""
+        self._bot_token = ""  # optional: tells a presser who may not act so (chat.postEphemeral)
         self.connections = 0  # sockets opened (for health and tests)
         self._http: HttpClient | None = None  # while it runs: see run
 
     @property
     def _secrets(self) -> list[str]:
-        return [self._token]
+        return [self._token, self._bot_token]
 
     # -- connecting --
 
@@ -106,6 +110,7 @@ class SlackSource(Source):
         if not token:
             raise WatchdError(f"source {self.name}: the Slack app token is empty", hint=f"set {self._token_ref}")
         self._token = token
+        self._bot_token = http_client.resolve(f"source {self.name}", self.cfg.bot_token, "bot_token") or ""
         http_client.check_http_url(f"source {self.name}", self.cfg.api_base, "api_base")
 
     async def once(self, ctx: SourceContext) -> None:
@@ -199,7 +204,9 @@ class SlackSource(Source):
         if body.get("type") == "events_api":
             emit = self._message(payload, ctx)
         elif body.get("type") == "interactive":
-            emit = self._press(payload, ctx)
+            emit, refused = self._press(payload, ctx)
+            if refused is not None and not ctx.outlet.dry:
+                await self._tell_not_allowed(*refused)
         if emit is not None:
             await ctx.emit([emit])
 
@@ -231,18 +238,37 @@ class SlackSource(Source):
         when = _float(event.get("event_ts") or ts)
         return Emit(self.subject, data, event_id, when)
 
-    def _press(self, payload: dict[str, Any], ctx: SourceContext) -> Emit | None:
+    def _press(self, payload: dict[str, Any], ctx: SourceContext) -> tuple[Emit | None, tuple[str, str] | None]:
+        """The answer event of a press, or the (channel, user) of a press that is not allowed."""
         answer = slack_answer(payload, self.name)
         trigger = payload.get("trigger_id")
         if answer is None or not isinstance(trigger, str):
-            return None  # not one of watchd's buttons
-        user = str(answer["by"]).removeprefix("slack:")
-        refusal = self.allow.refusal(str(answer.get("chat") or ""), user)
+            return None, None  # not one of watchd's buttons
+        user, channel = str(answer["by"]).removeprefix("slack:"), str(answer.get("chat") or "")
+        refusal = self.allow.refusal(channel, user)
         if refusal is not None:
             ctx.health.rejections["chat" if refusal == "chat" else "sender"] += 1
             log.info("source %s: a button press by Slack user %s was dropped: not allowed", self.name, user[:40])
-            return None
-        return Emit(ANSWER_SUBJECT, answer, f"slack-{trigger}"[:128])
+            return None, (channel, user)
+        return Emit(ANSWER_SUBJECT, answer, f"slack-{trigger}"[:128]), None
+
+    async def _tell_not_allowed(self, channel: str, user: str) -> None:
+        """With a `bot_token`, the presser alone is told the press did nothing (an ephemeral message)."""
+        if not self._bot_token or not channel:
+            return
+        resp = await self.http.send(
+            "POST",
+            f"{self.cfg.api_base.rstrip('/')}/chat.postEphemeral",
+            name=f"source {self.name}",
+            service=SERVICE,
+            secrets=self._secrets,
+            headers={"Authorization": f"Bearer {self._bot_token}"},
+            json={"channel": channel, "user": user, "text": NOT_ALLOWED},
+        )
+        data = resp.data if isinstance(resp, Response) and isinstance(resp.data, dict) else {}
+        if data.get("ok") is not True:
+            why = resp.detail if not isinstance(resp, Response) else str(data.get("error") or resp.status)[:80]
+            log.info("source %s: could not tell Slack user %s the press was not allowed: %s", self.name, user[:40], why)
 
 
 class _Passing(Exception):
