@@ -225,3 +225,22 @@ async def test_source_test_prints_the_entries_since_the_cursor(journal: Journal,
         ("journal.backup.service", "backup.service: Failed with result 'exit-code'."),
         ("systemd.unit.failed", "backup.service: Failed with result 'exit-code'."),
     ]
+
+
+async def test_without_journalctl_the_source_says_so_in_one_line(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    run = await SourceRun(nats_server.url, tmp_path, "j", 'type = "journal"').start()
+    await until(lambda: run.task is not None and run.task.done(), what="the run to end")
+    failure = run.failed()
+    await run.stop()
+    assert failure is not None and str(failure) == "source j: journalctl is not installed or not on PATH"
+
+    path = tmp_path / "config.toml"
+    path.write_text('[source.j]\ntype = "journal"\n')
+    result = await asyncio.to_thread(run_cli, "validate", "--config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "journalctl is not on PATH here" in result.stdout + result.stderr

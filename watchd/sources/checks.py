@@ -167,6 +167,12 @@ def _check_journal(s: Any, here: Path_, probs: FileProblems) -> None:
     for i, unit in enumerate(s.units):
         if not unit.strip() or any(c.isspace() for c in unit):
             probs.at((*here, "units", i), f"unit {unit!r} is not a unit name, e.g. backup.service")
+    import shutil
+
+    if shutil.which("journalctl") is None:
+        probs.warn(
+            here, "journalctl is not on PATH here: the journal source can only run where systemd's journalctl is"
+        )
     for key in s.match:
         if not _JOURNAL_FIELD.match(key) or key.startswith("__"):
             probs.at(
