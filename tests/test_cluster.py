@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.client import Client
 from support import project
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
@@ -22,8 +24,10 @@ from support.waiting import until
 
 from watchd import bus, cluster
 from watchd.bus import EmbeddedNats
+from watchd.config import ClusterConfig
 from watchd.errors import WatchdError
 from watchd.model import make_event
+from watchd.upkeep import Upkeep
 
 WATCHES = {
     "jobs.toml": """
@@ -322,3 +326,38 @@ async def test_a_holder_that_finds_its_lease_taken_stops_deciding(
     failure = a.running.failure
     assert failure is not None and "lost the lease of cluster 'watchd' to watchd on elsewhere (pid 1" in failure.message
     assert a.running.lease is not None and not a.running.lease.held()
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def test_a_renewal_that_timed_out_but_reached_nats_keeps_the_lease(
+    nats_server: EmbeddedNats, nats_client: Client
+) -> None:
+    """NATS stalls (frozen here with SIGSTOP): a renewal times out at the holder, yet the server
+    applies it once it runs again. The holder's next renewal then names an old revision; it must
+    see that the lease is still its own and renew, not report it lost to itself and stop. The
+    lease loop counts the stall like any loop's failure."""
+    js = nats_client.jetstream(timeout=0.5)
+    lease = cluster.Lease(js, ClusterConfig(name="stall"), 6.0, state_dir="/s", watches="w", embedded=False)
+    await lease.open()
+    assert await lease.join()
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    lost: list[str] = []
+    task = asyncio.create_task(lease.keep(upkeep, _nothing, lost.append))
+    await until(lambda: "cluster-lease" in upkeep.stats and upkeep.stats["cluster-lease"].runs >= 2)
+    loop = upkeep.stats["cluster-lease"]
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)
+    try:
+        await until(lambda: loop.failing, timeout_s=10, what="a renewal to time out")
+        await asyncio.sleep(1.0)  # more renewals time out, each queued at the frozen server
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    await until(lambda: not loop.failing or lost, timeout_s=10, what="the next renewal")
+    assert lost == [] and lease.held(), lost
+    assert loop.failures >= 1 and loop.last_error == "TimeoutError: nats: timeout"
+    stop.set()
+    await task

@@ -361,12 +361,24 @@ class Lease:
         assert self.holder is not None
         sent = time.monotonic()
         value = msgspec.json.encode(self.holder)
-        try:
-            if self.embedded:
-                self._revision = await self._kv.put(LEASE_KEY, value)
-            else:
-                self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        for _ in range(2):
+            try:
+                if self.embedded:
+                    self._revision = await self._kv.put(LEASE_KEY, value)
+                else:
+                    self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:
+                holder, revision = await self._read_lease()
+                if holder is None or holder.instance != self.me.instance:
+                    self._lost = True
+                    self.holder = holder
+                    return False
+                # Still this instance's, a revision on: an earlier renewal timed out here (NATS
+                # stalled) but reached the server after all. No other instance can have held it
+                # meanwhile (taking it creates the key anew, under its own name): renew from there.
+                self._revision = revision
+        else:
             self._lost = True
             self.holder = await self._read_holder()
             return False
@@ -497,14 +509,18 @@ class Lease:
             self.holder = await self._read_holder()
 
     async def _read_holder(self) -> Member | None:
+        return (await self._read_lease())[0]
+
+    async def _read_lease(self) -> tuple[Member | None, int]:
+        """Who holds the lease and the entry's revision; (None, 0) when no one does."""
         try:
             entry = await self._kv.get(LEASE_KEY)
         except nats.js.errors.KeyNotFoundError:
-            return None
+            return None, 0
         try:
-            return msgspec.json.decode(entry.value, type=Member)
+            return msgspec.json.decode(entry.value, type=Member), int(entry.revision or 0)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            return None
+            return None, 0
 
 
 def _who(m: Member | None) -> str:
