@@ -1,10 +1,14 @@
 """The README's journal and chat recipes, taken from the README as written, run end to end in the
-daemon: a systemd unit fails (journal: the stand-in, and the real journalctl where it can run), and
-a Telegram keyword wakes an agent, whose notification's Snooze button is pressed (a local Bot API)."""
+daemon: a systemd unit fails (journal: the stand-in, and the real journalctl where it can run; also
+fed from "another machine" by `watchd source run`), and a Telegram keyword wakes an agent, whose
+notification's Snooze button is pressed (a local Bot API)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +19,8 @@ from support.inprocess import InProcessDaemon
 from support.journal import Journal, journal_backends, make_journal
 from support.readme import console_targets, recipe
 from support.waiting import until
+
+from watchd import credentials
 
 TOKEN = "123456789:AAtelegramRecipeToken"
 CHAT = 123456
@@ -89,3 +95,33 @@ async def test_recipe_a_telegram_keyword_wakes_an_agent_and_snooze_holds_it(
         assert health["events"] == 4 and health["last_error"] is None
         assert TOKEN not in status.stdout
         assert [line[:1] for line in woke.read_text().splitlines() if line] == ["{"]  # the one handoff
+
+
+async def test_a_nas_journal_feeds_the_laptop(
+    journal: Journal, daemon_factory: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """`watchd source run` on "another machine": the recipe's journal source alone, publishing with
+    the laptop's `publish` URL; the laptop's watch hands the unit's failure off."""
+    source, watches = recipe("a systemd unit fails")
+    d = daemon_factory({"units.toml": console_targets(watches)})
+    await d.start()
+    creds = credentials.load(d.state_dir)
+    assert creds is not None
+    url = creds.url(f"nats://127.0.0.1:{d.nats_port}", "publish")
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    (nas / "config.toml").write_text(source + f'directory = "{journal.directory}"\n')
+    argv = [sys.executable, "-m", "watchd", "source", "run", "units", "--config", str(nas / "config.toml")]
+    env = {k: v for k, v in os.environ.items() if k != "WATCHD_CONFIG"} | journal.env | {"WATCHD_NATS_URL": url}
+    runner = await asyncio.create_subprocess_exec(
+        *argv, "--state", str(nas / "state"), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await until(lambda: (nas / "state" / "units.json").exists(), what="the runner's starting cursor")
+        journal.unit_failed("backup.service", "timeout")
+        await until(lambda: "backup.service failed (timeout) on " in d.printed(), what="the failure handed off")
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(runner.communicate(), 30)
+    assert runner.returncode == 0, err.decode()
+    assert url.split("@")[0] not in err.decode()
