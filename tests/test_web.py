@@ -8,9 +8,11 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 
 import aiohttp
+from support.fake_anthropic import FakeAnthropic, tool_use
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 
@@ -143,3 +145,49 @@ async def test_a_token_guards_every_page_and_a_read_only_dashboard_offers_no_act
     csrf = CSRF.search(html) or CSRF.search((await get(d, "/handoffs", headers=session))[1])
     status, _, _ = await post(d, "/actions/dlq/h_x/drop", {"csrf": csrf.group(1) if csrf else ""}, headers=session)
     assert status == 403
+
+
+async def test_the_run_page_shows_the_transcript_of_runs_show_as_data(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    async with FakeAnthropic() as fake:
+        agent = (
+            '[agent.triage]\ntype = "anthropic"\nmodel = "claude-haiku-4-5"\n'
+            'api_key = "env:WATCHD_TEST_ANTHROPIC_KEY"\n'
+            f'base_url = "{fake.url}"\ninstructions = "Triage urgent mail."\ntools = ["notify.console"]\n'
+        )
+        triage = WATCHES["mail.toml"].replace('then = ["notify.console"]', 'then = ["agent.triage"]')
+        d = await daemon_factory(
+            {"mail.toml": triage}, extra_config=agent, env={"WATCHD_TEST_ANTHROPIC_KEY": fake.api_key}
+        ).start()
+        fake.turns(
+            tool_use("notify", {"to": "notify.console", "message": "the CEO <b>wrote</b>"}),
+            tool_use("done", {"status": "resolved", "summary": "told the phone"}),
+        )
+        # The event carries markup and, by mistake, the API key: the page shows the first as text and
+        # never the second.
+        data = {"urgent": True, "from": "<script>alert(1)</script>", "note": f"key {fake.api_key}"}
+        await d.publish(make_event("mail.received", data, id="the-mail"))
+        await until(
+            lambda: [h["state"] for h in d.handoffs("urgent-mail") if h["target"] == "agent.triage"] == ["done"],
+            what="the agent's run",
+        )
+        (run,) = json.loads((await d.cli("runs", "--json")).stdout)
+        shown = json.loads((await d.cli("runs", "show", run["id"], "--json")).stdout)
+
+        status, html, _ = await get(d, f"/runs/{run['id']}")
+        assert status == 200
+        # (the envelope hands event data to the model with its markup characters escaped)
+        assert "<script>" not in html and "\\u003cscript\\u003ealert(1)" in html
+        assert '<pre class="request">&lt;untrusted_event_data count=&#34;1&#34;&gt;' in html
+        assert "<b>wrote</b>" not in html and "the CEO &lt;b&gt;wrote&lt;/b&gt;" in html  # the tool's argument
+        assert fake.api_key not in html and "key ***" in html
+        assert "request: the handoff (1 events)" in html and "request: results of 1 tool call" in html
+        assert "tool <code>notify</code>" in html and "tool <code>done</code>" in html
+        # The JSON on the page is the command line's, whole.
+        (raw,) = re.findall(r'<pre class="json">(.*?)</pre>', html, re.S)
+        assert json.loads(unescape(raw)) == shown
+        assert [s["n"] for s in shown["steps"]] == [1, 2]
+
+        status, _, _ = await get(d, "/runs/r_nope")
+        assert status == 404

@@ -5,6 +5,7 @@ what it changes through an `Actions`, so a test can mount it beside any state di
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import urllib.parse
@@ -36,7 +37,14 @@ def _short_time(at: str | None) -> str:
     return re.sub(r"(\.\d+)?Z$", "Z", at).replace("T", " ") if at else "-"
 
 
+def _as_data(value: object) -> str:
+    """A value as indented JSON text (a string as it is), for a <pre>: autoescaped like any text, so
+    model output and event data show as data, never as markup."""
+    return value if isinstance(value, str) else json.dumps(value, indent=1, ensure_ascii=False)
+
+
 _templates.filters["t"] = _short_time
+_templates.filters["data"] = _as_data
 
 
 class Actions(Protocol):

@@ -4,11 +4,14 @@ Synchronous: the pages call these on a worker thread."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from watchd import status
-from watchd.config import Loaded
+from watchd.agents.transcript import transcript
+from watchd.config import Loaded, resolved_secrets
 from watchd.errors import WatchdError
 from watchd.explain import schedule as explain_schedule
 from watchd.explain import watch as explain_watch
@@ -18,7 +21,7 @@ from watchd.jobs.canary import last_canary
 from watchd.store import open_readonly
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.engine_state import engine_view
-from watchd.store.runs import list_runs, run_json, steps_of
+from watchd.store.runs import find_runs, list_runs, run_json, step_records
 from watchd.web import timeline
 
 
@@ -85,15 +88,21 @@ def runs_page(loaded: Loaded, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def run_detail(loaded: Loaded, run_id: str) -> dict[str, Any] | None:
+    """The run's transcript as `watchd runs show RUN --json` prints it (secrets the config names
+    replaced), and that JSON as text for the page to show whole."""
     conn = open_readonly(loaded.state_dir)
     if conn is None:
         return None
     with conn:
-        run = next((r for r in list_runs(conn, 10_000) if r.id == run_id), None)
-        if run is None:
+        try:
+            runs = [r for r in find_runs(conn, run_id) if r.id == run_id]
+            steps = step_records(conn, runs[0].handoff_id) if runs else []
+        except sqlite3.OperationalError:  # a state file from before agent runs
             return None
-        steps = [asdict(s) for s in steps_of(conn, run.handoff_id) if s.run_id == run.id]
-    return {"run": run_json(run), "steps": steps}
+    if not runs:
+        return None
+    t = transcript(runs, steps, resolved_secrets(loaded.config))
+    return {"transcript": t, "json": json.dumps(t, indent=2, ensure_ascii=False)}
 
 
 def maintenance(loaded: Loaded) -> dict[str, Any]:
