@@ -261,7 +261,7 @@ class Daemon:
         self._http_runner, self.ingress = await ingress.start(self)
         interval = sdnotify.watchdog_interval_s() if process else None
         if interval:
-            self._spawn("watchdog", lambda: self._watchdog(interval))
+            self._spawn("watchdog", lambda: liveness.watchdog_loop(self, interval))
 
     async def _storage_probe(self) -> None:
         failure = self.storage.health.failures.get(storage.STREAM)
@@ -309,7 +309,7 @@ class Daemon:
         lease = self.lease
         self._spawn("cluster-lease", lambda: lease.keep(self.upkeep, self._activate, self._lease_lost))
         if not lease.embedded:
-            self._spawn("cluster-lag", self._cluster_lag_loop)
+            self._spawn("cluster-lag", lambda: liveness.cluster_lag_loop(self))
 
     def _lease_lost(self, why: str) -> None:
         log.error("%s; stopping (a supervisor restarts watchd, which then stands by)", why)
@@ -751,26 +751,8 @@ class Daemon:
 
         await self.upkeep.every("retention", step, interval_s=RETENTION_EVERY_S, jitter=0.1)
 
-    async def _watchdog(self, interval_s: float) -> None:
-        async def step() -> None:
-            message = self.watchdog_message()
-            if message:
-                sdnotify.notify(message)
-
-        await self.upkeep.every("watchdog", step, interval_s=interval_s)
-
     def watchdog_message(self) -> str:
         return liveness.watchdog_message(self)
-
-    async def _cluster_lag_loop(self) -> None:
-        """The deployment's backlog, read from its shared consumers (status and /metrics)."""
-        assert self.js is not None and self.lease is not None
-        js, delivery = self.js, self.queue.durable if self.queue is not None else None
-
-        async def step() -> None:
-            self.cluster_lag = await cluster.read_lag(js, delivery)
-
-        await self.upkeep.every("cluster-lag", step, interval_s=self.lease.takeover_s * cluster.RENEW_SHARE)
 
     def health(self) -> dict[str, Any]:
         return liveness.health(self)

@@ -1,12 +1,12 @@
-"""What the daemon says of its own health: to systemd's watchdog (WATCHDOG=1 and STATUS=) and on
-/healthz (and so `watchd status`)."""
+"""What the daemon says of its own health: to systemd's watchdog (WATCHDOG=1 and STATUS=, and the
+loop that sends them), on /healthz (and so `watchd status`), and the deployment's backlog."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
 
-from watchd import storage
+from watchd import cluster, sdnotify, storage
 
 if TYPE_CHECKING:
     from watchd.daemon import Daemon
@@ -67,3 +67,25 @@ def health(d: Daemon) -> dict[str, Any]:
         "sources": d.sources.view() if d.sources is not None else [],
         **({"failing": down} if down else {}),
     }
+
+
+async def watchdog_loop(d: Daemon, interval_s: float) -> None:
+    """Tell systemd's watchdog every `interval_s` what watchdog_message says."""
+
+    async def step() -> None:
+        message = watchdog_message(d)
+        if message:
+            sdnotify.notify(message)
+
+    await d.upkeep.every("watchdog", step, interval_s=interval_s)
+
+
+async def cluster_lag_loop(d: Daemon) -> None:
+    """The deployment's backlog, read from its shared consumers (status and /metrics)."""
+    assert d.js is not None and d.lease is not None
+    js, delivery = d.js, d.queue.durable if d.queue is not None else None
+
+    async def step() -> None:
+        d.cluster_lag = await cluster.read_lag(js, delivery)
+
+    await d.upkeep.every("cluster-lag", step, interval_s=d.lease.takeover_s * cluster.RENEW_SHARE)
