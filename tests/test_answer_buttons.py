@@ -3,7 +3,8 @@ against the local Bot API and Slack Web API fakes."""
 
 from __future__ import annotations
 
-from support.fakes import FakeSlack, FakeTelegram
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeSlack
 
 from watchd.config import SlackNotifier as SlackConfig
 from watchd.config import TelegramNotifier as TelegramConfig

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 import aiohttp
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from support.cli import run_cli
 from support.fake_anthropic import FakeAnthropic
-from support.fakes import FakeSlack, FakeTelegram
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeSlack
 from support.inprocess import InProcessDaemon
 from support.project import Project
 from support.waiting import until

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.inprocess import InProcessDaemon
 from support.journal import Journal, journal_backends, make_journal
 from support.readme import console_targets, recipe

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable
 
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.processes import DaemonProc
 from support.slack_socket import FakeSlackSocket
 from support.sources import stored_ids

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from support.cli import run_cli
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.project import Project
 from support.slack_socket import FakeSlackSocket
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from support.clocks import VirtualClock
-from support.fakes import FakeTelegram, FakeWebhook, Reply, Request
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeWebhook, Reply, Request
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 import msgspec
 import pytest
-from support.fakes import FakeServer, FakeSlack, FakeTelegram, FakeWebhook, Reply, closed_port_url
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeServer, FakeSlack, FakeWebhook, Reply, closed_port_url
 from support.waiting import until
 
 from watchd.config import SlackNotifier as SlackConfig

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from support.fakes import FakeSlack, FakeTelegram
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeSlack
 from support.inprocess import InProcessDaemon
 from support.waiting import until
 

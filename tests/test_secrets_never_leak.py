@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-from support.fakes import FakeSlack, FakeTelegram, FakeWebhook, Reply
+from support.fake_telegram import FakeTelegram
+from support.fakes import FakeSlack, FakeWebhook, Reply
 from support.inprocess import InProcessDaemon
 from support.secrets import leaks
 from support.waiting import until

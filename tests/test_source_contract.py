@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.journal import StandinJournal
 from support.sites import FakeSite
 from support.slack_socket import FakeSlackSocket

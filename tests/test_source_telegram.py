@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.sources import SourceRun
 from support.waiting import until
 
