@@ -5,6 +5,7 @@ instances on it, a webhook receiver on loopback recording every delivery it acce
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from support.fakes import FakeWebhook
 from support.inprocess import InProcessDaemon
 from support.natscluster import LeafNode, NatsCluster
+from support.processes import DaemonProc
 from support.waiting import until
 
 from watchd import bus, cluster
@@ -113,3 +115,81 @@ async def test_a_source_on_a_leaf_node_publishes_into_the_cluster(
             assert delivered_events(hook) == sorted(e.id for e in events)
         finally:
             leaf.stop()
+
+
+def role(d: DaemonProc) -> str | None:
+    h = d.health()
+    return h["cluster"]["role"] if h and h.get("cluster") else None
+
+
+KILL_ROUNDS = 6
+TAKEOVER_S = 2.0
+
+
+@pytest.mark.slow
+async def test_kill9_of_the_holder_mid_stream_round_after_round_loses_nothing(
+    nats3: NatsCluster, process_factory: Callable[..., DaemonProc]
+) -> None:
+    async with FakeWebhook() as hook:
+        cfg = (
+            f'[cluster]\ntakeover = "{TAKEOVER_S:g}s"\nreplicas = 3\n'
+            f'[notify.hook]\ntype = "webhook"\nurl = "{hook.hook_url}"\n'
+        )
+        pair = [process_factory(WATCHES, nats_url=nats3.url, extra_config=cfg) for _ in range(2)]
+        for d in pair:
+            await asyncio.to_thread(d.start)
+        sent: list[Event] = []
+        streaming = asyncio.Event()
+
+        async def stream() -> None:  # 20 events a second all along, each re-sent until stored
+            n = 0
+            while not streaming.is_set():
+                event = make_event("job.run", id=f"ev-{n:04d}")
+                await publish_stored(nats3.url, [event])
+                sent.append(event)
+                n += 1
+                await asyncio.sleep(0.05)
+
+        publisher = asyncio.create_task(stream())
+        kills: list[float] = []
+        took: list[float] = []
+        try:
+            for _ in range(KILL_ROUNDS):
+                await asyncio.sleep(1.0)
+                holder = next(d for d in pair if role(d) == "holder")
+                standby = next(d for d in pair if d is not holder)
+                kills.append(time.time())
+                await asyncio.to_thread(holder.kill9)
+                await until(lambda s=standby: role(s) == "holder", timeout_s=10, step_s=0.05, what="a takeover")
+                took.append(time.time() - kills[-1])
+                await asyncio.to_thread(holder.start)  # back, standing by
+        finally:
+            streaming.set()
+            await publisher
+        await until(
+            lambda: {d["evidence"][0]["id"] for d in hook.deliveries} >= {e.id for e in sent},
+            timeout_s=60,
+            what="every event's handoff delivered",
+        )
+        await asyncio.sleep(1.0)  # a late duplicate would come now
+
+        assert max(took) <= TAKEOVER_S + 1.0, took
+        # Nothing lost, and each handoff queued once: one message per handoff id in HANDOFFS.
+        assert {d["evidence"][0]["id"] for d in hook.deliveries} == {e.id for e in sent}
+        ids = set(hook.handoff_ids)
+        nc = await bus.connect(nats3.url, name="watchd-test")
+        try:
+            subject = "watchd.handoffs.notify.hook"
+            info = await nc.jetstream().stream_info(bus.HANDOFFS_STREAM, subjects_filter=subject)
+            assert (info.state.subjects or {}).get(subject) == len(ids) == len(sent)
+        finally:
+            await nc.close()
+        # A handoff is delivered a second time only when its first delivery was under way at a kill
+        # (the deliverer died before its ack was stored).
+        first_at: dict[str, float] = {}
+        for req in hook.requests:
+            first_at.setdefault(req.headers.get("X-Watchd-Handoff-Id", ""), req.at)
+        repeated = [hid for hid in ids if hook.handoff_ids.count(hid) > 1]
+        for hid in repeated:
+            assert any(0 <= k - first_at[hid] < 1.0 for k in kills), f"{hid} delivered twice, not at a kill"
+        assert len(repeated) <= KILL_ROUNDS

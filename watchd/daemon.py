@@ -295,8 +295,9 @@ class Daemon:
                 lambda: self.targets,
                 cluster=cfg.name,
                 instance=self.lease.me.label(),
-                # A dead deliverer's handoffs come back to the next holder as soon as it can hold the lease.
-                ack_wait_s=max(1.0, takeover_s),
+                # A dead deliverer's handoffs come back to the next holder about when it holds the
+                # lease (at least 5 s: a busy machine's in-progress beats must arrive in time).
+                ack_wait_s=max(5.0, takeover_s),
                 clock=self.clock,
                 metrics=self.metrics,
                 gate=self.releases,

@@ -140,6 +140,7 @@ class HandoffQueue:
         self._in_flight = 0
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handling: set[str] = set()  # handoff ids being delivered here
 
     def wake(self) -> None:
         self._wake.set()
@@ -261,6 +262,18 @@ class HandoffQueue:
             log.warning("the handoff queue holds a message that is not a handoff (seq %s)", seq)
             await msg.term()
             return
+        if h.id in self._handling:
+            return  # a redelivery overtook this instance's own delivery of it: that one settles the message
+        self._handling.add(h.id)
+        try:
+            # From receipt to ack: a slow store or a full target must not let ack_wait lapse and
+            # the server hand the message out again while it is being delivered.
+            async with self._in_progress(msg):
+                await self._deliver_handoff(msg, h, headers)
+        finally:
+            self._handling.discard(h.id)
+
+    async def _deliver_handoff(self, msg: Msg, h: Handoff, headers: dict[str, str]) -> None:
         now = self.clock()
         not_before = float(headers.get(NOT_BEFORE_HEADER) or 0.0)
         if not_before > now:
@@ -282,7 +295,7 @@ class HandoffQueue:
         if target is None:
             outcome: Outcome = Dead(no_target(h))
         else:
-            async with self._in_progress(msg), self._limit(h.target):
+            async with self._limit(h.target):
                 started = time.monotonic()  # the request may reach the target from here on
                 outcome = await gated_attempt(self.gate, target, h)
         now = self.clock()
