@@ -100,12 +100,15 @@ async def test_every_json_example_in_the_readme_matches_the_commands_output(
     finally:
         conn.close()
 
+    # the agent's release: recorded at start, and last good once its first canary passed
+    await until(lambda: json.loads(d.meta("release.agent.fixer") or "{}").get("last_good"), 15, "a good release")
     commands = {
         "status --json": ("status", "--json"),
         "dlq list --json": ("dlq", "list", "--json"),
         "handoffs --json": ("handoffs", "--json"),
         "schedules --json": ("schedules", "--json"),
         "runs --json": ("runs", "--json"),
+        "release --json": ("release", "--json"),
         "history NAME --json": ("history", "disk-full", "--json"),
         "source test NAME --json": ("source",),
         "explain WATCH --json": ("explain", "disk-full", "--json"),

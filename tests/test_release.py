@@ -240,6 +240,23 @@ async def test_a_stable_command_serves_while_the_new_release_is_held(
         assert handled(d)[3].startswith("2.1 ")
 
 
+async def test_a_reload_checks_a_changed_agent_before_its_next_handoff(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    async with FakeTelegram(token=TG_TOKEN) as tg, FakeSlack("webhook") as sl:
+        d = _project(daemon_factory, tg, sl)
+        await first_start_on_1_0(d)
+        # Upgraded under the running daemon, then a reload (SIGHUP, or a changed file): no restart needed.
+        (d.root / "version.txt").write_text("2.0\n")
+        assert await d.running.reload()
+        await until(lambda: record(d).get("held"), what="the hold after the reload")
+        await d.publish(own_event("job.done", {"n": 2}, source="test"))
+        await until(lambda: [h for h in d.handoffs("job-done") if h["state"] == "pending"], what="the held handoff")
+        assert len(handled(d)) == 1 and len(await until(lambda: len(alerts(tg, sl)) == 2 and alerts(tg, sl))) == 2
+        assert [c["what"] for c in record(d)["history"]][-2:] == ["changed", "canary_failed"]
+        assert "(reload)" in record(d)["history"][-2]["detail"]
+
+
 async def test_fingerprints_tell_releases_apart(tmp_path: Path) -> None:
     a = AnthropicAgent(model="claude-haiku-4-5", instructions="triage")
     b = AnthropicAgent(model="claude-haiku-4-5", instructions="triage, gently")

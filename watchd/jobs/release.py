@@ -107,24 +107,29 @@ class ReleaseControl:
         self.checking |= set(targets if targets is not None else self._agents())
 
     async def check(self, trigger: str = "start") -> None:
-        """Fingerprint every agent; canary what changed (holding it meanwhile), and act on the outcome."""
-        agents = self._agents()
-        self.checking |= set(agents)
-        try:
-            async with self._lock:
+        """Fingerprint every agent; canary what changed (holding it meanwhile), and act on the outcome.
+
+        Each agent is let go as soon as its own check ends. A check that waits for another (a reload
+        during the start's) reads the config as it is then, and leaves paused what it has not checked
+        yet: never an agent that a later reload paused again."""
+        async with self._lock:
+            agents = self._agents()
+            self.checking = set(agents)  # (an agent a reload removed has nothing left to check)
+            try:
                 if not self.records:
                     self.records = await self.store.call(read_records)
-                for target, cfg in agents.items():
-                    try:
-                        await self._check_one(target, cfg, trigger)
-                    except Exception:  # one agent's trouble never leaves the others paused
-                        log.exception("%s: the release check failed", target)
-                    finally:
-                        self.checking.discard(target)
-                        self.wake()
-        finally:
-            self.checking -= set(agents)
-            self.wake()
+            except Exception:  # the records cannot be read: deliver as before rather than hold everything
+                self.checking.clear()
+                self.wake()
+                raise
+            for target, cfg in agents.items():
+                try:
+                    await self._check_one(target, cfg, trigger)
+                except Exception:  # one agent's trouble never leaves it, or the others, paused
+                    log.exception("%s: the release check failed", target)
+                finally:
+                    self.checking.discard(target)
+                    self.wake()
 
     async def _check_one(self, target: str, cfg: Agent, trigger: str) -> None:
         base = self.loaded().base_dir
