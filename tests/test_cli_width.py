@@ -92,6 +92,7 @@ async def test_status_fits_80_columns_with_times_in_the_configured_zone(
     fits(utc, "nightly-database-backup-finished", prose=PROSE)
     row = next(line for line in utc.splitlines() if line.startswith("nightly-database-backup-finished "))
     assert f"{fired:%H:%M:%S}" in row and f"{local:%H:%M:%S}" not in row, row
+    assert "Asia/Kolkata" not in utc and " UTC" in utc.split("snoozed by ", 1)[1].splitlines()[0]  # the snooze too
 
 
 async def test_handoffs_schedules_runs_and_explain_fit_80_columns(

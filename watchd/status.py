@@ -17,7 +17,7 @@ from rich.text import Text
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.config import Loaded
 from watchd.engine import Engine
-from watchd.engine.base import hold_words, local_time
+from watchd.engine.base import Hold, hold_words, local_time
 from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
@@ -317,9 +317,12 @@ def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: flo
         state = w["state"] + (f", {len(w['incidents'])} open" if w.get("incidents") else "")  # open incidents
         table.add_row(Text(w["id"]), kind, state, t(w["last_fired"]), t(w["next_due"]))
     console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
-    for w in report["watches"]:
-        for hold in w.get("holds", []):
-            console.print(f"{w['id']}: {hold['text']}", markup=False)
+    for w in utc["watches"]:
+        for h in w.get("holds", []):
+            # Told again in the zone of the rest (the JSON's text is in the watch's own zone).
+            until = datetime.fromisoformat(h["until"].replace("Z", "+00:00")).timestamp()
+            hold = Hold(action=h["action"], until=until, by=h["by"], at=until, key=h["key"])
+            console.print(f"{w['id']}: {hold_words(hold, zone)}", markup=False)
     if builtin:  # their own narrower table, so they never crowd the user's watches off an 80-column screen
         table = Table(box=None, pad_edge=False)
         whole_column(table, "built-in watch", [w["id"] for w in builtin])
