@@ -8,9 +8,12 @@ from __future__ import annotations
 import html as htmllib
 import json
 import re
+import sqlite3
 import urllib.parse
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 from support.inprocess import InProcessDaemon
@@ -19,6 +22,7 @@ from test_web import CSRF, get, post
 
 from watchd.bus import EmbeddedNats
 from watchd.model import make_event
+from watchd.store.runs import close_run, new_run
 
 DISK = """
 [[watch]]
@@ -197,3 +201,45 @@ async def test_the_overview_names_the_deployments_members_and_the_lease_holder(
     # a single daemon on its own embedded NATS has no deployment to show
     solo = await daemon_factory({"w.toml": DISK}).start()
     assert "Deployment" not in (await get(solo, "/"))[1]
+
+
+async def test_the_pages_tell_times_in_the_configured_zone(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory({"w.toml": DISK}).start()
+    await d.publish(make_event("disk.full", {"host": "nas"}))
+    await until(lambda: d.handoffs("disk-full"), what="the fire")
+    d.config_path.write_text(d.config_path.read_text().replace('timezone = "UTC"', 'timezone = "Asia/Kolkata"'))
+    assert await d.running.reload()
+    fired = datetime.fromisoformat((await status_of(d))["last_fired"].replace("Z", "+00:00"))
+    page = (await get(d, "/"))[1]
+    cells = row(page, "disk-full")
+    assert f"{fired.astimezone(ZoneInfo('Asia/Kolkata')):%Y-%m-%d %H:%M:%S} IST" in cells, cells
+    assert f"{fired:%H:%M:%S}" not in cells  # not the UTC wall time (+05:30)
+    assert "times in Asia/Kolkata" in page
+
+
+async def test_every_page_with_rows_tells_its_times_in_the_zone(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory({"w.toml": DISK}).start()
+    await d.publish(make_event("disk.full", {"host": "nas"}))
+    await until(lambda: d.handoffs("disk-full"), what="the fire")
+    conn = sqlite3.connect(d.db_path)
+    try:
+        run = new_run(conn, d.handoffs("disk-full")[0]["id"], "agent.fixer", "claude-haiku-4-5", 1_795_000_000.0)
+        close_run(conn, run.id, 1_795_000_030.0, "done", "fixed")
+        conn.commit()
+    finally:
+        conn.close()
+    assert (await d.cli("backup")).returncode == 0
+    await d.advance_until(lambda: bool(d.query("SELECT 1 FROM schedule_ticks")), step_s=60, limit_s=600, what="a tick")
+    started = datetime.fromtimestamp(1_795_000_000.0, ZoneInfo("UTC"))
+    for path, shown in (
+        ("/runs", f"{started:%Y-%m-%d %H:%M:%S} UTC"),
+        ("/maintenance", " UTC"),
+        ("/handoffs", " UTC"),
+        ("/schedules", " UTC"),
+        ("/schedules/heartbeat", " UTC"),
+        ("/watches/disk-full", " UTC"),
+    ):
+        status, page, _ = await get(d, path)
+        assert status == 200 and shown in page, (path, page[-3000:])
+        if not path.startswith("/schedules"):  # ticks are given in their schedule's own zone (and UTC), as such
+            assert not re.search(r">\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z<", page), path  # no raw instant

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -32,9 +33,14 @@ _templates = jinja2.Environment(
 _templates.globals.update(source_state=status.source_state, source_events=status.source_events)
 
 
-def _short_time(at: str | None) -> str:
-    """An RFC 3339 UTC instant as "2026-11-22 14:00:05Z": to the second, narrow enough for a table."""
-    return re.sub(r"(\.\d+)?Z$", "Z", at).replace("T", " ") if at else "-"
+@jinja2.pass_context
+def _short_time(ctx: jinja2.runtime.Context, at: str | None) -> str:
+    """An RFC 3339 UTC instant in the configured zone, to the second: "2026-11-22 15:00:05 CET"
+    (narrow enough for a table; the page says which zone)."""
+    if not at:
+        return "-"
+    local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(ZoneInfo(ctx["zone"]))
+    return f"{local:%Y-%m-%d %H:%M:%S %Z}"
 
 
 def _as_data(value: object) -> str:
@@ -117,6 +123,7 @@ class Dashboard:
             signed_in=self.access.token is not None and self.access.session_valid(self._cookie(request)),
             notice=request.query.get("notice"),
             now=iso(self.clock()),
+            zone=self.loaded().zone(),
             quote=urllib.parse.quote,
             **context,
         )
