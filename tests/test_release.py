@@ -139,6 +139,12 @@ async def test_a_failed_release_holds_its_handoffs_alerts_once_and_a_promote_rel
         assert row["held_handoffs"] == 1
         text = (await d.cli("release")).stdout
         assert "agent.claw: HELD" in text and "1 handoffs waiting (release_failed)" in text
+        status = json.loads((await d.cli("status", "--json")).stdout)
+        (h_status,) = status["held_releases"]
+        assert (h_status["agent"], h_status["held_handoffs"]) == ("agent.claw", 1)
+        assert h_status["release"].startswith("claw 2.0 [")
+        status_text = " ".join((await d.cli("status")).stdout.split())
+        assert "release: agent.claw HELD since " in status_text and "1 handoff waiting" in status_text
         explained = json.loads((await d.cli("explain", "job-done", "--json")).stdout)
         verdict = explained["verdict"]
         assert f"{held['id']} pending for agent.claw, held: agent.claw's new release failed its canary" in verdict
@@ -160,6 +166,7 @@ async def test_a_failed_release_holds_its_handoffs_alerts_once_and_a_promote_rel
         assert handled(d)[1] == f"2.0 {held['id']}"
         row = await releases(d)
         assert row["held"] is None and row["last_good"]["label"] == "claw 2.0" and row["held_handoffs"] == 0
+        assert json.loads((await d.cli("status", "--json")).stdout)["held_releases"] == []
         assert [c["what"] for c in row["history"]] == ["seen", "canary_passed", "changed", "canary_failed", "promoted"]
         for out in (d.logged(), d.printed(), json.dumps(row)):
             assert "SECRET" not in out

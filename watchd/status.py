@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watchd.agents.budget import budget_lines, budget_report
+from watchd.agents.release import held_releases, release_lines
 from watchd.config import Loaded
 from watchd.engine import Engine
 from watchd.engine.base import Hold, hold_words, local_time
@@ -77,6 +78,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
         "last_backup": last_backup(loaded),
         "last_canary": None,
         "tokens_today": budget_report(loaded.config, None, now),
+        "held_releases": [],
         "schedules": schedule_status(loaded, None, now),
         "sources": source_status(loaded, daemon),
     }
@@ -92,6 +94,7 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             report["last_canary"] = last_canary(conn)
             report["schedules"] = schedule_status(loaded, conn, now)
             report["tokens_today"] = budget_report(loaded.config, conn, now)
+            report["held_releases"] = held_releases(conn)
             fired = last_fired(conn)
             # Shadow mode's daily count: how often the watch would have handed off since local midnight.
             midnight = datetime.fromtimestamp(now, ZoneInfo(loaded.zone())).replace(
@@ -348,4 +351,6 @@ def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: flo
     console.print(backup_line(report["last_backup"]), markup=False)
     console.print(canary_line(report["last_canary"]), markup=False)
     for line in budget_lines(report["tokens_today"]):
+        console.print(line, markup=False)
+    for line in release_lines(report.get("held_releases") or []):
         console.print(line, markup=False)

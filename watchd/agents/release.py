@@ -177,3 +177,40 @@ async def fingerprint(agent: Agent, base_dir: Path, *, stable: bool = False) -> 
     else:
         label = f"{parts['binary']}" + (f" sha256:{parts['sha256']}" if "sha256" in parts else "")
     return Release(digest=_digest(parts), label=label, parts=parts, channel="stable" if stable else "release")
+
+
+# ---- for `watchd status` ----------------------------------------------------------------------------
+
+
+def held_releases(conn: sqlite3.Connection) -> list[dict[str, object]]:
+    """The agents whose release is held: {agent, release, since, reason, held_handoffs}, by name."""
+    from watchd.store.outbox import pending_by_target
+
+    held = {name: rec for name, rec in read_records(conn).items() if rec.held is not None}
+    if not held:
+        return []
+    try:
+        waiting = pending_by_target(conn, "release_failed:")
+    except sqlite3.OperationalError:
+        waiting = {}
+    return [
+        {
+            "agent": name,
+            "release": rec.held.new.named(),
+            "since": rec.held.since,
+            "reason": rec.held.reason,
+            "held_handoffs": waiting.get(name, 0),
+        }
+        for name, rec in sorted(held.items())
+        if rec.held is not None
+    ]
+
+
+def release_lines(held: list[dict[str, object]]) -> list[str]:
+    """One line per held agent, for `watchd status`."""
+    return [
+        f"release: {h['agent']} HELD since {h['since']}: {h['release']} failed its canary; "
+        f"{h['held_handoffs']} handoff{'' if h['held_handoffs'] == 1 else 's'} waiting "
+        f"(`watchd release promote|rollback {h['agent']}`)"
+        for h in held
+    ]
