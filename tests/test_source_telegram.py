@@ -168,3 +168,23 @@ def test_validate_wants_an_allow_list_and_telegram_ids(tmp_path: Path) -> None:
         "config.toml:7:1: 'my group' is not a Telegram id (e.g. 123456, -1001234567890) or @username",
         "config.toml:8:1: '@ab' is not a Telegram id (e.g. 123456, -1001234567890) or @username",
     ]
+
+
+async def test_an_allowed_group_that_became_a_supergroup_is_reported(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    async with FakeTelegram(token=TOKEN) as tg:
+        run = await SourceRun(nats_server.url, tmp_path, "tg", toml(tg, 'chats = ["-300"]')).start()
+        tg.push_update(
+            {
+                "message": {
+                    "message_id": 1,
+                    "from": tg.user(OWNER),
+                    "chat": tg.chat(-300, "group", "Ops"),
+                    "date": 1,
+                    "migrate_to_chat_id": -1001234567890,
+                }
+            }
+        )
+        await until(lambda: run.health.last_error, what="the move reported")
+        await run.stop()
+    assert run.health.last_error == "source tg: chat -300 became a supergroup: add -1001234567890 to `chats`"
+    assert await run.events() == []

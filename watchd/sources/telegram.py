@@ -220,6 +220,13 @@ class TelegramSource(Source):
         chat_id = str(chat.get("id", ""))
         sender_id = str(sender["id"]) if sender and "id" in sender else None
         username = sender.get("username") if sender else None
+        moved = message.get("migrate_to_chat_id")
+        if isinstance(moved, int) and self.allow.chats and chat_id in self.allow.chats:
+            # An allowed group became a supergroup: its id changed, and the old one hears nothing more.
+            said = f"source {self.name}: chat {chat_id} became a supergroup: add {moved} to `chats`"
+            ctx.health.failed(said, ctx.clock())
+            log.warning("%s", said)
+            return None
         refusal = self.allow.refusal(chat_id, sender_id, username if isinstance(username, str) else None)
         if refusal is not None:
             self._dropped(refusal, f"chat {chat_id}" if refusal == "chat" else f"sender {sender_id}", ctx)
