@@ -18,6 +18,7 @@ from support.waiting import until
 from test_backtest import write_project
 
 from watchd.model import make_event
+from watchd.status import table_time
 from watchd.store.runs import close_run, new_run
 
 WIDTH = 80
@@ -141,3 +142,11 @@ def test_the_backtest_summary_fits_80_columns(tmp_path: Path) -> None:
     fits(out, "11-22 02:00  11-22 06:00", prose=("backtest of ",))
     row = next(line for line in out.splitlines() if line.startswith("nightly-database-"))
     assert re.search(r"\slive\s+15\s+11-22 02:00\s+11-22 06:00\s+5\s+5\s+0", row), row
+
+
+def test_a_table_time_is_short_in_the_zone_and_never_fails() -> None:
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+    assert table_time("2026-12-02T14:31:24.655Z", "Asia/Kolkata", now) == "20:01:24"  # today there
+    assert table_time("2026-12-02T20:00:00Z", "Asia/Kolkata", now) == "Dec 03 01:30"  # tomorrow there
+    assert table_time(None, "UTC", now) == "-"
+    assert table_time("soon", "UTC", now) == "soon"

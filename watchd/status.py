@@ -273,7 +273,10 @@ def table_time(at: str | None, zone: str, now: float) -> str:
     if not at:
         return "-"
     tz = ZoneInfo(zone)
-    local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(tz)
+    try:
+        local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(tz)
+    except ValueError:  # not an instant after all: shown as it is rather than failing the command
+        return at
     today = datetime.fromtimestamp(now, tz).date()
     return f"{local:%H:%M:%S}" if local.date() == today else f"{local:%b %d %H:%M}"
 

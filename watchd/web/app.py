@@ -39,7 +39,10 @@ def _short_time(ctx: jinja2.runtime.Context, at: str | None) -> str:
     (narrow enough for a table; the page says which zone)."""
     if not at:
         return "-"
-    local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(ZoneInfo(ctx["zone"]))
+    try:
+        local = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(ZoneInfo(ctx["zone"]))
+    except ValueError:  # not an instant after all: shown as it is rather than failing the page
+        return at
     return f"{local:%Y-%m-%d %H:%M:%S %Z}"
 
 
