@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import run_cli
-from support.journal import Journal, journal_backends, make_journal
+from support.journal import Journal, StandinJournal, journal_backends, make_journal
 from support.project import Project
 from support.sources import SourceRun
 from support.waiting import until
@@ -244,3 +244,27 @@ async def test_without_journalctl_the_source_says_so_in_one_line(
     result = await asyncio.to_thread(run_cli, "validate", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "journalctl is not on PATH here" in result.stdout + result.stderr
+
+
+RECORDED = Path(__file__).with_name("data") / "journal" / "recorded.jsonl"
+
+
+async def test_a_recorded_journal_replays_through_the_stand_in(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output of the real journalctl (a private journald: its start, a backup's log lines, PID 1's
+    "Unit failed", an ssh login), replayed by the stand-in from the first entry's cursor."""
+    journal = StandinJournal(tmp_path / "recorded")
+    journal.entries.write_text(RECORDED.read_text())
+    for k, v in journal.env.items():
+        monkeypatch.setenv(k, v)
+    run = SourceRun(nats_server.url, tmp_path, "nas", source_toml(journal, 'units = ["backup.service"]'))
+    run.positions.save("nas", {"cursor": journal.cursors()[0]})
+    await run.start()
+    events = await until(lambda: run.stored(2))
+    await run.stop()
+    assert [(e["subject"], e["data"]["message"]) for e in events] == [
+        ("journal.backup.service", "backup.service: Failed with result 'exit-code'."),
+        ("systemd.unit.failed", "backup.service: Failed with result 'exit-code'."),
+    ]
+    assert events[1]["data"]["result"] == "exit-code" and events[1]["data"]["host"] == "nas"
