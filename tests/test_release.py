@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from support.fake_telegram import FakeTelegram
 from support.fakes import FakeSlack
 from support.inprocess import InProcessDaemon
@@ -139,6 +140,10 @@ async def test_a_failed_release_holds_its_handoffs_alerts_once_and_a_promote_rel
         assert row["held_handoffs"] == 1
         text = (await d.cli("release")).stdout
         assert "agent.claw: HELD" in text and "1 handoffs waiting (release_failed)" in text
+        async with aiohttp.ClientSession() as http, http.get(d.http_url + "/maintenance") as page:
+            html = await page.text()
+        assert page.status == 200 and "<td>agent.claw</td>" in html and '<span class="bad">held</span>' in html
+        assert "1 handoffs waiting" in html and "claw 2.0" in html and "claw 1.0" in html
         status = json.loads((await d.cli("status", "--json")).stdout)
         (h_status,) = status["held_releases"]
         assert (h_status["agent"], h_status["held_handoffs"]) == ("agent.claw", 1)

@@ -23,7 +23,9 @@ import hashlib
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -177,6 +179,40 @@ async def fingerprint(agent: Agent, base_dir: Path, *, stable: bool = False) -> 
     else:
         label = f"{parts['binary']}" + (f" sha256:{parts['sha256']}" if "sha256" in parts else "")
     return Release(digest=_digest(parts), label=label, parts=parts, channel="stable" if stable else "release")
+
+
+# ---- for `watchd release`, `watchd status` and the dashboard --------------------------------------------
+
+
+def release_rows(configured: Iterable[str], conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
+    """One object per agent (`configured` target names, and any recorded one no longer configured), by
+    name: as `watchd release --json` prints it."""
+    records: dict[str, Record] = {}
+    waiting: dict[str, int] = {}
+    if conn is not None:
+        from watchd.store.outbox import pending_by_target
+
+        records = read_records(conn)
+        with contextlib.suppress(sqlite3.OperationalError):
+            waiting = pending_by_target(conn, "release_failed:")
+    names = set(configured)
+    rows = []
+    for name in sorted(names | set(records)):
+        rec = records.get(name)
+        plain: dict[str, Any] = msgspec.to_builtins(rec) if rec is not None else {}
+        rows.append(
+            {
+                "agent": name,
+                "configured": name in names,
+                "current": plain.get("current"),
+                "last_good": plain.get("last_good"),
+                "held": plain.get("held"),
+                "held_handoffs": waiting.get(name, 0),
+                "checked_at": plain.get("checked_at"),
+                "history": plain.get("history", []),
+            }
+        )
+    return rows
 
 
 # ---- for `watchd status` ----------------------------------------------------------------------------

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from typing import Any
 
 import click
-import msgspec
 from rich.text import Text
 
 from watchd.cli.common import CONFIG_OPTION, dump_json, fail, load, out
@@ -20,36 +18,16 @@ def _agent(name: str) -> str:
 
 def release_rows(config_path: str | None) -> list[dict[str, Any]]:
     """One object per configured agent (and any recorded one no longer configured), sorted by name."""
-    from watchd.agents.release import read_records
+    from watchd.agents.release import release_rows as rows_of
     from watchd.store import open_readonly
-    from watchd.store.outbox import pending_by_target
 
     loaded = load(config_path)
     conn = open_readonly(loaded.state_dir)
-    records, waiting = {}, {}
-    if conn is not None:
-        with contextlib.closing(conn):
-            records = read_records(conn)
-            with contextlib.suppress(sqlite3.OperationalError):
-                waiting = pending_by_target(conn, "release_failed:")
-    names = sorted({f"agent.{n}" for n in loaded.config.agent} | set(records))
-    rows = []
-    for name in names:
-        rec = records.get(name)
-        plain = msgspec.to_builtins(rec) if rec is not None else {}
-        rows.append(
-            {
-                "agent": name,
-                "configured": name.removeprefix("agent.") in loaded.config.agent,
-                "current": plain.get("current"),
-                "last_good": plain.get("last_good"),
-                "held": plain.get("held"),
-                "held_handoffs": waiting.get(name, 0),
-                "checked_at": plain.get("checked_at"),
-                "history": plain.get("history", []),
-            }
-        )
-    return rows
+    configured = [f"agent.{n}" for n in loaded.config.agent]
+    if conn is None:
+        return rows_of(configured, None)
+    with contextlib.closing(conn):
+        return rows_of(configured, conn)
 
 
 def _named(release: dict[str, Any] | None) -> str:

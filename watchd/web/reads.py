@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watchd import status
+from watchd.agents.release import release_rows
 from watchd.agents.transcript import transcript
 from watchd.config import Loaded, resolved_secrets
 from watchd.errors import WatchdError
@@ -108,7 +109,10 @@ def run_detail(loaded: Loaded, run_id: str) -> dict[str, Any] | None:
 def maintenance(loaded: Loaded) -> dict[str, Any]:
     conn = open_readonly(loaded.state_dir)
     canary = None
+    agents = [f"agent.{n}" for n in loaded.config.agent]
+    releases = release_rows(agents, None)
     if conn is not None:
         with conn:
             canary = last_canary(conn)
-    return {"backup": last_backup(loaded), "canary": canary}
+            releases = release_rows(agents, conn)
+    return {"backup": last_backup(loaded), "canary": canary, "releases": releases}
