@@ -361,3 +361,24 @@ async def test_a_renewal_that_timed_out_but_reached_nats_keeps_the_lease(
     assert loop.failures >= 1 and loop.last_error == "TimeoutError: nats: timeout"
     stop.set()
     await task
+
+
+async def test_a_take_that_timed_out_but_reached_nats_is_the_lease_taken(
+    nats_server: EmbeddedNats, nats_client: Client
+) -> None:
+    """The lease is free; the instance's create times out (NATS stalls) yet is applied once NATS
+    runs again. Its next try must find the lease its own, not stand by behind itself until it lapses."""
+    js = nats_client.jetstream(timeout=0.5)
+    lease = cluster.Lease(js, ClusterConfig(name="take"), 6.0, state_dir="/s", watches="w", embedded=False)
+    await lease.open()
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError):
+            await lease.try_take()
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    await nats_client.flush()  # the server has read (and applied) what it was sent while frozen
+    assert await lease.try_take(), lease.holder
+    assert lease.held() and lease.holder is not None and lease.holder.instance == lease.me.instance
+    assert await lease.renew()

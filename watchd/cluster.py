@@ -341,8 +341,14 @@ class Lease:
             else:
                 self._revision = await self._kv.create(LEASE_KEY, msgspec.json.encode(record))
         except nats.js.errors.KeyWrongLastSequenceError:
-            self.holder = await self._read_holder()
-            return False
+            holder, revision = await self._read_lease()
+            self.holder = holder
+            if holder is None or holder.instance != self.me.instance:
+                return False
+            # This instance's own record: an earlier try timed out here (NATS stalled) but reached
+            # the server after all. When it was stored is unknown, so renew before deciding anything.
+            self._revision = revision
+            return await self.renew()
         self.holder = record
         self._valid_until = sent + self.ttl_s * FENCE_SHARE
         return True
