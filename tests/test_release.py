@@ -268,6 +268,18 @@ async def test_a_reload_checks_a_changed_agent_before_its_next_handoff(
         assert [c["what"] for c in record(d)["history"]][-2:] == ["changed", "canary_failed"]
         assert "(reload)" in record(d)["history"][-2]["detail"]
 
+        # The API refuses what it cannot act on, in words, and changes nothing.
+        async with aiohttp.ClientSession() as http:
+            url = d.http_url + "/api/release"
+            async with http.post(url, json={"agent": "claw", "action": "explode"}) as r:
+                assert (r.status, (await r.json())["error"]) == (400, '`action` must be "promote" or "rollback"')
+            async with http.post(url, data="agent=claw&action=promote") as r:
+                assert r.status == 415
+            async with http.post(url, json={"agent": "claw", "action": "rollback"}) as r:
+                body = await r.json()
+                assert r.status == 409 and body["error"] == "agent.claw has neither `rollback` nor `stable_command`"
+        assert record(d)["held"] is not None
+
 
 async def test_fingerprints_tell_releases_apart(tmp_path: Path) -> None:
     a = AnthropicAgent(model="claude-haiku-4-5", instructions="triage")

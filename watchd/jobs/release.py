@@ -139,9 +139,10 @@ class ReleaseControl:
         rec = self.records.get(target) or Record(agent=target)
         now = self._now()
         rec.checked_at = now
-        if rec.held is not None and target not in self.stable and rec.current and rec.current.channel == "stable":
-            self._serve_stable(target, cfg)  # after a restart: the stable command serves as before
-        seen = rec.held.new if rec.held is not None and rec.current and rec.current.channel == "stable" else rec.current
+        on_stable = rec.held is not None and rec.current is not None and rec.current.channel == "stable"
+        if on_stable:  # after a restart or reload: the stable command (as configured now) serves as before
+            self._serve_stable(target, cfg)
+        seen = rec.held.new if on_stable and rec.held is not None else rec.current
         if seen is not None and seen.digest == new.digest:
             await self._save(rec)
             return
@@ -279,6 +280,8 @@ class ReleaseControl:
     def _serve_stable(self, target: str, cfg: Agent) -> None:
         if isinstance(cfg, CommandAgent) and cfg.stable_command:
             self.stable[target] = self._stable_runner(target, cfg)
+        else:  # its stable_command was taken out of the config: the handoffs wait, held
+            self.stable.pop(target, None)
 
     # ---- by hand ----
 
