@@ -19,6 +19,7 @@ from support.inprocess import InProcessDaemon
 from support.waiting import until
 
 from watchd.agents.release import fingerprint
+from watchd.bus import EmbeddedNats
 from watchd.config import AnthropicAgent, CommandAgent, NatsAgent
 from watchd.model import own_event
 
@@ -54,10 +55,11 @@ def _script(path: Path, text: str) -> None:
 
 
 def _project(
-    daemon_factory: Callable[..., InProcessDaemon], tg: FakeTelegram, sl: FakeSlack, extra: str = ""
+    daemon_factory: Callable[..., InProcessDaemon], tg: FakeTelegram, sl: FakeSlack, extra: str = "", **kw: Any
 ) -> InProcessDaemon:
     d = daemon_factory(
         {"w.toml": WATCH},
+        **kw,
         extra_config=CLAW
         + extra
         + f'[notify.phone]\ntype = "telegram"\ntoken = "env:TG_TOKEN"\nchat_id = "42"\napi_base = "{tg.url}"\n'
@@ -279,6 +281,22 @@ async def test_a_reload_checks_a_changed_agent_before_its_next_handoff(
                 body = await r.json()
                 assert r.status == 409 and body["error"] == "agent.claw has neither `rollback` nor `stable_command`"
         assert record(d)["held"] is not None
+
+
+async def test_on_a_nats_of_ones_own_the_deployments_queue_holds_the_handoff_too(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    async with FakeTelegram(token=TG_TOKEN) as tg, FakeSlack("webhook") as sl:
+        d = _project(daemon_factory, tg, sl, '[cluster]\ntakeover = "3s"\n', nats_url=nats_server.url)
+        await first_start_on_1_0(d)  # delivered from the HANDOFFS queue
+        await restart_on(d, "2.0")
+        await d.publish(own_event("job.done", {"n": 2}, source="test"))
+        (held,) = await until(
+            lambda: [h for h in d.handoffs("job-done") if h["state"] == "pending" and h["last_error"]],
+            what="the held handoff",
+        )
+        assert held["last_error"].startswith("release_failed: agent.claw's release claw 2.0 [")
+        assert held["attempt"] == 1 and len(handled(d)) == 1
 
 
 async def test_fingerprints_tell_releases_apart(tmp_path: Path) -> None:
