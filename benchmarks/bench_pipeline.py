@@ -100,21 +100,23 @@ async def publish_many(url: str, n: int) -> None:
     await nc.close()
 
 
-async def raw_consume(url: str, n: int) -> float:
+async def raw_consume(url: str, n: int, *, own_pull: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds for a raw consumer to read and ack `n` messages: through nats-py's own
+    `fetch` (the raw nats-py baseline), or with `own_pull` through watchd's pull requests."""
     nc = await bus.connect(url)
-    # Without `nc` the consumer reads through nats-py's own `fetch`: the raw nats-py baseline.
-    consumer = bus.EventConsumer(nc.jetstream(), durable="bench-raw")
+    durable = "bench-own" if own_pull else "bench-raw"
+    consumer = bus.EventConsumer(nc.jetstream(), durable=durable, nc=nc if own_pull else None)
     await consumer.start()
     got = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while got < n:
         msgs = await consumer.fetch(512, timeout_s=2)
         if msgs:
             got += len(msgs)
             await consumer.ack_upto(msgs[-1])
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     await nc.close()
-    return elapsed
+    return elapsed, cpu
 
 
 async def publish_paced(url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -170,14 +172,27 @@ def main() -> None:
             asyncio.run(publish_many(url, args.events))
             daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t0 = wait_seq(http_port, 1)
+            cpu_t0 = proc_cpu_s(daemon.pid)
             first = int(health(http_port)["last_seq"])  # type: ignore[call-overload]
             t1 = wait_seq(http_port, args.events)
+            daemon_cpu = proc_cpu_s(daemon.pid) - cpu_t0
             daemon_rate = (args.events - first) / (t1 - t0)
-            raw_rate = args.events / asyncio.run(raw_consume(url, args.events))
+            raw_wall, raw_cpu = asyncio.run(raw_consume(url, args.events))
+            raw_rate = args.events / raw_wall
             print(f"events: {args.events}, watches: 101 (100 with a CEL where; 1 event in 42 fires one)")
             print(f"raw nats-py pull consumption: {raw_rate:,.0f} events/s")
             print(f"watchd consume+decide+commit: {daemon_rate:,.0f} events/s")
             print(f"ratio: {daemon_rate / raw_rate:.2f}")
+            # CPU per event: the same comparison, less at the mercy of what else the machine runs
+            # while one of the two is measured (the clock tick makes it coarse on short runs).
+            daemon_us, raw_us = daemon_cpu * 1e6 / (args.events - first), raw_cpu * 1e6 / args.events
+            print(f"CPU per event: watchd {daemon_us:.0f} µs, raw nats-py {raw_us:.0f} µs")
+            print(f"ratio by CPU: {raw_us / daemon_us:.2f}")
+            own_wall, own_cpu = asyncio.run(raw_consume(url, args.events, own_pull=True))
+            print(
+                f"reading alone, CPU per event: nats-py fetch {raw_us:.0f} µs, watchd's pull requests "
+                f"{own_cpu * 1e6 / args.events:.0f} µs ({args.events / own_wall:,.0f} events/s)"
+            )
 
             # 2. latency at a steady rate
             sent = asyncio.run(publish_paced(url, args.rate, 10))

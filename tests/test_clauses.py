@@ -101,3 +101,32 @@ def test_an_engine_error_reason_is_rewritten_and_an_unreadable_one_kept() -> Non
     assert explain_errored("where errored: no such field 'x' (in data.x)", EVENT) == "where errored: no such field 'x'"
     for kept in ("where gave 'x', not a boolean (in data.s)", "where errored: odd (in data.s ==", "key is null"):
         assert explain_errored(kept, EVENT) == kept
+
+
+def test_a_batchs_misses_are_worded_once_per_distinct_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The words of a false `where` depend only on the fields it reads: events with the same values
+    there share them (worded once), events with other values get their own."""
+    from watchd.engine import WHERE_FALSE, Decision, Verdict
+    from watchd.explain import clauses
+
+    source = 'data.level > 4 && data.host == "h1"'
+    events = {
+        1: make_event("svc.event", {"level": 2, "host": "h1", "other": 1}),
+        2: make_event("svc.event", {"level": 2, "host": "h1", "other": 2}),  # same values read
+        3: make_event("svc.event", {"level": 5, "host": "h2"}),
+    }
+    worded: list[str] = []
+    real = clauses.explain_false
+
+    def counting(src: str, event: object, ctx: object = None) -> str:
+        worded.append(src)
+        return real(src, event, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clauses, "explain_false", counting)
+    clauses._DESCRIBED.clear()
+    misses = [Decision(0.0, "w", None, Verdict.WHERE_FALSE, WHERE_FALSE + source, f"e{s}", s) for s in events]
+    clauses.describe_misses(misses, events)
+    assert len(worded) == 2
+    assert misses[0].reason == misses[1].reason == real(source, events[1])
+    assert misses[2].reason == real(source, events[3]) != misses[0].reason
+    assert "data.level = 2" in misses[0].reason and 'data.host = "h2"' in misses[2].reason

@@ -11,6 +11,7 @@ misses kept for `explain`, never on the engine's hot path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -359,6 +360,33 @@ def explain_errored(reason: str, event: Event) -> str:
     return prefix + described if described is not None else reason
 
 
+@functools.lru_cache(maxsize=4096)
+def _fields_read(source: str) -> tuple[expr.Expr, ...]:
+    """The field paths a `where` reads (`data.a.b`, `subject`), compiled: what its words depend on."""
+    found: list[expr.Expr] = []
+    for m in _FIELD.finditer(_mask(source)):
+        with contextlib.suppress(expr.ExprError):
+            found.append(expr.compile_expr(source[m.start() : m.end()]))
+    return tuple(found)
+
+
+# Why a `where` was false depends only on the values of the fields it reads, and events repeat
+# them (the same few hosts and levels): the words are kept by (source, those values).
+_DESCRIBED: dict[tuple[str, str], str] = {}
+_DESCRIBED_MAX = 4096
+
+
+def _explain_false_cached(source: str, event: Event, ctx: Any) -> str:
+    read = repr([expr.evaluate(e, ctx) for e in _fields_read(source)])
+    found = _DESCRIBED.get((source, read))
+    if found is None:
+        found = explain_false(source, event, ctx)
+        if len(_DESCRIBED) >= _DESCRIBED_MAX:
+            _DESCRIBED.clear()
+        _DESCRIBED[(source, read)] = found
+    return found
+
+
 def describe_misses(decisions: list[Decision], events: dict[int, Event]) -> None:
     """Rewrite each kept miss's reason to say what the event met: for a `where_false` (the
     engine's `where false: <source>`) the failing clause and its field values; for an error, the
@@ -373,6 +401,6 @@ def describe_misses(decisions: list[Decision], events: dict[int, Event]) -> None
             ctx = contexts.get(d.seq)
             if ctx is None:
                 ctx = contexts[d.seq] = expr.event_context(event)
-            d.reason = explain_false(d.reason[len(WHERE_FALSE) :], event, ctx)
+            d.reason = _explain_false_cached(d.reason[len(WHERE_FALSE) :], event, ctx)
         elif d.verdict in (Verdict.WHERE_ERROR, Verdict.KEY_ERROR):
             d.reason = explain_errored(d.reason, event)
