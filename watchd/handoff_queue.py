@@ -195,8 +195,10 @@ class HandoffQueue:
         ack = await bus.publish_raw(self.js, subject, encode(h), msg_id, headers=headers)
         if ack.duplicate:
             self.duplicates += 1
-            log.info("handoff %s was already queued by another instance (seq %d): not handed off again", h.id, ack.seq)
-            detail = f"already queued by another instance (HANDOFFS seq {ack.seq}): not handed off again"
+            # Decided again (a batch whose ack never reached the server), here after a restart or by
+            # the instance that took over: the stream's dedup by id keeps the first.
+            log.info("handoff %s was already queued (seq %d): not handed off again", h.id, ack.seq)
+            detail = f"already queued by another instance or before a restart (HANDOFFS seq {ack.seq}): not again"
         else:
             self.queued += 1
             detail = f"queued on {subject} (HANDOFFS seq {ack.seq})"
