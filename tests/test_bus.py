@@ -23,6 +23,7 @@ from watchd.bus import (
     connect,
     ensure_streams,
     nats_server_binary,
+    pending_after,
     publish_event,
     publish_raw,
     redact_url,
@@ -159,6 +160,7 @@ async def test_consumer_acks_all_and_redelivers_unacked_after_restart(nats_clien
     await consumer.start()
     msgs = await consumer.fetch(batch=256, timeout_s=2)
     assert [seq_of(m) for m in msgs] == [1, 2, 3, 4, 5]
+    assert [pending_after(m) for m in msgs] == [4, 3, 2, 1, 0]  # the engine's lag, as /metrics shows it
     assert [decode_event(m.data).id for m in msgs] == [e.id for e in events]
     assert abs(time_of(msgs[0]) - time.time()) < 5
     await consumer.ack_upto(msgs[2])  # AckPolicy.ALL: acks 1..3

@@ -57,6 +57,7 @@ async def test_metrics_follow_real_traffic(daemon_factory: Callable[..., InProce
     assert m["watchd_delivery_latency_seconds_count"][(("target", "notify.console"),)] == 2
     assert m["watchd_handoffs"][(("state", "delivered"), ("target", "notify.console"))] == 2
     assert m["watchd_dead_letters"][()] == 0
+    assert m["watchd_engine_lag_events"][()] == 0  # drained: nothing stored past what it decided
     assert sum(v for k, v in m["watchd_http_rejected_total"].items()) >= 1
 
     # the heartbeat schedule's first tick: lateness observed, the job's outcome counted

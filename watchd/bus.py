@@ -634,6 +634,11 @@ def seq_of(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
+def pending_after(msg: Msg) -> int:
+    """How many messages the consumer still has to deliver after this one, as the server counted."""
+    return int(msg.metadata.num_pending or 0)
+
+
 def time_of(msg: Msg) -> float:
     """When the stream stored the message (epoch seconds): the engine's clock for this event."""
     return msg.metadata.timestamp.timestamp()

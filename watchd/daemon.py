@@ -126,6 +126,7 @@ class Daemon:
         self.committed_clock = 0.0
         self.last_loop_at = 0.0
         self.events_seen = 0
+        self.behind = 0  # events stored past the last one fetched (the stream's own count): the lag
         self.metrics = Metrics()
         self.metrics.add_state(lambda: task_families(self.upkeep.stats.values()))
         self.failures = stepping.FailureLog(clock)
@@ -633,6 +634,8 @@ class Daemon:
         id_notes: dict[int, str] = {}  # events whose id watchd had to assign: their decisions say so
         chat: list[tuple[Event, float, int]] = []  # button presses, relayed as answers (answers.py)
         answered: list[Event] = []  # answers applied: their chat messages are edited once committed
+        if msgs and not replay:
+            self.behind = bus.pending_after(msgs[-1])
         for msg in msgs:
             seq = bus.seq_of(msg)
             if seq <= self.last_seq:

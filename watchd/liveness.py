@@ -62,6 +62,7 @@ def health(d: Daemon) -> dict[str, Any]:
         "uptime_s": round(now - d.started_at, 1),
         "watches": len(d.loaded.watches),
         "last_seq": d.last_seq,
+        "behind": d.behind,
         "events": d.events_seen,
         "cluster": cluster_view(d),
         "sources": d.sources.view() if d.sources is not None else [],

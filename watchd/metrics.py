@@ -135,10 +135,8 @@ def health_families(health: dict[str, Any], refusals: dict[str, int]) -> Iterato
     yield _gauge("watchd_watches", "Watches loaded.", health.get("watches", 0))
     yield _gauge("watchd_uptime_seconds", "Seconds since the daemon started.", health.get("uptime_s", 0))
     yield _gauge("watchd_last_seq", "The last stream sequence the engine committed.", health.get("last_seq", 0))
-    if "stream_last_seq" in health:
-        yield _gauge("watchd_stream_last_seq", "The event stream's last sequence.", health["stream_last_seq"])
-        lag = max(0, int(health["stream_last_seq"]) - int(health.get("last_seq", 0)))
-        yield _gauge("watchd_engine_lag_events", "Events stored but not yet decided.", lag)
+    if "behind" in health:  # as of the last batch fetched: a stalled engine shows its last figure
+        yield _gauge("watchd_engine_lag_events", "Events stored but not yet decided.", health["behind"])
     events = CounterMetricFamily("watchd_events", "Events the engine consumed since start.")
     events.add_metric([], health.get("events", 0))
     yield events
