@@ -22,7 +22,7 @@ from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
 
-from watchd import bus
+from watchd import bus, cluster
 from watchd.bus import EmbeddedNats
 from watchd.handoff_queue import HandoffQueue
 from watchd.model import make_event
@@ -246,3 +246,53 @@ async def test_a_handoff_nats_cannot_store_is_a_dead_letter_and_the_others_are_q
         assert msg.subject == "watchd.handoffs.notify.my_hook" and msg.headers and msg.headers["Nats-Msg-Id"] == "h_odd"
     finally:
         await asyncio.to_thread(store.close)
+
+
+ABSENT = {
+    "hosts.toml": """
+[[watch]]
+id = "hosts"
+kind = "absent"
+expect = { subject = "hb", key = "data.host" }
+for = "30s"
+then = ["notify.hook"]
+"""
+}
+
+
+async def test_a_timer_fired_by_a_holder_that_dies_before_recording_its_instant_is_handed_off_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with FakeWebhook() as hook:
+        a = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=config(hook)).start()
+        b = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=config(hook)).start()
+        await a.publish(make_event("hb", {"host": "h1"}, id="hb-1"))
+        await until(lambda: a.last_seq() == 1, what="a to commit the heartbeat")
+
+        # a fires the silence, commits and queues it, and dies before it records the instant its
+        # timers reached: the next holder fires the same silence again.
+        crashed = asyncio.Event()
+        record_position = cluster.Lease.record_position
+
+        async def dying(lease: cluster.Lease, seq: int, clock: float) -> None:
+            if a.daemon is not None and lease is a.running.lease and a.handoffs("hosts"):
+                a.running.stop.set()
+                crashed.set()
+                assert a.running.nc is not None
+                await a.running.nc.close()
+            await record_position(lease, seq, clock)
+
+        monkeypatch.setattr(cluster.Lease, "record_position", dying)
+        hook.fail(503, times=1000)  # what a queued, it cannot deliver before it dies
+        await asyncio.gather(a.advance(35), b.advance(35))
+        await until(crashed.is_set, what="a to die after the fire's commit")
+        await a.cleanup()
+        hook.recover()
+
+        await until(lambda: b.running.active, timeout_s=10, what="b to take over")
+        await b.advance(1)
+        await until(lambda: hook.handoff_ids, timeout_s=30, what="the silence delivered")
+        await until(lambda: b.running.queue is not None and b.running.queue.duplicates == 1, what="b's fire")
+        await asyncio.sleep(0.5)
+        assert hook.handoff_ids == [a.handoffs("hosts")[0]["id"]], "delivered once"
+        assert [h["id"] for h in b.handoffs("hosts")] == hook.handoff_ids
