@@ -130,3 +130,18 @@ def test_a_batchs_misses_are_worded_once_per_distinct_value(monkeypatch: pytest.
     assert misses[0].reason == misses[1].reason == real(source, events[1])
     assert misses[2].reason == real(source, events[3]) != misses[0].reason
     assert "data.level = 2" in misses[0].reason and 'data.host = "h2"' in misses[2].reason
+
+
+def test_misses_over_large_values_are_worded_without_being_kept() -> None:
+    """A `where` that reads a large value (all of `data`) is worded for each miss and the words are
+    not kept: the cache holds small keys only."""
+    from watchd.engine import WHERE_FALSE, Decision, Verdict
+    from watchd.explain import clauses
+
+    source = 'size(data) > 500 && data.kind == "x"'
+    events = {1: make_event("svc.event", {f"f{i}": "v" * 20 for i in range(40)} | {"kind": "y"})}
+    clauses._DESCRIBED.clear()
+    misses = [Decision(0.0, "w", None, Verdict.WHERE_FALSE, WHERE_FALSE + source, "e1", 1)]
+    clauses.describe_misses(misses, events)
+    assert misses[0].reason == clauses.explain_false(source, events[1])
+    assert clauses._DESCRIBED == {}

@@ -376,8 +376,13 @@ _DESCRIBED: dict[tuple[str, str], str] = {}
 _DESCRIBED_MAX = 4096
 
 
+_READ_CHARS_KEPT = 512  # values read beyond this (a `where` over all of `data`) are worded each time
+
+
 def _explain_false_cached(source: str, event: Event, ctx: Any) -> str:
     read = repr([expr.evaluate(e, ctx) for e in _fields_read(source)])
+    if len(read) > _READ_CHARS_KEPT:
+        return explain_false(source, event, ctx)
     found = _DESCRIBED.get((source, read))
     if found is None:
         found = explain_false(source, event, ctx)
