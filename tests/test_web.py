@@ -191,3 +191,36 @@ async def test_the_run_page_shows_the_transcript_of_runs_show_as_data(
 
         status, _, _ = await get(d, "/runs/r_nope")
         assert status == 404
+
+
+PR_DEADLINE = {
+    "pr.toml": """
+[[watch]]
+id = "pr-needs-review"
+kind = "deadline"
+opens = { subject = "github.pull_request", where = 'data.action == "opened"', key = "data.number" }
+expect = { subject = "github.pull_request_review", key = "data.pull_request.number" }
+within = "24h"
+then = ["notify.console"]
+""",
+}
+
+
+async def test_deadline_windows_are_bars_met_missed_and_open(daemon_factory: Callable[..., InProcessDaemon]) -> None:
+    d = await daemon_factory(PR_DEADLINE).start()
+    await d.publish(
+        make_event("github.pull_request", {"action": "opened", "number": 1}),
+        make_event("github.pull_request", {"action": "opened", "number": 2}),
+        make_event("github.pull_request_review", {"pull_request": {"number": 1}}),
+    )
+    await until(lambda: d.decisions("pr-needs-review", "window_closed"), what="PR 1 reviewed in time")
+    await d.advance(25 * 3600)
+    await until(lambda: d.handoffs("pr-needs-review"), what="PR 2 past its deadline")
+    await d.publish(make_event("github.pull_request", {"action": "opened", "number": 3}))
+    await until(lambda: len(d.decisions("pr-needs-review", "window_opened")) == 3, what="PR 3's window")
+
+    status, html, _ = await get(d, "/watches/pr-needs-review")
+    assert status == 200
+    bars = re.findall(r'<rect class="window (\w+)"[^>]*><title>([^<]*)</title>', html)
+    assert sorted(outcome for outcome, _ in bars) == ["met", "missed", "open"], bars
+    assert any("[2]" in title and "missed" in title for _, title in bars)

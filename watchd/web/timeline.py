@@ -1,6 +1,6 @@
 """The explain timeline as a picture: one SVG with a time axis, each decision a mark (fires
-stand out, near misses are faint), the wait for the next due instant as a bar, and every mark's
-reason in its hover title. Plain SVG: no script, readable in any browser and in a screenshot."""
+stand out, near misses are faint), deadline windows and the wait for the next due instant as
+bars, and every mark's reason in its hover title. Plain SVG: no script, readable in any browser and in a screenshot."""
 
 from __future__ import annotations
 
@@ -44,6 +44,31 @@ COLOURS = {
 }
 
 
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    key: str | None
+    outcome: str  # met | missed | open
+
+
+def windows(marks: Sequence[Mark], now: float, next_due: float | None) -> list[Window]:
+    """Deadline windows from their decisions: opened, then closed in time (met), fired (missed), or
+    still open (drawn to the next due instant)."""
+    opened: dict[str | None, float] = {}
+    found: list[Window] = []
+    for m in sorted(marks, key=lambda m: m.at):
+        if m.verdict == "window_opened":
+            opened[m.key] = m.at
+        elif m.key in opened and m.verdict in ("window_closed", "fired", "would_fire", "missed_while_down"):
+            found.append(Window(opened.pop(m.key), m.at, m.key, "met" if m.verdict == "window_closed" else "missed"))
+    found += [Window(at, max(now, next_due or now), key, "open") for key, at in opened.items()]
+    return found
+
+
+WINDOW_COLOURS = {"met": "#a5d6a7", "missed": "#ef9a9a", "open": "#ffe082"}
+
+
 def render(marks: Sequence[Mark], now: float, next_due: float | None, zone: str, waiting: str = "") -> str:
     """An SVG document (a string) for the marks between the first mark and now (or the next due
     instant, when one is set)."""
@@ -81,6 +106,14 @@ def render(marks: Sequence[Mark], now: float, next_due: float | None, zone: str,
             f'width="{max(2.0, x(next_due) - x(now)):.1f}" height="12" fill="#90caf9" opacity="0.6">'
             f"<title>{title}</title></rect>"
         )
+    for w in windows(marks, now, next_due):
+        key = f" [{w.key}]" if w.key else ""
+        title = escape(f"window{key} {_clock(w.start, tz)} → {_clock(w.end, tz)}: {w.outcome}")
+        parts.append(
+            f'<rect class="window {w.outcome}" x="{x(w.start):.1f}" y="{ROWS["decided"] - 9}" '
+            f'width="{max(2.0, x(w.end) - x(w.start)):.1f}" height="18" fill="{WINDOW_COLOURS[w.outcome]}" '
+            f'opacity="0.7"><title>{title}</title></rect>'
+        )
     parts.append(
         f'<line class="now" x1="{x(now):.1f}" x2="{x(now):.1f}" y1="10" y2="{AXIS_Y}" stroke="#1565c0" '
         'stroke-dasharray="3 3"><title>now</title></line>'
@@ -105,3 +138,7 @@ def render(marks: Sequence[Mark], now: float, next_due: float | None, zone: str,
             )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _clock(ts: float, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S")
