@@ -67,7 +67,13 @@ def test_kill9_while_polling(process_factory: Callable[..., DaemonProc], subreap
     seed = int(os.environ.get("WATCHD_TEST_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
     value = tmp_path / "version.txt"
-    value.write_text("0")
+
+    def publish_version(v: int) -> None:  # atomically: a poll never reads a half-written file
+        part = value.with_suffix(".part")
+        part.write_text(str(v))
+        part.replace(value)
+
+    publish_version(0)
     extra = (
         f'[source.ver]\ntype = "poll"\ncommand = ["{sys.executable}", "-c", '
         f'"print(open(\'{value}\').read())"]\nevery = "1s"\nsubject = "app.version"\n'
@@ -78,15 +84,15 @@ def test_kill9_while_polling(process_factory: Callable[..., DaemonProc], subreap
     version = 0
     for _ in range(4):
         version += 1
-        value.write_text(str(version))
+        publish_version(version)
         time.sleep(rng.uniform(0.3, 1.6))  # the kill lands before, during or after the poll sees it
         d.kill9()
         if rng.random() < 0.5:
             version += 1  # and a change while it is down
-            value.write_text(str(version))
+            publish_version(version)
         d.start()
     final = version + 1
-    value.write_text(str(final))
+    publish_version(final)
     wait_until(
         lambda: any(e["data"]["current"].strip() == str(final) for e in events_of(d, "ver")),
         timeout_s=30,
