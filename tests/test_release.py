@@ -7,6 +7,7 @@ lets them go."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,19 @@ async def test_a_rollback_that_fails_keeps_the_hold_and_one_by_hand_releases_it(
 
         failed = await d.cli("release", "rollback", "claw")  # still no network: it says so, exit 1
         assert failed.returncode == 1 and "The rollback did not help" in failed.stdout
+        # the same from the dashboard: a form with its CSRF token (and refused without one)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(d.http_url + "/maintenance") as page:
+                html = await page.text()
+            form = 'action="/actions/releases/agent.claw/rollback"'
+            assert form in html
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+            assert csrf is not None
+            url = d.http_url + "/actions/releases/agent.claw/rollback"
+            async with http.post(url, data={}, allow_redirects=False) as refused:
+                assert refused.status == 403
+            async with http.post(url, data={"csrf": csrf.group(1)}, allow_redirects=False) as done:
+                assert done.status == 303 and "did%20not%20help" in done.headers["Location"]
 
         (d.root / "network").touch()
         rolled = await d.cli("release", "rollback", "claw")

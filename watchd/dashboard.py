@@ -59,6 +59,16 @@ class DaemonActions:
         key, _ = await scheduler.run_now(name, by)
         return f"running {name} now ({key})"
 
+    async def release(self, action: str, agent: str, by: str) -> str:
+        control = self.daemon.releases
+        if control is None:
+            raise WatchdError("this watchd delivers nothing now (starting, or standing by)", hint="try again later")
+        if action == "promote":
+            record = await control.promote(agent, by)
+            return f"{record.agent}: promoted by {by}; its held handoffs are released"
+        _, message = await control.rollback(agent, by)
+        return message
+
 
 def _where(watch: str, key: str | None) -> str:
     return watch if key is None else f"{watch} [{key}]"

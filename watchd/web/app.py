@@ -70,6 +70,10 @@ class Actions(Protocol):
         """Run a schedule's job now (trigger manual); a sentence saying what was done."""
         ...
 
+    async def release(self, action: str, agent: str, by: str) -> str:
+        """Promote an agent's held release, or roll it back; a sentence saying what was done."""
+        ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,6 +113,7 @@ class Dashboard:
             web.post("/actions/watches/{id}/{action}", self.action(self.answer_action)),
             web.post("/actions/dlq/{id}/{action}", self.action(self.dlq_action)),
             web.post("/actions/schedules/{name}/run-now", self.action(self.run_now_action)),
+            web.post("/actions/releases/{agent}/{action}", self.action(self.release_action)),
         ]
 
     # ---- plumbing ----
@@ -262,6 +267,19 @@ class Dashboard:
             notice = exc.message
         log.info("dashboard: run now %s: %s", name, notice)
         raise web.HTTPSeeOther(_with_notice(f"/schedules/{urllib.parse.quote(name, safe='')}", notice))
+
+    async def release_action(self, request: web.Request) -> web.StreamResponse:
+        await self._checked_form(request)
+        agent, action = request.match_info["agent"], request.match_info["action"]
+        if action not in ("promote", "rollback"):
+            raise web.HTTPNotFound()
+        assert self.actions is not None  # _checked_form refuses in read-only mode
+        try:
+            notice = await self.actions.release(action, agent, "http:dashboard")
+        except WatchdError as exc:
+            notice = exc.message
+        log.info("dashboard: release %s %s: %s", action, agent, notice)
+        raise web.HTTPSeeOther(_with_notice("/maintenance", notice))
 
     def action(self, act: Handler) -> Handler:
         """A POST form's handler: a refusal is a page saying why (with its status), for a person."""
