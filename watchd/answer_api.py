@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -32,9 +32,11 @@ from watchd.model import Event, own_event
 from watchd.store import Store
 from watchd.store.decisions import event_decisions
 
-MAX_BODY = 4096
+if TYPE_CHECKING:
+    from watchd.ingress import ApiFields, Refuse
+
 APPLY_WAIT_S = 5.0  # how long a call waits for the engine to apply the answer before answering 202
-_HINT = 'send {"target": "WATCH or HANDOFF", "duration": "1h"} as JSON'
+_SHAPE = '{"target": "WATCH or HANDOFF", "duration": "1h"}'
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,18 @@ class AnswerApi:
         watches: Callable[[], Iterable[str]],
         publish: Callable[[Event], Awaitable[Any]],
         applied: Callable[[], int],
-        authorized: Callable[[web.BaseRequest], bool],
-        read_body: Callable[[web.BaseRequest, int], Awaitable[bytes]],
-        refuse: Callable[[int, str, str], web.Response],
+        fields: ApiFields,
+        refuse: Refuse,
         clock: Callable[[], float],
-        token_set: bool,
         apply_wait_s: float = APPLY_WAIT_S,
     ) -> None:
         self.store = store
         self.watches = watches
         self.publish = publish
         self.applied = applied
-        self.authorized = authorized
-        self.read_body = read_body
+        self.fields = fields
         self.refuse = refuse
         self.clock = clock
-        self.token_set = token_set
         self.apply_wait_s = apply_wait_s
 
     def routes(self) -> list[web.RouteDef]:
@@ -126,18 +124,9 @@ class AnswerApi:
         return Answered(event.id, applied=True, decisions=shown)
 
     async def _fields(self, request: web.Request) -> dict[str, Any]:
-        if not self.authorized(request):
-            raise RequestRefused(401, "auth", "missing or wrong bearer token")
-        if not self.token_set and request.content_type != "application/json":
-            # As for events: a web page cannot send JSON cross-site without a preflight.
-            raise RequestRefused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
-        body = await self.read_body(request, MAX_BODY)
-        try:
-            fields = msgspec.json.decode(body) if body.strip() else {}
-        except msgspec.DecodeError:
-            raise RequestRefused(400, "json", f"the body is not JSON: {_HINT}") from None
-        if not isinstance(fields, dict) or not isinstance(fields.get("target"), str) or not fields["target"]:
-            raise RequestRefused(400, "answer", f"the body names no target: {_HINT}")
+        fields = await self.fields(request, _SHAPE)
+        if not isinstance(fields.get("target"), str) or not fields["target"]:
+            raise RequestRefused(400, "answer", f"the body names no target: send {_SHAPE}")
         for name in ("key", "duration", "by"):
             if fields.get(name) is not None and not isinstance(fields[name], str):
                 raise RequestRefused(400, "answer", f"`{name}` must be a string")

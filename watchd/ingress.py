@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import msgspec
 from aiohttp import web
 from yarl import URL
 
@@ -49,8 +50,12 @@ SOURCE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 log = logging.getLogger("watchd.http")
 
 Publisher = Callable[[Event], Awaitable[bus.PubAckInfo]]
+# How the /api/ routes (answer_api, schedule_api, release_api) read a request and refuse one.
+ApiFields = Callable[[web.BaseRequest, str], Awaitable[dict[str, Any]]]
+Refuse = Callable[[int, str, str], web.Response]
 Health = Callable[[], dict[str, Any]]
 
+API_MAX_BODY = 4096  # an /api/ request names a watch, a schedule or an agent: a few hundred bytes
 LOG_EVERY_S = 60.0  # per reason: the first refusal is logged, then at most one line a minute
 
 # A Host header: a name or an IPv4 address, or an IPv6 address in brackets; an optional port.
@@ -222,6 +227,23 @@ class Ingress:
         except EventRejected as exc:
             return self.error(400, exc.reason, exc.message)
         return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate}, status=202)
+
+    async def api_fields(self, request: web.BaseRequest, shape: str, max_body: int = API_MAX_BODY) -> dict[str, Any]:
+        """The JSON object an /api/ request sends, once its caller passed: the bearer token when one is
+        set; else a JSON content type, which a web page cannot send cross-site without a preflight
+        (as for events). `shape` says what to send, for the refusals. RequestRefused."""
+        if not self._authorized(request):
+            raise RequestRefused(401, "auth", "missing or wrong bearer token")
+        if self.token is None and request.content_type != "application/json":
+            raise RequestRefused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
+        body = await self.read_body(request, max_body)
+        try:
+            fields = msgspec.json.decode(body) if body.strip() else {}
+        except msgspec.DecodeError:
+            raise RequestRefused(400, "json", f"the body is not JSON: send {shape}") from None
+        if not isinstance(fields, dict):
+            raise RequestRefused(400, "json", f"the body is not a JSON object: send {shape}")
+        return fields
 
     async def read_body(self, request: web.BaseRequest, max_body: int) -> bytes:
         """The whole body, within `max_body` bytes and the body deadline, uncompressed; else
@@ -423,11 +445,9 @@ def answer_api(daemon: Daemon, ingress: Ingress) -> AnswerApi:
         watches=lambda: daemon.engine.watches.keys(),
         publish=ingress.store,
         applied=lambda: daemon.last_seq,
-        authorized=ingress._authorized,
-        read_body=ingress.read_body,
-        refuse=lambda status, reason, message: ingress.error(status, reason, message),
+        fields=ingress.api_fields,
+        refuse=ingress.error,
         clock=daemon.clock,
-        token_set=ingress.token is not None,
     )
 
 
@@ -437,10 +457,8 @@ def schedule_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
 
     api = ScheduleApi(
         scheduler=lambda: daemon.scheduler,
-        authorized=ingress._authorized,
-        read_body=ingress.read_body,
-        refuse=lambda status, reason, message: ingress.error(status, reason, message),
-        token_set=ingress.token is not None,
+        fields=ingress.api_fields,
+        refuse=ingress.error,
     )
     return api.routes()
 
@@ -451,9 +469,7 @@ def release_routes(daemon: Daemon, ingress: Ingress) -> list[web.RouteDef]:
 
     api = ReleaseApi(
         releases=lambda: daemon.releases,
-        authorized=ingress._authorized,
-        read_body=ingress.read_body,
-        refuse=lambda status, reason, message: ingress.error(status, reason, message),
-        token_set=ingress.token is not None,
+        fields=ingress.api_fields,
+        refuse=ingress.error,
     )
     return api.routes()

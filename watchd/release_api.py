@@ -12,7 +12,7 @@ as the listener vets every request (ingress.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,9 +22,9 @@ from watchd import answers
 from watchd.errors import RequestRefused, WatchdError
 
 if TYPE_CHECKING:
+    from watchd.ingress import ApiFields, Refuse
     from watchd.jobs.release import ReleaseControl
 
-MAX_BODY = 4096
 ACTIONS = ("promote", "rollback")
 
 
@@ -33,16 +33,12 @@ class ReleaseApi:
         self,
         *,
         releases: Callable[[], ReleaseControl | None],
-        authorized: Callable[[web.BaseRequest], bool],
-        read_body: Callable[[web.BaseRequest, int], Awaitable[bytes]],
-        refuse: Callable[[int, str, str], web.Response],
-        token_set: bool,
+        fields: ApiFields,
+        refuse: Refuse,
     ) -> None:
         self.releases = releases
-        self.authorized = authorized
-        self.read_body = read_body
+        self.fields = fields
         self.refuse = refuse
-        self.token_set = token_set
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/release", self.act)]
@@ -67,17 +63,8 @@ class ReleaseApi:
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
     async def _fields(self, request: web.Request) -> tuple[str, str, str, ReleaseControl]:
-        if not self.authorized(request):
-            raise RequestRefused(401, "auth", "missing or wrong bearer token")
-        if not self.token_set and request.content_type != "application/json":
-            # As for events: a web page cannot send JSON cross-site without a preflight.
-            raise RequestRefused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
-        body = await self.read_body(request, MAX_BODY)
-        try:
-            fields = msgspec.json.decode(body) if body.strip() else {}
-        except msgspec.DecodeError:
-            raise RequestRefused(400, "json", 'the body is not JSON: send {"agent": "NAME", "action": …}') from None
-        if not isinstance(fields, dict) or not isinstance(fields.get("agent"), str) or not fields["agent"]:
+        fields = await self.fields(request, '{"agent": "NAME", "action": "promote" | "rollback"}')
+        if not isinstance(fields.get("agent"), str) or not fields["agent"]:
             raise RequestRefused(400, "release", 'the body names no agent: send {"agent": "NAME", "action": …}')
         if fields.get("action") not in ACTIONS:
             raise RequestRefused(400, "release", '`action` must be "promote" or "rollback"')

@@ -15,7 +15,7 @@ stands by. Callers are vetted as the listener vets every request (ingress.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,8 +27,7 @@ from watchd.model import iso
 
 if TYPE_CHECKING:
     from watchd.cron.runner import Scheduler
-
-MAX_BODY = 4096
+    from watchd.ingress import ApiFields, Refuse
 
 
 class ScheduleApi:
@@ -36,16 +35,12 @@ class ScheduleApi:
         self,
         *,
         scheduler: Callable[[], Scheduler | None],
-        authorized: Callable[[web.BaseRequest], bool],
-        read_body: Callable[[web.BaseRequest, int], Awaitable[bytes]],
-        refuse: Callable[[int, str, str], web.Response],
-        token_set: bool,
+        fields: ApiFields,
+        refuse: Refuse,
     ) -> None:
         self.scheduler = scheduler
-        self.authorized = authorized
-        self.read_body = read_body
+        self.fields = fields
         self.refuse = refuse
-        self.token_set = token_set
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/run-now", self.run_now), web.post("/api/replay", self.replay)]
@@ -73,17 +68,8 @@ class ScheduleApi:
         return web.json_response({"key": row.key, "schedule": row.schedule, "tick": iso(row.tick_at)}, status=202)
 
     async def _fields(self, request: web.Request, name: str, shape: str) -> tuple[dict[str, str], Scheduler]:
-        if not self.authorized(request):
-            raise RequestRefused(401, "auth", "missing or wrong bearer token")
-        if not self.token_set and request.content_type != "application/json":
-            # As for events: a web page cannot send JSON cross-site without a preflight.
-            raise RequestRefused(415, "content_type", "send the body as JSON (Content-Type: application/json)")
-        body = await self.read_body(request, MAX_BODY)
-        try:
-            fields = msgspec.json.decode(body) if body.strip() else {}
-        except msgspec.DecodeError:
-            raise RequestRefused(400, "json", f"the body is not JSON: send {shape}") from None
-        if not isinstance(fields, dict) or not isinstance(fields.get(name), str) or not fields[name]:
+        fields = await self.fields(request, shape)
+        if not isinstance(fields.get(name), str) or not fields[name]:
             raise RequestRefused(400, "schedule", f"the body names no {name}: send {shape}")
         if fields.get("by") is not None and not isinstance(fields["by"], str):
             raise RequestRefused(400, "schedule", "`by` must be a string")
