@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 
 from watchd import bus, credentials
 from watchd.model import make_event

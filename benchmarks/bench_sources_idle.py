@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.fakes import FakeTelegram
+from support.fake_telegram import FakeTelegram
 from support.journal import make_journal, real_journal_missing
 from support.slack_socket import FakeSlackSocket
 
