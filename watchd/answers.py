@@ -24,7 +24,6 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
@@ -34,7 +33,7 @@ from watchd.config import Config
 from watchd.engine import Decision, Verdict
 from watchd.engine.answers import ACTIONS, ANSWER_SUBJECT, decode
 from watchd.errors import UnknownTarget, WatchdError
-from watchd.model import Event, Handoff, own_event
+from watchd.model import Event, Handoff, own_event, ts_from_iso
 from watchd.notify.render import render
 from watchd.sources.settings import SlackSettings, TelegramSettings, WebhookSettings
 from watchd.store import Store
@@ -142,7 +141,7 @@ def caller(given: object, via: str) -> str:
 
 def _instant(text: str) -> float | None:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return ts_from_iso(text)
     except ValueError:
         return None
 

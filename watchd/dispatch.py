@@ -13,12 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from watchd.config import Quiet
 from watchd.engine import Fire
-from watchd.model import Handoff, Window, iso
+from watchd.model import Handoff, Window, iso, ts_from_iso
 from watchd.notify.render import render, render_template
 from watchd.quiet import QUIET_PREFIX, quiet_hold
 from watchd.store import Store
@@ -274,6 +273,6 @@ def outcome_label(outcome: object) -> str:
 def fired_ago_s(h: Handoff, now: float) -> float | None:
     """Seconds since the handoff's watch fired (its delivery latency once delivered)."""
     try:
-        return now - datetime.fromisoformat(h.fired_at.replace("Z", "+00:00")).timestamp()
+        return now - ts_from_iso(h.fired_at)
     except ValueError:
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -19,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from watchd.engine.verdict import FIRES
+from watchd.model import ts_from_iso
 
 if TYPE_CHECKING:
     from watchd.config import Loaded
@@ -285,7 +285,7 @@ def store_families(loaded: Loaded) -> Iterator[Metric]:
                     cost.add_metric([agent, model], totals[2])
                 canary = last_canary(conn)
                 if canary and canary.get("ok") and canary.get("at"):
-                    canary_at = _timestamp(str(canary["at"]))
+                    canary_at = ts_from_iso(str(canary["at"]))
             except sqlite3.Error:
                 pass  # a state db no daemon has finished creating: report what is known
     yield handoffs
@@ -295,17 +295,13 @@ def store_families(loaded: Loaded) -> Iterator[Metric]:
     yield cost
     backup = last_backup(loaded)
     if backup and backup.get("verified") and backup.get("at"):
-        at = _timestamp(str(backup["at"]))
+        at = ts_from_iso(str(backup["at"]))
         yield _gauge("watchd_last_backup_timestamp_seconds", "When the last verified backup was made.", at)
     elif backup and backup.get("last_verified"):
-        at = _timestamp(str(backup["last_verified"]["at"]))
+        at = ts_from_iso(str(backup["last_verified"]["at"]))
         yield _gauge("watchd_last_backup_timestamp_seconds", "When the last verified backup was made.", at)
     if canary_at is not None:
         yield _gauge("watchd_last_canary_timestamp_seconds", "When the last good canary ran.", canary_at)
-
-
-def _timestamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -60,6 +60,11 @@ def iso(ts: float | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
+def ts_from_iso(text: str) -> float:
+    """An RFC 3339 instant (`iso`'s output, or any with an offset) as epoch seconds; ValueError."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     subject: str

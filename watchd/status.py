@@ -23,7 +23,7 @@ from watchd.explain.schedule import schedule_status
 from watchd.jobs.backup import backup_line, last_backup
 from watchd.jobs.builtin_watches import BUILTIN_FILE, all_watches
 from watchd.jobs.canary import canary_line, last_canary
-from watchd.model import iso
+from watchd.model import iso, ts_from_iso
 from watchd.sources.settings import type_name
 from watchd.store import open_readonly, schedules
 from watchd.store.agent_watches import active_watch_defs
@@ -326,7 +326,7 @@ def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: flo
     for w in utc["watches"]:
         for h in w.get("holds", []):
             # Told again in the zone of the rest (the JSON's text is in the watch's own zone).
-            until = datetime.fromisoformat(h["until"].replace("Z", "+00:00")).timestamp()
+            until = ts_from_iso(h["until"])
             hold = Hold(action=h["action"], until=until, by=h["by"], at=until, key=h["key"])
             console.print(f"{w['id']}: {hold_words(hold, zone)}", markup=False)
     if builtin:  # their own narrower table, so they never crowd the user's watches off an 80-column screen

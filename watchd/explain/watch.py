@@ -86,7 +86,7 @@ from watchd.engine import (
 from watchd.engine.base import hold_words
 from watchd.engine.index import subject_matches
 from watchd.errors import WatchdError
-from watchd.model import instant, iso
+from watchd.model import instant, iso, ts_from_iso
 from watchd.store.db import check_readable
 from watchd.store.decisions import decisions_kept_from, event_decisions, watch_decisions
 from watchd.store.engine_state import Heard, engine_view, heard
@@ -408,7 +408,7 @@ def _verdict(
     if last is not None and last.verdict == Verdict.SUPPRESSED:
         until = last.reason.removeprefix("cooldown until ")
         try:
-            until_text = t(datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp())
+            until_text = t(ts_from_iso(until))
         except ValueError:
             until_text = until
         text = f"suppressed by cooldown until {until_text}{for_key(last.key)}"
