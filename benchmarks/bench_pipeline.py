@@ -135,6 +135,16 @@ async def publish_paced(url: str, rate: float, seconds: float) -> dict[str, floa
     return sent
 
 
+def handoff_latencies_ms(state_dir: Path, sent: dict[str, float]) -> list[float]:
+    """Publish → handoff committed, in ms, for each `latency` handoff of events in `sent` (id → time)."""
+    db = sqlite3.connect(state_dir / "watchd.db")
+    try:
+        rows = db.execute("SELECT evidence, created_at FROM handoffs WHERE watch = 'latency'").fetchall()
+    finally:
+        db.close()
+    return [(created - sent[json.loads(ev)[0]["id"]]) * 1000 for ev, created in rows]
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -198,9 +208,7 @@ def main() -> None:
             sent = asyncio.run(publish_paced(url, args.rate, 10))
             wait_seq(http_port, args.events + len(sent), timeout_s=60)
             time.sleep(0.5)
-            db = sqlite3.connect(root / "state" / "watchd.db")
-            rows = db.execute("SELECT evidence, created_at FROM handoffs WHERE watch = 'latency'").fetchall()
-            lat = [(created - sent[json.loads(ev)[0]["id"]]) * 1000 for ev, created in rows]
+            lat = handoff_latencies_ms(root / "state", sent)
             print(
                 f"latency publish → handoff committed at {args.rate:.0f}/s ({len(lat)} events): "
                 f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, max {max(lat):.1f} ms"

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import resource
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -28,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_pipeline import free_port, health, pct, proc_rss_mb, publish_paced, wait_seq
+from bench_pipeline import free_port, handoff_latencies_ms, health, pct, proc_rss_mb, publish_paced, wait_seq
 
 from watchd import bus
 from watchd.model import make_event
@@ -182,9 +180,7 @@ def main() -> None:
             sent = asyncio.run(publish_paced(url, 200, 10))
             wait_seq(http_port, args.events + len(sent), timeout_s=120)
             time.sleep(0.5)
-            db = sqlite3.connect(root / "state" / "watchd.db")
-            rows = db.execute("SELECT evidence, created_at FROM handoffs WHERE watch = 'latency'").fetchall()
-            lat = [(created - sent[json.loads(ev)[0]["id"]]) * 1000 for ev, created in rows]
+            lat = handoff_latencies_ms(root / "state", sent)
             print(
                 f"after the drain, publish → handoff at 200/s ({len(lat)} events): "
                 f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms"
