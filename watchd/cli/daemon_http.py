@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -43,35 +44,30 @@ def post_event(loaded: Loaded, event: Event, timeout_s: float = 3) -> dict[str, 
     NATS after a lost answer is still stored once."""
     query = urllib.parse.urlencode({"source": event.source}) if event.source else ""
     path = f"/events/{urllib.parse.quote(event.subject, safe='')}" + (f"?{query}" if query else "")
-    headers = {"Content-Type": "application/json", "Idempotency-Key": event.id}
-    token = resolve_secret(loaded.config.http.token)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        daemon_url(loaded, path), data=msgspec.json.encode(event.data), headers=headers, method="POST"
-    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            answer: dict[str, Any] = json.loads(resp.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            message = str(json.loads(exc.read() or b"{}").get("error") or exc.reason)
-        except ValueError:
-            message = str(exc.reason)
-        if exc.code == 503:
-            raise NatsUnavailable(f"watchd could not store the event: {message}") from None
-        if exc.code in (401, 403, 421):  # not ours to pass (a token, a proxy): NATS may still take it
-            return None
-        raise EventRejected(message) from None
-    except (OSError, ValueError):
+        status, answer = post_json(loaded, path, event.data, timeout_s, {"Idempotency-Key": event.id})
+    except DaemonNotRunning:
         return None
+    if status < 400:
+        return answer
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = f"HTTP {status}"
+    message = str(answer.get("error") or phrase)
+    if status == 503:
+        raise NatsUnavailable(f"watchd could not store the event: {message}")
+    if status in (401, 403, 421):  # not ours to pass (a token, a proxy): NATS may still take it
+        return None
+    raise EventRejected(message)
 
 
-def post_json(loaded: Loaded, path: str, body: dict[str, Any], timeout_s: float = 15) -> tuple[int, dict[str, Any]]:
-    """POST a JSON body to the running daemon (with [http] token as bearer when one is set):
-    (status, the JSON answer). DaemonNotRunning when nothing answers."""
-    headers = {"Content-Type": "application/json"}
+def post_json(
+    loaded: Loaded, path: str, body: dict[str, Any], timeout_s: float = 15, extra: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST a JSON body to the running daemon (with [http] token as bearer when one is set, and any
+    `extra` headers): (status, the JSON answer). DaemonNotRunning when nothing answers."""
+    headers = {"Content-Type": "application/json", **(extra or {})}
     token = resolve_secret(loaded.config.http.token)
     if token:
         headers["Authorization"] = f"Bearer {token}"
