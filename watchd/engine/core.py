@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-from typing import Any
 
 from watchd import expr
 from watchd.celfast import Unsupported
@@ -24,12 +23,10 @@ from watchd.engine import answers
 from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.engine.base import (
     WATCH_TIMER,
-    WHERE_FALSE,
     CompiledPattern,
     Decision,
     EngineState,
     EventInput,
-    Handler,
     KeyState,
     Outputs,
     Tick,
@@ -38,20 +35,23 @@ from watchd.engine.base import (
 )
 from watchd.engine.index import SubjectIndex
 from watchd.engine.kinds import compile_watch
+from watchd.engine.routing import UNSET, Candidate, Plan
 from watchd.engine.verdict import Verdict
 
-_WHERE_FALSE, _WHERE_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR  # bound once: see verdict.py
-
-Candidate = tuple[WatchLogic, CompiledPattern, Handler]
+_WHERE_FALSE, _WHERE_ERROR, _KEY_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR, Verdict.KEY_ERROR  # see verdict.py
+PLANS_KEPT = 20_000  # subjects whose plan is kept (as the subject index keeps their candidates)
 
 
 class Engine(EngineState):
-    def __init__(self, default_zone: str = "UTC") -> None:
+    def __init__(self, default_zone: str = "UTC", *, shares: bool = True) -> None:
+        """`shares` False judges each candidate watch on its own: no `where` or `key` evaluated
+        once for several, no equality index (the same decisions, slower; for tests)."""
         super().__init__()
         self.default_zone = default_zone
+        self.shares = shares
         self.index: SubjectIndex[Candidate] = SubjectIndex()
         self._deleted_watches: set[str] = set()
-        self._variables: dict[str, frozenset[str]] = {}
+        self._plans: dict[str, Plan] = {}
 
     # -- definitions and restored state --
 
@@ -74,7 +74,7 @@ class Engine(EngineState):
                 self._forget(gone)
         self.watches = new
         self.index = SubjectIndex()
-        self._variables = {}
+        self._plans = {}
         for logic in new.values():
             if not logic.watch.enabled:
                 continue
@@ -228,65 +228,104 @@ class Engine(EngineState):
 
     def _on_event(self, inp: EventInput) -> None:
         event = inp.event
-        if event.subject == ANSWER_SUBJECT:
+        subject = event.subject
+        if subject == ANSWER_SUBJECT:
             try:
                 answers.on_answer(self, inp)  # and watches may still watch it, like any event
             except Exception as exc:  # confined to this answer, as a kind's failure is to its watch
                 self.failed(str(event.data.get("watch", "")), None, exc, inp)
-        candidates = self.index.candidates(event.subject)
-        if not candidates:
+        plan = self._plans.get(subject)
+        if plan is None:
+            plan = self._plan(subject)
+        if not plan.routes:
             return
-        ctx: expr.Activation | None = None
         self._summary = self._summary_json = None
-        for logic, pattern, handle in candidates:
+        # This runs for every candidate of every event: each distinct `where` and `key` of the
+        # subject's watches is evaluated once, in its slot, and only a miss needs the words for why.
+        held = plan.blank_wheres.copy()
+        keys = plan.blank_keys.copy()
+        if plan.equalities:
+            plan.rule_out(event.data, held)
+        ctx: expr.Activation | None = None
+        decisions = self.out.decisions
+        for logic, pattern, handle, w, k, miss in plan.routes:
             key: str | None = None
             try:
-                where = pattern.where
-                if where is not None or pattern.key is not None:
-                    if ctx is None:
-                        ctx = expr.event_context(event, self._variables_for(event.subject, candidates))
-                    if where is not None:
-                        # Not `expr.test_where`: this runs for every candidate of every event, and
-                        # only a miss needs the words for why.
+                if w >= 0:
+                    h = held[w]
+                    if h is UNSET:
+                        where = pattern.where
+                        assert where is not None
                         fast = where.fast
                         try:
-                            held = fast(event, None) if fast is not None else where.program.execute(ctx.cel())
+                            if fast is not None:
+                                h = fast(event, None)
+                            else:
+                                if ctx is None:
+                                    ctx = expr.event_context(event, plan.variables)
+                                h = where.program.execute(ctx.cel())
                         except Unsupported:  # a value the compiled form does not model
-                            held = expr.evaluate_cel(where, ctx)[0]
-                        except Exception:  # CEL's errors, of several types: worded in `_missed`
-                            held = None
-                        if held is not True:
-                            self._missed(logic, pattern, ctx, held, inp)
-                            continue
-                    if pattern.key is not None:
-                        key, why = expr.key_of(pattern.key, ctx)
-                        if key is None:
-                            self.decide(logic.id, None, Verdict.KEY_ERROR, f"{why} (in {pattern.key.source})", inp)
-                            continue
+                            if ctx is None:
+                                ctx = expr.event_context(event, plan.variables)
+                            h = expr.evaluate_cel(where, ctx)[0]
+                        except Exception:  # CEL's errors, of several types: worded below
+                            h = None
+                        held[w] = h
+                    if h is not True:
+                        # A near miss: it carries its key when the watch has one (and it evaluates),
+                        # so `explain --key` shows the misses of that key too.
+                        if k >= 0:
+                            found = keys[k]
+                            if found is UNSET:
+                                if ctx is None:
+                                    ctx = expr.event_context(event, plan.variables)
+                                found = keys[k] = self._key(pattern, ctx)
+                            missed_key = found[0]
+                        else:
+                            missed_key = None
+                        if h is False:
+                            decisions.append(
+                                Decision(self.clock, logic.id, missed_key, _WHERE_FALSE, miss, event.id, inp.seq)
+                            )
+                        else:  # an error or not a boolean: evaluated again, through `expr`, for its words
+                            if ctx is None:
+                                ctx = expr.event_context(event, plan.variables)
+                            reason = self._where_error(pattern, ctx)
+                            decisions.append(
+                                Decision(self.clock, logic.id, missed_key, _WHERE_ERROR, reason, event.id, inp.seq)
+                            )
+                        continue
+                if k >= 0:
+                    found = keys[k]
+                    if found is UNSET:
+                        if ctx is None:
+                            ctx = expr.event_context(event, plan.variables)
+                        found = keys[k] = self._key(pattern, ctx)
+                    key = found[0]
+                    if key is None:
+                        self.decide(logic.id, None, _KEY_ERROR, found[1], inp)
+                        continue
                 handle(self, key, inp)
             except Exception as exc:  # confined to this watch and event: the other watches still judge it
                 self.failed(logic.id, key, exc, inp)
                 with contextlib.suppress(Exception):  # what the handler changed before it raised keeps its timer
                     self.arm(logic, key)
 
-    def _missed(
-        self, logic: WatchLogic, pattern: CompiledPattern, ctx: expr.Activation, held: Any, inp: EventInput
-    ) -> None:
-        """A near miss: the subject matched, the `where` did not hold (`held` is what it gave).
-        It carries its key when the watch has one (and it evaluates), so `explain --key` shows the
-        misses of that key too."""
-        assert pattern.where is not None
-        key = expr.key_of(pattern.key, ctx)[0] if pattern.key is not None else None
-        if held is False:
-            verdict, reason = _WHERE_FALSE, WHERE_FALSE + pattern.where.source
-        else:  # an error or not a boolean: evaluated again, through `expr`, for its words
-            _, why = expr.test_where(pattern.where, ctx)
-            verdict, reason = _WHERE_ERROR, f"{why} (in {pattern.where.source})"
-        self.out.decisions.append(Decision(self.clock, logic.id, key, verdict, reason, inp.event.id, inp.seq))
+    @staticmethod
+    def _key(pattern: CompiledPattern, ctx: expr.Activation) -> tuple[str | None, str]:
+        """The key of an event (or None, with the reason of a `key_error`)."""
+        assert pattern.key is not None
+        key, why = expr.key_of(pattern.key, ctx)
+        return key, "" if key is not None else f"{why} (in {pattern.key.source})"
 
-    def _variables_for(self, subject: str, candidates: list[Candidate]) -> frozenset[str]:
-        found = self._variables.get(subject)
-        if found is None:
-            found = frozenset().union(*(pattern.variables for _, pattern, _ in candidates))
-            self._variables[subject] = found
-        return found
+    @staticmethod
+    def _where_error(pattern: CompiledPattern, ctx: expr.Activation) -> str:
+        assert pattern.where is not None
+        _, why = expr.test_where(pattern.where, ctx)
+        return f"{why} (in {pattern.where.source})"
+
+    def _plan(self, subject: str) -> Plan:
+        if len(self._plans) >= PLANS_KEPT:
+            self._plans.clear()
+        plan = self._plans[subject] = Plan(self.index.candidates(subject), share=self.shares)
+        return plan

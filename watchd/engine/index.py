@@ -22,34 +22,76 @@ def _tokens_match(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
     return len(pattern) == len(subject)
 
 
+class _Node(Generic[T]):
+    """One token of the wildcard patterns: what continues from here, and what ends here."""
+
+    __slots__ = ("children", "ends", "rest")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}  # by literal token, and by "*"
+        self.ends: list[tuple[int, T]] = []  # patterns ending at this token
+        self.rest: list[tuple[int, T]] = []  # patterns with ">" after this token
+
+
 class SubjectIndex(Generic[T]):
-    """Literal patterns by dict lookup, wildcard patterns tested once per distinct subject.
+    """Literal patterns by dict lookup, wildcard patterns in a token trie.
 
     Subjects repeat (a home server sees a few hundred distinct ones), so the candidate list of
-    each subject is computed once and cached; nothing scans every watch per event.
+    each subject is computed once and cached; a new subject walks the trie along its tokens (with
+    the `*` branch beside each), so nothing scans every pattern, even where subjects are many and
+    the cache turns over. Candidates come in the order they were added, whichever way they matched.
     """
 
     def __init__(self) -> None:
-        self._exact: dict[str, list[T]] = {}
-        self._wild: list[tuple[tuple[str, ...], T]] = []
+        self._exact: dict[str, list[tuple[int, T]]] = {}
+        self._wild: _Node[T] = _Node()
+        self._has_wild = False
+        self._added = 0
         self._cache: dict[str, list[T]] = {}
 
     def add(self, pattern: str, item: T) -> None:
-        tokens = tuple(pattern.split("."))
+        entry = (self._added, item)
+        self._added += 1
+        tokens = pattern.split(".")
         if "*" in tokens or ">" in tokens:
-            self._wild.append((tokens, item))
+            self._has_wild = True
+            node = self._wild
+            for token in tokens:
+                if token == ">":  # takes the rest, whatever follows it (as `subject_matches` does)
+                    node.rest.append(entry)
+                    break
+                node = node.children.setdefault(token, _Node())
+            else:
+                node.ends.append(entry)
         else:
-            self._exact.setdefault(pattern, []).append(item)
+            self._exact.setdefault(pattern, []).append(entry)
         self._cache.clear()
 
     def candidates(self, subject: str) -> list[T]:
         found = self._cache.get(subject)
         if found is None:
-            found = list(self._exact.get(subject, ()))
-            if self._wild:
-                tokens = tuple(subject.split("."))
-                found.extend(item for pattern, item in self._wild if _tokens_match(pattern, tokens))
+            entries = list(self._exact.get(subject, ()))
+            if self._has_wild:
+                tokens = subject.split(".")
+                wild: list[tuple[int, T]] = []
+                self._walk(self._wild, tokens, 0, wild)
+                if wild:
+                    entries = sorted(entries + wild, key=lambda e: e[0])
+            found = [item for _, item in entries]
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[subject] = found
         return found
+
+    def _walk(self, node: _Node[T], tokens: list[str], i: int, out: list[tuple[int, T]]) -> None:
+        if i == len(tokens):
+            out += node.ends
+            return
+        out += node.rest  # `>` after this point takes one token or more: there is at least one
+        token = tokens[i]
+        child = node.children.get(token)
+        if child is not None:
+            self._walk(child, tokens, i + 1, out)
+        star = node.children.get("*") if token != "*" else None
+        if star is not None:
+            self._walk(star, tokens, i + 1, out)
