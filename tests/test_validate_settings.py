@@ -114,3 +114,15 @@ def test_a_file_secret_that_cannot_be_read_is_a_warning_at_its_line(tmp_path: Pa
     assert code == 0, lines
     missing = "file:missing cannot be read here (No such file or directory)"  # validate() cuts tmp_path
     assert lines == [f"config.toml:5:1: warning: {missing}; the daemon needs it"]
+
+
+def test_a_relative_file_secret_is_read_beside_the_config_from_any_folder(tmp_path: Path) -> None:
+    from watchd.config import load, resolve_secret
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "tg").write_text("t0ken-beside-config\n")
+    cfg = '[notify.phone]\ntype = "telegram"\ntoken = "file:secrets/tg"\nchat_id = "42"\n'
+    code, lines = validate(tmp_path, cfg)  # run from the test's folder, not the config's
+    assert (code, lines) == (0, []), lines
+    token = load(tmp_path / "config.toml").config.notify["phone"].token  # type: ignore[union-attr]
+    assert resolve_secret(token) == "t0ken-beside-config"

@@ -255,6 +255,7 @@ def _load_config(path: Path | None, found: list[Problem]) -> tuple[Config, set[s
     for i, entry in enumerate(config.watches):
         if entry != "watches/" and not resolve_path(base, entry).exists():  # the default may be absent
             probs.at(("watches", i), f"watch path {entry!r} not found (relative paths start at the config's folder)")
+    anchor_secret_files(config, base)
     for setting, value in secret_settings(config):
         unreadable = opsettings.unreadable_secret_file(value)
         if unreadable is not None:
@@ -680,6 +681,23 @@ def secret_settings(config: Config) -> Iterator[tuple[tuple[PathPart, ...], str]
             elif isinstance(value, dict):  # a poll's headers: each value may be a secret
                 for name, item in value.items():
                     yield (*path, key, name), item
+
+
+def anchor_secret_files(config: Config, base: Path) -> None:
+    """A relative `file:` secret names a file beside the config, as every relative path there does:
+    rewritten once at load, so whichever folder the daemon or a command runs from reads the same file."""
+    for path, value in list(secret_settings(config)):
+        scheme, _, rest = value.partition(":")
+        if scheme != "file" or not rest or Path(os.path.expanduser(rest)).is_absolute():
+            continue
+        holder: Any = config
+        for part in path[:-1]:  # tables by attribute, list items by index, header values by name
+            holder = getattr(holder, part) if isinstance(part, str) and not isinstance(holder, dict) else holder[part]
+        anchored = f"file:{resolve_path(base, rest)}"
+        if isinstance(path[-1], str) and not isinstance(holder, dict):
+            setattr(holder, path[-1], anchored)
+        else:
+            holder[path[-1]] = anchored
 
 
 def resolved_secrets(config: Config) -> list[str]:

@@ -65,6 +65,7 @@ from watchd.engine import FIRES, MISSES, Decision, Engine, EventInput, Outputs, 
 from watchd.errors import EventRejected, NatsUnavailable, WatchdError
 from watchd.explain.clauses import explain_errored
 from watchd.explain.watch import WatchInfo, iso_local
+from watchd.jobs.meter import Progress  # (events replayed so far, events in all)
 from watchd.limits import MAX_EVENT_BYTES
 from watchd.model import EVENTS_PREFIX, Event, decode_event, decode_stored_event, iso
 
@@ -203,8 +204,6 @@ class Backtest:
             self.report.totals[d.watch].fires += 1
 
 
-# (events replayed so far, events in all): a progress bar's two numbers
-Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 500
 
 

@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable
 from typing import IO, Any
 
-Progress = Callable[[int, int], None]  # (done, total), as cli.common.progress_bar's update takes it
+Progress = Callable[[int, int], None]  # (done, total) of a long job, as cli.common.progress_bar's update takes it
 
 
 class Meter:
