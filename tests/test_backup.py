@@ -68,7 +68,7 @@ def fill(store: Store, start: int, n: int) -> None:
         id=f"h_{start}", watch="nightly", target="notify.phone", reason="matched", fired_at="2026-11-18T00:00:00Z"
     )
     rows: list[tuple[str, str | None, KeyState | None]] = [
-        ("nightly", f"k{start}", KeyState(last_seen=float(start), hits=[float(start)]))
+        ("nightly", f"k{start}", KeyState(last_seen=float(start), hits=(float(start),)))
     ]
     changes = (
         rows,

@@ -186,8 +186,8 @@ async def test_status_and_explain_show_instants_no_date_can_hold(
     with sqlite3.connect(d.db_path) as conn:
         rows = [
             ("quiet", "null", encode(KeyState(last_seen=BEYOND_YEAR_9999))),
-            ("due", "null", encode(KeyState(windows=[(T0, BEYOND_YEAR_9999)]))),
-            ("due", '"k"', encode(KeyState(windows=[(-BEYOND_YEAR_9999, T0)]))),
+            ("due", "null", encode(KeyState(windows=((T0, BEYOND_YEAR_9999),)))),
+            ("due", '"k"', encode(KeyState(windows=((-BEYOND_YEAR_9999, T0),)))),
         ]
         conn.executemany("INSERT OR REPLACE INTO key_state VALUES (?, ?, ?)", rows)
     conn.close()

@@ -10,6 +10,7 @@ from watchd.config import AbsentWatch, Watch
 from watchd.cron.schedule import format_duration, parse_duration
 from watchd.engine import answers
 from watchd.engine.base import (
+    NO_EVIDENCE,
     CompiledPattern,
     EngineState,
     EventInput,
@@ -60,7 +61,7 @@ class AbsentLogic(WatchLogic):
                 s.fire(self, key, "recover:" + ev.id, reason, evidence=evidence, event=event, opens_incident=False)
         st.silent = False
         st.last_seen = now
-        st.evidence = [s.kept(ev)]
+        st.evidence = s.keep(st.evidence, ev)
         s.arm(self, key)
 
     def on_rewind(self, s: EngineState, now: float) -> None:
@@ -85,7 +86,7 @@ class AbsentLogic(WatchLogic):
 
     @staticmethod
     def _heard(st: KeyState, meta: WatchMeta | None, at: Callable[[float], str | None]) -> str:
-        if meta is not None and st.last_seen == meta.activated_at and not st.evidence:
+        if meta is not None and st.last_seen == meta.activated_at and st.evidence == NO_EVIDENCE:
             return "never seen since the watch started"
         return f"last seen {at(st.last_seen or 0.0)}"
 

@@ -10,7 +10,6 @@ A kind (`match.py`, `count.py`, `absent.py`, `deadline.py`) is one class, modell
 
 from __future__ import annotations
 
-import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import msgspec
 from watchd import expr
 from watchd.config import Pattern, Watch
 from watchd.cron.schedule import parse_duration
+from watchd.engine.timers import Timers
 from watchd.engine.verdict import Verdict
 from watchd.model import Event, stable_hash
 
@@ -107,24 +107,32 @@ def failure(at: float, watch: str, key: str | None, exc: Exception, event: Event
 # ---- persisted state -------------------------------------------------------------------------
 
 
-class KeyState(msgspec.Struct, omit_defaults=True):
-    """Everything the engine remembers for one (watch, key). Each kind uses its own fields; the
-    shape is what the state database holds, so it stays one struct."""
+NO_EVIDENCE = msgspec.Raw(b"[]")  # a key's kept evidence when it keeps none (shared, and omitted when stored)
 
-    hits: list[float] = msgspec.field(default_factory=list)  # count: times inside the window
+
+class KeyState(msgspec.Struct, omit_defaults=True, gc=False):
+    """Everything the engine remembers for one (watch, key). Each kind uses its own fields; the
+    shape is what the state database holds, so it stays one struct.
+
+    A daemon may hold one per key for 100,000 keys, so it is kept small: the sequences are tuples
+    (an empty one is shared, where each empty list was an object of its own), the evidence is one
+    JSON array, and the cyclic collector does not track it (`gc=False`: nothing it holds refers
+    back to it, so it cannot be part of a cycle)."""
+
+    hits: tuple[float, ...] = ()  # count: times inside the window
     last_fire: float | None = None  # match, count: for cooldown
     last_seen: float | None = None  # absent
     silent: bool = False  # absent: already fired for the current silence
-    windows: list[tuple[float, float]] = msgspec.field(default_factory=list)  # deadline: open windows
-    # The events a fire of this key will show, kept as their JSON (`EngineState.kept`): many keys
-    # hold one each and wait, and a JSON string is a fifth of the dicts it decodes to (the shape
-    # stored is the same).
-    evidence: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    windows: tuple[tuple[float, float], ...] = ()  # deadline: open windows
+    # The events a fire of this key will show, kept as one JSON array (`EngineState.keep`): many
+    # keys hold one event each and wait, and the JSON is a fraction of the dicts it decodes to
+    # (the shape stored is the same). Decoded only when it is shown (`EngineState.shown`).
+    evidence: msgspec.Raw = NO_EVIDENCE
     # The open incident (answers.py): the fire that opened it, until it is acked or over.
     incident: str | None = None  # the opening fire's logical instant: the incident's identity
     incident_at: float | None = None
     incident_reason: str = ""
-    incident_evidence: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    incident_evidence: tuple[dict[str, Any], ...] = ()
     repeats: int = 0  # repeats handed off so far
     next_repeat: float | None = None  # when `repeat` hands it off again
     held: bool = False  # a snooze held back a fire or repeat of it: judged again when the snooze ends
@@ -146,7 +154,8 @@ class WatchMeta(msgspec.Struct, omit_defaults=True):
     holds: list[Hold] = msgspec.field(default_factory=list)  # snoozes and mutes, until they end
 
 
-_summary = msgspec.json.Decoder(dict[str, Any])
+_shown = msgspec.json.Decoder(list[dict[str, Any]])
+_kept = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def event_summary(event: Event) -> dict[str, Any]:
@@ -351,11 +360,12 @@ class EngineState:
         self.meta: dict[str, WatchMeta] = {}
         self.clock = 0.0
         self.out = Outputs()  # the step under way's outputs
-        self._timers: list[tuple[float, str, str | None]] = []  # (due, watch, key); stale entries skipped
+        self._timers = Timers(self._due_now)
         self._dirty: set[tuple[str, str | None]] = set()
         self._dirty_meta: set[str] = set()
         self._summary: dict[str, Any] | None = None
-        self._summary_json: msgspec.Raw | None = None
+        self._summary_json: bytes | None = None  # the event as evidence, JSON
+        self._kept_one: msgspec.Raw | None = None  # the same as a key's evidence: an array of it alone
 
     # -- state --
 
@@ -405,29 +415,47 @@ class EngineState:
             self._summary = event_summary(event)
         return self._summary
 
-    def kept(self, event: Event) -> msgspec.Raw:
-        """The event as evidence a key's state keeps (JSON), built once per event."""
+    def keep(self, kept: msgspec.Raw, event: Event, most: int = 1) -> msgspec.Raw:
+        """A key's kept evidence with `event` added, the newest `most` kept (JSON, built once per
+        event for the keys that keep it alone)."""
         if self._summary_json is None:
-            self._summary_json = msgspec.Raw(msgspec.json.encode(self.evidence(event)))
-        return self._summary_json
+            self._summary_json = msgspec.json.encode(self.evidence(event))
+            self._kept_one = msgspec.Raw(b"[" + self._summary_json + b"]")
+        assert self._kept_one is not None
+        if most <= 1 or kept == NO_EVIDENCE:
+            return self._kept_one
+        before = _kept.decode(kept)[-(most - 1) :]
+        return msgspec.Raw(msgspec.json.encode([*before, msgspec.Raw(self._summary_json)]))
 
     @staticmethod
-    def shown(kept: list[msgspec.Raw]) -> list[dict[str, Any]]:
+    def shown(kept: msgspec.Raw) -> list[dict[str, Any]]:
         """A key's kept evidence as a fire carries it."""
-        return [_summary.decode(k) for k in kept]
+        return _shown.decode(kept)
 
     # -- timers --
+
+    def _due_now(self, wid: str, key: str | None) -> float | None:
+        """When a key (or, for `WATCH_TIMER`, the watch itself) needs the clock now: what tells a
+        live timer entry from a stale one."""
+        logic = self.watches.get(wid)
+        if logic is None or not logic.watch.enabled:
+            return None
+        if key == WATCH_TIMER:
+            meta = self.meta.get(wid)
+            return None if meta is None else logic.watch_timer_due(meta)
+        st = self.peek(wid, key)
+        return None if st is None else logic.timer_due(st)
 
     def arm(self, logic: WatchLogic, key: str | None) -> None:
         """(Re)arm a key's timer after its state changed; an older entry for it goes stale."""
         st = self.peek(logic.id, key)
         if st is not None and logic.watch.enabled and (due := logic.timer_due(st)) is not None:
-            heapq.heappush(self._timers, (due, logic.id, key))
+            self._timers.push(due, logic.id, key)
 
     def arm_watch(self, logic: WatchLogic) -> None:
         meta = self.meta.get(logic.id)
         if meta is not None and logic.watch.enabled and (due := logic.watch_timer_due(meta)) is not None:
-            heapq.heappush(self._timers, (due, logic.id, WATCH_TIMER))
+            self._timers.push(due, logic.id, WATCH_TIMER)
 
     # -- holds (snooze, mute) --
 
@@ -518,7 +546,7 @@ class EngineState:
         `repeat` until acked or over; a held one waits for its snooze to end."""
         st = self.state(logic.id, key)
         st.incident, st.incident_at, st.incident_reason = logical, self.clock, reason
-        st.incident_evidence = evidence[-EVIDENCE_KEEP:]
+        st.incident_evidence = tuple(evidence[-EVIDENCE_KEEP:])
         st.repeats, st.held = 0, held
         st.next_repeat = self.clock + logic.repeat_s if logic.repeat_s and not held else None
         self.arm(logic, key)
@@ -526,7 +554,7 @@ class EngineState:
     def close_incident(self, st: KeyState) -> None:
         """The incident is acked or over: no more repeats, nothing held for it."""
         st.incident = st.incident_at = st.next_repeat = None
-        st.incident_reason, st.incident_evidence, st.repeats, st.held = "", [], 0, False
+        st.incident_reason, st.incident_evidence, st.repeats, st.held = "", (), 0, False
 
 
 # ---- words for answers -------------------------------------------------------------------------

@@ -14,7 +14,6 @@ the subject index, the `where` and `key` of each pattern, and the timer heap.
 from __future__ import annotations
 
 import contextlib
-import heapq
 
 from watchd import expr
 from watchd.celfast import Unsupported
@@ -36,6 +35,7 @@ from watchd.engine.base import (
 from watchd.engine.index import SubjectIndex
 from watchd.engine.kinds import compile_watch
 from watchd.engine.routing import UNSET, Candidate, Plan
+from watchd.engine.timers import Timers
 from watchd.engine.verdict import Verdict
 
 _WHERE_FALSE, _WHERE_ERROR, _KEY_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR, Verdict.KEY_ERROR  # see verdict.py
@@ -95,44 +95,31 @@ class Engine(EngineState):
     # -- timers --
 
     def _rebuild_timers(self) -> None:
-        """Every timer armed afresh, as one heap built at once (a restart with 100,000 keys)."""
-        timers: list[tuple[float, str, str | None]] = []
+        """Every timer armed afresh (a restart with 100,000 keys: most are filed by their minute)."""
+        self._timers = Timers(self._due_now)
+        push = self._timers.push
         for wid, keyed in self.keys.items():
             logic = self.watches.get(wid)
             if logic is None or not logic.watch.enabled:
                 continue
             due_of = logic.timer_due
-            timers += [(due, wid, k) for k, st in keyed.items() if (due := due_of(st)) is not None]
-        heapq.heapify(timers)
-        self._timers = timers
+            for k, st in keyed.items():
+                if (due := due_of(st)) is not None:
+                    push(due, wid, k)
         for wid in self.meta:
             if (logic := self.watches.get(wid)) is not None:
                 self.arm_watch(logic)
 
     def next_due(self) -> float | None:
         """The earliest timer: the shell sleeps until then (nothing polls)."""
-        while self._timers:
-            due, wid, key = self._timers[0]
-            if self._timer_live(due, wid, key):
-                return due
-            heapq.heappop(self._timers)
-        return None
+        first = self._timers.first()
+        return None if first is None else first[0]
 
     def watch_next_due(self, wid: str, key: str | None = None) -> float | None:
         """When this watch (or one key of it) next needs the clock: a silence, a window's end, or
         a scheduled opening."""
         logic = self.watches.get(wid)
         return None if logic is None else logic.next_due(self.keys.get(wid, {}), self.meta.get(wid), key)
-
-    def _timer_live(self, due: float, wid: str, key: str | None) -> bool:
-        logic = self.watches.get(wid)
-        if logic is None or not logic.watch.enabled:
-            return False
-        if key == WATCH_TIMER:
-            meta = self.meta.get(wid)
-            return meta is not None and logic.watch_timer_due(meta) == due
-        st = self.peek(wid, key)
-        return st is not None and logic.timer_due(st) == due
 
     def take_changes(
         self,
@@ -182,12 +169,12 @@ class Engine(EngineState):
 
     def _advance(self) -> None:
         """Fire every timer due at or before now, in time order."""
-        timers = self._timers
-        if not timers or timers[0][0] > self.clock:
+        soonest = self._timers.earliest_possible()
+        if soonest is None or soonest > self.clock:
             return  # nothing due, stale entries included: most steps end here, at no cost
         failed: set[tuple[str, str | None]] = set()
         while (due := self.next_due()) is not None and due <= self.clock:
-            _, wid, key = heapq.heappop(self._timers)
+            _, wid, key = self._timers.pop()
             if (wid, key) in failed:
                 continue  # another entry of a timer that failed in this step
             logic = self.watches[wid]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from watchd.config import MatchWatch, Watch
 from watchd.cron.schedule import parse_duration
-from watchd.engine.base import EVIDENCE_KEEP, EngineState, EventInput, Situation, WatchLogic
+from watchd.engine.base import EVIDENCE_KEEP, NO_EVIDENCE, EngineState, EventInput, Situation, WatchLogic
 from watchd.engine.match import MatchLogic
 from watchd.engine.verdict import Verdict
 
@@ -27,15 +27,14 @@ class CountLogic(MatchLogic):
         now = s.clock
         st = s.state(self.id, key)
         since = now - self.window_s
-        st.hits = [t for t in st.hits if t > since]
-        st.hits.append(now)
-        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.kept(event.event)]
+        st.hits = (*(t for t in st.hits if t > since), now)
+        st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         if len(st.hits) < self.count:
             s.decide(self.id, key, _COUNTED, f"{len(st.hits)} of {self.count} in {self.window}", event)
             return
         reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
         evidence = s.shown(st.evidence)
-        st.hits, st.evidence = [], []
+        st.hits, st.evidence = (), NO_EVIDENCE
         self.fire_unless_cooling(s, key, st, reason, evidence, event)
 
     def on_rewind(self, s: EngineState, now: float) -> None:
@@ -43,7 +42,7 @@ class CountLogic(MatchLogic):
         for _, st in s.states(self.id):
             # Events counted on the clock that ran ahead happened, and just now as far as the
             # clock that came back can tell: they stay counted, inside the window ending now.
-            st.hits = [min(t, now) for t in st.hits]
+            st.hits = tuple(min(t, now) for t in st.hits)
 
     def explain_pending(self, sit: Situation) -> str | None:
         counted = sit.latest(Verdict.COUNTED)

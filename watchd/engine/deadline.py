@@ -12,6 +12,7 @@ from watchd.cron.schedule import format_duration, next_tick, parse_cron, parse_d
 from watchd.engine import answers
 from watchd.engine.base import (
     EVIDENCE_KEEP,
+    NO_EVIDENCE,
     CompiledPattern,
     EngineState,
     EventInput,
@@ -61,7 +62,7 @@ class DeadlineLogic(WatchLogic):
     def on_rewind(self, s: EngineState, now: float) -> None:
         for _, st in s.states(self.id):
             # A window opened on the clock that ran ahead opens now, for as long as it was to last.
-            st.windows = [(start, end) if start <= now else (now, now + end - start) for start, end in st.windows]
+            st.windows = tuple((start, end) if start <= now else (now, now + end - start) for start, end in st.windows)
         meta = s.meta.get(self.id)
         if self.opens_cron is not None and meta is not None and meta.next_open is not None and meta.next_open > now:
             nxt = next_tick(self.opens_cron, datetime.fromtimestamp(now - 1e-6, UTC))
@@ -99,7 +100,7 @@ class DeadlineLogic(WatchLogic):
         for o in opened:
             if o in passed:
                 continue
-            st.windows.append((o, o + self.within_s))
+            st.windows += ((o, o + self.within_s),)
             (end,) = self._local(o + self.within_s)
             s.decide(self.id, None, Verdict.WINDOW_OPENED, f"window opened until {end}")
         s.arm_watch(self)
@@ -111,8 +112,8 @@ class DeadlineLogic(WatchLogic):
         """The opening event passed `opens`: a window for its key, from now."""
         now = s.clock
         st = s.state(self.id, key)
-        st.windows.append((now, now + self.within_s))
-        st.evidence = [*st.evidence[-(EVIDENCE_KEEP - 1) :], s.kept(event.event)]
+        st.windows += ((now, now + self.within_s),)
+        st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         reason = f"{event.event.subject} opened a window until {iso(now + self.within_s)}"
         s.decide(self.id, key, Verdict.WINDOW_OPENED, reason, event)
         s.arm(self, key)
@@ -135,13 +136,13 @@ class DeadlineLogic(WatchLogic):
         now = s.clock
         st = s.state(self.id, key)
         closed = [w for w in st.windows if w[0] <= now <= w[1]]
-        st.windows = [w for w in st.windows if w not in closed]
+        st.windows = tuple(w for w in st.windows if w not in closed)
         if closed:
             s.decide(self.id, key, Verdict.WINDOW_CLOSED, f"met in time; closed {len(closed)} window(s)", event)
         else:
             s.decide(self.id, key, Verdict.MATCHED, "no window open: does not count", event)
         if not st.windows and self.opens is not None:
-            st.evidence = []
+            st.evidence = NO_EVIDENCE
             if closed:
                 s.drop(self.id, key)  # an event-opened key lives only while a window is open
         s.arm(self, key)
@@ -154,7 +155,7 @@ class DeadlineLogic(WatchLogic):
         now = s.clock
         st = s.state(self.id, key)
         expired = sorted(w for w in st.windows if w[1] <= now)
-        st.windows = [w for w in st.windows if w not in expired]
+        st.windows = tuple(w for w in st.windows if w not in expired)
         for start, end in expired:
             late = now - end
             if self.opens_cron is not None:

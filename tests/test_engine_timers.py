@@ -1,0 +1,85 @@
+"""The engine's timers (near heap + entries filed by minute) against one plain heap of every entry,
+which is what they replace: the same live entry comes first after any sequence of arming, re-arming
+(a key's due moving earlier or later, within its minute or across minutes), forgetting and firing."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watchd.engine.timers import BUCKET_S, Timers
+
+KEYS = ["a", "b", "c", None]  # None: the one key of a watch without keys (its own watch here)
+dues = st.one_of(
+    st.floats(min_value=0, max_value=20 * BUCKET_S, allow_nan=False),
+    st.integers(min_value=0, max_value=20).map(lambda m: m * BUCKET_S),  # on a minute's edge
+    st.sampled_from([1e15, math.inf]),
+)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("arm"), st.sampled_from(KEYS), dues),
+        st.tuples(st.just("forget"), st.sampled_from(KEYS), st.just(0.0)),
+        st.tuples(st.just("fire"), st.just(None), st.floats(min_value=0, max_value=25 * BUCKET_S)),
+    ),
+    max_size=60,
+)
+
+
+def wid(key: str | None) -> str:
+    return "w" if key is not None else "v"
+
+
+class PlainHeap:
+    def __init__(self, due_of: dict[str | None, float]) -> None:
+        self.heap: list[tuple[float, str, str | None]] = []
+        self.due_of = due_of
+
+    def push(self, due: float, wid: str, key: str | None) -> None:
+        heapq.heappush(self.heap, (due, wid, key))
+
+    def first(self) -> tuple[float, str, str | None] | None:
+        while self.heap and self.due_of.get(self.heap[0][2]) != self.heap[0][0]:
+            heapq.heappop(self.heap)
+        return self.heap[0] if self.heap else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_timers_order_and_liveness_as_one_heap(steps: list[tuple[str, str | None, float]]) -> None:
+    current: dict[str | None, float] = {}
+    timers = Timers(lambda wid, key: current.get(key))
+    plain = PlainHeap(current)
+    for op, key, value in steps:
+        if op == "arm":
+            current[key] = value
+            timers.push(value, wid(key), key)
+            plain.push(value, wid(key), key)
+        elif op == "forget":
+            current.pop(key, None)
+        else:  # fire everything due by `value`, as the engine's step does: a fired key is forgotten
+            fired: list[float] = []
+            while (got := timers.first()) is not None and got[0] <= value:
+                assert got == plain.first()
+                low = timers.earliest_possible()
+                assert low is not None and low <= got[0]
+                timers.pop()
+                fired.append(got[0])
+                del current[got[2]]
+            assert sorted(fired) == fired  # in time order
+        assert timers.first() == plain.first()
+
+
+def test_a_restart_with_many_keys_files_them_by_minute() -> None:
+    """The far future costs no tuple per key: 10,000 keys due in an hour sit in one minute."""
+    current = {f"k{i}": 3600.0 + i / 1000 for i in range(10_000)}
+    timers = Timers(lambda wid, key: current.get(key or ""))
+    for key, due in current.items():
+        timers.push(due, "w", key)
+    assert timers.earliest_possible() == 3600.0  # the minute's start: nothing is due before it
+    assert timers.first() == (3600.0, "w", "k0")
+    current["k0"] = 7200.0  # heard again: its entry is stale, and a new one is filed
+    timers.push(7200.0, "w", "k0")
+    assert timers.first() == (3600.001, "w", "k1")

@@ -1,0 +1,85 @@
+"""The engine's timers: when each key (and each watch) next needs the clock, earliest first.
+
+An entry is (due, watch, key). A key is armed again whenever its state changes, and the entry
+it had is not looked for: when an entry comes first, it counts only if the key's due is still
+that instant (`due_of`), otherwise it is dropped as stale. So the same order and the same
+liveness test as one heap of every entry, but most entries are far in the future (100,000 keys
+of an absent watch each waiting an hour), and a heap entry is a tuple and a float: ~100 bytes a
+key. Entries due before `horizon` are kept so, in one heap (`near`); later ones are filed by the
+minute they fall in (`far`), as two references in two lists: ~16 bytes. When the near heap runs
+out, the earliest minute is taken into it (each of its entries with its due read again).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+
+BUCKET_S = 60.0  # how much of the future is taken into the near heap at a time
+_FOREVER = 2**62  # the bucket of a due that is not a finite number
+
+Entry = tuple[float, str, "str | None"]
+DueOf = Callable[[str, "str | None"], "float | None"]
+
+
+class Timers:
+    def __init__(self, due_of: DueOf) -> None:
+        self._due_of = due_of  # a key's (or watch's) due now, to tell a live entry from a stale one
+        self._near: list[Entry] = []  # a heap of the entries due before the horizon
+        self._horizon = -math.inf  # every entry due before it is in `near`, every later one in `far`
+        self._far: dict[int, tuple[list[str], list[str | None]]] = {}  # bucket → (watches, keys)
+        self._buckets: list[int] = []  # a heap of the buckets in `far`
+
+    def push(self, due: float, wid: str, key: str | None) -> None:
+        if due < self._horizon or self._horizon == math.inf:  # past the last bucket: all are near
+            heapq.heappush(self._near, (due, wid, key))
+            return
+        b = int(due // BUCKET_S) if math.isfinite(due) else _FOREVER
+        filed = self._far.get(b)
+        if filed is None:
+            filed = self._far[b] = ([], [])
+            heapq.heappush(self._buckets, b)
+        filed[0].append(wid)
+        filed[1].append(key)
+
+    def earliest_possible(self) -> float | None:
+        """A lower bound of the next due, stale entries included: nothing is due before it."""
+        if self._near:
+            return self._near[0][0]
+        if self._buckets:
+            return self._buckets[0] * BUCKET_S
+        return None
+
+    def first(self) -> Entry | None:
+        """The earliest live entry (stale ones on the way are dropped), left in place."""
+        near, due_of = self._near, self._due_of
+        while True:
+            while near:
+                entry = near[0]
+                if due_of(entry[1], entry[2]) == entry[0]:
+                    return entry
+                heapq.heappop(near)
+            if not self._buckets:
+                return None
+            self._take_bucket()
+
+    def pop(self) -> Entry:
+        """Take the entry `first` returned."""
+        return heapq.heappop(self._near)
+
+    def _take_bucket(self) -> None:
+        b = heapq.heappop(self._buckets)
+        wids, keys = self._far.pop(b)
+        self._horizon = (b + 1) * BUCKET_S if b != _FOREVER else math.inf
+        due_of, near = self._due_of, self._near
+        taken: set[tuple[str, str | None]] = set()  # a key armed twice within the minute: once
+        for wid, key in zip(wids, keys, strict=True):
+            due = due_of(wid, key)
+            # An entry whose due moved out of this minute is stale: the key was armed again for it.
+            if due is None or (due // BUCKET_S != b if b != _FOREVER else math.isfinite(due)):
+                continue
+            if (wid, key) not in taken:
+                taken.add((wid, key))
+                near.append((due, wid, key))
+        heapq.heapify(near)
