@@ -60,8 +60,9 @@ class Decision(msgspec.Struct, array_like=True):
     n: int = 1  # how many decisions this row stands for: thinned misses are counted, not stored
 
 
-class Fire(msgspec.Struct, kw_only=True):
-    """A watch fired: one handoff per target follows (unless shadow)."""
+class Fire(msgspec.Struct):
+    """A watch fired: one handoff per target follows (unless shadow). Built with keywords, but
+    the engine's own `fire` passes them in order: ~2.75 fires per event in a busy deployment."""
 
     watch: str
     version: int
@@ -516,21 +517,10 @@ class EngineState:
             self.open_incident(logic, key, logical, reason, evidence, held=False)
         if logic.shadow:
             return
-        self.out.fires.append(
-            Fire(
-                watch=logic.id,
-                version=logic.version,
-                kind=logic.kind,
-                key=key,
-                logical=logical,
-                fired_at=self.clock,
-                reason=reason,
-                targets=list(logic.watch.then),
-                window=window,
-                evidence=evidence,
-                late_s=late_s,
-            )
-        )
+        # In the order of its fields: watch, version, kind, key, logical, fired_at, reason, targets, ...
+        targets, at = list(logic.watch.then), self.clock
+        fire = Fire(logic.id, logic.version, logic.kind, key, logical, at, reason, targets, window, evidence, late_s)
+        self.out.fires.append(fire)
 
     def open_incident(
         self,

@@ -235,6 +235,7 @@ class Engine(EngineState):
             plan.rule_out(event.data, held)
         ctx: expr.Activation | None = None
         decisions = self.out.decisions
+        clock, event_id, seq = self.clock, event.id, inp.seq  # no handler moves the clock within a step
         for logic, pattern, handle, w, k, miss in plan.routes:
             key: str | None = None
             try:
@@ -271,16 +272,12 @@ class Engine(EngineState):
                         else:
                             missed_key = None
                         if h is False:
-                            decisions.append(
-                                Decision(self.clock, logic.id, missed_key, _WHERE_FALSE, miss, event.id, inp.seq)
-                            )
+                            decisions.append(Decision(clock, logic.id, missed_key, _WHERE_FALSE, miss, event_id, seq))
                         else:  # an error or not a boolean: evaluated again, through `expr`, for its words
                             if ctx is None:
                                 ctx = expr.event_context(event, plan.variables)
                             reason = self._where_error(pattern, ctx)
-                            decisions.append(
-                                Decision(self.clock, logic.id, missed_key, _WHERE_ERROR, reason, event.id, inp.seq)
-                            )
+                            decisions.append(Decision(clock, logic.id, missed_key, _WHERE_ERROR, reason, event_id, seq))
                         continue
                 if k >= 0:
                     found = keys[k]
