@@ -39,7 +39,7 @@ from watchd.limits import NATS_LISTEN, NATS_MAX_PAYLOAD, client_host, is_loopbac
 from watchd.link import Connection
 from watchd.model import EVENTS_PREFIX, HANDOFFS_PREFIX, REPLIES_PREFIX, Event, encode
 from watchd.opsettings import sync_interval
-from watchd.pull import Puller
+from watchd.pull import Delivered, Puller
 from watchd.redact import redact_url
 from watchd.upkeep import HEALTHY_RUN_S, Backoff, Upkeep
 
@@ -629,19 +629,36 @@ async def publish_event(js: JetStreamContext, event: Event, timeout_s: float = 5
     return await publish_raw(js, EVENTS_PREFIX + event.subject, encode(event), event.id, timeout_s=timeout_s)
 
 
-def seq_of(msg: Msg) -> int:
+# A message of the EVENTS stream: nats-py's, or read by the engine's own pull requests (watchd/pull.py).
+StreamMsg = Msg | Delivered
+
+
+def seq_of(msg: StreamMsg) -> int:
     """The stream sequence: the engine's commit cursor and redelivery filter."""
+    if isinstance(msg, Delivered):
+        return msg.seq
     return int(msg.metadata.sequence.stream)
 
 
-def pending_after(msg: Msg) -> int:
+def pending_after(msg: StreamMsg) -> int:
     """How many messages the consumer still has to deliver after this one, as the server counted."""
+    if isinstance(msg, Delivered):
+        return msg.pending
     return int(msg.metadata.num_pending or 0)
 
 
-def time_of(msg: Msg) -> float:
+def time_of(msg: StreamMsg) -> float:
     """When the stream stored the message (epoch seconds): the engine's clock for this event."""
+    if isinstance(msg, Delivered):
+        return msg.at
     return msg.metadata.timestamp.timestamp()
+
+
+def times_delivered(msg: StreamMsg) -> int:
+    """How often the consumer has delivered this message (2 and more: redelivered)."""
+    if isinstance(msg, Delivered):
+        return msg.delivered
+    return int(msg.metadata.num_delivered or 1)
 
 
 # The Go runtime's soft memory limit for the embedded nats-server, unless GOMEMLIMIT is set: Go
@@ -672,7 +689,8 @@ class EventConsumer:
         self.js = js
         # With the connection, batches are read by our own pull requests (watchd/pull.py), at a
         # fraction of nats-py's per-message cost; without it, through nats-py's `fetch`.
-        self._puller = Puller(nc, stream, durable) if nc is not None else None
+        self._nc = nc if isinstance(nc, Connection) else None
+        self._puller = Puller(self._nc, stream, durable) if self._nc is not None else None
         self.durable = durable
         self.stream = stream
         self.config = ConsumerConfig(
@@ -704,7 +722,7 @@ class EventConsumer:
             return
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
-    async def fetch(self, batch: int = 256, timeout_s: float = 1.0) -> list[Msg]:
+    async def fetch(self, batch: int = 256, timeout_s: float = 1.0) -> Sequence[StreamMsg]:
         """Up to `batch` messages, returning as soon as any are there; [] when none came in timeout_s."""
         try:
             if self._puller is not None:
@@ -719,8 +737,12 @@ class EventConsumer:
             await asyncio.sleep(min(timeout_s, 0.5))
             return []
 
-    async def ack_upto(self, msg: Msg) -> None:
+    async def ack_upto(self, msg: StreamMsg) -> None:
         """Ack msg and, by AckPolicy.ALL, every earlier message. A lost ack only means redelivery."""
+        if isinstance(msg, Delivered):
+            assert self._nc is not None  # what reads a Delivered
+            await self._nc.publish(msg.reply)  # an empty message on the ack subject: +ACK
+            return
         with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
             await msg.ack()
 

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 import nats.errors
@@ -621,7 +621,7 @@ class Daemon:
             self.engine.rewind(now)
             await self._commit(stepping.Batch(), last_seq=None)
 
-    async def _consume(self, msgs: list[Msg], *, replay: bool = False) -> None:
+    async def _consume(self, msgs: Sequence[bus.StreamMsg], *, replay: bool = False) -> None:
         """Step the engine through a batch and commit. `replay`: events another instance already
         decided, stepped for their state only: nothing they decide is recorded or handed off again.
         An event whose handling raises is recorded as failed and committed with the rest (see
@@ -762,7 +762,7 @@ class Daemon:
         return liveness.health(self)
 
 
-def _msg_id(msg: Msg) -> str | None:
+def _msg_id(msg: bus.StreamMsg) -> str | None:
     return (msg.headers or {}).get("Nats-Msg-Id")
 
 

@@ -2,9 +2,11 @@
 
 nats-py's `fetch` takes each message with `next_msg`, which starts a task and a timer for every
 message (≈20–30 µs): as much as deciding the event. Here the pull requests go out with a reply
-subject of a core subscription of our own, whose callback appends each message to the batch.
-A batch is complete when full, or when the server says no more are there (a status message on
-the request's own reply subject). The messages are the same `Msg` objects (`ack`, `metadata`).
+subject of a core subscription of our own, whose messages the connection hands over as the
+protocol parser has them (`link.Connection.subscribe_raw`): each becomes a `Delivered` with the
+few fields the engine reads, taken from the reply subject, without a nats-py `Msg`, its header
+dict, its parsed metadata or a queue. A batch is complete when full, or when the server says no
+more are there (a status message on the request's own reply subject).
 
 `fetch` keeps nats-py's contract: whatever is there at once, else the first message to come
 (then what came with it), else [] after `timeout_s`. Acking stays the caller's (after its
@@ -18,53 +20,102 @@ import contextlib
 import json
 import time
 
-import nats.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-_HEARTBEAT = "100"
+from watchd.link import Connection
+
+_HEARTBEAT = b"100"
 _SERVER_WAIT_MIN_S = 0.01  # below this a waiting pull request is not worth sending
+_STATUS_LINE = b"NATS/1.0 "  # a header block that starts so is the server's status, not a message
+_ACK_PREFIX = "$JS.ACK."
+
+
+class NotJetStream(ValueError):
+    """A reply subject that is not a JetStream ack subject."""
+
+
+class Delivered:
+    """One message of a pull consumer: its payload, and from its ack subject (the reply) the
+    stream sequence, when the stream stored it, how many the consumer still holds after it and
+    how often it was delivered. Acked by publishing an empty message to `reply`."""
+
+    __slots__ = ("_raw_headers", "at", "data", "delivered", "pending", "reply", "seq")
+
+    def __init__(self, reply: str, data: bytes, raw_headers: bytes | None) -> None:
+        tokens = reply.split(".")
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<consumer seq>.<ns>.<pending>, or since
+        # NATS 2.10 with <domain>.<account hash> after ACK and a random token at the end.
+        if len(tokens) == 9:
+            first = 4
+        elif len(tokens) >= 11:
+            first = 6
+        else:
+            raise NotJetStream(reply)
+        if not reply.startswith(_ACK_PREFIX):
+            raise NotJetStream(reply)
+        self.reply = reply
+        self.data = data
+        self.delivered = int(tokens[first])
+        self.seq = int(tokens[first + 1])
+        self.at = int(tokens[first + 3]) / 1e9
+        self.pending = int(tokens[first + 4])
+        self._raw_headers = raw_headers
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The message's headers (read on demand: the engine needs them only for a bad event)."""
+        if not self._raw_headers:
+            return None
+        out: dict[str, str] = {}
+        for line in self._raw_headers.split(b"\r\n")[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+        return out or None
 
 
 class Puller:
-    def __init__(self, nc: Client, stream: str, durable: str, api_prefix: str = "$JS.API") -> None:
+    def __init__(self, nc: Connection, stream: str, durable: str, api_prefix: str = "$JS.API") -> None:
         self._nc = nc
         self._next = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._sub: Subscription | None = None
         self._inbox = ""
         self._requests = 0
-        self._current = ""  # the reply subject of the request under way: only its status ends it
-        self._got: list[Msg] = []  # delivered, not yet handed out (stream order)
+        self._current = b""  # the reply subject of the request under way: only its status ends it
+        self._got: list[Delivered] = []  # delivered, not yet handed out (stream order)
         self._want = 0
         self._ended = True
         self._done = asyncio.Event()
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_msg)
+        self._sub = await self._nc.subscribe_raw(self._inbox + ".*", self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
+            await self._nc.unsubscribe_raw(self._sub)
             self._sub = None
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is None:
-            self._got.append(msg)
-            if len(self._got) >= self._want:
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if headers is not None and headers.startswith(_STATUS_LINE):
+            status = headers[len(_STATUS_LINE) : len(_STATUS_LINE) + 3]
+            if status != _HEARTBEAT and subject == self._current:
+                # 404 no messages, 408 request expired, 409 and others: this request is over.
+                self._ended = True
                 self._done.set()
-        elif status != _HEARTBEAT and msg.subject == self._current:
-            # 404 no messages, 408 request expired, 409 and others: this request is over.
-            self._ended = True
+            return
+        try:
+            self._got.append(Delivered(reply.decode(), data, headers))
+        except (NotJetStream, ValueError, UnicodeDecodeError):
+            return  # not from the consumer (nothing else publishes here): nothing to take
+        if len(self._got) >= self._want:
             self._done.set()
 
     async def _pull(self, batch: int, wait_s: float, *, no_wait: bool) -> None:
         """Ask for up to `batch` more and wait until they came or the request ended."""
         self._requests += 1
-        self._current = f"{self._inbox}.{self._requests}"
+        reply = f"{self._inbox}.{self._requests}"
+        self._current = reply.encode()
         self._want = len(self._got) + batch
         self._ended = False
         self._done.clear()
@@ -73,16 +124,16 @@ class Puller:
             request["no_wait"] = True  # without `expires`, or the server waits for it anyway
         else:
             request["expires"] = int(wait_s * 1e9)
-        await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._current)
+        await self._nc.publish(self._next, json.dumps(request).encode(), reply=reply)
         with contextlib.suppress(TimeoutError):
             # A margin past the server's own expiry: its 408 normally ends the wait first.
             await asyncio.wait_for(self._done.wait(), wait_s + 1.0)
 
-    def _take(self, batch: int) -> list[Msg]:
+    def _take(self, batch: int) -> list[Delivered]:
         out, self._got = self._got[:batch], self._got[batch:]
         return out
 
-    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+    async def fetch(self, batch: int, timeout_s: float) -> list[Delivered]:
         if self._sub is None:
             raise RuntimeError("Puller.fetch before start()")
         if self._got:  # came for an earlier request after it was given up: next in the stream
