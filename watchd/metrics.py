@@ -8,6 +8,7 @@ read when scraped, from the daemon and from the state database opened read-only.
 
 from __future__ import annotations
 
+import collections
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -79,10 +80,18 @@ class Metrics:
     # ---- what happens ----
 
     def decided(self, decisions: Iterable[Decision]) -> None:
+        # Summed first: a batch holds hundreds of decisions over a few watches, and each `labels`
+        # call takes the metric's lock and looks the child up.
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        fires: collections.Counter[str] = collections.Counter()
         for d in decisions:
-            self.decisions.labels(d.watch, str(d.verdict)).inc(d.n)
+            counts[d.watch, d.verdict] += d.n
             if d.verdict in FIRES:
-                self.fires.labels(d.watch).inc()
+                fires[d.watch] += 1
+        for (watch, verdict), n in counts.items():
+            self.decisions.labels(watch, str(verdict)).inc(n)
+        for watch, n in fires.items():
+            self.fires.labels(watch).inc(n)
 
     def delivered(self, target: str, outcome: str, latency_s: float | None = None) -> None:
         self.deliveries.labels(target, outcome).inc()
