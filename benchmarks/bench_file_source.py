@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from watchd import bus
+from watchd.jspublish import JetStreamPublisher
 from watchd.model import make_event
 from watchd.sources.base import SourceContext
 from watchd.sources.files import FileSource
@@ -57,7 +58,12 @@ async def main(files: int) -> None:
             health = SourceHealth("burst", "file")
             positions = PositionStore(root / "sources")
             ctx = SourceContext(
-                "burst", root, {}, Publisher("burst", js, positions, health, time.time), health, time.time
+                "burst",
+                root,
+                {},
+                Publisher("burst", JetStreamPublisher(nc).publish_event, positions, health, time.time),
+                health,
+                time.time,
             )
             task = asyncio.create_task(FileSource("burst", settings).run(ctx))
             while not (root / "sources" / "burst.json").exists():

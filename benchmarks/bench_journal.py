@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.journal import StandinJournal
 
 from watchd import bus
+from watchd.jspublish import JetStreamPublisher
 from watchd.model import make_event
 from watchd.sources.base import SourceContext
 from watchd.sources.health import SourceHealth
@@ -64,7 +65,6 @@ async def follow(url: str, root: Path, rate: float, start: float, total: int, *,
     journal.generate(rate, start=start, total=total)
     os.environ["PATH"] = journal.env["PATH"]
     nc = await bus.connect(url, name="bench-journal")
-    js = nc.jetstream()
     positions = PositionStore(root / "positions")
     positions.save("units", {"cursor": "s=standin;i=0;b=bench"})  # from the journal's head
     health = SourceHealth("units", "journal")
@@ -73,7 +73,7 @@ async def follow(url: str, root: Path, rate: float, start: float, total: int, *,
         name="units",
         base_dir=root,
         position=positions.load("units"),
-        outlet=Publisher("units", js, positions, health, time.time),
+        outlet=Publisher("units", JetStreamPublisher(nc).publish_event, positions, health, time.time),
         health=health,
         clock=time.time,
     )

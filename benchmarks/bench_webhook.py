@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import hashlib
 import hmac
 import json
@@ -38,12 +39,13 @@ WARMUP_S = 1.0
 # ---- the server process ----
 
 
-async def serve(root: Path, sync: str, store: bool) -> None:
+async def serve(root: Path, sync: str, store: bool, profile: Path | None) -> None:
     from aiohttp import web
 
     from watchd import bus
     from watchd.ingress import Ingress
     from watchd.ingress import serve as serve_ingress
+    from watchd.jspublish import JetStreamPublisher
     from watchd.listener import ConnectionLimits
     from watchd.model import Event
     from watchd.sources.settings import WebhookSettings
@@ -55,10 +57,12 @@ async def serve(root: Path, sync: str, store: bool) -> None:
     js = nc.jetstream()
     await bus.ensure_streams(js)
 
-    async def publish(event: Event) -> bus.PubAckInfo:
+    publisher = JetStreamPublisher(nc)  # as the daemon publishes
+
+    async def publish(event: Event, body: bytes | None = None) -> bus.PubAckInfo:
         if not store:  # --no-store: what the listener costs without the JetStream round trip
             return bus.PubAckInfo(bus.EVENTS_STREAM, 0, False)
-        return await bus.publish_event(js, event)
+        return await publisher.publish_event(event, body)
 
     ingress = Ingress(
         publish=publish,
@@ -87,7 +91,17 @@ async def serve(root: Path, sync: str, store: bool) -> None:
     bare_port = site._server.sockets[0].getsockname()[1]
     ports = {"hook": hook_port, "bare": bare_port, "nats": nats.url, "pid": os.getpid(), "nats_pid": nats.pid}
     print(json.dumps(ports), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+    # The parent writes a line when the webhook phase starts (the profile covers it alone), then
+    # closes stdin when it is done.
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU, not wall time
+    if profiler is not None:
+        profiler.enable()
+    await loop.run_in_executor(None, sys.stdin.read)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
     await runner.cleanup()
     await bare_runner.cleanup()
     await nc.close()
@@ -256,9 +270,10 @@ async def load(port: int, make: Any, conns: int, seconds: float) -> dict[str, An
     }
 
 
-async def main(seconds: float, conns: int, small: bool, sync: str, store: bool) -> None:
+async def main(seconds: float, conns: int, small: bool, sync: str, store: bool, profile: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, __file__, "--serve", tmp, "--sync", sync, *([] if store else ["--no-store"])]
+        command += ["--profile", str(profile.resolve())] if profile else []
         server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
@@ -266,6 +281,9 @@ async def main(seconds: float, conns: int, small: bool, sync: str, store: bool) 
             cpu = CpuMeter({"listener": ports["pid"], "nats-server": ports["nats_pid"]})
             bare = await load(ports["bare"], Requests(github=False, small=small), conns, seconds)
             bare_cpu = cpu.lap()
+            assert server.stdin is not None
+            server.stdin.write("webhook\n")
+            server.stdin.flush()
             hook = await load(ports["hook"], Requests(github=True, small=small), conns, seconds)
             hook_cpu = cpu.lap()
             from watchd import bus
@@ -301,9 +319,10 @@ if __name__ == "__main__":
     parser.add_argument("--small", action="store_true", help="60-byte bodies instead of 12 KB pull requests")
     parser.add_argument("--sync", default="always", help="nats-server JetStream sync (watchd's default: always)")
     parser.add_argument("--no-store", action="store_true", help="verify and build events, publish nothing")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the listener's webhook phase here")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.sync, not args.no_store))
+        asyncio.run(serve(args.serve, args.sync, not args.no_store, args.profile))
     else:
-        asyncio.run(main(args.seconds, args.conns, args.small, args.sync, not args.no_store))
+        asyncio.run(main(args.seconds, args.conns, args.small, args.sync, not args.no_store, args.profile))

@@ -51,6 +51,7 @@ from watchd.handoff_queue import HandoffQueue
 from watchd.jobs.builtin_watches import all_watches
 from watchd.jobs.canary import release_canary
 from watchd.jobs.release import ReleaseControl
+from watchd.jspublish import JetStreamPublisher
 from watchd.link import reopens_of
 from watchd.liveness import MAX_IDLE_WAIT_S  # longest a fetch waits: a reload or stop is seen promptly
 from watchd.metrics import Metrics, task_families
@@ -110,6 +111,7 @@ class Daemon:
         self.embedded: bus.EmbeddedNats | None = None
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.publisher: JetStreamPublisher | None = None
         self.engine = Engine(loaded.zone())
         self.dispatcher: Dispatcher | None = None
         self.queue: HandoffQueue | None = None  # on a NATS of one's own: the deployment's handoff queue
@@ -221,6 +223,7 @@ class Daemon:
         inbox = credentials.ADMIN_INBOX if self.embedded else "_INBOX"  # an external NATS: its operator's rules
         self.nc = await bus.connect(credentials.client_url(self.loaded, "admin"), inbox_prefix=inbox)
         self.js = self.nc.jetstream()
+        self.publisher = JetStreamPublisher(self.nc)
         store_dir = self.embedded.store_dir if self.embedded is not None else None
         replicas = self.loaded.config.cluster.replicas if self.embedded is None else None  # one node: R1
         await storage.ensure_streams(self.js, self.loaded.config.nats.events_max_bytes, store_dir, replicas)
@@ -380,15 +383,14 @@ class Daemon:
     async def _start_sources(self) -> None:
         """Every configured source as a task of its own (see sources/supervise.py): a source that
         fails is restarted with a backoff and never stops the daemon."""
-        assert self.store is not None and self.js is not None
-        js = self.js
+        assert self.store is not None
         last_heard: dict[str, float] = {}
         for row in await self.store.call(heard):
             if row.last_source:
                 last_heard[row.last_source] = max(row.last_at, last_heard.get(row.last_source, 0.0))
         self.sources = SourceSet(
             self.loaded.config.source,
-            js=js,
+            publish=self.publish,  # a source that cannot store makes the daemon unhealthy too
             positions=PositionStore(self.state_dir / "sources"),
             base_dir=self.loaded.base_dir,
             clock=self.clock,
@@ -396,7 +398,6 @@ class Daemon:
             heard=last_heard,
             max_wait_s=self.source_wait_s,
             publish_own=self.publish,
-            publish=self.publish,  # a source that cannot store makes the daemon unhealthy too
         )
         sources = self.sources
         self._spawn("sources", lambda: sources.run(self.stop, self.upkeep))
@@ -539,10 +540,10 @@ class Daemon:
         await self.emit("watchd.config.reloaded", {"watches": len(loaded.watches)})
         return True
 
-    async def publish(self, event: Event) -> bus.PubAckInfo:
-        """Store one event on the stream; a failure to store makes the daemon unhealthy until the
-        next success (watchd/storage.py)."""
-        return await self.storage.publish(self.js, event)
+    async def publish(self, event: Event, body: bytes | None = None) -> bus.PubAckInfo:
+        """Store one event on the stream (`body`: its encoding, when the caller made it already); a
+        failure to store makes the daemon unhealthy until the next success (watchd/storage.py)."""
+        return await self.storage.publish(self.publisher, event, body)
 
     async def emit(self, subject: str, data: dict[str, Any]) -> None:
         """Publish one of watchd's own events; they can be watched like any other."""

@@ -44,12 +44,12 @@ from watchd.model import Event, encode, make_event, parse_data
 if TYPE_CHECKING:
     from watchd.answer_api import AnswerApi
     from watchd.daemon import Daemon
+    from watchd.jspublish import PublishEvent
     from watchd.sources.webhook import WebhookRoute
 
 SOURCE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 log = logging.getLogger("watchd.http")
 
-Publisher = Callable[[Event], Awaitable[bus.PubAckInfo]]
 # How the /api/ routes (answer_api, schedule_api, release_api) read a request and refuse one.
 ApiFields = Callable[[web.BaseRequest, str], Awaitable[dict[str, Any]]]
 Refuse = Callable[[int, str, str], web.Response]
@@ -83,7 +83,7 @@ class Ingress:
     def __init__(
         self,
         *,
-        publish: Publisher,
+        publish: PublishEvent,
         health: Health,
         token: str | None = None,
         max_body: int,
@@ -273,13 +273,15 @@ class Ingress:
     async def store(self, event: Event) -> bus.PubAckInfo:
         """Publish an event built at this edge, or RequestRefused (413 over the event limit, 503
         without NATS)."""
-        # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished.
-        size, limit = len(encode(event)), self.max_event_bytes()
+        # The engine rejects an envelope over max_event_bytes: refuse it here, unpublished. The
+        # encoding measured is the one published.
+        body = encode(event)
+        size, limit = len(body), self.max_event_bytes()
         if size > limit:
             too_big = f"the event would be {size} bytes, over the {limit}-byte event limit"
             raise RequestRefused(413, "too_large", too_big)
         try:
-            return await self.publish(event)
+            return await self.publish(event, body)
         except NatsUnavailable as exc:
             raise RequestRefused(503, "nats", exc.message) from None
 

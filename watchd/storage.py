@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from watchd.bus import EmbeddedNats, PubAckInfo
+    from watchd.jspublish import JetStreamPublisher
     from watchd.model import Event
     from watchd.store import Store
     from watchd.upkeep import Upkeep
@@ -195,13 +196,13 @@ class StorageWatch:
             lasted = self.health.clock() - ended.since
             log.warning("%s works again after %.0fs (%d failures)", kind, lasted, ended.count)
 
-    async def publish(self, js: JetStreamContext | None, event: Event) -> PubAckInfo:
-        from watchd import bus
-
-        if js is None:
+    async def publish(
+        self, publisher: JetStreamPublisher | None, event: Event, body: bytes | None = None
+    ) -> PubAckInfo:
+        if publisher is None:
             raise NatsUnavailable("watchd is not connected to NATS")
         try:
-            ack = await bus.publish_event(js, event)
+            ack = await publisher.publish_event(event, body)
         except NatsUnavailable as exc:
             self._failed(STREAM, exc.message)
             raise

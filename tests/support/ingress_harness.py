@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 from watchd import bus
 from watchd.ingress import Ingress, serve
+from watchd.jspublish import JetStreamPublisher
 from watchd.limits import MAX_EVENT_BYTES, MAX_HTTP_BODY_BYTES
 from watchd.listener import ConnectionLimits, ListenerSite
 
@@ -115,15 +116,12 @@ class Listener:
         js = self.nc.jetstream()
         await bus.ensure_streams(js)
 
-        async def publish(event: Any) -> bus.PubAckInfo:
-            return await bus.publish_event(js, event)
-
         def health() -> dict[str, Any]:
             ok = self.nc is not None and self.nc.is_connected
             return {"ok": ok, "engine": True, "nats": ok, "events": 0, "last_seq": 0, "watches": 0}
 
         self.ingress = Ingress(
-            publish=publish,
+            publish=JetStreamPublisher(self.nc).publish_event,
             health=health,
             token=self.token,
             max_body=self.max_body,

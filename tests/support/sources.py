@@ -21,6 +21,7 @@ import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from watchd import bus
+from watchd.jspublish import JetStreamPublisher
 from watchd.sources import make_source
 from watchd.sources.base import Source, SourceContext
 from watchd.sources.health import SourceHealth
@@ -53,7 +54,9 @@ class SourceRun:
         js = self._nc.jetstream()
         await bus.ensure_streams(js)
         self.source = make_source(self.name, self.settings)
-        outlet = Publisher(self.name, js, self.positions, self.health, time.time)
+        outlet = Publisher(
+            self.name, JetStreamPublisher(self._nc).publish_event, self.positions, self.health, time.time
+        )
         self.ctx = SourceContext(
             name=self.name,
             base_dir=self.root,

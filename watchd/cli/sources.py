@@ -77,6 +77,7 @@ def run_cmd(config_path: str | None, name: str, nats_url: str | None, state_dir:
 async def _run(loaded: Loaded, name: str, settings: SourceSettings, nats_url: str | None, folder: Path) -> None:
     from watchd import bus, credentials
     from watchd.cli.common import err, refuse_if_down
+    from watchd.jspublish import JetStreamPublisher
     from watchd.sources import make_source
     from watchd.sources.base import SourceContext
     from watchd.sources.publish import Publisher
@@ -99,7 +100,8 @@ async def _run(loaded: Loaded, name: str, settings: SourceSettings, nats_url: st
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     max_bytes = loaded.config.engine.max_event_bytes
-    publisher = Publisher(name, nc.jetstream(), positions, health, time.time, max_bytes=max_bytes)
+    publish = JetStreamPublisher(nc).publish_event
+    publisher = Publisher(name, publish, positions, health, time.time, max_bytes=max_bytes)
     ctx = SourceContext(name, loaded.base_dir, {}, publisher, health, time.time, stop)
     os.close(positions.lock(name))  # refuse at once, not in the backoff loop, if it already runs
     err.print(f"source {name} ({source.type_name}) running; its position in {folder}", markup=False)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, TextIO
 
-from nats.js import JetStreamContext
-
-from watchd import bus
 from watchd.errors import EventRejected
+from watchd.jspublish import PublishEvent
 from watchd.limits import MAX_EVENT_BYTES
 from watchd.model import Event, encode, make_event
 from watchd.sources.base import Emit, Outlet, Position
@@ -30,32 +28,34 @@ log = logging.getLogger("watchd.sources")
 PUBLISH_WINDOW = 128
 
 
-def envelope(name: str, emit: Emit, now: float, max_bytes: int = MAX_EVENT_BYTES) -> Event:
-    """The event for one emit; EventRejected (with its reason word) when it cannot enter the stream."""
+def envelope(name: str, emit: Emit, now: float, max_bytes: int = MAX_EVENT_BYTES) -> tuple[Event, bytes]:
+    """The event for one emit and its encoding (measured, then published as it is); EventRejected
+    (with its reason word) when it cannot enter the stream."""
     event = make_event(emit.subject, emit.data, id=emit.id, time_s=emit.time_s or now, source=name)
-    size = len(encode(event))
-    if size > max_bytes:
-        raise EventRejected(f"event on {emit.subject} is {size} bytes, over the {max_bytes}-byte limit", reason="size")
-    return event
+    body = encode(event)
+    if len(body) > max_bytes:
+        raise EventRejected(
+            f"event on {emit.subject} is {len(body)} bytes, over the {max_bytes}-byte limit", reason="size"
+        )
+    return event, body
 
 
 class Publisher(Outlet):
     def __init__(
         self,
         name: str,
-        js: JetStreamContext,
+        publish: PublishEvent,
         positions: PositionStore,
         health: SourceHealth,
         clock: Callable[[], float],
         *,
         max_bytes: int = MAX_EVENT_BYTES,
         on_published: Callable[[Event], None] | None = None,
-        publish: Callable[[Event], Awaitable[bus.PubAckInfo]] | None = None,
     ) -> None:
         self.name = name
-        self.js = js
-        # In the daemon, its publish: a failure to store then shows in its health (watchd/storage.py).
-        self.publish = publish or (lambda event: bus.publish_event(js, event))
+        # In the daemon, its publish: a failure to store then shows in its health (watchd/storage.py);
+        # standalone, a JetStreamPublisher's.
+        self.publish = publish
         self.positions = positions
         self.health = health
         self.clock = clock
@@ -63,7 +63,7 @@ class Publisher(Outlet):
         self.on_published = on_published
 
     async def emit(self, emits: Sequence[Emit], position: Position | None) -> None:
-        events: list[Event] = []
+        events: list[tuple[Event, bytes]] = []
         for item in emits:
             now = self.clock()
             try:
@@ -77,9 +77,9 @@ class Publisher(Outlet):
         # a burst (10,000 files) is not bound by one round trip per event.
         for start in range(0, len(events), PUBLISH_WINDOW):
             window = events[start : start + PUBLISH_WINDOW]
-            acks = await asyncio.gather(*(self.publish(e) for e in window))  # NatsUnavailable: no save
+            acks = await asyncio.gather(*(self.publish(e, body) for e, body in window))  # NatsUnavailable: no save
             now = self.clock()
-            for event, ack in zip(window, acks, strict=True):
+            for (event, _body), ack in zip(window, acks, strict=True):
                 self.health.published(now, ack.duplicate)
                 if self.on_published is not None:
                     self.on_published(event)
@@ -107,7 +107,7 @@ class DryOutlet(Outlet):
         for item in emits:
             now = self.clock()
             try:
-                event = envelope(self.name, item, now)
+                event, body = envelope(self.name, item, now)
             except EventRejected as exc:
                 self.health.rejected(exc.reason, exc.message, now)
                 self.dropped.append(exc.message)
@@ -115,7 +115,7 @@ class DryOutlet(Outlet):
                 continue
             self.health.published(now, False)
             self.events.append(event)
-            self.out.write(encode(event).decode() + "\n")
+            self.out.write(body.decode() + "\n")
         self.out.flush()
 
     async def save(self, position: Position) -> None:

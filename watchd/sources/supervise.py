@@ -19,10 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nats.js import JetStreamContext
-
-from watchd.bus import PubAckInfo
 from watchd.errors import WatchdError
+from watchd.jspublish import PublishEvent
 from watchd.model import Event, iso, own_event, stable_hash
 from watchd.sources import make_source
 from watchd.sources.base import Source, SourceContext
@@ -123,7 +121,7 @@ class SourceSet:
         self,
         sources: dict[str, SourceSettings],
         *,
-        js: JetStreamContext,
+        publish: PublishEvent,
         positions: PositionStore,
         base_dir: Any,
         clock: Callable[[], float],
@@ -131,10 +129,8 @@ class SourceSet:
         heard: dict[str, float] | None = None,
         max_wait_s: float = 60.0,
         publish_own: Callable[[Event], Awaitable[Any]] | None = None,
-        publish: Callable[[Event], Awaitable[PubAckInfo]] | None = None,
     ) -> None:
-        self.js = js
-        self.publish = publish  # the sources' events; None: straight to `js`
+        self.publish = publish  # the sources' events
         self.positions = positions
         self.base_dir = base_dir
         self.clock = clock
@@ -192,13 +188,12 @@ class SourceSet:
         health = self.health[name]
         publisher = Publisher(
             name,
-            self.js,
+            self.publish,
             self.positions,
             health,
             self.clock,
             max_bytes=self.max_event_bytes,
             on_published=lambda _e: self._wake.set(),
-            publish=self.publish,
         )
         ctx = SourceContext(
             name=name,
