@@ -23,6 +23,7 @@ ops = st.lists(
         st.tuples(st.just("arm"), st.sampled_from(KEYS), dues),
         st.tuples(st.just("forget"), st.sampled_from(KEYS), st.just(0.0)),
         st.tuples(st.just("fire"), st.just(None), st.floats(min_value=0, max_value=25 * BUCKET_S)),
+        st.tuples(st.just("restart"), st.just(None), st.just(0.0)),
     ),
     max_size=60,
 )
@@ -59,6 +60,12 @@ def test_timers_order_and_liveness_as_one_heap(steps: list[tuple[str, str | None
             plain.push(value, wid(key), key)
         elif op == "forget":
             current.pop(key, None)
+        elif op == "restart":  # every key armed afresh, at once
+            timers, plain = Timers(lambda wid, key: current.get(key)), PlainHeap(current)
+            for k, due in current.items():
+                plain.push(due, wid(k), k)
+            for w in ("w", "v"):
+                timers.push_keys(w, [(due, k) for k, due in current.items() if wid(k) == w])
         else:  # fire everything due by `value`, as the engine's step does: a fired key is forgotten
             fired: list[float] = []
             while (got := timers.first()) is not None and got[0] <= value:

@@ -97,15 +97,12 @@ class Engine(EngineState):
     def _rebuild_timers(self) -> None:
         """Every timer armed afresh (a restart with 100,000 keys: most are filed by their minute)."""
         self._timers = Timers(self._due_now)
-        push = self._timers.push
         for wid, keyed in self.keys.items():
             logic = self.watches.get(wid)
             if logic is None or not logic.watch.enabled:
                 continue
             due_of = logic.timer_due
-            for k, st in keyed.items():
-                if (due := due_of(st)) is not None:
-                    push(due, wid, k)
+            self._timers.push_keys(wid, ((due, k) for k, st in keyed.items() if (due := due_of(st)) is not None))
         for wid in self.meta:
             if (logic := self.watches.get(wid)) is not None:
                 self.arm_watch(logic)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 BUCKET_S = 60.0  # how much of the future is taken into the near heap at a time
 _FOREVER = 2**62  # the bucket of a due that is not a finite number
@@ -42,6 +42,21 @@ class Timers:
             heapq.heappush(self._buckets, b)
         filed[0].append(wid)
         filed[1].append(key)
+
+    def push_keys(self, wid: str, dues: Iterable[tuple[float, str | None]]) -> None:
+        """Many keys of one watch at once, as `push` each (a restart arms 100,000 in one go)."""
+        far, buckets, horizon = self._far, self._buckets, self._horizon
+        for due, key in dues:
+            if due < horizon or horizon == math.inf or not math.isfinite(due):
+                self.push(due, wid, key)
+                continue
+            b = int(due // BUCKET_S)
+            filed = far.get(b)
+            if filed is None:
+                filed = far[b] = ([], [])
+                heapq.heappush(buckets, b)
+            filed[0].append(wid)
+            filed[1].append(key)
 
     def earliest_possible(self) -> float | None:
         """A lower bound of the next due, stale entries included: nothing is due before it."""
