@@ -6,9 +6,9 @@ timer) and parses the answer with the stdlib JSON decoder into a dataclass. On t
 the sources' path that was ~55 of ~85 µs of CPU per stored event (benchmarks/bench_webhook.py).
 `JetStreamPublisher` sends the same message with the same headers (`Nats-Msg-Id` for the stream's
 duplicate window) and the same meaning of the answer (the server stored it, fsynced as the
-stream's sync setting says), but its answers arrive on one reply subscription per connection,
-tokens are a counter, each message costs one future, one timer sweeps every timeout, and msgspec
-reads the ack.
+stream's sync setting says), but its answers arrive on one reply subscription per connection (a
+raw one on link.Connection: no Msg, header dict or task per answer), tokens are a counter, each
+message costs one future, one timer sweeps every timeout, and msgspec reads the ack.
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ from typing import Protocol
 
 import msgspec
 import nats.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from watchd.bus import PubAckInfo, api_refusal, no_stream, not_stored, over_max_payload
 from watchd.errors import NatsUnavailable
-from watchd.link import reopens_of
+from watchd.link import Connection, reopens_of
 from watchd.model import EVENTS_PREFIX, Event, encode
 
 SWEEP_S = 0.25  # how often answers that are overdue are looked for, while any is awaited
-_NO_RESPONDERS = "503"  # the status header NATS sends when nothing (no stream) took the message
+_NO_RESPONDERS = b"503"  # the status header NATS sends when nothing (no stream) took the message
 
 
 class PublishEvent(Protocol):
@@ -53,6 +51,9 @@ class _PubAck(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
+_Answer = tuple[bytes, bytes | None]  # the answer's payload, and its status code when it has one
+
+
 class _Overdue(Exception):
     """No answer within the timeout."""
 
@@ -62,10 +63,11 @@ class JetStreamPublisher:
     stream's acknowledgement; errors as `bus.publish_raw` raises them (NatsUnavailable: nothing is
     known to be stored, send again with the same id; EventRejected: the server refused this one)."""
 
-    def __init__(self, nc: Client, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, nc: Connection, *, timeout_s: float = 5.0) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
-        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}  # token -> (answer, deadline)
+        # token -> (answer: the ack's bytes and the status header's code, if any; deadline)
+        self._waiting: dict[bytes, tuple[asyncio.Future[_Answer], float]] = {}
         self._count = 0
         self._prefix = ""
         self._bound_at: int | None = None  # the connection's reopen count when it subscribed
@@ -90,22 +92,23 @@ class JetStreamPublisher:
         loop = asyncio.get_running_loop()
         self._count += 1
         token = str(self._count)
-        answer: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = (answer, loop.time() + (timeout_s or self.timeout_s))
+        key = token.encode()
+        answer: asyncio.Future[_Answer] = loop.create_future()
+        self._waiting[key] = (answer, loop.time() + (timeout_s or self.timeout_s))
         if self._sweep is None:
             self._sweep = loop.call_later(SWEEP_S, self._expire)
         if msg_id:
             headers = {**headers, "Nats-Msg-Id": msg_id} if headers else {"Nats-Msg-Id": msg_id}
         try:
             await self.nc.publish(subject, body, reply=self._prefix + token, headers=headers)
-            msg = await answer
+            data, status = await answer
         except nats.errors.MaxPayloadError:
             raise over_max_payload(body) from None
         except (_Overdue, nats.errors.Error) as exc:  # closed, draining, reconnect buffer full
             raise not_stored(subject, "TimeoutError" if isinstance(exc, _Overdue) else type(exc).__name__) from None
         finally:
-            self._waiting.pop(token, None)
-        return _ack_of(subject, msg)
+            self._waiting.pop(key, None)
+        return _ack_of(subject, data, status)
 
     async def _subscribe(self, subject: str) -> None:
         """The answer subscription, made again after the connection was opened again (a reopen drops
@@ -118,13 +121,14 @@ class JetStreamPublisher:
             cut = len(prefix)
             waiting = self._waiting
 
-            async def answered(msg: Msg) -> None:
-                entry = waiting.get(msg.subject[cut:])
+            def answered(subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+                entry = waiting.get(subject[cut:])
                 if entry is not None and not entry[0].done():
-                    entry[0].set_result(msg)
+                    status = headers[9:12] if headers is not None and headers.startswith(b"NATS/1.0 ") else None
+                    entry[0].set_result((data, status))
 
             try:
-                await self.nc.subscribe(prefix + "*", cb=answered)
+                await self.nc.subscribe_raw(prefix + "*", answered)
             except nats.errors.Error as exc:
                 raise not_stored(subject, type(exc).__name__) from None
             self._prefix, self._bound_at = prefix, reopens
@@ -139,11 +143,11 @@ class JetStreamPublisher:
         self._sweep = loop.call_later(SWEEP_S, self._expire) if self._waiting else None
 
 
-def _ack_of(subject: str, msg: Msg) -> PubAckInfo:
-    if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+def _ack_of(subject: str, data: bytes, status: bytes | None) -> PubAckInfo:
+    if status == _NO_RESPONDERS:
         raise no_stream(subject)
     try:
-        ack = _decode_ack(msg.data)
+        ack = _decode_ack(data)
     except msgspec.DecodeError:
         raise NatsUnavailable(f"NATS answered the message on {subject} with something that is not an ack") from None
     if ack.error is not None:
