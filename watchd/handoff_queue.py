@@ -58,6 +58,7 @@ from watchd.errors import EventRejected, NatsUnavailable
 from watchd.link import PullSubscription, pull
 from watchd.model import HANDOFFS_PREFIX, Handoff, encode
 from watchd.store import Store, outbox
+from watchd.store.grouped import Grouped
 from watchd.upkeep import Backoff, Upkeep
 
 if TYPE_CHECKING:
@@ -134,6 +135,10 @@ class HandoffQueue:
         )
         self.queued = 0
         self.duplicates = 0  # queued again by an instance that decided a batch again: dropped by id
+        # A delivery's two records (taken, settled), each committed with those of the deliveries
+        # under way beside it (watchd/store/grouped.py): one transaction per burst, not two each.
+        self._take_queued: Grouped[tuple[str, int]] = Grouped(store, outbox.take_queued_within)
+        self._finish: Grouped[None] = Grouped(store, outbox.finish_within)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one queueing pass at a time (the engine's and the loop's)
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -285,7 +290,7 @@ class HandoffQueue:
             await msg.nak(delay=PAUSED_NAK_S)
             return
         seq = int(msg.metadata.sequence.stream)
-        state, tries = await self.store.call(outbox.take_queued, h, seq, now, headers.get(DECIDED_BY_HEADER))
+        state, tries = await self._take_queued(h, seq, now, headers.get(DECIDED_BY_HEADER))
         if state in _SETTLED:
             await msg.ack()  # settled here already: its ack was lost, or it was dropped
             return
@@ -305,7 +310,7 @@ class HandoffQueue:
             latency = fired_ago_s(h, now) if isinstance(outcome, Delivered) else None
             self.metrics.delivered(h.target, outcome_label(outcome), latency)
         state, detail, next_at = settlement(h, outcome, now)
-        await self.store.run(self.store.finish, h.id, state, now, detail, next_at)
+        await self._finish(h.id, state, now, detail, next_at)
         if state in ("retrying", "pending"):
             await msg.nak(delay=min(max(0.0, (next_at or now) - now), MAX_NAK_DELAY_S))
         elif state == "dead":

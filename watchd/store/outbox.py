@@ -160,7 +160,14 @@ def finish(
     conn: sqlite3.Connection, hid: str, state: str, now: float, detail: str | None, next_attempt_at: float | None
 ) -> None:
     with Transaction(conn):
-        _transition(conn, hid, state, now, detail, next_attempt_at=next_attempt_at)
+        finish_within(conn, hid, state, now, detail, next_attempt_at)
+
+
+def finish_within(
+    conn: sqlite3.Connection, hid: str, state: str, now: float, detail: str | None, next_attempt_at: float | None
+) -> None:
+    """`finish` inside the caller's transaction."""
+    _transition(conn, hid, state, now, detail, next_attempt_at=next_attempt_at)
 
 
 def settle(
@@ -251,18 +258,24 @@ def take_queued(conn: sqlite3.Connection, h: Handoff, seq: int, now: float, deci
     to `delivering`, unless it is settled here already. Returns the state it was in ("new" when it
     was not here) and its attempt."""
     with Transaction(conn):
-        row = conn.execute("SELECT state, attempt FROM handoffs WHERE id = ?", (h.id,)).fetchone()
-        if row is None:
-            h.state = "pending"
-            insert_handoffs(conn, [h], now, detail=f"from the deployment's queue (HANDOFFS seq {seq})")
-            row = ("new", h.attempt)
-        conn.execute(
-            "UPDATE handoffs SET queued_seq = COALESCE(queued_seq, ?), decided_by = COALESCE(decided_by, ?) "
-            "WHERE id = ?",
-            (seq, decided_by, h.id),
-        )
-        if row[0] not in _SETTLED:
-            _transition(conn, h.id, "delivering", now, None)
+        return take_queued_within(conn, h, seq, now, decided_by)
+
+
+def take_queued_within(
+    conn: sqlite3.Connection, h: Handoff, seq: int, now: float, decided_by: str | None
+) -> tuple[str, int]:
+    """`take_queued` inside the caller's transaction."""
+    row = conn.execute("SELECT state, attempt FROM handoffs WHERE id = ?", (h.id,)).fetchone()
+    if row is None:
+        h.state = "pending"
+        insert_handoffs(conn, [h], now, detail=f"from the deployment's queue (HANDOFFS seq {seq})")
+        row = ("new", h.attempt)
+    conn.execute(
+        "UPDATE handoffs SET queued_seq = COALESCE(queued_seq, ?), decided_by = COALESCE(decided_by, ?) WHERE id = ?",
+        (seq, decided_by, h.id),
+    )
+    if row[0] not in _SETTLED:
+        _transition(conn, h.id, "delivering", now, None)
     return str(row[0]), int(row[1])
 
 
