@@ -81,7 +81,7 @@ class Fire(msgspec.Struct):
         return "h_" + stable_hash(self.watch, self.version, self.key, self.logical, target)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outputs:
     decisions: list[Decision] = field(default_factory=list)
     fires: list[Fire] = field(default_factory=list)
