@@ -45,4 +45,5 @@ def test_a_daemon_loads_what_its_config_uses(
     loaded = _loaded(d)
     assert "watchd.engine" in loaded  # the import report is there at all
     assert "anthropic" not in loaded
+    assert "jinja2" not in loaded  # the dashboard's pages are loaded by the first request to one
     assert ("cel" in loaded) is binding

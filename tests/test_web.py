@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from support.fake_anthropic import FakeAnthropic, tool_use
@@ -224,3 +225,17 @@ async def test_deadline_windows_are_bars_met_missed_and_open(daemon_factory: Cal
     bars = re.findall(r'<rect class="window (\w+)"[^>]*><title>([^<]*)</title>', html)
     assert sorted(outcome for outcome, _ in bars) == ["met", "missed", "open"], bars
     assert any("[2]" in title and "missed" in title for _, title in bars)
+
+
+def test_the_daemon_routes_every_page_of_the_dashboard_before_loading_it() -> None:
+    """The daemon mounts the dashboard's routes from its own table and loads the pages (and
+    Jinja2) on the first request: the table must be the pages' own."""
+    from watchd.dashboard import ROUTES
+    from watchd.web.access import Access
+    from watchd.web.app import Dashboard
+
+    def no_config() -> Any:
+        raise AssertionError("not read while routing")
+
+    pages = Dashboard(loaded=no_config, clock=lambda: 0.0, health=dict, access=Access(None))
+    assert sorted((r.method, r.path) for r in pages.routes()) == sorted(ROUTES)

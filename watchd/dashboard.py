@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -74,20 +75,64 @@ def _where(watch: str, key: str | None) -> str:
     return watch if key is None else f"{watch} [{key}]"
 
 
+# The pages and forms `Dashboard.routes()` serves, routed here without importing it: the page
+# code and Jinja2 (~3 MB) are loaded by the first request, so a daemon nobody browses never has them.
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/"),
+    ("GET", "/watches/{id}"),
+    ("GET", "/schedules"),
+    ("GET", "/schedules/{name}"),
+    ("GET", "/handoffs"),
+    ("GET", "/runs"),
+    ("GET", "/runs/{id}"),
+    ("GET", "/maintenance"),
+    ("GET", "/favicon.ico"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("POST", "/actions/watches/{id}/{action}"),
+    ("POST", "/actions/dlq/{id}/{action}"),
+    ("POST", "/actions/schedules/{name}/run-now"),
+    ("POST", "/actions/releases/{agent}/{action}"),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class OnFirstRequest:
+    """Routes whose handlers are built by the first request to any of them."""
+
+    def __init__(self, build: Callable[[], list[web.RouteDef]]) -> None:
+        self._build = build
+        self._handlers: dict[tuple[str, str], Handler] | None = None
+
+    def routes(self, table: tuple[tuple[str, str], ...]) -> list[web.RouteDef]:
+        return [web.route(method, path, self.handle) for method, path in table]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self._handlers is None:
+            self._handlers = {(r.method, r.path): r.handler for r in self._build()}
+        route = request.match_info.route
+        return await self._handlers[(route.method, route.resource.canonical if route.resource else "")](request)
+
+
 def dashboard_routes(daemon: Daemon, token: str | None, answers: AnswerApi) -> list[web.RouteDef]:
     mode = daemon.loaded.config.http.dashboard
     if mode == "off":
         return []
-    # Imported here: a daemon with the dashboard off never loads Jinja2.
-    from watchd.web.access import Access
-    from watchd.web.app import Dashboard
 
-    dashboard = Dashboard(
-        loaded=lambda: daemon.loaded,
-        clock=daemon.clock,
-        health=daemon.health,
-        access=Access(token),
-        actions=DaemonActions(daemon, answers),
-        read_only=mode == "read-only",
-    )
-    return dashboard.routes()
+    def build() -> list[web.RouteDef]:
+        from watchd.web.access import Access
+        from watchd.web.app import Dashboard
+
+        dashboard = Dashboard(
+            loaded=lambda: daemon.loaded,
+            clock=daemon.clock,
+            health=daemon.health,
+            access=Access(token),
+            actions=DaemonActions(daemon, answers),
+            read_only=mode == "read-only",
+        )
+        return dashboard.routes()
+
+    return OnFirstRequest(build).routes(ROUTES)
