@@ -39,7 +39,7 @@ from watchd.engine.timers import Timers
 from watchd.engine.verdict import Verdict
 
 _WHERE_FALSE, _WHERE_ERROR, _KEY_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR, Verdict.KEY_ERROR  # see verdict.py
-PLANS_KEPT = 20_000  # subjects whose plan is kept (as the subject index keeps their candidates)
+PLANS_KEPT = 20_000  # subjects whose plan is kept: subjects repeat (a home server sees a few hundred)
 
 
 class Engine(EngineState):
@@ -52,6 +52,7 @@ class Engine(EngineState):
         self.index: SubjectIndex[Candidate] = SubjectIndex()
         self._deleted_watches: set[str] = set()
         self._plans: dict[str, Plan] = {}
+        self._plans_by_candidates: dict[tuple[int, ...], Plan] = {}
 
     # -- definitions and restored state --
 
@@ -74,7 +75,7 @@ class Engine(EngineState):
                 self._forget(gone)
         self.watches = new
         self.index = SubjectIndex()
-        self._plans = {}
+        self._plans, self._plans_by_candidates = {}, {}
         for logic in new.values():
             if not logic.watch.enabled:
                 continue
@@ -306,7 +307,15 @@ class Engine(EngineState):
         return f"{why} (in {pattern.where.source})"
 
     def _plan(self, subject: str) -> Plan:
+        """The subject's plan, shared by every subject with the same candidates: 10,000 hosts'
+        `host.*.metrics` subjects hold one plan between them."""
         if len(self._plans) >= PLANS_KEPT:
             self._plans.clear()
-        plan = self._plans[subject] = Plan(self.index.candidates(subject), share=self.shares)
+            self._plans_by_candidates.clear()
+        candidates = self.index.candidates(subject)
+        same = tuple(map(id, candidates))  # the candidates live as long as the index: ids stay theirs
+        plan = self._plans_by_candidates.get(same)
+        if plan is None:
+            plan = self._plans_by_candidates[same] = Plan(candidates, share=self.shares)
+        self._plans[subject] = plan
         return plan

@@ -6,8 +6,6 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-_CACHE_LIMIT = 20_000
-
 
 def subject_matches(pattern: str, subject: str) -> bool:
     return _tokens_match(tuple(pattern.split(".")), tuple(subject.split(".")))
@@ -36,10 +34,9 @@ class _Node(Generic[T]):
 class SubjectIndex(Generic[T]):
     """Literal patterns by dict lookup, wildcard patterns in a token trie.
 
-    Subjects repeat (a home server sees a few hundred distinct ones), so the candidate list of
-    each subject is computed once and cached; a new subject walks the trie along its tokens (with
-    the `*` branch beside each), so nothing scans every pattern, even where subjects are many and
-    the cache turns over. Candidates come in the order they were added, whichever way they matched.
+    A subject walks the trie along its tokens (with the `*` branch beside each), so nothing scans
+    every pattern, even where subjects are many and the engine's per-subject plans turn over.
+    Candidates come in the order they were added, whichever way they matched.
     """
 
     def __init__(self) -> None:
@@ -47,7 +44,6 @@ class SubjectIndex(Generic[T]):
         self._wild: _Node[T] = _Node()
         self._has_wild = False
         self._added = 0
-        self._cache: dict[str, list[T]] = {}
 
     def add(self, pattern: str, item: T) -> None:
         entry = (self._added, item)
@@ -65,23 +61,17 @@ class SubjectIndex(Generic[T]):
                 node.ends.append(entry)
         else:
             self._exact.setdefault(pattern, []).append(entry)
-        self._cache.clear()
 
     def candidates(self, subject: str) -> list[T]:
-        found = self._cache.get(subject)
-        if found is None:
-            entries = list(self._exact.get(subject, ()))
-            if self._has_wild:
-                tokens = subject.split(".")
-                wild: list[tuple[int, T]] = []
-                self._walk(self._wild, tokens, 0, wild)
-                if wild:
-                    entries = sorted(entries + wild, key=lambda e: e[0])
-            found = [item for _, item in entries]
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[subject] = found
-        return found
+        """The items whose pattern `subject` matches, in the order added (not cached: the engine
+        keeps what it makes of them, per subject)."""
+        entries = list(self._exact.get(subject, ()))
+        if self._has_wild:
+            wild: list[tuple[int, T]] = []
+            self._walk(self._wild, subject.split("."), 0, wild)
+            if wild:
+                entries = sorted(entries + wild, key=lambda e: e[0])
+        return [item for _, item in entries]
 
     def _walk(self, node: _Node[T], tokens: list[str], i: int, out: list[tuple[int, T]]) -> None:
         if i == len(tokens):
