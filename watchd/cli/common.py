@@ -11,12 +11,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 import click
 import msgspec
-from rich.console import Console
-from rich.markup import escape
 
 from watchd.cli.daemon_http import http_get as http_get
 from watchd.cli.options import CONFIG_OPTION as CONFIG_OPTION
@@ -26,17 +24,41 @@ from watchd.errors import NatsUnavailable
 from watchd.redact import redact_url
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from watchd.bus import PubAckInfo
     from watchd.credentials import Role
     from watchd.model import Event
 
 
-out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+class _OnFirstUse:
+    """A rich Console made when first used: `watchd run` prints nothing through one unless it
+    fails, and rich is 1.6 MB of a daemon that otherwise never loads it."""
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._settings)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
+
+
+_out = _OnFirstUse(highlight=False, soft_wrap=True, emoji=False)
+_err = _OnFirstUse(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = cast("Console", _out)
+err = cast("Console", _err)
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    # escape: messages quote config ("[nats] url", "[http] listen") that rich would read as markup
+    from rich.markup import escape  # messages quote config ("[nats] url") that rich would read as markup
+
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     if hint and hint not in message:  # some messages already end with their hint (config problems)
         err.print(f"[dim]hint: {escape(hint)}[/]", markup=True)
@@ -133,7 +155,7 @@ def progress_bar(
 
     count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
     columns = (TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=_err.console(), transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
