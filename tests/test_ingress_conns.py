@@ -123,6 +123,22 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
     assert 0.4 < time.monotonic() - started < 3
 
 
+def test_each_request_moves_the_idle_deadline_on(make_listener: Callable[..., Listener]) -> None:
+    # Requests 0.3 s apart on one connection outlive the 0.5 s idle limit many times over; the
+    # deadline set after the first request fires while the connection is busy or freshly used, and
+    # must wait again for the rest, not close it.
+    lst = make_listener(limits=ConnectionLimits(max_connections=10, header_timeout_s=0.4, keepalive_timeout_s=0.5))
+    with socket.create_connection(("127.0.0.1", lst.port), timeout=10) as s:
+        for _ in range(6):
+            s.sendall(build_request("GET", "/healthz", host=lst.host, headers={"Connection": "keep-alive"}))
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+        started = time.monotonic()
+        assert closed_by_server(s, 5)  # and once it stays idle, it is closed
+    assert time.monotonic() - started < 3
+    assert lst.ingress is not None and lst.ingress.errors["slow_client"] <= 1
+
+
 def test_a_body_that_trickles_in_gets_a_408_and_publishes_nothing(make_listener: Callable[..., Listener]) -> None:
     lst = make_listener(body_timeout_s=0.5)
     before = lst.last_seq()

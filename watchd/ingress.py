@@ -37,7 +37,7 @@ from watchd.config import resolve_secret
 from watchd.dashboard import dashboard_routes
 from watchd.errors import EventRejected, NatsUnavailable, RequestRefused, WatchdError
 from watchd.limits import HTTP_BODY_TIMEOUT_S, default_max_connections, is_loopback, split_listen
-from watchd.listener import ConnectionLimits, ListenerSite, track_requests
+from watchd.listener import ConnectionLimits, ListenerSite, stored_answer, track_requests
 from watchd.metrics import CONTENT_TYPE, Metrics, health_families, store_families
 from watchd.model import Event, encode, make_event, parse_data
 
@@ -56,6 +56,7 @@ Refuse = Callable[[int, str, str], web.Response]
 Health = Callable[[], dict[str, Any]]
 
 API_MAX_BODY = 4096  # an /api/ request names a watch, a schedule or an agent: a few hundred bytes
+NAMED_HOSTS = 64  # Host header values remembered as naming the listener
 LOG_EVERY_S = 60.0  # per reason: the first refusal is logged, then at most one line a minute
 
 # A Host header: a name or an IPv4 address, or an IPv6 address in brackets; an optional port.
@@ -109,6 +110,9 @@ class Ingress:
         # Webhook sources by path: replaced as a whole on reload (routes of a built aiohttp app
         # cannot change), and looked up before the app's own routes.
         self.webhooks: Mapping[str, WebhookRoute] = {}
+        # Host header values that name this listener whatever the connection (a loopback or allowed
+        # name): checked once. Bounded, and refusals are never kept, so odd names cannot grow it.
+        self._named: set[str] = set()
         self._seen: Counter[str] = Counter()  # refusals per reason/about, for the log's rate limit
         self._logged: dict[str, tuple[float, int]] = {}  # reason/about -> (last logged at, count then)
 
@@ -137,31 +141,37 @@ class Ingress:
 
     # ---- who may call ----
 
-    def _names_listener(self, host: str, request: web.BaseRequest) -> bool:
+    def _names_listener(self, header: str, request: web.BaseRequest) -> bool:
+        if header in self._named:
+            return True
+        host = host_name(header)
+        if host is None:
+            return False
         if host in self.allowed_hosts or host == "localhost" or host.endswith(".localhost") or is_loopback(host):
+            if len(self._named) < NAMED_HOSTS:
+                self._named.add(header)
             return True
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         return sockname is not None and host == str(sockname[0]).lower()  # the address it came in on
 
     def caller_refusal(self, request: web.BaseRequest) -> web.Response | None:
         """403 for a request a web page could have sent on someone's behalf, else None."""
-        header = request.headers.get("Host")
-        if header is not None:
-            host = host_name(header)
-            if host is None or not self._names_listener(host, request):
-                return self.error(
-                    403,
-                    "host",
-                    f"Host {header[:100]!r} does not name this listener: a proxy's public name goes in "
-                    "[http] allowed_hosts",
-                )
-        origin = request.headers.get("Origin")
+        headers = request.headers
+        header = headers.get("Host")
+        if header is not None and not self._names_listener(header, request):
+            return self.error(
+                403,
+                "host",
+                f"Host {header[:100]!r} does not name this listener: a proxy's public name goes in "
+                "[http] allowed_hosts",
+            )
+        origin = headers.get("Origin")
         if origin is not None:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or header is None or parts.netloc.lower() != header.lower():
                 refused = f"Origin {origin[:100]!r} is not this listener's: cross-site requests are refused"
                 return self.error(403, "origin", refused)
-        if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        if headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
             return self.error(403, "cross_site", "a browser request from another site is refused")
         return None
 
@@ -226,7 +236,7 @@ class Ingress:
             return self.error(exc.status, exc.reason, exc.message)
         except EventRejected as exc:
             return self.error(400, exc.reason, exc.message)
-        return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate}, status=202)
+        return stored_answer(event.id, ack.seq, ack.duplicate, status=202)
 
     async def api_fields(self, request: web.BaseRequest, shape: str, max_body: int = API_MAX_BODY) -> dict[str, Any]:
         """The JSON object an /api/ request sends, once its caller passed: the bearer token when one is
@@ -253,6 +263,12 @@ class Ingress:
             raise RequestRefused(413, "too_large", f"body is {request.content_length} bytes, {too_big}")
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise RequestRefused(415, "content_type", "compressed bodies are not accepted: send plain JSON")
+        content = request.content
+        if content.is_eof():  # it all arrived with the head (most webhooks): nothing to wait for
+            body = content.read_nowait()
+            if len(body) > max_body:
+                raise RequestRefused(413, "too_large", f"body is {too_big}")
+            return body
         # Read here, not by request.read(): a chunked body is cut off at this route's limit, which
         # may differ from the application's client_max_size.
         chunks: list[bytes] = []

@@ -31,6 +31,7 @@ from aiohttp import web
 from watchd.config import resolve_secret
 from watchd.errors import EventRejected, RequestRefused, WatchdError
 from watchd.limits import MAX_HTTP_BODY_BYTES
+from watchd.listener import stored_answer
 from watchd.model import Event, make_event, parse_data
 from watchd.sources.base import Source, SourceContext
 from watchd.sources.health import SourceHealth
@@ -99,7 +100,7 @@ class WebhookRoute:
         self.health.published(self.clock(), ack.duplicate)
         if answer is not None:
             return web.Response(status=200)  # Slack shows a body sent to a button press as an error
-        return web.json_response({"id": event.id, "seq": ack.seq, "duplicate": ack.duplicate})
+        return stored_answer(event.id, ack.seq, ack.duplicate)
 
     def _not_allowed(self, answer: Mapping[str, Any]) -> tuple[str, str] | None:
         """(reason, message) when the press comes from a user or channel outside the allow-lists."""
