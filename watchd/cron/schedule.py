@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -72,6 +72,51 @@ def _croniter() -> Any:  # croniter has no type hints
     return croniter
 
 
+# "M H * * *": every day at one time, as the built-in schedules run. Its walls are one a day, found
+# without croniter (1.7 MB), so a daemon whose only schedules are such never loads it.
+_DAILY = re.compile(r"([0-9]{1,2}) ([0-9]{1,2}) \* \* \*")
+
+
+def _daily(text: str) -> tuple[int, int] | None:
+    """(hour, minute) of an every-day-at-one-time expression; None for any other."""
+    m = _DAILY.fullmatch(text)
+    if m is None or int(m[1]) > 59 or int(m[2]) > 23:
+        return None
+    return int(m[2]), int(m[1])
+
+
+NextWall = Callable[[], datetime | None]
+
+
+def _walls(c: _Compiled, after: datetime) -> NextWall:
+    """The matching wall times (naive, local) strictly after `after`, one per call; None after the
+    last (an expression that stops matching)."""
+    daily = _daily(c.expr)
+    if daily is not None:
+        hour, minute = daily
+        day = after.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if day <= after:
+            day += timedelta(days=1)
+        state = [day - timedelta(days=1)]
+
+        def next_daily() -> datetime:
+            state[0] += timedelta(days=1)
+            return state[0]
+
+        return next_daily
+    cr = _croniter()
+    it = cr.croniter(c.expr, after, day_or=c.day_or)
+
+    def next_cron() -> datetime | None:
+        try:
+            wall: datetime = it.get_next(datetime)
+        except cr.CroniterBadDateError:
+            return None
+        return wall
+
+    return next_cron
+
+
 def _compile(expr: str, tz: str) -> _Compiled:
     text = expr.strip()
     if text.startswith("@"):
@@ -81,6 +126,8 @@ def _compile(expr: str, tz: str) -> _Compiled:
     fields = text.split()
     if len(fields) != 5:
         raise ScheduleError(f"cron expression {expr!r} has {len(fields)} field(s), not 5", _CRON_HINT)
+    if _daily(" ".join(fields)) is not None:  # valid, and it fires every day
+        return _Compiled(expr=" ".join(fields), zone=_zone(tz), wildcard=False, day_or=False)
     cr = _croniter()
     if not cr.croniter.is_valid(text):
         problem = _field_problem(fields)
@@ -270,7 +317,7 @@ def _map_wall(c: _Compiled, spec: CronSpec, w: datetime, seq: int) -> tuple[list
 def _stream(spec: CronSpec, after: datetime, wall_limit: datetime) -> Iterator[tuple[datetime, list[_Entry]]]:
     """Groups of entries sharing one instant, in instant order, for instants > `after` (naive UTC).
 
-    Walls come from croniter in wall order. Their instants are not in order across a fold (second
+    Walls come from croniter (or `_walls`) in wall order. Their instants are not in order across a fold (second
     occurrences come later), so they wait in a heap until the next wall's first instant proves
     nothing earlier can still come; entries with the same instant (a shifted gap tick landing on a
     real one) are released together so the caller emits them once.
@@ -279,15 +326,11 @@ def _stream(spec: CronSpec, after: datetime, wall_limit: datetime) -> Iterator[t
     zone = c.zone
     # Start early enough that walls repeated by a fold just after `after` are seen too.
     start = after + min(_offset_at(zone, after), _offset_at(zone, after + timedelta(hours=27)))
-    cr = _croniter()
-    it = cr.croniter(c.expr, start, day_or=c.day_or)
+    next_wall = _walls(c, start)
     heap: list[_Entry] = []
     seq = 0
     while True:
-        try:
-            w: datetime | None = it.get_next(datetime)
-        except cr.CroniterBadDateError:
-            w = None
+        w = next_wall()
         done = w is None or w > wall_limit
         entries: list[_Entry] = []
         if w is None or done:
@@ -402,8 +445,8 @@ def dst_gap_warning(spec: CronSpec, year_from: int, years: int = 5) -> str | Non
         gap_start, gap_end = at + before, at + after  # wall times skipped: [gap_start, gap_end)
         if not span_start <= gap_start < span_end:
             continue
-        it = _croniter().croniter(c.expr, gap_start - timedelta(seconds=1), day_or=c.day_or)
-        while (w := it.get_next(datetime)) < gap_end:
+        next_wall = _walls(c, gap_start - timedelta(seconds=1))
+        while (w := next_wall()) is not None and w < gap_end:
             hits.setdefault(_hm(w), []).append(w.date().isoformat())
     if not hits:
         return None
