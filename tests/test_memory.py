@@ -51,11 +51,13 @@ def test_a_daemon_loads_what_its_config_uses(
 
 def test_an_idle_daemon_loads_no_page_no_console_and_no_binding(process_factory: Callable[..., DaemonProc]) -> None:
     """Started and left alone: the dashboard's pages, rich (the console notifier's and the command
-    line's printing) and the CEL binding are loaded by what first uses them, and nothing did; the
-    built-in schedules (every day at one time) are walked without croniter."""
+    line's printing), prometheus_client (/metrics) and the CEL binding are loaded by what first
+    uses them, and nothing did; the built-in schedules (every day at one time) are walked without
+    croniter."""
     where = 'data.percent > 95 && data.host.startsWith("nas")'
     d = process_factory({"w.toml": WATCH.format(where=where)}, env={"PYTHONPROFILEIMPORTTIME": "1"}).start()
     assert d.term() == 0
     loaded = _loaded(d)
     assert "watchd.engine" in loaded
-    assert not loaded & {"jinja2", "rich", "cel", "anthropic", "watchd.web.app", "croniter"}
+    heavy = {"jinja2", "rich", "cel", "anthropic", "watchd.web.app", "croniter", "prometheus_client"}
+    assert not loaded & heavy

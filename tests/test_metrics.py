@@ -80,3 +80,59 @@ async def until_scraped(
             return got
         await d.advance(1)
     raise AssertionError(f"{name} never appeared")
+
+
+def test_counts_kept_until_scraped_read_as_prometheus_clients_own_counter_and_histogram() -> None:
+    """The figures are plain dicts until the first scrape loads prometheus_client: they must read
+    exactly as its own Counter and Histogram fed the same would."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from watchd.engine import Decision, Verdict
+    from watchd.metrics import Metrics
+
+    ours = Metrics()
+    ours.decided([Decision(1.0, "w", None, Verdict.FIRED, "r"), Decision(1.0, "w", "k", Verdict.WHERE_FALSE, "", n=3)])
+    for latency in (0.3, 0.01, 9000.0, 0.05):  # inside, on and past the bounds
+        ours.delivered("notify.a", "delivered", latency)
+    ours.own_event("watchd.schedule.backup.skipped", {"reason": "missed", "count": 4})
+    ours.ack_window.observe(0.0005)
+
+    registry = CollectorRegistry()
+    decisions = Counter("watchd_decisions", ours.decisions.documentation, ["watch", "verdict"], registry=registry)
+    decisions.labels("w", "fired").inc()
+    decisions.labels("w", "where_false").inc(3)
+    fires = Counter("watchd_fires", ours.fires.documentation, ["watch"], registry=registry)
+    fires.labels("w").inc()
+    deliveries = Counter("watchd_deliveries", ours.deliveries.documentation, ["target", "outcome"], registry=registry)
+    latency = Histogram(
+        "watchd_delivery_latency_seconds",
+        ours.delivery_latency.documentation,
+        ["target"],
+        buckets=ours.delivery_latency.bounds,
+        registry=registry,
+    )
+    for seconds in (0.3, 0.01, 9000.0, 0.05):
+        deliveries.labels("notify.a", "delivered").inc()
+        latency.labels("notify.a").observe(seconds)
+    skipped = Counter(
+        "watchd_schedule_ticks_skipped", ours.ticks_skipped.documentation, ["schedule", "reason"], registry=registry
+    )
+    skipped.labels("backup", "missed").inc(4)
+    window = Histogram(
+        "watchd_handoff_ack_window_seconds",
+        ours.ack_window.documentation,
+        buckets=ours.ack_window.bounds,
+        registry=registry,
+    )
+    window.observe(0.0005)
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    theirs = samples(generate_latest(registry).decode())
+    assert len(theirs) > 30 and samples(ours.exposition().decode()) == theirs
