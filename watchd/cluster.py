@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from watchd import bus
+from watchd import bus, shards
 from watchd.config import ClusterConfig, WatchDef
 from watchd.errors import NatsUnavailable, WatchdError
 from watchd.model import EVENTS_PREFIX, iso
@@ -50,7 +50,7 @@ from watchd.upkeep import BACKOFF_BASE_S, Backoff, Upkeep
 
 log = logging.getLogger(__name__)
 
-ENGINE_DURABLE = "watchd-engine"  # bus.EventConsumer's default: the one every instance shares
+ENGINE_DURABLE = shards.ENGINE_DURABLE  # bus.EventConsumer's default: the one every instance shares
 READ_BATCH = 512  # messages per fetch while catching up
 READ_IDLE_S = 5.0  # a read that gets nothing for this long has lost the stream
 READ_IDLE_DELETE_S = 30.0  # the server deletes the reading consumer once unused this long
@@ -84,9 +84,12 @@ def plan_catch_up(position: int, info: ConsumerInfo | None) -> CatchUp:
     return CatchUp(position, replay_to, max(replay_to, delivered))
 
 
-async def read_range(js: JetStreamContext, after: int, upto: int) -> AsyncIterator[list[Msg]]:
+async def read_range(
+    js: JetStreamContext, after: int, upto: int, subjects: list[str] | None = None
+) -> AsyncIterator[list[Msg]]:
     """The EVENTS stream's messages with after < seq <= upto, in batches, in order. Messages the
-    stream no longer holds (aged out) are simply not there; the first one read says where it starts."""
+    stream no longer holds (aged out) are simply not there; the first one read says where it starts.
+    `subjects`: only those (a shard's filter, watchd/shards.py); None: every event."""
     if upto <= after:
         return
     config = ConsumerConfig(
@@ -94,9 +97,13 @@ async def read_range(js: JetStreamContext, after: int, upto: int) -> AsyncIterat
         opt_start_seq=after + 1,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=READ_IDLE_DELETE_S,
+        filter_subjects=subjects if subjects and len(subjects) > 1 else None,
     )
-    sub = await js.pull_subscribe(EVENTS_PREFIX + ">", stream=bus.EVENTS_STREAM, config=config)
+    subject = subjects[0] if subjects and len(subjects) == 1 else EVENTS_PREFIX + ">"
+    sub = await js.pull_subscribe(subject, stream=bus.EVENTS_STREAM, config=config)
     try:
+        if subjects and not (await sub.consumer_info()).num_pending:
+            return  # none of these subjects is stored past `after`
         while True:
             try:
                 msgs = await sub.fetch(READ_BATCH, timeout=READ_IDLE_S)
@@ -108,6 +115,8 @@ async def read_range(js: JetStreamContext, after: int, upto: int) -> AsyncIterat
                 yield batch
             if len(batch) < len(msgs) or (msgs and bus.seq_of(msgs[-1]) >= upto):
                 return
+            if subjects and msgs and not msgs[-1].metadata.num_pending:
+                return  # filtered: nothing more of these subjects is stored up to `upto` or past it
     finally:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             await sub.unsubscribe()
@@ -128,6 +137,8 @@ async def catch_up(
     consume: Callable[[list[Msg], bool], Awaitable[None]],
     replayed: Callable[[int], None],
     reach_holders_clock: Callable[[], Awaitable[None]],
+    *,
+    subjects: list[str] | None = None,
 ) -> None:
     """Read from the stream what lies past `position` (this instance's commit cursor) before the
     durable is consumed; the durable is never deleted or recreated (another instance may be bound
@@ -152,7 +163,7 @@ async def catch_up(
             plan.position + 1,
             plan.replay_to,
         )
-        async for msgs in read_range(js, plan.position, plan.replay_to):
+        async for msgs in read_range(js, plan.position, plan.replay_to, subjects):
             await consume(msgs, True)
         replayed(plan.replay_to)
     await reach_holders_clock()
@@ -162,32 +173,31 @@ async def catch_up(
             plan.replay_to,
             plan.decide_to,
         )
-        async for msgs in read_range(js, plan.replay_to, plan.decide_to):
+        async for msgs in read_range(js, plan.replay_to, plan.decide_to, subjects):
             await consume(msgs, False)
 
 
-async def read_lag(js: JetStreamContext, delivery: str | None) -> dict[str, int]:
+async def read_lag(js: JetStreamContext, delivery: str | None, engines: list[str] | None = None) -> dict[str, int]:
     """The deployment's backlog on its shared consumers, whoever holds the lease: events stored and
-    not yet decided (the engine's durable), handoffs queued and not yet delivered (`delivery`)."""
+    not yet decided (the engine's durable, or the sum over the shards' `engines`), handoffs queued
+    and not yet delivered (`delivery`)."""
     lag: dict[str, int] = {}
-    for what, stream, durable in (
-        ("events", bus.EVENTS_STREAM, ENGINE_DURABLE),
-        ("handoffs", bus.HANDOFFS_STREAM, delivery),
-    ):
+    wanted = [("events", bus.EVENTS_STREAM, d) for d in engines or [ENGINE_DURABLE]]
+    for what, stream, durable in [*wanted, ("handoffs", bus.HANDOFFS_STREAM, delivery)]:
         if durable is None:
             continue
         with contextlib.suppress(nats.js.errors.NotFoundError):
             info = await js.consumer_info(stream, durable)
-            lag[what] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+            lag[what] = lag.get(what, 0) + (info.num_pending or 0) + (info.num_ack_pending or 0)
     return lag
 
 
 # ---- the lease -----------------------------------------------------------------------------------
 
-LEASE_KEY = "lease.engine"
+LEASE_KEY = shards.LEASE_KEY  # shard 0's, and the whole deployment's when it has one shard
 MEMBER_PREFIX = "member."
 TICK_PREFIX = "tick."
-POSITION_KEY = "engine.position"  # in the ticks bucket: it must outlive its holder
+POSITION_KEY = shards.POSITION_KEY  # in the ticks bucket: it must outlive its holder
 TICKS_TTL_S = 7 * 86400.0  # a tick claim outlives any catch-up a schedule does after an outage
 # Fractions of `takeover`: the lease lapses on the server TTL after its last renewal, a standby
 # looks every POLL; so a dead holder is replaced within TTL + POLL (+ the server's expiry sweep).
@@ -208,6 +218,7 @@ class Member(msgspec.Struct, kw_only=True):
     watches: str  # digest of the watch definitions: one deployment decides with one set
     embedded: bool = False
     since: float | None = None  # in the lease: when this holder took it
+    shards: int = 1  # [cluster] shards: one deployment splits its watches one way
 
     def describe(self) -> str:
         return f"watchd on {self.host} (pid {self.pid}, state_dir {self.state_dir})"
@@ -261,7 +272,10 @@ class Lease:
     """This instance in its deployment: its member key, and the engine lease it holds or waits for.
 
     `embedded`: the NATS is this instance's own single-node server, so the lease is trivially its
-    own; it is still recorded (as embedded), so that an instance pointed at that server refuses."""
+    own; it is still recorded (as embedded), so that an instance pointed at that server refuses.
+
+    With `[cluster] shards` above 1 an instance has one Lease per shard (`names`), all speaking as
+    the same member (`me`); only shard 0's keeps the member key and the view of the others."""
 
     def __init__(
         self,
@@ -273,15 +287,20 @@ class Lease:
         watches: str,
         embedded: bool,
         replicas: int | None = None,
+        names: shards.ShardNames | None = None,
+        me: Member | None = None,
     ) -> None:
         self.js = js
+        self.names = names or shards.ShardNames(0, 1)
+        self.key = self.names.lease_key
+        self.keeps_members = self.names.index == 0
         self.replicas = None if embedded else replicas
         self.name = config.name
         self.takeover_s = takeover_s
         self.ttl_s = takeover_s * TTL_SHARE
         self.embedded = embedded
         self.bucket, self.ticks_bucket = bucket_names(config.name)
-        self.me = Member(
+        self.me = me or Member(
             instance=uuid.uuid4().hex[:12],
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -289,6 +308,7 @@ class Lease:
             started=time.time(),
             watches=watches,
             embedded=embedded,
+            shards=config.shards,
         )
         self.holder: Member | None = None  # who holds the lease, as last read
         self.members: dict[str, Member] = {}
@@ -312,9 +332,10 @@ class Lease:
                 hint="the NATS user needs JetStream rights for KV buckets (streams KV_watchd-*)",
             ) from None
 
-    async def join(self) -> bool:
+    async def join(self, may_take: Callable[[], bool] | None = None) -> bool:
         """Refuse a deployment this instance cannot join safely; then take the lease if no one
-        holds it (True) or stand by (False). An embedded instance takes it in any case."""
+        holds it (True) or stand by (False). An embedded instance takes it in any case. With
+        shards, `may_take` says whether this instance is still below its share."""
         holder = await self._read_holder()
         if holder is not None and holder.instance != self.me.instance and not self.embedded:
             if holder.embedded:
@@ -323,13 +344,23 @@ class Lease:
                     f"{holder.describe()}, which cannot be shared",
                     hint='run a NATS server or cluster of your own and set [nats] url = "nats://..." on every instance',
                 )
+            if holder.shards != self.me.shards:
+                raise WatchdError(
+                    f"cannot join cluster {self.name!r}: {holder.describe()} holds it with [cluster] shards = "
+                    f"{holder.shards}, this config says {self.me.shards}",
+                    hint="give every instance the same [cluster] shards (change it with every instance stopped)",
+                )
             if holder.watches != self.me.watches:
                 raise WatchdError(
                     f"cannot join cluster {self.name!r}: {holder.describe()} holds it with other watch "
                     "definitions than this config's",
                     hint="give every instance the same watch files, or this one another [cluster] name",
                 )
-        await self._put_member()
+        if self.keeps_members:
+            await self._put_member()
+            await self._read_members()
+        if may_take is not None and not may_take():
+            return False
         return await self.try_take()
 
     async def try_take(self) -> bool:
@@ -337,9 +368,9 @@ class Lease:
         sent = time.monotonic()
         try:
             if self.embedded:
-                self._revision = await self._kv.put(LEASE_KEY, msgspec.json.encode(record))
+                self._revision = await self._kv.put(self.key, msgspec.json.encode(record))
             else:
-                self._revision = await self._kv.create(LEASE_KEY, msgspec.json.encode(record))
+                self._revision = await self._kv.create(self.key, msgspec.json.encode(record))
         except nats.js.errors.KeyWrongLastSequenceError:
             holder, revision = await self._read_lease()
             self.holder = holder
@@ -370,9 +401,9 @@ class Lease:
         for _ in range(2):
             try:
                 if self.embedded:
-                    self._revision = await self._kv.put(LEASE_KEY, value)
+                    self._revision = await self._kv.put(self.key, value)
                 else:
-                    self._revision = await self._kv.update(LEASE_KEY, value, last=self._revision)
+                    self._revision = await self._kv.update(self.key, value, last=self._revision)
                 break
             except nats.js.errors.KeyWrongLastSequenceError:
                 holder, revision = await self._read_lease()
@@ -399,14 +430,14 @@ class Lease:
             return
         value = msgspec.json.encode(Position(seq=seq, clock=clock, instance=self.me.instance))
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await self._ticks.put(POSITION_KEY, value)
+            await self._ticks.put(self.names.position_key, value)
 
     async def read_position(self) -> Position | None:
         """The last holder's position (None when embedded, or none was recorded)."""
         if self.embedded:
             return None
         try:
-            entry = await self._ticks.get(POSITION_KEY)
+            entry = await self._ticks.get(self.names.position_key)
             return msgspec.json.decode(entry.value, type=Position)
         except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
             return None
@@ -416,9 +447,19 @@ class Lease:
         while not self.held() and not stop.is_set() and not self._lost:
             await asyncio.sleep(min(0.05, self.ttl_s / 20))
 
-    async def keep(self, upkeep: Upkeep, on_taken: Callable[[], Any], on_lost: Callable[[str], None]) -> None:
+    async def keep(
+        self,
+        upkeep: Upkeep,
+        on_taken: Callable[[], Any],
+        on_lost: Callable[[str], None],
+        *,
+        may_take: Callable[[], bool] | None = None,
+        give_up: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         """The lease's loop: renew it while held, wait for it while standing by (then `on_taken`),
-        and keep this member's key and the view of the others fresh. An Upkeep loop (cluster-lease):
+        and keep this member's key and the view of the others fresh. A shard's lease (watchd/shards.py)
+        is taken only while `may_take()` says this instance is below its share, and after each renewal
+        `give_up()` may hand it over (True: released). An Upkeep loop (cluster-lease):
         a round that fails (NATS unreachable: fencing stops the decisions meanwhile) is logged,
         counted and tried again after a backoff that never waits longer than the loop's own pace,
         so that a lease is renewed as soon as NATS is back."""
@@ -431,14 +472,18 @@ class Lease:
                 return None  # for good: on_lost stops the daemon
             if self._revision:
                 if not await self.renew():
-                    on_lost(f"lost the lease of cluster {self.name!r} to {_who(self.holder)}")
+                    on_lost(f"lost the lease of cluster {self.name!r}{self._of()} to {_who(self.holder)}")
                     return None
+                if give_up is not None and await give_up():
+                    return poll_s
+            elif may_take is not None and not may_take():
+                self.holder = await self._read_holder()  # who holds it, for the others' shares
             elif await self.try_take():
-                log.info("took the lease of cluster %r: this instance decides now", self.name)
+                log.info("took the lease of cluster %r%s: this instance decides now", self.name, self._of())
                 await on_taken()
             else:
                 self.announce()
-            if time.monotonic() - last_member >= renew_s:
+            if self.keeps_members and time.monotonic() - last_member >= renew_s:
                 await self._put_member()
                 await self._read_members()
                 last_member = time.monotonic()
@@ -446,11 +491,25 @@ class Lease:
 
         pace = min(renew_s, poll_s)
         backoff = Backoff(base_s=min(BACKOFF_BASE_S, pace), cap_s=pace)
-        await upkeep.every("cluster-lease", step, interval_s=None, backoff=backoff)
+        name = "cluster-lease" + ("" if self.keeps_members else f".{self.names.index}")
+        await upkeep.every(name, step, interval_s=None, backoff=backoff)
+
+    def _of(self) -> str:
+        return f" ({self.names.label()})" if self.names.count > 1 else ""
+
+    async def release(self) -> None:
+        """Give this lease up while the deployment runs on (a shard handed to a less loaded
+        member): the caller has stopped deciding with it and recorded its position."""
+        revision, self._revision = self._revision, 0
+        self._valid_until = 0.0
+        if revision and not self._lost:
+            await self._kv.delete(self.key, last=revision)
+        self.holder = None
 
     def announce(self) -> None:
-        """One line each time the holder changes while this instance stands by."""
-        if self.holder is not None and self.holder.instance != self._announced:
+        """One line each time the holder changes while this instance stands by (shard 0's only:
+        with shards, an instance stands by for most of them by design)."""
+        if self.holder is not None and self.holder.instance != self._announced and self.keeps_members:
             self._announced = self.holder.instance
             log.info(
                 "standing by: cluster %r is held by %s since %s",
@@ -463,8 +522,9 @@ class Lease:
         """On a clean stop: give the lease up at once, so a standby need not wait for it to lapse."""
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
             if self._revision and not self._lost:
-                await self._kv.delete(LEASE_KEY, last=self._revision)
-            await self._kv.delete(MEMBER_PREFIX + self.me.instance)
+                await self._kv.delete(self.key, last=self._revision)
+            if self.keeps_members:
+                await self._kv.delete(MEMBER_PREFIX + self.me.instance)
         self._revision = 0
 
     # -- schedules --
@@ -520,7 +580,7 @@ class Lease:
     async def _read_lease(self) -> tuple[Member | None, int]:
         """Who holds the lease and the entry's revision; (None, 0) when no one does."""
         try:
-            entry = await self._kv.get(LEASE_KEY)
+            entry = await self._kv.get(self.key)
         except nats.js.errors.KeyNotFoundError:
             return None, 0
         try:

@@ -106,6 +106,9 @@ class ClusterConfig(_Strict, kw_only=True):
     # Copies the NATS cluster keeps of the streams and buckets watchd creates or updates (3 on a
     # 3-node cluster survives the loss of a node). None: new ones R1, existing ones as they are.
     replicas: Annotated[int, _range(1, 5)] | None = None
+    # How many parts the watches are split into, each decided by the one live instance holding its
+    # lease (watchd/shards.py). 1: one instance decides everything, the others stand by.
+    shards: Annotated[int, _range(1, 64)] = 1
 
 
 class HttpConfig(_Strict, kw_only=True):

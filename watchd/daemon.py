@@ -1,7 +1,8 @@
 """The daemon: consume → step → commit → ack; timers; delivery; reload; signals.
 
-One supervisor with one stop event. The engine runs on the event loop only inside `_lock`, so a
-step, its commit and its ack are never interleaved with a reload.
+One supervisor with one stop event. Each shard's engine (watchd/shard_engine.py; one unless
+`[cluster] shards` says more) runs on the event loop only inside `lock`, so a step, its commit and
+its ack are never interleaved with a reload.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from watchd import (
@@ -32,6 +31,7 @@ from watchd import (
     liveness,
     reloading,
     sdnotify,
+    shards,
     statelock,
     stepping,
     storage,
@@ -39,41 +39,42 @@ from watchd import (
 from watchd.agents.budget import InFlight
 from watchd.agents.nats import follow_replies
 from watchd.agents.tools import follow_watches
-from watchd.answers import CHAT_SUBJECT, Answers
-from watchd.config import Loaded
+from watchd.answers import Answers
+from watchd.config import Loaded, WatchDef
 from watchd.cron.runner import Scheduler
 from watchd.cron.schedule import parse_duration
 from watchd.dispatch import Dispatcher, Target
-from watchd.engine import Decision, Engine, EventInput, Tick, Verdict, failed_reason
-from watchd.engine.answers import ANSWER_SUBJECT
-from watchd.errors import ConfigError, EventRejected, WatchdError
+from watchd.engine import Engine
+from watchd.errors import ConfigError, WatchdError
 from watchd.handoff_queue import HandoffQueue
 from watchd.jobs.builtin_watches import all_watches
 from watchd.jobs.canary import release_canary
 from watchd.jobs.release import ReleaseControl
 from watchd.jspublish import JetStreamPublisher
-from watchd.link import reopens_of
 from watchd.liveness import MAX_IDLE_WAIT_S  # longest a fetch waits: a reload or stop is seen promptly
 from watchd.metrics import Metrics, task_families
-from watchd.model import Event, decode_stored_event, own_event
+from watchd.model import Event, own_event
 from watchd.notify.http_client import HttpClient
 from watchd.redact import redact_url
+from watchd.shard_engine import FETCH_BATCH as FETCH_BATCH
+from watchd.shard_engine import ShardEngine
 from watchd.sources.state import PositionStore
 from watchd.sources.supervise import SourceSet
 from watchd.store import Store, db_path
 from watchd.store.agent_watches import active_watch_defs
 from watchd.store.engine_state import heard
 from watchd.targets import build_targets
-from watchd.upkeep import Backoff, LogLimiter, Upkeep
+from watchd.upkeep import LogLimiter, Upkeep
 
 log = logging.getLogger("watchd")
 
-FETCH_BATCH = 512
 RELOAD_POLL_S = 2.0
 STOP_DEADLINE_S = 10.0
+# A shard given up is held this long after its consumer is unbound: the server drops a waiting pull
+# request once no one listens on its reply subject, which a cluster's routes learn within this.
+DRAIN_S = 1.0
 RETENTION_EVERY_S = 3600.0
 SOURCE_WAIT_S = 60.0  # sources read the clock at least this often (see SourceContext.max_wait_s)
-ENGINE_BACKOFF_CAP_S = 5.0
 # How long the daemon may fail to store events and still ping systemd's watchdog: time for its own
 # recovery (the probe, a restart of the embedded nats-server) before systemd restarts it.
 STORAGE_GRACE_S = 120.0
@@ -112,7 +113,9 @@ class Daemon:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.publisher: JetStreamPublisher | None = None
-        self.engine = Engine(loaded.zone())
+        count = loaded.config.cluster.shards
+        self.shards = [ShardEngine(self, shards.ShardNames(k, count)) for k in range(count)]
+        self.defs: list[tuple[WatchDef, int]] = []  # every watch with its version, as last installed
         self.dispatcher: Dispatcher | None = None
         self.queue: HandoffQueue | None = None  # on a NATS of one's own: the deployment's handoff queue
         self.releases: ReleaseControl | None = None
@@ -122,25 +125,20 @@ class Daemon:
         self.http = HttpClient()  # the notifiers' and the heartbeat's session, across reloads; closed at stop
         self.scheduler: Scheduler | None = None
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
-        self.active = False  # holds the lease and runs what decides or hands off
+        self.active = False  # holds the lease (shard 0's) and runs what a deployment runs once
+        self._delivering = False  # the handoff queue's (or the outbox's) tasks are running here
         self.cluster_lag: dict[str, int] = {}  # events and handoffs waiting on the shared consumers
-        self.last_seq = 0
-        self.committed_clock = 0.0
         self.last_loop_at = 0.0
         self.events_seen = 0
-        self.behind = 0  # events stored past the last one fetched (the stream's own count): the lag
         self.metrics = Metrics()
         self.metrics.add_state(lambda: task_families(self.upkeep.stats.values()))
         self.failures = stepping.FailureLog(clock)
         self.bad_input_log = LogLimiter(log)  # rejected messages, `where`/`key` errors: a line a minute each
         self.started_at = clock()
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
         self.upkeep = Upkeep(self.stop)  # every loop and task, restarted on failure and counted
         self.reloads = reloading.ReloadTrigger(loaded)  # a changed file, or SIGHUP
         self._agent_watches_changed = asyncio.Event()
-        self._consumer: bus.EventConsumer | None = None
-        self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
-        self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
         self._http_runner: web.AppRunner | None = None
         self.ingress: ingress.Ingress | None = None
         # Why the daemon stopped itself (the cluster lease was lost): exit non-zero. A task's failure
@@ -152,6 +150,24 @@ class Daemon:
         self.status_sent = "watching"  # systemd's STATUS= as READY=1 set it
         probe_s = storage.PROBE_EVERY_S if poll_s is None else max(poll_s, 0.1)
         self.storage = storage.StorageWatch(self.stop, self.state_dir / "nats", probe_every_s=probe_s)
+
+    @property
+    def engine(self) -> Engine:
+        """Shard 0's engine: the only one unless `[cluster] shards` says more."""
+        return self.shards[0].engine
+
+    @property
+    def last_seq(self) -> int:
+        """The furthest stream sequence a shard of this instance committed."""
+        return max(shard.last_seq for shard in self.shards)
+
+    @property
+    def behind(self) -> int:
+        """Events stored past the last one each shard this instance steps fetched: the lag."""
+        return sum(shard.behind for shard in self.shards if shard.active)
+
+    def watch_ids(self) -> set[str]:
+        return {wid for shard in self.shards for wid in shard.engine.watches}
 
     # ---- life cycle ----
 
@@ -228,7 +244,8 @@ class Daemon:
         replicas = self.loaded.config.cluster.replicas if self.embedded is None else None  # one node: R1
         await storage.ensure_streams(self.js, self.loaded.config.nats.events_max_bytes, store_dir, replicas)
         await self._install(self.loaded, first=True)
-        await clockjump.follow_saved(self.engine.clock, self.clock(), rewind=self._rewind, emit=self.emit)
+        saved = max(shard.engine.clock for shard in self.shards)
+        await clockjump.follow_saved(saved, self.clock(), rewind=self.rewind, emit=self.emit)
         targets = self._build_targets(self.loaded)
         self.releases = ReleaseControl(
             store=self.store,
@@ -246,7 +263,7 @@ class Daemon:
             config=lambda: self.loaded.config,
             store=self.store,
             js=self.js,
-            watches=lambda: self.engine.watches.keys(),
+            watches=self.watch_ids,
             targets=targets,
         )
         self.targets = targets
@@ -286,9 +303,25 @@ class Daemon:
             watches=cluster.watches_digest(self.loaded.watches),
             embedded=self.embedded is not None,
         )
-        # Only what is committed: a takeover must not skip timers whose fire never reached the store.
-        self.lease.position = lambda: (self.last_seq, self.committed_clock)
-        await self.lease.open()
+        lease0 = self.lease
+        for shard in self.shards:
+            lease = lease0
+            if shard.names.index:
+                lease = cluster.Lease(
+                    self.js,
+                    cfg,
+                    lease0.takeover_s,
+                    replicas=cfg.replicas,
+                    state_dir=str(self.state_dir),
+                    watches=lease0.me.watches,
+                    embedded=self.embedded is not None,
+                    names=shard.names,
+                    me=lease0.me,
+                )
+            shard.lease = lease
+            # Only what is committed: a takeover must not skip timers whose fire never reached the store.
+            lease.position = lambda shard=shard: (shard.last_seq, shard.committed_clock)
+            await lease.open()
         if self.embedded is None:
             assert self.nc is not None and self.store is not None
             takeover_s = self.lease.takeover_s
@@ -307,14 +340,89 @@ class Daemon:
                 gate=self.releases,
             )
             await self.queue.ensure_consumer()  # before anything of this deployment is queued
-        if await self.lease.join():
+        sharded = len(self.shards) > 1
+        if await lease0.join(may_take=self._may_take if sharded else None):
             await self._activate()
         else:
-            self.lease.announce()
-        lease = self.lease
-        self._spawn("cluster-lease", lambda: lease.keep(self.upkeep, self._activate, self._lease_lost))
-        if not lease.embedded:
+            lease0.announce()
+        for shard in self.shards[1:]:  # its share of the others before it says it is ready
+            assert shard.lease is not None
+            if self._may_take() and await shard.lease.try_take():
+                await self._start_shard(shard)
+        for shard in self.shards:
+            self._keep_lease(shard)
+        if not lease0.embedded:
             self._spawn("cluster-lag", lambda: liveness.cluster_lag_loop(self))
+
+    def _keep_lease(self, shard: ShardEngine) -> None:
+        """The loop of one shard's lease: shard 0's holder also runs what the deployment runs once;
+        with shards, each is taken up to this instance's share and given up to even the load."""
+        lease = shard.lease
+        assert lease is not None
+        sharded = len(self.shards) > 1
+        taken = self._activate if shard.names.index == 0 else lambda: self._start_shard(shard)
+
+        async def give_up() -> bool:
+            return await self._give_up(shard)
+
+        self._spawn(
+            "cluster-lease" + ("" if shard.names.index == 0 else f".{shard.names.index}"),
+            lambda: lease.keep(
+                self.upkeep,
+                taken,
+                self._lease_lost,
+                may_take=self._may_take if sharded else None,
+                give_up=give_up if sharded and shard.names.index else None,
+            ),
+        )
+
+    def holders(self) -> dict[int, str | None]:
+        """Which instance holds each shard, as this one last saw."""
+        held: dict[int, str | None] = {}
+        for shard in self.shards:
+            lease = shard.lease
+            holder = lease.holder if lease is not None else None
+            held[shard.names.index] = holder.instance if holder is not None else None
+        return held
+
+    def _may_take(self) -> bool:
+        assert self.lease is not None
+        return shards.may_take(self.lease.me.instance, self.holders(), self.lease.members, len(self.shards))
+
+    async def _give_up(self, shard: ShardEngine) -> bool:
+        """Hand this shard over when this instance holds more than its share (shards.should_release),
+        over rounds of the shard's lease loop, which renews the lease meanwhile: first stop stepping
+        it (its last batch committed, queued and acknowledged) and unbind its consumer; once a pull
+        request still on its way can no longer deliver (DRAIN_S), record its position for the next
+        holder and release the lease. What the server delivered to it meanwhile stays unacknowledged,
+        and the next holder's catch-up decides it."""
+        lease = shard.lease
+        assert lease is not None and self.lease is not None
+        if shard.draining_until is None:
+            me = self.lease.me.instance
+            if shards.should_release(me, self.holders(), self.lease.members) != shard.names.index:
+                return False
+            async with self.lock:  # no step of it is under way, and none starts
+                shard.active = False
+                task = self.upkeep.tasks.pop(shard.names.task, None)
+                if task is not None:
+                    task.cancel()
+            while task is not None and not task.done():
+                # Again until it ends: Python 3.11's wait_for swallows a cancellation that lands as
+                # its wait ends, and the loop would then wait for a renewal this loop never makes.
+                task.cancel()
+                await asyncio.wait([task], timeout=0.2)
+            self.upkeep.forget(shard.names.task)
+            await shard.unbind()
+            shard.draining_until = time.monotonic() + DRAIN_S
+            return False
+        if time.monotonic() < shard.draining_until:
+            return False
+        shard.draining_until = None
+        await lease.record_position(shard.last_seq, shard.committed_clock)
+        await lease.release()
+        log.info("gave up %s to even the load (%d members)", shard.names.label(), len(self.lease.members))
+        return True
 
     def _lease_lost(self, why: str) -> None:
         log.error("%s; stopping (a supervisor restarts watchd, which then stands by)", why)
@@ -344,18 +452,8 @@ class Daemon:
             self._spawn(
                 "nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock, upkeep=upkeep, nc=nc)
             )
-        await self._bind_consumer()  # a consumer that cannot be made fails the start (or the takeover)
-        self._spawn("engine", self._engine_loop, core=True)
+        await self._start_shard(self.shards[0])  # a consumer that cannot be made fails the start (or the takeover)
         queue = self.queue
-        if queue is not None:  # handoffs go through NATS: whoever holds the lease delivers them
-            self._spawn("handoff-queue", lambda: queue.keep_queueing(self.stop, self.upkeep), core=True)
-            self._spawn("handoff-delivery", lambda: queue.deliver(self.upkeep), core=True)
-        else:
-            self._spawn(
-                "dispatcher",
-                lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(),
-                core=True,
-            )
         lease = self.lease
         self.scheduler = Scheduler(
             self.store,
@@ -380,6 +478,34 @@ class Daemon:
         self._spawn("release-check", lambda: releases.check("start"), once=True)
         self._spawn("release-canary", lambda: release_canary(self), once=True)
 
+    async def _start_shard(self, shard: ShardEngine) -> None:
+        """With a shard's lease: its engine from the store as last committed here, caught up on the
+        stream (see ShardEngine.catch_up), then stepped; and the deliveries, once per instance."""
+        if shard.active:
+            return
+        shard.draining_until = None
+        if len(self.shards) > 1:  # taken again: what another holder did since is on the stream
+            async with self.lock:
+                await shard.load(self.defs, self.clock(), restore=True)
+        await shard.bind_consumer()
+        shard.active = True
+        self._spawn(shard.names.task, shard.run, core=True)
+        if len(self.shards) > 1:
+            log.info("stepping %s", shard.names.label())
+        if self._delivering:
+            return
+        self._delivering = True
+        queue = self.queue
+        if queue is not None:  # handoffs go through NATS: whoever holds a lease delivers them
+            self._spawn("handoff-queue", lambda: queue.keep_queueing(self.stop, self.upkeep), core=True)
+            self._spawn("handoff-delivery", lambda: queue.deliver(self.upkeep), core=True)
+        else:
+            self._spawn(
+                "dispatcher",
+                lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(),
+                core=True,
+            )
+
     async def _start_sources(self) -> None:
         """Every configured source as a task of its own (see sources/supervise.py): a source that
         fails is restarted with a backoff and never stops the daemon."""
@@ -402,20 +528,6 @@ class Daemon:
         sources = self.sources
         self._spawn("sources", lambda: sources.run(self.stop, self.upkeep))
 
-    async def _catch_up(self, consumer: bus.EventConsumer) -> None:
-        """What lies past this instance's commit cursor, before the durable is consumed (see
-        cluster.catch_up): replayed for state, or decided, a batch at a time under the lock."""
-        assert self.js is not None
-
-        async def consume(msgs: list[Msg], replay: bool) -> None:
-            async with self._lock:
-                await self._consume(msgs, replay=replay)
-
-        def replayed(upto: int) -> None:
-            self.last_seq = max(self.last_seq, upto)
-
-        await cluster.catch_up(self.js, consumer, self.last_seq, consume, replayed, self._reach_holders_clock)
-
     def _spawn(
         self, name: str, factory: Callable[[], Awaitable[None]], *, core: bool = False, once: bool = False
     ) -> None:
@@ -427,15 +539,16 @@ class Daemon:
         """Drain within a hard deadline: finish the batch in hand, let deliveries finish, stop."""
         deadline = time.monotonic() + STOP_DEADLINE_S
         async with asyncio.timeout(STOP_DEADLINE_S):
-            async with self._lock:
-                pass  # the engine loop holds this while it commits; wait for that to end
+            async with self.lock:
+                pass  # the engine loops hold this while they commit; wait for that to end
         if self.dispatcher:
             await self.dispatcher.drain(max(0.1, deadline - time.monotonic() - 3))
         if self.queue is not None:
             await self.queue.drain(max(0.1, deadline - time.monotonic() - 3))
         await self.upkeep.close()
-        if self.lease is not None:
-            await self.lease.leave()  # nothing decides any more: a standby may take over at once
+        for shard in reversed(self.shards):  # shard 0's last: it holds the member key
+            if shard.lease is not None:
+                await shard.lease.leave()  # nothing decides any more: a standby may take over at once
         if self.answers is not None:
             await self.answers.close()
         await self.http.close()
@@ -465,15 +578,11 @@ class Daemon:
         digests = {d.watch.id: d.digest for d in defs}
         versions = await store.run(store.assign_versions, digests, now)
         await history.record(store, "watch", history.watches(defs, versions), now)
-        async with self._lock:
-            if first:
-                keys, meta, clock = await store.run(store.load_engine_state)
-                self.engine.restore(keys, meta, clock)
-                self.last_seq = await store.run(store.last_seq)
-            self.engine.default_zone = loaded.zone()
-            self.engine.load([(d, versions[d.watch.id]) for d in defs], now)
+        async with self.lock:
             self.loaded = loaded
-            await self._commit(stepping.Batch(), last_seq=None)
+            self.defs = [(d, versions[d.watch.id]) for d in defs]
+            for shard in self.shards:
+                await shard.load(self.defs, now, restore=first)
         if self.scheduler is not None and not first:
             await self.scheduler.install(loaded)  # a changed schedule gets a new version
         if self.sources is not None and not first:
@@ -555,190 +664,13 @@ class Daemon:
         except WatchdError as exc:
             log.warning("could not publish %s: %s", subject, exc.message)
 
-    # ---- the engine loop ----
+    # ---- the engines ----
 
-    async def _bind_consumer(self) -> None:
-        """Catch up past this instance's cursor (see _catch_up) and bind the engine's durable."""
-        assert self.js is not None and self.nc is not None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        consumer = bus.EventConsumer(self.js, nc=self.nc)
-        self._consumer_bound_at = reopens_of(self.nc)
-        await self._catch_up(consumer)
-        await consumer.start()
-        self._consumer = consumer
-
-    async def _engine_loop(self) -> None:
-        backoff = Backoff(cap_s=ENGINE_BACKOFF_CAP_S)  # events wait while the engine backs off: not long
-        await self.upkeep.every("engine", self._engine_step, interval_s=0.0, core=True, backoff=backoff)
-
-    async def _engine_step(self) -> None:
-        """Fetch a batch, step the engine through it, commit, ack; then the timers that are due.
-
-        A failure before the engine moved (a fetch on a lost connection) only binds the consumer
-        again; one after it (a commit that failed) also restores the engine from SQLite, as a
-        restart would, so the batch is taken again from the committed state."""
-        assert self.nc is not None
-        self.last_loop_at = self.clock()
-        if (jump := self.jumps.check()) is not None:
-            await clockjump.follow(jump, rewind=self._rewind, emit=self.emit)
-        if self._engine_suspect:
-            await self._install(self.loaded, first=True)
-            self._consumer_bound_at = -1
-            self._engine_suspect = False
-        if self._consumer is None or self._consumer_bound_at != reopens_of(self.nc):
-            await self._bind_consumer()
-        consumer = self._consumer
-        assert consumer is not None
-        due = self.engine.next_due()
-        wait = self.idle_wait_s if due is None else min(self.idle_wait_s, max(0.001, due - self.clock()))
-        try:
-            msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
-        except nats.errors.Error:
-            self._consumer_bound_at = -1  # bound again once the connection is back
-            raise
-        if self.lease is not None and not self.lease.held():
-            await self.lease.fenced(self.stop)  # the lease may have lapsed: decide nothing until renewed
-            if not self.lease.held():
-                return
-        try:
-            async with self._lock:
-                if msgs:
-                    await self._consume(msgs)
-                    await self._queue_handoffs()  # before the ack: see watchd/handoff_queue.py
-                    await consumer.ack_upto(msgs[-1])
-                due = self.engine.next_due()
-                # Only once the backlog is drained does the clock jump to the present, so events
-                # stored while watchd was down are judged at the time they arrived.
-                if due is not None and due <= self.clock() and len(msgs) < FETCH_BATCH:
-                    await self._tick()
-        except Exception:
-            self._engine_suspect = True
-            raise
-
-    async def _rewind(self, now: float) -> None:
-        async with self._lock:
-            self.engine.rewind(now)
-            await self._commit(stepping.Batch(), last_seq=None)
-
-    async def _consume(self, msgs: Sequence[bus.StreamMsg], *, replay: bool = False) -> None:
-        """Step the engine through a batch and commit. `replay`: events another instance already
-        decided, stepped for their state only: nothing they decide is recorded or handed off again.
-        An event whose handling raises is recorded as failed and committed with the rest (see
-        watchd/stepping.py), so it is never replayed."""
-        batch = stepping.Batch()
-        subjects: dict[str, tuple[float, str, int]] = {}
-        max_events = self.loaded.config.engine.max_event_bytes
-        top = self.last_seq
-        events: dict[int, Event] = {}
-        id_notes: dict[int, str] = {}  # events whose id watchd had to assign: their decisions say so
-        chat: list[tuple[Event, float, int]] = []  # button presses, relayed as answers (answers.py)
-        answered: list[Event] = []  # answers applied: their chat messages are edited once committed
-        if msgs and not replay:
-            self.behind = bus.pending_after(msgs[-1])
-        for msg in msgs:
-            seq = bus.seq_of(msg)
-            if seq <= self.last_seq:
-                continue  # redelivered after a crash between commit and ack: already applied
-            top = max(top, seq)
-            at = bus.time_of(msg)
-            try:
-                event, id_note = decode_stored_event(msg.data, seq, max_events)
-            except EventRejected as exc:
-                batch.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
-                continue
-            except Exception as exc:  # a value the decoder never met: this event's failure, not the daemon's
-                batch.fail(Decision(at, "", None, Verdict.FAILED, failed_reason(exc), _msg_id(msg), seq), exc)
-                continue
-            self.events_seen += 1
-            events[seq] = event
-            if id_note:
-                id_notes[seq] = id_note
-            prev = subjects.get(event.subject)
-            subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
-            stepping.take(self.engine, EventInput(event, at, seq), batch)
-            if event.subject == CHAT_SUBJECT:
-                chat.append((event, at, seq))
-            elif event.subject == ANSWER_SUBJECT:
-                answered.append(event)
-        if replay:
-            batch = stepping.Batch()
-            chat, answered = [], []  # another instance relayed and edited them
-        if chat and self.answers is not None:
-            batch.decisions += await self.answers.relay(chat)
-        batch.decisions = stepping.kept_for_explain(batch.decisions, events)
-        for d in batch.decisions:
-            if d.seq in id_notes:
-                d.reason = f"{d.reason} ({id_notes[d.seq]})"
-        await self._commit(batch, last_seq=top, subjects=subjects)
-        if answered and self.answers is not None:
-            self.answers.applied(answered, batch.decisions)
-
-    async def _tick(self) -> None:
-        """Let the engine's clock reach the present: the timers due fire."""
-        batch = stepping.Batch()
-        stepping.take(self.engine, Tick(self.clock()), batch)
-        await self._commit(batch, last_seq=None)
-        if batch.fires and self.lease is not None:
-            await self._queue_handoffs()  # before the position: a takeover fires them again, queued once
-            # Timers are not on the stream: the instant they fired up to is, for whoever takes over.
-            await self.lease.record_position(self.last_seq, self.committed_clock)
-
-    async def _queue_handoffs(self) -> None:
-        """On a NATS of one's own, queue the committed handoffs on the stream (raises if it cannot:
-        what follows, an ack or a recorded position, must wait until they are there)."""
-        if self.queue is not None:
-            await self.queue.queue_pending()
-
-    async def _reach_holders_clock(self) -> None:
-        """After a takeover: the timers the last holder fired (up to the instant it recorded) are
-        stepped for their state only, so each fires once; those due since fire here."""
-        position = await self.lease.read_position() if self.lease is not None else None
-        if position is None or position.clock <= self.engine.clock:
-            return
-        async with self._lock:
-            stepping.take(self.engine, Tick(position.clock), stepping.Batch())
-            await self._commit(stepping.Batch(), last_seq=None)
-
-    async def _commit(
-        self,
-        batch: stepping.Batch,
-        *,
-        last_seq: int | None,
-        subjects: dict[str, tuple[float, str, int]] | None = None,
-    ) -> None:
-        assert self.store is not None
-        self.failures.report(batch.errors)
-        stepping.log_bad_input(batch.decisions, self.bad_input_log)
-        self.metrics.decided(batch.decisions)
-        store = self.store
-        now = self.clock()
-        clock = min(self.engine.clock, now)  # never a clock ahead of the present
-        changes = self.engine.take_changes()
-        # Retried as it is until it is written (a full disk): the engine has already stepped.
-        new = await self.storage.write_state(
-            store,
-            lambda: store.commit_step(
-                last_seq=last_seq,
-                clock=clock,
-                changes=changes,
-                decisions=batch.decisions,
-                handoffs=batch.handoffs,
-                subjects=subjects or {},
-                now=now,
-                holds=batch.holds,
-            ),
-        )
-        if last_seq is not None:
-            self.last_seq = max(self.last_seq, last_seq)
-        self.committed_clock = self.engine.clock  # every step runs under _lock, as does this commit
-        for fire in batch.fires:
-            log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
-        if new and self.dispatcher:
-            self.dispatcher.wake()
-        if new and self.queue is not None:
-            self.queue.wake()
+    async def rewind(self, now: float) -> None:
+        """The wall clock was set back: every shard's engine follows it."""
+        async with self.lock:
+            for shard in self.shards:
+                await shard.rewind(now)
 
     # ---- side tasks ----
 
@@ -761,10 +693,6 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return liveness.health(self)
-
-
-def _msg_id(msg: bus.StreamMsg) -> str | None:
-    return (msg.headers or {}).get("Nats-Msg-Id")
 
 
 async def _noop() -> None:

@@ -38,7 +38,14 @@ def watchdog_message(d: Daemon) -> str:
 def cluster_view(d: Daemon) -> dict[str, Any] | None:
     if d.lease is None:
         return None
-    view = {**d.lease.view(), "lag": d.cluster_lag}
+    holders = d.holders()
+    view = {
+        **d.lease.view(),
+        "lag": d.cluster_lag,
+        # [cluster] shards: who steps each, and which this instance steps (one shard: the lease's holder)
+        "shards": [{"shard": k, "holder": holder} for k, holder in sorted(holders.items())],
+        "holding": [s.names.index for s in d.shards if s.active],
+    }
     if d.queue is not None:
         view["duplicates"] = d.queue.duplicates
     return view
@@ -48,7 +55,7 @@ def health(d: Daemon) -> dict[str, Any]:
     """/healthz and `watchd status`: ok only while the engine runs, NATS is connected, events can be
     stored and no core task is down."""
     now = d.clock()
-    engine_ok = engine_alive(d, now) or not d.active  # a standby runs none
+    engine_ok = engine_alive(d, now) or not (d.active or any(s.active for s in d.shards))  # a standby runs none
     nats_ok = d.nc is not None and d.nc.is_connected
     down = d.upkeep.core_down()  # a side task's failure is counted in /metrics, not here
     storage_ok = d.storage.health.ok
@@ -87,6 +94,6 @@ async def cluster_lag_loop(d: Daemon) -> None:
     js, delivery = d.js, d.queue.durable if d.queue is not None else None
 
     async def step() -> None:
-        d.cluster_lag = await cluster.read_lag(js, delivery)
+        d.cluster_lag = await cluster.read_lag(js, delivery, [s.names.durable for s in d.shards])
 
     await d.upkeep.every("cluster-lag", step, interval_s=d.lease.takeover_s * cluster.RENEW_SHARE)

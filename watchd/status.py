@@ -227,9 +227,17 @@ def cluster_lines(cluster: dict[str, Any]) -> list[str]:
     else:
         head = f"cluster {name}: standing by; no instance holds the lease (a standby takes it shortly)"
     holder = lease["instance"] if lease else None
+    steps: dict[str, list[int]] = {}  # [cluster] shards: which each member steps
+    shard_rows = cluster.get("shards") or []
+    for row in shard_rows:
+        steps.setdefault(row["holder"] or "", []).append(row["shard"])
     members = [
-        f"  member {_member(m)}{' (holds the lease)' if m['instance'] == holder else ''}" for m in cluster["members"]
+        f"  member {_member(m)}{' (holds the lease)' if m['instance'] == holder else ''}"
+        + (f", shards {', '.join(map(str, steps.get(m['instance'], []))) or 'none'}" if len(shard_rows) > 1 else "")
+        for m in cluster["members"]
     ]
+    if len(shard_rows) > 1 and steps.get(""):
+        members.append(f"  shards {', '.join(map(str, steps['']))}: held by no instance (taken shortly)")
     lag = cluster.get("lag") or {}
     backlog = (
         [f"  lag: {lag.get('events', 0)} events not yet decided, {lag.get('handoffs', 0)} handoffs not yet delivered"]

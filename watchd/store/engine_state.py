@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -41,10 +41,15 @@ class Heard:
     count: int
 
 
-def load_engine_state(conn: sqlite3.Connection) -> EngineState:
-    """(per-key state by watch, meta by watch, the engine's clock) as the last commit left them."""
+def load_engine_state(
+    conn: sqlite3.Connection, keep: Callable[[str], bool] | None = None, clock_key: str = "clock"
+) -> EngineState:
+    """(per-key state by watch, meta by watch, the engine's clock) as the last commit left them.
+    `keep`: only the watches of one shard (watchd/shards.py), with that shard's clock."""
     keys: dict[str, dict[str | None, KeyState]] = {}
     rows = conn.execute("SELECT watch, key, state FROM key_state").fetchall()
+    if keep is not None:
+        rows = [row for row in rows if keep(row[0])]
     if rows:
         # One decode of all the rows as a JSON array, not one per row: a restart with many keys
         # spends its time here. The objects made are all kept, so the cyclic collector, which
@@ -62,8 +67,12 @@ def load_engine_state(conn: sqlite3.Connection) -> EngineState:
             if keyed is None:
                 keyed = keys[watch] = {}
             keyed[key_value] = state
-    meta = {w: _watch_meta.decode(m) for w, m in conn.execute("SELECT watch, meta FROM watch_meta")}
-    return keys, meta, get_float(conn, "clock") or 0.0
+    meta = {
+        w: _watch_meta.decode(m)
+        for w, m in conn.execute("SELECT watch, meta FROM watch_meta")
+        if keep is None or keep(w)
+    }
+    return keys, meta, get_float(conn, clock_key) or 0.0
 
 
 def assign_versions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, int]:
@@ -106,10 +115,13 @@ def commit_step(
     subjects: dict[str, tuple[float, str, int]],
     now: float,
     holds: Mapping[str, float] | None = None,
+    cursor_key: str = "last_seq",
+    clock_key: str = "clock",
 ) -> list[str]:
     """One transaction for a whole batch. Returns the ids of handoffs that were new.
 
     `holds` maps a handoff id to the instant before which it must not be delivered (quiet hours).
+    `cursor_key` and `clock_key`: the meta rows of the shard that stepped (watchd/shards.py).
     """
     rows, metas, deleted = changes
     with Transaction(conn):
@@ -138,8 +150,8 @@ def commit_step(
                 [(s, at, src, n) for s, (at, src, n) in subjects.items()],
             )
         if last_seq is not None:
-            set_meta(conn, "last_seq", str(last_seq))
-        set_meta(conn, "clock", repr(clock))
+            set_meta(conn, cursor_key, str(last_seq))
+        set_meta(conn, clock_key, repr(clock))
     return new_ids
 
 

@@ -32,6 +32,7 @@ def set_metas(conn: sqlite3.Connection, values: Mapping[str, str]) -> None:
     conn.executemany(_UPSERT, values.items())
 
 
-def last_seq(conn: sqlite3.Connection) -> int:
-    """The last stream sequence whose effects are stored: a redelivery at or below it is skipped."""
-    return int(get_meta(conn, "last_seq", "0") or 0)
+def last_seq(conn: sqlite3.Connection, cursor_key: str = "last_seq") -> int:
+    """The last stream sequence whose effects are stored: a redelivery at or below it is skipped.
+    `cursor_key`: one shard's (watchd/shards.py)."""
+    return int(get_meta(conn, cursor_key, "0") or 0)

@@ -75,16 +75,18 @@ class Store(SqliteThread):
     def set_meta(self, k: str, v: str) -> None:
         meta.set_meta(self.conn, k, v)
 
-    def last_seq(self) -> int:
-        return meta.last_seq(self.conn)
+    def last_seq(self, cursor_key: str = "last_seq") -> int:
+        return meta.last_seq(self.conn, cursor_key)
 
     # ---- the engine ----
 
     def assign_versions(self, digests: dict[str, str], now: float) -> dict[str, int]:
         return engine_state.assign_versions(self.conn, digests, now)
 
-    def load_engine_state(self) -> engine_state.EngineState:
-        return engine_state.load_engine_state(self.conn)
+    def load_engine_state(
+        self, keep: Callable[[str], bool] | None = None, clock_key: str = "clock"
+    ) -> engine_state.EngineState:
+        return engine_state.load_engine_state(self.conn, keep, clock_key)
 
     def commit_step(
         self,
@@ -97,6 +99,8 @@ class Store(SqliteThread):
         subjects: dict[str, tuple[float, str, int]],
         now: float,
         holds: Mapping[str, float] | None = None,
+        cursor_key: str = "last_seq",
+        clock_key: str = "clock",
     ) -> list[str]:
         """One transaction for a whole batch (see `engine_state.commit_step`); the new handoff ids."""
         return engine_state.commit_step(
@@ -109,6 +113,8 @@ class Store(SqliteThread):
             subjects=subjects,
             now=now,
             holds=holds,
+            cursor_key=cursor_key,
+            clock_key=clock_key,
         )
 
     def prune_decisions(self, older_than: float, keep_rows: int) -> int:

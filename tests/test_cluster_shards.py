@@ -1,0 +1,213 @@
+"""Scale-out (SPEC section 9, `[cluster] shards`): a deployment's watches split across its live
+instances by lease, rebalanced when one joins or dies, each decision made once.
+
+A real nats-server the test starts; watchd instances are real daemons with their own state dirs
+(in the test's event loop, or processes for kill -9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Callable
+
+from support import project
+from support.inprocess import InProcessDaemon
+from support.processes import DaemonProc
+from support.waiting import until
+
+from watchd import shards
+from watchd.bus import EmbeddedNats
+from watchd.model import Event, make_event
+
+SHARDS = 4
+
+
+def one_per_shard(prefix: str) -> list[str]:
+    """Watch ids `prefix-N`, the first found for each shard, so that every shard has work."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < SHARDS:
+        found.setdefault(shards.shard_of(f"{prefix}-{n}", SHARDS), f"{prefix}-{n}")
+        n += 1
+    return [found[k] for k in range(SHARDS)]
+
+
+JOBS = one_per_shard("jobs")  # match: one fire per event on `job.<n>`
+TALLIES = one_per_shard("tally")  # count: one fire per key at its third event (state across a move)
+
+
+def watch_files() -> dict[str, str]:
+    text = ""
+    for n, wid in enumerate(JOBS):
+        text += f'[[watch]]\nid = "{wid}"\nkind = "match"\non = {{ subject = "job.{n}" }}\n'
+        text += 'then = ["notify.console"]\n\n'
+    for n, wid in enumerate(TALLIES):
+        text += (
+            f'[[watch]]\nid = "{wid}"\nkind = "match"\non = {{ subject = "tally.{n}", key = "data.k" }}\n'
+            'count = 3\nwindow = "1h"\ncooldown = "1h"\nthen = ["notify.console"]\n\n'
+        )
+    return {"shards.toml": text}
+
+
+CONFIG = f'[cluster]\ntakeover = "2s"\nshards = {SHARDS}\n'
+
+
+def jobs(tag: str, n: int) -> list[Event]:
+    return [make_event(f"job.{i % SHARDS}", id=f"{tag}-{i:03d}") for i in range(n)]
+
+
+def tallies(tag: str, keys: int) -> list[Event]:
+    """One event of each key on each tally subject."""
+    return [make_event(f"tally.{s}", {"k": f"k{k}"}, id=f"{tag}-t{s}-k{k}") for s in range(SHARDS) for k in range(keys)]
+
+
+Handed = tuple[str, str | None, tuple[str, ...]]
+
+
+def delivered(*instances: project.Project) -> list[Handed]:
+    """(watch, key, evidence ids) of every handoff delivered, over all instances: a handoff is
+    delivered by whichever instance took it from the deployment's queue."""
+    return sorted(
+        (h["watch"], h["key"], tuple(sorted(e["id"] for e in h["evidence"])))
+        for d in instances
+        for h in d.handoffs()
+        if h["state"] == "delivered" and h["watch"] in JOBS + TALLIES
+    )
+
+
+def decided_by(d: project.Project) -> set[str]:
+    """The watches this instance decided a handoff of (not taken from the queue)."""
+    rows = d.query(
+        "SELECT watch FROM handoffs h WHERE NOT EXISTS (SELECT 1 FROM transitions t "
+        "WHERE t.handoff_id = h.id AND t.detail LIKE 'from the deployment''s queue%')"
+    )
+    return {w for (w,) in rows}
+
+
+def held(d: InProcessDaemon) -> list[int]:
+    return [s.names.index for s in d.running.shards if s.active and s.lease is not None and s.lease.held()]
+
+
+def expected(job_events: list[Event], tally_events: list[Event]) -> list[Handed]:
+    """What one instance deciding alone hands off: each job event once; each tally key once, at
+    its third event, with the three as evidence."""
+    out: list[Handed] = [(JOBS[int(e.subject.split(".")[1])], None, (e.id,)) for e in job_events]
+    seen: dict[tuple[str, str], list[str]] = {}
+    for e in tally_events:
+        at = (e.subject, str(e.data["k"]))
+        ids = seen.setdefault(at, [])
+        ids.append(e.id)
+        if len(ids) == 3:
+            out.append((TALLIES[int(e.subject.split(".")[1])], at[1], tuple(sorted(ids))))
+    return sorted(out)
+
+
+def balanced(instances: list[InProcessDaemon]) -> bool:
+    counts = [len(held(d)) for d in instances]
+    return sum(counts) == SHARDS and max(counts) - min(counts) <= 1
+
+
+async def test_two_instances_split_the_shards_and_a_third_joins_without_losing_or_repeating(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = await daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=CONFIG).start()
+    assert held(a) == [0, 1, 2, 3]  # alone: every shard
+    b = await daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=CONFIG).start()
+    await until(lambda: balanced([a, b]), timeout_s=15, what="a to hand two shards to b")
+    assert 0 in held(a) and len(held(b)) == 2
+
+    # Each shard's consumer reads only its watches' subjects.
+    assert a.running.js is not None
+    for k, shard in enumerate(a.running.shards):
+        info = await a.running.js.consumer_info("EVENTS", shard.names.durable)
+        filters = sorted(info.config.filter_subjects or [info.config.filter_subject or ""])
+        assert f"watchd.events.job.{k}" in filters and f"watchd.events.tally.{k}" in filters, filters
+        assert not any(f"job.{j}" in f for f in filters for j in range(SHARDS) if j != k), filters
+
+    first_jobs, first_tallies = jobs("one", 40), tallies("one", 5)
+    await a.publish(*first_jobs, *first_tallies, *tallies("two", 5)[: SHARDS * 5 // 2])
+    await until(lambda: len(delivered(a, b)) >= 40, what="the first 40 job handoffs")
+    assert decided_by(a) and decided_by(b), "both instances decide"
+    assert decided_by(a).isdisjoint(decided_by(b)), "a watch was decided on both instances"
+
+    # A third instance joins while events keep coming: one shard moves to it; the count state of
+    # the tally watches (each key two events in) moves with its shard.
+    c = daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=CONFIG)
+    second_jobs = jobs("two", 40)
+    second_tallies = tallies("two", 5)
+    starting = asyncio.create_task(c.start())
+    for batch in range(4):
+        await a.publish(*second_jobs[batch * 10 : (batch + 1) * 10])
+        await asyncio.sleep(0.3)
+    await starting
+    await until(lambda: balanced([a, b, c]), timeout_s=15, what="the shards to even out over three")
+    assert held(c), "the newcomer holds a shard"
+    third_tallies = tallies("three", 5)
+    await a.publish(*second_tallies[SHARDS * 5 // 2 :], *third_tallies)
+
+    want = expected(first_jobs + second_jobs, first_tallies + second_tallies + third_tallies)
+    await until(lambda: len(delivered(a, b, c)) >= len(want), timeout_s=20, what=f"{len(want)} handoffs")
+    await asyncio.sleep(0.5)  # anything handed off twice would be by now
+    assert delivered(a, b, c) == want
+    for d in (a, b, c):
+        assert d.running.failure is None
+
+    status = json.loads((await c.cli("status", "--json")).stdout)["daemon"]["cluster"]
+    assert sorted(s["shard"] for s in status["shards"]) == [0, 1, 2, 3]
+    instances = {d.running.lease.me.instance for d in (a, b, c) if d.running.lease is not None}
+    assert {s["holder"] for s in status["shards"]} == instances
+    text = (await c.cli("status")).stdout
+    steps = ", ".join(map(str, held(c)))
+    assert f"member {socket.gethostname()} pid {os.getpid()} state_dir {c.state_dir}, shards {steps}" in text, text
+
+
+QUIET = one_per_shard("quiet")  # absent per host: a timer in every shard
+SILENCE_S = 8
+
+
+def quiet_files() -> dict[str, str]:
+    text = ""
+    for wid in QUIET:
+        text += (
+            f'[[watch]]\nid = "{wid}"\nkind = "absent"\nexpect = {{ subject = "hb", key = "data.host" }}\n'
+            f'for = "{SILENCE_S}s"\nthen = ["notify.console"]\n\n'
+        )
+    return {"quiet.toml": text}
+
+
+def proc_held(d: DaemonProc) -> list[int]:
+    h = d.health()
+    return sorted(h["cluster"]["holding"]) if h and h.get("cluster") else []
+
+
+async def test_kill9_of_an_instance_its_shards_are_taken_over_and_their_timers_fire_once(
+    nats_server: EmbeddedNats, process_factory: Callable[..., DaemonProc]
+) -> None:
+    cfg = f'[cluster]\ntakeover = "3s"\nshards = {SHARDS}\n'
+    a = process_factory(quiet_files(), nats_url=nats_server.url, extra_config=cfg)
+    b = process_factory(quiet_files(), nats_url=nats_server.url, extra_config=cfg)
+    await asyncio.to_thread(a.start)
+    await asyncio.to_thread(b.start)
+    await until(
+        lambda: len(proc_held(a)) == 2 and len(proc_held(b)) == 2, timeout_s=20, what="two shards on each instance"
+    )
+    hosts = ["h1", "h2", "h3"]
+    await project.publish(nats_server.url, *[make_event("hb", {"host": h}, id=f"hb-{h}") for h in hosts])
+    # Every shard's engine read the heartbeats: a timer per (watch, host) is armed on its holder.
+    await until(
+        lambda: all((d.health() or {}).get("last_seq", 0) >= len(hosts) for d in (a, b)), what="the heartbeats read"
+    )
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(a.kill9)
+    await until(lambda: len(proc_held(b)) == SHARDS, timeout_s=15, what="b to take a's shards")
+
+    def fires() -> list[tuple[str, str | None]]:
+        return sorted((h["watch"], h["key"]) for d in (a, b) for h in d.handoffs() if h["watch"] in QUIET)
+
+    want = sorted((w, h) for w in QUIET for h in hosts)
+    await until(lambda: len(fires()) >= len(want), timeout_s=SILENCE_S + 15, what="each silence to fire")
+    await asyncio.sleep(1.0)
+    assert fires() == want, "a silence fired twice or never"
+    assert not [h for h in a.handoffs() if h["watch"] in QUIET], "a fired before it died"

@@ -1,0 +1,318 @@
+"""One shard's engine in the daemon: consume → step → commit → ack; its timers; its catch-up.
+
+With `[cluster] shards = 1` (the default) the daemon has one of these, with the names the single
+engine always had. With more, each shard of the deployment's watches (watchd/shards.py) has its
+own: an engine holding only the shard's watches, a durable consumer filtered to the subjects they
+read, a commit cursor and a clock in the store, and the lease that says which instance steps it.
+Every step runs inside the daemon's one lock, so a step, its commit and its ack are never
+interleaved with a reload or with another shard's step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from watchd import bus, clockjump, cluster, shards, stepping
+from watchd.answers import CHAT_SUBJECT
+from watchd.config import WatchDef
+from watchd.engine import Decision, Engine, EventInput, Tick, Verdict, failed_reason
+from watchd.engine.answers import ANSWER_SUBJECT
+from watchd.errors import EventRejected
+from watchd.link import reopens_of
+from watchd.model import Event, decode_stored_event
+from watchd.upkeep import Backoff
+
+if TYPE_CHECKING:
+    from watchd.daemon import Daemon
+
+log = logging.getLogger("watchd")
+
+FETCH_BATCH = 512
+ENGINE_BACKOFF_CAP_S = 5.0
+
+
+class ShardEngine:
+    def __init__(self, daemon: Daemon, names: shards.ShardNames) -> None:
+        self.d = daemon
+        self.names = names
+        self.engine = Engine(daemon.loaded.zone())
+        self.lease: cluster.Lease | None = None
+        self.active = False  # this instance holds the shard's lease and steps its engine
+        self.draining_until: float | None = None  # monotonic: given up, released once nothing more can come
+        self.last_seq = 0
+        self.committed_clock = 0.0
+        self.behind = 0  # events stored past the last one fetched (the stream's own count): the lag
+        self.filter: list[str] | None = None  # the consumer's subjects (None: every event, unsharded)
+        self._consumer: bus.EventConsumer | None = None
+        self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
+        self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
+
+    @property
+    def sharded(self) -> bool:
+        return self.names.count > 1
+
+    def owns(self, watch_id: str) -> bool:
+        return shards.shard_of(watch_id, self.names.count) == self.names.index
+
+    # ---- definitions ----
+
+    async def load(self, defs: list[tuple[WatchDef, int]], now: float, *, restore: bool) -> None:
+        """Install this shard's watches of `defs` (under the daemon's lock). `restore`: first read the
+        shard's state and cursor from the store, as it was last committed."""
+        store = self.d.store
+        assert store is not None
+        if restore:
+            keep = self.owns if self.sharded else None
+            keys, meta, clock = await store.run(store.load_engine_state, keep, self.names.clock_key)
+            self.engine.restore(keys, meta, clock)
+            self.last_seq = await store.run(store.last_seq, self.names.cursor_key)
+        self.engine.default_zone = self.d.loaded.zone()
+        self.engine.load([(d, v) for d, v in defs if self.owns(d.watch.id)], now)
+        await self.commit(stepping.Batch(), last_seq=None)
+        wanted = self._filter()
+        if wanted != self.filter:
+            self.filter = wanted
+            self._consumer_bound_at = -1  # bound again with the new subjects
+
+    def _filter(self) -> list[str] | None:
+        if not self.sharded:
+            return None
+        subjects = {ANSWER_SUBJECT} | ({CHAT_SUBJECT} if self.names.index == 0 else set())
+        for logic in self.engine.watches.values():
+            if logic.watch.enabled:
+                subjects.update(pattern.subject for pattern, _ in logic.routes())
+        return shards.filter_subjects(subjects)
+
+    # ---- the consumer ----
+
+    async def bind_consumer(self) -> None:
+        """Catch up past this shard's cursor (see catch_up) and bind its durable."""
+        d = self.d
+        assert d.js is not None and d.nc is not None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        consumer = bus.EventConsumer(d.js, self.names.durable, nc=d.nc)
+        if self.filter is not None:  # one subject as filter_subject, as a server before 2.10 takes it
+            consumer.config.filter_subject = self.filter[0] if len(self.filter) == 1 else None
+            consumer.config.filter_subjects = self.filter if len(self.filter) > 1 else None
+        self._consumer_bound_at = reopens_of(d.nc)
+        await self.catch_up(consumer)
+        await consumer.start()
+        self._consumer = consumer
+
+    async def unbind(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def catch_up(self, consumer: bus.EventConsumer) -> None:
+        """What lies past this shard's commit cursor, before the durable is consumed (see
+        cluster.catch_up): replayed for state, or decided, a batch at a time under the lock."""
+        d = self.d
+        assert d.js is not None
+
+        async def consume(msgs: list[Msg], replay: bool) -> None:
+            async with d.lock:
+                await self.consume(msgs, replay=replay)
+
+        def replayed(upto: int) -> None:
+            self.last_seq = max(self.last_seq, upto)
+
+        await cluster.catch_up(
+            d.js, consumer, self.last_seq, consume, replayed, self.reach_holders_clock, subjects=self.filter
+        )
+
+    # ---- the loop ----
+
+    async def run(self) -> None:
+        backoff = Backoff(cap_s=ENGINE_BACKOFF_CAP_S)  # events wait while the engine backs off: not long
+        await self.d.upkeep.every(self.names.task, self.step, interval_s=0.0, core=True, backoff=backoff)
+
+    async def step(self) -> None:
+        """Fetch a batch, step the engine through it, commit, ack; then the timers that are due.
+
+        A failure before the engine moved (a fetch on a lost connection) only binds the consumer
+        again; one after it (a commit that failed) also restores the engine from SQLite, as a
+        restart would, so the batch is taken again from the committed state."""
+        d = self.d
+        assert d.nc is not None
+        d.last_loop_at = d.clock()
+        if (jump := d.jumps.check()) is not None:
+            await clockjump.follow(jump, rewind=d.rewind, emit=d.emit)
+        if self._engine_suspect:
+            async with d.lock:
+                await self.load(d.defs, d.clock(), restore=True)
+            self._consumer_bound_at = -1
+            self._engine_suspect = False
+        if self._consumer is None or self._consumer_bound_at != reopens_of(d.nc):
+            await self.bind_consumer()
+        consumer = self._consumer
+        assert consumer is not None
+        due = self.engine.next_due()
+        wait = d.idle_wait_s if due is None else min(d.idle_wait_s, max(0.001, due - d.clock()))
+        try:
+            msgs = await consumer.fetch(FETCH_BATCH, timeout_s=wait)
+        except nats.errors.Error:
+            self._consumer_bound_at = -1  # bound again once the connection is back
+            raise
+        if self.lease is not None and not self.lease.held():
+            await self.lease.fenced(d.stop)  # the lease may have lapsed: decide nothing until renewed
+            if not self.lease.held():
+                return
+        try:
+            async with d.lock:
+                if not self.active:
+                    return  # given up meanwhile: the next holder decides what was fetched
+                if msgs:
+                    await self.consume(msgs)
+                    await self.queue_handoffs()  # before the ack: see watchd/handoff_queue.py
+                    await consumer.ack_upto(msgs[-1])
+                due = self.engine.next_due()
+                # Only once the backlog is drained does the clock jump to the present, so events
+                # stored while watchd was down are judged at the time they arrived.
+                if due is not None and due <= d.clock() and len(msgs) < FETCH_BATCH:
+                    await self.tick()
+        except Exception:
+            self._engine_suspect = True
+            raise
+
+    async def rewind(self, now: float) -> None:
+        """The wall clock was set back (under the daemon's lock)."""
+        self.engine.rewind(now)
+        await self.commit(stepping.Batch(), last_seq=None)
+
+    async def consume(self, msgs: Sequence[bus.StreamMsg], *, replay: bool = False) -> None:
+        """Step the engine through a batch and commit. `replay`: events another instance already
+        decided, stepped for their state only: nothing they decide is recorded or handed off again.
+        An event whose handling raises is recorded as failed and committed with the rest (see
+        watchd/stepping.py), so it is never replayed."""
+        d = self.d
+        batch = stepping.Batch()
+        subjects: dict[str, tuple[float, str, int]] = {}
+        max_events = d.loaded.config.engine.max_event_bytes
+        top = self.last_seq
+        events: dict[int, Event] = {}
+        id_notes: dict[int, str] = {}  # events whose id watchd had to assign: their decisions say so
+        chat: list[tuple[Event, float, int]] = []  # button presses, relayed as answers (answers.py)
+        answered: list[Event] = []  # answers applied: their chat messages are edited once committed
+        relays = self.names.index == 0  # one shard relays presses: one answer each
+        if msgs and not replay:
+            self.behind = bus.pending_after(msgs[-1])
+        for msg in msgs:
+            seq = bus.seq_of(msg)
+            if seq <= self.last_seq:
+                continue  # redelivered after a crash between commit and ack: already applied
+            top = max(top, seq)
+            at = bus.time_of(msg)
+            try:
+                event, id_note = decode_stored_event(msg.data, seq, max_events)
+            except EventRejected as exc:
+                batch.decisions.append(Decision(at, "", None, Verdict.REJECTED, exc.message, _msg_id(msg), seq))
+                continue
+            except Exception as exc:  # a value the decoder never met: this event's failure, not the daemon's
+                batch.fail(Decision(at, "", None, Verdict.FAILED, failed_reason(exc), _msg_id(msg), seq), exc)
+                continue
+            if event.subject == ANSWER_SUBJECT and self.sharded and not self.owns(str(event.data.get("watch", ""))):
+                continue  # an answer to another shard's watch: that shard applies it
+            d.events_seen += 1
+            events[seq] = event
+            if id_note:
+                id_notes[seq] = id_note
+            prev = subjects.get(event.subject)
+            subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
+            stepping.take(self.engine, EventInput(event, at, seq), batch)
+            if event.subject == CHAT_SUBJECT and relays:
+                chat.append((event, at, seq))
+            elif event.subject == ANSWER_SUBJECT:
+                answered.append(event)
+        if replay:
+            batch = stepping.Batch()
+            chat, answered = [], []  # another instance relayed and edited them
+        if chat and d.answers is not None:
+            batch.decisions += await d.answers.relay(chat)
+        batch.decisions = stepping.kept_for_explain(batch.decisions, events)
+        for dec in batch.decisions:
+            if dec.seq in id_notes:
+                dec.reason = f"{dec.reason} ({id_notes[dec.seq]})"
+        await self.commit(batch, last_seq=top, subjects=subjects)
+        if answered and d.answers is not None:
+            d.answers.applied(answered, batch.decisions)
+
+    async def tick(self) -> None:
+        """Let the engine's clock reach the present: the timers due fire."""
+        batch = stepping.Batch()
+        stepping.take(self.engine, Tick(self.d.clock()), batch)
+        await self.commit(batch, last_seq=None)
+        if batch.fires and self.lease is not None:
+            await self.queue_handoffs()  # before the position: a takeover fires them again, queued once
+            # Timers are not on the stream: the instant they fired up to is, for whoever takes over.
+            await self.lease.record_position(self.last_seq, self.committed_clock)
+
+    async def queue_handoffs(self) -> None:
+        """On a NATS of one's own, queue the committed handoffs on the stream (raises if it cannot:
+        what follows, an ack or a recorded position, must wait until they are there)."""
+        if self.d.queue is not None:
+            await self.d.queue.queue_pending()
+
+    async def reach_holders_clock(self) -> None:
+        """After a takeover: the timers the last holder fired (up to the instant it recorded) are
+        stepped for their state only, so each fires once; those due since fire here."""
+        position = await self.lease.read_position() if self.lease is not None else None
+        if position is None or position.clock <= self.engine.clock:
+            return
+        async with self.d.lock:
+            stepping.take(self.engine, Tick(position.clock), stepping.Batch())
+            await self.commit(stepping.Batch(), last_seq=None)
+
+    async def commit(
+        self,
+        batch: stepping.Batch,
+        *,
+        last_seq: int | None,
+        subjects: dict[str, tuple[float, str, int]] | None = None,
+    ) -> None:
+        d = self.d
+        assert d.store is not None
+        d.failures.report(batch.errors)
+        stepping.log_bad_input(batch.decisions, d.bad_input_log)
+        d.metrics.decided(batch.decisions)
+        store = d.store
+        now = d.clock()
+        clock = min(self.engine.clock, now)  # never a clock ahead of the present
+        changes = self.engine.take_changes()
+        names = self.names
+        # Retried as it is until it is written (a full disk): the engine has already stepped.
+        new = await d.storage.write_state(
+            store,
+            lambda: store.commit_step(
+                last_seq=last_seq,
+                clock=clock,
+                changes=changes,
+                decisions=batch.decisions,
+                handoffs=batch.handoffs,
+                subjects=subjects or {},
+                now=now,
+                holds=batch.holds,
+                cursor_key=names.cursor_key,
+                clock_key=names.clock_key,
+            ),
+        )
+        if last_seq is not None:
+            self.last_seq = max(self.last_seq, last_seq)
+        self.committed_clock = self.engine.clock  # every step runs under the lock, as does this commit
+        for fire in batch.fires:
+            log.info("fired %s%s: %s", fire.watch, f" [{fire.key}]" if fire.key else "", fire.reason)
+        if new and d.dispatcher:
+            d.dispatcher.wake()
+        if new and d.queue is not None:
+            d.queue.wake()
+
+
+def _msg_id(msg: bus.StreamMsg) -> str | None:
+    return (msg.headers or {}).get("Nats-Msg-Id")
