@@ -11,6 +11,7 @@ included). Only the evaluation is saved: a watch ruled out records its miss as a
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from watchd import expr
@@ -113,12 +114,16 @@ def _literal_key(value: Any) -> Any:
 def equality_conjuncts(where: expr.Expr) -> list[tuple[tuple[str, ...], Any]]:
     """The top-level `data.a.b == literal` conjuncts of a `where` in the compiled subset, as
     (path, literal key)."""
-    if where.fast is None:
-        return []
+    return list(_equality_conjuncts(where.source)) if where.fast is not None else []
+
+
+@functools.lru_cache(maxsize=4096)
+def _equality_conjuncts(source: str) -> tuple[tuple[tuple[str, ...], Any], ...]:
+    """Parsed once per source: plans are made again as subjects come and go."""
     try:
-        tree = parse(where.source)
+        tree = parse(source)
     except Outside:
-        return []
+        return ()
     found = []
     for node in _conjuncts(tree):
         if node[0] == "cmp" and node[1] == "==":
@@ -128,7 +133,7 @@ def equality_conjuncts(where: expr.Expr) -> list[tuple[tuple[str, ...], Any]]:
             path = _data_path(a)
             if path and b[0] == "lit" and (literal := _literal_key(b[1])) is not None:
                 found.append((path, literal))
-    return found
+    return tuple(found)
 
 
 def _conjuncts(node: Node) -> list[Node]:
