@@ -10,7 +10,6 @@ is replaced by a stand-in ("", 0, [] …), so the checks that follow still see t
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ def _type_info(typ: Any) -> mi.Type:
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str | None:
     """The choice closest to a misspelt word, if one is close enough to be meant."""
+    import difflib  # only a config with a mistake needs it: not loaded by every start
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return close[0] if close else None
 

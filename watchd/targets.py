@@ -12,7 +12,6 @@ from nats.js import JetStreamContext
 
 from watchd import config
 from watchd.agents.budget import InFlight
-from watchd.agents.command import CommandRunner
 from watchd.agents.nats import NatsRunner
 from watchd.config import Loaded
 from watchd.dispatch import Target
@@ -21,9 +20,6 @@ from watchd.jobs.builtin_watches import CANARY_TARGET
 from watchd.jobs.canary import CanarySink
 from watchd.notify.console import ConsoleNotifier
 from watchd.notify.http_client import HttpClient, Misconfigured
-from watchd.notify.slack import SlackNotifier
-from watchd.notify.telegram import TelegramNotifier
-from watchd.notify.webhook import WebhookNotifier
 from watchd.store import Store
 
 log = logging.getLogger("watchd")
@@ -46,6 +42,8 @@ def build_targets(
     type nats need the daemon's NATS connection (`nc`, `js`); anthropic agents keep their runs in
     `store`, call `on_watch` when they add a follow-up watch, and share `in_flight` (the tokens their
     calls hold against the budgets). Console notifiers print to `console` (default stdout)."""
+    # Each kind of target's code is imported by the first target of that kind: an idle daemon with
+    # only the console notifier loads none of the HTTP notifiers nor the command runner.
     targets: dict[str, Target] = {}
     in_flight = in_flight or InFlight()
     for name, notifier in loaded.config.notify.items():
@@ -54,10 +52,16 @@ def build_targets(
             if isinstance(notifier, config.ConsoleNotifier):
                 targets[target] = ConsoleNotifier(console)
             elif isinstance(notifier, config.TelegramNotifier):
+                from watchd.notify.telegram import TelegramNotifier
+
                 targets[target] = TelegramNotifier(notifier, http=http, name=target)
             elif isinstance(notifier, config.SlackNotifier):
+                from watchd.notify.slack import SlackNotifier
+
                 targets[target] = SlackNotifier(notifier, http=http, name=target)
             else:
+                from watchd.notify.webhook import WebhookNotifier
+
                 targets[target] = WebhookNotifier(notifier, http=http, name=target)
         except WatchdError as exc:
             log.error("%s%s", exc.message, f" ({exc.hint})" if exc.hint else "")
@@ -65,6 +69,8 @@ def build_targets(
     for name, agent in loaded.config.agent.items():
         target = f"agent.{name}"
         if isinstance(agent, config.CommandAgent):
+            from watchd.agents.command import CommandRunner
+
             try:
                 targets[target] = CommandRunner(
                     agent, name=target, base_dir=loaded.base_dir, store=store, state_dir=loaded.state_dir
