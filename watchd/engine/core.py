@@ -14,6 +14,7 @@ the subject index, the `where` and `key` of each pattern, and the timer heap.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from watchd import expr
 from watchd.celfast import Unsupported
@@ -37,8 +38,10 @@ from watchd.engine.kinds import compile_watch
 from watchd.engine.routing import UNSET, Candidate, Plan
 from watchd.engine.timers import Timers
 from watchd.engine.verdict import Verdict
+from watchd.model import Event
 
 _WHERE_FALSE, _WHERE_ERROR, _KEY_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR, Verdict.KEY_ERROR  # see verdict.py
+_NOTHING: frozenset[int] = frozenset()
 PLANS_KEPT = 20_000  # subjects whose plan is kept: subjects repeat (a home server sees a few hundred)
 
 
@@ -53,6 +56,7 @@ class Engine(EngineState):
         self._deleted_watches: set[str] = set()
         self._plans: dict[str, Plan] = {}
         self._plans_by_candidates: dict[tuple[int, ...], Plan] = {}
+        self._ctx: expr.Activation | None = None  # the event under way's, once needed
 
     # -- definitions and restored state --
 
@@ -225,80 +229,91 @@ class Engine(EngineState):
         if not plan.routes:
             return
         self._summary = self._summary_json = None
+        self._ctx = None
         # This runs for every candidate of every event: each distinct `where` and `key` of the
         # subject's watches is evaluated once, in its slot, and only a miss needs the words for why.
         held = plan.blank_wheres.copy()
         keys = plan.blank_keys.copy()
-        if plan.equalities:
-            plan.rule_out(event.data, held)
-        ctx: expr.Activation | None = None
+        ruled = plan.ruled_out(event.data) if plan.equalities else _NOTHING
         decisions = self.out.decisions
         clock, event_id, seq = self.clock, event.id, inp.seq  # no handler moves the clock within a step
-        for logic, pattern, handle, w, k, miss in plan.routes:
-            key: str | None = None
-            try:
-                if w >= 0:
-                    h = held[w]
-                    if h is UNSET:
-                        where = pattern.where
-                        assert where is not None
-                        fast = where.fast
-                        try:
-                            if fast is not None:
-                                h = fast(event, None)
-                            else:
-                                if ctx is None:
-                                    ctx = expr.event_context(event, plan.variables)
-                                h = where.program.execute(ctx.cel())
-                        except Unsupported:  # a value the compiled form does not model
-                            if ctx is None:
-                                ctx = expr.event_context(event, plan.variables)
-                            h = expr.evaluate_cel(where, ctx)[0]
-                        except Exception:  # CEL's errors, of several types: worded below
-                            h = None
-                        held[w] = h
-                    if h is not True:
-                        # A near miss: it carries its key when the watch has one (and it evaluates),
-                        # so `explain --key` shows the misses of that key too.
-                        if k >= 0:
-                            found = keys[k]
-                            if found is UNSET:
-                                if ctx is None:
-                                    ctx = expr.event_context(event, plan.variables)
-                                found = keys[k] = self._key(pattern, ctx)
-                            missed_key = found[0]
-                        else:
-                            missed_key = None
-                        if h is False:
-                            decisions.append(Decision(clock, logic.id, missed_key, _WHERE_FALSE, miss, event_id, seq))
-                        else:  # an error or not a boolean: evaluated again, through `expr`, for its words
-                            if ctx is None:
-                                ctx = expr.event_context(event, plan.variables)
-                            reason = self._where_error(pattern, ctx)
-                            decisions.append(Decision(clock, logic.id, missed_key, _WHERE_ERROR, reason, event_id, seq))
-                        continue
-                if k >= 0:
-                    found = keys[k]
-                    if found is UNSET:
-                        if ctx is None:
-                            ctx = expr.event_context(event, plan.variables)
-                        found = keys[k] = self._key(pattern, ctx)
-                    key = found[0]
-                    if key is None:
-                        self.decide(logic.id, None, _KEY_ERROR, found[1], inp)
-                        continue
-                handle(self, key, inp)
-            except Exception as exc:  # confined to this watch and event: the other watches still judge it
-                self.failed(logic.id, key, exc, inp)
-                with contextlib.suppress(Exception):  # what the handler changed before it raised keeps its timer
-                    self.arm(logic, key)
+        for ruled_out, items, key_slots in plan.stretches(ruled):
+            if ruled_out:  # misses only: the equality index ruled their `where`s out
+                try:
+                    for k in key_slots:
+                        if keys[k] is UNSET:
+                            keys[k] = self._key(plan.key_exprs[k], self._activation(event, plan))
+                except Exception as exc:  # confined to these watches, as for one judged alone
+                    for wid, _, _ in items:
+                        self.failed(wid, None, exc, inp)
+                    continue
+                decisions += [
+                    Decision(clock, wid, None if k < 0 else keys[k][0], _WHERE_FALSE, miss, event_id, seq)
+                    for wid, k, miss in items
+                ]
+                continue
+            for logic, pattern, handle, w, k, miss in items:
+                key: str | None = None
+                try:
+                    if w >= 0:
+                        h = held[w]
+                        if h is UNSET:
+                            h = held[w] = self._held(pattern, event, plan)
+                        if h is not True:
+                            # A near miss: it carries its key when the watch has one (and it
+                            # evaluates), so `explain --key` shows the misses of that key too.
+                            mk = None
+                            if k >= 0:
+                                found = keys[k]
+                                if found is UNSET:
+                                    found = keys[k] = self._key(plan.key_exprs[k], self._activation(event, plan))
+                                mk = found[0]
+                            if h is False:
+                                decisions.append(Decision(clock, logic.id, mk, _WHERE_FALSE, miss, event_id, seq))
+                            else:  # an error or not a boolean: evaluated again, through `expr`, for its words
+                                why = self._where_error(pattern, self._activation(event, plan))
+                                decisions.append(Decision(clock, logic.id, mk, _WHERE_ERROR, why, event_id, seq))
+                            continue
+                    if k >= 0:
+                        found = keys[k]
+                        if found is UNSET:
+                            found = keys[k] = self._key(plan.key_exprs[k], self._activation(event, plan))
+                        key = found[0]
+                        if key is None:
+                            self.decide(logic.id, None, _KEY_ERROR, found[1], inp)
+                            continue
+                    handle(self, key, inp)
+                except Exception as exc:  # confined to this watch and event: the other watches still judge it
+                    self.failed(logic.id, key, exc, inp)
+                    with contextlib.suppress(Exception):  # what the handler changed before it raised keeps its timer
+                        self.arm(logic, key)
+
+    def _activation(self, event: Event, plan: Plan) -> expr.Activation:
+        """What expressions over this event read: made once per event, when first needed (a
+        compiled `where` reads the event itself), so the binding's context is converted once."""
+        if self._ctx is None:
+            self._ctx = expr.event_context(event, plan.variables)
+        return self._ctx
+
+    def _held(self, pattern: CompiledPattern, event: Event, plan: Plan) -> Any:
+        """What a `where` gives for the event: True, False, or something else (an error: None)."""
+        where = pattern.where
+        assert where is not None
+        fast = where.fast
+        try:
+            if fast is not None:
+                return fast(event, None)
+            return where.program.execute(self._activation(event, plan).cel())
+        except Unsupported:  # a value the compiled form does not model
+            return expr.evaluate_cel(where, self._activation(event, plan))[0]
+        except Exception:  # CEL's errors, of several types: worded in `_where_error`
+            return None
 
     @staticmethod
-    def _key(pattern: CompiledPattern, ctx: expr.Activation) -> tuple[str | None, str]:
+    def _key(key_expr: expr.Expr, ctx: expr.Activation) -> tuple[str | None, str]:
         """The key of an event (or None, with the reason of a `key_error`)."""
-        assert pattern.key is not None
-        key, why = expr.key_of(pattern.key, ctx)
-        return key, "" if key is not None else f"{why} (in {pattern.key.source})"
+        key, why = expr.key_of(key_expr, ctx)
+        return key, "" if key is not None else f"{why} (in {key_expr.source})"
 
     @staticmethod
     def _where_error(pattern: CompiledPattern, ctx: expr.Activation) -> str:

@@ -31,14 +31,23 @@ Route = tuple[WatchLogic, CompiledPattern, Handler, int, int, str]
 Equality = tuple[tuple[str, ...], dict[Any, frozenset[int]], frozenset[int]]
 
 
+# A stretch of consecutive routes: (ruled out, items, key slots). Routes the engine goes through one
+# by one; or, ruled out by the equality index, the misses of those routes as (watch id, key slot,
+# reason), recorded together (with the key slots they need evaluated first).
+Stretch = tuple[bool, list[Any], tuple[int, ...]]
+STRETCHES_KEPT = 1_000  # per plan: the sets of `where`s ruled out together (one per value combination)
+_NONE: frozenset[int] = frozenset()
+
+
 class Plan:
-    __slots__ = ("blank_keys", "blank_wheres", "equalities", "routes", "variables")
+    __slots__ = ("_stretches", "blank_keys", "blank_wheres", "equalities", "key_exprs", "routes", "variables")
 
     def __init__(self, candidates: list[Candidate], *, share: bool = True) -> None:
         """`share` False gives every candidate slots of its own and no equality index: the engine
         then judges each watch on its own (what the index is tested against)."""
         wheres: dict[Any, int] = {}
         keys: dict[Any, int] = {}
+        key_exprs: list[expr.Expr] = []
         routes: list[Route] = []
         variables: set[str] = set()
         by_path: dict[tuple[str, ...], tuple[dict[Any, set[int]], set[int]]] = {}
@@ -59,19 +68,25 @@ class Plan:
                 reason = WHERE_FALSE + pattern.where.source
             if pattern.key is not None:
                 name = pattern.key if share else n
-                k = keys.setdefault(name, len(keys))
+                if name not in keys:
+                    keys[name] = len(keys)
+                    key_exprs.append(pattern.key)
+                k = keys[name]
             routes.append((logic, pattern, handle, w, k, reason))
         self.routes = routes
         self.variables = frozenset(variables)
+        self.key_exprs = key_exprs  # by key slot
         self.blank_wheres: list[Any] = [UNSET] * len(wheres)
         self.blank_keys: list[Any] = [UNSET] * len(keys)
         self.equalities: list[Equality] = [
             (path, {lit: frozenset(s) for lit, s in passing.items()}, frozenset(slots))
             for path, (passing, slots) in by_path.items()
         ]
+        self._stretches: dict[frozenset[int], list[Stretch]] = {_NONE: [(False, routes, ())]}
 
-    def rule_out(self, data: Any, held: list[Any]) -> None:
-        """Set the `where` slots that an equality conjunct makes false for `data` to False."""
+    def ruled_out(self, data: Any) -> frozenset[int]:
+        """The `where` slots that an equality conjunct makes false for `data`."""
+        out = _NONE
         for path, passing, slots in self.equalities:
             value = data
             for name in path:
@@ -81,8 +96,30 @@ class Plan:
                 value = value.get(name, _ABSENT)
             if value is _ABSENT:
                 continue  # the conjunct errors: whether the `where` is false is for it to say
-            for w in slots.difference(passing.get(_value_key(value), ())):
-                held[w] = False
+            gone = slots.difference(passing.get(_value_key(value), _NONE))
+            if gone:
+                out = out | gone
+        return out
+
+    def stretches(self, ruled: frozenset[int]) -> list[Stretch]:
+        """The routes in order, cut into stretches gone through one by one and stretches of
+        routes `ruled` out, whose misses are recorded together (worked out once per set)."""
+        found = self._stretches.get(ruled)
+        if found is None:
+            if len(self._stretches) >= STRETCHES_KEPT:
+                self._stretches = {_NONE: self._stretches[_NONE]}
+            found = []
+            for route in self.routes:
+                out = route[3] in ruled
+                if not found or found[-1][0] != out:
+                    found.append((out, [], ()))
+                found[-1][1].append((route[0].id, route[4], route[5]) if out else route)
+            found = [
+                (out, items, tuple(sorted({k for _, k, _ in items if k >= 0})) if out else ())
+                for out, items, _ in found
+            ]
+            self._stretches[ruled] = found
+        return found
 
 
 def _value_key(value: Any) -> Any:
