@@ -46,6 +46,8 @@ def test_a_daemon_loads_what_its_config_uses(
     assert "watchd.engine" in loaded  # the import report is there at all
     assert "anthropic" not in loaded
     assert "jinja2" not in loaded  # the dashboard's pages are loaded by the first request to one
+    # The console notifier wrote its line to a pipe, without rich (which the CEL binding imports).
+    assert ("rich" in loaded) is binding
     assert ("cel" in loaded) is binding
 
 

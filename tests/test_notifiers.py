@@ -606,3 +606,34 @@ def test_truncate() -> None:
     assert len(cut) == 20 and cut.endswith(TRUNCATED)
     cut = truncate("🙂" * 100, 21, utf16=True)  # never half an emoji
     assert utf16_len(cut) <= 21 and cut.endswith(TRUNCATED) and "\ud83d" not in cut
+
+
+# ---- console -------------------------------------------------------------------------------------------------
+
+
+async def test_console_prints_one_plain_line_off_a_terminal_and_a_panel_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal (a pipe, the journal) one line, written without rich; where rich takes the
+    stream for a terminal (here told so by TTY_COMPATIBLE=1), the panel."""
+    import io
+
+    from watchd.notify.console import ConsoleNotifier
+
+    h = make_handoff(key="nas", message="disk full\non nas")
+    for name in ("TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    plain = io.StringIO()
+    notifier = ConsoleNotifier(plain)
+    assert not notifier.fancy
+    assert isinstance(await notifier.deliver(h), Delivered)
+    assert plain.getvalue() == (
+        "[watchd: nightly-backup fired] disk full | on nas | watch nightly-backup v3 · deadline · key nas"
+        " | fired 2026-11-22T02:00:00Z · handoff h_3f2a9c | why: watchd explain nightly-backup\n"
+    )
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    panel = io.StringIO()
+    notifier = ConsoleNotifier(panel)
+    assert notifier.fancy
+    await notifier.deliver(h)
+    shown = panel.getvalue()
+    assert "watchd: nightly-backup fired" in shown and "why: watchd explain nightly-backup" in shown
+    assert "╭" in shown and "\x1b[" in shown  # a box, in colour
