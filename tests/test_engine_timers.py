@@ -68,14 +68,16 @@ def test_timers_order_and_liveness_as_one_heap(steps: list[tuple[str, str | None
                 timers.push_keys(w, [(due, k) for k, due in current.items() if wid(k) == w])
         else:  # fire everything due by `value`, as the engine's step does: a fired key is forgotten
             fired: list[float] = []
-            while (got := timers.first()) is not None and got[0] <= value:
-                assert got == plain.first()
+            while (got := timers.first(until=value)) is not None:
+                assert got == plain.first() and got[0] <= value
                 low = timers.earliest_possible()
                 assert low is not None and low <= got[0]
                 timers.pop()
                 fired.append(got[0])
                 del current[got[2]]
             assert sorted(fired) == fired  # in time order
+            after = plain.first()
+            assert after is None or after[0] > value  # everything due by then fired
         assert timers.first() == plain.first()
 
 
@@ -90,3 +92,23 @@ def test_a_restart_with_many_keys_files_them_by_minute() -> None:
     current["k0"] = 7200.0  # heard again: its entry is stale, and a new one is filed
     timers.push(7200.0, "w", "k0")
     assert timers.first() == (3600.001, "w", "k1")
+
+
+def test_firing_what_is_due_leaves_a_later_minute_unread() -> None:
+    """The step that fires the last key due before a minute of 10,000 keys does not read that
+    minute (a few hundred ms for 100,000): its commit would wait for it."""
+    current: dict[str | None, float] = {"early": 100.0} | {f"k{i}": 3600.0 for i in range(10_000)}
+    read: list[str | None] = []
+
+    def due_of(wid: str, key: str | None) -> float | None:
+        read.append(key)
+        return current.get(key)
+
+    timers = Timers(due_of)
+    for key, due in current.items():
+        timers.push(due, "w", key)
+    assert timers.first(until=100.0) == (100.0, "w", "early")
+    timers.pop()
+    del current["early"]
+    assert timers.first(until=100.0) is None and len(read) <= 2
+    assert timers.first() == (3600.0, "w", "k0") and len(read) > 10_000  # read when asked for it

@@ -175,7 +175,7 @@ class Engine(EngineState):
         if soonest is None or soonest > self.clock:
             return  # nothing due, stale entries included: most steps end here, at no cost
         failed: set[tuple[str, str | None]] = set()
-        while (due := self.next_due()) is not None and due <= self.clock:
+        while self._timers.first(until=self.clock) is not None:
             _, wid, key = self._timers.pop()
             if (wid, key) in failed:
                 continue  # another entry of a timer that failed in this step

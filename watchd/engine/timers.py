@@ -66,16 +66,19 @@ class Timers:
             return self._buckets[0] * BUCKET_S
         return None
 
-    def first(self) -> Entry | None:
-        """The earliest live entry (stale ones on the way are dropped), left in place."""
+    def first(self, until: float = math.inf) -> Entry | None:
+        """The earliest live entry (stale ones on the way are dropped), left in place; None when
+        there is none, or none due by `until`. Only the minutes starting by `until` are taken into
+        the near heap: a step that fires timers leaves a minute of 100,000 keys for later (taking
+        it costs a few hundred ms, which would delay the commit of what the step fired)."""
         near, due_of = self._near, self._due_of
         while True:
             while near:
                 entry = near[0]
                 if due_of(entry[1], entry[2]) == entry[0]:
-                    return entry
+                    return entry if entry[0] <= until else None
                 heapq.heappop(near)
-            if not self._buckets:
+            if not self._buckets or self._buckets[0] * BUCKET_S > until:
                 return None
             self._take_bucket()
 
