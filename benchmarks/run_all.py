@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_scheduler": ["--rounds", "3", "--idle", "60"],
     "bench_history": ["--watches", "1000", "--files", "20"],
     "bench_cluster": ["--kills", "6", "--takeover", "3s", "--idle-s", "15"],
+    "bench_scaleout": ["--events", "30000"],
     "bench_file_source": [],
     "bench_sources_idle": [],
     "bench_journal": [],
