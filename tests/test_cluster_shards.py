@@ -12,6 +12,8 @@ import os
 import socket
 from collections.abc import Callable
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from support import project
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
@@ -158,6 +160,15 @@ async def test_two_instances_split_the_shards_and_a_third_joins_without_losing_o
     assert sorted(s["shard"] for s in status["shards"]) == [0, 1, 2, 3]
     instances = {d.running.lease.me.instance for d in (a, b, c) if d.running.lease is not None}
     assert {s["holder"] for s in status["shards"]} == instances
+    metrics: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    async with aiohttp.ClientSession() as session, session.get(c.http_url + "/metrics") as r:
+        for family in text_string_to_metric_families(await r.text()):
+            for sample in family.samples:
+                metrics.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    assert metrics["watchd_cluster_shards_held"] == {
+        (("cluster", "watchd"), ("instance", c.running.lease.me.instance if c.running.lease else "")): len(held(c))
+    }
+    assert sorted(dict(labels)["shard"] for labels in metrics["watchd_cluster_shard_holder"]) == ["0", "1", "2", "3"]
     text = (await c.cli("status")).stdout
     steps = ", ".join(map(str, held(c)))
     assert f"member {socket.gethostname()} pid {os.getpid()} state_dir {c.state_dir}, shards {steps}" in text, text

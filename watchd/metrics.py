@@ -247,6 +247,20 @@ def cluster_families(view: dict[str, Any]) -> Iterator[Metric]:
     members = gauge_family("watchd_cluster_members", "Instances in the deployment.", labels=["cluster"])
     members.add_metric([name], len(view.get("members") or []))
     yield members
+    shard_rows = view.get("shards") or []
+    if len(shard_rows) > 1:  # [cluster] shards: who steps each part of the watches
+        shard_holder = gauge_family(
+            "watchd_cluster_shard_holder",
+            "1 for the instance that holds each shard's lease, as this instance last read it.",
+            labels=["cluster", "shard", "instance"],
+        )
+        for row in shard_rows:
+            if row["holder"]:
+                shard_holder.add_metric([name, str(row["shard"]), row["holder"]], 1)
+        yield shard_holder
+        held = gauge_family("watchd_cluster_shards_held", "Shards this instance steps.", labels=["cluster", "instance"])
+        held.add_metric([name, view["instance"]], len(view.get("holding") or []))
+        yield held
     lag = gauge_family(
         "watchd_cluster_lag",
         "Backlog on the deployment's shared consumers: events not yet decided, handoffs not yet delivered.",
