@@ -222,3 +222,17 @@ async def test_kill9_of_an_instance_its_shards_are_taken_over_and_their_timers_f
     await asyncio.sleep(1.0)
     assert fires() == want, "a silence fired twice or never"
     assert not [h for h in a.handoffs() if h["watch"] in QUIET], "a fired before it died"
+
+
+async def test_an_answer_to_a_watch_of_any_shard_is_applied_by_its_shard(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    d = await daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=CONFIG).start()
+    assert held(d) == [0, 1, 2, 3]
+    async with aiohttp.ClientSession() as http:
+        for wid in (JOBS[3], JOBS[0]):  # shard 3's watch, then shard 0's
+            async with http.post(f"{d.http_url}/api/ack", json={"target": wid}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["applied"] is True
+    assert [r["verdict"] for r in d.decisions(JOBS[3])] == ["acked"]
+    assert [r["verdict"] for r in d.decisions(JOBS[0])] == ["acked"]

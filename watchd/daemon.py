@@ -161,6 +161,12 @@ class Daemon:
         """The furthest stream sequence a shard of this instance committed."""
         return max(shard.last_seq for shard in self.shards)
 
+    def applied_seq(self) -> int:
+        """The stream sequence every shard this instance steps has committed (all of them read each
+        answer): an answer at or below it was applied here, if its watch is stepped here."""
+        active = [shard.last_seq for shard in self.shards if shard.active]
+        return min(active) if active else self.last_seq
+
     @property
     def behind(self) -> int:
         """Events stored past the last one each shard this instance steps fetched: the lag."""

@@ -460,9 +460,9 @@ def answer_api(daemon: Daemon, ingress: Ingress) -> AnswerApi:
 
     return AnswerApi(
         store=lambda: daemon.store,
-        watches=lambda: daemon.engine.watches.keys(),
+        watches=daemon.watch_ids,
         publish=ingress.store,
-        applied=lambda: daemon.last_seq,
+        applied=daemon.applied_seq,
         fields=ingress.api_fields,
         refuse=ingress.error,
         clock=daemon.clock,
