@@ -49,6 +49,7 @@ class AbsentLogic(WatchLogic):
 
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         st = s.state(self.id, key)
+        was = self.timer_due(st)  # a key heard again moves its due later: its timer entry stays
         now, ev = s.clock, event.event
         s.decide(self.id, key, _MATCHED, "seen: timer re-armed", event)
         if st.silent and st.last_seen is not None:
@@ -62,7 +63,7 @@ class AbsentLogic(WatchLogic):
         st.silent = False
         st.last_seen = now
         st.evidence = s.keep(st.evidence, ev)
-        s.arm(self, key)
+        s.arm(self, key, was)
 
     def on_rewind(self, s: EngineState, now: float) -> None:
         for _, st in s.states(self.id):

@@ -447,10 +447,13 @@ class EngineState:
         st = self.peek(wid, key)
         return None if st is None else logic.timer_due(st)
 
-    def arm(self, logic: WatchLogic, key: str | None) -> None:
-        """(Re)arm a key's timer after its state changed; an older entry for it goes stale."""
+    def arm(self, logic: WatchLogic, key: str | None, was: float | None = None) -> None:
+        """(Re)arm a key's timer after its state changed; an older entry for it goes stale. `was`:
+        the key's due before the change, when the caller knows it. A due that did not move earlier
+        than it needs no new entry: the one armed for `was` (or before) is filed again when found."""
         st = self.peek(logic.id, key)
-        if st is not None and logic.watch.enabled and (due := logic.timer_due(st)) is not None:
+        due = logic.timer_due(st) if st is not None and logic.watch.enabled else None
+        if due is not None and (was is None or due < was):
             self._timers.push(due, logic.id, key)
 
     def arm_watch(self, logic: WatchLogic) -> None:

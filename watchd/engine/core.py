@@ -117,6 +117,10 @@ class Engine(EngineState):
         first = self._timers.first()
         return None if first is None else first[0]
 
+    def timer_entries(self) -> int:
+        """Timer entries held, stale ones included (what the timers cost in memory)."""
+        return len(self._timers)
+
     def watch_next_due(self, wid: str, key: str | None = None) -> float | None:
         """When this watch (or one key of it) next needs the clock: a silence, a window's end, or
         a scheduled opening."""

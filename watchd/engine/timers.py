@@ -1,9 +1,12 @@
 """The engine's timers: when each key (and each watch) next needs the clock, earliest first.
 
-An entry is (due, watch, key). A key is armed again whenever its state changes, and the entry
-it had is not looked for: when an entry comes first, it counts only if the key's due is still
-that instant (`due_of`), otherwise it is dropped as stale. So the same order and the same
-liveness test as one heap of every entry, but most entries are far in the future (100,000 keys
+An entry is (due, watch, key). A key is armed again when its due changes, and the entry it had
+is not looked for: when an entry comes first, it counts only if the key's due is still that
+instant (`due_of`); if the due is later, the entry is filed again for it, and if it is earlier
+or gone, it is dropped (a key armed for an earlier due has an entry for it). So a key whose due
+only moves later (an absent key heard again) need not be armed again at all: its entry is found
+early and moved on, once per silence rather than once per event. The same order and liveness
+as one heap of every entry, but most entries are far in the future (100,000 keys
 of an absent watch each waiting an hour), and a heap entry is a tuple and a float: ~100 bytes a
 key. Entries due before `horizon` are kept so, in one heap (`near`); later ones are filed by the
 minute they fall in (`far`), as two references in two lists: ~16 bytes. When the near heap runs
@@ -75,9 +78,12 @@ class Timers:
         while True:
             while near:
                 entry = near[0]
-                if due_of(entry[1], entry[2]) == entry[0]:
+                due = due_of(entry[1], entry[2])
+                if due == entry[0]:
                     return entry if entry[0] <= until else None
                 heapq.heappop(near)
+                if due is not None and due > entry[0]:  # found early: filed again for its due
+                    self.push(due, entry[1], entry[2])
             if not self._buckets or self._buckets[0] * BUCKET_S > until:
                 return None
             self._take_bucket()
@@ -91,13 +97,22 @@ class Timers:
         wids, keys = self._far.pop(b)
         self._horizon = (b + 1) * BUCKET_S if b != _FOREVER else math.inf
         due_of, near = self._due_of, self._near
-        taken: set[tuple[str, str | None]] = set()  # a key armed twice within the minute: once
+        taken: set[tuple[str, str | None]] = set()  # a key filed twice in the minute: once
+        later: list[Entry] = []
+        start = b * BUCKET_S
         for wid, key in zip(wids, keys, strict=True):
             due = due_of(wid, key)
-            # An entry whose due moved out of this minute is stale: the key was armed again for it.
-            if due is None or (due // BUCKET_S != b if b != _FOREVER else math.isfinite(due)):
-                continue
-            if (wid, key) not in taken:
-                taken.add((wid, key))
+            if due is None or due < start or (wid, key) in taken:
+                continue  # no due, or an earlier entry of the key has it
+            taken.add((wid, key))
+            if due // BUCKET_S == b if b != _FOREVER else not math.isfinite(due):
                 near.append((due, wid, key))
+            else:  # its due moved later since it was filed
+                later.append((due, wid, key))
         heapq.heapify(near)
+        for due, wid, key in later:
+            self.push(due, wid, key)
+
+    def __len__(self) -> int:
+        """Entries filed, stale ones included."""
+        return len(self._near) + sum(len(keys) for _, keys in self._far.values())
