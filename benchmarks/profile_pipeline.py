@@ -33,7 +33,7 @@ from watchd import bus
 
 # (stage, substrings of a frame "function (file:line)"): the first stage matched names the sample.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("deliver handoffs (not in raw)", ("HandoffQueue._deliver", "Store.finish", "take_queued")),
+    ("deliver handoffs (not in raw)", ("HandoffQueue._deliver", "Store.finish", "take_queued", "Grouped._write")),
     ("queue handoffs (not in raw)", ("queue_pending", "mark_queued", "unqueued")),
     ("SQLite engine commit", ("commit_step",)),
     ("SQLite, other", ("store/writer.py",)),
@@ -41,8 +41,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("decode", ("decode_stored_event",)),
     ("engine step", ("stepping.py:take", "take (watchd/stepping.py")),
     ("keep for explain", ("kept_for_explain",)),
-    ("commit (loop side)", ("_commit (",)),
-    ("consume, rest", ("_consume (",)),
+    ("commit (loop side)", ("_commit (", "ShardEngine.commit (")),
+    ("consume, rest", ("_consume (", "ShardEngine.consume (")),
     ("read: pull requests, parse", ("watchd/pull.py", "nats/aio/client.py", "nats/aio/msg.py", "nats/protocol")),
     ("event loop, other tasks", ("asyncio/",)),
 ]
