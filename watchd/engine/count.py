@@ -27,7 +27,7 @@ class CountLogic(MatchLogic):
         now = s.clock
         st = s.state(self.id, key)
         since = now - self.window_s
-        st.hits = (*(t for t in st.hits if t > since), now)
+        st.hits = (*[t for t in st.hits if t > since], now)
         st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         if len(st.hits) < self.count:
             s.decide(self.id, key, _COUNTED, f"{len(st.hits)} of {self.count} in {self.window}", event)
