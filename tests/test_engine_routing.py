@@ -127,7 +127,7 @@ def test_the_equality_index_rules_out_without_evaluating() -> None:
         ({}, []),  # no such field: the `where` errors, which it says itself
         ({"kind": {"x": 1}}, [0, 1]),
     ]:
-        assert sorted(plan.ruled_out(data)) == ruled_out, data
+        assert sorted(plan.ruled_out(plan.values(data))) == ruled_out, data
 
 
 def test_a_ruled_out_watch_still_records_its_miss_with_its_key() -> None:

@@ -41,7 +41,6 @@ from watchd.engine.verdict import Verdict
 from watchd.model import Event
 
 _WHERE_FALSE, _WHERE_ERROR, _KEY_ERROR = Verdict.WHERE_FALSE, Verdict.WHERE_ERROR, Verdict.KEY_ERROR  # see verdict.py
-_NOTHING: frozenset[int] = frozenset()
 PLANS_KEPT = 20_000  # subjects whose plan is kept: subjects repeat (a home server sees a few hundred)
 
 
@@ -238,10 +237,10 @@ class Engine(EngineState):
         # subject's watches is evaluated once, in its slot, and only a miss needs the words for why.
         held = plan.blank_wheres.copy()
         keys = plan.blank_keys.copy()
-        ruled = plan.ruled_out(event.data) if plan.equalities else _NOTHING
+        values = plan.values(event.data) if plan.equalities else ()
         decisions = self.out.decisions
         clock, event_id, seq = self.clock, event.id, inp.seq  # no handler moves the clock within a step
-        for ruled_out, items, key_slots in plan.stretches(ruled):
+        for ruled_out, items, key_slots in plan.stretches(values):
             if ruled_out:  # misses only: the equality index ruled their `where`s out
                 try:
                     for k in key_slots:

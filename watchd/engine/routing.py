@@ -35,12 +35,24 @@ Equality = tuple[tuple[str, ...], dict[Any, frozenset[int]], frozenset[int]]
 # by one; or, ruled out by the equality index, the misses of those routes as (watch id, key slot,
 # reason), recorded together (with the key slots they need evaluated first).
 Stretch = tuple[bool, list[Any], tuple[int, ...]]
-STRETCHES_KEPT = 1_000  # per plan: the sets of `where`s ruled out together (one per value combination)
+# Per plan, the stretches of the sets of `where`s ruled out together (one set per combination of
+# values), kept up to this many candidates in all (references to shared tuples: ~8 bytes each).
+STRETCH_ROUTES_KEPT = 100_000
 _NONE: frozenset[int] = frozenset()
 
 
 class Plan:
-    __slots__ = ("_stretches", "blank_keys", "blank_wheres", "equalities", "key_exprs", "routes", "variables")
+    __slots__ = (
+        "_misses",
+        "_stretched",
+        "_stretches",
+        "blank_keys",
+        "blank_wheres",
+        "equalities",
+        "key_exprs",
+        "routes",
+        "variables",
+    )
 
     def __init__(self, candidates: list[Candidate], *, share: bool = True) -> None:
         """`share` False gives every candidate slots of its own and no equality index: the engine
@@ -82,43 +94,57 @@ class Plan:
             (path, {lit: frozenset(s) for lit, s in passing.items()}, frozenset(slots))
             for path, (passing, slots) in by_path.items()
         ]
-        self._stretches: dict[frozenset[int], list[Stretch]] = {_NONE: [(False, routes, ())]}
+        self._misses = [(logic.id, k, reason) for logic, _, _, _, k, reason in routes]  # each route's, ruled out
+        self._stretches: dict[tuple[Any, ...], list[Stretch]] = {(): [(False, routes, ())]}
+        self._stretched = 0  # candidates in the stretches kept
 
-    def ruled_out(self, data: Any) -> frozenset[int]:
-        """The `where` slots that an equality conjunct makes false for `data`."""
-        out = _NONE
-        for path, passing, slots in self.equalities:
+    def values(self, data: Any) -> tuple[Any, ...]:
+        """What the equality index needs of `data`: at each indexed path, the literal the value
+        equals, or that it equals none, or that it is not there. Set operations wait for a new
+        combination (`stretches`), so an event costs one lookup per path, however many watches."""
+        found = []
+        for path, passing, _ in self.equalities:
             value = data
             for name in path:
                 if type(value) is not dict:
                     value = _ABSENT
                     break
                 value = value.get(name, _ABSENT)
-            if value is _ABSENT:
-                continue  # the conjunct errors: whether the `where` is false is for it to say
-            gone = slots.difference(passing.get(_value_key(value), _NONE))
-            if gone:
-                out = out | gone
+            if value is not _ABSENT:
+                value = _value_key(value)
+                if value not in passing:
+                    value = _NEVER
+            found.append(value)
+        return tuple(found)
+
+    def ruled_out(self, values: tuple[Any, ...]) -> frozenset[int]:
+        """The `where` slots that an equality conjunct makes false, given `values`."""
+        out = _NONE
+        for (_, passing, slots), value in zip(self.equalities, values, strict=True):
+            if value is not _ABSENT:  # else the conjunct errors: whether the `where` is false is for it to say
+                out = out | slots.difference(passing.get(value, _NONE))
         return out
 
-    def stretches(self, ruled: frozenset[int]) -> list[Stretch]:
+    def stretches(self, values: tuple[Any, ...]) -> list[Stretch]:
         """The routes in order, cut into stretches gone through one by one and stretches of
-        routes `ruled` out, whose misses are recorded together (worked out once per set)."""
-        found = self._stretches.get(ruled)
+        routes ruled out, whose misses are recorded together (worked out once per `values`)."""
+        found = self._stretches.get(values)
         if found is None:
-            if len(self._stretches) >= STRETCHES_KEPT:
-                self._stretches = {_NONE: self._stretches[_NONE]}
+            ruled = self.ruled_out(values)
+            if self._stretched >= STRETCH_ROUTES_KEPT:
+                self._stretches, self._stretched = {(): self._stretches[()]}, 0
             found = []
-            for route in self.routes:
+            for route, miss in zip(self.routes, self._misses, strict=True):
                 out = route[3] in ruled
                 if not found or found[-1][0] != out:
                     found.append((out, [], ()))
-                found[-1][1].append((route[0].id, route[4], route[5]) if out else route)
+                found[-1][1].append(miss if out else route)
             found = [
                 (out, items, tuple(sorted({k for _, k, _ in items if k >= 0})) if out else ())
                 for out, items, _ in found
             ]
-            self._stretches[ruled] = found
+            self._stretched += len(self.routes)
+            self._stretches[values] = found
         return found
 
 
