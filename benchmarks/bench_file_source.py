@@ -61,7 +61,7 @@ async def main(files: int) -> None:
                 "burst",
                 root,
                 {},
-                Publisher("burst", JetStreamPublisher(nc).publish_event, positions, health, time.time),
+                Publisher("burst", JetStreamPublisher(nc).publish_events, positions, health, time.time),
                 health,
                 time.time,
             )

@@ -73,7 +73,7 @@ async def follow(url: str, root: Path, rate: float, start: float, total: int, *,
         name="units",
         base_dir=root,
         position=positions.load("units"),
-        outlet=Publisher("units", JetStreamPublisher(nc).publish_event, positions, health, time.time),
+        outlet=Publisher("units", JetStreamPublisher(nc).publish_events, positions, health, time.time),
         health=health,
         clock=time.time,
     )
@@ -85,7 +85,10 @@ async def follow(url: str, root: Path, rate: float, start: float, total: int, *,
             raise RuntimeError(f"the source stopped: {task.exception()}")
         await asyncio.sleep(0.25)
         if sample:
-            last = index(ctx.position.get("cursor"))
+            # Entries are stored in order, one event each, and entry 0 (the cursor resumed from)
+            # is not sent again: the last entry stored is the count of events published. (The
+            # saved cursor trails it by up to journal.SAVE_EVERY_S.)
+            last = health.events
             written = min(total, max(0, int((time.time() - start) * rate)))
             lags.append(max(0.0, (written - 1 - last) / rate))
     elapsed = time.perf_counter() - t0

@@ -101,3 +101,22 @@ async def test_a_closed_connection_is_nats_unavailable(nats_client: Client) -> N
     await nats_client.close()
     with pytest.raises(NatsUnavailable, match="ConnectionClosedError"):
         await publisher.publish_event(make_event("job.a", id="second"))
+
+
+async def test_a_burst_is_sent_at_once_and_each_event_gets_its_own_ack_in_order(nats_client: Client) -> None:
+    await bus.ensure_streams(nats_client.jetstream())
+    publisher = JetStreamPublisher(nats_client)
+    first = make_event("job.burst", {"n": 0}, id="b-0")
+    await publisher.publish_event(first)
+    events = [first] + [make_event("job.burst", {"n": i}, id=f"b-{i}") for i in range(1, 200)]
+    acks = await publisher.publish_events([(e, encode(e)) for e in events])
+    assert [(a.seq, a.duplicate) for a in acks] == [(1, True)] + [(i + 1, False) for i in range(1, 200)]
+    assert await stored_ids(nats_client) == [e.id for e in events]
+    assert await publisher.publish_events([]) == []
+
+
+async def test_a_burst_no_stream_takes_is_nats_unavailable(nats_client: Client) -> None:
+    publisher = JetStreamPublisher(nats_client)
+    events = [make_event("job.burst", id=f"b-{i}") for i in range(3)]
+    with pytest.raises(NatsUnavailable, match=r"no JetStream stream stores watchd\.events\.job\.burst"):
+        await publisher.publish_events([(e, encode(e)) for e in events])

@@ -13,7 +13,7 @@ import pytest
 from support.cli import run_cli
 from support.journal import Journal, StandinJournal, journal_backends, make_journal
 from support.project import Project
-from support.sources import SourceRun
+from support.sources import SourceRun, stored_ids
 from support.waiting import until
 
 from watchd import config
@@ -268,3 +268,35 @@ async def test_a_recorded_journal_replays_through_the_stand_in(
         ("systemd.unit.failed", "backup.service: Failed with result 'exit-code'."),
     ]
     assert events[1]["data"]["result"] == "exit-code" and events[1]["data"]["host"] == "nas"
+
+
+async def test_a_busy_journal_saves_its_cursor_as_it_goes_never_ahead_of_the_stream(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are sent while earlier ones await their acks, and the cursor is saved only now and
+    then: each saved cursor's entry, and every entry before it, must already be stored (the
+    source counts an event once JetStream acknowledged it; the test runs in the source's loop, so
+    the file and the count are read together)."""
+    journal = StandinJournal(tmp_path / "journal-root")
+    for k, v in journal.env.items():
+        monkeypatch.setenv(k, v)
+    total = 6000
+    run = SourceRun(nats_server.url, tmp_path, "busy", source_toml(journal))
+    run.positions.save("busy", {"cursor": "s=standin;i=0;b=gone"})  # from the head, entry 0 included
+    journal.generate(2000.0, total=total)  # 3 s of entries
+    await run.start()
+    saved: list[int] = []
+    while not saved or saved[-1] < total - 1:
+        if (exc := run.failed()) is not None:
+            raise AssertionError(f"the source stopped: {exc}")
+        cursor = run.position().get("cursor", "")
+        stored = run.health.events  # entries 0 .. stored - 1 are in the stream
+        at = int(cursor.split(";")[1][2:], 16) if "i=" in cursor else 0
+        if at and (not saved or at != saved[-1]):
+            assert at < stored, f"the cursor of entry {at} was saved with entries up to {stored - 1} stored"
+            saved.append(at)
+        await asyncio.sleep(0.01)
+    await run.stop()
+    assert len(saved) >= 4, f"the cursor was saved only at {saved}: not while the entries kept coming"
+    ids = await stored_ids(nats_server.url, "journal.>")
+    assert len(ids) == len(set(ids)) == total

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -522,7 +522,7 @@ class Daemon:
                 last_heard[row.last_source] = max(row.last_at, last_heard.get(row.last_source, 0.0))
         self.sources = SourceSet(
             self.loaded.config.source,
-            publish=self.publish,  # a source that cannot store makes the daemon unhealthy too
+            publish=self.publish_events,  # a source that cannot store makes the daemon unhealthy too
             positions=PositionStore(self.state_dir / "sources"),
             base_dir=self.loaded.base_dir,
             clock=self.clock,
@@ -659,6 +659,10 @@ class Daemon:
         """Store one event on the stream (`body`: its encoding, when the caller made it already); a
         failure to store makes the daemon unhealthy until the next success (watchd/storage.py)."""
         return await self.storage.publish(self.publisher, event, body)
+
+    async def publish_events(self, events: Sequence[tuple[Event, bytes]]) -> list[bus.PubAckInfo]:
+        """Store several events, each with its encoding (a source's burst), as `publish` does."""
+        return await self.storage.publish_events(self.publisher, events)
 
     async def emit(self, subject: str, data: dict[str, Any]) -> None:
         """Publish one of watchd's own events; they can be watched like any other."""

@@ -14,7 +14,7 @@ message costs one future, one timer sweeps every timeout, and msgspec reads the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -33,6 +33,10 @@ class PublishEvent(Protocol):
     """Store one event; `body` is its encoding when the caller already made it (to check its size)."""
 
     def __call__(self, event: Event, body: bytes | None = None, /) -> Awaitable[PubAckInfo]: ...
+
+
+# Store several events, each with its encoding: JetStreamPublisher.publish_events, or the daemon's.
+PublishEvents = Callable[[Sequence[tuple[Event, bytes]]], Awaitable[list[PubAckInfo]]]
 
 
 class _ApiError(msgspec.Struct):
@@ -78,6 +82,26 @@ class JetStreamPublisher:
         """Store an event on watchd.events.<subject>; its id is the Nats-Msg-Id."""
         return await self.publish(EVENTS_PREFIX + event.subject, encode(event) if body is None else body, event.id)
 
+    async def publish_events(self, events: Sequence[tuple[Event, bytes]]) -> list[PubAckInfo]:
+        """Store several events (each with its encoding): all are sent, then every ack awaited in
+        turn, with no task per event (a source's burst). Raises as `publish` does, for the first
+        event that was not stored; those before it were."""
+        if self._bound_at != reopens_of(self.nc):
+            await self._subscribe(EVENTS_PREFIX + (events[0][0].subject if events else ""))
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        keys: list[bytes] = []
+        try:
+            for event, body in events:
+                keys.append(await self._send(EVENTS_PREFIX + event.subject, body, event.id, None, deadline))
+            acks = []
+            for (event, _body), key in zip(events, keys, strict=True):
+                subject = EVENTS_PREFIX + event.subject
+                acks.append(_ack_of(subject, *await self._answer(key, subject)))
+            return acks
+        finally:
+            for key in keys:
+                self._waiting.pop(key, None)
+
     async def publish(
         self,
         subject: str,
@@ -89,26 +113,42 @@ class JetStreamPublisher:
     ) -> PubAckInfo:
         if self._bound_at != reopens_of(self.nc):
             await self._subscribe(subject)
-        loop = asyncio.get_running_loop()
+        deadline = asyncio.get_running_loop().time() + (timeout_s or self.timeout_s)
+        key = b""
+        try:
+            key = await self._send(subject, body, msg_id, headers, deadline)
+            return _ack_of(subject, *await self._answer(key, subject))
+        finally:
+            self._waiting.pop(key, None)
+
+    async def _send(
+        self, subject: str, body: bytes, msg_id: str | None, headers: dict[str, str] | None, deadline: float
+    ) -> bytes:
+        """Publish with this message's reply subject; the key its answer will arrive under."""
         self._count += 1
         token = str(self._count)
         key = token.encode()
-        answer: asyncio.Future[_Answer] = loop.create_future()
-        self._waiting[key] = (answer, loop.time() + (timeout_s or self.timeout_s))
+        loop = asyncio.get_running_loop()
+        self._waiting[key] = (loop.create_future(), deadline)
         if self._sweep is None:
             self._sweep = loop.call_later(SWEEP_S, self._expire)
         if msg_id:
             headers = {**headers, "Nats-Msg-Id": msg_id} if headers else {"Nats-Msg-Id": msg_id}
         try:
             await self.nc.publish(subject, body, reply=self._prefix + token, headers=headers)
-            data, status = await answer
         except nats.errors.MaxPayloadError:
-            raise over_max_payload(body) from None
-        except (_Overdue, nats.errors.Error) as exc:  # closed, draining, reconnect buffer full
-            raise not_stored(subject, "TimeoutError" if isinstance(exc, _Overdue) else type(exc).__name__) from None
-        finally:
             self._waiting.pop(key, None)
-        return _ack_of(subject, data, status)
+            raise over_max_payload(body) from None
+        except nats.errors.Error as exc:  # closed, draining, reconnect buffer full
+            self._waiting.pop(key, None)
+            raise not_stored(subject, type(exc).__name__) from None
+        return key
+
+    async def _answer(self, key: bytes, subject: str) -> _Answer:
+        try:
+            return await self._waiting[key][0]
+        except _Overdue:
+            raise not_stored(subject, "TimeoutError") from None
 
     async def _subscribe(self, subject: str) -> None:
         """The answer subscription, made again after the connection was opened again (a reopen drops

@@ -187,6 +187,21 @@ def too_deep(data: dict[str, Any]) -> bool:
 def _build(
     subject: str, data: dict[str, Any] | None, id: str | None, time_s: float | None, source: str, parsed: bool = False
 ) -> Event:
+    return _build_encoded(subject, data, id, time_s, source, parsed, walk=not parsed)[0]
+
+
+def _build_encoded(
+    subject: str,
+    data: dict[str, Any] | None,
+    id: str | None,
+    time_s: float | None,
+    source: str,
+    parsed: bool,
+    *,
+    walk: bool,
+) -> tuple[Event, bytes | None]:
+    """The event, and its encoding when it was made to check the data (`parsed` False); `walk`:
+    look through the data for depth and NaN."""
     check_subject(subject)
     if id is not None:
         check_id(id)
@@ -194,18 +209,18 @@ def _build(
         data = {}
     elif not isinstance(data, dict):
         raise EventRejected("event data must be a JSON object", reason="data")
-    elif not parsed:
+    elif walk:
         problem = data_problem(data)
         if problem is not None:
             raise EventRejected(f"event data {problem}", reason="data")
     now = time.time() if time_s is None else time_s
     event = Event(id=id or new_id(now), subject=subject, time=utc_from_ts(now), source=source, data=data)
-    if not parsed:
-        try:
-            encode(event)
-        except (UnicodeEncodeError, TypeError) as exc:  # a lone surrogate, a key that is not a string
-            raise EventRejected(f"event data cannot be written as JSON: {exc}", reason="data") from None
-    return event
+    if parsed:
+        return event, None
+    try:
+        return event, encode(event)
+    except (UnicodeEncodeError, TypeError) as exc:  # a lone surrogate, a key that is not a string
+        raise EventRejected(f"event data cannot be written as JSON: {exc}", reason="data") from None
 
 
 def make_event(
@@ -221,13 +236,36 @@ def make_event(
     source): subject, id and data checked, id and time assigned when absent. `watchd.` subjects
     are refused here: watchd's own events are made by own_event. `parsed`: `data` is what
     parse_data returned, already checked (a webhook's body: checking a large one again costs)."""
+    _refuse_reserved(subject)
+    return _build(subject, data, id, time_s, source, parsed)
+
+
+def make_encoded_event(
+    subject: str,
+    data: dict[str, Any] | None = None,
+    *,
+    id: str | None = None,
+    time_s: float | None = None,
+    source: str = "",
+    flat: bool = False,
+) -> tuple[Event, bytes]:
+    """make_event, and the event's encoding: checking that its data can be written as JSON is
+    encoding it, so a caller that publishes it (a source) need not encode it again. `flat`: the
+    caller built the data of strings, integers, booleans and None a few levels deep, so it is not
+    walked for depth or NaN (the encoding still refuses what JSON cannot hold)."""
+    _refuse_reserved(subject)
+    event, body = _build_encoded(subject, data, id, time_s, source, parsed=False, walk=not flat)
+    assert body is not None
+    return event, body
+
+
+def _refuse_reserved(subject: str) -> None:
     if is_reserved(subject):
         raise EventRejected(
             f"bad subject {_shown(subject)}: subjects under watchd. are watchd's own (reserved)",
             hint="pick a subject of your own, e.g. backup.done",
             reason="reserved",
         )
-    return _build(subject, data, id, time_s, source, parsed)
 
 
 def own_event(

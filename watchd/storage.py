@@ -20,7 +20,7 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -208,6 +208,20 @@ class StorageWatch:
             raise
         self._stored(STREAM)
         return ack
+
+    async def publish_events(
+        self, publisher: JetStreamPublisher | None, events: Sequence[tuple[Event, bytes]]
+    ) -> list[PubAckInfo]:
+        """Several events, each with its encoding (a source's burst): one outcome for them all."""
+        if publisher is None:
+            raise NatsUnavailable("watchd is not connected to NATS")
+        try:
+            acks = await publisher.publish_events(events)
+        except NatsUnavailable as exc:
+            self._failed(STREAM, exc.message)
+            raise
+        self._stored(STREAM)
+        return acks
 
     async def write_state(self, store: Store, fn: Callable[[], T]) -> T:
         delay = 0.5

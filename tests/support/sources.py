@@ -55,7 +55,7 @@ class SourceRun:
         await bus.ensure_streams(js)
         self.source = make_source(self.name, self.settings)
         outlet = Publisher(
-            self.name, JetStreamPublisher(self._nc).publish_event, self.positions, self.health, time.time
+            self.name, JetStreamPublisher(self._nc).publish_events, self.positions, self.health, time.time
         )
         self.ctx = SourceContext(
             name=self.name,

@@ -100,7 +100,7 @@ async def _run(loaded: Loaded, name: str, settings: SourceSettings, nats_url: st
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     max_bytes = loaded.config.engine.max_event_bytes
-    publish = JetStreamPublisher(nc).publish_event
+    publish = JetStreamPublisher(nc).publish_events
     publisher = Publisher(name, publish, positions, health, time.time, max_bytes=max_bytes)
     ctx = SourceContext(name, loaded.base_dir, {}, publisher, health, time.time, stop)
     os.close(positions.lock(name))  # refuse at once, not in the backoff loop, if it already runs

@@ -26,12 +26,14 @@ Position = dict[str, Any]  # what a source needs to resume: a cursor, an offset,
 @dataclass(frozen=True, slots=True)
 class Emit:
     """One event a source wants published. `id` is deterministic (SPEC 8), so a re-send after a
-    crash lands once; `time_s` defaults to when it is published."""
+    crash lands once; `time_s` defaults to when it is published. `flat`: the data holds strings,
+    integers, booleans and None a few levels deep, nothing to walk for depth or NaN (the journal's)."""
 
     subject: str
     data: dict[str, Any]
     id: str
     time_s: float | None = None
+    flat: bool = False
 
 
 class Outlet(abc.ABC):

@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,9 +42,13 @@ FAILED_SUBJECT = "systemd.unit.failed"
 TEMPLATE_FIELDS = ("unit", "identifier", "priority", "host")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _NOT_SUBJECT = re.compile(r"[^A-Za-z0-9_.-]+")
-_READ_CHUNK = 1 << 20  # a backlog is read (and its cursor saved) in large batches
-_MAX_BATCH = 512  # entries published before the cursor is persisted once
+_READ_CHUNK = 1 << 20  # a backlog is read in large batches
+_MAX_BATCH = 512  # entries published together
+IN_FLIGHT = 4  # batches sent and not yet all acknowledged, while the next ones are read
+SAVE_EVERY_S = 0.25  # while entries keep coming, the cursor is saved at most this often...
+QUIET_S = 0.05  # ...and whenever journalctl has printed nothing for this long
 _STDERR_TAIL = 400
+SUBJECTS_KEPT = 4096  # rendered subjects remembered by the values they were made of
 
 
 class JournalError(WatchdError):
@@ -69,7 +75,7 @@ def _token(value: str) -> str:
 def _text(value: Any) -> str | None:
     """journalctl's JSON value as text: a string; a byte array (binary or non-UTF-8 data) decoded;
     the first of several values of one field; None for a value too large to show."""
-    if isinstance(value, str):
+    if type(value) is str:  # nearly always: first, and exactly (decoded JSON makes no subclasses)
         return value
     if isinstance(value, list) and value:
         if all(isinstance(b, int) for b in value):
@@ -112,6 +118,8 @@ class JournalSource(Source):
         if problem:
             raise WatchdError(f"source {name}: {problem}")
         self.max_priority = PRIORITIES.index(settings.priority) if settings.priority else None
+        self._used = tuple(_FIELD.findall(self.subject))  # the fields the subject is made of
+        self._subjects: dict[tuple[str, ...], str] = {}  # their values -> the subject (few: units, hosts)
         self.directory = settings.directory  # resolved against the config's folder when run
 
     # -- the journalctl command line --
@@ -149,13 +157,24 @@ class JournalSource(Source):
         return all(_text(entry.get(k)) == v for k, v in self.cfg.match.items())
 
     def render_subject(self, entry: dict[str, Any], unit: str | None) -> str:
-        values = {
-            "unit": unit or "unknown",
-            "identifier": _text(entry.get("SYSLOG_IDENTIFIER")) or "unknown",
-            "priority": self._priority_name(entry),
-            "host": _text(entry.get("_HOSTNAME")) or "unknown",
-        }
-        return _FIELD.sub(lambda m: _token(values[m.group(1)]), self.subject)
+        key = tuple(self._value(name, entry, unit) for name in self._used)
+        subject = self._subjects.get(key)
+        if subject is None:
+            values = dict(zip(self._used, key, strict=True))
+            subject = _FIELD.sub(lambda m: _token(values[m.group(1)]), self.subject)
+            if len(self._subjects) >= SUBJECTS_KEPT:
+                self._subjects.clear()
+            self._subjects[key] = subject
+        return subject
+
+    def _value(self, name: str, entry: dict[str, Any], unit: str | None) -> str:
+        if name == "unit":
+            return unit or "unknown"
+        if name == "identifier":
+            return _text(entry.get("SYSLOG_IDENTIFIER")) or "unknown"
+        if name == "priority":
+            return self._priority_name(entry)
+        return _text(entry.get("_HOSTNAME")) or "unknown"
 
     @staticmethod
     def _priority_name(entry: dict[str, Any]) -> str:
@@ -186,9 +205,9 @@ class JournalSource(Source):
                 "pid": int(pid) if pid and pid.isdigit() else None,
                 "boot_id": _text(entry.get("_BOOT_ID")),
                 # Every field but the journal's own addresses (__CURSOR, timestamps), for `where`.
-                "fields": {k: _text(v) for k, v in entry.items() if not k.startswith("__")},
+                "fields": {k: v if type(v) is str else _text(v) for k, v in entry.items() if k[:2] != "__"},
             }
-            out.append(Emit(self.render_subject(entry, unit), data, event_id(cursor), time_s))
+            out.append(Emit(self.render_subject(entry, unit), data, event_id(cursor), time_s, flat=True))
         if _text(entry.get("MESSAGE_ID")) == UNIT_FAILED_ID and _from_systemd(entry) and unit:
             failed = {
                 **base,
@@ -196,7 +215,7 @@ class JournalSource(Source):
                 "invocation_id": _text(entry.get("INVOCATION_ID")),
                 "user_unit": not _text(entry.get("UNIT")),
             }
-            out.append(Emit(FAILED_SUBJECT, failed, event_id("failed:" + cursor), time_s))
+            out.append(Emit(FAILED_SUBJECT, failed, event_id("failed:" + cursor), time_s, flat=True))
         return out
 
     def parse(
@@ -290,13 +309,22 @@ class JournalSource(Source):
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         stop_task = asyncio.create_task(ctx.stop.wait())
+        stored = InFlight(ctx)
+        read: asyncio.Task[bytes] | None = None
         rest = b""
         try:
             while True:
                 read = asyncio.create_task(proc.stdout.read(_READ_CHUNK))
-                done, _ = await asyncio.wait({read, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {read, stop_task}
+                done: set[asyncio.Future[Any]] = set()
+                if stored.unfinished():
+                    done, _ = await asyncio.wait(waiting, timeout=QUIET_S, return_when=asyncio.FIRST_COMPLETED)
+                    if not done:  # journalctl went quiet: finish storing, save the cursor
+                        await stored.finish()
+                if not done:
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if read not in done:
-                    read.cancel()
+                    await stored.finish()  # what was read is stored and its cursor saved
                     return
                 chunk = read.result()
                 if not chunk:
@@ -305,8 +333,9 @@ class JournalSource(Source):
                 for start in range(0, len(lines), _MAX_BATCH):
                     emits, last = self.parse(lines[start : start + _MAX_BATCH], ctx, skip=cursor)
                     if last is not None:
-                        await ctx.emit(emits, {"cursor": last})
+                        await stored.add(emits, last)
                         cursor = None  # only the first entry can be the one resumed from
+            await stored.finish()
             code = await proc.wait()
             err = await stderr_task
             if resumed and b"seek to cursor" in err:
@@ -320,8 +349,61 @@ class JournalSource(Source):
             raise self._failure(code, err)
         finally:
             stop_task.cancel()
+            if read is not None:
+                read.cancel()
+            await stored.abandon()
             await _end(proc)
             stderr_task.cancel()
+
+
+class InFlight:
+    """The journal's batches being stored, oldest first: the next ones are read and sent while
+    earlier ones await their acks. A cursor is saved only once its batch and every one before it
+    were stored, at most every SAVE_EVERY_S while entries keep coming (an fsynced file each time:
+    per batch it cost as much as the batch), and on `finish`. A crash re-sends what was stored
+    after the saved cursor; the entries' ids make the stream keep one copy."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+        self.batches: deque[tuple[asyncio.Task[None], str]] = deque()
+        self.acked: str | None = None  # the cursor of the newest batch stored with all before it
+        self.saved: str | None = None
+        self.saved_at = time.monotonic()
+
+    def unfinished(self) -> bool:
+        return bool(self.batches) or self.acked != self.saved
+
+    async def add(self, emits: list[Emit], cursor: str) -> None:
+        self.batches.append((asyncio.create_task(self.ctx.emit(emits)), cursor))
+        await self._settle(IN_FLIGHT)
+        if self.acked != self.saved and time.monotonic() - self.saved_at >= SAVE_EVERY_S:
+            await self._save()
+
+    async def finish(self) -> None:
+        """Wait until every batch is stored; save the newest cursor. Raises what a publish raised."""
+        await self._settle(0)
+        if self.acked != self.saved:
+            await self._save()
+
+    async def abandon(self) -> None:
+        """Stop waiting for batches (the run ends with an error): their cursors are not saved."""
+        for task, _cursor in self.batches:
+            task.cancel()
+        await asyncio.gather(*(task for task, _cursor in self.batches), return_exceptions=True)
+        self.batches.clear()
+
+    async def _settle(self, keep: int) -> None:
+        """Take the stored batches off the front, waiting while more than `keep` are unstored."""
+        while self.batches and (len(self.batches) > keep or self.batches[0][0].done()):
+            task, cursor = self.batches[0]
+            await task  # NatsUnavailable: nothing after the last stored cursor is saved
+            self.batches.popleft()
+            self.acked = cursor
+
+    async def _save(self) -> None:
+        assert self.acked is not None
+        await self.ctx.save({"cursor": self.acked})
+        self.saved, self.saved_at = self.acked, time.monotonic()
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

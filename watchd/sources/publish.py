@@ -16,23 +16,24 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, TextIO
 
 from watchd.errors import EventRejected
-from watchd.jspublish import PublishEvent
+from watchd.jspublish import PublishEvents
 from watchd.limits import MAX_EVENT_BYTES
-from watchd.model import Event, encode, make_event
+from watchd.model import Event, make_encoded_event
 from watchd.sources.base import Emit, Outlet, Position
 from watchd.sources.health import SourceHealth
 from watchd.sources.state import PositionStore
 
 log = logging.getLogger("watchd.sources")
 
-PUBLISH_WINDOW = 128
+PUBLISH_WINDOW = 512  # sent before their acks are awaited: as many as one journal batch
 
 
 def envelope(name: str, emit: Emit, now: float, max_bytes: int = MAX_EVENT_BYTES) -> tuple[Event, bytes]:
     """The event for one emit and its encoding (measured, then published as it is); EventRejected
     (with its reason word) when it cannot enter the stream."""
-    event = make_event(emit.subject, emit.data, id=emit.id, time_s=emit.time_s or now, source=name)
-    body = encode(event)
+    event, body = make_encoded_event(
+        emit.subject, emit.data, id=emit.id, time_s=emit.time_s or now, source=name, flat=emit.flat
+    )
     if len(body) > max_bytes:
         raise EventRejected(
             f"event on {emit.subject} is {len(body)} bytes, over the {max_bytes}-byte limit", reason="size"
@@ -44,7 +45,7 @@ class Publisher(Outlet):
     def __init__(
         self,
         name: str,
-        publish: PublishEvent,
+        publish: PublishEvents,
         positions: PositionStore,
         health: SourceHealth,
         clock: Callable[[], float],
@@ -77,7 +78,7 @@ class Publisher(Outlet):
         # a burst (10,000 files) is not bound by one round trip per event.
         for start in range(0, len(events), PUBLISH_WINDOW):
             window = events[start : start + PUBLISH_WINDOW]
-            acks = await asyncio.gather(*(self.publish(e, body) for e, body in window))  # NatsUnavailable: no save
+            acks = await self.publish(window)  # NatsUnavailable: no save
             now = self.clock()
             for (event, _body), ack in zip(window, acks, strict=True):
                 self.health.published(now, ack.duplicate)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from watchd.errors import WatchdError
-from watchd.jspublish import PublishEvent
+from watchd.jspublish import PublishEvents
 from watchd.model import Event, iso, own_event, stable_hash
 from watchd.sources import make_source
 from watchd.sources.base import Source, SourceContext
@@ -121,7 +121,7 @@ class SourceSet:
         self,
         sources: dict[str, SourceSettings],
         *,
-        publish: PublishEvent,
+        publish: PublishEvents,
         positions: PositionStore,
         base_dir: Any,
         clock: Callable[[], float],
