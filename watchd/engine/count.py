@@ -18,6 +18,8 @@ class CountLogic(MatchLogic):
         self.count = watch.count or 0
         self.window = watch.window or ""
         self.window_s = parse_duration(self.window)
+        # The reason of a `counted` decision, by how many are counted: worded once, not per event.
+        self._counted = tuple(f"{n} of {self.count} in {self.window}" for n in range(self.count))
 
     @classmethod
     def of(cls, watch: Watch, version: int, default_zone: str) -> WatchLogic | None:
@@ -30,7 +32,7 @@ class CountLogic(MatchLogic):
         st.hits = (*[t for t in st.hits if t > since], now)
         st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         if len(st.hits) < self.count:
-            s.decide(self.id, key, _COUNTED, f"{len(st.hits)} of {self.count} in {self.window}", event)
+            s.decide(self.id, key, _COUNTED, self._counted[len(st.hits)], event)
             return
         reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
         evidence = s.shown(st.evidence)
