@@ -300,3 +300,27 @@ async def test_a_busy_journal_saves_its_cursor_as_it_goes_never_ahead_of_the_str
     assert len(saved) >= 4, f"the cursor was saved only at {saved}: not while the entries kept coming"
     ids = await stored_ids(nats_server.url, "journal.>")
     assert len(ids) == len(set(ids)) == total
+
+
+async def test_units_names_user_units_too(journal: Journal, nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """`units` follows a unit of the user watchd runs as (`systemctl --user`) as well as a system
+    unit: its manager's "Unit failed" is a journal event and systemd.unit.failed."""
+    toml = source_toml(journal, 'units = ["sync.service", "backup.service"]')
+    run = await SourceRun(nats_server.url, tmp_path, "units", toml).start()
+    await until(lambda: run.position().get("cursor"), what="the starting cursor")
+    journal.user_unit_failed("other.service")  # a user unit not named
+    journal.user_unit_failed("sync.service", "timeout")
+    journal.unit_failed("backup.service")
+    events = await until(lambda: run.stored(4), what="four events")
+    await asyncio.sleep(0.3)  # and nothing more
+    events = await run.events()
+    await run.stop()
+    failed = by_subject(events, "systemd.unit.failed")
+    assert [(e["data"]["unit"], e["data"]["user_unit"], e["data"]["result"]) for e in failed] == [
+        ("sync.service", True, "timeout"),
+        ("backup.service", False, "exit-code"),
+    ]
+    assert [e["subject"] for e in events if e["subject"].startswith("journal.")] == [
+        "journal.sync.service",
+        "journal.backup.service",
+    ]

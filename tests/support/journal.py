@@ -30,7 +30,8 @@ STANDIN = Path(__file__).with_name("journalctl_standin.py")
 JOURNALD = next(
     (p for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald") if Path(p).exists()), ""
 )
-UNSHARE = ("unshare", "--mount", "--pid", "--fork", "--propagation", "private")
+# --mount-proc: journald reads a sender's _COMM (and more) from /proc, which must be this namespace's.
+UNSHARE = ("unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--mount-proc")
 UNIT_FAILED_ID = "d9b373ed55a64feb8242e02dbe79a49c"  # systemd's catalog: "Unit failed"
 
 
@@ -75,6 +76,20 @@ class Journal:
             as_pid1="1",
         )
 
+    def user_unit_failed(self, unit: str, result: str = "exit-code") -> None:
+        """What a user's service manager (`systemd --user`, not PID 1) logs when one of its units
+        fails: the same catalog entry, about USER_UNIT, from a process named systemd."""
+        self.write(
+            MESSAGE=f"{unit}: Failed with result '{result}'.",
+            MESSAGE_ID=UNIT_FAILED_ID,
+            PRIORITY="4",
+            SYSLOG_IDENTIFIER="systemd",
+            USER_UNIT=unit,
+            UNIT_RESULT=result,
+            INVOCATION_ID=uuid.uuid4().hex,
+            as_user_manager="1",
+        )
+
     def cursors(self) -> list[str]:
         """Every entry's cursor, oldest first, as the machine's (or the stand-in's) journalctl says."""
         out = subprocess.run(
@@ -113,6 +128,7 @@ class StandinJournal(Journal):
         self.seqnum += 1
         usec = int(time.time() * 1e6)
         pid = "1" if fields.pop("as_pid1", "") else "31337"
+        user_manager = fields.pop("as_user_manager", "")
         entry: dict[str, Any] = {
             "__CURSOR": f"s=standin0seqnumid;i={self.seqnum:x};b={self.boot};m={usec:x};t={usec:x};x={self.seqnum:x}",
             "__REALTIME_TIMESTAMP": str(usec),
@@ -127,6 +143,9 @@ class StandinJournal(Journal):
         }
         if pid == "1":
             entry["_SYSTEMD_UNIT"] = "init.scope"
+            entry["_COMM"] = "systemd"
+        if user_manager:
+            entry["_SYSTEMD_UNIT"] = "user@0.service"
             entry["_COMM"] = "systemd"
         entry.update(fields)
         with self.entries.open("a") as f:
@@ -164,8 +183,12 @@ for line in sys.stdin:
     if fields.pop("as_pid1", ""):
         send(fields)
     else:
+        as_user_manager = fields.pop("as_user_manager", "")
         pid = os.fork()
         if pid == 0:
+            if as_user_manager:  # journald takes _COMM from /proc: the name a user manager has
+                import ctypes
+                ctypes.CDLL(None).prctl(15, b"systemd", 0, 0, 0)  # PR_SET_NAME
             send(fields)
             os._exit(0)
         os.waitpid(pid, 0)

@@ -4,7 +4,8 @@
 It reads the journal from `<-D dir>/entries.jsonl` (one `journalctl -o json` line per entry, as
 recorded from a real journal) and answers the subset of journalctl a source uses, with the same
 meaning: `-o json`, `-n N`, `--no-tail`, `-f` (follows the file as it grows), `--cursor`, `--after-cursor`,
-`-m`, `-u UNIT` (as journalctl: the unit's own processes, or PID 1 speaking about it), `-p PRIO`
+`-m`, `-u UNIT` (as journalctl: the unit's own processes, or PID 1 speaking about it),
+`--user-unit UNIT` (the caller's user unit: its processes, or its user manager about it), `-p PRIO`
 (that and more severe), and `FIELD=VALUE` matches (same field OR, different fields AND, `+` OR).
 Like journalctl, it exits in follow mode once its reader has gone.
 
@@ -42,6 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("-D", "--directory")
     p.add_argument("-u", "--unit", action="append", default=[])
+    p.add_argument("--user-unit", action="append", default=[])
     p.add_argument("-p", "--priority")
     p.add_argument("matches", nargs="*")
     return p.parse_args(argv)
@@ -53,6 +55,8 @@ def unit_name(name: str) -> str:
 
 def matcher(args: argparse.Namespace) -> Any:
     units = [unit_name(u) for u in args.unit]
+    user_units = [unit_name(u) for u in args.user_unit]
+    uid = str(os.getuid())
     # FIELD=VALUE terms: the same field OR, different fields AND; "+" between groups is OR.
     groups: list[dict[str, set[str]]] = [{}]
     for m in args.matches:
@@ -77,10 +81,14 @@ def matcher(args: argparse.Namespace) -> Any:
             prio = {str(i) for i in range(top + 1)}
 
     def ok(e: dict[str, Any]) -> bool:
-        if units:
+        if units or user_units:
             own = any(fnmatch.fnmatch(str(e.get("_SYSTEMD_UNIT", "")), u) for u in units)
             pid1 = e.get("_PID") == "1" and any(fnmatch.fnmatch(str(e.get("UNIT", "")), u) for u in units)
-            if not (own or pid1):
+            # --user-unit: the caller's own user units, or their manager speaking about one.
+            mine = e.get("_UID") == uid
+            user_own = mine and any(fnmatch.fnmatch(str(e.get("_SYSTEMD_USER_UNIT", "")), u) for u in user_units)
+            manager = mine and any(fnmatch.fnmatch(str(e.get("USER_UNIT", "")), u) for u in user_units)
+            if not (own or pid1 or user_own or manager):
                 return False
         if prio is not None and e.get("PRIORITY") not in prio:
             return False

@@ -1,15 +1,18 @@
 """The journal source: follows the systemd journal through `journalctl -f -o json` (a subprocess,
 so no compiled binding), one event per entry, and `systemd.unit.failed` when a unit fails.
 
-Position: the cursor of the last entry JetStream stored. It is persisted only after the ack, and a
+Position: the cursor of the last entry JetStream stored. It is persisted only after the ack (of
+that entry and every one before it; while entries keep coming, at most every SAVE_EVERY_S), and a
 restart resumes there (`--cursor`, dropping that entry itself), so kill -9 loses no entry, and an entry read again is
 re-sent with its cursor as id and stored once. The first start has no cursor: it takes the
 journal's newest entry as its starting point (and persists it), so entries written from then on
 are announced, older ones are not, and an entry written while watchd is down is not lost.
 
-Filters go to journalctl: `units` as `-u` (a unit's own processes, and PID 1 speaking about it),
-`priority` and `match` as FIELD=VALUE terms. systemd's "Unit failed" entry (catalog id
-d9b373ed…, logged by PID 1 with `UNIT=` and `UNIT_RESULT=`) is let through whatever `priority`
+Filters go to journalctl: `units` as `--unit` (a system unit's own processes, and PID 1 speaking
+about it) and as `--user-unit` (a user unit of the user watchd runs as, and that user's service
+manager speaking about it: journalctl matches only the caller's uid there), `priority` and `match`
+as FIELD=VALUE terms. systemd's "Unit failed" entry (catalog id d9b373ed…, logged by PID 1 with
+`UNIT=`, or by a user manager with `USER_UNIT=`, and `UNIT_RESULT=`) is let through whatever `priority`
 and `match` say (journalctl's `+` adds it as an alternative), so a failure of a watched unit is
 always announced; it becomes a journal event only when it passes them too.
 
@@ -131,7 +134,7 @@ class JournalSource(Source):
         return args
 
     def filter_args(self) -> list[str]:
-        args = [f"--unit={u}" for u in self.cfg.units]
+        args = [f"--unit={u}" for u in self.cfg.units] + [f"--user-unit={u}" for u in self.cfg.units]
         terms = [f"PRIORITY={p}" for p in range(self.max_priority + 1)] if self.max_priority is not None else []
         terms += [f"{k}={v}" for k, v in self.cfg.match.items()]
         if terms:
