@@ -47,8 +47,10 @@ class Tick:
     at: float
 
 
-class Decision(msgspec.Struct, array_like=True):
-    """One thing the engine decided, kept for `explain`."""
+class Decision(msgspec.Struct, array_like=True, gc=False):
+    """One thing the engine decided, kept for `explain`. Untracked by the cyclic collector
+    (`gc=False`): it holds only strings and numbers, so it cannot be part of a cycle, and ten of
+    them a busy event would otherwise bring the collector round sooner."""
 
     at: float
     watch: str
@@ -60,9 +62,11 @@ class Decision(msgspec.Struct, array_like=True):
     n: int = 1  # how many decisions this row stands for: thinned misses are counted, not stored
 
 
-class Fire(msgspec.Struct):
+class Fire(msgspec.Struct, gc=False):
     """A watch fired: one handoff per target follows (unless shadow). Built with keywords, but
-    the engine's own `fire` passes them in order: ~2.75 fires per event in a busy deployment."""
+    the engine's own `fire` passes them in order: ~2.75 fires per event in a busy deployment.
+    Untracked by the cyclic collector, as `Decision`: nothing it holds (targets, the events'
+    summaries) refers back to it."""
 
     watch: str
     version: int
