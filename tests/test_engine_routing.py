@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from watchd import expr
 from watchd.config import Watch, WatchDef
-from watchd.engine import Engine, EventInput, Tick
+from watchd.engine import Engine, EventInput, Tick, core
 from watchd.engine.index import SubjectIndex, subject_matches
 from watchd.engine.routing import Plan, equality_conjuncts
 from watchd.model import make_event
@@ -156,3 +157,23 @@ def test_the_subject_trie_finds_what_matching_each_pattern_finds(patterns: list[
     for n, p in enumerate(patterns):
         index.add(p, n)
     assert index.candidates(subject) == [n for n, p in enumerate(patterns) if subject_matches(p, subject)]
+
+
+def test_plans_made_again_when_subjects_outnumber_those_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "PLANS_KEPT", 3)  # one plan per device subject: they turn over
+    raw = {"id": "hot", "kind": "match", "then": ["notify.console"]} | {
+        "on": {"subject": "dev.*.temp", "where": 'data.unit == "C" && data.value > 30', "key": "data.room"}
+    }
+    defs = [(WatchDef(msgspec.convert(raw, Watch), "t.toml", 1, "0"), 1)]
+    steps: list[EventInput | Tick] = [
+        EventInput(make_event(f"dev.{n % 7}.temp", data, id=f"e{n}", time_s=T0 + n), T0 + n, n)
+        for n, data in enumerate(
+            [{"unit": "C", "value": 35, "room": "a"}, {"unit": "F", "value": 95, "room": "b"}, {"value": 40}] * 10
+        )
+    ]
+    routed, alone = Engine(), Engine(shares=False)
+    routed.load(defs, T0)
+    alone.load(defs, T0)
+    seen = outputs(routed, steps)
+    assert seen == outputs(alone, steps)
+    assert sum(len(fires) for _, fires in seen) == 10  # the ten in °C above 30, on every device

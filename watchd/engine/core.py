@@ -328,8 +328,9 @@ class Engine(EngineState):
         """The subject's plan, shared by every subject with the same candidates: 10,000 hosts'
         `host.*.metrics` subjects hold one plan between them."""
         if len(self._plans) >= PLANS_KEPT:
-            self._plans.clear()
-            self._plans_by_candidates.clear()
+            self._plans.clear()  # subjects come and go (one per device); their plans are few, and stay
+            if len(self._plans_by_candidates) >= PLANS_KEPT:
+                self._plans_by_candidates.clear()
         candidates = self.index.candidates(subject)
         same = tuple(map(id, candidates))  # the candidates live as long as the index: ids stay theirs
         plan = self._plans_by_candidates.get(same)
