@@ -11,7 +11,7 @@ request is a distinct signed delivery, so each is stored (checked against the st
 Prints requests/s and p50/p99 latency of each, and the ratio (target: webhook ≥ 0.5 × bare and
 ≥ 2,000 requests/s).
 
-Usage: python benchmarks/bench_webhook.py [--seconds 8] [--conns 32]
+Usage: python benchmarks/bench_webhook.py [--seconds 8] [--conns 32] [--small] [--sync 2m] [--no-store] [--profile FILE]
 """
 
 from __future__ import annotations
