@@ -24,9 +24,11 @@ from support.waiting import until
 
 from watchd import bus, cluster
 from watchd.bus import EmbeddedNats
+from watchd.dispatch import Delivered
 from watchd.handoff_queue import HandoffQueue
 from watchd.model import make_event
 from watchd.store import Store
+from watchd.upkeep import Upkeep
 
 WATCHES = {
     "jobs.toml": """
@@ -296,3 +298,48 @@ async def test_a_timer_fired_by_a_holder_that_dies_before_recording_its_instant_
         await asyncio.sleep(0.5)
         assert hook.handoff_ids == [a.handoffs("hosts")[0]["id"]], "delivered once"
         assert [h["id"] for h in b.handoffs("hosts")] == hook.handoff_ids
+
+
+class SlowTarget:
+    """A target whose delivery outlasts the queue's ack_wait; counts its deliveries."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.delivered: list[str] = []
+
+    async def deliver(self, handoff: Any) -> Delivered:
+        self.delivered.append(handoff.id)
+        await asyncio.sleep(self.seconds)
+        return Delivered("slowly")
+
+
+async def test_a_delivery_that_outlasts_ack_wait_is_not_handed_to_another_deliverer(
+    nats_client: Client, tmp_path: Path
+) -> None:
+    """While one deliverer works on a handoff, it tells the server so (in-progress acks every third
+    of ack_wait): the other deliverer on the same queue is not given it, though the delivery takes
+    more than twice ack_wait."""
+    js = nats_client.jetstream()
+    await bus.ensure_streams(js)
+    target = SlowTarget(2.6)
+    stores = [await Store.open(tmp_path / f"{n}.db") for n in ("a", "b")]
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    queues = [
+        HandoffQueue(js, nats_client, s, lambda: {"notify.slow": target}, cluster="watchd", instance=n, ack_wait_s=1.0)
+        for s, n in zip(stores, ("a", "b"), strict=True)
+    ]
+    try:
+        await queues[0].ensure_consumer()
+        await stores[0].run(stores[0].add_handoffs, [make_handoff(id="h_slow", target="notify.slow")], 0.0)
+        await queues[0].queue_pending()
+        tasks = [asyncio.create_task(q.deliver(upkeep)) for q in queues]
+        await until(lambda: target.delivered == ["h_slow"], what="one deliverer to take it")
+        await asyncio.sleep(3.5)  # past the delivery's end, and past ack_wait after that
+        assert target.delivered == ["h_slow"]
+        stop.set()
+        await asyncio.wait(tasks, timeout=5)
+    finally:
+        stop.set()
+        for s in stores:
+            await asyncio.to_thread(s.close)

@@ -149,6 +149,9 @@ class HandoffQueue:
         self._in_flight = 0
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Messages being delivered here, kept from redelivery; by identity (a Msg compares by value).
+        self._under_way: dict[int, Msg] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
         self._handling: set[str] = set()  # handoff ids being delivered here
 
     def wake(self) -> None:
@@ -337,18 +340,25 @@ class HandoffQueue:
     @contextlib.asynccontextmanager
     async def _in_progress(self, msg: Msg) -> AsyncIterator[None]:
         """Keep the server from handing the message to another deliverer while this one works on it
-        (an agent's run may take minutes); once this instance dies, it comes back after ack_wait."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.ack_wait_s / 3)
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.in_progress()
-
-        task = asyncio.create_task(beat())
+        (an agent's run may take minutes); once this instance dies, it comes back after ack_wait.
+        One heartbeat for every delivery under way, not a task each: most end long before it beats,
+        and a burst of them shares one."""
+        self._under_way[id(msg)] = msg
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat(), name="handoff-in-progress")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._under_way.pop(id(msg), None)
+            if not self._under_way and self._heartbeat is not None:
+                self._heartbeat.cancel()  # nothing left to keep: no task outlives the deliveries
+                self._heartbeat = None
+
+    async def _beat(self) -> None:
+        """Every third of ack_wait, an in-progress ack for each message under way (one taken just
+        before a beat gets it early, one just after within the third: never later)."""
+        while self._under_way:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for msg in list(self._under_way.values()):
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
