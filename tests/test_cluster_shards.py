@@ -13,13 +13,14 @@ import socket
 from collections.abc import Callable
 
 import aiohttp
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from support import project
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
 
-from watchd import shards
+from watchd import bus, cluster, shards
 from watchd.bus import EmbeddedNats
 from watchd.model import Event, make_event
 
@@ -236,3 +237,32 @@ async def test_an_answer_to_a_watch_of_any_shard_is_applied_by_its_shard(
                 assert (await resp.json())["applied"] is True
     assert [r["verdict"] for r in d.decisions(JOBS[3])] == ["acked"]
     assert [r["verdict"] for r in d.decisions(JOBS[0])] == ["acked"]
+
+
+async def test_a_shard_lease_found_taken_stops_that_shard_only_and_is_taken_again_once_free(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    d = await daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=CONFIG).start()
+    assert held(d) == [0, 1, 2, 3]
+    nc = await bus.connect(nats_server.url, name="watchd-test")
+    try:  # another instance's record where shard 3's lease was (as after a NATS stall it could not renew through)
+        kv = await nc.jetstream().key_value(cluster.bucket_names("watchd")[0])
+        other = cluster.Member(instance="other", host="elsewhere", pid=1, state_dir="/srv", started=0.0, watches="x")
+        await kv.put(shards.ShardNames(3, SHARDS).lease_key, msgspec.json.encode(other))
+        await until(lambda: held(d) == [0, 1, 2], timeout_s=5, what="shard 3 to stop here")
+        assert not d.running.stop.is_set() and d.running.failure is None
+        assert "lost the lease of cluster 'watchd' (shard 3 of 4) to watchd on elsewhere" in d.logged()
+
+        events = [make_event(f"job.{k}", id=f"while-{k}") for k in range(SHARDS)]
+        await d.publish(*events)
+        await until(lambda: len(delivered(d)) >= 3, what="shards 0-2 to decide theirs")
+        await asyncio.sleep(0.5)
+        assert sorted(w for w, _, _ in delivered(d)) == sorted(JOBS[:3]), "shard 3 decided without its lease"
+
+        await kv.delete(shards.ShardNames(3, SHARDS).lease_key)  # the other holder is gone
+        await until(lambda: held(d) == [0, 1, 2, 3], timeout_s=5, what="shard 3 taken again")
+        await until(lambda: len(delivered(d)) >= 4, what="shard 3 to decide what waited")
+        await asyncio.sleep(0.3)
+        assert delivered(d) == expected(events, [])
+    finally:
+        await nc.close()

@@ -455,9 +455,12 @@ class Lease:
         *,
         may_take: Callable[[], bool] | None = None,
         give_up: Callable[[], Awaitable[bool]] | None = None,
+        stand_by: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """The lease's loop: renew it while held, wait for it while standing by (then `on_taken`),
-        and keep this member's key and the view of the others fresh. A shard's lease (watchd/shards.py)
+        and keep this member's key and the view of the others fresh. When the lease is lost,
+        `stand_by(why)` lets this loop wait for it again (a shard's), else `on_lost(why)` ends it.
+        A shard's lease (watchd/shards.py)
         is taken only while `may_take()` says this instance is below its share, and after each renewal
         `give_up()` may hand it over (True: released). An Upkeep loop (cluster-lease):
         a round that fails (NATS unreachable: fencing stops the decisions meanwhile) is logged,
@@ -472,8 +475,13 @@ class Lease:
                 return None  # for good: on_lost stops the daemon
             if self._revision:
                 if not await self.renew():
-                    on_lost(f"lost the lease of cluster {self.name!r}{self._of()} to {_who(self.holder)}")
-                    return None
+                    why = f"lost the lease of cluster {self.name!r}{self._of()} to {_who(self.holder)}"
+                    if stand_by is None:
+                        on_lost(why)
+                        return None
+                    await stand_by(why)
+                    self._revision, self._valid_until, self._lost = 0, 0.0, False  # standing by for it
+                    return poll_s
                 if give_up is not None and await give_up():
                     return poll_s
             elif may_take is not None and not may_take():

@@ -371,6 +371,13 @@ class Daemon:
         async def give_up() -> bool:
             return await self._give_up(shard)
 
+        async def stand_by(why: str) -> None:
+            # Fencing stopped its decisions before the lease could lapse (a NATS stall): this
+            # instance runs on and may take a shard again. Shard 0's holder runs what the deployment
+            # runs once: losing it stops the daemon, as with one shard.
+            log.warning("%s; this instance stops stepping it and stands by", why)
+            await self._stop_shard(shard)
+
         self._spawn(
             "cluster-lease" + ("" if shard.names.index == 0 else f".{shard.names.index}"),
             lambda: lease.keep(
@@ -379,6 +386,7 @@ class Daemon:
                 self._lease_lost,
                 may_take=self._may_take if sharded else None,
                 give_up=give_up if sharded and shard.names.index else None,
+                stand_by=stand_by if sharded and shard.names.index else None,
             ),
         )
 
@@ -408,18 +416,7 @@ class Daemon:
             me = self.lease.me.instance
             if shards.should_release(me, self.holders(), self.lease.members) != shard.names.index:
                 return False
-            async with self.lock:  # no step of it is under way, and none starts
-                shard.active = False
-                task = self.upkeep.tasks.pop(shard.names.task, None)
-                if task is not None:
-                    task.cancel()
-            while task is not None and not task.done():
-                # Again until it ends: Python 3.11's wait_for swallows a cancellation that lands as
-                # its wait ends, and the loop would then wait for a renewal this loop never makes.
-                task.cancel()
-                await asyncio.wait([task], timeout=0.2)
-            self.upkeep.forget(shard.names.task)
-            await shard.unbind()
+            await self._stop_shard(shard)
             shard.draining_until = time.monotonic() + DRAIN_S
             return False
         if time.monotonic() < shard.draining_until:
@@ -429,6 +426,21 @@ class Daemon:
         await lease.release()
         log.info("gave up %s to even the load (%d members)", shard.names.label(), len(self.lease.members))
         return True
+
+    async def _stop_shard(self, shard: ShardEngine) -> None:
+        """Stop stepping a shard: its last batch committed, queued and acknowledged; its consumer unbound."""
+        async with self.lock:  # no step of it is under way, and none starts
+            shard.active = False
+            task = self.upkeep.tasks.pop(shard.names.task, None)
+            if task is not None:
+                task.cancel()
+        while task is not None and not task.done():
+            # Again until it ends: Python 3.11's wait_for swallows a cancellation that lands as its
+            # wait ends, and the loop would then wait for a renewal its lease loop never makes.
+            task.cancel()
+            await asyncio.wait([task], timeout=0.2)
+        self.upkeep.forget(shard.names.task)
+        await shard.unbind()
 
     def _lease_lost(self, why: str) -> None:
         log.error("%s; stopping (a supervisor restarts watchd, which then stands by)", why)
