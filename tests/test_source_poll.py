@@ -158,3 +158,33 @@ async def test_a_command_is_polled_without_a_shell(tmp_path: Path) -> None:
     event = json.loads(result.stdout.strip())
     assert event["data"]["current"] == {"n": 3, "arg": "$HOME;echo"}  # no shell expanded it
     assert event["data"]["exit_code"] == 0 and event["data"]["command"] == sys.executable
+
+
+async def test_a_value_that_comes_back_is_announced_again_under_an_id_of_its_own(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    """SPEC 8 names a change event by its source and its selected value; the stream keeps one event
+    per id for two days, so a price that goes 1 → 2 → 1 → 2 must not reuse an id or the second
+    rise would be dropped as a duplicate: the id counts the changes too."""
+    async with FakeSite(page("1 €"), etag=False) as site:
+        d = daemon_factory(extra_config=poll_source(site.page_url, css='"span.price"'))
+        await d.start()
+        await until(lambda: len(site.requests) == 1, what="the first poll")
+        for polls, price in enumerate(("2 €", "1 €", "2 €"), start=1):
+            site.set(page(price))
+            await d.advance(60)
+            await until(lambda n=polls: len(site.requests) > n, what="the next poll")
+            await until(lambda n=polls: _at_least(from_shop(d), n), what=f"change {polls}")
+        events = await from_shop(d)
+        await d.stop()
+    assert [(e["data"]["previous"], e["data"]["current"]) for e in events] == [
+        ("1 €", "2 €"),
+        ("2 €", "1 €"),
+        ("1 €", "2 €"),
+    ]
+    assert len({e["id"] for e in events}) == 3
+
+
+async def _at_least(found: Any, n: int) -> Any:
+    events = await found
+    return events if len(events) >= n else None

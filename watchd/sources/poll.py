@@ -153,6 +153,9 @@ class PollSource(Source):
             data = {**base, "previous": previous, "current": current}
             if cut:
                 data["truncated"] = True
+            # SPEC 8's id, hash(source, selected value), with the change's number: the stream keeps
+            # an id for two days, so a value that comes back (1 → 2 → 1 → 2) would otherwise be
+            # dropped as a duplicate. A re-send after a crash has the same number: stored once.
             emits = [Emit(self.subject, data, stable_hash("poll", self.name, position["changes"], digest))]
         elif first:
             ctx.log.info("source %s: first poll, value recorded (changes from here are announced)", self.name)
