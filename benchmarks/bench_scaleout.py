@@ -142,8 +142,9 @@ async def backlog(url: str, durables: list[str]) -> int:
         await nc.close()
 
 
-def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) -> tuple[float, list[float]]:
-    """(wall seconds of the drain, CPU seconds of each instance during it)."""
+def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) -> tuple[float, list[float], list[float]]:
+    """(wall seconds of the drain, CPU seconds of each instance during it, each instance's idle CPU
+    seconds per minute before it: the leases' renewals and polls, `--idle-s` long)."""
     port = free_port()
     store = root / "nats"
     store.mkdir(parents=True)
@@ -167,6 +168,12 @@ def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) ->
             if time.time() > deadline:
                 raise TimeoutError(f"shards never spread: {counts}")
             time.sleep(0.2)
+        idle: list[float] = []
+        if args.idle_s > 0:
+            time.sleep(2.0)  # the start's own work done
+            at = [cpu_s(inst.pid) for inst in instances]
+            time.sleep(args.idle_s)
+            idle = [(cpu_s(inst.pid) - a) * 60 / args.idle_s for inst, a in zip(instances, at, strict=True)]
         for inst in instances:
             os.kill(inst.pid, signal.SIGSTOP)
         frozen = time.monotonic()
@@ -184,7 +191,7 @@ def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) ->
                 raise TimeoutError(f"{left} events still not decided after 60 s ({root})")
             time.sleep(0.02)
         wall = time.monotonic() - began
-        return wall, [cpu_s(inst.pid) - b for inst, b in zip(instances, before, strict=True)]
+        return wall, [cpu_s(inst.pid) - b for inst, b in zip(instances, before, strict=True)], idle
     finally:
         for inst in instances:
             if inst.proc is not None and inst.proc.poll() is None:
@@ -194,26 +201,31 @@ def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) ->
         server.wait(10)
 
 
+def idle_words(idle: list[float]) -> str:
+    return f"; idle CPU-s/min per instance {', '.join(f'{c:.2f}' for c in idle)}" if idle else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--shards", type=int, default=6)
     parser.add_argument("--watches", type=int, default=12)
     parser.add_argument("--instances", default="1,2,3")
+    parser.add_argument("--idle-s", type=float, default=0.0, help="measure idle CPU this long first (0: no)")
     args = parser.parse_args()
     counts = [int(x) for x in args.instances.split(",")]
     print(f"{args.events} events, {args.watches} watches, {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         root = Path(tmp)
-        base_wall, base_cpu = run_round(root / "base", 1, 1, args)
+        base_wall, base_cpu, base_idle = run_round(root / "base", 1, 1, args)
         print(
             f"baseline, 1 instance, shards = 1: {base_wall:.2f} s, {args.events / base_wall:,.0f} events/s, "
-            f"CPU {base_cpu[0]:.2f} s",
+            f"CPU {base_cpu[0]:.2f} s" + idle_words(base_idle),
             flush=True,
         )
         one_rate = one_projected = 0.0
         for k in counts:
-            wall, cpu = run_round(root / f"k{k}", k, args.shards, args)
+            wall, cpu, idle = run_round(root / f"k{k}", k, args.shards, args)
             rate, projected = args.events / wall, args.events / max(cpu)
             if k == counts[0]:
                 one_rate, one_projected = rate, projected  # the first count given (1): the reference
@@ -221,7 +233,8 @@ def main() -> None:
                 f"{k} instance(s), shards = {args.shards}: {wall:.2f} s, {rate:,.0f} events/s "
                 f"(ratio to one {rate / one_rate:.2f}); CPU per instance "
                 + ", ".join(f"{c:.2f}" for c in cpu)
-                + f" s; projected one core each: {projected:,.0f} events/s (ratio {projected / one_projected:.2f})",
+                + f" s; projected one core each: {projected:,.0f} events/s (ratio {projected / one_projected:.2f})"
+                + idle_words(idle),
                 flush=True,
             )
 
