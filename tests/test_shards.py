@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -119,3 +120,35 @@ def test_a_member_at_its_share_gives_nothing_up() -> None:
     # The one to give up is the most loaded; of two as loaded, the smaller id.
     assert shards.should_release("b", {0: "a", 1: "a", 2: "b", 3: "b"}, ["a", "b", "c"]) is None
     assert shards.should_release("a", {0: "a", 1: "a", 2: "b", 3: "b"}, ["a", "b", "c"]) == 1
+
+
+async def test_a_consumer_given_up_is_served_nothing_more_so_the_next_holder_decides_it(nats_client: Client) -> None:
+    """A shard given up unbinds its consumer while a pull request of its may still wait at the
+    server; the server serves no request whose reply subject no one listens to any more, so an
+    event stored after the unbind is left for the next holder (the daemon's drain, DRAIN_S, covers
+    a cluster's routes learning of the unsubscribe)."""
+    from watchd import storage
+    from watchd.model import make_event
+
+    js = nats_client.jetstream()
+    await storage.ensure_streams(js, 1 << 20, None, None)
+    giving_up = bus.EventConsumer(js, "shard-test", nc=nats_client)
+    await giving_up.start()
+    waiting = asyncio.create_task(giving_up.fetch(1, timeout_s=5.0))  # a request waits at the server
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    await giving_up.stop()
+    await nats_client.flush()
+    await asyncio.sleep(0.2)
+    await bus.publish_event(js, make_event("job.run", id="after-the-unbind"))
+    await asyncio.sleep(0.5)
+    info = await js.consumer_info(bus.EVENTS_STREAM, "shard-test")
+    assert (info.delivered.stream_seq or 0) == 0 and not info.num_ack_pending, info
+
+    taker = bus.EventConsumer(js, "shard-test", nc=nats_client)
+    await taker.start()
+    try:
+        got = await taker.fetch(10, timeout_s=2.0)
+        assert [bus.seq_of(m) for m in got] == [1]
+    finally:
+        await taker.stop()
