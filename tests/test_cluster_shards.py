@@ -170,7 +170,13 @@ async def test_two_instances_split_the_shards_and_a_third_joins_without_losing_o
         (("cluster", "watchd"), ("instance", c.running.lease.me.instance if c.running.lease else "")): len(held(c))
     }
     assert sorted(dict(labels)["shard"] for labels in metrics["watchd_cluster_shard_holder"]) == ["0", "1", "2", "3"]
+    rows = {w["id"]: w for w in json.loads((await c.cli("status", "--json")).stdout)["watches"]}
+    assert {wid for wid in JOBS if rows[wid]["stepped_here"]} == {JOBS[k] for k in held(c)}
+    assert all(rows[JOBS[k]]["shard"] == k for k in range(SHARDS))
     text = (await c.cli("status")).stdout
+    elsewhere = next(k for k in range(SHARDS) if k not in held(c))
+    line = next(ln for ln in text.splitlines() if ln.startswith(JOBS[elsewhere] + " "))
+    assert f"(shard {elsewhere} elsewhere)" in line, text
     steps = ", ".join(map(str, held(c)))
     assert f"member {socket.gethostname()} pid {os.getpid()} state_dir {c.state_dir}, shards {steps}" in text, text
 

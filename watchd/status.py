@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from watchd import shards
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.agents.release import held_releases, release_lines
 from watchd.config import Loaded
@@ -104,10 +105,17 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             report["handoffs"] = count_by_state(conn)
             # Dead handoffs and scheduled runs that exhausted their retries: `watchd dlq` lists both.
             report["dead_letters"] = report["handoffs"].get("dead", 0) + schedules.count_dead_runs(conn)
+    count = loaded.config.cluster.shards
+    stepping = set(((daemon or {}).get("cluster") or {}).get("holding") or [])
     for d in defs:
         w = d.watch
+        sharded: dict[str, Any] = {}
+        if count > 1:  # [cluster] shards: a watch of a shard stepped elsewhere shows this store's last copy
+            shard = shards.shard_of(w.id, count)
+            sharded = {"shard": shard, "stepped_here": shard in stepping}
         report["watches"].append(
             {
+                **sharded,
                 "id": w.id,
                 "kind": w.__struct_config__.tag,
                 "mode": w.mode,
@@ -329,6 +337,8 @@ def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: flo
         kind = w["kind"] + (f", shadow ({w['would_fire_today']} today)" if w["mode"] == "shadow" else "")
         kind += f", {w['mode']}" if w["mode"] not in ("live", "shadow") else ""
         state = w["state"] + (f", {len(w['incidents'])} open" if w.get("incidents") else "")  # open incidents
+        if w.get("stepped_here") is False:
+            state += f" (shard {w['shard']} elsewhere)"  # its state as this store last had it
         table.add_row(Text(w["id"]), kind, state, t(w["last_fired"]), t(w["next_due"]))
     console.print(table, soft_wrap=False)  # a table fits the terminal: its cells wrap, not its lines
     for w in utc["watches"]:
