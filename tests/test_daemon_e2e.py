@@ -102,7 +102,9 @@ then = ["notify.console"]
     await d.start()
     (fired,) = await until(lambda: d.decisions("hb", "fired"), what="the overdue absent fire")
     assert "late" in fired["reason"] and "watchd was not running" in fired["reason"], fired["reason"]
-    await until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
+    (done,) = await until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
+    # The heartbeat, read from the state database when the key fired (the restart left it there).
+    assert [e["data"] for e in done["evidence"]] == [{"n": 1}]
     await d.stop()
 
     await d.start()

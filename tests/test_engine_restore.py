@@ -5,14 +5,18 @@ fires exactly as the one that kept running."""
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 from pathlib import Path
 
 from support.engine_sim import T0, Sim, defs
 
-from watchd.engine import Engine, Tick
+from watchd.engine import Engine, EventInput, Tick
+from watchd.engine.base import STORED
+from watchd.model import make_event
 from watchd.store import schema
-from watchd.store.engine_state import commit_step, load_engine_state
+from watchd.store.engine_state import commit_step, load_engine_state, stored_evidence
 
 WATCHES = """
 [[watch]]
@@ -86,3 +90,64 @@ def test_a_restored_state_is_the_one_saved_and_fires_the_same(tmp_path: Path) ->
         fired += kept.fires
     assert {f.watch for f in fired} == {"quiet", "reply"}  # repeats of b's silence, missed deadlines
     assert restored.keys == sim.engine.keys
+
+
+def test_an_absent_keys_evidence_left_in_sqlite_is_read_when_it_fires_and_kept_when_written(tmp_path: Path) -> None:
+    """Read lazily (as the daemon reads its state), an absent key holds no evidence in memory: a
+    fire reads it from the database, and a write of the key's row (here its silence, then a
+    rewind of every key) keeps it there. The fires equal those of the engine that kept running."""
+    sim = Sim(WATCHES)
+    sim.emit("hb", {"host": "a", "up": True}, after=1)
+    sim.emit("hb", {"host": "b", "n": 1}, after=1)
+    sim.emit("err", {"host": "a"}, after=1)  # a count's evidence stays in memory
+    conn = saved(sim.engine, tmp_path / "state.db")
+
+    keys, meta, clock = load_engine_state(conn, lazy_evidence=True)
+    assert keys["quiet"]["a"].evidence is STORED and keys["quiet"]["b"].evidence is STORED
+    assert keys["burst"]["a"].evidence == sim.engine.keys["burst"]["a"].evidence
+    restored = Engine()
+    restored.restore(keys, meta, clock)
+    restored.stored_evidence = functools.partial(stored_evidence, conn)
+    restored.load(defs(WATCHES), clock)
+    at = T0 + 16 * 60
+    kept, back = sim.engine.step(Tick(at)), restored.step(Tick(at))
+    assert [f.evidence for f in back.fires] == [f.evidence for f in kept.fires]
+    assert [f.evidence[0]["data"] for f in back.fires] == [{"host": "a", "up": True}, {"host": "b", "n": 1}]
+
+    restored.rewind(at - 60)  # every key's row written again, its evidence still left in the database
+    commit_step(
+        conn,
+        last_seq=None,
+        clock=restored.clock,
+        changes=restored.take_changes(),
+        decisions=[],
+        handoffs=[],
+        subjects={},
+        now=restored.clock,
+    )
+    again, _, _ = load_engine_state(conn)
+    assert again["quiet"]["a"].evidence == sim.engine.keys["quiet"]["a"].evidence
+    assert again["quiet"]["b"].silent and again["quiet"]["b"].evidence == sim.engine.keys["quiet"]["b"].evidence
+
+
+def test_a_count_keeps_its_newest_events_in_order_across_a_restart_from_an_old_row(tmp_path: Path) -> None:
+    """A counted event is added to the key's evidence without the others decoded: the fire shows
+    the newest five in arrival order, also when the first were read from a row stored as a JSON
+    array by an older watchd."""
+    text = WATCHES.replace("count = 3", "count = 8")
+    conn = sqlite3.connect(tmp_path / "state.db")
+    schema.create(conn)
+    old = [
+        {"id": f"e{n}", "subject": "err", "time": "2026-11-22T12:00:00Z", "data": {"host": "a", "n": n}} for n in (1, 2)
+    ]
+    row = json.dumps({"hits": [T0, T0 + 1], "evidence": old}).encode()
+    conn.execute("INSERT INTO key_state VALUES (?, ?, ?)", ("burst", '"a"', row))
+    keys, meta, _ = load_engine_state(conn)
+    engine = Engine()
+    engine.restore(keys, meta, T0 + 1)
+    engine.load(defs(text), T0 + 1)
+    fires = []
+    for n in range(3, 9):
+        event = make_event("err", {"host": "a", "n": n}, id=f"e{n}", time_s=T0 + n)
+        fires += engine.step(EventInput(event, T0 + n, n)).fires
+    assert [e["data"]["n"] for f in fires for e in f.evidence] == [4, 5, 6, 7, 8]

@@ -11,6 +11,7 @@ interleaved with a reload or with another shard's step.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,12 @@ from watchd.answers import CHAT_SUBJECT
 from watchd.config import WatchDef
 from watchd.engine import Decision, Engine, EventInput, Tick, Verdict, failed_reason
 from watchd.engine.answers import ANSWER_SUBJECT
+from watchd.engine.base import Kept
 from watchd.errors import EventRejected
 from watchd.link import reopens_of
 from watchd.model import Event, decode_stored_event
+from watchd.store import engine_state
+from watchd.store.db import connect
 from watchd.upkeep import Backoff
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ class ShardEngine:
         self._consumer: bus.EventConsumer | None = None
         self._consumer_bound_at = 0  # the connection's reopen count when the consumer was bound
         self._engine_suspect = False  # a step failed after the engine moved: restore it from the store
+        self._reader: sqlite3.Connection | None = None  # reads evidence left in the store (`_stored_evidence`)
 
     @property
     def sharded(self) -> bool:
@@ -70,6 +75,7 @@ class ShardEngine:
             keep = self.owns if self.sharded else None
             keys, meta, clock = await store.run(store.load_engine_state, keep, self.names.clock_key)
             self.engine.restore(keys, meta, clock)
+            self.engine.stored_evidence = self._stored_evidence  # what the state read left in SQLite
             self.last_seq = await store.run(store.last_seq, self.names.cursor_key)
         self.engine.default_zone = self.d.loaded.zone()
         self.engine.load([(d, v) for d, v in defs if self.owns(d.watch.id)], now)
@@ -78,6 +84,15 @@ class ShardEngine:
         if wanted != self.filter:
             self.filter = wanted
             self._consumer_bound_at = -1  # bound again with the new subjects
+
+    def _stored_evidence(self, watch: str, key: str | None) -> Kept:
+        """A key's evidence as the state database holds it, read when the key fires. On its own
+        read-only connection, on the loop: one row by its primary key, only for a key that fires
+        unheard since the state was read, and the row's evidence is not written meanwhile."""
+        if self._reader is None:
+            assert self.d.store is not None
+            self._reader = connect(self.d.store.path, readonly=True)
+        return engine_state.stored_evidence(self._reader, watch, key)
 
     def _filter(self) -> list[str] | None:
         if not self.sharded:

@@ -12,6 +12,7 @@ from watchd.engine import answers
 from watchd.engine.base import (
     NO_EVIDENCE,
     CompiledPattern,
+    Decision,
     EngineState,
     EventInput,
     KeyState,
@@ -24,6 +25,7 @@ from watchd.engine.verdict import Verdict
 from watchd.model import iso
 
 _MATCHED = Verdict.MATCHED  # bound once: see verdict.py
+_SEEN = "seen: timer re-armed"  # the reason of a `matched` decision: the key's silence counts from now
 
 
 class AbsentLogic(WatchLogic):
@@ -49,9 +51,16 @@ class AbsentLogic(WatchLogic):
 
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         st = s.state(self.id, key)
-        was = self.timer_due(st)  # a key heard again moves its due later: its timer entry stays
         now, ev = s.clock, event.event
-        s.decide(self.id, key, _MATCHED, "seen: timer re-armed", event)
+        s.out.decisions.append(Decision(now, self.id, key, _MATCHED, _SEEN, ev.id, event.seq))
+        if not st.silent and st.last_seen is not None:
+            # The common case, a key heard again while its timer runs: its due only moves later
+            # (its incident's repeat, if any, stays), so the timer entry it has is left where it
+            # is and moved on when found early (timers.py). Nothing is armed or allocated.
+            st.last_seen = now
+            st.evidence = s.keep(st.evidence, ev)
+            return
+        was = self.timer_due(st)
         if st.silent and st.last_seen is not None:
             silence = format_duration(now - st.last_seen)
             reason = f"{self.pattern.subject}{for_key(key)} resumed after {silence} of silence"
@@ -83,7 +92,9 @@ class AbsentLogic(WatchLogic):
         if late >= 1:
             reason += f"; noticed {format_duration(late)} late (watchd was not running)"
         window = (st.last_seen, due)
-        s.fire(self, key, iso(due) or "", reason, evidence=s.shown(st.evidence), window=window, late_s=late)
+        s.fire(
+            self, key, iso(due) or "", reason, evidence=s.shown(st.evidence, self.id, key), window=window, late_s=late
+        )
 
     @staticmethod
     def _heard(st: KeyState, meta: WatchMeta | None, at: Callable[[float], str | None]) -> str:

@@ -112,7 +112,16 @@ def failure(at: float, watch: str, key: str | None, exc: Exception, event: Event
 # ---- persisted state -------------------------------------------------------------------------
 
 
-NO_EVIDENCE = msgspec.Raw(b"[]")  # a key's kept evidence when it keeps none (shared, and omitted when stored)
+# A key's kept evidence: each event's JSON as it was encoded once for all the keys keeping it,
+# oldest first. Stored as the JSON array of them, the shape stored before (old state loads as is).
+Kept = tuple[msgspec.Raw, ...]
+NO_EVIDENCE: Kept = ()  # a key's kept evidence when it keeps none (shared, and omitted when stored)
+# A key's evidence left in the state database when the state was read (`load_engine_state`'s
+# `lazy_evidence`): an absent key reads it only when it fires, so 100,000 waiting keys hold none of
+# it in memory. Told by identity; read through `EngineState.stored_evidence`, and kept as it is
+# stored when the key's row is written again (`commit_step`). Never stored itself.
+STORED: Kept = (msgspec.Raw(b"null"),)
+EvidenceLoader = Callable[[str, "str | None"], Kept]
 
 
 class KeyState(msgspec.Struct, omit_defaults=True, gc=False):
@@ -129,10 +138,11 @@ class KeyState(msgspec.Struct, omit_defaults=True, gc=False):
     last_seen: float | None = None  # absent
     silent: bool = False  # absent: already fired for the current silence
     windows: tuple[tuple[float, float], ...] = ()  # deadline: open windows
-    # The events a fire of this key will show, kept as one JSON array (`EngineState.keep`): many
-    # keys hold one event each and wait, and the JSON is a fraction of the dicts it decodes to
-    # (the shape stored is the same). Decoded only when it is shown (`EngineState.shown`).
-    evidence: msgspec.Raw = NO_EVIDENCE
+    # The events a fire of this key will show, each as its JSON (`EngineState.keep`): many keys
+    # hold one event each and wait, and the JSON is a fraction of the dicts it decodes to; a
+    # counted event is appended without decoding the others. Decoded only when it is shown
+    # (`EngineState.shown`).
+    evidence: Kept = NO_EVIDENCE
     # The open incident (answers.py): the fire that opened it, until it is acked or over.
     incident: str | None = None  # the opening fire's logical instant: the incident's identity
     incident_at: float | None = None
@@ -159,8 +169,7 @@ class WatchMeta(msgspec.Struct, omit_defaults=True):
     holds: list[Hold] = msgspec.field(default_factory=list)  # snoozes and mutes, until they end
 
 
-_shown = msgspec.json.Decoder(list[dict[str, Any]])
-_kept = msgspec.json.Decoder(list[msgspec.Raw])
+_shown = msgspec.json.Decoder(dict[str, Any])
 
 
 def event_summary(event: Event) -> dict[str, Any]:
@@ -369,8 +378,11 @@ class EngineState:
         self._dirty: set[tuple[str, str | None]] = set()
         self._dirty_meta: set[str] = set()
         self._summary: dict[str, Any] | None = None
-        self._summary_json: bytes | None = None  # the event as evidence, JSON
-        self._kept_one: msgspec.Raw | None = None  # the same as a key's evidence: an array of it alone
+        self._summary_json: msgspec.Raw | None = None  # the event as evidence, JSON
+        self._kept_one: Kept = NO_EVIDENCE  # the same as a key's evidence: it alone
+        # Reads a key's evidence the state database holds (`STORED`): set by the shell that read
+        # the state lazily; None where the state is all in memory.
+        self.stored_evidence: EvidenceLoader | None = None
 
     # -- state --
 
@@ -420,22 +432,25 @@ class EngineState:
             self._summary = event_summary(event)
         return self._summary
 
-    def keep(self, kept: msgspec.Raw, event: Event, most: int = 1) -> msgspec.Raw:
-        """A key's kept evidence with `event` added, the newest `most` kept (JSON, built once per
-        event for the keys that keep it alone)."""
+    def keep(self, kept: Kept, event: Event, most: int = 1) -> Kept:
+        """A key's kept evidence with `event` added, the newest `most` kept. The event's JSON is
+        encoded once per event, shared by every key that keeps it; the others are not decoded."""
         if self._summary_json is None:
-            self._summary_json = msgspec.json.encode(self.evidence(event))
-            self._kept_one = msgspec.Raw(b"[" + self._summary_json + b"]")
-        assert self._kept_one is not None
-        if most <= 1 or kept == NO_EVIDENCE:
+            self._summary_json = msgspec.Raw(msgspec.json.encode(self.evidence(event)))
+            self._kept_one = (self._summary_json,)
+        if most <= 1 or not kept:
             return self._kept_one
-        before = _kept.decode(kept)[-(most - 1) :]
-        return msgspec.Raw(msgspec.json.encode([*before, msgspec.Raw(self._summary_json)]))
+        if len(kept) < most:
+            return (*kept, self._summary_json)
+        return (*kept[len(kept) - most + 1 :], self._summary_json)
 
-    @staticmethod
-    def shown(kept: msgspec.Raw) -> list[dict[str, Any]]:
-        """A key's kept evidence as a fire carries it."""
-        return _shown.decode(kept)
+    def shown(self, kept: Kept, wid: str, key: str | None) -> list[dict[str, Any]]:
+        """A key's kept evidence as a fire carries it (read from the state database when left there)."""
+        if kept is STORED:
+            if self.stored_evidence is None:
+                raise RuntimeError(f"the evidence of {wid}{for_key(key)} was left in a state database not given")
+            kept = self.stored_evidence(wid, key)
+        return [_shown.decode(raw) for raw in kept]
 
     # -- timers --
 

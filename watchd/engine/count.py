@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from watchd.config import MatchWatch, Watch
 from watchd.cron.schedule import parse_duration
-from watchd.engine.base import EVIDENCE_KEEP, NO_EVIDENCE, EngineState, EventInput, Situation, WatchLogic
+from watchd.engine.base import EVIDENCE_KEEP, NO_EVIDENCE, Decision, EngineState, EventInput, Situation, WatchLogic
 from watchd.engine.match import MatchLogic
 from watchd.engine.verdict import Verdict
 
@@ -32,10 +32,11 @@ class CountLogic(MatchLogic):
         st.hits = (*[t for t in st.hits if t > since], now)
         st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         if len(st.hits) < self.count:
-            s.decide(self.id, key, _COUNTED, self._counted[len(st.hits)], event)
+            reason = self._counted[len(st.hits)]
+            s.out.decisions.append(Decision(now, self.id, key, _COUNTED, reason, event.event.id, event.seq))
             return
         reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
-        evidence = s.shown(st.evidence)
+        evidence = s.shown(st.evidence, self.id, key)
         st.hits, st.evidence = (), NO_EVIDENCE
         self.fire_unless_cooling(s, key, st, reason, evidence, event)
 

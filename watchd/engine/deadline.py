@@ -167,7 +167,15 @@ class DeadlineLogic(WatchLogic):
             if late >= 1:
                 reason += f"; noticed {format_duration(late)} late (watchd was not running)"
             logical = f"{iso(start)}/{iso(end)}"
-            s.fire(self, key, logical, reason, evidence=s.shown(st.evidence), window=(start, end), late_s=late)
+            s.fire(
+                self,
+                key,
+                logical,
+                reason,
+                evidence=s.shown(st.evidence, self.id, key),
+                window=(start, end),
+                late_s=late,
+            )
         if not st.windows and self.opens is not None:
             s.drop(self.id, key)
         else:

@@ -16,6 +16,7 @@ import msgspec
 
 from watchd.config import WatchDef
 from watchd.engine import Decision, Engine, KeyState, Verdict, WatchMeta
+from watchd.engine.base import NO_EVIDENCE, STORED, Kept
 from watchd.model import Handoff, encode
 from watchd.store.db import Transaction
 from watchd.store.decisions import insert_decisions
@@ -29,6 +30,7 @@ EngineState = tuple[dict[str, dict[str | None, KeyState]], dict[str, WatchMeta],
 _watch_meta = msgspec.json.Decoder(WatchMeta)
 _keys = msgspec.json.Decoder(list[str | None])
 _key_states = msgspec.json.Decoder(list[KeyState])
+_key_state = msgspec.json.Decoder(KeyState)
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,19 @@ class Heard:
 
 
 def load_engine_state(
-    conn: sqlite3.Connection, keep: Callable[[str], bool] | None = None, clock_key: str = "clock"
+    conn: sqlite3.Connection,
+    keep: Callable[[str], bool] | None = None,
+    clock_key: str = "clock",
+    *,
+    lazy_evidence: bool = False,
 ) -> EngineState:
     """(per-key state by watch, meta by watch, the engine's clock) as the last commit left them.
-    `keep`: only the watches of one shard (watchd/shards.py), with that shard's clock."""
+    `keep`: only the watches of one shard (watchd/shards.py), with that shard's clock.
+
+    `lazy_evidence`: an absent key's evidence (a key with `last_seen`: the absent kind's field) is
+    left here, `STORED` in its place, for an engine given `stored_evidence` to read when the key
+    fires: most keys of an absent watch wait and never show it (−200 B a key of 100,000). The
+    evidence kept in memory is copied out of the rows read, so their buffer is not held by it."""
     keys: dict[str, dict[str | None, KeyState]] = {}
     rows = conn.execute("SELECT watch, key, state FROM key_state").fetchall()
     if keep is not None:
@@ -62,6 +73,12 @@ def load_engine_state(
         finally:
             if was_on:
                 gc.enable()
+        for state in states:
+            if state.evidence:
+                if lazy_evidence and state.last_seen is not None:
+                    state.evidence = STORED
+                else:
+                    state.evidence = tuple(msgspec.Raw(bytes(raw)) for raw in state.evidence)
         for (watch, _, _), key_value, state in zip(rows, key_values, states, strict=True):
             keyed = keys.get(watch)
             if keyed is None:
@@ -73,6 +90,23 @@ def load_engine_state(
         if keep is None or keep(w)
     }
     return keys, meta, get_float(conn, clock_key) or 0.0
+
+
+def stored_evidence(conn: sqlite3.Connection, watch: str, key: str | None) -> Kept:
+    """The evidence a key's stored state holds (none when it has no row)."""
+    row = conn.execute(
+        "SELECT state FROM key_state WHERE watch = ? AND key = ?", (watch, encode(key).decode())
+    ).fetchone()
+    if row is None:
+        return NO_EVIDENCE
+    return tuple(msgspec.Raw(bytes(raw)) for raw in _key_state.decode(row[0]).evidence)
+
+
+def _as_stored(conn: sqlite3.Connection, watch: str, key: str | None, state: KeyState) -> bytes:
+    """A key's state as its row holds it: evidence left in the database (`STORED`) stays as it is."""
+    if state.evidence is STORED:
+        state = msgspec.structs.replace(state, evidence=stored_evidence(conn, watch, key))
+    return encode(state)
 
 
 def assign_versions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, int]:
@@ -128,7 +162,7 @@ def commit_step(
         for watch in deleted:
             conn.execute("DELETE FROM key_state WHERE watch = ?", (watch,))
             conn.execute("DELETE FROM watch_meta WHERE watch = ?", (watch,))
-        upserts = [(w, encode(k).decode(), encode(s)) for w, k, s in rows if s is not None]
+        upserts = [(w, encode(k).decode(), _as_stored(conn, w, k, s)) for w, k, s in rows if s is not None]
         removals = [(w, encode(k).decode()) for w, k, s in rows if s is None]
         if upserts:
             conn.executemany("INSERT OR REPLACE INTO key_state VALUES (?, ?, ?)", upserts)

@@ -86,7 +86,8 @@ class Store(SqliteThread):
     def load_engine_state(
         self, keep: Callable[[str], bool] | None = None, clock_key: str = "clock"
     ) -> engine_state.EngineState:
-        return engine_state.load_engine_state(self.conn, keep, clock_key)
+        # The daemon's engine reads an absent key's evidence when it fires (ShardEngine.load).
+        return engine_state.load_engine_state(self.conn, keep, clock_key, lazy_evidence=True)
 
     def commit_step(
         self,
