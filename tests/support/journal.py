@@ -177,22 +177,44 @@ def send(fields):
     body = b"".join(f"{k}={v}\n".encode() for k, v in fields.items())
     s.sendto(body, sock_path)
     s.close()
+# A stand-in for a user's service manager: a process named systemd that lives as long as this one,
+# since journald reads a sender's _COMM from /proc after the datagram came (a sender that exited
+# at once would have none). It sends what arrives on its pipe and answers on another.
+req_r, req_w = os.pipe()
+ans_r, ans_w = os.pipe()
+manager = os.fork()
+if manager == 0:
+    import ctypes
+    ctypes.CDLL(None).prctl(15, b"systemd", 0, 0, 0)  # PR_SET_NAME
+    os.close(req_w)
+    os.close(ans_r)
+    with os.fdopen(req_r) as requests, os.fdopen(ans_w, "w") as answers:
+        for line in requests:
+            send(json.loads(line))
+            answers.write("ok\n")
+            answers.flush()
+    os._exit(0)
+os.close(req_r)
+os.close(ans_w)
+manager_in, manager_out = os.fdopen(req_w, "w"), os.fdopen(ans_r)
 print("ready", flush=True)
 for line in sys.stdin:
     fields = json.loads(line)
     if fields.pop("as_pid1", ""):
         send(fields)
+    elif fields.pop("as_user_manager", ""):
+        manager_in.write(json.dumps(fields) + "\n")
+        manager_in.flush()
+        manager_out.readline()
     else:
-        as_user_manager = fields.pop("as_user_manager", "")
         pid = os.fork()
         if pid == 0:
-            if as_user_manager:  # journald takes _COMM from /proc: the name a user manager has
-                import ctypes
-                ctypes.CDLL(None).prctl(15, b"systemd", 0, 0, 0)  # PR_SET_NAME
             send(fields)
             os._exit(0)
         os.waitpid(pid, 0)
     print("ok", flush=True)
+manager_in.close()
+os.waitpid(manager, 0)
 jd.terminate()
 jd.wait()
 """
