@@ -10,12 +10,13 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from support.engine_sim import T0, Sim, defs
 
 from watchd.engine import Engine, EventInput, Tick
 from watchd.engine.base import STORED
 from watchd.model import make_event
-from watchd.store import schema
+from watchd.store import engine_state, schema
 from watchd.store.engine_state import commit_step, load_engine_state, stored_evidence
 
 WATCHES = """
@@ -151,3 +152,18 @@ def test_a_count_keeps_its_newest_events_in_order_across_a_restart_from_an_old_r
         event = make_event("err", {"host": "a", "n": n}, id=f"e{n}", time_s=T0 + n)
         fires += engine.step(EventInput(event, T0 + n, n)).fires
     assert [e["data"]["n"] for f in fires for e in f.evidence] == [4, 5, 6, 7, 8]
+
+
+def test_the_state_read_in_chunks_is_the_state_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are read a chunk at a time (here 2): every key of every chunk comes back, with its
+    shard's filter applied per chunk."""
+    monkeypatch.setattr(engine_state, "LOAD_CHUNK", 2)
+    sim = Sim(WATCHES)
+    for n in range(7):
+        sim.emit("hb", {"host": f"h{n}"}, after=1)
+        sim.emit("err", {"host": f"h{n}"}, after=1)
+    conn = saved(sim.engine, tmp_path / "state.db")
+    keys, _, _ = load_engine_state(conn)
+    assert keys == sim.engine.keys and len(keys["quiet"]) == len(keys["burst"]) == 7
+    only, _, _ = load_engine_state(conn, keep=lambda watch: watch == "burst")
+    assert only == {"burst": sim.engine.keys["burst"]}

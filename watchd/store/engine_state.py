@@ -31,6 +31,7 @@ _watch_meta = msgspec.json.Decoder(WatchMeta)
 _keys = msgspec.json.Decoder(list[str | None])
 _key_states = msgspec.json.Decoder(list[KeyState])
 _key_state = msgspec.json.Decoder(KeyState)
+LOAD_CHUNK = 4096  # rows read and decoded at a time when the state is read
 
 
 @dataclass(frozen=True)
@@ -58,38 +59,48 @@ def load_engine_state(
     fires: most keys of an absent watch wait and never show it (−200 B a key of 100,000). The
     evidence kept in memory is copied out of the rows read, so their buffer is not held by it."""
     keys: dict[str, dict[str | None, KeyState]] = {}
-    rows = conn.execute("SELECT watch, key, state FROM key_state").fetchall()
-    if keep is not None:
-        rows = [row for row in rows if keep(row[0])]
-    if rows:
-        # One decode of all the rows as a JSON array, not one per row: a restart with many keys
-        # spends its time here. The objects made are all kept, so the cyclic collector, which
-        # would walk them again and again as they are made, is paused meanwhile (half the time).
-        was_on = gc.isenabled()
-        gc.disable()
-        try:
-            key_values = _keys.decode("[" + ",".join(key for _, key, _ in rows) + "]")
-            states = _key_states.decode(b"[" + b",".join(bytes(state) for _, _, state in rows) + b"]")
-        finally:
-            if was_on:
-                gc.enable()
-        for state in states:
-            if state.evidence:
-                if lazy_evidence and state.last_seen is not None:
-                    state.evidence = STORED
-                else:
-                    state.evidence = tuple(msgspec.Raw(bytes(raw)) for raw in state.evidence)
-        for (watch, _, _), key_value, state in zip(rows, key_values, states, strict=True):
-            keyed = keys.get(watch)
-            if keyed is None:
-                keyed = keys[watch] = {}
-            keyed[key_value] = state
+    rows = conn.execute("SELECT watch, key, state FROM key_state")
+    # One decode of a chunk of rows as a JSON array, not one per row: a restart with many keys
+    # spends its time here. Chunks, not all the rows at once: what a chunk reads is freed before
+    # the next is read, and reused by it, where 100,000 rows read at once left ~200 B a key of
+    # freed memory behind, which the process kept. The objects made are all kept, so the cyclic
+    # collector, which would walk them again and again as they are made, is paused meanwhile.
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        while chunk := rows.fetchmany(LOAD_CHUNK):
+            if keep is not None:
+                chunk = [row for row in chunk if keep(row[0])]
+            if chunk:
+                _load_chunk(chunk, keys, lazy_evidence)
+            del chunk
+    finally:
+        if was_on:
+            gc.enable()
     meta = {
         w: _watch_meta.decode(m)
         for w, m in conn.execute("SELECT watch, meta FROM watch_meta")
         if keep is None or keep(w)
     }
     return keys, meta, get_float(conn, clock_key) or 0.0
+
+
+def _load_chunk(
+    rows: list[tuple[str, str, bytes]], keys: dict[str, dict[str | None, KeyState]], lazy_evidence: bool
+) -> None:
+    key_values = _keys.decode("[" + ",".join(key for _, key, _ in rows) + "]")
+    states = _key_states.decode(b"[" + b",".join(bytes(state) for _, _, state in rows) + b"]")
+    for state in states:
+        if state.evidence:
+            if lazy_evidence and state.last_seen is not None:
+                state.evidence = STORED
+            else:  # copied out, so the chunk's buffer goes with the chunk
+                state.evidence = tuple(msgspec.Raw(bytes(raw)) for raw in state.evidence)
+    for (watch, _, _), key_value, state in zip(rows, key_values, states, strict=True):
+        keyed = keys.get(watch)
+        if keyed is None:
+            keyed = keys[watch] = {}
+        keyed[key_value] = state
 
 
 def stored_evidence(conn: sqlite3.Connection, watch: str, key: str | None) -> Kept:
