@@ -272,3 +272,31 @@ async def test_a_shard_lease_found_taken_stops_that_shard_only_and_is_taken_agai
         assert delivered(d) == expected(events, [])
     finally:
         await nc.close()
+
+
+async def test_a_deployment_that_grows_its_shards_decides_each_event_once_and_keeps_its_counts(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    d = daemon_factory(watch_files(), nats_url=nats_server.url, extra_config='[cluster]\ntakeover = "2s"\n')
+    await d.start()
+    before_jobs, before_tallies = jobs("before", 12), tallies("before", 3) + tallies("again", 3)
+    await d.publish(*before_jobs, *before_tallies)
+    await until(lambda: len(delivered(d)) >= 12, what="the first jobs handed off")
+    await until(lambda: d.last_seq() == 12 + len(before_tallies), what="every event decided")
+    await d.stop()
+
+    # Every instance stopped, the watches split in four: the new shards' consumers start after
+    # what one shard decided, and replay it for their state (each key's two tallies so far).
+    d.write_config(CONFIG)
+    await d.start()
+    assert held(d) == [0, 1, 2, 3]
+    assert "[cluster] shards changed from 1 to 4: shards new to the deployment decide the events after" in d.logged()
+    after_jobs, after_tallies = jobs("after", 12), tallies("third", 3)
+    await d.publish(*after_jobs, *after_tallies)
+    want = expected(before_jobs + after_jobs, before_tallies + after_tallies)
+    await until(lambda: len(delivered(d)) >= len(want), what=f"{len(want)} handoffs")
+    await asyncio.sleep(0.5)  # a shard that decided the old events again would have by now
+    assert delivered(d) == want
+    fired = [r["event_id"] for r in d.decisions(verdict="fired") if r["watch"] in JOBS]
+    assert sorted(fired) == sorted(e.id for e in before_jobs + after_jobs), "an event was decided twice"
+    assert not [r for r in d.decisions(verdict="suppressed") if "duplicate fire key" in r["reason"]]

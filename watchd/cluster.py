@@ -139,6 +139,7 @@ async def catch_up(
     reach_holders_clock: Callable[[], Awaitable[None]],
     *,
     subjects: list[str] | None = None,
+    start_after: int = 0,
 ) -> None:
     """Read from the stream what lies past `position` (this instance's commit cursor) before the
     durable is consumed; the durable is never deleted or recreated (another instance may be bound
@@ -149,6 +150,12 @@ async def catch_up(
     the stream no longer holds."""
     info = await durable_info(consumer)
     if info is None:
+        if start_after > position:  # a shard new to a deployment that decided up to there: see shards.py
+            log.info("catching up: replaying events %d..%d, decided before, for their state", position + 1, start_after)
+            async for msgs in read_range(js, position, start_after, subjects):
+                await consume(msgs, True)
+            replayed(start_after)
+            position = start_after
         if position:  # a new durable on an old stream: from where this store left off
             consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             consumer.config.opt_start_seq = position + 1
@@ -198,6 +205,7 @@ LEASE_KEY = shards.LEASE_KEY  # shard 0's, and the whole deployment's when it ha
 MEMBER_PREFIX = "member."
 TICK_PREFIX = "tick."
 POSITION_KEY = shards.POSITION_KEY  # in the ticks bucket: it must outlive its holder
+LAYOUT_KEY = "engine.layout"  # in the ticks bucket: how many shards the deployment last ran with
 TICKS_TTL_S = 7 * 86400.0  # a tick claim outlives any catch-up a schedule does after an outage
 # Fractions of `takeover`: the lease lapses on the server TTL after its last renewal, a standby
 # looks every POLL; so a dead holder is replaced within TTL + POLL (+ the server's expiry sweep).
@@ -235,6 +243,12 @@ class Position(msgspec.Struct, kw_only=True):
     seq: int
     clock: float
     instance: str
+
+
+class Layout(msgspec.Struct, kw_only=True):
+    """How the deployment's watches were split when its shard 0 was last taken."""
+
+    shards: int
 
 
 def watches_digest(defs: list[WatchDef]) -> str:
@@ -431,6 +445,51 @@ class Lease:
         value = msgspec.json.encode(Position(seq=seq, clock=clock, instance=self.me.instance))
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
             await self._ticks.put(self.names.position_key, value)
+
+    async def record_layout(self) -> None:
+        """Record how many shards the deployment's watches are split into (see `decided_floor`)."""
+        if self.embedded:
+            return
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            await self._ticks.put(LAYOUT_KEY, msgspec.json.encode(Layout(shards=self.names.count)))
+
+    async def decided_floor(self) -> int:
+        """For the durables of shards this deployment never had: the stream sequence up to which
+        its last layout decided every event (the lowest ack floor of that layout's durables). 0 when
+        every shard of this layout has its durable already, or the count of shards did not change
+        (a new durable then reads the stream from its start, as at a first start). No layout
+        recorded: one shard, as before layouts were recorded."""
+        if self.embedded or self.names.count == 1:
+            return 0
+
+        async def ack_floor(durable: str) -> int | None:
+            try:
+                info = await self.js.consumer_info(bus.EVENTS_STREAM, durable)
+            except nats.js.errors.NotFoundError:
+                return None
+            return info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+
+        count = self.names.count
+        if all([await ack_floor(shards.ShardNames(k, count).durable) is not None for k in range(count)]):
+            return 0
+        try:
+            old = msgspec.json.decode((await self._ticks.get(LAYOUT_KEY)).value, type=Layout).shards
+        except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+            old = 1
+        if old == count:
+            return 0
+        floors = [f for k in range(old) if (f := await ack_floor(shards.ShardNames(k, old).durable)) is not None]
+        floor = min(floors) if floors else 0
+        if floor:
+            log.warning(
+                "[cluster] shards changed from %d to %d: shards new to the deployment decide the events after "
+                "seq %d; those up to it, decided with %d shards, are replayed for their state",
+                old,
+                count,
+                floor,
+                old,
+            )
+        return floor
 
     async def read_position(self) -> Position | None:
         """The last holder's position (None when embedded, or none was recorded)."""

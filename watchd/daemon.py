@@ -308,6 +308,7 @@ class Daemon:
             state_dir=str(self.state_dir),
             watches=cluster.watches_digest(self.loaded.watches),
             embedded=self.embedded is not None,
+            names=self.shards[0].names,
         )
         lease0 = self.lease
         for shard in self.shards:
@@ -347,6 +348,9 @@ class Daemon:
             )
             await self.queue.ensure_consumer()  # before anything of this deployment is queued
         sharded = len(self.shards) > 1
+        floor = await lease0.decided_floor()  # before any shard of this layout decides
+        for shard in self.shards:
+            shard.start_after = floor
         if await lease0.join(may_take=self._may_take if sharded else None):
             await self._activate()
         else:
@@ -452,8 +456,9 @@ class Daemon:
         if self.active:
             return
         assert self.js is not None and self.nc is not None and self.store is not None
-        assert self.dispatcher is not None
+        assert self.dispatcher is not None and self.lease is not None
         self.active = True
+        await self.lease.record_layout()
         targets = self.targets
         agents = self.loaded.config.agent.values()
         heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
@@ -506,6 +511,8 @@ class Daemon:
             async with self.lock:
                 await shard.load(self.defs, self.clock(), restore=True)
         await shard.bind_consumer()
+        async with self.lock:  # its cursor is in the store from now on, events or none (see ShardEngine.load)
+            await shard.commit(stepping.Batch(), last_seq=shard.last_seq)
         shard.active = True
         self._spawn(shard.names.task, shard.run, core=True)
         if len(self.shards) > 1:

@@ -47,6 +47,7 @@ class ShardEngine:
         self.engine = Engine(daemon.loaded.zone())
         self.lease: cluster.Lease | None = None
         self.active = False  # this instance holds the shard's lease and steps its engine
+        self.start_after = 0  # a durable made for this shard starts past it (the layout changed)
         self.draining_until: float | None = None  # monotonic: given up, released once nothing more can come
         self.last_seq = 0
         self.committed_clock = 0.0
@@ -73,6 +74,11 @@ class ShardEngine:
         assert store is not None
         if restore:
             keep = self.owns if self.sharded else None
+            if keep is not None and await store.run(store.get_meta, self.names.cursor_key) is None:
+                # This store never committed this shard: what it holds of these watches was stepped
+                # under another layout of the shards, at another cursor. Replayed from the stream
+                # from the start instead (catch_up), it is counted once.
+                await store.call(engine_state.drop_watch_state, keep)
             keys, meta, clock = await store.run(store.load_engine_state, keep, self.names.clock_key)
             self.engine.restore(keys, meta, clock)
             self.engine.stored_evidence = self._stored_evidence  # what the state read left in SQLite
@@ -140,7 +146,14 @@ class ShardEngine:
             self.last_seq = max(self.last_seq, upto)
 
         await cluster.catch_up(
-            d.js, consumer, self.last_seq, consume, replayed, self.reach_holders_clock, subjects=self.filter
+            d.js,
+            consumer,
+            self.last_seq,
+            consume,
+            replayed,
+            self.reach_holders_clock,
+            subjects=self.filter,
+            start_after=self.start_after,
         )
 
     # ---- the loop ----

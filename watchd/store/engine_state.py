@@ -120,6 +120,17 @@ def _as_stored(conn: sqlite3.Connection, watch: str, key: str | None, state: Key
     return encode(state)
 
 
+def drop_watch_state(conn: sqlite3.Connection, keep: Callable[[str], bool]) -> int:
+    """Forget the stored per-key state and meta of the watches `keep` selects (one shard's, whose
+    copy here is not at any cursor of that shard: watchd/shard_engine.py); the number of watches."""
+    watches = {w for (w,) in conn.execute("SELECT DISTINCT watch FROM key_state") if keep(w)}
+    watches |= {w for (w,) in conn.execute("SELECT watch FROM watch_meta") if keep(w)}
+    with Transaction(conn):
+        conn.executemany("DELETE FROM key_state WHERE watch = ?", [(w,) for w in watches])
+        conn.executemany("DELETE FROM watch_meta WHERE watch = ?", [(w,) for w in watches])
+    return len(watches)
+
+
 def assign_versions(conn: sqlite3.Connection, digests: dict[str, str], now: float) -> dict[str, int]:
     """Version = a counter bumped whenever a watch's content hash changes."""
     out: dict[str, int] = {}
