@@ -20,6 +20,7 @@ class CountLogic(MatchLogic):
         self.window_s = parse_duration(self.window)
         # The reason of a `counted` decision, by how many are counted: worded once, not per event.
         self._counted = tuple(f"{n} of {self.count} in {self.window}" for n in range(self.count))
+        self._reached = f" × {self.pattern.describe()} within {self.window}"  # after the count, when it fires
 
     @classmethod
     def of(cls, watch: Watch, version: int, default_zone: str) -> WatchLogic | None:
@@ -28,14 +29,16 @@ class CountLogic(MatchLogic):
     def on_event(self, s: EngineState, key: str | None, event: EventInput) -> None:
         now = s.clock
         st = s.state(self.id, key)
-        since = now - self.window_s
-        st.hits = (*[t for t in st.hits if t > since], now)
+        hits, since = st.hits, now - self.window_s
+        if hits and hits[0] <= since:  # in time order: most counted events find none to drop
+            hits = tuple([t for t in hits if t > since])
+        st.hits = (*hits, now)
         st.evidence = s.keep(st.evidence, event.event, EVIDENCE_KEEP)
         if len(st.hits) < self.count:
             reason = self._counted[len(st.hits)]
             s.out.decisions.append(Decision(now, self.id, key, _COUNTED, reason, event.event.id, event.seq))
             return
-        reason = f"{len(st.hits)} × {self.pattern.describe()} within {self.window}"
+        reason = f"{len(st.hits)}{self._reached}"
         evidence = s.shown(st.evidence, self.id, key)
         st.hits, st.evidence = (), NO_EVIDENCE
         self.fire_unless_cooling(s, key, st, reason, evidence, event)

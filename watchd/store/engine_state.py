@@ -154,7 +154,8 @@ def engine_view(conn: sqlite3.Connection, defs: list[WatchDef], zone: str, now: 
     """The engine as the stored state leaves it, read-only: for next due times and timers in
     `status` and `explain`, whether or not the daemon runs."""
     engine = Engine(zone)
-    engine.restore(*load_engine_state(conn))
+    # A view never fires: an absent key's evidence stays in the file (read: emptiness only).
+    engine.restore(*load_engine_state(conn, lazy_evidence=True))
     versions = watch_versions(conn)
     engine.load([(d, versions.get(d.watch.id, 1)) for d in defs], now)
     return engine
