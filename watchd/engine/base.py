@@ -389,7 +389,9 @@ class EngineState:
 
     def state(self, wid: str, key: str | None) -> KeyState:
         """A key's state for changing it (created when new): it is persisted with the step."""
-        keyed = self.keys.setdefault(wid, {})
+        keyed = self.keys.get(wid)
+        if keyed is None:  # not `setdefault(wid, {})`: that makes a dict on every call
+            keyed = self.keys[wid] = {}
         st = keyed.get(key)
         if st is None:
             st = keyed[key] = KeyState()
