@@ -27,6 +27,7 @@ from support.waiting import until, wait_until
 
 from watchd import bus, config
 from watchd.daemon import Daemon
+from watchd.engine.base import STORED
 from watchd.errors import WatchdError
 from watchd.model import make_event
 
@@ -113,6 +114,33 @@ then = ["notify.console"]
     await d.stop()
     assert len(d.decisions("hb", "fired")) == 1
     assert len(d.handoffs("hb")) == 1
+
+
+async def test_an_absent_keys_evidence_is_left_in_the_store_once_committed_and_shown_when_it_fires(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    """A waiting key holds no copy of its last event once the step is committed: the fire of its
+    silence reads it from the state database, the same event."""
+    d = await daemon_factory(
+        {
+            "hb.toml": """
+[[watch]]
+id = "hb"
+kind = "absent"
+expect = { subject = "hb.*", key = "data.host" }
+for = "3s"
+then = ["notify.console"]
+"""
+        }
+    ).start()
+    await d.publish(make_event("hb.a", {"host": "a", "n": 1}))
+    await d.publish(make_event("hb.a", {"host": "a", "n": 2}))
+    await until(lambda: len(d.decisions("hb", "matched")) == 2, what="both heartbeats seen")
+    await until(lambda: d.running.engine.keys["hb"]["a"].evidence is STORED, what="the evidence left in the store")
+    await d.advance_until(lambda: d.handoffs("hb"), step_s=1.0, limit_s=30, what="the silence fired")
+    (fired,) = await until(lambda: [h for h in d.handoffs("hb") if h["state"] == "delivered"], what="delivered")
+    assert [e["data"] for e in fired["evidence"]] == [{"host": "a", "n": 2}]
+    await d.stop()
 
 
 async def test_reload_invalid_keeps_old_then_valid_bumps_version(

@@ -45,6 +45,7 @@ class ShardEngine:
         self.d = daemon
         self.names = names
         self.engine = Engine(daemon.loaded.zone())
+        self.engine.stored_evidence = self._stored_evidence  # what a read or a commit left in SQLite
         self.lease: cluster.Lease | None = None
         self.active = False  # this instance holds the shard's lease and steps its engine
         self.start_after = 0  # a durable made for this shard starts past it (the layout changed)
@@ -81,7 +82,6 @@ class ShardEngine:
                 await store.call(engine_state.drop_watch_state, keep)
             keys, meta, clock = await store.run(store.load_engine_state, keep, self.names.clock_key)
             self.engine.restore(keys, meta, clock)
-            self.engine.stored_evidence = self._stored_evidence  # what the state read left in SQLite
             self.last_seq = await store.run(store.last_seq, self.names.cursor_key)
         self.engine.default_zone = self.d.loaded.zone()
         self.engine.load([(d, v) for d, v in defs if self.owns(d.watch.id)], now)
@@ -331,6 +331,7 @@ class ShardEngine:
                 clock_key=names.clock_key,
             ),
         )
+        self.engine.written(changes[0])  # committed: evidence read only on a fire may stay there
         if last_seq is not None:
             self.last_seq = max(self.last_seq, last_seq)
         self.committed_clock = self.engine.clock  # every step runs under the lock, as does this commit

@@ -31,6 +31,7 @@ _SEEN = "seen: timer re-armed"  # the reason of a `matched` decision: the key's 
 class AbsentLogic(WatchLogic):
     kind = "absent"
     resolves = True  # a silence ends when the events resume
+    evidence_read_on_fire = True  # a key's last event is shown only when its silence fires
 
     def __init__(self, watch: AbsentWatch, version: int, default_zone: str) -> None:
         super().__init__(watch, version, default_zone, CompiledPattern.of(watch.expect))

@@ -246,6 +246,9 @@ class WatchLogic(ABC):
     the definitions they take (`of`) and override what their kind does."""
 
     kind: ClassVar[str]  # the definition's `kind` (a count is a `match` with `count` and `window`)
+    # Its keys' evidence is read only when they fire, so once written it may be left in the state
+    # database (`EngineState.written`): an absent key's, which waits, most often for ever.
+    evidence_read_on_fire: ClassVar[bool] = False
     resolves: ClassVar[bool] = False  # its incidents end by themselves, seen in state it keeps anyway
 
     def __init__(self, watch: Watch, version: int, zone: str, pattern: CompiledPattern) -> None:
@@ -425,6 +428,19 @@ class EngineState:
         else:
             self.keys.get(wid, {}).pop(key, None)
         self._dirty.add((wid, key))
+
+    def written(self, rows: Sequence[tuple[str, str | None, KeyState | None]]) -> None:
+        """These rows of `take_changes` are committed to the state database: the evidence of keys
+        that read it only when they fire is left there (`STORED`), where `stored_evidence` reads
+        it, so a waiting key holds none of it in memory. Only a state still the one written."""
+        if self.stored_evidence is None:
+            return
+        for wid, key, st in rows:
+            if st is None or not st.evidence or st.evidence is STORED:
+                continue
+            logic = self.watches.get(wid)
+            if logic is not None and logic.evidence_read_on_fire and self.keys.get(wid, {}).get(key) is st:
+                st.evidence = STORED
 
     def changed_meta(self, wid: str) -> None:
         self._dirty_meta.add(wid)
