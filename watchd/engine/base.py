@@ -435,11 +435,15 @@ class EngineState:
         it, so a waiting key holds none of it in memory. Only a state still the one written."""
         if self.stored_evidence is None:
             return
+        watches, keys = self.watches, self.keys  # each row of a batch passes here: kept lean
         for wid, key, st in rows:
-            if st is None or not st.evidence or st.evidence is STORED:
+            if st is None or st.evidence is STORED or not st.evidence:
                 continue
-            logic = self.watches.get(wid)
-            if logic is not None and logic.evidence_read_on_fire and self.keys.get(wid, {}).get(key) is st:
+            logic = watches.get(wid)
+            if logic is None or not logic.evidence_read_on_fire:
+                continue
+            keyed = keys.get(wid)
+            if keyed is not None and keyed.get(key) is st:
                 st.evidence = STORED
 
     def changed_meta(self, wid: str) -> None:
