@@ -49,6 +49,20 @@ def refuse_writes(d: InProcessDaemon, refuse: bool) -> Callable[[], None]:
     return lambda: store.conn.execute(f"PRAGMA query_only = {int(refuse)}") and None
 
 
+def short_publish_timeout(d: InProcessDaemon) -> Callable[[], None]:
+    """A store that cannot store does not answer: each publish, the probe's too, fails only at its
+    timeout. One second finds that as surely as the default five; the returned function puts the
+    default back, so that storing again is checked with the daemon's own setting."""
+    publisher = d.running.publisher
+    assert publisher is not None
+    default_s, publisher.timeout_s = publisher.timeout_s, 1.0
+
+    def restore() -> None:
+        publisher.timeout_s = default_s
+
+    return restore
+
+
 def fired_for(d: InProcessDaemon, n: int) -> bool:
     return any(e["data"].get("n") == n for h in d.handoffs("m") for e in h["evidence"])
 
@@ -90,6 +104,7 @@ async def test_a_stream_that_cannot_store_is_unhealthy_and_recovers_without_a_re
     pid = d.nats_pid()
     assert pid is not None
     d.running.storage.restart_after_s = 3600  # this test is about the probe, not the server restart
+    restore = short_publish_timeout(d)
     os.kill(pid, signal.SIGSTOP)  # the server keeps its connections but stores nothing
     try:
         status, body = await post(d, "job.done", {"n": 1})
@@ -104,6 +119,7 @@ async def test_a_stream_that_cannot_store_is_unhealthy_and_recovers_without_a_re
         assert code == 1 and "storage not ok" in err
     finally:
         os.kill(pid, signal.SIGCONT)
+        restore()
     await until(lambda: d.health()["ok"], what="the probe to find the stream storing again")
     status, body = await post(d, "job.done", {"n": 2})
     assert status == 202, body
@@ -155,6 +171,8 @@ async def test_a_full_disk_is_unhealthy_and_recovers_once_space_returns_without_
         status, _ = await post(d, "job.done", {"n": 0})
         assert status == 202
         await until(lambda: len(d.handoffs("m")) == 1, what="the first event to fire")
+        # A store on a full disk does not answer either; short timeouts let probes run in the pause.
+        restore = short_publish_timeout(d)
         fill(disk)
         statuses = []
         for n in range(1, 6):  # the last page a file already holds may take an event or two
@@ -168,6 +186,7 @@ async def test_a_full_disk_is_unhealthy_and_recovers_once_space_returns_without_
         await asyncio.sleep(1.5)  # probes meanwhile: still full, so no restart can help
         assert d.health()["storage"] is False and d.running.storage.server_restarts == 0
         assert free(disk) > storage.MIN_FREE_TO_RESTART
+        restore()
         await until(lambda: d.health()["ok"], timeout_s=20, what="storing to work again once space is back")
         assert d.running.storage.recovered_total >= 1
         status, body = await post(d, "job.done", {"n": 9})
@@ -192,12 +211,14 @@ async def test_a_source_that_cannot_store_its_event_makes_the_daemon_unhealthy_u
     d.running.storage.restart_after_s = 3600  # the probe's recovery, not the server restart
     pid = d.nats_pid()
     assert pid is not None
+    restore = short_publish_timeout(d)
     os.kill(pid, signal.SIGSTOP)
     try:
         (inbox / "scan.pdf").write_bytes(b"%PDF-1")
         await until(lambda: not d.health()["storage"], what="the source's failed publish to show in health")
     finally:
         os.kill(pid, signal.SIGCONT)
+        restore()
     await until(lambda: d.health()["ok"], what="health to recover")
     stored = await until(lambda: stored_from(d, "inbox"), what="the file's event, stored once the source retried")
     assert [e["data"]["event"] for e in stored] == ["created"]  # stored once, whatever was re-sent
