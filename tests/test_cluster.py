@@ -382,3 +382,71 @@ async def test_a_take_that_timed_out_but_reached_nats_is_the_lease_taken(
     assert await lease.try_take(), lease.holder
     assert lease.held() and lease.holder is not None and lease.holder.instance == lease.me.instance
     assert await lease.renew()
+
+
+async def test_a_takeover_whose_catch_up_outlasts_the_ttl_keeps_the_lease(
+    nats_server: EmbeddedNats, nats_client: Client
+) -> None:
+    """Taking the lease is followed by the taker's catch-up on the stream (replay, bind; right after
+    a NATS node's loss, requests that wait for new stream leaders), in the lease loop's own round.
+    Here it takes three times the TTL: the lease must be renewed meanwhile, not lapse on the server
+    and be reported lost once the catch-up ends (the daemon would stop, and with it the deployment's
+    only holder)."""
+    takeover_s = 2.0
+    lease = cluster.Lease(
+        nats_client.jetstream(), ClusterConfig(name="slow"), takeover_s, state_dir="/s", watches="w", embedded=False
+    )
+    await lease.open()
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    lost: list[str] = []
+    caught_up = asyncio.Event()
+    held_throughout: list[bool] = []
+
+    async def slow_catch_up() -> None:
+        for _ in range(30):  # 3 TTLs
+            await asyncio.sleep(lease.ttl_s / 10)
+            held_throughout.append(lease.held())
+        caught_up.set()
+
+    task = asyncio.create_task(lease.keep(upkeep, slow_catch_up, lost.append))
+    try:
+        await asyncio.wait_for(caught_up.wait(), timeout=30)
+        runs = upkeep.stats["cluster-lease"].runs
+        await until(lambda: upkeep.stats["cluster-lease"].runs >= runs + 2 or lost, what="two renewals after it")
+        assert lost == [] and lease.held(), lost
+        assert all(held_throughout), held_throughout  # fencing never stopped the decisions either
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_takeover_that_fails_is_run_again_while_the_lease_is_held(
+    nats_server: EmbeddedNats, nats_client: Client
+) -> None:
+    """The taker's catch-up fails (right after a NATS node's loss a request times out while streams
+    elect leaders): the lease is taken, so no other instance will; the lease loop must run the
+    catch-up again, not go on renewing a lease for an instance that decides nothing."""
+    lease = cluster.Lease(
+        nats_client.jetstream(), ClusterConfig(name="retry"), 2.0, state_dir="/s", watches="w", embedded=False
+    )
+    await lease.open()
+    stop = asyncio.Event()
+    upkeep = Upkeep(stop)
+    lost: list[str] = []
+    tries: list[bool] = []
+
+    async def catch_up() -> None:
+        tries.append(lease.held())
+        if len(tries) == 1:
+            raise TimeoutError("nats: timeout")
+
+    task = asyncio.create_task(lease.keep(upkeep, catch_up, lost.append))
+    try:
+        await until(lambda: len(tries) >= 2 or lost, timeout_s=10, what="the catch-up run again")
+        await until(lambda: upkeep.stats["cluster-lease"].runs >= 3, what="renewals after it")
+        assert tries == [True, True] and lost == [] and lease.held(), (tries, lost)
+        assert upkeep.stats["cluster-lease"].failures == 1
+    finally:
+        stop.set()
+        await task

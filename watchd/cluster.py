@@ -527,27 +527,47 @@ class Lease:
         so that a lease is renewed as soon as NATS is back."""
         renew_s, poll_s = self.takeover_s * RENEW_SHARE, self.takeover_s * POLL_SHARE
         last_member = time.monotonic()
+        starting = False  # taken, and `on_taken` has not completed yet
+
+        async def taken() -> bool:
+            # Renewed meanwhile: a takeover's catch-up can outlast the TTL. One that fails (NATS
+            # not answering yet after a node's loss) is run again by the next rounds, which renew
+            # the lease first: the lease must not stay held by an instance that decides nothing.
+            # False: a renewal meanwhile found the lease another's.
+            nonlocal starting
+            starting = True
+            async with self.renewed():
+                await on_taken()
+            starting = False
+            return not self.found_taken()
+
+        async def lost() -> float | None:
+            why = f"lost the lease of cluster {self.name!r}{self._of()} to {_who(self.holder)}"
+            if stand_by is None:
+                on_lost(why)
+                return None  # for good: on_lost stops the daemon
+            await stand_by(why)
+            self._revision, self._valid_until, self._lost = 0, 0.0, False  # standing by for it
+            return poll_s
 
         async def step() -> float | None:
             nonlocal last_member
-            if self._lost:
-                return None  # for good: on_lost stops the daemon
+            if self._lost:  # found taken by a renewal outside this loop (while taking it)
+                return await lost()
             if self._revision:
                 if not await self.renew():
-                    why = f"lost the lease of cluster {self.name!r}{self._of()} to {_who(self.holder)}"
-                    if stand_by is None:
-                        on_lost(why)
-                        return None
-                    await stand_by(why)
-                    self._revision, self._valid_until, self._lost = 0, 0.0, False  # standing by for it
-                    return poll_s
-                if give_up is not None and await give_up():
+                    return await lost()
+                if starting:
+                    if not await taken():
+                        return await lost()
+                elif give_up is not None and await give_up():
                     return poll_s
             elif may_take is not None and not may_take():
                 self.holder = await self._read_holder()  # who holds it, for the others' shares
             elif await self.try_take():
                 log.info("took the lease of cluster %r%s: this instance decides now", self.name, self._of())
-                await on_taken()
+                if not await taken():
+                    return await lost()
             else:
                 self.announce()
             if self.keeps_members and time.monotonic() - last_member >= renew_s:
@@ -560,6 +580,34 @@ class Lease:
         backoff = Backoff(base_s=min(BACKOFF_BASE_S, pace), cap_s=pace)
         name = "cluster-lease" + ("" if self.keeps_members else f".{self.names.index}")
         await upkeep.every(name, step, interval_s=None, backoff=backoff)
+
+    def found_taken(self) -> bool:
+        """A renewal found the lease another's (a call, so mypy does not narrow the flag across awaits)."""
+        return self._lost
+
+    @contextlib.asynccontextmanager
+    async def renewed(self) -> AsyncIterator[None]:
+        """Renew the lease at its pace while the body runs: taking it is followed by a catch-up on
+        the stream (replay, bind, and right after a NATS node's loss, requests that wait for new
+        stream leaders) that can outlast the TTL, and the loop that renews it waits for that. A
+        renewal that fails is tried again at the next turn; one that finds the lease taken stops
+        them (`_lost`, for the caller to act on)."""
+        task = asyncio.create_task(self._renew_meanwhile(), name="cluster-lease-meanwhile")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _renew_meanwhile(self) -> None:
+        while self._revision and not self._lost and not self.embedded:
+            await asyncio.sleep(self.takeover_s * RENEW_SHARE)
+            # A renewal cut short here by the body's end may still reach the server: the loop's
+            # next renewal then finds the lease a revision on, its own, and renews from there.
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                if not await self.renew():
+                    return
 
     def _of(self) -> str:
         return f" ({self.names.label()})" if self.names.count > 1 else ""

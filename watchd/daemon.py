@@ -351,14 +351,20 @@ class Daemon:
         floor = await lease0.decided_floor()  # before any shard of this layout decides
         for shard in self.shards:
             shard.start_after = floor
-        if await lease0.join(may_take=self._may_take if sharded else None):
-            await self._activate()
-        else:
-            lease0.announce()
-        for shard in self.shards[1:]:  # its share of the others before it says it is ready
-            assert shard.lease is not None
-            if self._may_take() and await shard.lease.try_take():
-                await self._start_shard(shard)
+        # Each lease taken is renewed from then on: a catch-up on a long stream can outlast the TTL,
+        # and the loops that renew them start below. One found taken meanwhile is acted on by its
+        # loop's first round.
+        async with contextlib.AsyncExitStack() as renewing:
+            if await lease0.join(may_take=self._may_take if sharded else None):
+                await renewing.enter_async_context(lease0.renewed())
+                await self._activate()
+            else:
+                lease0.announce()
+            for shard in self.shards[1:]:  # its share of the others before it says it is ready
+                assert shard.lease is not None
+                if self._may_take() and await shard.lease.try_take():
+                    await renewing.enter_async_context(shard.lease.renewed())
+                    await self._start_shard(shard)
         for shard in self.shards:
             self._keep_lease(shard)
         if not lease0.embedded:
@@ -457,8 +463,12 @@ class Daemon:
             return
         assert self.js is not None and self.nc is not None and self.store is not None
         assert self.dispatcher is not None and self.lease is not None
-        self.active = True
         await self.lease.record_layout()
+        # A consumer that cannot be made fails the start; a takeover that fails here (NATS not
+        # answering yet after a node's loss) is run again by the lease's loop: nothing above or
+        # in it is done twice, and nothing below runs until it succeeded.
+        await self._start_shard(self.shards[0])
+        self.active = True
         targets = self.targets
         agents = self.loaded.config.agent.values()
         heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
@@ -475,7 +485,6 @@ class Daemon:
             self._spawn(
                 "nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock, upkeep=upkeep, nc=nc)
             )
-        await self._start_shard(self.shards[0])  # a consumer that cannot be made fails the start (or the takeover)
         queue = self.queue
         lease = self.lease
         self.scheduler = Scheduler(

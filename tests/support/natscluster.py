@@ -68,18 +68,24 @@ class NatsCluster:
         return self
 
     async def ready(self, timeout_s: float = 30.0) -> None:
-        """Until clustered JetStream answers (its meta leader is elected) on every running node."""
+        """Until clustered JetStream answers (its meta leader is elected) on every running node and,
+        when every node runs, can place a stream on all of them: a meta leader answers before it has
+        heard of every peer, and a stream of three replicas asked for then fails with "no suitable
+        peers for placement"."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        for i, proc in enumerate(self.procs):
-            if proc is None or proc.poll() is not None:
-                continue
+        running = [i for i, proc in enumerate(self.procs) if proc is not None and proc.poll() is None]
+        for i in running:
             while True:
                 try:
                     nc = Connection()
                     await nc.open(servers=[f"nats://127.0.0.1:{self.client_ports[i]}"], connect_timeout=1)
                     try:
-                        await nc.jetstream().account_info()
+                        js = nc.jetstream()
+                        await js.account_info()
+                        if i == running[-1] and len(running) == len(self.procs):
+                            await js.add_stream(name="ready-probe", subjects=["ready.probe"], num_replicas=len(running))
+                            await js.delete_stream("ready-probe")
                         break
                     finally:
                         await nc.close()
