@@ -124,6 +124,7 @@ async def test_a_holder_that_dies_between_commit_and_ack_has_its_batch_decided_a
         first = [make_event("job.run", id=f"first-{n:02d}") for n in range(10)]
         await a.publish(*first)
         await until(lambda: len(hook.handoff_ids) >= 10, what="the first ten delivered")
+        await until(lambda: project.deployment_settled(nats_server.url), step_s=0.05, what="their acks stored")
 
         # a dies after its next commit, before the ack reaches the server: its connection is gone (as
         # with kill -9), and it never gives its lease up.

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from support import project
 from support.fakes import FakeWebhook
 from support.inprocess import InProcessDaemon
 from support.natscluster import LeafNode, NatsCluster
 from support.processes import DaemonProc
 from support.waiting import until
 
-from watchd import bus, cluster, handoff_queue, shards
+from watchd import bus, cluster, shards
 from watchd.errors import WatchdError
 from watchd.model import Event, make_event
 
@@ -59,16 +60,6 @@ async def publish_stored(url: str, events: list[Event]) -> None:
         await nc.close()
 
 
-async def settled(url: str) -> bool:
-    """Every event decided and every handoff delivered and acknowledged (the deployment's lag is 0)."""
-    nc = await bus.connect(url, name="watchd-test")
-    try:
-        lag = await cluster.read_lag(nc.jetstream(), handoff_queue.durable_name("watchd"))
-        return lag == {"events": 0, "handoffs": 0}
-    finally:
-        await nc.close()
-
-
 def delivered_events(hook: FakeWebhook) -> list[str]:
     """The event behind every delivery the receiver accepted, duplicates included."""
     return sorted(d["evidence"][0]["id"] for d in hook.deliveries)
@@ -97,7 +88,7 @@ async def test_two_instances_on_a_three_node_cluster_deliver_each_fire_once_thro
         # The node dies once those deliveries are settled: a delivery whose ack the dead node took
         # with it is made again by the next holder (the duplicate window README states), which is
         # not what this test is about.
-        await until(lambda: settled(nats3.url), step_s=0.1, what="the first 30 acknowledged")
+        await until(lambda: project.deployment_settled(nats3.url), step_s=0.1, what="the first 30 acknowledged")
 
         # The node the deciding instance is connected to dies mid-stream: its clients move to the
         # others, the streams elect new leaders, and nothing is lost or handed off twice.

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from watchd import bus, credentials
+from watchd import bus, cluster, credentials, handoff_queue
 from watchd.model import Event
 
 
@@ -190,5 +190,18 @@ async def stream_events(url: str) -> list[dict[str, Any]]:
             msg = await js.get_msg(bus.EVENTS_STREAM, seq)
             found.append(json.loads(msg.data or b"{}"))
         return found
+    finally:
+        await nc.close()
+
+
+async def deployment_settled(url: str, cluster_name: str = "watchd") -> bool:
+    """Every event decided and every queued handoff delivered and acknowledged: the deployment's lag
+    on its shared consumers is 0. A test that kills something after counting deliveries at the
+    receiver waits for this first: a delivery whose ack is still on its way is made again by the
+    next holder (the duplicate window README states)."""
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        lag = await cluster.read_lag(nc.jetstream(), handoff_queue.durable_name(cluster_name))
+        return lag == {"events": 0, "handoffs": 0}
     finally:
         await nc.close()
