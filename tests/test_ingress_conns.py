@@ -92,9 +92,10 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(make_listener: Call
     (s,) = open_slow(lst.port, 1)
     started = time.monotonic()
     try:
-        for _ in range(3):  # a byte now and then does not buy more time (slowloris)
-            time.sleep(0.1)
-            s.sendall(b"X-Slow: 1\r\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # cut off already: a busy machine
+            for _ in range(3):  # a byte now and then does not buy more time (slowloris)
+                time.sleep(0.1)
+                s.sendall(b"X-Slow: 1\r\n")
         assert closed_by_server(s, 5)
     finally:
         s.close()
