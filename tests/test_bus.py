@@ -306,8 +306,8 @@ async def test_own_pull_requests_return_at_once_and_in_batches(nats_client: Clie
     returns [] after its timeout."""
     js = nats_client.jetstream()
     await ensure_streams(js)
-    for i in range(700):
-        await publish_event(js, make_event("load.test", {"i": i}))
+    # Stored concurrently (the setup, not what is tested): the fetches below see seqs 1..700 either way.
+    await asyncio.gather(*(publish_event(js, make_event("load.test", {"i": i})) for i in range(700)))
     consumer = EventConsumer(js, nc=nats_client)
     await consumer.start()
     t0 = time.monotonic()
