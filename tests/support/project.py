@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from watchd import bus, cluster, credentials, handoff_queue
-from watchd.model import Event
+from watchd.jspublish import JetStreamPublisher
+from watchd.model import Event, encode
+
+# For a whole burst (thousands of events on a busy machine), not for each event.
+PUBLISH_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
@@ -143,10 +147,12 @@ class Project:
 
 
 async def publish(url: str, *events: Event) -> list[bus.PubAckInfo]:
+    """Store the events as one burst, as a source sends them: all sent on one connection (so stored
+    in the order given), then every ack awaited; the first one not stored raises, as one by one."""
     nc = await bus.connect(url, name="watchd-test")
     try:
-        js = nc.jetstream()
-        return [await bus.publish_event(js, e) for e in events]
+        publisher = JetStreamPublisher(nc, timeout_s=PUBLISH_TIMEOUT_S)
+        return await publisher.publish_events([(e, encode(e)) for e in events])
     finally:
         await nc.close()
 
