@@ -150,6 +150,30 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+def start_on_own_nats(root: Path, watches: str) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], str, int]:
+    """A project in `root` with `watches`, a nats-server of its own (`[nats] url`) and `watchd run` on
+    it: (server, daemon, NATS URL, HTTP port). The caller stops both."""
+    (root / "watches").mkdir()
+    (root / "watches" / "bench.toml").write_text(watches)
+    nats_port, http_port = free_port(), free_port()
+    url = f"nats://127.0.0.1:{nats_port}"
+    (root / "config.toml").write_text(
+        f'state_dir = "state"\n[nats]\nurl = "{url}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
+    )
+    server = subprocess.Popen(
+        [str(bus.nats_server_binary()), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", str(nats_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return server, watchd_run(root), url, http_port
+
+
+def watchd_run(root: Path) -> subprocess.Popen[bytes]:
+    """`watchd run` on the project in `root` (started again after a stop)."""
+    cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
@@ -158,21 +182,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "watches").mkdir()
-        (root / "watches" / "bench.toml").write_text(WATCHES)
-        nats_port, http_port = free_port(), free_port()
-        url = f"nats://127.0.0.1:{nats_port}"
-        (root / "config.toml").write_text(
-            f'state_dir = "state"\n[nats]\nurl = "{url}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
-        )
-        server = subprocess.Popen(
-            [str(bus.nats_server_binary()), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", str(nats_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server, daemon, url, http_port = start_on_own_nats(root, WATCHES)
         nats_pid = server.pid
-        cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
-        daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_seq(http_port, 0, timeout_s=30)  # streams and the durable consumer exist now
             daemon.terminate()
@@ -180,7 +191,7 @@ def main() -> None:
 
             # 1. throughput: a backlog stored while the daemon is down, then drained
             asyncio.run(publish_many(url, args.events))
-            daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            daemon = watchd_run(root)
             t0 = wait_seq(http_port, 1)
             cpu_t0 = proc_cpu_s(daemon.pid)
             first = int(health(http_port)["last_seq"])  # type: ignore[call-overload]

@@ -27,9 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_pipeline import WATCHES, free_port, health, publish_many, wait_seq
-
-from watchd import bus
+from bench_pipeline import WATCHES, health, publish_many, start_on_own_nats, wait_seq, watchd_run
 
 # (stage, substrings of a frame "function (file:line)"): the first stage matched names the sample.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
@@ -91,27 +89,14 @@ def main() -> None:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "watches").mkdir()
-        (root / "watches" / "bench.toml").write_text(WATCHES)
-        nats_port, http_port = free_port(), free_port()
-        url = f"nats://127.0.0.1:{nats_port}"
-        (root / "config.toml").write_text(
-            f'state_dir = "state"\n[nats]\nurl = "{url}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
-        )
-        server = subprocess.Popen(
-            [str(bus.nats_server_binary()), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", str(nats_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
-        daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, daemon, url, http_port = start_on_own_nats(root, WATCHES)
         spy: subprocess.Popen[bytes] | None = None
         try:
             wait_seq(http_port, 0, timeout_s=30)
             daemon.terminate()
             daemon.wait(20)
             asyncio.run(publish_many(url, args.events))
-            daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            daemon = watchd_run(root)
             wait_seq(http_port, 1)
             out = root / "spy.txt"
             spy = subprocess.Popen(

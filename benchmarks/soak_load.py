@@ -18,15 +18,13 @@ import argparse
 import asyncio
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from bench_pipeline import free_port, handoff_latencies_ms, health, pct, proc_rss_mb, publish_paced, wait_seq
+from bench_pipeline import handoff_latencies_ms, health, pct, proc_rss_mb, publish_paced, start_on_own_nats, wait_seq
 
 from watchd import bus
 from watchd.model import make_event
@@ -119,20 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "watches").mkdir()
-        (root / "watches" / "soak.toml").write_text(watches())
-        nats_port, http_port = free_port(), free_port()
-        url = f"nats://127.0.0.1:{nats_port}"
-        (root / "config.toml").write_text(
-            f'state_dir = "state"\n[nats]\nurl = "{url}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
-        )
-        server = subprocess.Popen(
-            [str(bus.nats_server_binary()), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", str(nats_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        cmd = [sys.executable, "-m", "watchd", "run", "--config", str(root / "config.toml")]
-        daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, daemon, url, http_port = start_on_own_nats(root, watches())
         try:
             wait_seq(http_port, 0, timeout_s=60)
             rss_start = proc_rss_mb(daemon.pid)
