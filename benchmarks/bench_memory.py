@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from bench_pipeline import free_port, health, proc_cpu_s, proc_rss_mb
 
 from watchd import bus, credentials
 from watchd.model import make_event
@@ -41,27 +41,6 @@ def watches(outside: bool) -> str:
             f'on = {{ subject = "svc{i % 20}.event", where = \'{where}\' }}\nthen = ["notify.console"]\n'
         )
     return "\n".join(out)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def health(port: int) -> dict[str, object]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-        result: dict[str, object] = json.loads(r.read())
-        return result
 
 
 def wait_seq(port: int, seq: int, timeout_s: float) -> None:
@@ -89,11 +68,6 @@ async def publish_many(url: str, n: int) -> None:
     await nc.close()
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(label: str, outside: bool, events: int, env: dict[str, str], idle_s: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -112,7 +86,7 @@ def measure(label: str, outside: bool, events: int, env: dict[str, str], idle_s:
             wait_seq(http_port, 0, 60)
             time.sleep(1.0)  # settle: the first probes and timers ran
             nats_pid = int((root / "state" / "nats" / "nats-server.pid").read_text())
-            start = rss_mb(daemon.pid), rss_mb(nats_pid)
+            start = proc_rss_mb(daemon.pid), proc_rss_mb(nats_pid)
             creds = credentials.load(root / "state")
             url = f"nats://127.0.0.1:{nats_port}"
             admin = creds.url(url, "admin") if creds is not None else url
@@ -120,10 +94,10 @@ def measure(label: str, outside: bool, events: int, env: dict[str, str], idle_s:
             asyncio.run(publish_many(admin, events))
             wait_seq(http_port, events, 600)
             took = time.perf_counter() - t0
-            after = rss_mb(daemon.pid), rss_mb(nats_pid)
-            cpu0 = cpu_s(daemon.pid), cpu_s(nats_pid)
+            after = proc_rss_mb(daemon.pid), proc_rss_mb(nats_pid)
+            cpu0 = proc_cpu_s(daemon.pid), proc_cpu_s(nats_pid)
             time.sleep(idle_s)
-            idle = cpu_s(daemon.pid) - cpu0[0], cpu_s(nats_pid) - cpu0[1]
+            idle = proc_cpu_s(daemon.pid) - cpu0[0], proc_cpu_s(nats_pid) - cpu0[1]
         finally:
             daemon.terminate()
             daemon.wait(30)

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,21 +34,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_pipeline import free_port, proc_cpu_s
+
 from watchd import bus, shards
 from watchd.bus import nats_server_binary
 from watchd.jspublish import JetStreamPublisher
 from watchd.model import make_event
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def health(port: int) -> dict[str, object] | None:
@@ -171,16 +161,16 @@ def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) ->
         idle: list[float] = []
         if args.idle_s > 0:
             time.sleep(2.0)  # the start's own work done
-            at = [cpu_s(inst.pid) for inst in instances]
+            at = [proc_cpu_s(inst.pid) for inst in instances]
             time.sleep(args.idle_s)
-            idle = [(cpu_s(inst.pid) - a) * 60 / args.idle_s for inst, a in zip(instances, at, strict=True)]
+            idle = [(proc_cpu_s(inst.pid) - a) * 60 / args.idle_s for inst, a in zip(instances, at, strict=True)]
         for inst in instances:
             os.kill(inst.pid, signal.SIGSTOP)
         frozen = time.monotonic()
         asyncio.run(publish(url, args.events, args.watches))
         if time.monotonic() - frozen > 5:  # the leases' fence (0.8 x 0.7 x takeover) is 5.6 s
             raise TimeoutError("publishing took longer than the instances' leases can stay frozen")
-        before = [cpu_s(inst.pid) for inst in instances]
+        before = [proc_cpu_s(inst.pid) for inst in instances]
         began = time.monotonic()
         for inst in instances:
             os.kill(inst.pid, signal.SIGCONT)
@@ -191,7 +181,7 @@ def run_round(root: Path, k: int, shard_count: int, args: argparse.Namespace) ->
                 raise TimeoutError(f"{left} events still not decided after 60 s ({root})")
             time.sleep(0.02)
         wall = time.monotonic() - began
-        return wall, [cpu_s(inst.pid) - b for inst, b in zip(instances, before, strict=True)], idle
+        return wall, [proc_cpu_s(inst.pid) - b for inst, b in zip(instances, before, strict=True)], idle
     finally:
         for inst in instances:
             if inst.proc is not None and inst.proc.poll() is None:

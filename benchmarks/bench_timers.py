@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +31,8 @@ import time
 import tracemalloc
 import urllib.request
 from pathlib import Path
+
+from bench_pipeline import free_port, proc_cpu_s, proc_rss_mb
 
 from watchd import config
 from watchd.engine import Engine, EventInput
@@ -50,19 +50,6 @@ expect = { subject = "hb", key = "data.host" }
 for = "1h"
 then = ["notify.console"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def project(root: Path) -> tuple[Path, int]:
@@ -108,12 +95,6 @@ def health(port: int) -> dict[str, object] | None:
             return result
     except (OSError, ValueError):
         return None
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(config_path: Path, http_port: int) -> tuple[subprocess.Popen[bytes], float]:
@@ -174,16 +155,16 @@ def main() -> None:
         print(f"state with {args.keys:,} armed keys built and written in {time.perf_counter() - t0:.1f} s")
 
         base, base_ready = start(base_cfg, base_port)
-        base_cpu = cpu_s(base.pid)
+        base_cpu = proc_cpu_s(base.pid)
         time.sleep(1.0)
-        base_rss = rss_mb(base.pid)
+        base_rss = proc_rss_mb(base.pid)
         base.terminate()
         base.wait(30)
         proc, ready = start(full_cfg, full_port)
         try:
-            ready_cpu = cpu_s(proc.pid)
+            ready_cpu = proc_cpu_s(proc.pid)
             time.sleep(1.0)
-            rss = rss_mb(proc.pid)
+            rss = proc_rss_mb(proc.pid)
             print(
                 f"ready: {ready:.2f} s with {args.keys:,} keys, {base_ready:.2f} s with none "
                 f"(+{ready - base_ready:.2f} s); CPU to ready {ready_cpu:.2f} s vs {base_cpu:.2f} s "
