@@ -37,8 +37,8 @@ import nats.errors
 from nats.aio.client import Client
 
 from watchd import __version__, bus
+from watchd.agents.release import version_output
 from watchd.config import Loaded
-from watchd.cron.proc import run_in_group
 from watchd.dispatch import Dead, Delivered, Outcome, Retry
 from watchd.errors import WatchdError
 from watchd.jobs import JobContext, JobResult
@@ -54,7 +54,6 @@ log = logging.getLogger("watchd.jobs.canary")
 PONG_PREFIX = "watchd.canary.pong."
 PATH_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 20.0
-VERSION_TIMEOUT_S = 10.0
 META_LAST = "canary.last"  # the last run: when, ok, summary, failing probes (for `status`)
 META_FINGERPRINT = "canary.fingerprint"  # what the last good canary checked
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -164,15 +163,7 @@ async def _version_output(argv: list[str], base_dir: Path) -> str:
     """The first line of an agent's `version` command (relative paths from the config file)."""
     if "/" in argv[0] and not os.path.isabs(argv[0]):
         argv = [str(base_dir / argv[0]), *argv[1:]]
-    try:
-        done = await run_in_group(argv, timeout_s=VERSION_TIMEOUT_S, kill_grace_s=1.0)
-    except OSError as exc:
-        return f"cannot run {argv[0]}: {exc.strerror or type(exc).__name__}"
-    if done.code is None:
-        return f"{argv[0]} did not answer within {VERSION_TIMEOUT_S:g}s"
-    lines = [ln.strip() for ln in done.tail.removeprefix("…").splitlines() if ln.strip()]
-    first = lines[0][:120] if lines else "(no output)"
-    return first if done.code == 0 else f"exit {done.code}: {first}"
+    return await version_output(argv)
 
 
 async def fingerprint(loaded: Loaded) -> dict[str, Any]:
