@@ -245,6 +245,29 @@ async def test_an_answer_to_a_watch_of_any_shard_is_applied_by_its_shard(
     assert [r["verdict"] for r in d.decisions(JOBS[0])] == ["acked"]
 
 
+async def test_a_watch_on_answers_hears_answers_to_the_watches_of_other_shards(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    # A watch of shard 1 that follows every answer, and answers to watches of shards 3 and 0.
+    listener = next(f"answers-{n}" for n in range(100) if shards.shard_of(f"answers-{n}", SHARDS) == 1)
+    files = watch_files()
+    files["answers.toml"] = (
+        f'[[watch]]\nid = "{listener}"\nkind = "match"\non = {{ subject = "watchd.answer" }}\n'
+        'then = ["notify.console"]\n'
+    )
+    d = await daemon_factory(files, nats_url=nats_server.url, extra_config=CONFIG).start()
+    async with aiohttp.ClientSession() as http:
+        for wid in (JOBS[3], JOBS[0]):
+            async with http.post(f"{d.http_url}/api/ack", json={"target": wid}) as resp:
+                assert resp.status == 200, await resp.text()
+    await until(lambda: len(d.decisions(listener)) == 2, what="the listener to hear both answers")
+    assert [r["verdict"] for r in d.decisions(listener)] == ["fired", "fired"]
+    # Each answer applied once, by its watch's shard: no shard rejects it as an unknown watch.
+    assert [r["verdict"] for r in d.decisions(JOBS[3])] == ["acked"]
+    assert [r["verdict"] for r in d.decisions(JOBS[0])] == ["acked"]
+    assert d.decisions(verdict="rejected") == []
+
+
 async def test_a_shard_lease_found_taken_stops_that_shard_only_and_is_taken_again_once_free(
     nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
 ) -> None:

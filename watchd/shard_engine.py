@@ -46,6 +46,8 @@ class ShardEngine:
         self.names = names
         self.engine = Engine(daemon.loaded.zone())
         self.engine.stored_evidence = self._stored_evidence  # what a read or a commit left in SQLite
+        if names.count > 1:
+            self.engine.applies_answer = self.owns
         self.lease: cluster.Lease | None = None
         self.active = False  # this instance holds the shard's lease and steps its engine
         self.start_after = 0  # a durable made for this shard starts past it (the layout changed)
@@ -246,8 +248,6 @@ class ShardEngine:
             except Exception as exc:  # a value the decoder never met: this event's failure, not the daemon's
                 batch.fail(Decision(at, "", None, Verdict.FAILED, failed_reason(exc), _msg_id(msg), seq), exc)
                 continue
-            if event.subject == ANSWER_SUBJECT and self.sharded and not self.owns(str(event.data.get("watch", ""))):
-                continue  # an answer to another shard's watch: that shard applies it
             d.events_seen += 1
             events[seq] = event
             if id_note:
@@ -257,8 +257,8 @@ class ShardEngine:
             stepping.take(self.engine, EventInput(event, at, seq), batch)
             if event.subject == CHAT_SUBJECT and relays:
                 chat.append((event, at, seq))
-            elif event.subject == ANSWER_SUBJECT:
-                answered.append(event)
+            elif event.subject == ANSWER_SUBJECT and (not self.sharded or self.owns(str(event.data.get("watch", "")))):
+                answered.append(event)  # applied here: its chat message is edited once committed
         if replay:
             batch = stepping.Batch()
             chat, answered = [], []  # another instance relayed and edited them

@@ -14,6 +14,7 @@ the subject index, the `where` and `key` of each pattern, and the timer heap.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from watchd import expr
@@ -56,6 +57,9 @@ class Engine(EngineState):
         self._plans: dict[str, Plan] = {}
         self._plans_by_candidates: dict[tuple[int, ...], Plan] = {}
         self._ctx: expr.Activation | None = None  # the event under way's, once needed
+        # Whether this engine applies an answer to the watch it names (None: every answer). A shard
+        # applies only answers to its own watches, and its watches still hear every answer.
+        self.applies_answer: Callable[[str], bool] | None = None
 
     # -- definitions and restored state --
 
@@ -221,7 +225,9 @@ class Engine(EngineState):
     def _on_event(self, inp: EventInput) -> None:
         event = inp.event
         subject = event.subject
-        if subject == ANSWER_SUBJECT:
+        if subject == ANSWER_SUBJECT and (
+            self.applies_answer is None or self.applies_answer(str(event.data.get("watch", "")))
+        ):
             try:
                 answers.on_answer(self, inp)  # and watches may still watch it, like any event
             except Exception as exc:  # confined to this answer, as a kind's failure is to its watch
