@@ -23,9 +23,7 @@ import argparse
 import asyncio
 import http.server
 import json
-import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_pipeline import free_port, proc_cpu_s
+from bench_pipeline import health_or_none as health
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchd import bus
@@ -120,26 +120,6 @@ def ack_window(port: int) -> tuple[float, float, dict[float, float]]:
             elif sample.name.endswith("_bucket"):
                 buckets[float(sample.labels["le"])] = sample.value
     return total, count, buckets
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def health(port: int) -> dict[str, object] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            result: dict[str, object] = json.loads(r.read())
-            return result
-    except (OSError, ValueError):
-        return None
 
 
 def role(port: int) -> str | None:
@@ -229,9 +209,11 @@ def main() -> None:
                 holder = next(i for i in pair if role(i.port) == "holder")
                 standby = next(i for i in pair if i is not holder)
                 procs = {"holder": holder, "standby": standby, "embedded single": single}
-                before = {k: cpu_s(i.proc.pid) for k, i in procs.items() if i.proc}
+                before = {k: proc_cpu_s(i.proc.pid) for k, i in procs.items() if i.proc}
                 time.sleep(args.idle_s)
-                per_min = {k: (cpu_s(i.proc.pid) - before[k]) * 60 / args.idle_s for k, i in procs.items() if i.proc}
+                per_min = {
+                    k: (proc_cpu_s(i.proc.pid) - before[k]) * 60 / args.idle_s for k, i in procs.items() if i.proc
+                }
                 single.stop()
 
             if args.rate > 0:

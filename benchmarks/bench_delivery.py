@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -34,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +39,8 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench_pipeline import free_port
+from bench_pipeline import health_or_none as health
 from support.fake_telegram import FakeTelegram
 
 from watchd import bus, credentials
@@ -83,12 +82,6 @@ quiet = {{ from = "{start}", to = "{end}", timezone = "UTC" }}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -126,15 +119,6 @@ class FakeThread:
         self.call(self.fake.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-def health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            result: dict[str, Any] = json.loads(r.read())
-            return result
-    except (OSError, ValueError):
-        return None
 
 
 def wait(pred: Any, timeout_s: float, what: str) -> Any:

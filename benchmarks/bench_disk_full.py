@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,15 +29,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench_pipeline import free_port
+
 from watchd import bus, credentials
 
 WATCH = '[[watch]]\nid = "seen"\nkind = "match"\non = { subject = "bench.disk" }\nthen = ["notify.console"]\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None) -> int:

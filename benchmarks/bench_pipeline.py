@@ -75,6 +75,14 @@ def health(port: int, timeout_s: float = 2) -> dict[str, object]:
         return result
 
 
+def health_or_none(port: int, timeout_s: float = 1) -> dict[str, object] | None:
+    """`health`, or None while the daemon does not answer (starting, or killed)."""
+    try:
+        return health(port, timeout_s)
+    except (OSError, ValueError):
+        return None
+
+
 def wait_seq(port: int, seq: int, timeout_s: float = 300) -> float:
     deadline = time.time() + timeout_s
     while time.time() < deadline:

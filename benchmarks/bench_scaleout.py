@@ -24,31 +24,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench_pipeline import free_port, proc_cpu_s
+from bench_pipeline import health_or_none as health
 
 from watchd import bus, shards
 from watchd.bus import nats_server_binary
 from watchd.jspublish import JetStreamPublisher
 from watchd.model import make_event
-
-
-def health(port: int) -> dict[str, object] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            result: dict[str, object] = json.loads(r.read())
-            return result
-    except (OSError, ValueError):
-        return None
 
 
 def holding(port: int) -> int:

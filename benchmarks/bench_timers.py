@@ -21,7 +21,6 @@ Usage: python benchmarks/bench_timers.py [--keys N] [--due 100]
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import statistics
 import subprocess
@@ -29,10 +28,10 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 from bench_pipeline import free_port, proc_cpu_s, proc_rss_mb
+from bench_pipeline import health_or_none as health
 
 from watchd import config
 from watchd.engine import Engine, EventInput
@@ -86,15 +85,6 @@ def build_state(config_path: Path, keys: int, due: int, start_in_s: float) -> fl
     )
     conn.close()
     return first_due
-
-
-def health(port: int) -> dict[str, object] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            result: dict[str, object] = json.loads(r.read())
-            return result
-    except (OSError, ValueError):
-        return None
 
 
 def start(config_path: Path, http_port: int) -> tuple[subprocess.Popen[bytes], float]:

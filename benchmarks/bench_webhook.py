@@ -32,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench_pipeline import proc_cpu_s
+
 SECRET = b"bench-webhook-secret"
 WARMUP_S = 1.0
 
@@ -228,11 +230,6 @@ async def one_connection(
         n += 1
     writer.close()
     await writer.wait_closed()
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
