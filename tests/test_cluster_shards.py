@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -323,3 +324,92 @@ async def test_a_deployment_that_grows_its_shards_decides_each_event_once_and_ke
     fired = [r["event_id"] for r in d.decisions(verdict="fired") if r["watch"] in JOBS]
     assert sorted(fired) == sorted(e.id for e in before_jobs + after_jobs), "an event was decided twice"
     assert not [r for r in d.decisions(verdict="suppressed") if "duplicate fire key" in r["reason"]]
+
+
+# ---- schedules: spread like the watches, each tick once ----------------------------------------------
+
+
+def one_schedule_per_shard(prefix: str) -> list[str]:
+    """Schedule names `prefix-N`, the first found for each shard."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < SHARDS:
+        found.setdefault(shards.schedule_shard(f"{prefix}-{n}", SHARDS), f"{prefix}-{n}")
+        n += 1
+    return [found[k] for k in range(SHARDS)]
+
+
+MINUTELY = one_schedule_per_shard("minutely")  # missed = "skip" (the default): a tick taken for missed says so
+
+
+def schedules_config() -> str:
+    text = CONFIG
+    for name in MINUTELY:
+        text += f'[schedule.{name}]\ncron = "* * * * *"\nthen = ["notify.console"]\n'
+    return text
+
+
+async def schedule_events(url: str, what: str) -> list[tuple[str, str]]:
+    """(schedule, tick) of every watchd.schedule.<name>.<what> event on the stream, in order."""
+    nc = await bus.connect(url, name="watchd-test")
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(bus.EVENTS_STREAM)).state.last_seq
+        out = []
+        async for batch in cluster.read_range(js, 0, last):
+            for m in batch:
+                parts = m.subject.split(".")
+                if parts[2:4] == ["watchd", "schedule"] and parts[-1] == what:
+                    out.append((parts[4], json.loads(m.data)["data"]["tick"]))
+        return out
+    finally:
+        await nc.close()
+
+
+def ran_here(d: project.Project) -> set[tuple[str, float]]:
+    """(schedule, tick) of every scheduled run this instance started."""
+    rows = d.query("SELECT schedule, tick_at FROM schedule_ticks WHERE state != 'skipped' AND trigger = 'schedule'")
+    return {(name, at) for name, at in rows if name in MINUTELY}
+
+
+async def test_schedules_are_spread_over_the_instances_and_move_with_their_shards_each_tick_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    a = daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=schedules_config())
+    b = daemon_factory(watch_files(), nats_url=nats_server.url, extra_config=schedules_config())
+    # Both machines' clocks agree and move together, a few seconds past a minute: each move below
+    # brings one tick of each schedule due, well within its grace (a late one would be skipped).
+    a.clock.offset = b.clock.offset = 65 - time.time() % 60
+    await a.start()
+    await b.start()
+    await until(lambda: balanced([a, b]), timeout_s=15, what="a to hand two shards to b")
+
+    async def minutes(n: int) -> None:
+        for _ in range(n):
+            step = 65 - a.clock() % 60
+            await asyncio.gather(a.advance(step), b.advance(step))
+            await asyncio.sleep(0.3)
+
+    def runs() -> list[tuple[str, float]]:
+        return sorted([*ran_here(a), *ran_here(b)])
+
+    first = len(runs())  # a's alone: the tick due when it started
+    await minutes(3)
+    await until(lambda: len(runs()) >= first + 3 * len(MINUTELY), what="three ticks of each schedule")
+    mine = {name for name in MINUTELY if shards.schedule_shard(name, SHARDS) in held(a)}
+    assert mine and mine != set(MINUTELY)
+    assert {name for name, _ in ran_here(b)} == set(MINUTELY) - mine, "each schedule runs on its shard's holder"
+    assert {name for name, at in ran_here(a) if at > min(at for _, at in ran_here(b))} == mine
+
+    # a stops: b takes its shards, and with them schedules its own store last knew when b started.
+    await a.stop()
+    await until(lambda: held(b) == [0, 1, 2, 3], timeout_s=10, what="b to take every shard")
+    before = len(ran_here(b))
+    await minutes(3)
+    await until(lambda: len(runs()) >= first + 6 * len(MINUTELY), what="six more ticks of each schedule")
+    await asyncio.sleep(0.5)  # a tick run twice would be by now
+    assert len(ran_here(b)) - before == 3 * len(MINUTELY), "b runs every schedule now"
+    started = await schedule_events(nats_server.url, "started")
+    mins = [m for m in started if m[0] in MINUTELY]
+    assert len(mins) == len(set(mins)) == first + 6 * len(MINUTELY), f"a tick ran twice or never: {sorted(mins)}"
+    assert await schedule_events(nats_server.url, "skipped") == [], "a tick another instance ran was reported skipped"

@@ -262,9 +262,9 @@ def bucket_names(name: str) -> tuple[str, str]:
     return f"watchd-cluster-{name}", f"watchd-ticks-{name}"
 
 
-async def _bucket(js: JetStreamContext, bucket: str, ttl_s: float, replicas: int | None = None) -> Any:
-    """Bind to the bucket, creating it or bringing its TTL to `ttl_s` (the stream's max_age) and its
-    copies to `replicas` (None: as they are)."""
+async def open_bucket(js: JetStreamContext, bucket: str, ttl_s: float, replicas: int | None = None) -> Any:
+    """Bind to the bucket, creating it or bringing its TTL to `ttl_s` (the stream's max_age; 0: its
+    keys never lapse) and its copies to `replicas` (None: as they are)."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -338,8 +338,8 @@ class Lease:
 
     async def open(self) -> None:
         try:
-            self._kv = await _bucket(self.js, self.bucket, self.ttl_s, self.replicas)
-            self._ticks = await _bucket(self.js, self.ticks_bucket, TICKS_TTL_S, self.replicas)
+            self._kv = await open_bucket(self.js, self.bucket, self.ttl_s, self.replicas)
+            self._ticks = await open_bucket(self.js, self.ticks_bucket, TICKS_TTL_S, self.replicas)
         except nats.js.errors.APIError as exc:
             raise NatsUnavailable(
                 f"cannot set up the cluster buckets of [cluster] name = {self.name!r}: {exc.description}",

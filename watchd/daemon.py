@@ -43,6 +43,7 @@ from watchd.answers import Answers
 from watchd.config import Loaded, WatchDef
 from watchd.cron.runner import Scheduler
 from watchd.cron.schedule import parse_duration
+from watchd.cron.shared import SharedSchedules
 from watchd.dispatch import Dispatcher, Target
 from watchd.engine import Engine
 from watchd.errors import ConfigError, WatchdError
@@ -123,9 +124,11 @@ class Daemon:
         self.targets: dict[str, Target] = {}
         self._in_flight = InFlight()  # tokens the anthropic agents' calls hold, across reloads
         self.http = HttpClient()  # the notifiers' and the heartbeat's session, across reloads; closed at stop
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler | None = None  # on an instance that holds a shard: its schedules' ticks
+        self.shared_schedules: SharedSchedules | None = None  # on a NATS of one's own: what the deployment ran
+        self.schedule_shards: dict[str, int] = {}  # each schedule's shard (shards.schedule_shards)
         self.lease: cluster.Lease | None = None  # this instance in its deployment (SPEC section 9)
-        self.active = False  # holds the lease (shard 0's) and runs what a deployment runs once
+        self.active = False  # holds the lease (shard 0's) and runs what a deployment runs once (the sources)
         self._delivering = False  # the handoff queue's (or the outbox's) tasks are running here
         self.cluster_lag: dict[str, int] = {}  # events and handoffs waiting on the shared consumers
         self.last_loop_at = 0.0
@@ -347,6 +350,10 @@ class Daemon:
                 gate=self.releases,
             )
             await self.queue.ensure_consumer()  # before anything of this deployment is queued
+            self.shared_schedules = SharedSchedules(
+                self.js, cfg.name, self.lease.me.instance, self.lease.claim_tick, replicas=cfg.replicas
+            )
+            await self.shared_schedules.open()
         sharded = len(self.shards) > 1
         floor = await lease0.decided_floor()  # before any shard of this layout decides
         for shard in self.shards:
@@ -469,7 +476,6 @@ class Daemon:
         # in it is done twice, and nothing below runs until it succeeded.
         await self._start_shard(self.shards[0])
         self.active = True
-        targets = self.targets
         agents = self.loaded.config.agent.values()
         heartbeat = any(s.job == "heartbeat" for s in config.effective_schedules(self.loaded.config).values())
         if any(isinstance(a, config.AnthropicAgent) and a.batch for a in agents) and not heartbeat:
@@ -485,23 +491,6 @@ class Daemon:
             self._spawn(
                 "nats-replies", lambda: follow_replies(js, store, self.stop, clock=self.clock, upkeep=upkeep, nc=nc)
             )
-        queue = self.queue
-        lease = self.lease
-        self.scheduler = Scheduler(
-            self.store,
-            self.loaded,
-            emit=self.emit,
-            clock=self.clock,
-            targets=targets,
-            wake_dispatcher=queue.wake if queue is not None else self.dispatcher.wake,
-            nc=self.nc,
-            js=self.js,
-            in_daemon=True,
-            http=self.http,
-            # Embedded: no other instance can be there to claim a tick.
-            claim_tick=lease.claim_tick if lease is not None and not lease.embedded else None,
-        )
-        self._spawn("scheduler", lambda: self.scheduler.run(self.stop, self.upkeep) if self.scheduler else _noop())
         await self._start_sources()
         if self.ingress is not None:  # the webhooks record their health with the other sources' now
             self.ingress.webhooks = ingress.webhook_routes(self)
@@ -512,7 +501,8 @@ class Daemon:
 
     async def _start_shard(self, shard: ShardEngine) -> None:
         """With a shard's lease: its engine from the store as last committed here, caught up on the
-        stream (see ShardEngine.catch_up), then stepped; and the deliveries, once per instance."""
+        stream (see ShardEngine.catch_up), then stepped; and, once per instance, the deliveries and the
+        scheduler (which runs the ticks of this shard's schedules from now on)."""
         if shard.active:
             return
         shard.draining_until = None
@@ -526,6 +516,10 @@ class Daemon:
         self._spawn(shard.names.task, shard.run, core=True)
         if len(self.shards) > 1:
             log.info("stepping %s", shard.names.label())
+        if self.scheduler is None:
+            self._start_scheduler()
+        else:
+            self.scheduler.wake()  # the schedules of this shard are run here from now on
         if self._delivering:
             return
         self._delivering = True
@@ -539,6 +533,34 @@ class Daemon:
                 lambda: self.dispatcher.run(self.stop, self.upkeep) if self.dispatcher else _noop(),
                 core=True,
             )
+
+    def _start_scheduler(self) -> None:
+        """Once per instance, with its first shard: the schedules, each of whose ticks it runs while
+        it holds the schedule's shard (`runs_schedule`)."""
+        assert self.store is not None and self.dispatcher is not None
+        queue = self.queue
+        self.scheduler = Scheduler(
+            self.store,
+            self.loaded,
+            emit=self.emit,
+            clock=self.clock,
+            targets=self.targets,
+            wake_dispatcher=queue.wake if queue is not None else self.dispatcher.wake,
+            nc=self.nc,
+            js=self.js,
+            in_daemon=True,
+            http=self.http,
+            shared=self.shared_schedules,  # None when embedded: no other instance can be there
+            owns=self.runs_schedule,
+        )
+        self._spawn("scheduler", lambda: self.scheduler.run(self.stop, self.upkeep) if self.scheduler else _noop())
+
+    def runs_schedule(self, name: str) -> bool:
+        """Whether this instance runs the ticks of a schedule now: it steps the schedule's shard
+        (and its lease cannot have lapsed: see cluster.Lease.held)."""
+        k = self.schedule_shards.get(name)
+        shard = self.shards[shards.schedule_shard(name, len(self.shards)) if k is None else k]
+        return shard.active and (shard.lease is None or shard.lease.held())
 
     async def _start_sources(self) -> None:
         """Every configured source as a task of its own (see sources/supervise.py): a source that
@@ -612,8 +634,10 @@ class Daemon:
         digests = {d.watch.id: d.digest for d in defs}
         versions = await store.run(store.assign_versions, digests, now)
         await history.record(store, "watch", history.watches(defs, versions), now)
+        after = {name: s.after or () for name, s in config.effective_schedules(loaded.config).items()}
         async with self.lock:
             self.loaded = loaded
+            self.schedule_shards = shards.schedule_shards(after, len(self.shards))
             self.defs = [(d, versions[d.watch.id]) for d in defs]
             for shard in self.shards:
                 await shard.load(self.defs, now, restore=first)

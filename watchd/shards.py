@@ -6,7 +6,10 @@ restarts. Each shard has what one engine had before: a lease, a durable consumer
 stream (filtered to the subjects its watches read), a commit cursor in the store, and the position
 the holder records for whoever takes the shard next. Shard 0 keeps the unsharded names, so that
 `shards = 1` is exactly the single-engine deployment, and its holder also runs what a deployment
-runs once (schedules, sources).
+runs once (the sources).
+
+Schedules are spread the same way (`schedule_shards`): each is run by the instance that holds its
+shard (watchd/cron/shared.py says how a schedule moves without a tick run or reported twice).
 
 How many shards an instance takes: up to its fair share of the live members; one holding more than
 that gives shards up, one at a time, while another member holds fewer (see `should_release`).
@@ -33,6 +36,32 @@ def shard_of(watch_id: str, shards: int) -> int:
         return 0
     digest = hashlib.sha256(watch_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % shards
+
+
+def schedule_shard(name: str, shards: int) -> int:
+    """The shard of a schedule: as a watch's, from its name (prefixed: a watch and a schedule may
+    share a name and still land apart)."""
+    return shard_of("schedule:" + name, shards)
+
+
+def schedule_shards(after: Mapping[str, Iterable[str]], shards: int) -> dict[str, int]:
+    """The shard of each schedule (`after`: each one's upstreams). Schedules chained by `after`
+    share one shard, that of the first name of their chain: a downstream runs once every upstream's
+    run for a tick has ended, as the store of the instance that ran them records it."""
+    parent = {name: name for name in after}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for name, upstreams in after.items():
+        for up in upstreams:
+            if up in parent:
+                a, b = root(name), root(up)
+                parent[max(a, b)] = min(a, b)
+    return {name: schedule_shard(root(name), shards) for name in after}
 
 
 @dataclass(frozen=True, slots=True)

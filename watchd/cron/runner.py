@@ -7,6 +7,10 @@ the outcomes as events, then sleeps until the next due tick and nothing else.
 
 Between wake-ups it sleeps on a `WallTimer` (walltimer.py), which wakes at a wall-clock instant
 even across a laptop's suspend, and never otherwise: no polling.
+
+In a deployment of several instances, an instance runs the ticks of the schedules whose shard it
+holds (`owns`), and claims them in NATS too (watchd/cron/shared.py). Runs it started, their
+retries, and runs asked for (run now, replay) stay its own wherever the schedule's shard goes.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
+    from watchd.cron.shared import SharedSchedules
     from watchd.dispatch import Target
     from watchd.notify.http_client import HttpClient
     from watchd.store import Store
@@ -92,7 +97,8 @@ class Scheduler:
         js: JetStreamContext | None = None,
         timer: WallTimer | None = None,
         in_daemon: bool = False,
-        claim_tick: Callable[[str, float], Awaitable[bool]] | None = None,
+        shared: SharedSchedules | None = None,
+        owns: Callable[[str], bool] | None = None,
         http: HttpClient | None = None,
     ) -> None:
         self.store = store
@@ -105,7 +111,11 @@ class Scheduler:
         self.timer = timer or WallTimer(clock)
         self.in_daemon = in_daemon
         self.http = http  # the daemon's HTTP client, for the jobs (the heartbeat's ping)
-        self.claim_tick = claim_tick  # a tick is run once cluster-wide: by the instance that claims it
+        # In a deployment of several instances (watchd/cron/shared.py): the ticks it handled, and
+        # whether this instance runs a schedule's ticks now (the instance holding its shard does).
+        self.shared = shared
+        self.owns = owns
+        self.owned: set[str] = set()  # the schedules this instance ran ticks of at its last wake-up
         self.slots: dict[str, Slot] = {}
         self.wakeups = 0  # loop iterations: the idle benchmark counts them
         self._wake = asyncio.Event()
@@ -155,6 +165,7 @@ class Scheduler:
             slot.next_at = self._next_at(slot, -math.inf)  # from the last tick handled: overdue ones come due now
             slots[name] = slot
         self.slots = slots
+        self.owned = set()  # the state just read from the store: caught up again with the deployment's
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, upkeep: Upkeep | None = None) -> None:
@@ -198,7 +209,8 @@ class Scheduler:
             await asyncio.wait(tasks)
 
     def next_wake(self) -> float | None:
-        ticks = (s.next_at for s in self.slots.values() if s.next_at is not None)
+        owns = self.owns
+        ticks = (s.next_at for n, s in self.slots.items() if s.next_at is not None and (owns is None or owns(n)))
         retries = (at for s in self.slots.values() for at, _ in s.retries.values())
         return min((*ticks, *retries), default=None)
 
@@ -212,8 +224,9 @@ class Scheduler:
     async def step(self) -> None:
         """Handle everything due now: claim, skip (with events), start runs."""
         now = self.clock()
+        await self._follow_owners()
         await self._start_retries(now)
-        due = [s for s in self.slots.values() if s.next_at is not None and s.next_at <= now]
+        due = [s for n, s in self.slots.items() if s.next_at is not None and s.next_at <= now and n in self.owned]
         if not due:
             return
         fresh = await self.store.call(schedules.refresh, [(s.defn.name, s.state) for s in due])
@@ -231,11 +244,10 @@ class Scheduler:
                 )
                 d.runs = []
             ticks = [r.tick_at for r in d.runs] + [k.tick_at for k in d.skips]
+            if self.shared is not None and ticks:  # ticks another instance handled are its to run or report
+                d = await self.shared.claim(slot.defn.name, d)
             if ticks:
                 slot.state = replace(state, last_tick=max(ticks))
-            if self.claim_tick is not None:  # ticks another instance claimed are its to run
-                name = slot.defn.name
-                d.runs = [r for r in d.runs if await self.claim_tick(name, r.tick_at)]
             name, v = slot.defn.name, slot.version
             for k in d.skips:
                 data = msgspec.json.encode({"count": k.count, "wall": k.wall or None}).decode()
@@ -260,6 +272,20 @@ class Scheduler:
         if now - self._pruned_at > 3600:
             self._pruned_at = now
             await self.store.call(schedules.prune, now - KEEP_TICKS_S)
+
+    async def _follow_owners(self) -> None:
+        """Which schedules this instance runs the ticks of now. One it has just come to run (at
+        start, or its shard taken from another instance) first catches up with what the deployment
+        handled: planned from this store's own record, the ticks run elsewhere would look missed."""
+        owns = self.owns
+        owned = set(self.slots) if owns is None else {name for name in self.slots if owns(name)}
+        self.owned &= owned
+        for name in sorted(owned - self.owned):
+            slot = self.slots[name]
+            if self.shared is not None:
+                slot.state = await self.shared.catch_up(name, slot.state)
+            slot.next_at = self._next_at(slot, -math.inf)  # as install does: overdue ones come due now
+            self.owned.add(name)
 
     async def _emit_skips(self, slot: Slot, skips: list[Skip]) -> None:
         """One event per reason, however many ticks: waking after a 3-day outage says so once."""
@@ -384,6 +410,8 @@ class Scheduler:
         )
         if reason != "interrupted":
             current.state = replace(current.state, completed_at=max(ended, current.state.completed_at or 0.0))
+            if self.shared is not None and current.defn.kind == "every":  # it counts from this end
+                await self.shared.record_completion(name, ended)
         if retry_at is not None and reason is None:
             current.retries[key] = (retry_at, replace(r, key=key, attempt=r.attempt + 1))
         (log.info if result.ok else log.warning)(
