@@ -152,3 +152,16 @@ async def test_a_consumer_given_up_is_served_nothing_more_so_the_next_holder_dec
         assert [bus.seq_of(m) for m in got] == [1]
     finally:
         await taker.stop()
+
+
+def test_schedules_spread_over_the_shards_and_a_chain_by_after_stays_on_one() -> None:
+    after: dict[str, tuple[str, ...]] = {f"s{n}": () for n in range(400)}
+    after |= {"report": (), "mail": ("report",), "archive": ("mail", "other"), "other": ()}
+    got = shards.schedule_shards(after, 4)
+    assert got == shards.schedule_shards(dict(reversed(after.items())), 4), "not the order of the config"
+    chain = {got[n] for n in ("report", "mail", "archive", "other")}
+    assert chain == {shards.schedule_shard("archive", 4)}, "a downstream runs where its upstreams' runs are recorded"
+    spread = Counter(got[f"s{n}"] for n in range(400))
+    assert set(spread) == {0, 1, 2, 3} and min(spread.values()) > 70, spread
+    assert all(got[f"s{n}"] == shards.schedule_shard(f"s{n}", 4) for n in range(400))
+    assert set(shards.schedule_shards(after, 1).values()) == {0}
