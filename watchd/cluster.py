@@ -3,9 +3,10 @@ engine resumes on the shared event stream.
 
 Instances on one NATS with the same `[cluster] name` are one deployment. Only the holder of the
 lease `engine` in the deployment's KV bucket decides or hands off (engine, scheduler, dispatcher);
-the others stand by. The lease is taken by create (no one holds it) and renewed by update with the
-expected revision, so two instances can never both hold it; the bucket's TTL lets it lapse when its
-holder dies, and a standby takes it within `[cluster] takeover`. The holder stops deciding by its
+the others stand by (with `[cluster] shards`, each shard has a lease of its own: watchd/shards.py).
+The lease is taken by create (no one holds it) and renewed by update with the expected revision,
+so two instances can never both hold it; the bucket's TTL lets it lapse when its holder dies, and
+a standby takes it within `[cluster] takeover`. The holder stops deciding by its
 own clock before the lease can lapse on the server (fencing), and stops for good if another
 instance took it. The embedded single-node NATS cannot be shared: its instance records the lease as
 embedded, and an instance that finds such a record refuses to join.
