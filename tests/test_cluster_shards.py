@@ -7,6 +7,7 @@ A real nats-server the test starts; watchd instances are real daemons with their
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import aiohttp
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from support import project
+from support.clocks import utc
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
@@ -413,3 +415,47 @@ async def test_schedules_are_spread_over_the_instances_and_move_with_their_shard
     mins = [m for m in started if m[0] in MINUTELY]
     assert len(mins) == len(set(mins)) == first + 6 * len(MINUTELY), f"a tick ran twice or never: {sorted(mins)}"
     assert await schedule_events(nats_server.url, "skipped") == [], "a tick another instance ran was reported skipped"
+
+
+OFTEN = one_schedule_per_shard("often")
+EVERY_S = 4  # longer than a takeover: no interval passes with no instance to run it
+
+
+async def test_kill9_of_an_instance_its_schedules_run_on_the_other_each_tick_once(
+    nats_server: EmbeddedNats, process_factory: Callable[..., DaemonProc]
+) -> None:
+    cfg = f'[cluster]\ntakeover = "2s"\nshards = {SHARDS}\n'
+    for name in OFTEN:
+        cfg += f'[schedule.{name}]\nevery = "{EVERY_S}s"\nthen = ["notify.console"]\n'
+    a = process_factory(quiet_files(), nats_url=nats_server.url, extra_config=cfg)
+    b = process_factory(quiet_files(), nats_url=nats_server.url, extra_config=cfg)
+    await asyncio.to_thread(a.start)
+    await asyncio.to_thread(b.start)
+    await until(
+        lambda: len(proc_held(a)) == 2 and len(proc_held(b)) == 2, timeout_s=20, what="two shards on each instance"
+    )
+
+    def ran_by(d: DaemonProc) -> set[str]:
+        return {n for (n,) in d.query("SELECT schedule FROM schedule_ticks WHERE state != 'skipped'") if n in OFTEN}
+
+    await asyncio.sleep(2 * EVERY_S + 1)
+    assert ran_by(a) and ran_by(b), "each instance runs schedules"
+    on_a = {n for n in OFTEN if shards.schedule_shard(n, SHARDS) in proc_held(a)}
+    await asyncio.to_thread(a.kill9)
+    await until(lambda: len(proc_held(b)) == SHARDS, timeout_s=15, what="b to take a's shards")
+    taken = {n for (n,) in b.query("SELECT schedule FROM schedule_ticks") if n in on_a}
+    await until(
+        lambda: {n for (n,) in b.query("SELECT schedule FROM schedule_ticks") if n in on_a} - taken == on_a,
+        timeout_s=2 * EVERY_S + 5,
+        what="b to run a's schedules",
+    )
+    await asyncio.sleep(EVERY_S)
+
+    started = await schedule_events(nats_server.url, "started")
+    skipped = await schedule_events(nats_server.url, "skipped")
+    for name in OFTEN:
+        ticks = sorted(utc(t) for n, t in started if n == name)
+        assert len(ticks) == len(set(ticks)), f"{name}: a tick ran twice"
+        gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+        assert min(gaps) >= EVERY_S - 0.002, f"{name}: a run less than {EVERY_S}s after the last one ended: {gaps}"
+        assert not {t for n, t in skipped if n == name} & {t for n, t in started if n == name}, "a run reported skipped"
