@@ -6,6 +6,7 @@ daemons with their own state dirs on it, in the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -17,12 +18,13 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, ConsumerInfo, SequenceInfo
 from support import project
 from support.inprocess import InProcessDaemon
 from support.processes import DaemonProc
 from support.waiting import until
 
-from watchd import bus, cluster
+from watchd import bus, cluster, shards
 from watchd.bus import EmbeddedNats
 from watchd.config import ClusterConfig
 from watchd.errors import WatchdError
@@ -446,3 +448,49 @@ async def test_a_takeover_that_fails_is_run_again_while_the_lease_is_held(
     finally:
         stop.set()
         await task
+
+
+async def test_a_position_recorded_under_another_count_of_shards_is_not_read(nats_client: Client) -> None:
+    """Shard 0 keeps its names whatever the count of shards: its position from a layout with other
+    watches (and another filter) must not tell a holder of the new layout where to start."""
+    js = nats_client.jetstream()
+    old = cluster.Lease(js, ClusterConfig(name="layouts"), 6.0, state_dir="/s", watches="w", embedded=False)
+    await old.open()
+    assert await old.join()
+    await old.record_position(40, 1000.0)
+    assert await old.read_position() == cluster.Position(seq=40, clock=1000.0, instance=old.me.instance, shards=1)
+    await old.record_position(30, 900.0)  # older than what is recorded (a renewal's stale read): not written
+    assert (await old.read_position() or cluster.Position(seq=0, clock=0, instance="")).seq == 40
+    await old.leave()
+
+    new = cluster.Lease(
+        js,
+        ClusterConfig(name="layouts", shards=3),
+        6.0,
+        state_dir="/s",
+        watches="w",
+        embedded=False,
+        names=shards.ShardNames(0, 3),
+    )
+    await new.open()
+    assert await new.read_position() is None
+
+
+def test_a_catch_up_replays_up_to_the_recorded_position_and_decides_after_it() -> None:
+    def info(floor: int, delivered: int) -> ConsumerInfo:
+        return ConsumerInfo(
+            name="watchd-engine",
+            stream_name="EVENTS",
+            config=ConsumerConfig(),
+            created=datetime.datetime.now(datetime.UTC),
+            ack_floor=SequenceInfo(0, floor),
+            delivered=SequenceInfo(0, delivered),
+        )
+
+    # The last holder decided and queued up to 15, acknowledged up to 10, was delivered up to 20.
+    assert cluster.plan_catch_up(0, info(10, 20), recorded=15) == cluster.CatchUp(0, 15, 20)
+    assert cluster.plan_catch_up(0, info(10, 20)) == cluster.CatchUp(0, 10, 20)  # none recorded
+    # A position past what this durable delivered (recorded before the durable was made anew)
+    # counts only up to what it delivered.
+    assert cluster.plan_catch_up(0, info(10, 20), recorded=30) == cluster.CatchUp(0, 20, 20)
+    assert cluster.plan_catch_up(18, info(10, 20), recorded=15) == cluster.CatchUp(18, 18, 20)

@@ -25,6 +25,7 @@ from support.waiting import until
 from watchd import bus, cluster
 from watchd.bus import EmbeddedNats
 from watchd.dispatch import Delivered
+from watchd.errors import NatsUnavailable
 from watchd.handoff_queue import HandoffQueue
 from watchd.model import make_event
 from watchd.store import Store
@@ -115,7 +116,7 @@ async def test_a_handoff_decided_by_an_instance_that_died_is_delivered_by_the_ne
         )
 
 
-async def test_a_holder_that_dies_between_commit_and_ack_has_its_batch_decided_again_and_handed_off_once(
+async def test_a_holder_that_dies_between_commit_and_ack_leaves_its_batch_decided_once(
     nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with FakeWebhook() as hook:
@@ -144,22 +145,25 @@ async def test_a_holder_that_dies_between_commit_and_ack_has_its_batch_decided_a
         second = [make_event("job.run", id=f"second-{n:02d}") for n in range(10)]
         await a.publish(*second)
         await until(crashed.is_set, what="a to die between commit and ack")
-        twice = len(a.handoffs("jobs")) - 10  # the batch a committed and never acknowledged
-        assert twice >= 1
+        unacked = len(a.handoffs("jobs")) - 10  # the batch a committed, queued and never acknowledged
+        assert unacked >= 1
         await a.cleanup()
         hook.recover()
 
-        # b takes over when the lease lapses, decides the unacknowledged batch again (same handoff
-        # ids: the stream keeps the first copy only) and delivers each handoff once.
+        # b, whose store holds nothing, takes over when the lease lapses. a recorded how far it had
+        # decided and queued before its ack: b replays that batch for its state and decides only
+        # what a never did; each handoff is delivered once.
         await until(lambda: b.running.active, timeout_s=10, what="b to take over")
         await until(lambda: len(hook.handoff_ids) >= 20, timeout_s=30, what="the second ten delivered")
         await asyncio.sleep(0.5)
         every = {h["id"] for d in (a, b) for h in d.handoffs("jobs")}
         assert len(every) == 20 and sorted(hook.handoff_ids) == sorted(every), "lost or doubled"
-        assert "were delivered but never acknowledged" in b.logged()
-        assert b.running.queue is not None and b.running.queue.duplicates == twice
+        # Each event decided once across the two instances: none of a's batch again on b.
+        fired = sorted(r["event_id"] for d in (a, b) for r in d.decisions("jobs", verdict="fired"))
+        assert fired == sorted(e.id for e in first + second), "an event was decided twice, or never"
+        assert b.running.queue is not None and b.running.queue.duplicates == 0
         again = b.query("SELECT COUNT(*) FROM transitions WHERE detail LIKE 'already queued by another instance%'")
-        assert again == [(twice,)]
+        assert again == [(0,)]
 
 
 async def test_metrics_status_and_explain_show_the_deployment(
@@ -299,6 +303,47 @@ async def test_a_timer_fired_by_a_holder_that_dies_before_recording_its_instant_
         await asyncio.sleep(0.5)
         assert hook.handoff_ids == [a.handoffs("hosts")[0]["id"]], "delivered once"
         assert [h["id"] for h in b.handoffs("hosts")] == hook.handoff_ids
+
+
+async def test_a_renewal_while_a_fire_is_being_queued_does_not_record_its_instant(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is renewed (and the position recorded) concurrently with the engine's steps: one
+    that lands after a fire's commit and before its handoff reached the queue must not record the
+    fire's instant, or a holder that dies then leaves a silence no one hands off."""
+    async with FakeWebhook() as hook:
+        a = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=config(hook)).start()
+        b = await daemon_factory(ABSENT, nats_url=nats_server.url, extra_config=config(hook)).start()
+        await a.publish(make_event("hb", {"host": "h1"}, id="hb-1"))
+        await until(lambda: a.last_seq() == 1, what="a to commit the heartbeat")
+
+        # a commits the silence's fire; as it queues the handoff a renewal runs, then a dies before
+        # the handoff is stored.
+        crashed = asyncio.Event()
+        queue_pending = HandoffQueue.queue_pending
+
+        async def dying(queue: HandoffQueue) -> int:
+            if a.daemon is not None and queue is a.running.queue and a.handoffs("hosts") and not crashed.is_set():
+                lease = a.running.lease
+                assert lease is not None and await lease.renew()
+                a.running.stop.set()
+                crashed.set()
+                assert a.running.nc is not None
+                await a.running.nc.close()
+                raise NatsUnavailable("the connection is gone")
+            return await queue_pending(queue)
+
+        monkeypatch.setattr(HandoffQueue, "queue_pending", dying)
+        await asyncio.gather(a.advance(35), b.advance(35))
+        await until(crashed.is_set, what="a to die while queueing the fire")
+        await a.cleanup()
+
+        # b takes over: the instant recorded is the heartbeat's, so b fires the silence itself.
+        await until(lambda: b.running.active, timeout_s=10, what="b to take over")
+        await b.advance(1)
+        await until(lambda: hook.handoff_ids, timeout_s=30, what="the silence delivered")
+        await asyncio.sleep(0.5)
+        assert hook.handoff_ids == [a.handoffs("hosts")[0]["id"]], "delivered once"
 
 
 class SlowTarget:

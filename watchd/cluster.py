@@ -15,10 +15,11 @@ The engine's durable consumer is shared by every instance of a deployment and is
 recreated: another live instance may be bound to it. What an instance needs past its own commit
 cursor it reads straight from the stream (an ephemeral consumer, no acks), in two parts:
 
-- up to the durable's ack floor, events another instance already decided and acknowledged (commit,
-  then ack): replayed through the pure engine for its state only, never handed off again;
+- up to the durable's ack floor, or to the last holder's recorded position when that is further,
+  events another instance already decided (commit, queue its handoffs, record the position, then
+  ack): replayed through the pure engine for its state only, never decided or handed off again;
 - from there to what the durable has delivered, events fetched by an instance that died before
-  acknowledging them: the server redelivers them only after ack_wait, and an ack of any later event
+  recording them: the server redelivers them only after ack_wait, and an ack of any later event
   (AckPolicy.ALL) would acknowledge them unseen, so they are decided here, in stream order, first.
 """
 
@@ -75,13 +76,15 @@ class CatchUp:
         return self.decide_to > max(self.position, self.replay_to)
 
 
-def plan_catch_up(position: int, info: ConsumerInfo | None) -> CatchUp:
-    """From this instance's cursor and the durable's state (None: there is no durable yet)."""
+def plan_catch_up(position: int, info: ConsumerInfo | None, recorded: int = 0) -> CatchUp:
+    """From this instance's cursor, the durable's state (None: there is no durable yet) and the
+    sequence the last holder recorded as decided with its handoffs queued (`recorded`: a holder
+    that died between that and its ack decided up to there all the same)."""
     if info is None:
         return CatchUp(position, position, position)
     floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
     delivered = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
-    replay_to = max(position, floor)
+    replay_to = max(position, floor, min(recorded, delivered))
     return CatchUp(position, replay_to, max(replay_to, delivered))
 
 
@@ -141,6 +144,7 @@ async def catch_up(
     *,
     subjects: list[str] | None = None,
     start_after: int = 0,
+    recorded: int = 0,
 ) -> None:
     """Read from the stream what lies past `position` (this instance's commit cursor) before the
     durable is consumed; the durable is never deleted or recreated (another instance may be bound
@@ -148,7 +152,7 @@ async def catch_up(
     Events another instance decided are stepped for their state only (`consume(msgs, True)`), then
     the timers it fired are reached, then what was delivered but never acknowledged is decided
     (`consume(msgs, False)`). `replayed(seq)`: the cursor is past the replayed events, even those
-    the stream no longer holds."""
+    the stream no longer holds. `recorded`: the last holder's recorded position (see plan_catch_up)."""
     info = await durable_info(consumer)
     if info is None:
         if start_after > position:  # a shard new to a deployment that decided up to there: see shards.py
@@ -164,7 +168,7 @@ async def catch_up(
     consumer.config.deliver_policy = info.config.deliver_policy
     consumer.config.opt_start_seq = info.config.opt_start_seq
     consumer.config.opt_start_time = info.config.opt_start_time
-    plan = plan_catch_up(position, info)
+    plan = plan_catch_up(position, info, recorded)
     if plan.replays:
         log.info(
             "catching up: replaying events %d..%d, decided by another instance, for their state",
@@ -238,12 +242,15 @@ class Member(msgspec.Struct, kw_only=True):
 
 
 class Position(msgspec.Struct, kw_only=True):
-    """How far the holder's engine got: the last committed sequence and its clock (the instant up
-    to which timers fired). The stream holds the events; this is what it cannot hold."""
+    """How far the holder's engine got: the last sequence it decided and its clock (the instant up
+    to which timers fired), both only once the handoffs they made were queued. The stream holds the
+    events; this is what it cannot hold. `shards`: the layout it was recorded under (a shard's
+    position says nothing of the same index in another layout: other watches, other subjects)."""
 
     seq: int
     clock: float
     instance: str
+    shards: int = 1
 
 
 class Layout(msgspec.Struct, kw_only=True):
@@ -332,7 +339,10 @@ class Lease:
         self._revision = 0  # of the lease, while this instance holds it
         self._valid_until = 0.0  # monotonic: the holder decides until then without a renewal
         self._lost = False
-        self.position: Callable[[], tuple[int, float]] | None = None  # the holder's (seq, clock), recorded on renewal
+        # The holder's (seq, clock), recorded on renewal; None while it has nothing to record yet.
+        self.position: Callable[[], tuple[int, float] | None] | None = None
+        self._recording = asyncio.Lock()
+        self._recorded = (0, 0.0)  # the last position this holder wrote: never written backwards
         self._announced: str | None = None  # the holder last named in the standby line
 
     # -- joining --
@@ -397,6 +407,7 @@ class Lease:
             return await self.renew()
         self.holder = record
         self._valid_until = sent + self.ttl_s * FENCE_SHARE
+        self._recorded = (0, 0.0)  # taken anew: whatever the last holder recorded is the one to pass
         return True
 
     # -- holding --
@@ -435,17 +446,23 @@ class Lease:
             self.holder = await self._read_holder()
             return False
         self._valid_until = sent + self.ttl_s * FENCE_SHARE
-        if self.position is not None and not self.embedded:
-            await self.record_position(*self.position())
+        if self.position is not None and not self.embedded and (at := self.position()) is not None:
+            await self.record_position(*at)
         return True
 
     async def record_position(self, seq: int, clock: float) -> None:
-        """Record the holder's engine position for whoever takes over (not needed when embedded)."""
+        """Record the holder's engine position for whoever takes over (not needed when embedded).
+        One write at a time and never backwards: a renewal that read the position before a step
+        moved it must not overwrite the step's record with its older one."""
         if self.embedded or not self.held():
             return
-        value = msgspec.json.encode(Position(seq=seq, clock=clock, instance=self.me.instance))
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await self._ticks.put(self.names.position_key, value)
+        async with self._recording:
+            if (seq, clock) <= self._recorded:
+                return
+            value = Position(seq=seq, clock=clock, instance=self.me.instance, shards=self.names.count)
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                await self._ticks.put(self.names.position_key, msgspec.json.encode(value))
+                self._recorded = (seq, clock)
 
     async def record_layout(self) -> None:
         """Record how many shards the deployment's watches are split into (see `decided_floor`)."""
@@ -493,14 +510,16 @@ class Lease:
         return floor
 
     async def read_position(self) -> Position | None:
-        """The last holder's position (None when embedded, or none was recorded)."""
+        """The last holder's position (None when embedded, none was recorded, or it was recorded
+        under another count of shards)."""
         if self.embedded:
             return None
         try:
             entry = await self._ticks.get(self.names.position_key)
-            return msgspec.json.decode(entry.value, type=Position)
+            position = msgspec.json.decode(entry.value, type=Position)
         except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
             return None
+        return position if position.shards == self.names.count else None
 
     async def fenced(self, stop: asyncio.Event) -> None:
         """Wait until the lease is held again (a renewal got through) or the daemon stops."""

@@ -329,8 +329,9 @@ class Daemon:
                     me=lease0.me,
                 )
             shard.lease = lease
-            # Only what is committed: a takeover must not skip timers whose fire never reached the store.
-            lease.position = lambda shard=shard: (shard.last_seq, shard.committed_clock)
+            # Only what is committed and queued: a takeover must not skip events or timers whose
+            # handoffs never reached the deployment's queue.
+            lease.position = lambda shard=shard: shard.queued
             await lease.open()
         if self.embedded is None:
             assert self.nc is not None and self.store is not None
@@ -439,7 +440,8 @@ class Daemon:
         if time.monotonic() < shard.draining_until:
             return False
         shard.draining_until = None
-        await lease.record_position(shard.last_seq, shard.committed_clock)
+        if shard.queued is not None:
+            await lease.record_position(*shard.queued)
         await lease.release()
         log.info("gave up %s to even the load (%d members)", shard.names.label(), len(self.lease.members))
         return True
@@ -506,12 +508,15 @@ class Daemon:
         if shard.active:
             return
         shard.draining_until = None
+        shard.queued = None  # nothing to record for whoever comes next until caught up and queued
         if len(self.shards) > 1:  # taken again: what another holder did since is on the stream
             async with self.lock:
                 await shard.load(self.defs, self.clock(), restore=True)
         await shard.bind_consumer()
         async with self.lock:  # its cursor is in the store from now on, events or none (see ShardEngine.load)
             await shard.commit(stepping.Batch(), last_seq=shard.last_seq)
+            await shard.queue_handoffs()  # what the catch-up decided: queued before it is recorded
+            await shard.record_queued()
         shard.active = True
         self._spawn(shard.names.task, shard.run, core=True)
         if len(self.shards) > 1:

@@ -54,6 +54,10 @@ class ShardEngine:
         self.draining_until: float | None = None  # monotonic: given up, released once nothing more can come
         self.last_seq = 0
         self.committed_clock = 0.0
+        # (last_seq, committed_clock) once the handoffs they made were queued: the position a takeover
+        # may start from. None until this holder has caught up and queued what it decided.
+        self.queued: tuple[int, float] | None = None
+        self._holders: cluster.Position | None = None  # the last holder's position, read at catch-up
         self.behind = 0  # events stored past the last one fetched (the stream's own count): the lag
         self.filter: list[str] | None = None  # the consumer's subjects (None: every event, unsharded)
         self._consumer: bus.EventConsumer | None = None
@@ -147,6 +151,7 @@ class ShardEngine:
         def replayed(upto: int) -> None:
             self.last_seq = max(self.last_seq, upto)
 
+        self._holders = await self.lease.read_position() if self.lease is not None else None
         await cluster.catch_up(
             d.js,
             consumer,
@@ -156,6 +161,7 @@ class ShardEngine:
             self.reach_holders_clock,
             subjects=self.filter,
             start_after=self.start_after,
+            recorded=self._holders.seq if self._holders is not None else 0,
         )
 
     # ---- the loop ----
@@ -202,6 +208,9 @@ class ShardEngine:
                 if msgs:
                     await self.consume(msgs)
                     await self.queue_handoffs()  # before the ack: see watchd/handoff_queue.py
+                    # Then the position, before the ack too: a holder that dies before its ack
+                    # reaches the server leaves its successor this, to replay for state, not decide.
+                    await self.record_queued()
                     await consumer.ack_upto(msgs[-1])
                 due = self.engine.next_due()
                 # Only once the backlog is drained does the clock jump to the present, so events
@@ -277,10 +286,12 @@ class ShardEngine:
         batch = stepping.Batch()
         stepping.take(self.engine, Tick(self.d.clock()), batch)
         await self.commit(batch, last_seq=None)
-        if batch.fires and self.lease is not None:
+        if batch.fires:
             await self.queue_handoffs()  # before the position: a takeover fires them again, queued once
             # Timers are not on the stream: the instant they fired up to is, for whoever takes over.
-            await self.lease.record_position(self.last_seq, self.committed_clock)
+            await self.record_queued()
+        elif self.queued is not None:
+            self.queued = (self.last_seq, self.committed_clock)  # nothing to queue: recorded at renewal
 
     async def queue_handoffs(self) -> None:
         """On a NATS of one's own, queue the committed handoffs on the stream (raises if it cannot:
@@ -288,10 +299,17 @@ class ShardEngine:
         if self.d.queue is not None:
             await self.d.queue.queue_pending()
 
+    async def record_queued(self) -> None:
+        """What is committed here is queued (queue_handoffs returned): from now on it is the
+        position a takeover starts from; recorded for whoever takes the shard next."""
+        self.queued = (self.last_seq, self.committed_clock)
+        if self.lease is not None:
+            await self.lease.record_position(*self.queued)
+
     async def reach_holders_clock(self) -> None:
         """After a takeover: the timers the last holder fired (up to the instant it recorded) are
         stepped for their state only, so each fires once; those due since fire here."""
-        position = await self.lease.read_position() if self.lease is not None else None
+        position = self._holders
         if position is None or position.clock <= self.engine.clock:
             return
         async with self.d.lock:
