@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_webhook": [],
     "bench_tokens": [],
     "bench_scheduler": ["--rounds", "3", "--idle", "60"],
+    "bench_schedule_shared": ["--schedules", "500", "--rounds", "3"],
     "bench_history": ["--watches", "1000", "--files", "20"],
     "bench_cluster": ["--kills", "6", "--takeover", "3s", "--idle-s", "15"],
     "bench_scaleout": ["--events", "30000"],

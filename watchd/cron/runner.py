@@ -33,6 +33,8 @@ from watchd.cron import chain, jobrun
 from watchd.cron.payload import payload_of, run_of_row, run_payload
 from watchd.cron.ticks import (
     Definition,
+    Due,
+    OverlapAction,
     Run,
     Skip,
     State,
@@ -232,6 +234,7 @@ class Scheduler:
         fresh = await self.store.call(schedules.refresh, [(s.defn.name, s.state) for s in due])
         rows: list[TickClaim] = []
         batches: list[tuple[Slot, list[Run], bool, list[Skip]]] = []
+        planned: list[tuple[Slot, State, Due, OverlapAction]] = []
         for slot, state in zip(due, fresh, strict=True):
             slot.state = state
             d = plan(slot.defn, state, now, expected=slot.next_at - slot.defn.jitter_s if slot.next_at else None)
@@ -243,11 +246,16 @@ class Scheduler:
                     [*d.skips, *(Skip(r.tick_at, "overlap", why) for r in d.runs)], key=lambda k: k.tick_at
                 )
                 d.runs = []
+            planned.append((slot, state, d, action))
+        failure: BaseException | None = None
+        for (slot, state, d, action), claimed in zip(planned, await self._claim_shared(planned), strict=True):
+            if isinstance(claimed, BaseException):  # not handled now: planned again after the failure's backoff
+                failure = failure or claimed
+                continue
             ticks = [r.tick_at for r in d.runs] + [k.tick_at for k in d.skips]
-            if self.shared is not None and ticks:  # ticks another instance handled are its to run or report
-                d = await self.shared.claim(slot.defn.name, d)
             if ticks:
                 slot.state = replace(state, last_tick=max(ticks))
+            d = claimed  # without the ticks another instance handled: they are its to run or report
             name, v = slot.defn.name, slot.version
             for k in d.skips:
                 data = msgspec.json.encode({"count": k.count, "wall": k.wall or None}).decode()
@@ -272,6 +280,20 @@ class Scheduler:
         if now - self._pruned_at > 3600:
             self._pruned_at = now
             await self.store.call(schedules.prune, now - KEEP_TICKS_S)
+        if failure is not None:
+            raise failure
+
+    async def _claim_shared(self, planned: list[tuple[Slot, State, Due, OverlapAction]]) -> list[Due | BaseException]:
+        """The ticks of each plan that this instance handles (watchd/cron/shared.py), or why they
+        could not be claimed. All at once: each claim is a round trip or two to NATS."""
+        shared = self.shared
+        if shared is None:
+            return [d for _, _, d, _ in planned]
+
+        async def claim(name: str, d: Due) -> Due:
+            return await shared.claim(name, d) if d.runs or d.skips else d
+
+        return await asyncio.gather(*(claim(s.defn.name, d) for s, _, d, _ in planned), return_exceptions=True)
 
     async def _follow_owners(self) -> None:
         """Which schedules this instance runs the ticks of now. One it has just come to run (at
@@ -280,10 +302,13 @@ class Scheduler:
         owns = self.owns
         owned = set(self.slots) if owns is None else {name for name in self.slots if owns(name)}
         self.owned &= owned
-        for name in sorted(owned - self.owned):
+        taken = sorted(owned - self.owned)
+        if self.shared is not None:  # all at once: each is a round trip to NATS
+            states = await asyncio.gather(*(self.shared.catch_up(n, self.slots[n].state) for n in taken))
+            for name, state in zip(taken, states, strict=True):
+                self.slots[name].state = state
+        for name in taken:
             slot = self.slots[name]
-            if self.shared is not None:
-                slot.state = await self.shared.catch_up(name, slot.state)
             slot.next_at = self._next_at(slot, -math.inf)  # as install does: overdue ones come due now
             self.owned.add(name)
 
