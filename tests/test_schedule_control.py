@@ -431,3 +431,28 @@ async def test_run_then_with_retries_hands_off_the_outcome_once(make: Any, tmp_p
     await step_to(h, row(h, "sync", key)["next_attempt_at"])
     ((reason,),) = h.store.conn.execute(handoffs).fetchall()
     assert reason.endswith("done: exit 0")
+
+
+async def test_a_reload_keeps_a_pending_retry_and_a_schedule_it_adds_after_another_follows(
+    make: Any, tmp_path: Path
+) -> None:
+    # The runner indexes the schedules with retries pending and each schedule's downstreams: a
+    # reload builds them again from the new schedules, the pending retry carried over.
+    flag = tmp_path / "ok"
+    body = f'[schedule.sync]\ncron = "0 * * * *"\nrun = {flaky(flag)}\nretries = 1\nretry_backoff = "1m"\n'
+    h = await make(body, "2026-03-02T09:59:00")
+    await h.step("2026-03-02T10:00:00")
+    key = tick_key("sync", 1, ts("2026-03-02T10:00:00"))
+    due = row(h, "sync", key)["next_attempt_at"]
+    path = h.loaded.config_path
+    assert path is not None
+    path.write_text(path.read_text() + f'[schedule.mail]\nafter = ["sync"]\n{ECHO}\n')
+    await h.sched.install(config.load(path))
+    assert h.sched.next_wake() == due and h.sched.slots["sync"].version == 1
+    flag.write_text("")
+    await step_to(h, due)
+    assert row(h, "sync", key)["state"] == "done"
+    await h.sched.idle()
+    (ran,) = h.rows("mail")
+    assert ran["state"] == "done" and ran["tick_at"] == ts("2026-03-02T10:00:00")
+    assert h.sched.next_wake() == ts("2026-03-02T11:00:00")

@@ -30,13 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("watchd.scheduler")
 
 
-def downstream_of(sched: Scheduler, name: str) -> list[Slot]:
-    return [s for s in sched.slots.values() if name in (s.defn.schedule.after or ())]
-
-
 async def upstream_ended(sched: Scheduler, name: str, r: Run, key: str, state: str) -> None:
     """Schedule `name`'s run `key` for `r.tick_at` ended an attempt in `state`."""
-    for down in downstream_of(sched, name):
+    for down in sched.downstream_of(name):
         try:
             await _follow(sched, down, name, r, key, state)
         except Exception:  # one downstream's trouble must not stop the others or the scheduler

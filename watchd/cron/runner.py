@@ -119,6 +119,10 @@ class Scheduler:
         self.owns = owns
         self.owned: set[str] = set()  # the schedules this instance ran ticks of at its last wake-up
         self.slots: dict[str, Slot] = {}
+        # Indexes over the slots, so a wake-up costs nothing for what has none: 1,000 schedules due
+        # together end 1,000 runs, each of which wakes the runner. Set with the slots (install).
+        self.retrying: set[str] = set()  # schedules that may have retries pending (never one less)
+        self.downstream: dict[str, list[str]] = {}  # schedule -> those that run after it (`after`)
         self.wakeups = 0  # loop iterations: the idle benchmark counts them
         self._wake = asyncio.Event()
         self._started = asyncio.Event()  # the schedules are loaded: run-now and replay may act
@@ -148,7 +152,7 @@ class Scheduler:
         await self.install(self.loaded)
         for row in await store.call(schedules.retrying):
             if (slot := self.slots.get(row.schedule)) is not None:
-                slot.retries[row.key] = (row.next_attempt_at or now, run_of_row(row))
+                self._retry(slot, row.key, row.next_attempt_at or now, run_of_row(row))
         self._started.set()
         self._wake.set()
 
@@ -167,6 +171,11 @@ class Scheduler:
             slot.next_at = self._next_at(slot, -math.inf)  # from the last tick handled: overdue ones come due now
             slots[name] = slot
         self.slots = slots
+        self.retrying = {name for name, slot in slots.items() if slot.retries}
+        self.downstream = {}
+        for name, slot in slots.items():
+            for up in dict.fromkeys(slot.defn.schedule.after or ()):
+                self.downstream.setdefault(up, []).append(name)
         self.owned = set()  # the state just read from the store: caught up again with the deployment's
         self._wake.set()
 
@@ -213,7 +222,8 @@ class Scheduler:
     def next_wake(self) -> float | None:
         owns = self.owns
         ticks = (s.next_at for n, s in self.slots.items() if s.next_at is not None and (owns is None or owns(n)))
-        retries = (at for s in self.slots.values() for at, _ in s.retries.values())
+        pending = (s for n in self.retrying if (s := self.slots.get(n)) is not None)
+        retries = (at for s in pending for at, _ in s.retries.values())
         return min((*ticks, *retries), default=None)
 
     def _next_at(self, slot: Slot, now: float) -> float | None:
@@ -438,7 +448,7 @@ class Scheduler:
             if self.shared is not None and current.defn.kind == "every":  # it counts from this end
                 await self.shared.record_completion(name, ended)
         if retry_at is not None and reason is None:
-            current.retries[key] = (retry_at, replace(r, key=key, attempt=r.attempt + 1))
+            self._retry(current, key, retry_at, replace(r, key=key, attempt=r.attempt + 1))
         (log.info if result.ok else log.warning)(
             "schedule %s: %s — %s%s",
             name,
@@ -469,7 +479,11 @@ class Scheduler:
 
     async def _start_retries(self, now: float) -> None:
         """Start each run whose next attempt is due (after the run under way, unless overlap=allow)."""
-        for slot in list(self.slots.values()):
+        if not self.retrying:
+            return
+        pending = [s for n, s in self.slots.items() if n in self.retrying]  # in the slots' order
+        self.retrying = {s.defn.name for s in pending if s.retries}
+        for slot in pending:
             due = [(key, run) for key, (at, run) in slot.retries.items() if at <= now]
             for key, run in due:
                 if overlap_action(slot.defn.schedule.overlap, len(slot.active)) != "run":
@@ -478,6 +492,14 @@ class Scheduler:
                 attempt = await self.store.call(schedules.start_attempt, key, now)
                 if attempt is not None:  # else another process took it, or it was dropped
                     self._start(slot, [replace(run, attempt=attempt)])
+
+    def _retry(self, slot: Slot, key: str, at: float, run: Run) -> None:
+        slot.retries[key] = (at, run)
+        self.retrying.add(slot.defn.name)
+
+    def downstream_of(self, name: str) -> list[Slot]:
+        """The schedules that run after `name` (`after = [...]`), in the configuration's order."""
+        return [self.slots[n] for n in self.downstream.get(name, ())]
 
     async def run_now(self, name: str, by: str) -> tuple[str, float]:
         """Run a schedule's job now through the path a tick takes, as a run of its own (trigger
@@ -515,7 +537,7 @@ class Scheduler:
         row = await self.store.call(schedules.replay_dead_run, ref, self.clock())
         slot = self.slots.get(row.schedule)
         if slot is not None:
-            slot.retries[row.key] = (self.clock(), run_of_row(row))
+            self._retry(slot, row.key, self.clock(), run_of_row(row))
         self._wake.set()
         return row
 
