@@ -87,14 +87,37 @@ def sync_definitions(conn: sqlite3.Connection, digests: dict[str, str], now: flo
 
 def refresh(conn: sqlite3.Connection, states: Iterable[tuple[str, State]]) -> list[State]:
     """Each (schedule, state) with the last tick handled and the last completion as stored (another
-    process may have moved them)."""
-    return [_refresh(conn, name, state) for name, state in states]
+    process may have moved them). Two statements a chunk of schedules, not two a schedule: 1,000
+    schedules due together are read at each of their minutes."""
+    states = list(states)
+    names = list(dict.fromkeys(name for name, _ in states))
+    last: dict[str, float | None] = {}
+    done: dict[str, float | None] = {}
+    for i in range(0, len(names), _CHUNK):
+        chunk = names[i : i + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        last.update(
+            conn.execute(
+                f"SELECT schedule, MAX(tick_at) FROM schedule_ticks WHERE schedule IN ({marks}) AND {_OWN} "
+                "GROUP BY schedule",
+                chunk,
+            )
+        )
+        done.update(conn.execute(f"SELECT name, completed_at FROM schedules WHERE name IN ({marks})", chunk))
+    return [_merged(state, last.get(name), done.get(name)) for name, state in states]
+
+
+_CHUNK = 500  # names bound in one statement (SQLite allows 32,766 parameters; older builds 999)
 
 
 def _refresh(conn: sqlite3.Connection, name: str, state: State) -> State:
     (last,) = conn.execute(f"SELECT MAX(tick_at) FROM schedule_ticks WHERE schedule = ? AND {_OWN}", (name,)).fetchone()
     row = conn.execute("SELECT completed_at FROM schedules WHERE name = ?", (name,)).fetchone()
-    done = row[0] if row else None
+    return _merged(state, last, row[0] if row else None)
+
+
+def _merged(state: State, last: float | None, done: float | None) -> State:
+    """The state with the stored last tick and completion, whichever is later."""
     return State(
         state.since,
         max(x for x in (last, state.last_tick) if x is not None) if (last or state.last_tick) is not None else None,
