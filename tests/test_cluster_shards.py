@@ -403,6 +403,13 @@ async def test_schedules_are_spread_over_the_instances_and_move_with_their_shard
     assert mine and mine != set(MINUTELY)
     assert {name for name, _ in ran_here(b)} == set(MINUTELY) - mine, "each schedule runs on its shard's holder"
     assert {name for name, at in ran_here(a) if at > min(at for _, at in ran_here(b))} == mine
+    rows = {sc["name"]: sc for sc in json.loads((await b.cli("status", "--json")).stdout)["schedules"]}
+    assert {n for n in MINUTELY if rows[n]["run_here"]} == set(MINUTELY) - mine
+    assert all(rows[n]["shard"] == shards.schedule_shard(n, SHARDS) for n in MINUTELY)
+    elsewhere = min(mine)
+    text = (await b.cli("status")).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith(elsewhere + " "))
+    assert f"(shard {shards.schedule_shard(elsewhere, SHARDS)} elsewhere)" in line, text
 
     # a stops: b takes its shards, and with them schedules its own store last knew when b started.
     await a.stop()

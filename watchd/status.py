@@ -17,7 +17,7 @@ from rich.text import Text
 from watchd import shards
 from watchd.agents.budget import budget_lines, budget_report
 from watchd.agents.release import held_releases, release_lines
-from watchd.config import Loaded
+from watchd.config import Loaded, effective_schedules
 from watchd.engine import Engine
 from watchd.engine.base import Hold, hold_words, local_time
 from watchd.explain.schedule import schedule_status
@@ -107,6 +107,12 @@ def collect(loaded: Loaded, daemon: dict[str, Any] | None, now: float) -> dict[s
             report["dead_letters"] = report["handoffs"].get("dead", 0) + schedules.count_dead_runs(conn)
     count = loaded.config.cluster.shards
     stepping = set(((daemon or {}).get("cluster") or {}).get("holding") or [])
+    if count > 1:  # a schedule of a shard held elsewhere runs there: this store has its runs here only
+        after = {name: s.after or () for name, s in effective_schedules(loaded.config).items()}
+        placed = shards.schedule_shards(after, count)
+        for sc in report["schedules"]:
+            if sc["name"] in placed:
+                sc.update(shard=placed[sc["name"]], run_here=placed[sc["name"]] in stepping)
     for d in defs:
         w = d.watch
         sharded: dict[str, Any] = {}
@@ -364,6 +370,8 @@ def render(report: dict[str, Any], console: Console, zone: str = "UTC", now: flo
     schedules.add_column("last outcome")
     for sc in utc["schedules"]:
         last = f"{sc['last_outcome']} ({t(sc['last_tick'])})" if sc["last_outcome"] else "-"
+        if sc.get("run_here") is False:
+            last += f" (shard {sc['shard']} elsewhere)"  # its runs here only
         due = t(sc["next_due"]) if sc["next_due"] else ("disabled" if not sc["enabled"] else "-")
         schedules.add_row(Text(sc["name"]), Text(sc["does"]), due, Text(last))
     console.print(schedules, soft_wrap=False)
