@@ -4,6 +4,7 @@ end to end; validate's errors at their lines."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -109,9 +110,38 @@ async def test_readme_recipe_pull_request_review_deadline(daemon_factory: Callab
     assert "PR #8 has waited 24h for a review: https://github.com/octo/hello/pull/8" in printed
     assert "PR #7" not in printed  # reviewed in time: its window closed
     await d.advance(3 * 86400)
+    await d.settle()  # the engine has looked at the clock three days on, so "once" is not "not yet"
     assert d.printed().count("PR #8") == 1  # a deadline fires once
     explained = await d.cli("explain", "pr-needs-review", "--key", "7")
     assert explained.returncode == 0, explained
+
+
+async def test_a_deadline_is_seen_at_the_step_it_falls_due_however_slowly_the_engine_looks(
+    daemon_factory: Callable[..., InProcessDaemon],
+) -> None:
+    d = daemon_factory(
+        {"github.toml": PR_WATCH.replace('within = "24h"', 'within = "1h"')},
+        extra_config=GITHUB_SOURCE,
+        env={"GITHUB_WEBHOOK_SECRET": SECRET},
+    )
+    await d.start()
+    status, answer = await deliver(d, opened(5), "pull_request", "s-5")
+    assert status == 200
+    await until(lambda: d.running.last_seq >= answer["seq"], what="the engine to open the window")
+    # The engine is busy (a long step holds the daemon's lock) when the clock moves: it looks at the
+    # clock only after many of the test's steps would have gone by. The fire must still be seen at
+    # the one step that makes it due.
+    held = asyncio.Event()
+
+    async def long_step() -> None:
+        async with d.running.lock:
+            held.set()
+            await asyncio.sleep(0.3)
+
+    busy = asyncio.create_task(long_step())
+    await held.wait()
+    await d.advance_until(lambda: "PR #5" in d.printed(), step_s=3600, limit_s=3600, what="the deadline fire")
+    await busy
 
 
 async def test_health_in_status_and_refusals_counted_by_reason(daemon_factory: Callable[..., InProcessDaemon]) -> None:

@@ -110,11 +110,30 @@ class InProcessDaemon(Project):
         return self.running.health()
 
     async def advance(self, seconds: float) -> None:
-        """Move the clock on; the dispatcher looks again at once, the engine within POLL_S."""
+        """Move the clock on; the dispatcher looks again at once, the engine within POLL_S. Nothing
+        here waits for the engine to have looked: `settle` does (a busy machine can keep its fetch
+        from returning for several POLL_S)."""
         self.clock.advance(seconds)
         if self.daemon is not None:
             self.daemon.wake()
         await asyncio.sleep(POLL_S)
+
+    async def engines_caught_up(self) -> bool:
+        """Every engine this instance steps has fired, and committed, every timer due by the clock's
+        now. Read under the daemon's lock, which a step holds from its fire to its commit: a timer
+        taken but not yet committed (no handoff in the outbox yet) is not mistaken for none due."""
+        daemon = self.running
+        async with daemon.lock:
+            now = self.clock()
+            dues = [shard.engine.next_due() for shard in daemon.shards if shard.active]
+        return all(due is None or due > now for due in dues)
+
+    async def settle(self) -> None:
+        """Wait until what the clock's now makes due is done: the engines fired it, the outbox
+        delivered it. For the tests' "nothing more happens" after moving the clock, which would
+        otherwise hold only because the engine had not looked yet."""
+        await until(self.engines_caught_up, what="the engine to fire what is due")
+        await until(lambda: not self.outbox_busy(), what="the outbox to settle")
 
     def outbox_busy(self) -> bool:
         """A delivery is under way, or a handoff is due at the daemon's now."""
@@ -128,11 +147,12 @@ class InProcessDaemon(Project):
         self, pred: Callable[[], Any], *, step_s: float = 1.0, limit_s: float = 3600.0, what: str = "condition"
     ) -> Any:
         """Move the clock `step_s` at a time until pred returns something truthy (returned). Before each
-        step the outbox settles (nothing delivering, nothing due), so however slow the machine, every
-        delivery happens at the virtual instant it was due. Fails after `limit_s` of virtual time."""
+        step the daemon settles (the engines fired what is due, the outbox delivered it), so however
+        slow the machine, every fire and delivery happens at the virtual instant it was due, and pred
+        sees it before the clock moves again. Fails after `limit_s` of virtual time."""
         moved = 0.0
         while True:
-            await until(lambda: not self.outbox_busy(), what="the outbox to settle")
+            await self.settle()
             if value := pred():
                 return value
             if moved >= limit_s:
