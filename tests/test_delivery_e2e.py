@@ -39,6 +39,7 @@ async def test_telegram_down_then_up_delivers_exactly_once_and_never_leaks_the_t
         await d.publish(make_event("mail.received", {"urgent": True, "from": "ceo@x.com"}))
         await d.advance_until(lambda: tg.messages, what="the message, after two retries' backoff")
         await d.advance(3600)  # nothing more may arrive, however long
+        await d.settle()
         assert [m["text"] for m in tg.messages] == ["urgent mail from ceo@x.com"]
         (h,) = d.handoffs("urgent")
         assert h["state"] == "delivered" and h["attempt"] == 3

@@ -273,4 +273,5 @@ async def test_a_receiver_down_for_a_while_gets_each_handoff_exactly_once_when_b
             assert "500" in (h["last_error"] or "")
         seen = len(hook.requests_to())
         await d.advance(3600)  # nothing more once delivered
+        await d.settle()
         assert len(hook.requests_to()) == seen
