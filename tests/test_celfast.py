@@ -270,3 +270,12 @@ def test_the_engine_judges_the_same_with_either_form() -> None:
     expr.compile_expr.cache_clear()
     assert with_fast == without
     assert any(v == "where_error" for _, _, v, _ in with_fast)
+
+
+@pytest.mark.parametrize(
+    ("source", "want"),
+    [("size(data.b)", 2), ("data.b.size() == 2", True), ("data.b < data.c", False), ("data.c < data.b", True)],
+)
+def test_bytes_are_sized_and_ordered_like_the_bindings(source: str, want: Any) -> None:
+    data = {"b": "é".encode(), "c": b"b"}
+    assert _fast(source, data) == ("value", want) == _binding(source, data)

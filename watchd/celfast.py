@@ -11,7 +11,7 @@ on random expressions and events):
 - `a && b` is false when either side is false, whatever the other (an error included); else the
   error of the right side, then of the left; `||` likewise with true;
 - `exists`/`all` go through a list in order and stop at the first true (false) or error;
-- `size` of a string counts its UTF-8 bytes, as the binding does.
+- `size` of a string counts its UTF-8 bytes, as the binding does; bytes order as unsigned bytes.
 
 A compiled function raises `Unsupported` for a value it does not model (an integer beyond 64
 bits, a macro over a map, whose order the binding does not keep): the caller asks the binding.
@@ -110,7 +110,7 @@ def equal(a: Any, b: Any) -> bool:
             return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
         if ta is dict:
             return bool(a.keys() == b.keys()) and all(equal(x, b[k]) for k, x in a.items())
-        if ta in (str, float, bool) or a is None:
+        if ta in (str, float, bool, bytes) or a is None:
             return bool(a == b)
         raise Unsupported(f"a value of type {ta.__name__}")
     if (ta is int or ta is float) and (tb is int or tb is float):
@@ -128,7 +128,7 @@ def compare(a: Any, b: Any) -> int:
         if x != x or y != y:
             raise TypeError(NO_OVERLOAD)
         return (x > y) - (x < y)
-    if ta is tb and (ta is str or ta is bool):
+    if ta is tb and (ta is str or ta is bool or ta is bytes):
         return int(a > b) - int(a < b)
     raise TypeError(NO_OVERLOAD)
 
@@ -430,7 +430,7 @@ def _size(x: Any) -> int:
     t = type(x)
     if t is str:
         return len(x.encode("utf-8", "surrogatepass"))
-    if t is list or t is dict:
+    if t is list or t is dict or t is bytes:
         return len(x)
     raise _undefined("size")
 
