@@ -440,3 +440,10 @@ def test_the_engine_judges_the_same_with_either_form() -> None:
 def test_bytes_are_sized_and_ordered_like_the_bindings(source: str, want: Any) -> None:
     data = {"b": "é".encode(), "c": b"b"}
     assert _fast(source, data) == ("value", want) == _binding(source, data)
+
+
+def test_an_int_beyond_64_bits_in_a_map_is_the_bindings_error() -> None:
+    """The binding holds it as a double, which is no map key: an error, not false."""
+    data = {"m": 2**64}
+    assert _fast("data.m in data", data) is None  # the compiled form leaves it to the binding
+    assert _binding("data.m in data", data) == ("error", "Value of type float cannot be used as a map key")

@@ -141,7 +141,7 @@ def contains(item: Any, container: Any) -> bool:
         ti = type(item)
         if ti is str:
             return item in container
-        if ti is int or ti is bool:  # keys the binding can hold, never equal to a JSON key
+        if ti is bool or (ti is int and _LOW <= item < _HIGH):  # keys the binding can hold, never a JSON key's
             return False
         raise Unsupported("a map key of that type")
     raise TypeError(NO_OVERLOAD)
