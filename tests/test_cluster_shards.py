@@ -317,7 +317,7 @@ async def test_a_deployment_that_grows_its_shards_decides_each_event_once_and_ke
     d.write_config(CONFIG)
     await d.start()
     assert held(d) == [0, 1, 2, 3]
-    assert "[cluster] shards changed from 1 to 4: shards new to the deployment decide the events after" in d.logged()
+    assert "[cluster] shards changed from 1 to 4: a watch that changed shards is decided past seq" in d.logged()
     after_jobs, after_tallies = jobs("after", 12), tallies("third", 3)
     await d.publish(*after_jobs, *after_tallies)
     want = expected(before_jobs + after_jobs, before_tallies + after_tallies)
@@ -469,3 +469,132 @@ async def test_kill9_of_an_instance_its_schedules_run_on_the_other_each_tick_onc
         gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
         assert min(gaps) >= EVERY_S - 0.002, f"{name}: a run less than {EVERY_S}s after the last one ended: {gaps}"
         assert not {t for n, t in skipped if n == name} & {t for n, t in started if n == name}, "a run reported skipped"
+
+
+def moving(prefix: str, old: int, new: int) -> list[tuple[str, int]]:
+    """For each (old shard, new shard) pair a watch can move by, a watch id `prefix-N` that moves
+    that way, with N (4 → 2: a watch of old shard k goes to k mod 2, so four pairs, not eight)."""
+    found: dict[tuple[int, int], int] = {}
+    for n in range(500):
+        found.setdefault((shards.shard_of(f"{prefix}-{n}", old), shards.shard_of(f"{prefix}-{n}", new)), n)
+    return [(f"{prefix}-{n}", n) for n in sorted(found.values())]
+
+
+def change_files(old: int, new: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """Count watches (`tally.N`, three per key) and per-host silences (`hb.N`), one of each for every
+    way a watch can move from `old` shards to `new` ones."""
+    text = ""
+    tallies, quiet = moving("tally", old, new), moving("quiet", old, new)
+    for wid, n in tallies:
+        text += (
+            f'[[watch]]\nid = "{wid}"\nkind = "match"\non = {{ subject = "tally.{n}", key = "data.k" }}\n'
+            'count = 3\nwindow = "1h"\ncooldown = "1h"\nthen = ["notify.console"]\n\n'
+        )
+    for wid, n in quiet:
+        text += (
+            f'[[watch]]\nid = "{wid}"\nkind = "absent"\nexpect = {{ subject = "hb.{n}", key = "data.host" }}\n'
+            'for = "30s"\nthen = ["notify.console"]\n\n'
+        )
+    return {"change.toml": text}, [w for w, _ in tallies], [w for w, _ in quiet]
+
+
+async def change_shards_mid_stream(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon], old: int, new: int
+) -> None:
+    files, tally_ids, quiet_ids = change_files(old, new)
+    tally_n = {w: int(w.rsplit("-", 1)[1]) for w in tally_ids}
+    quiet_n = {w: int(w.rsplit("-", 1)[1]) for w in quiet_ids}
+    cfg = '[cluster]\ntakeover = "2s"\nshards = {}\n'
+    a = daemon_factory(files, nats_url=nats_server.url, extra_config=cfg.format(old))
+    await a.start()
+
+    def tally(w: str, k: str, tag: str) -> Event:
+        return make_event(f"tally.{tally_n[w]}", {"k": k}, id=f"{tag}-{w}-{k}")
+
+    # Before: per count watch, k0 three times (fires), k1 twice, k2 once; the tallies of one old
+    # shard last, so that the old shards stop at different points of the stream.
+    before: list[Event] = []
+    for w in sorted(tally_ids, key=lambda w: shards.shard_of(w, old)):
+        before += [tally(w, "k0", "b1"), tally(w, "k0", "b2"), tally(w, "k0", "b3")]
+        before += [tally(w, "k1", "b1"), tally(w, "k1", "b2"), tally(w, "k2", "b1")]
+    await a.publish(*[make_event(f"hb.{quiet_n[w]}", {"host": "h1"}, id=f"hb-{w}-h1") for w in quiet_ids])
+    await a.publish(*before)
+    total = len(quiet_ids) + len(before)
+    await until(lambda: len(a.decisions(verdict="fired")) >= len(tally_ids), what="the first tallies")
+    await a.advance(35)  # each h1 falls silent on a, under the old layout
+    await until(lambda: len(a.decisions(verdict="fired")) >= 2 * len(tally_ids), what="the first silences")
+
+    async def settled() -> bool:
+        return await project.deployment_settled(nats_server.url)
+
+    await until(settled, what="the old layout's events acknowledged")
+    await a.stop()
+    assert a.meta(shards.ShardNames(0, old).cursor_key) is not None
+    assert total > 0
+
+    # b, with a store of its own, is the first instance of the new layout; then a comes back with it.
+    b = daemon_factory(files, nats_url=nats_server.url, extra_config=cfg.format(new))
+    b.clock.advance(35)  # the same time as a's
+    await b.start()
+    a.write_config(cfg.format(new))
+    await a.start()
+    await until(lambda: balanced_over([a, b], new), timeout_s=15, what="the shards to even out")
+
+    after: list[Event] = []
+    for w in tally_ids:
+        after += [tally(w, "k0", "a1"), tally(w, "k1", "a1"), tally(w, "k2", "a1")]
+    await b.publish(*after)
+    await b.publish(*[make_event(f"hb.{quiet_n[w]}", {"host": "h2"}, id=f"hb-{w}-h2") for w in quiet_ids])
+    await until(lambda: fired_over(a, b, tally_ids) >= 2 * len(tally_ids), what="the k1 tallies")
+    await asyncio.gather(a.advance(35), b.advance(35))  # each h2 falls silent, on the new layout
+
+    # What one unsharded engine decides over the same events: k0 and k1 fire once each per watch,
+    # with the three events of their count (two of k1's before the change); each host's silence once.
+    want_tallies = sorted(
+        (w, k, tuple(sorted(f"{t}-{w}-{k}" for t in tags)))
+        for w in tally_ids
+        for k, tags in (("k0", ("b1", "b2", "b3")), ("k1", ("b1", "b2", "a1")))
+    )
+    want_quiet = sorted((w, h) for w in quiet_ids for h in ("h1", "h2"))
+
+    def silences() -> list[tuple[str, str | None]]:
+        return sorted(
+            (r["watch"], r["key"]) for d in (a, b) for r in d.decisions(verdict="fired") if r["watch"] in quiet_ids
+        )
+
+    await until(lambda: len(silences()) >= len(want_quiet), what="every silence")
+    await asyncio.sleep(0.5)  # anything decided twice would be by now
+    assert silences() == want_quiet, "a silence fired twice or never"
+    handed = sorted(
+        (h["watch"], h["key"], tuple(sorted(e["id"] for e in h["evidence"])))
+        for d in (a, b)
+        for h in d.handoffs()
+        if h["watch"] in tally_ids and h["state"] == "delivered"
+    )
+    assert handed == want_tallies, "a count lost its events or fired twice"
+    fired = sorted(
+        (r["watch"], r["key"]) for d in (a, b) for r in d.decisions(verdict="fired") if r["watch"] in tally_ids
+    )
+    assert fired == sorted((w, k) for w, k, _ in want_tallies), "a count was decided twice"
+    assert f"[cluster] shards changed from {old} to {new}" in b.logged()
+
+
+def balanced_over(instances: list[InProcessDaemon], count: int) -> bool:
+    held_by = [len(held(d)) for d in instances]
+    return sum(held_by) == count and max(held_by) - min(held_by) <= 1
+
+
+def fired_over(a: InProcessDaemon, b: InProcessDaemon, watches: list[str]) -> int:
+    return sum(1 for d in (a, b) for r in d.decisions(verdict="fired") if r["watch"] in watches)
+
+
+async def test_a_deployment_that_changes_from_two_shards_to_three_decides_each_event_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    await change_shards_mid_stream(nats_server, daemon_factory, 2, 3)
+
+
+async def test_a_deployment_that_changes_from_four_shards_to_two_decides_each_event_once(
+    nats_server: EmbeddedNats, daemon_factory: Callable[..., InProcessDaemon]
+) -> None:
+    await change_shards_mid_stream(nats_server, daemon_factory, 4, 2)

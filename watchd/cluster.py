@@ -79,12 +79,14 @@ class CatchUp:
 def plan_catch_up(position: int, info: ConsumerInfo | None, recorded: int = 0) -> CatchUp:
     """From this instance's cursor, the durable's state (None: there is no durable yet) and the
     sequence the last holder recorded as decided with its handoffs queued (`recorded`: a holder
-    that died between that and its ack decided up to there all the same)."""
+    that died between that and its ack decided up to there all the same; one that rebuilt the
+    shard after a change of shards read the stream past what the durable delivered). What the
+    durable delivers up to there is skipped (the cursor)."""
     if info is None:
         return CatchUp(position, position, position)
     floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
     delivered = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
-    replay_to = max(position, floor, min(recorded, delivered))
+    replay_to = max(position, floor, recorded)
     return CatchUp(position, replay_to, max(replay_to, delivered))
 
 
@@ -143,7 +145,6 @@ async def catch_up(
     reach_holders_clock: Callable[[], Awaitable[None]],
     *,
     subjects: list[str] | None = None,
-    start_after: int = 0,
     recorded: int = 0,
 ) -> None:
     """Read from the stream what lies past `position` (this instance's commit cursor) before the
@@ -155,12 +156,6 @@ async def catch_up(
     the stream no longer holds. `recorded`: the last holder's recorded position (see plan_catch_up)."""
     info = await durable_info(consumer)
     if info is None:
-        if start_after > position:  # a shard new to a deployment that decided up to there: see shards.py
-            log.info("catching up: replaying events %d..%d, decided before, for their state", position + 1, start_after)
-            async for msgs in read_range(js, position, start_after, subjects):
-                await consume(msgs, True)
-            replayed(start_after)
-            position = start_after
         if position:  # a new durable on an old stream: from where this store left off
             consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             consumer.config.opt_start_seq = position + 1
@@ -211,6 +206,7 @@ MEMBER_PREFIX = "member."
 TICK_PREFIX = "tick."
 POSITION_KEY = shards.POSITION_KEY  # in the ticks bucket: it must outlive its holder
 LAYOUT_KEY = "engine.layout"  # in the ticks bucket: how many shards the deployment last ran with
+LAYOUT_CHANGE_PREFIX = "engine.layout.change."  # in the ticks bucket: + the epoch a change led into
 TICKS_TTL_S = 7 * 86400.0  # a tick claim outlives any catch-up a schedule does after an outage
 # Fractions of `takeover`: the lease lapses on the server TTL after its last renewal, a standby
 # looks every POLL; so a dead holder is replaced within TTL + POLL (+ the server's expiry sweep).
@@ -251,12 +247,29 @@ class Position(msgspec.Struct, kw_only=True):
     clock: float
     instance: str
     shards: int = 1
+    epoch: int = 0  # of the layout (see Layout): the same count of shards again is another layout
 
 
 class Layout(msgspec.Struct, kw_only=True):
-    """How the deployment's watches were split when its shard 0 was last taken."""
+    """How the deployment's watches were split when its shard 0 was last taken. `epoch` counts the
+    changes of `shards`: the change into epoch E is recorded under LAYOUT_CHANGE_PREFIX + E."""
 
     shards: int
+    epoch: int = 0
+
+
+class LayoutChange(msgspec.Struct, kw_only=True):
+    """A change of `[cluster] shards`, recorded once by the first instance of the new layout before
+    any of its shards decides: for each shard i of the old layout, the stream sequence up to which
+    it decided every event (`floors[i]`: its ack floor, or its last holder's recorded position when
+    further) and the instant up to which its timers fired (`clocks[i]`). A watch that moves from
+    old shard i into a shard of the new layout is decided there only past these."""
+
+    old: int
+    new: int
+    epoch: int
+    floors: list[int]
+    clocks: list[float]
 
 
 def watches_digest(defs: list[WatchDef]) -> str:
@@ -342,6 +355,7 @@ class Lease:
         # The holder's (seq, clock), recorded on renewal; None while it has nothing to record yet.
         self.position: Callable[[], tuple[int, float] | None] | None = None
         self._recording = asyncio.Lock()
+        self.epoch = 0  # of the deployment's layout of shards, once `layout_change` read it
         self._recorded = (0, 0.0)  # the last position this holder wrote: never written backwards
         self._announced: str | None = None  # the holder last named in the standby line
 
@@ -459,55 +473,77 @@ class Lease:
         async with self._recording:
             if (seq, clock) <= self._recorded:
                 return
-            value = Position(seq=seq, clock=clock, instance=self.me.instance, shards=self.names.count)
+            value = Position(seq=seq, clock=clock, instance=self.me.instance, shards=self.names.count, epoch=self.epoch)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
                 await self._ticks.put(self.names.position_key, msgspec.json.encode(value))
                 self._recorded = (seq, clock)
 
     async def record_layout(self) -> None:
-        """Record how many shards the deployment's watches are split into (see `decided_floor`)."""
+        """Record how many shards the deployment's watches are split into (see `layout_change`)."""
         if self.embedded:
             return
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await self._ticks.put(LAYOUT_KEY, msgspec.json.encode(Layout(shards=self.names.count)))
+            layout = Layout(shards=self.names.count, epoch=self.epoch)
+            await self._ticks.put(LAYOUT_KEY, msgspec.json.encode(layout))
 
-    async def decided_floor(self) -> int:
-        """For the durables of shards this deployment never had: the stream sequence up to which
-        its last layout decided every event (the lowest ack floor of that layout's durables). 0 when
-        every shard of this layout has its durable already, or the count of shards did not change
-        (a new durable then reads the stream from its start, as at a first start). No layout
-        recorded: one shard, as before layouts were recorded."""
-        if self.embedded or self.names.count == 1:
-            return 0
-
-        async def ack_floor(durable: str) -> int | None:
-            try:
-                info = await self.js.consumer_info(bus.EVENTS_STREAM, durable)
-            except nats.js.errors.NotFoundError:
-                return None
-            return info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
-
-        count = self.names.count
-        if all([await ack_floor(shards.ShardNames(k, count).durable) is not None for k in range(count)]):
-            return 0
+    async def layout_change(self) -> LayoutChange | None:
+        """The change of `[cluster] shards` that led to this layout, if any (sets `epoch`). The first
+        instance of a new layout records it (KV create: once, whoever comes first), reading the old
+        layout's durables and positions before any shard of the new one decides; the others read
+        it. No layout recorded: one shard, as before layouts were recorded."""
+        if self.embedded:
+            return None
         try:
-            old = msgspec.json.decode((await self._ticks.get(LAYOUT_KEY)).value, type=Layout).shards
+            layout = msgspec.json.decode((await self._ticks.get(LAYOUT_KEY)).value, type=Layout)
         except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
-            old = 1
-        if old == count:
-            return 0
-        floors = [f for k in range(old) if (f := await ack_floor(shards.ShardNames(k, old).durable)) is not None]
-        floor = min(floors) if floors else 0
-        if floor:
-            log.warning(
-                "[cluster] shards changed from %d to %d: shards new to the deployment decide the events after "
-                "seq %d; those up to it, decided with %d shards, are replayed for their state",
-                old,
-                count,
-                floor,
-                old,
-            )
-        return floor
+            layout = Layout(shards=1)
+        if layout.shards == self.names.count:
+            self.epoch = layout.epoch
+            return await self._read_change(layout.epoch)
+        self.epoch = layout.epoch + 1
+        change = await self._old_layout(layout)
+        try:
+            await self._ticks.create(LAYOUT_CHANGE_PREFIX + str(self.epoch), msgspec.json.encode(change))
+        except nats.js.errors.KeyWrongLastSequenceError:  # another instance of this layout came first
+            change = await self._read_change(self.epoch) or change
+        await self.record_layout()
+        if not any(change.floors):
+            return change  # nothing was decided yet: nothing to say
+        log.warning(
+            "[cluster] shards changed from %d to %d: a watch that changed shards is decided past seq %s "
+            "(what its old shard decided), and replayed up to there for its state",
+            change.old,
+            change.new,
+            "/".join(map(str, change.floors)),
+        )
+        return change
+
+    async def _read_change(self, epoch: int) -> LayoutChange | None:
+        try:
+            entry = await self._ticks.get(LAYOUT_CHANGE_PREFIX + str(epoch))
+            change = msgspec.json.decode(entry.value, type=LayoutChange)
+        except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        return change if change.new == self.names.count and change.epoch == epoch else None
+
+    async def _old_layout(self, layout: Layout) -> LayoutChange:
+        """Where each shard of the old layout got to: its durable's ack floor, or its last holder's
+        recorded position when further (decided, queued, not yet acknowledged); its timers' instant."""
+        floors: list[int] = []
+        clocks: list[float] = []
+        for k in range(layout.shards):
+            names = shards.ShardNames(k, layout.shards)
+            floor, clock = 0, 0.0
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await self.js.consumer_info(bus.EVENTS_STREAM, names.durable)
+                floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+                position = msgspec.json.decode((await self._ticks.get(names.position_key)).value, type=Position)
+                if (position.shards, position.epoch) == (layout.shards, layout.epoch):
+                    floor, clock = max(floor, position.seq), position.clock
+            floors.append(floor)
+            clocks.append(clock)
+        return LayoutChange(old=layout.shards, new=self.names.count, epoch=self.epoch, floors=floors, clocks=clocks)
 
     async def read_position(self) -> Position | None:
         """The last holder's position (None when embedded, none was recorded, or it was recorded
@@ -519,7 +555,7 @@ class Lease:
             position = msgspec.json.decode(entry.value, type=Position)
         except (nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
             return None
-        return position if position.shards == self.names.count else None
+        return position if (position.shards, position.epoch) == (self.names.count, self.epoch) else None
 
     async def fenced(self, stop: asyncio.Event) -> None:
         """Wait until the lease is held again (a renewal got through) or the daemon stops."""

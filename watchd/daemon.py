@@ -356,9 +356,12 @@ class Daemon:
             )
             await self.shared_schedules.open()
         sharded = len(self.shards) > 1
-        floor = await lease0.decided_floor()  # before any shard of this layout decides
+        change = await lease0.layout_change()  # before any shard of this layout decides
         for shard in self.shards:
-            shard.start_after = floor
+            assert shard.lease is not None
+            shard.lease.epoch = lease0.epoch
+            shard.change = change
+            shard.layout_known = True
         # Each lease taken is renewed from then on: a catch-up on a long stream can outlast the TTL,
         # and the loops that renew them start below. One found taken meanwhile is acted on by its
         # loop's first round.
@@ -509,12 +512,16 @@ class Daemon:
             return
         shard.draining_until = None
         shard.queued = None  # nothing to record for whoever comes next until caught up and queued
-        if len(self.shards) > 1:  # taken again: what another holder did since is on the stream
+        if len(self.shards) > 1 or shard.change is not None:
+            # Taken again: what another holder did since is on the stream. After a change of the
+            # shards, the store's copy is dropped unless it is this layout's (see ShardEngine.load).
             async with self.lock:
                 await shard.load(self.defs, self.clock(), restore=True)
         await shard.bind_consumer()
         async with self.lock:  # its cursor is in the store from now on, events or none (see ShardEngine.load)
             await shard.commit(stepping.Batch(), last_seq=shard.last_seq)
+            assert self.store is not None
+            await self.store.run(self.store.set_meta, shard.names.epoch_key, str(shard.epoch))
             await shard.queue_handoffs()  # what the catch-up decided: queued before it is recorded
             await shard.record_queued()
         shard.active = True

@@ -10,6 +10,7 @@ interleaved with a reload or with another shard's step.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from watchd import bus, clockjump, cluster, shards, stepping
 from watchd.answers import CHAT_SUBJECT
 from watchd.config import WatchDef
-from watchd.engine import Decision, Engine, EventInput, Tick, Verdict, failed_reason
+from watchd.engine import Decision, Engine, EventInput, Outputs, Tick, Verdict, failed_reason
 from watchd.engine.answers import ANSWER_SUBJECT
 from watchd.engine.base import Kept
 from watchd.errors import EventRejected
@@ -50,7 +52,13 @@ class ShardEngine:
             self.engine.applies_answer = self.owns
         self.lease: cluster.Lease | None = None
         self.active = False  # this instance holds the shard's lease and steps its engine
-        self.start_after = 0  # a durable made for this shard starts past it (the layout changed)
+        # The change of `[cluster] shards` that led to this layout (cluster.Lease.layout_change), once
+        # the daemon read it (`layout_known`): which watches moved into this shard, from where.
+        self.change: cluster.LayoutChange | None = None
+        self.layout_known = False
+        # While this shard is rebuilt after such a change: each watch's (seq, instant) up to which its
+        # old shard decided; its events up to the one and timers up to the other are state only.
+        self.bounds: dict[str, tuple[int, float]] | None = None
         self.draining_until: float | None = None  # monotonic: given up, released once nothing more can come
         self.last_seq = 0
         self.committed_clock = 0.0
@@ -81,14 +89,20 @@ class ShardEngine:
         assert store is not None
         if restore:
             keep = self.owns if self.sharded else None
-            if keep is not None and await store.run(store.get_meta, self.names.cursor_key) is None:
-                # This store never committed this shard: what it holds of these watches was stepped
-                # under another layout of the shards, at another cursor. Replayed from the stream
-                # from the start instead (catch_up), it is counted once.
-                await store.call(engine_state.drop_watch_state, keep)
+            stale = keep is not None and await store.run(store.get_meta, self.names.cursor_key) is None
+            if self.layout_known and not stale:
+                epoch = int(await store.run(store.get_meta, self.names.epoch_key, "0") or 0)
+                stale = epoch != self.epoch and not (
+                    self.change is not None and epoch == self.change.epoch - 1 and self.kept_its_watches(defs)
+                )
+            if stale:
+                # This store never committed this shard under this layout: what it holds of these
+                # watches was stepped under another layout of the shards, at another cursor. Replayed
+                # from the stream from the start instead (catch_up), it is counted once.
+                await store.call(engine_state.drop_watch_state, self.owns)
             keys, meta, clock = await store.run(store.load_engine_state, keep, self.names.clock_key)
-            self.engine.restore(keys, meta, clock)
-            self.last_seq = await store.run(store.last_seq, self.names.cursor_key)
+            self.engine.restore(keys, meta, 0.0 if stale else clock)
+            self.last_seq = 0 if stale else await store.run(store.last_seq, self.names.cursor_key)
         self.engine.default_zone = self.d.loaded.zone()
         self.engine.load([(d, v) for d, v in defs if self.owns(d.watch.id)], now)
         await self.commit(stepping.Batch(), last_seq=None)
@@ -96,6 +110,22 @@ class ShardEngine:
         if wanted != self.filter:
             self.filter = wanted
             self._consumer_bound_at = -1  # bound again with the new subjects
+
+    @property
+    def epoch(self) -> int:
+        return self.lease.epoch if self.lease is not None else 0
+
+    def kept_its_watches(self, defs: list[tuple[WatchDef, int]]) -> bool:
+        """After a change of shards: every watch of this shard was in the same shard before (its
+        watch set only shrank, as when the count doubles), so what decided them is this shard's
+        durable and position, and a store that stepped it before holds their state."""
+        change = self.change
+        if change is None:
+            return True
+        k = self.names.index
+        return k < change.old and all(
+            shards.shard_of(d.watch.id, change.old) == k for d, _ in defs if self.owns(d.watch.id)
+        )
 
     def _stored_evidence(self, watch: str, key: str | None) -> Kept:
         """A key's evidence as the state database holds it, read when the key fires. On its own
@@ -152,6 +182,13 @@ class ShardEngine:
             self.last_seq = max(self.last_seq, upto)
 
         self._holders = await self.lease.read_position() if self.lease is not None else None
+        change = self.change
+        if change is not None and self._holders is None:  # the first holder of this layout
+            if not self.kept_its_watches(self.d.defs):
+                await self.rebuild(consumer, change)
+                return
+            k = self.names.index  # where the old layout's shard k got to: its watches' position
+            self._holders = cluster.Position(seq=change.floors[k], clock=change.clocks[k], instance="")
         await cluster.catch_up(
             d.js,
             consumer,
@@ -160,9 +197,85 @@ class ShardEngine:
             replayed,
             self.reach_holders_clock,
             subjects=self.filter,
-            start_after=self.start_after,
             recorded=self._holders.seq if self._holders is not None else 0,
         )
+
+    async def rebuild(self, consumer: bus.EventConsumer, change: cluster.LayoutChange) -> None:
+        """The first holder of a shard that gained watches from other shards of the old layout (or is
+        new): the stream is read from this store's cursor (the start: see load) to its end, each
+        watch decided only past where its old shard decided (`bounds`), then the timers reach the
+        instants the old shards' timers fired up to, under the same bounds. The durable, if the
+        shard had one, keeps its position; what it delivers up to here is skipped (the cursor)."""
+        d = self.d
+        assert d.js is not None
+        old = change.old
+        self.bounds = {
+            w: (change.floors[shards.shard_of(w, old)], change.clocks[shards.shard_of(w, old)])
+            for w in self.engine.watches
+        }
+        info = await cluster.durable_info(consumer)
+        end = (await d.js.stream_info(bus.EVENTS_STREAM)).state.last_seq or 0
+        log.info(
+            "rebuilding %s after [cluster] shards changed from %d to %d: events %d..%d, each watch "
+            "decided past its old shard's position",
+            self.names.label(),
+            old,
+            change.new,
+            self.last_seq + 1,
+            end,
+        )
+        try:
+            async for msgs in cluster.read_range(d.js, self.last_seq, end, self.filter):
+                async with d.lock:
+                    await self.consume(msgs)
+            self.last_seq = max(self.last_seq, end)  # past events of other subjects too
+            reach = max(change.clocks, default=0.0)
+            if reach > self.engine.clock:
+                async with d.lock:
+                    batch = stepping.Batch()
+                    self._tick_bounded(min(reach, d.clock()), batch)
+                    await self.commit(batch, last_seq=None)
+        finally:
+            self.bounds = None
+        if info is None:
+            if end:  # a new durable: from here on
+                consumer.config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                consumer.config.opt_start_seq = end + 1
+        else:
+            consumer.config.deliver_policy = info.config.deliver_policy
+            consumer.config.opt_start_seq = info.config.opt_start_seq
+            consumer.config.opt_start_time = info.config.opt_start_time
+
+    def _bound(self, watch: str) -> tuple[int, float]:
+        """Up to where a watch's old shard decided; a decision of no watch (a rejected message):
+        up to where every old shard did."""
+        bounds = self.bounds or {}
+        if watch in bounds:
+            return bounds[watch]
+        if watch == "":
+            return max((b[0] for b in bounds.values()), default=0), max((b[1] for b in bounds.values()), default=0.0)
+        return 0, 0.0
+
+    def _tick_bounded(self, to: float, batch: stepping.Batch) -> None:
+        """Let the clock reach `to`, stopping at each instant an old shard's timers fired up to on
+        the way: so the timers due in one tick are all on one side of each watch's instant, and
+        a tick at or below a watch's instant fires only what its old shard fired already."""
+        bounds = self.bounds or {}
+        for at in sorted({c for _, c in bounds.values() if self.engine.clock < c < to}):
+            stepping.take(self.engine, Tick(at), batch, functools.partial(self._past_instant, at=at))
+        stepping.take(self.engine, Tick(to), batch, functools.partial(self._past_instant, at=to))
+
+    def _past_instant(self, out: Outputs, at: float) -> None:
+        """A tick's outputs: only those of watches whose old shard's timers had not reached `at`."""
+        out.fires = [f for f in out.fires if at > self._bound(f.watch)[1]]
+        out.decisions = [x for x in out.decisions if at > self._bound(x.watch)[1]]
+        out.errors = [(x, e) for x, e in out.errors if at > self._bound(x.watch)[1]]
+
+    def _past_seq(self, out: Outputs, seq: int) -> None:
+        """An event's outputs: only those of watches whose old shard had not decided it."""
+        out.fires = [f for f in out.fires if seq > self._bound(f.watch)[0]]
+        out.decisions = [x for x in out.decisions if seq > self._bound(x.watch)[0]]
+        out.errors = [(x, e) for x, e in out.errors if seq > self._bound(x.watch)[0]]
 
     # ---- the loop ----
 
@@ -263,7 +376,14 @@ class ShardEngine:
                 id_notes[seq] = id_note
             prev = subjects.get(event.subject)
             subjects[event.subject] = (at, event.source, (prev[2] if prev else 0) + 1)
-            stepping.take(self.engine, EventInput(event, at, seq), batch)
+            if self.bounds is None:
+                stepping.take(self.engine, EventInput(event, at, seq), batch)
+            else:  # the timers due first, then the event: each with its own bound (see rebuild)
+                self._tick_bounded(at, batch)
+                past = functools.partial(self._past_seq, seq=seq)
+                stepping.take(self.engine, EventInput(event, at, seq), batch, past)
+                if seq <= self._bound("")[0]:
+                    continue  # relayed and applied by the old layout (a press, an answer)
             if event.subject == CHAT_SUBJECT and relays:
                 chat.append((event, at, seq))
             elif event.subject == ANSWER_SUBJECT and (not self.sharded or self.owns(str(event.data.get("watch", "")))):

@@ -98,6 +98,11 @@ class ShardNames:
         return "clock" + self._suffix(".")
 
     @property
+    def epoch_key(self) -> str:
+        """The meta row of the layout's epoch under which this store last caught the shard up."""
+        return "layout_epoch" + self._suffix(".")
+
+    @property
     def task(self) -> str:
         """The name of the shard's engine loop (in /metrics and the log)."""
         return "engine" + self._suffix(".")

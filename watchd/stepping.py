@@ -61,15 +61,18 @@ class Batch:
             self.handoffs.extend(handoffs)
 
 
-def take(engine: Engine, inp: EventInput | Tick, batch: Batch) -> None:
+def take(engine: Engine, inp: EventInput | Tick, batch: Batch, keep: Callable[[Outputs], None] | None = None) -> None:
     """Step `engine` with `inp` into `batch`. Should the step itself raise (beyond any one watch,
-    which the engine confines), its partial outputs are dropped for one `failed` decision."""
+    which the engine confines), its partial outputs are dropped for one `failed` decision. `keep`
+    may drop outputs first (in place), before any handoff is made of a fire."""
     try:
         out = engine.step(inp)
     except Exception as exc:
         event = inp if isinstance(inp, EventInput) else None
         batch.fail(failure(inp.at, "", None, exc, event), exc)
         return
+    if keep is not None:
+        keep(out)
     batch.add(out, engine)
 
 
